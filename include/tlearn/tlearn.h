@@ -1,0 +1,795 @@
+/*
+ * libtlearn: transfer learning on the CPU, behind a stable C ABI.
+ *
+ * This header is the API reference. Conventions that hold for every function:
+ *  - Every function that can fail returns TLEARN_OK (0) or a negative TLEARN_E* code;
+ *    tlearn_errmsg() then holds a message for this thread naming the bad argument.
+ *  - Handles are opaque. `_create(&out, ...)` makes one, `_destroy(&h)` frees it, accepts
+ *    NULL and sets *h to NULL.
+ *  - Pointer parameters are borrowed for the duration of the call unless said otherwise;
+ *    strings are copied when kept. Output buffers come with their capacity in elements.
+ *  - A handle is used by one thread at a time; distinct handles are independent.
+ *  - Data is fp32, NCHW, row-major; labels are int32 class indices.
+ *
+ * SPDX-License-Identifier: BSD-2-Clause
+ */
+#ifndef TLEARN_TLEARN_H
+#define TLEARN_TLEARN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tlearn/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(TLEARN_BUILDING)
+#define TLEARN_API __declspec(dllexport)
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#define TLEARN_API __attribute__((visibility("default")))
+#else
+#define TLEARN_API
+#endif
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Status codes. Values are fixed forever; new codes are only appended. */
+/** @{ */
+#define TLEARN_OK 0
+#define TLEARN_EINVAL (-1)       /**< an argument is invalid (NULL, out of range, wrong length) */
+#define TLEARN_ENOMEM (-2)       /**< memory could not be allocated */
+#define TLEARN_ESHAPE (-3)       /**< shapes of layers or buffers do not fit together */
+#define TLEARN_ENOTFOUND (-4)    /**< a named layer, tensor or pattern matched nothing */
+#define TLEARN_EIO (-5)          /**< the operating system refused a file operation */
+#define TLEARN_EFORMAT (-6)      /**< a file is corrupt, truncated or not of the expected format */
+#define TLEARN_EUNSUPPORTED (-7) /**< valid request this build or version cannot do */
+#define TLEARN_ENONFINITE (-8)   /**< the loss or a gradient became NaN/Inf; weights unchanged */
+#define TLEARN_ESTATE (-9)       /**< the object is not in a state that allows the call */
+#define TLEARN_EVERSION (-10)    /**< a file was written by an incompatible format version */
+#define TLEARN_ECANCELED (-11)   /**< a progress callback asked to stop */
+/** @} */
+
+/**
+ * Short, static description of a status code ("invalid argument", ...).
+ * @param status  any value; unknown values give "unknown status".
+ * @return a static string; never NULL. Thread-safe.
+ * @since 1.0
+ */
+TLEARN_API const char *tlearn_strerror(int status);
+
+/**
+ * Detail of the calling thread's most recent failure, e.g.
+ * "tlearn_model_predict: out_len is 90, expected 640 (n=64 x 10)".
+ * @return a thread-local string valid until the next libtlearn call on this thread;
+ *         "" when nothing failed yet. Never NULL. Thread-safe.
+ * @since 1.0
+ */
+TLEARN_API const char *tlearn_errmsg(void);
+
+/**
+ * Version of the library that is running (not the header it was compiled with).
+ * @return TLEARN_VERSION_HEX of the library: 0xMMmmpp00. Thread-safe.
+ * @since 1.0
+ */
+TLEARN_API unsigned tlearn_version_hex(void);
+
+/**
+ * Version string of the running library, "MAJOR.MINOR.PATCH".
+ * @return a static string. Thread-safe.
+ * @since 1.0
+ */
+TLEARN_API const char *tlearn_version_string(void);
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Opaque handles */
+/** @{ */
+typedef struct tlearn_model tlearn_model;   /**< a network, its weights and training state */
+typedef struct tlearn_freeze tlearn_freeze; /**< which layers train, at what LR scale */
+typedef struct tlearn_optim tlearn_optim;   /**< an update rule and its hyperparameters */
+/** @} */
+
+/** Layer kinds, as reported by tlearn_model_layer_kind(). Values are fixed. */
+enum tlearn_layer_kind {
+    TLEARN_LAYER_DENSE = 1,
+    TLEARN_LAYER_FLATTEN = 2,
+    TLEARN_LAYER_ACTIVATION = 3,
+    TLEARN_LAYER_CONV2D = 4,
+    TLEARN_LAYER_MAXPOOL2D = 5,
+    TLEARN_LAYER_AVGPOOL2D = 6,
+    TLEARN_LAYER_GLOBAL_AVGPOOL = 7,
+    TLEARN_LAYER_BATCHNORM = 8,
+    TLEARN_LAYER_DROPOUT = 9,
+    TLEARN_LAYER_ADD = 10
+};
+
+/** Activation functions for tlearn_model_add_activation(). Values are fixed. */
+enum tlearn_activation {
+    TLEARN_ACT_RELU = 1,
+    TLEARN_ACT_TANH = 2,
+    TLEARN_ACT_SIGMOID = 3,
+    TLEARN_ACT_GELU = 4,       /**< exact (erf) form, as torch.nn.GELU() */
+    TLEARN_ACT_RELU6 = 5,
+    TLEARN_ACT_LEAKY_RELU = 6  /**< param = negative slope (PyTorch default 0.01) */
+};
+
+/** Loss functions for tlearn_model_set_loss(). Values are fixed. */
+enum tlearn_loss {
+    TLEARN_LOSS_SOFTMAX_CE = 1, /**< softmax + cross-entropy over int32 labels, batch mean */
+    TLEARN_LOSS_MSE = 2         /**< mean squared error over float targets, mean of all elements */
+};
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Building a model */
+/** @{ */
+
+/**
+ * Create an empty model that takes inputs of shape (channels, height, width).
+ * For flat vectors use (features, 1, 1).
+ * @param out  receives the new model; owned by the caller, free with tlearn_model_destroy().
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL out, a dimension < 1 or a product over 2^31),
+ *         TLEARN_ENOMEM.
+ * @note The model starts in training mode, with 1 thread, seed 0 and the softmax
+ *       cross-entropy loss.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_create(tlearn_model **out, int channels, int height, int width);
+
+/**
+ * Free a model and everything it owns. NULL and *m == NULL are accepted.
+ * @param m  the handle to free; set to NULL.
+ * @since 1.0
+ */
+TLEARN_API void tlearn_model_destroy(tlearn_model **m);
+
+/**
+ * Number of threads the model's GEMMs and parallel loops may use (default 1). This is a
+ * per-model setting: it never changes BLIS's or OpenMP's global state.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, threads < 1 or > 1024).
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_set_threads(tlearn_model *m, int threads);
+
+/**
+ * Seed the model's random generator (initialisation of layers added afterwards, dropout,
+ * shuffling in tlearn_model_fit(), sampled Fisher). Same seed, same results.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model).
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_set_seed(tlearn_model *m, uint64_t seed);
+
+/**
+ * Switch between training (1) and evaluation (0) mode: dropout and batchnorm obey it.
+ * tlearn_model_train_step() does not change the mode; predict/evaluate/features always
+ * compute in evaluation mode without changing the setting.
+ * @return TLEARN_OK, TLEARN_EINVAL.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_set_training(tlearn_model *m, int training);
+
+/**
+ * Choose the loss (a value of enum tlearn_loss). Default TLEARN_LOSS_SOFTMAX_CE.
+ * @return TLEARN_OK, TLEARN_EINVAL.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_set_loss(tlearn_model *m, int loss);
+
+/**
+ * Make the next added layer read its input from the earlier layer @p layer instead of the
+ * most recently added one (branches of residual blocks). NULL or "" means the model input.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND (no such layer).
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_set_next_input(tlearn_model *m, const char *layer);
+
+/**
+ * Append a fully connected layer (y = x W^T + b, W is [units, in] as torch.nn.Linear).
+ * The input is flattened implicitly. Initialised like PyTorch (Kaiming-uniform, a=sqrt(5);
+ * bias uniform in +-1/sqrt(in)).
+ * @param name   unique layer name (1..63 bytes, no '*', '?', '[' ); copied.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL/duplicate/too long name, units < 1), TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_dense(tlearn_model *m, const char *name, int units);
+
+/**
+ * Append a layer that reshapes (C, H, W) to (C*H*W, 1, 1). No parameters.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_flatten(tlearn_model *m, const char *name);
+
+/**
+ * Append an elementwise activation (enum tlearn_activation).
+ * @param param  negative slope for TLEARN_ACT_LEAKY_RELU; ignored otherwise.
+ * @return TLEARN_OK, TLEARN_EINVAL (unknown activation, bad name), TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_activation(tlearn_model *m, const char *name, int activation,
+                                           float param);
+
+/**
+ * Append a square 2-D convolution with bias: the common case of tlearn_model_add_conv2d_ex().
+ * @return as tlearn_model_add_conv2d_ex().
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_conv2d(tlearn_model *m, const char *name, int filters,
+                                       int kernel, int stride, int pad, int groups);
+
+/**
+ * Append a 2-D convolution (weights OIHW as torch.nn.Conv2d, PyTorch's default init).
+ * @param filters  output channels, a multiple of @p groups.
+ * @param kh, kw   kernel size; sh, sw stride (>= 1); ph, pw zero padding (>= 0);
+ *                 dh, dw dilation (>= 1).
+ * @param groups   divides input and output channels (groups == channels: depthwise).
+ * @param bias     1 for a bias term, 0 for none.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad numbers or name), TLEARN_ESHAPE (kernel larger than
+ *         the padded input, groups not dividing channels), TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_conv2d_ex(tlearn_model *m, const char *name, int filters,
+                                          int kh, int kw, int sh, int sw, int ph, int pw,
+                                          int dh, int dw, int groups, int bias);
+
+/**
+ * Append 2-D max pooling (stride 0 means stride = kernel, as PyTorch).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (pad > kernel/2, empty output), TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_maxpool2d(tlearn_model *m, const char *name, int kernel,
+                                          int stride, int pad);
+
+/**
+ * Append 2-D average pooling (stride 0 means stride = kernel). @p count_include_pad as in
+ * torch.nn.AvgPool2d (PyTorch's default is 1).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE, TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_avgpool2d(tlearn_model *m, const char *name, int kernel,
+                                          int stride, int pad, int count_include_pad);
+
+/**
+ * Append a global average pool: (C, H, W) -> (C, 1, 1).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_global_avgpool(tlearn_model *m, const char *name);
+
+/**
+ * Append batch normalisation over channels (after a conv) or features (after a dense).
+ * Parameters `weight`, `bias`; buffers `running_mean`, `running_var` (unbiased), as PyTorch.
+ * @param eps       > 0 (PyTorch default 1e-5).  @param momentum  in [0, 1] (default 0.1).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_batchnorm(tlearn_model *m, const char *name, float eps,
+                                          float momentum);
+
+/**
+ * Append dropout with drop probability @p p in [0, 1); active in training mode only.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_dropout(tlearn_model *m, const char *name, float p);
+
+/**
+ * Append a residual sum: output = (previous layer's output) + (output of layer @p other).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE (shapes differ; the
+ *         message names both layers and shapes), TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_add_add(tlearn_model *m, const char *name, const char *other);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Introspection. Layer indexes run from 0 in the order layers were added. */
+/** @{ */
+
+/** Number of layers. @return TLEARN_OK, TLEARN_EINVAL. @since 1.0 */
+TLEARN_API int tlearn_model_layer_count(const tlearn_model *m, int *count);
+
+/** Index of the layer called @p name. @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND.
+ *  @since 1.0 */
+TLEARN_API int tlearn_model_layer_index(const tlearn_model *m, const char *name, int *index);
+
+/**
+ * Name of layer @p index; *name is owned by the model, valid until the layer is removed.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, index out of range). @since 1.0
+ */
+TLEARN_API int tlearn_model_layer_name(const tlearn_model *m, int index, const char **name);
+
+/** Kind (enum tlearn_layer_kind) of layer @p index. @return TLEARN_OK, TLEARN_EINVAL.
+ *  @since 1.0 */
+TLEARN_API int tlearn_model_layer_kind(const tlearn_model *m, int index, int *kind);
+
+/** Output shape of layer @p index (index -1: the model input). Any of c/h/w may be NULL.
+ *  @return TLEARN_OK, TLEARN_EINVAL. @since 1.0 */
+TLEARN_API int tlearn_model_layer_shape(const tlearn_model *m, int index, int *c, int *h,
+                                        int *w);
+
+/** Number of trainable parameters (weights and biases, not buffers) of layer @p index.
+ *  @return TLEARN_OK, TLEARN_EINVAL. @since 1.0 */
+TLEARN_API int tlearn_model_layer_param_count(const tlearn_model *m, int index, size_t *count);
+
+/**
+ * Parameter counts of the whole model. Either pointer may be NULL.
+ * @param total      all parameters.  @param trainable  those not frozen.
+ * @return TLEARN_OK, TLEARN_EINVAL. @since 1.0
+ */
+TLEARN_API int tlearn_model_param_count(const tlearn_model *m, size_t *total, size_t *trainable);
+
+/**
+ * Number of named tensors (parameters and buffers such as BN running statistics).
+ * @return TLEARN_OK, TLEARN_EINVAL. @since 1.0
+ */
+TLEARN_API int tlearn_model_tensor_count(const tlearn_model *m, int *count);
+
+/**
+ * Name ("layer.weight", "bn1.running_var"), element count and shape of tensor @p index.
+ * Any output pointer may be NULL. *name is owned by the model. dims receives up to 4
+ * sizes, *ndim their number.
+ * @return TLEARN_OK, TLEARN_EINVAL. @since 1.0
+ */
+TLEARN_API int tlearn_model_tensor_info(const tlearn_model *m, int index, const char **name,
+                                        size_t *numel, int *ndim, int dims[4]);
+
+/**
+ * Copy the tensor called @p name ("fc1.weight") into @p out.
+ * @param out_len  capacity of @p out in floats; must equal the tensor's element count.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE (wrong length). @since 1.0
+ */
+TLEARN_API int tlearn_model_get_tensor(const tlearn_model *m, const char *name, float *out,
+                                       size_t out_len);
+
+/**
+ * Overwrite the tensor called @p name with @p len floats from @p data (copied).
+ * @return TLEARN_OK, TLEARN_EINVAL (NaN/Inf values included), TLEARN_ENOTFOUND,
+ *         TLEARN_ESHAPE. @since 1.0
+ */
+TLEARN_API int tlearn_model_set_tensor(tlearn_model *m, const char *name, const float *data,
+                                       size_t len);
+
+/**
+ * Copy the gradient of parameter @p name computed by the last
+ * tlearn_model_compute_gradients() or train step.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE, TLEARN_ESTATE (no
+ *         gradient: frozen, a buffer, or nothing computed yet). @since 1.0
+ */
+TLEARN_API int tlearn_model_get_grad(const tlearn_model *m, const char *name, float *out,
+                                     size_t out_len);
+
+/**
+ * Bytes of activation and scratch memory planned for the last batch size used (0 before
+ * the first computation). Shrinks when a frozen prefix need not be kept for backward.
+ * @return TLEARN_OK, TLEARN_EINVAL. @since 1.0
+ */
+TLEARN_API int tlearn_model_workspace_bytes(const tlearn_model *m, size_t *bytes);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Inference and training */
+/** @{ */
+
+/**
+ * Run the network in evaluation mode on @p n inputs.
+ * @param x        n * C*H*W floats (input shape of the model); borrowed.
+ * @param out      receives n * (output size) floats (logits for classification).
+ * @param out_len  capacity of @p out in floats; must be exactly n * output size.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (empty model), TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_predict(tlearn_model *m, const float *x, size_t n, float *out,
+                                    size_t out_len);
+
+/**
+ * Loss and accuracy over a labelled set, in evaluation mode, in batches of up to 256.
+ * @param loss      receives the mean loss; may be NULL.
+ * @param accuracy  receives the fraction of argmax == label; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (label out of range), TLEARN_ENOMEM, TLEARN_ENONFINITE.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels,
+                                     size_t n, float *loss, float *accuracy);
+
+/**
+ * One optimisation step on a batch: forward (in the model's mode), loss plus any EWC /
+ * L2-SP penalty, backward down to the first trainable layer, optimizer update of the
+ * trainable parameters. Softmax cross-entropy loss.
+ * @param o       update rule; borrowed. Its per-parameter state lives in the model.
+ * @param labels  n class indices in [0, classes).
+ * @param loss    receives data loss + penalty; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE, TLEARN_ENOMEM, TLEARN_ENONFINITE (loss or
+ *         gradient not finite: no weight or statistic changed).
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_train_step(tlearn_model *m, tlearn_optim *o, const float *x,
+                                       const int32_t *labels, size_t n, float *loss);
+
+/**
+ * As tlearn_model_train_step() with the MSE loss against @p targets
+ * (n * output size floats). The model's loss must be TLEARN_LOSS_MSE.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_train_step_mse(tlearn_model *m, tlearn_optim *o, const float *x,
+                                           const float *targets, size_t n, float *loss);
+
+/**
+ * Forward and backward without an update, for inspection (tlearn_model_get_grad()) and
+ * attribution. Gradients are computed for every parameter that is not frozen.
+ * @param dx      receives the gradient of the mean loss w.r.t. the input; may be NULL
+ *                (then it is not computed).  @param dx_len  n * input size when dx is set.
+ * @return as tlearn_model_train_step().
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_compute_gradients(tlearn_model *m, const float *x,
+                                              const int32_t *labels, size_t n, float *loss,
+                                              float *dx, size_t dx_len);
+
+/**
+ * Progress callback for tlearn_model_fit(): called after every step.
+ * Return 0 to go on, non-zero to stop (fit then returns TLEARN_ECANCELED).
+ */
+typedef int (*tlearn_progress_fn)(int epoch, int epochs, size_t step, size_t steps_per_epoch,
+                                  float loss, void *user);
+
+/**
+ * Train for @p epochs over a labelled set in mini-batches, shuffled each epoch by the
+ * model's RNG (when @p shuffle is 1); the last partial batch is used.
+ * @param progress  may be NULL.  @param user  passed to @p progress.
+ * @return as tlearn_model_train_step(), or TLEARN_ECANCELED.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x,
+                                const int32_t *labels, size_t n, size_t batch, int epochs,
+                                int shuffle, tlearn_progress_fn progress, void *user);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Optimizers */
+/** @{ */
+
+/** Update rules for tlearn_optim_create(). Values are fixed. */
+enum tlearn_optim_kind {
+    TLEARN_SGD = 1,  /**< torch.optim.SGD */
+    TLEARN_ADAM = 2, /**< torch.optim.Adam (L2 weight decay added to the gradient) */
+    TLEARN_ADAMW = 3 /**< torch.optim.AdamW (decoupled weight decay) */
+};
+
+/** Hyperparameters for tlearn_optim_set(). Values are fixed; new ones are appended. */
+enum tlearn_optim_param {
+    TLEARN_OPT_LR = 1,           /**< > 0; default 0.01 (SGD), 0.001 (Adam, AdamW) */
+    TLEARN_OPT_MOMENTUM = 2,     /**< SGD, in [0, 1); default 0 */
+    TLEARN_OPT_DAMPENING = 3,    /**< SGD, in [0, 1]; default 0 */
+    TLEARN_OPT_NESTEROV = 4,     /**< SGD, 0 or 1 (needs momentum > 0, dampening 0) */
+    TLEARN_OPT_WEIGHT_DECAY = 5, /**< >= 0; default 0 (AdamW: 0.01) */
+    TLEARN_OPT_BETA1 = 6,        /**< Adam/AdamW, in [0, 1); default 0.9 */
+    TLEARN_OPT_BETA2 = 7,        /**< Adam/AdamW, in [0, 1); default 0.999 */
+    TLEARN_OPT_EPS = 8,          /**< Adam/AdamW, > 0; default 1e-8 */
+    TLEARN_OPT_CLIP_NORM = 9     /**< clip the global gradient L2 norm to this; 0 = off */
+};
+
+/**
+ * Create an optimizer with PyTorch's defaults for @p kind.
+ * @param out  receives the handle; free with tlearn_optim_destroy().
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, unknown kind), TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_optim_create(tlearn_optim **out, int kind);
+
+/** Free an optimizer; NULL-safe, sets *o = NULL. @since 1.0 */
+TLEARN_API void tlearn_optim_destroy(tlearn_optim **o);
+
+/**
+ * Set a hyperparameter (enum tlearn_optim_param). Takes effect at the next step.
+ * @return TLEARN_OK, TLEARN_EINVAL (unknown parameter, parameter not used by this kind,
+ *         value out of range; the message gives the range).
+ * @since 1.0
+ */
+TLEARN_API int tlearn_optim_set(tlearn_optim *o, int param, double value);
+
+/** Read a hyperparameter. @return TLEARN_OK, TLEARN_EINVAL. @since 1.0 */
+TLEARN_API int tlearn_optim_get(const tlearn_optim *o, int param, double *value);
+
+/** Kind of the optimizer (enum tlearn_optim_kind). @return TLEARN_OK, TLEARN_EINVAL.
+ *  @since 1.0 */
+TLEARN_API int tlearn_optim_kind(const tlearn_optim *o, int *kind);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Transfer learning: freeze policy, feature extraction, head replacement */
+/** @{ */
+
+/**
+ * Create an empty freeze policy (nothing frozen, every LR scale 1).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. @since 1.0
+ */
+TLEARN_API int tlearn_freeze_create(tlearn_freeze **out);
+
+/** Free a policy; NULL-safe, sets *f = NULL. @since 1.0 */
+TLEARN_API void tlearn_freeze_destroy(tlearn_freeze **f);
+
+/**
+ * Freeze every layer up to and including @p layer (by position in the model it is
+ * applied to). Rules apply in the order added; later rules override earlier ones.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. @since 1.0
+ */
+TLEARN_API int tlearn_freeze_until(tlearn_freeze *f, const char *layer);
+
+/**
+ * Freeze (frozen = 1) or unfreeze (0) every layer whose name matches the shell-style
+ * pattern @p glob ('*', '?', '[...]').
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, empty pattern), TLEARN_ENOMEM. A pattern that
+ *         matches no layer is reported by tlearn_model_apply_freeze() as TLEARN_ENOTFOUND.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_freeze_match(tlearn_freeze *f, const char *glob, int frozen);
+
+/**
+ * Freeze or unfreeze layers with index in [first, last] (inclusive).
+ * @return TLEARN_OK, TLEARN_EINVAL (first < 0, last < first), TLEARN_ENOMEM. @since 1.0
+ */
+TLEARN_API int tlearn_freeze_range(tlearn_freeze *f, int first, int last, int frozen);
+
+/**
+ * Multiply the learning rate of layers matching @p glob by @p scale (> 0, finite).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. @since 1.0
+ */
+TLEARN_API int tlearn_freeze_lr_scale(tlearn_freeze *f, const char *glob, float scale);
+
+/**
+ * ULMFiT discriminative learning rates: the layers with parameters, from the head back,
+ * get scales 1, 1/factor, 1/factor^2, ... (factor 2.6 in the paper; 0 means 2.6).
+ * Applied where the policy is applied; later lr_scale rules override it.
+ * @return TLEARN_OK, TLEARN_EINVAL (factor < 0 or not finite). @since 1.0
+ */
+TLEARN_API int tlearn_freeze_ulmfit(tlearn_freeze *f, float factor);
+
+/**
+ * Keep batchnorm running statistics frozen (1): BN normalises with and keeps its running
+ * statistics even in training mode, whether or not its affine parameters train.
+ * @return TLEARN_OK, TLEARN_EINVAL. @since 1.0
+ */
+TLEARN_API int tlearn_freeze_bn_stats(tlearn_freeze *f, int frozen);
+
+/**
+ * Apply a policy to a model. May be called again between steps (gradual unfreezing):
+ * optimizer state of newly trainable parameters starts fresh, state of newly frozen ones
+ * is released. The model keeps a copy of the outcome; @p f may be destroyed afterwards.
+ * @p f NULL unfreezes everything and resets LR scales.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND (a rule names no layer; the message has
+ *         the pattern; the model is unchanged), TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_apply_freeze(tlearn_model *m, const tlearn_freeze *f);
+
+/** Whether layer @p layer is frozen. @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND.
+ *  @since 1.0 */
+TLEARN_API int tlearn_model_layer_frozen(const tlearn_model *m, const char *layer, int *frozen);
+
+/** LR scale of layer @p layer. @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND.
+ *  @since 1.0 */
+TLEARN_API int tlearn_model_layer_lr_scale(const tlearn_model *m, const char *layer,
+                                           float *scale);
+
+/**
+ * Activations of layer @p layer for @p n inputs, in evaluation mode, keeping nothing for
+ * backward.
+ * @param out_len  must be n * (size of the layer's output).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE, TLEARN_ENOMEM. @since 1.0
+ */
+TLEARN_API int tlearn_model_features(tlearn_model *m, const char *layer, const float *x,
+                                     size_t n, float *out, size_t out_len);
+
+/**
+ * Feature cache: one training step of the layers after @p layer, from precomputed
+ * activations of @p layer (from tlearn_model_features()). Every layer up to and including
+ * @p layer must be frozen and no later layer may read from before it.
+ * @return as tlearn_model_train_step(), TLEARN_ESTATE (the prefix is not frozen).
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_train_step_from(tlearn_model *m, tlearn_optim *o, const char *layer,
+                                            const float *features, const int32_t *labels,
+                                            size_t n, float *loss);
+
+/**
+ * Predict from precomputed activations of @p layer (evaluation mode).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE, TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_predict_from(tlearn_model *m, const char *layer,
+                                         const float *features, size_t n, float *out,
+                                         size_t out_len);
+
+/**
+ * Drop every layer after @p from_layer and append a fresh dense head named "head" with
+ * @p classes outputs (use tlearn_model_add_* afterwards to append more layers). EWC state
+ * of removed layers is dropped; the new head is not anchored.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ENOMEM. @since 1.0
+ */
+TLEARN_API int tlearn_model_replace_head(tlearn_model *m, const char *from_layer, int classes);
+
+/**
+ * Drop every layer after @p layer (NULL or "" drops all layers).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND. @since 1.0
+ */
+TLEARN_API int tlearn_model_truncate(tlearn_model *m, const char *layer);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Continual learning: EWC and L2-SP */
+/** @{ */
+
+/** Fisher estimators for tlearn_ewc_consolidate(). Values are fixed. */
+enum tlearn_fisher {
+    TLEARN_FISHER_EMPIRICAL = 1, /**< squared per-example gradients at the true labels */
+    TLEARN_FISHER_EXACT = 2,     /**< expectation over classes under the model's softmax */
+    TLEARN_FISHER_SAMPLED = 3    /**< one label per example drawn from the model's softmax */
+};
+
+/** EWC modes for tlearn_ewc_set_mode(). Values are fixed. */
+enum tlearn_ewc_mode {
+    TLEARN_EWC_SEPARATE = 1, /**< one anchor and Fisher per consolidated task (default) */
+    TLEARN_EWC_ONLINE = 2    /**< one running Fisher F <- gamma F + F_new, latest anchor */
+};
+
+/**
+ * Choose how successive consolidations combine. Call before the first consolidation.
+ * @param gamma  decay in (0, 1] for TLEARN_EWC_ONLINE; ignored for SEPARATE.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESTATE (tasks already consolidated). @since 1.0
+ */
+TLEARN_API int tlearn_ewc_set_mode(tlearn_model *m, int mode, float gamma);
+
+/**
+ * After a task: estimate the diagonal Fisher information of every trainable parameter on
+ * @p n labelled examples (evaluation mode) and store it with the current weights as anchor.
+ * From then on the training loss includes (lambda/2) * sum_i F_i (theta_i - theta*_i)^2
+ * (Kirkpatrick et al. 2017; Avalanche's ewc_lambda is twice this lambda).
+ * @param estimator  enum tlearn_fisher.  @param lambda  >= 0, finite.
+ * @return TLEARN_OK, TLEARN_EINVAL (n == 0, bad estimator, label out of range),
+ *         TLEARN_ENOMEM, TLEARN_ENONFINITE.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_ewc_consolidate(tlearn_model *m, const float *x, const int32_t *labels,
+                                      size_t n, int estimator, float lambda);
+
+/**
+ * L2-SP (Li et al. 2018): anchor every current parameter at its present value with
+ * penalty (alpha/2) * ||theta - theta0||^2, and (beta/2) * ||theta||^2 on parameters of
+ * layers added later (a new head). Replaces any earlier L2-SP anchor.
+ * @return TLEARN_OK, TLEARN_EINVAL (negative or non-finite), TLEARN_ENOMEM. @since 1.0
+ */
+TLEARN_API int tlearn_l2sp_enable(tlearn_model *m, float alpha, float beta);
+
+/** Drop all EWC tasks and the L2-SP anchor. @return TLEARN_OK, TLEARN_EINVAL. @since 1.0 */
+TLEARN_API int tlearn_ewc_clear(tlearn_model *m);
+
+/**
+ * The regularisation penalty at the current weights (EWC plus L2-SP), as added to the
+ * loss by the next train step.
+ * @return TLEARN_OK, TLEARN_EINVAL. @since 1.0
+ */
+TLEARN_API int tlearn_model_penalty(const tlearn_model *m, float *penalty);
+
+/**
+ * Copy the consolidated Fisher diagonal of parameter @p name for task @p task (0-based;
+ * ONLINE mode has one task).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE. @since 1.0
+ */
+TLEARN_API int tlearn_ewc_get_fisher(const tlearn_model *m, int task, const char *name,
+                                     float *out, size_t out_len);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Checkpoints and weight interchange */
+/** @{ */
+
+/** Flags for tlearn_model_save(). */
+#define TLEARN_SAVE_FULL 0u           /**< weights, buffers, optimizer state, freeze, EWC */
+#define TLEARN_SAVE_INFERENCE 1u      /**< architecture, weights and buffers only */
+/** zlib level 1..9 for each tensor (0: stored raw, 64-byte aligned). */
+#define TLEARN_SAVE_COMPRESS(level) (((unsigned)(level) & 15u) << 8)
+
+/** Flags for tlearn_model_load_weights(). */
+#define TLEARN_LOAD_STRICT 0u  /**< every model tensor must be in the file and nothing else */
+#define TLEARN_LOAD_PARTIAL 1u /**< load what matches by name and shape, report the rest */
+
+/**
+ * Save the model to @p path crash-safely: a temporary file in the same directory is
+ * written, fsync'ed and renamed over @p path. On failure @p path is untouched.
+ * @param o      optimizer whose hyperparameters are stored with the state; may be NULL.
+ * @param flags  TLEARN_SAVE_* or'ed together.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO (message has the OS error), TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_save(const tlearn_model *m, const tlearn_optim *o, const char *path,
+                                 unsigned flags);
+
+/**
+ * Load a checkpoint into a new model (and a new optimizer, when @p optim is not NULL and
+ * the file holds one; otherwise *optim is set to NULL).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT (corrupt; the message names
+ *         the section, tensor and field), TLEARN_EVERSION, TLEARN_ENOMEM.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_load(tlearn_model **out, tlearn_optim **optim, const char *path);
+
+/**
+ * Load weights and buffers from a checkpoint into an existing model by tensor name.
+ * @param flags    TLEARN_LOAD_STRICT or TLEARN_LOAD_PARTIAL.
+ * @param matched  receives how many tensors were loaded; may be NULL.
+ * @param skipped  receives how many model tensors were left as they were; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_ESHAPE /
+ *         TLEARN_ENOTFOUND (strict mode: the message lists the first mismatch).
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_load_weights(tlearn_model *m, const char *path, unsigned flags,
+                                         size_t *matched, size_t *skipped);
+
+/**
+ * Set a free-form metadata entry saved with the model (both strings copied, up to 4096
+ * bytes each). An empty value removes the key.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. @since 1.0
+ */
+TLEARN_API int tlearn_model_set_metadata(tlearn_model *m, const char *key, const char *value);
+
+/** Read a metadata entry; *value is owned by the model.
+ *  @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND. @since 1.0 */
+TLEARN_API int tlearn_model_get_metadata(const tlearn_model *m, const char *key,
+                                         const char **value);
+
+/** Called once per metadata entry; return non-zero to stop. */
+typedef int (*tlearn_metadata_fn)(const char *key, const char *value, void *user);
+
+/**
+ * List the metadata of a checkpoint file without loading its weights.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_EVERSION. @since 1.0
+ */
+TLEARN_API int tlearn_checkpoint_read_metadata(const char *path, tlearn_metadata_fn fn,
+                                               void *user);
+
+/**
+ * Map a tensor name from a file to a model tensor name. Write the model name into
+ * @p out (capacity @p out_len) and return 1, or return 0 to skip the tensor.
+ */
+typedef int (*tlearn_name_map_fn)(const char *file_name, char *out, size_t out_len, void *user);
+
+/**
+ * Import weights from a safetensors file (PyTorch state_dict names: "0.weight",
+ * "features.3.bias", "bn1.running_var"; layouts as PyTorch; F32, F16, BF16).
+ * `*.num_batches_tracked` entries are accepted and ignored.
+ * @param map      name mapping; NULL means identity.
+ * @param flags    TLEARN_LOAD_STRICT or TLEARN_LOAD_PARTIAL.
+ * @param matched  receives the number of tensors loaded; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_ESHAPE,
+ *         TLEARN_ENOTFOUND, TLEARN_ENOMEM. The model is unchanged on failure.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_import_safetensors(tlearn_model *m, const char *path,
+                                               tlearn_name_map_fn map, void *user,
+                                               unsigned flags, size_t *matched);
+
+/**
+ * Export parameters and buffers to a safetensors file torch can read (F32), crash-safely.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_ENOMEM. @since 1.0
+ */
+TLEARN_API int tlearn_model_export_safetensors(const tlearn_model *m, const char *path);
+
+/**
+ * Build a model from an ONNX file (architecture and weights). Layer names follow the
+ * graph ("0.weight" -> layer "0").
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_EUNSUPPORTED (an
+ *         operator, attribute or feature not handled, or a build without ONNX support; the
+ *         message names node and operator), TLEARN_ENOMEM. *out is NULL on failure.
+ * @since 1.0
+ */
+TLEARN_API int tlearn_model_import_onnx(tlearn_model **out, const char *path);
+
+/** As tlearn_model_import_onnx(), from @p len bytes at @p data (borrowed). @since 1.0 */
+TLEARN_API int tlearn_model_import_onnx_buffer(tlearn_model **out, const void *data, size_t len);
+/** @} */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TLEARN_TLEARN_H */

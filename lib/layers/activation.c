@@ -1,0 +1,127 @@
+/* Elementwise activations. Backward uses the saved output where the derivative can be
+ * written in terms of it (relu, tanh, sigmoid) and the input otherwise (gelu, leaky). */
+#include <math.h>
+#include <stdio.h>
+
+#include "layer.h"
+
+typedef struct activation_cfg {
+    int act;
+    float param;
+} activation_cfg;
+
+static int activation_configure(tl_layer *L, const int *ia, int ni, const float *fa, int nf)
+{
+    if (ni != 1 || nf != 1)
+        return tl_fail(TLEARN_EINVAL, "activation '%s': expected 2 arguments", L->name);
+    if (ia[0] < TLEARN_ACT_RELU || ia[0] > TLEARN_ACT_LEAKY_RELU)
+        return tl_fail(TLEARN_EINVAL, "activation '%s': unknown activation %d", L->name, ia[0]);
+    if (!isfinite(fa[0]))
+        return tl_fail(TLEARN_EINVAL, "activation '%s': parameter is not finite", L->name);
+    activation_cfg cfg = {ia[0], fa[0]};
+    return tl_layer_config(L, &cfg, sizeof cfg);
+}
+
+static void activation_arguments(const tl_layer *L, int *ia, int *ni, float *fa, int *nf)
+{
+    const activation_cfg *cfg = L->cfg;
+    ia[0] = cfg->act;
+    fa[0] = cfg->param;
+    *ni = *nf = 1;
+}
+
+static int activation_setup(tl_layer *L, tl_rng *rng)
+{
+    (void)rng;
+    L->out = L->in[0];
+    return TLEARN_OK;
+}
+
+static float gelu(float x)
+{
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+static float gelu_grad(float x)
+{
+    float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+static void activation_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
+                               float *out, size_t n, float *saved)
+{
+    (void)ex;
+    (void)saved;
+    const activation_cfg *cfg = L->cfg;
+    const float *x = in[0];
+    size_t total = n * tl_shape_size(L->out);
+    float slope = cfg->param;
+    switch (cfg->act) {
+    case TLEARN_ACT_RELU:
+        for (size_t i = 0; i < total; i++)
+            out[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        break;
+    case TLEARN_ACT_TANH:
+        for (size_t i = 0; i < total; i++)
+            out[i] = tanhf(x[i]);
+        break;
+    case TLEARN_ACT_SIGMOID:
+        for (size_t i = 0; i < total; i++)
+            out[i] = 1.0f / (1.0f + expf(-x[i]));
+        break;
+    case TLEARN_ACT_GELU:
+        for (size_t i = 0; i < total; i++)
+            out[i] = gelu(x[i]);
+        break;
+    case TLEARN_ACT_RELU6:
+        for (size_t i = 0; i < total; i++)
+            out[i] = x[i] < 0.0f ? 0.0f : (x[i] > 6.0f ? 6.0f : x[i]);
+        break;
+    case TLEARN_ACT_LEAKY_RELU:
+        for (size_t i = 0; i < total; i++)
+            out[i] = x[i] > 0.0f ? x[i] : x[i] * slope;
+        break;
+    }
+}
+
+static void activation_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
+                                const float *out, const float *dout, float *const *din,
+                                int accum, size_t n, const float *saved, float *const *pgrad)
+{
+    (void)ex; (void)saved; (void)pgrad;
+    const activation_cfg *cfg = L->cfg;
+    float *dx = din[0];
+    if (!dx)
+        return;
+    const float *x = in[0], *y = out;
+    size_t total = n * tl_shape_size(L->out);
+    float a = accum ? 1.0f : 0.0f, slope = cfg->param;
+    /* dx = a*dx + g: with a == 0 the old (possibly uninitialised) value must not leak in. */
+#define EMIT(expr)                                                                           \
+    for (size_t i = 0; i < total; i++) {                                                     \
+        float g = (expr);                                                                    \
+        dx[i] = accum ? a * dx[i] + g : g;                                                   \
+    }
+    switch (cfg->act) {
+    case TLEARN_ACT_RELU: EMIT(y[i] > 0.0f ? dout[i] : 0.0f) break;
+    case TLEARN_ACT_TANH: EMIT(dout[i] * (1.0f - y[i] * y[i])) break;
+    case TLEARN_ACT_SIGMOID: EMIT(dout[i] * y[i] * (1.0f - y[i])) break;
+    case TLEARN_ACT_GELU: EMIT(dout[i] * gelu_grad(x[i])) break;
+    /* PyTorch's hardtanh backward passes the gradient only strictly inside (0, 6). */
+    case TLEARN_ACT_RELU6: EMIT((x[i] > 0.0f && x[i] < 6.0f) ? dout[i] : 0.0f) break;
+    case TLEARN_ACT_LEAKY_RELU: EMIT(x[i] > 0.0f ? dout[i] : dout[i] * slope) break;
+    }
+#undef EMIT
+}
+
+const tl_layer_ops tl_activation_ops = {
+    .kind = TLEARN_LAYER_ACTIVATION,
+    .kind_name = "activation",
+    .configure = activation_configure,
+    .arguments = activation_arguments,
+    .setup = activation_setup,
+    .forward = activation_forward,
+    .backward = activation_backward,
+};

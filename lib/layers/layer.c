@@ -1,0 +1,34 @@
+#include <math.h>
+#include <string.h>
+
+#include "layer.h"
+
+int tl_layer_add_param(tl_layer *L, const char *name, int ndim, const int *dims, int is_buffer)
+{
+    if (L->nparam >= TL_MAX_PARAMS)
+        return tl_fail(TLEARN_EINVAL, "layer '%s' has too many parameters", L->name);
+    tl_param *p = &L->param[L->nparam];
+    memset(p, 0, sizeof *p);
+    strncpy(p->name, name, sizeof p->name - 1);
+    p->is_buffer = is_buffer;
+    int rc = tl_tensor_alloc(&p->t, ndim, dims);
+    if (rc)
+        return tl_fail_prefix(rc, "layer '%s', parameter '%s': ", L->name, name);
+    L->nparam++;
+    return TLEARN_OK;
+}
+
+void tl_init_uniform(tl_tensor *t, tl_rng *rng, float bound)
+{
+    for (size_t i = 0; i < t->numel; i++)
+        t->data[i] = tl_rng_uniform_range(rng, -bound, bound);
+}
+
+int tl_layer_config(tl_layer *L, const void *cfg, size_t size)
+{
+    L->cfg = tl_alloc(size);
+    if (!L->cfg)
+        return tl_fail(TLEARN_ENOMEM, "layer '%s': out of memory", L->name);
+    memcpy(L->cfg, cfg, size);
+    return TLEARN_OK;
+}

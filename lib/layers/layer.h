@@ -1,0 +1,103 @@
+/* The layer seam. A layer kind is one file that fills one tl_layer_ops table and keeps its
+ * own configuration behind L->cfg; the model and the trainer only call through the table.
+ * A layer knows nothing of optimizers, files or freeze policies. */
+#ifndef TL_LAYER_H
+#define TL_LAYER_H
+
+#include "../tensor/tensor.h"
+
+typedef struct tl_shape {
+    int c, h, w;
+} tl_shape;
+
+static inline size_t tl_shape_size(tl_shape s)
+{
+    return (size_t)s.c * (size_t)s.h * (size_t)s.w;
+}
+
+#define TL_MAX_PARAMS 4
+#define TL_MAX_INPUTS 2
+
+typedef struct tl_param {
+    char name[24];  /* "weight", "bias", "running_mean", ... */
+    tl_tensor t;    /* owned by the layer */
+    int is_buffer;  /* saved and loaded, never trained (BN statistics) */
+} tl_param;
+
+/* What a layer may use while it computes. */
+typedef struct tl_exec {
+    const tl_blas *blas;
+    tl_rng *rng;      /* dropout masks */
+    int training;     /* dropout active, batchnorm on batch statistics */
+    int backward;     /* set per layer: a backward pass will run through this layer */
+    float *scratch;   /* temporary floats, at least scratch_floats() of every layer */
+} tl_exec;
+
+typedef struct tl_layer tl_layer;
+
+typedef struct tl_layer_ops {
+    int kind;              /* enum tlearn_layer_kind */
+    const char *kind_name; /* "dense", "conv2d", ... as stored in checkpoints */
+    /* Validate the numeric arguments of the kind (see each layer file) and keep them in
+     * L->cfg (allocated here, freed by destroy_cfg). The public tlearn_model_add_* calls,
+     * checkpoints and the ONNX importer all build layers through this one door. */
+    int (*configure)(tl_layer *L, const int *ia, int ni, const float *fa, int nf);
+    /* The arguments that configure() would need to rebuild this layer. */
+    void (*arguments)(const tl_layer *L, int *ia, int *ni, float *fa, int *nf);
+    /* Check L->in[] against the configuration, set L->out, create and initialise the
+     * parameters from @p rng. Returns a status with a message naming the layer. */
+    int (*setup)(tl_layer *L, tl_rng *rng);
+    /* Floats kept from forward to backward (and to commit) for a batch of n in training
+     * mode: masks, argmax, batch statistics. @p backward is 0 when no backward will run
+     * through the layer (a frozen prefix), so only what commit needs is asked for.
+     * NULL means none. */
+    size_t (*saved_floats)(const tl_layer *L, size_t n, int backward);
+    /* Temporary floats needed during forward or backward (im2col tiles); NULL: none. */
+    size_t (*scratch_floats)(const tl_layer *L, size_t n);
+    /* out = f(in). @p saved is NULL in evaluation mode, else saved_floats() floats. */
+    void (*forward)(tl_layer *L, const tl_exec *ex, const float *const *in, float *out,
+                    size_t n, float *saved);
+    /* From dout: parameter gradients into pgrad[i] (pgrad NULL: parameters frozen, skip)
+     * and input gradients into din[i] (din[i] NULL: not wanted). With @p accum the input
+     * gradient is added to din[i] instead of overwriting it. */
+    void (*backward)(tl_layer *L, const tl_exec *ex, const float *const *in, const float *out,
+                     const float *dout, float *const *din, int accum, size_t n,
+                     const float *saved, float *const *pgrad);
+    /* After a train step is accepted: fold batch statistics kept in @p saved into the
+     * running buffers. NULL: nothing to commit. */
+    void (*commit)(tl_layer *L, const float *saved, size_t n);
+    void (*destroy_cfg)(void *cfg); /* NULL: tl_free */
+} tl_layer_ops;
+
+struct tl_layer {
+    const tl_layer_ops *ops;
+    char name[TL_NAME_MAX];
+    int ninputs;
+    int input[TL_MAX_INPUTS]; /* indexes of producing layers; -1 is the model input */
+    tl_shape in[TL_MAX_INPUTS];
+    tl_shape out;
+    int nparam;
+    tl_param param[TL_MAX_PARAMS];
+    int use_running_stats; /* batchnorm: normalise with running statistics even in training */
+    void *cfg;             /* kind-specific configuration, owned through ops->destroy_cfg */
+};
+
+/* Helpers for layer files. */
+int tl_layer_add_param(tl_layer *L, const char *name, int ndim, const int *dims, int is_buffer);
+/* PyTorch's default init for weights of fan-in @p fan_in: U(-1/sqrt(fan_in), +...). */
+void tl_init_uniform(tl_tensor *t, tl_rng *rng, float bound);
+
+#define TL_MAX_IARGS 12
+#define TL_MAX_FARGS 4
+/* For configure(): check the argument count and copy @p size bytes of config. */
+int tl_layer_config(tl_layer *L, const void *cfg, size_t size);
+
+/* The registry: every layer kind, found by kind name (checkpoints) or kind number. */
+const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name);
+const tl_layer_ops *tl_layer_ops_by_kind(int kind);
+
+extern const tl_layer_ops tl_dense_ops;      /* ia: units */
+extern const tl_layer_ops tl_flatten_ops;    /* no arguments */
+extern const tl_layer_ops tl_activation_ops; /* ia: activation; fa: parameter */
+
+#endif

@@ -1,0 +1,26 @@
+/* Every layer kind, one line each. */
+#include <string.h>
+
+#include "layer.h"
+
+static const tl_layer_ops *const all_kinds[] = {
+    &tl_dense_ops,
+    &tl_flatten_ops,
+    &tl_activation_ops,
+};
+
+const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)
+{
+    for (size_t i = 0; i < sizeof all_kinds / sizeof all_kinds[0]; i++)
+        if (strcmp(all_kinds[i]->kind_name, kind_name) == 0)
+            return all_kinds[i];
+    return NULL;
+}
+
+const tl_layer_ops *tl_layer_ops_by_kind(int kind)
+{
+    for (size_t i = 0; i < sizeof all_kinds / sizeof all_kinds[0]; i++)
+        if (all_kinds[i]->kind == kind)
+            return all_kinds[i];
+    return NULL;
+}

@@ -1,0 +1,99 @@
+/* The model: a graph of layers in the order they were added, its training state and the
+ * planned workspace. Used by model/, train/ and io/; never by layers. */
+#ifndef TL_MODEL_H
+#define TL_MODEL_H
+
+#include "../layers/layer.h"
+
+/* Training state of one trainable tensor (a parameter, not a buffer). */
+typedef struct tl_slot {
+    float *grad;      /* gradient of the last backward; NULL while the layer is frozen */
+    float *m1, *m2;   /* optimizer state (momentum / Adam moments); NULL until needed */
+    int64_t step;     /* optimizer steps taken with this state */
+    int opt_kind;     /* optimizer that made m1/m2; another one starts fresh */
+    float *reg_a;     /* regulariser (EWC, L2-SP): its gradient is reg_a*theta - reg_b; */
+    float *reg_b;     /* both NULL when the tensor is not regularised */
+} tl_slot;
+
+/* What the model knows about each layer beyond the layer itself. */
+typedef struct tl_layer_state {
+    int frozen;          /* parameters get no gradient and no update */
+    float lr_scale;      /* multiplies the optimizer's learning rate */
+    int from_pretrained; /* existed when L2-SP was enabled; new layers get beta instead */
+    tl_slot slot[TL_MAX_PARAMS];
+} tl_layer_state;
+
+/* Buffers for one batch capacity, carved from one aligned block. */
+typedef struct tl_plan {
+    size_t cap;        /* batch capacity; 0 = not planned */
+    int first_bwd;     /* first layer backward runs through; nlayers for inference */
+    int want_dx;       /* gradient w.r.t. the model input is wanted */
+    float **out;       /* per layer: output activations */
+    float **dout;      /* per layer: gradient of the loss w.r.t. the output, or NULL */
+    float **saved;     /* per layer: what forward keeps for backward/commit, or NULL */
+    int *dout_written; /* per layer, during backward: dout already holds a contribution */
+    float *scratch;
+    void *block;       /* owns everything above */
+    size_t bytes;      /* activation + scratch bytes (reported by workspace_bytes) */
+} tl_plan;
+
+struct tl_ewc; /* train/ewc.c */
+
+struct tlearn_model {
+    tl_shape input;
+    int nlayers, cap_layers;
+    tl_layer **layers;
+    tl_layer_state *lstate;
+    int next_input;       /* -2: the previous layer; else index (-1: model input) */
+    int threads;
+    uint64_t seed;
+    tl_rng rng;
+    tl_blas *blas;
+    int training;
+    int loss_kind;
+    int bn_stats_frozen;  /* from the freeze policy */
+    tl_plan plan_train, plan_infer;
+    struct tl_ewc *ewc;   /* EWC tasks and L2-SP anchor; NULL when none */
+    int nmeta;
+    char **meta_keys, **meta_values;
+    int has_grads;        /* a backward has filled the gradients */
+};
+
+#define TL_CHECK_MODEL(fn, m)                                                                 \
+    do {                                                                                      \
+        if (!(m))                                                                             \
+            return tl_fail(TLEARN_EINVAL, "%s: model is NULL", fn);                           \
+    } while (0)
+
+/* Build: the one door through which public calls, checkpoints and ONNX add layers.
+ * @p inputs NULL takes the model's next input (previous layer, or set_next_input). */
+int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const char *name,
+                 const int *inputs, int ninputs, const int *ia, int ni, const float *fa, int nf);
+int tl_model_find(const tlearn_model *m, const char *name); /* index or -1 */
+/* As tl_model_find, failing with a message (EINVAL for NULL, ENOTFOUND). */
+int tl_model_find_checked(const char *fn, const tlearn_model *m, const char *layer, int *index);
+/* Layers after @p i read only from i or later, so i's activations stand for the prefix. */
+int tl_model_check_cut(const char *fn, const tlearn_model *m, int i);
+/* Find "layer.param" in the model; returns 0 and sets *layer, *param on success. */
+int tl_model_find_tensor(const tlearn_model *m, const char *name, int *layer, int *param);
+void tl_model_structure_changed(tlearn_model *m); /* drops plans */
+size_t tl_model_output_size(const tlearn_model *m);
+
+/* Planning and running. first_bwd = tl_model_first_trainable() for training. */
+int tl_model_first_trainable(const tlearn_model *m); /* nlayers when everything is frozen */
+int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want_dx);
+void tl_plan_free(tl_plan *p);
+/* Run layers [from, to] forward. Layer `from` reads @p x if it is > 0 (the activations of
+ * layer from-1 given by the caller) or the model input when from == 0. */
+void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int training,
+                      int from, int to);
+/* Backward from the last layer down to p->first_bwd, after dout of the last layer is set.
+ * @p dx receives the input gradient when p->want_dx. */
+void tl_model_backward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int from,
+                       float *dx);
+/* Fold saved batch statistics into running buffers after an accepted step. */
+void tl_model_commit(tlearn_model *m, tl_plan *p, size_t n, int from);
+/* Allocate gradient buffers for trainable slots, free those of frozen ones. */
+int tl_model_sync_slots(tlearn_model *m);
+
+#endif

@@ -1,0 +1,180 @@
+/* Workspace planning: every buffer a computation needs for a batch capacity is carved from
+ * one block, so steady-state steps allocate nothing. Outputs that no backward needs (a
+ * frozen prefix, inference) share regions by liveness; the rest are kept. */
+#include <string.h>
+
+#include "model.h"
+
+void tl_plan_free(tl_plan *p)
+{
+    tl_free(p->block);
+    memset(p, 0, sizeof *p);
+}
+
+#define TL_ALIGN_FLOATS 16 /* 64 bytes */
+
+static size_t round_up(size_t floats)
+{
+    return (floats + TL_ALIGN_FLOATS - 1) / TL_ALIGN_FLOATS * TL_ALIGN_FLOATS;
+}
+
+int tl_model_first_trainable(const tlearn_model *m)
+{
+    for (int i = 0; i < m->nlayers; i++)
+        if (!m->lstate[i].frozen && m->layers[i]->nparam > 0) {
+            const tl_layer *L = m->layers[i];
+            for (int p = 0; p < L->nparam; p++)
+                if (!L->param[p].is_buffer)
+                    return i;
+        }
+    return m->nlayers;
+}
+
+int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want_dx)
+{
+    int L = m->nlayers;
+    int training = first_bwd < L || want_dx;
+    if (want_dx)
+        first_bwd = 0;
+    if (p->block && p->cap >= n && p->first_bwd == first_bwd && p->want_dx == want_dx)
+        return TLEARN_OK;
+    tl_plan_free(p);
+
+    /* last_use[i]: index of the last layer reading layer i's output. An output is kept for
+     * the whole step if backward runs through one of its readers, or it is the last. */
+    int *last_use = tl_alloc_array((size_t)L, sizeof(int) * 3);
+    if (!last_use)
+        return tl_fail(TLEARN_ENOMEM, "planning the workspace: out of memory");
+    int *keep = last_use + L, *region = last_use + 2 * L;
+    for (int i = 0; i < L; i++)
+        last_use[i] = i;
+    for (int i = 0; i < L; i++)
+        for (int k = 0; k < m->layers[i]->ninputs; k++) {
+            int src = m->layers[i]->input[k];
+            if (src >= 0) {
+                last_use[src] = i;
+                if (i >= first_bwd)
+                    keep[src] = 1;
+            }
+        }
+    keep[L - 1] = 1;
+    for (int i = first_bwd; i < L; i++)
+        keep[i] = 1;
+
+    /* Greedy assignment of outputs to regions; a region grows to its largest tenant. */
+    size_t *rsize = tl_alloc_array((size_t)L, sizeof(size_t));
+    int *rfree = tl_alloc_array((size_t)L, sizeof(int));
+    if (!rsize || !rfree) {
+        tl_free(last_use);
+        tl_free(rsize);
+        tl_free(rfree);
+        return tl_fail(TLEARN_ENOMEM, "planning the workspace: out of memory");
+    }
+    int nregions = 0;
+    for (int i = 0; i < L; i++) {
+        size_t need = n * tl_shape_size(m->layers[i]->out);
+        /* The smallest free region that fits, else the largest free one (it grows). */
+        int best = -1;
+        for (int r = 0; r < nregions; r++) {
+            if (!rfree[r])
+                continue;
+            if (best < 0) {
+                best = r;
+                continue;
+            }
+            int fits = rsize[r] >= need, best_fits = rsize[best] >= need;
+            if (fits != best_fits ? fits : fits ? rsize[r] < rsize[best] : rsize[r] > rsize[best])
+                best = r;
+        }
+        if (best < 0)
+            best = nregions++;
+        rfree[best] = 0;
+        if (rsize[best] < need)
+            rsize[best] = need;
+        region[i] = best;
+        /* Inputs whose last reader is this layer become free for later layers. */
+        for (int k = 0; k < m->layers[i]->ninputs; k++) {
+            int src = m->layers[i]->input[k];
+            if (src >= 0 && !keep[src] && last_use[src] == i)
+                rfree[region[src]] = 1;
+        }
+        if (!keep[i] && last_use[i] == i && i != L - 1)
+            rfree[region[i]] = 1; /* read by nobody */
+    }
+
+    /* Sizes of everything else. */
+    size_t total = 0, scratch = 0;
+    for (int r = 0; r < nregions; r++)
+        total += round_up(rsize[r]);
+    size_t grads = 0, saved = 0;
+    for (int i = 0; i < L; i++) {
+        const tl_layer *Ly = m->layers[i];
+        if (i >= first_bwd)
+            grads += round_up(n * tl_shape_size(Ly->out));
+        if (training && Ly->ops->saved_floats)
+            saved += round_up(Ly->ops->saved_floats(Ly, n, i >= first_bwd));
+        if (Ly->ops->scratch_floats) {
+            size_t s = Ly->ops->scratch_floats(Ly, n);
+            if (s > scratch)
+                scratch = s;
+        }
+    }
+    size_t floats = total + grads + saved + round_up(scratch);
+    size_t ptrs = 3 * (size_t)L * sizeof(float *) + (size_t)L * sizeof(int);
+    size_t head = (ptrs + 63) & ~(size_t)63;
+    size_t bytes;
+    if (!tl_mul_size(floats, sizeof(float), &bytes) || bytes > SIZE_MAX - head) {
+        tl_free(last_use);
+        tl_free(rsize);
+        tl_free(rfree);
+        return tl_fail(TLEARN_ENOMEM, "workspace for batch %zu is too large", n);
+    }
+    char *block = tl_alloc(head + bytes);
+    if (!block) {
+        tl_free(last_use);
+        tl_free(rsize);
+        tl_free(rfree);
+        return tl_fail(TLEARN_ENOMEM, "out of memory for a %zu-byte workspace (batch %zu)",
+                       head + bytes, n);
+    }
+    memset(block, 0, head);
+    p->block = block;
+    p->out = (float **)block;
+    p->dout = p->out + L;
+    p->saved = p->dout + L;
+    p->dout_written = (int *)(p->saved + L);
+    float *f = (float *)(block + head);
+    size_t *roff = rsize; /* reuse as offsets */
+    size_t off = 0;
+    for (int r = 0; r < nregions; r++) {
+        size_t sz = round_up(rsize[r]);
+        roff[r] = off;
+        off += sz;
+    }
+    for (int i = 0; i < L; i++)
+        p->out[i] = f + roff[region[i]];
+    f += off;
+    for (int i = 0; i < L; i++) {
+        const tl_layer *Ly = m->layers[i];
+        if (i >= first_bwd) {
+            p->dout[i] = f;
+            f += round_up(n * tl_shape_size(Ly->out));
+        }
+        if (training && Ly->ops->saved_floats) {
+            size_t s = Ly->ops->saved_floats(Ly, n, i >= first_bwd);
+            if (s) {
+                p->saved[i] = f;
+                f += round_up(s);
+            }
+        }
+    }
+    p->scratch = f;
+    p->cap = n;
+    p->first_bwd = first_bwd;
+    p->want_dx = want_dx;
+    p->bytes = head + bytes;
+    tl_free(last_use);
+    tl_free(rsize);
+    tl_free(rfree);
+    return TLEARN_OK;
+}

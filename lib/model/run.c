@@ -1,0 +1,204 @@
+/* Forward and backward through the graph, and the inference entry points. */
+#include <string.h>
+
+#include "model.h"
+
+static const float *input_of(tlearn_model *m, tl_plan *p, const float *x, int src, int from)
+{
+    (void)m;
+    if (src < 0 || src < from)
+        return x; /* the model input, or the caller's activations of layer from-1 */
+    return p->out[src];
+}
+
+void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int training,
+                      int from, int to)
+{
+    tl_exec ex = {m->blas, &m->rng, training, 0, p->scratch};
+    for (int i = from; i <= to; i++) {
+        tl_layer *L = m->layers[i];
+        const float *in[TL_MAX_INPUTS];
+        for (int k = 0; k < L->ninputs; k++)
+            in[k] = input_of(m, p, x, L->input[k], from);
+        ex.backward = i >= p->first_bwd;
+        L->ops->forward(L, &ex, in, p->out[i], n, training ? p->saved[i] : NULL);
+    }
+}
+
+void tl_model_backward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int from,
+                       float *dx)
+{
+    int last = m->nlayers - 1;
+    tl_exec ex = {m->blas, &m->rng, 1, 1, p->scratch};
+    int stop = p->first_bwd > from ? p->first_bwd : from;
+    memset(p->dout_written, 0, sizeof(int) * (size_t)m->nlayers);
+    p->dout_written[last] = 1;
+    int dx_written = 0;
+    for (int i = last; i >= stop; i--) {
+        tl_layer *L = m->layers[i];
+        if (!p->dout_written[i]) /* a dead branch: nothing flows back into it */
+            memset(p->dout[i], 0, sizeof(float) * n * tl_shape_size(L->out));
+        const float *in[TL_MAX_INPUTS];
+        float *din[TL_MAX_INPUTS] = {NULL, NULL};
+        int accum = 0;
+        for (int k = 0; k < L->ninputs; k++) {
+            int src = L->input[k];
+            in[k] = input_of(m, p, x, src, from);
+            if (src >= stop && src >= from) {
+                din[k] = p->dout[src];
+                /* Two inputs from one producer: the second adds. Layers take one accum
+                 * flag, so a producer written before forces accumulation for all inputs;
+                 * inputs not yet written are zeroed first to make that correct. */
+                if (p->dout_written[src])
+                    accum = 1;
+            } else if (src < 0 && dx && p->want_dx) {
+                din[k] = dx;
+                if (dx_written)
+                    accum = 1;
+            }
+        }
+        if (accum)
+            for (int k = 0; k < L->ninputs; k++) {
+                int src = L->input[k];
+                if (din[k] && din[k] != dx && !p->dout_written[src]) {
+                    memset(din[k], 0, sizeof(float) * n * tl_shape_size(L->in[k]));
+                    p->dout_written[src] = 1;
+                } else if (din[k] == dx && !dx_written) {
+                    memset(dx, 0, sizeof(float) * n * tl_shape_size(L->in[k]));
+                    dx_written = 1;
+                }
+            }
+        float *pg[TL_MAX_PARAMS];
+        int trains = !m->lstate[i].frozen && L->nparam > 0;
+        for (int k = 0; k < L->nparam; k++)
+            pg[k] = m->lstate[i].slot[k].grad;
+        L->ops->backward(L, &ex, in, p->out[i], p->dout[i], din, accum, n, p->saved[i],
+                         trains ? pg : NULL);
+        for (int k = 0; k < L->ninputs; k++) {
+            if (din[k] == dx && dx)
+                dx_written = 1;
+            else if (din[k])
+                p->dout_written[L->input[k]] = 1;
+        }
+    }
+    m->has_grads = 1;
+}
+
+void tl_model_commit(tlearn_model *m, tl_plan *p, size_t n, int from)
+{
+    for (int i = from; i < m->nlayers; i++) {
+        tl_layer *L = m->layers[i];
+        if (L->ops->commit && p->saved[i])
+            L->ops->commit(L, p->saved[i], n);
+    }
+}
+
+/* ---- inference ---- */
+
+/* Shared checks for calls that take n inputs of @p in_size and fill n x @p out_size. */
+static int check_io(const char *fn, const tlearn_model *m, const void *x, size_t n,
+                    const void *out, size_t out_len, size_t out_size)
+{
+    TL_CHECK_MODEL(fn, m);
+    if (m->nlayers == 0)
+        return tl_fail(TLEARN_ESHAPE, "%s: the model has no layers", fn);
+    if (!x || !out)
+        return tl_fail(TLEARN_EINVAL, "%s: %s is NULL", fn, !x ? "x" : "out");
+    if (n == 0)
+        return tl_fail(TLEARN_EINVAL, "%s: n is 0", fn);
+    if (n > (size_t)INT32_MAX / (out_size ? out_size : 1) || out_len / out_size != n ||
+        out_len % out_size != 0)
+        return tl_fail(TLEARN_EINVAL, "%s: out_len is %zu, expected %zu (n=%zu x %zu)", fn,
+                       out_len, n * out_size, n, out_size);
+    return TLEARN_OK;
+}
+
+/* Forward in evaluation mode in chunks of at most @p chunk, from layer `from` to `to`,
+ * copying layer `to`'s output. */
+static int infer(tlearn_model *m, const float *x, size_t in_size, size_t n, int from, int to,
+                 float *out)
+{
+    const size_t chunk = 256;
+    size_t cap = n < chunk ? n : chunk;
+    size_t out_size = tl_shape_size(m->layers[to]->out);
+    int rc = tl_model_plan(m, &m->plan_infer, cap, m->nlayers, 0);
+    if (rc)
+        return rc;
+    for (size_t s = 0; s < n; s += cap) {
+        size_t k = n - s < cap ? n - s : cap;
+        tl_model_forward(m, &m->plan_infer, x + s * in_size, k, 0, from, to);
+        memcpy(out + s * out_size, m->plan_infer.out[to], sizeof(float) * k * out_size);
+    }
+    return TLEARN_OK;
+}
+
+int tlearn_model_predict(tlearn_model *m, const float *x, size_t n, float *out, size_t out_len)
+{
+    static const char fn[] = "tlearn_model_predict";
+    int rc = check_io(fn, m, x, n, out, out_len, m ? tl_model_output_size(m) : 1);
+    if (rc)
+        return rc;
+    rc = infer(m, x, tl_shape_size(m->input), n, 0, m->nlayers - 1, out);
+    return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
+}
+
+int tl_model_find_checked(const char *fn, const tlearn_model *m, const char *layer, int *index)
+{
+    if (!layer)
+        return tl_fail(TLEARN_EINVAL, "%s: layer is NULL", fn);
+    *index = tl_model_find(m, layer);
+    if (*index < 0)
+        return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, layer);
+    return TLEARN_OK;
+}
+
+int tlearn_model_features(tlearn_model *m, const char *layer, const float *x, size_t n,
+                          float *out, size_t out_len)
+{
+    static const char fn[] = "tlearn_model_features";
+    TL_CHECK_MODEL(fn, m);
+    int i = 0;
+    int rc = tl_model_find_checked(fn, m, layer, &i);
+    if (rc)
+        return rc;
+    rc = check_io(fn, m, x, n, out, out_len, tl_shape_size(m->layers[i]->out));
+    if (rc)
+        return rc;
+    rc = infer(m, x, tl_shape_size(m->input), n, 0, i, out);
+    return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
+}
+
+/* Layers after @p i may only read layer i or later: then activations of i stand in for the
+ * whole prefix. */
+int tl_model_check_cut(const char *fn, const tlearn_model *m, int i)
+{
+    for (int j = i + 1; j < m->nlayers; j++)
+        for (int k = 0; k < m->layers[j]->ninputs; k++)
+            if (m->layers[j]->input[k] < i)
+                return tl_fail(TLEARN_ESTATE,
+                               "%s: layer '%s' reads from before '%s', so its activations "
+                               "do not stand for the prefix", fn, m->layers[j]->name,
+                               m->layers[i]->name);
+    if (i == m->nlayers - 1)
+        return tl_fail(TLEARN_ESTATE, "%s: '%s' is the last layer; nothing follows it", fn,
+                       m->layers[i]->name);
+    return TLEARN_OK;
+}
+
+int tlearn_model_predict_from(tlearn_model *m, const char *layer, const float *features,
+                              size_t n, float *out, size_t out_len)
+{
+    static const char fn[] = "tlearn_model_predict_from";
+    TL_CHECK_MODEL(fn, m);
+    int i = 0;
+    int rc = tl_model_find_checked(fn, m, layer, &i);
+    if (rc)
+        return rc;
+    rc = check_io(fn, m, features, n, out, out_len, tl_model_output_size(m));
+    if (!rc)
+        rc = tl_model_check_cut(fn, m, i);
+    if (rc)
+        return rc;
+    rc = infer(m, features, tl_shape_size(m->layers[i]->out), n, i + 1, m->nlayers - 1, out);
+    return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
+}

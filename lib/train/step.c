@@ -1,0 +1,316 @@
+/* The training step: forward, loss (+ penalty), backward down to the first trainable layer,
+ * one fused optimizer pass, then commit of batch statistics. Also evaluate and fit. */
+#include <math.h>
+#include <string.h>
+
+#include "train.h"
+
+int tl_model_sync_slots(tlearn_model *m)
+{
+    for (int i = 0; i < m->nlayers; i++) {
+        tl_layer *L = m->layers[i];
+        tl_layer_state *st = &m->lstate[i];
+        for (int p = 0; p < L->nparam; p++) {
+            tl_slot *s = &st->slot[p];
+            if (L->param[p].is_buffer)
+                continue;
+            if (st->frozen) { /* frozen costs nothing: no gradient, no optimizer state */
+                tl_free(s->grad);
+                tl_free(s->m1);
+                tl_free(s->m2);
+                s->grad = s->m1 = s->m2 = NULL;
+                s->step = 0;
+                s->opt_kind = 0;
+            } else if (!s->grad) {
+                s->grad = tl_alloc_array(L->param[p].t.numel, sizeof(float));
+                if (!s->grad)
+                    return tl_fail(TLEARN_ENOMEM, "out of memory for gradients of '%s.%s'",
+                                   L->name, L->param[p].name);
+            }
+        }
+    }
+    return TLEARN_OK;
+}
+
+static int check_batch(const char *fn, tlearn_model *m, const void *x, const void *targets,
+                       size_t n)
+{
+    TL_CHECK_MODEL(fn, m);
+    if (m->nlayers == 0)
+        return tl_fail(TLEARN_ESHAPE, "%s: the model has no layers", fn);
+    if (!x)
+        return tl_fail(TLEARN_EINVAL, "%s: x is NULL", fn);
+    if (!targets)
+        return tl_fail(TLEARN_EINVAL, "%s: labels/targets is NULL", fn);
+    if (n == 0)
+        return tl_fail(TLEARN_EINVAL, "%s: n is 0", fn);
+    if (n > (size_t)INT32_MAX / tl_shape_size(m->input))
+        return tl_fail(TLEARN_EINVAL, "%s: n is %zu, too large", fn, n);
+    return TLEARN_OK;
+}
+
+/* Forward + loss + backward from layer `from` (0, or i+1 for cached features of layer i).
+ * Leaves gradients in the slots and the data loss in *loss. */
+static int forward_backward(const char *fn, tlearn_model *m, const float *x,
+                            const int32_t *labels, const float *targets, size_t n, int from,
+                            float *dx, double *loss)
+{
+    int last = m->nlayers - 1;
+    int rc = tl_model_sync_slots(m);
+    int first = tl_model_first_trainable(m);
+    if (first < from)
+        first = from;
+    if (!rc)
+        rc = tl_model_plan(m, &m->plan_train, n, dx ? 0 : first, dx != NULL);
+    if (rc)
+        return tl_fail_prefix(rc, "%s: ", fn);
+    tl_plan *p = &m->plan_train;
+    tl_model_forward(m, p, x, n, m->training, from, last);
+    float *logits = p->out[last];
+    float *dlogits = p->dout[last];
+    size_t osz = tl_shape_size(m->layers[last]->out);
+    double l;
+    if (m->loss_kind == TLEARN_LOSS_SOFTMAX_CE)
+        l = tl_loss_softmax_ce(logits, labels, n, (int)osz, dlogits, NULL);
+    else
+        l = tl_loss_mse(logits, targets, n, osz, dlogits);
+    if (!isfinite(l))
+        return tl_fail(TLEARN_ENONFINITE, "%s: the loss is %g; weights left unchanged", fn, l);
+    if (dlogits)
+        tl_model_backward(m, p, x, n, from, dx);
+    *loss = l;
+    return TLEARN_OK;
+}
+
+static int validate_targets(const char *fn, tlearn_model *m, const int32_t *labels,
+                            const float *targets, size_t n)
+{
+    size_t osz = tl_model_output_size(m);
+    if (labels) {
+        if (m->loss_kind != TLEARN_LOSS_SOFTMAX_CE)
+            return tl_fail(TLEARN_ESTATE, "%s: the model's loss is MSE; use the _mse call", fn);
+        if (osz < 2)
+            return tl_fail(TLEARN_ESHAPE, "%s: cross-entropy needs >= 2 outputs, model has %zu",
+                           fn, osz);
+        return tl_check_labels(fn, labels, n, (int)osz);
+    }
+    if (m->loss_kind != TLEARN_LOSS_MSE)
+        return tl_fail(TLEARN_ESTATE, "%s: the model's loss is not MSE", fn);
+    for (size_t i = 0; i < n * osz; i++)
+        if (!isfinite(targets[i]))
+            return tl_fail(TLEARN_EINVAL, "%s: targets[%zu] is not finite", fn, i);
+    return TLEARN_OK;
+}
+
+static int apply_update(const char *fn, tlearn_model *m, tlearn_optim *o)
+{
+    float scale = 1.0f;
+    if (o->clip_norm > 0) {
+        double sq = 0.0;
+        for (int i = 0; i < m->nlayers; i++)
+            for (int p = 0; p < m->layers[i]->nparam; p++) {
+                const float *g = m->lstate[i].slot[p].grad;
+                if (!g || m->lstate[i].frozen)
+                    continue;
+                for (size_t k = 0; k < m->layers[i]->param[p].t.numel; k++)
+                    sq += (double)g[k] * g[k];
+            }
+        double norm = sqrt(sq);
+        if (!isfinite(norm))
+            return tl_fail(TLEARN_ENONFINITE, "%s: the gradient norm is %g; weights unchanged",
+                           fn, norm);
+        /* torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), if < 1. */
+        double coef = o->clip_norm / (norm + 1e-6);
+        if (coef < 1.0)
+            scale = (float)coef;
+    }
+    for (int i = 0; i < m->nlayers; i++) {
+        tl_layer_state *st = &m->lstate[i];
+        if (st->frozen)
+            continue;
+        tl_layer *L = m->layers[i];
+        for (int p = 0; p < L->nparam; p++) {
+            if (L->param[p].is_buffer || !st->slot[p].grad)
+                continue;
+            int rc = tl_optim_update(o, &st->slot[p], L->param[p].t.data, L->param[p].t.numel,
+                                     st->lr_scale, scale);
+            if (rc)
+                return tl_fail_prefix(rc, "%s: ", fn);
+        }
+    }
+    return TLEARN_OK;
+}
+
+static int train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const float *x,
+                      const int32_t *labels, const float *targets, size_t n, int from,
+                      float *loss)
+{
+    if (!o)
+        return tl_fail(TLEARN_EINVAL, "%s: optimizer is NULL", fn);
+    int rc = validate_targets(fn, m, labels, targets, n);
+    if (rc)
+        return rc;
+    double l;
+    rc = forward_backward(fn, m, x, labels, targets, n, from, NULL, &l);
+    if (rc)
+        return rc;
+    double penalty = tl_ewc_active(m) ? tl_ewc_penalty(m) : 0.0;
+    if (!isfinite(penalty))
+        return tl_fail(TLEARN_ENONFINITE, "%s: the EWC/L2-SP penalty is %g", fn, penalty);
+    rc = apply_update(fn, m, o);
+    if (rc)
+        return rc;
+    if (m->training)
+        tl_model_commit(m, &m->plan_train, n, from);
+    if (loss)
+        *loss = (float)(l + penalty);
+    return TLEARN_OK;
+}
+
+int tlearn_model_train_step(tlearn_model *m, tlearn_optim *o, const float *x,
+                            const int32_t *labels, size_t n, float *loss)
+{
+    static const char fn[] = "tlearn_model_train_step";
+    int rc = check_batch(fn, m, x, labels, n);
+    return rc ? rc : train_step(fn, m, o, x, labels, NULL, n, 0, loss);
+}
+
+int tlearn_model_train_step_mse(tlearn_model *m, tlearn_optim *o, const float *x,
+                                const float *targets, size_t n, float *loss)
+{
+    static const char fn[] = "tlearn_model_train_step_mse";
+    int rc = check_batch(fn, m, x, targets, n);
+    return rc ? rc : train_step(fn, m, o, x, NULL, targets, n, 0, loss);
+}
+
+int tlearn_model_train_step_from(tlearn_model *m, tlearn_optim *o, const char *layer,
+                                 const float *features, const int32_t *labels, size_t n,
+                                 float *loss)
+{
+    static const char fn[] = "tlearn_model_train_step_from";
+    int rc = check_batch(fn, m, features, labels, n);
+    int i = 0;
+    if (!rc)
+        rc = tl_model_find_checked(fn, m, layer, &i);
+    if (!rc)
+        rc = tl_model_check_cut(fn, m, i);
+    if (rc)
+        return rc;
+    for (int j = 0; j <= i; j++)
+        if (!m->lstate[j].frozen && m->layers[j]->nparam > 0)
+            return tl_fail(TLEARN_ESTATE, "%s: layer '%s' is not frozen; cached features of "
+                           "'%s' need everything up to it frozen", fn, m->layers[j]->name, layer);
+    return train_step(fn, m, o, features, labels, NULL, n, i + 1, loss);
+}
+
+int tlearn_model_compute_gradients(tlearn_model *m, const float *x, const int32_t *labels,
+                                   size_t n, float *loss, float *dx, size_t dx_len)
+{
+    static const char fn[] = "tlearn_model_compute_gradients";
+    int rc = check_batch(fn, m, x, labels, n);
+    if (rc)
+        return rc;
+    if (dx && dx_len != n * tl_shape_size(m->input))
+        return tl_fail(TLEARN_EINVAL, "%s: dx_len is %zu, expected %zu", fn, dx_len,
+                       n * tl_shape_size(m->input));
+    rc = validate_targets(fn, m, labels, NULL, n);
+    if (rc)
+        return rc;
+    double l;
+    rc = forward_backward(fn, m, x, labels, NULL, n, 0, dx, &l);
+    if (rc)
+        return rc;
+    if (loss)
+        *loss = (float)(l + (tl_ewc_active(m) ? tl_ewc_penalty(m) : 0.0));
+    return TLEARN_OK;
+}
+
+int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels, size_t n,
+                          float *loss, float *accuracy)
+{
+    static const char fn[] = "tlearn_model_evaluate";
+    int rc = check_batch(fn, m, x, labels, n);
+    if (!rc)
+        rc = validate_targets(fn, m, labels, NULL, n);
+    if (rc)
+        return rc;
+    const size_t chunk = 256;
+    size_t cap = n < chunk ? n : chunk;
+    rc = tl_model_plan(m, &m->plan_infer, cap, m->nlayers, 0);
+    if (rc)
+        return tl_fail_prefix(rc, "%s: ", fn);
+    size_t in = tl_shape_size(m->input), classes = tl_model_output_size(m), hits = 0;
+    double total = 0.0;
+    for (size_t s = 0; s < n; s += cap) {
+        size_t k = n - s < cap ? n - s : cap, c;
+        tl_model_forward(m, &m->plan_infer, x + s * in, k, 0, 0, m->nlayers - 1);
+        total += tl_loss_softmax_ce(m->plan_infer.out[m->nlayers - 1], labels + s, k,
+                                    (int)classes, NULL, &c) * (double)k;
+        hits += c;
+    }
+    if (!isfinite(total))
+        return tl_fail(TLEARN_ENONFINITE, "%s: the loss is not finite", fn);
+    if (loss)
+        *loss = (float)(total / (double)n);
+    if (accuracy)
+        *accuracy = (float)hits / (float)n;
+    return TLEARN_OK;
+}
+
+int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int32_t *labels,
+                     size_t n, size_t batch, int epochs, int shuffle, tlearn_progress_fn progress,
+                     void *user)
+{
+    static const char fn[] = "tlearn_model_fit";
+    int rc = check_batch(fn, m, x, labels, n);
+    if (rc)
+        return rc;
+    if (!o)
+        return tl_fail(TLEARN_EINVAL, "%s: optimizer is NULL", fn);
+    if (batch == 0 || epochs < 1 || (shuffle != 0 && shuffle != 1))
+        return tl_fail(TLEARN_EINVAL, "%s: batch (%zu) and epochs (%d) must be >= 1, shuffle "
+                       "0 or 1", fn, batch, epochs);
+    rc = validate_targets(fn, m, labels, NULL, n);
+    if (rc)
+        return rc;
+    if (batch > n)
+        batch = n;
+    size_t in = tl_shape_size(m->input);
+    size_t *order = tl_alloc_array(n, sizeof *order);
+    float *bx = tl_alloc_array(batch * in, sizeof *bx);
+    int32_t *by = tl_alloc_array(batch, sizeof *by);
+    if (!order || !bx || !by) {
+        tl_free(order);
+        tl_free(bx);
+        tl_free(by);
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory for a batch", fn);
+    }
+    for (size_t i = 0; i < n; i++)
+        order[i] = i;
+    size_t steps = (n + batch - 1) / batch;
+    for (int e = 0; e < epochs && !rc; e++) {
+        if (shuffle)
+            for (size_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
+                size_t j = (size_t)tl_rng_below(&m->rng, i + 1), t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+        for (size_t s = 0; s < steps && !rc; s++) {
+            size_t k = s + 1 < steps ? batch : n - s * batch;
+            for (size_t i = 0; i < k; i++) {
+                size_t src = order[s * batch + i];
+                memcpy(bx + i * in, x + src * in, sizeof(float) * in);
+                by[i] = labels[src];
+            }
+            float loss;
+            rc = train_step(fn, m, o, bx, by, NULL, k, 0, &loss);
+            if (!rc && progress && progress(e, epochs, s, steps, loss, user))
+                rc = tl_fail(TLEARN_ECANCELED, "%s: stopped by the progress callback at epoch "
+                             "%d, step %zu", fn, e, s);
+        }
+    }
+    tl_free(order);
+    tl_free(bx);
+    tl_free(by);
+    return rc;
+}

@@ -1,0 +1,31 @@
+/* Losses, optimizers and the training step. */
+#ifndef TL_TRAIN_H
+#define TL_TRAIN_H
+
+#include "../model/model.h"
+
+struct tlearn_optim {
+    int kind;
+    double lr, momentum, dampening, weight_decay, beta1, beta2, eps, clip_norm;
+    int nesterov;
+};
+
+/* Softmax cross-entropy, batch mean. Writes d(loss)/d(logits) into @p dlogits (may be NULL)
+ * and returns the loss in double precision. @p correct counts argmax hits (may be NULL). */
+double tl_loss_softmax_ce(const float *logits, const int32_t *labels, size_t n, int classes,
+                          float *dlogits, size_t *correct);
+/* Mean squared error over all n*size elements; gradient into @p dout (may be NULL). */
+double tl_loss_mse(const float *out, const float *targets, size_t n, size_t size, float *dout);
+/* Labels in [0, classes)? Returns status naming the first bad one. */
+int tl_check_labels(const char *fn, const int32_t *labels, size_t n, int classes);
+
+/* One update of one tensor with the fused rule: weight decay, regulariser gradient
+ * (reg_a*theta - reg_b), learning-rate scale, and the optimizer. */
+int tl_optim_update(const tlearn_optim *o, tl_slot *s, float *theta, size_t numel,
+                    float lr_scale, float grad_scale);
+
+/* EWC / L2-SP (train/ewc.c). */
+double tl_ewc_penalty(const tlearn_model *m);
+int tl_ewc_active(const tlearn_model *m);
+
+#endif
