@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "../train/ewc.h"
 
 int tlearn_model_create(tlearn_model **out, int channels, int height, int width)
 {
@@ -58,7 +59,6 @@ static void destroy_layer(tl_layer *L, tl_layer_state *st)
     tl_free(L);
 }
 
-void tl_ewc_free(struct tl_ewc *e); /* train/ewc.c */
 
 void tlearn_model_destroy(tlearn_model **mp)
 {
@@ -476,7 +476,6 @@ size_t tl_model_output_size(const tlearn_model *m)
 
 /* ---- removing layers ---- */
 
-int tl_ewc_drop_layers(tlearn_model *m, int keep); /* train/ewc.c */
 
 int tlearn_model_truncate(tlearn_model *m, const char *layer)
 {

@@ -1,6 +1,6 @@
 /* EWC and L2-SP regularisers. The full implementation lands with the transfer-learning
  * issue; until then no regulariser is ever active. */
-#include "train.h"
+#include "train.h"  /* includes ewc.h */
 
 struct tl_ewc {
     int unused;

@@ -24,8 +24,6 @@ int tl_check_labels(const char *fn, const int32_t *labels, size_t n, int classes
 int tl_optim_update(const tlearn_optim *o, tl_slot *s, float *theta, size_t numel,
                     float lr_scale, float grad_scale);
 
-/* EWC / L2-SP (train/ewc.c). */
-double tl_ewc_penalty(const tlearn_model *m);
-int tl_ewc_active(const tlearn_model *m);
+#include "ewc.h"
 
 #endif
