@@ -99,5 +99,12 @@ const tl_layer_ops *tl_layer_ops_by_kind(int kind);
 extern const tl_layer_ops tl_dense_ops;      /* ia: units */
 extern const tl_layer_ops tl_flatten_ops;    /* no arguments */
 extern const tl_layer_ops tl_activation_ops; /* ia: activation; fa: parameter */
+extern const tl_layer_ops tl_conv2d_ops;     /* ia: filters kh kw sh sw ph pw dh dw groups bias */
+extern const tl_layer_ops tl_maxpool2d_ops;  /* ia: kh kw sh sw ph pw */
+extern const tl_layer_ops tl_avgpool2d_ops;  /* ia: kh kw sh sw ph pw count_include_pad */
+extern const tl_layer_ops tl_global_avgpool_ops; /* no arguments */
+extern const tl_layer_ops tl_batchnorm_ops;  /* fa: eps momentum */
+extern const tl_layer_ops tl_dropout_ops;    /* fa: p */
+extern const tl_layer_ops tl_add_ops;        /* no arguments; two inputs */
 
 #endif
