@@ -54,7 +54,9 @@ typedef struct tl_layer_ops {
     size_t (*saved_floats)(const tl_layer *L, size_t n, int backward);
     /* Temporary floats needed during forward or backward (im2col tiles); NULL: none. */
     size_t (*scratch_floats)(const tl_layer *L, size_t n);
-    /* out = f(in). @p saved is NULL in evaluation mode, else saved_floats() floats. */
+    /* out = f(in). @p saved holds saved_floats() floats when the step will train (backward
+     * or commit may follow, even in evaluation mode: fine-tuning with frozen BN), NULL
+     * for pure inference. ex->training says which behaviour (dropout, batch statistics). */
     void (*forward)(tl_layer *L, const tl_exec *ex, const float *const *in, float *out,
                     size_t n, float *saved);
     /* From dout: parameter gradients into pgrad[i] (pgrad NULL: parameters frozen, skip)

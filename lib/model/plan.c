@@ -33,7 +33,9 @@ int tl_model_first_trainable(const tlearn_model *m)
 int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want_dx)
 {
     int L = m->nlayers;
-    int training = first_bwd < L || want_dx;
+    /* The training plan keeps what backward and commit need (batchnorm statistics update
+     * even when everything is frozen); the inference plan keeps nothing. */
+    int training = p == &m->plan_train;
     if (want_dx)
         first_bwd = 0;
     if (p->block && p->cap >= n && p->first_bwd == first_bwd && p->want_dx == want_dx)

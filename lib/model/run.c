@@ -21,7 +21,7 @@ void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int
         for (int k = 0; k < L->ninputs; k++)
             in[k] = input_of(m, p, x, L->input[k], from);
         ex.backward = i >= p->first_bwd;
-        L->ops->forward(L, &ex, in, p->out[i], n, training ? p->saved[i] : NULL);
+        L->ops->forward(L, &ex, in, p->out[i], n, p->saved[i]);
     }
 }
 
