@@ -1,4 +1,5 @@
-/*
+/**
+ * @file
  * libtlearn: transfer learning on the CPU, behind a stable C ABI.
  *
  * This header is the API reference. Conventions that hold for every function:
@@ -36,7 +37,7 @@ extern "C" {
 /* ------------------------------------------------------------------------------------ */
 /** @name Status codes. Values are fixed forever; new codes are only appended. */
 /** @{ */
-#define TLEARN_OK 0
+#define TLEARN_OK 0              /**< success */
 #define TLEARN_EINVAL (-1)       /**< an argument is invalid (NULL, out of range, wrong length) */
 #define TLEARN_ENOMEM (-2)       /**< memory could not be allocated */
 #define TLEARN_ESHAPE (-3)       /**< shapes of layers or buffers do not fit together */
@@ -258,6 +259,9 @@ TLEARN_API int tlearn_model_add_global_avgpool(tlearn_model *m, const char *name
 /**
  * Append batch normalisation over channels (after a conv) or features (after a dense).
  * Parameters `weight`, `bias`; buffers `running_mean`, `running_var` (unbiased), as PyTorch.
+ * Training mode normalises with batch statistics; the running buffers change only when a
+ * train step is accepted. A channel with one value per batch (batch 1 after a dense layer,
+ * which PyTorch refuses) normalises to `bias` and adds variance 0 to the running estimate.
  * @param eps       > 0 (PyTorch default 1e-5).  @param momentum  in [0, 1] (default 0.1).
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM.
  * @since 1.0
@@ -274,6 +278,8 @@ TLEARN_API int tlearn_model_add_dropout(tlearn_model *m, const char *name, float
 
 /**
  * Append a residual sum: output = (previous layer's output) + (output of layer @p other).
+ * The first term is the layer set by tlearn_model_set_next_input() when one was set, as
+ * for any added layer; @p other may be that same layer (x + x).
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE (shapes differ; the
  *         message names both layers and shapes), TLEARN_ENOMEM.
  * @since 1.0
@@ -326,9 +332,9 @@ TLEARN_API int tlearn_model_tensor_count(const tlearn_model *m, int *count);
 
 /**
  * Name ("layer.weight", "bn1.running_var"), element count and shape of tensor @p index.
- * Any output pointer may be NULL. *name is owned by the model. dims receives up to 4
- * sizes, *ndim their number.
- * @return TLEARN_OK, TLEARN_EINVAL. @since 1.0
+ * Any output pointer may be NULL. *name is owned by the model and stays valid until
+ * layers are added or removed. dims receives up to 4 sizes, *ndim their number.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM (first call: the name table). @since 1.0
  */
 TLEARN_API int tlearn_model_tensor_info(const tlearn_model *m, int index, const char **name,
                                         size_t *numel, int *ndim, int dims[4]);
@@ -398,8 +404,9 @@ TLEARN_API int tlearn_model_evaluate(tlearn_model *m, const float *x, const int3
  * @param o       update rule; borrowed. Its per-parameter state lives in the model.
  * @param labels  n class indices in [0, classes).
  * @param loss    receives data loss + penalty; may be NULL.
- * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE, TLEARN_ENOMEM, TLEARN_ENONFINITE (loss or
- *         gradient not finite: no weight or statistic changed).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE, TLEARN_ENOMEM, TLEARN_ENONFINITE (the loss,
+ *         the penalty or, with gradient clipping, the gradient norm is not finite: no weight,
+ *         optimizer state or batchnorm statistic changed).
  * @since 1.0
  */
 TLEARN_API int tlearn_model_train_step(tlearn_model *m, tlearn_optim *o, const float *x,
@@ -511,7 +518,8 @@ TLEARN_API void tlearn_freeze_destroy(tlearn_freeze **f);
 /**
  * Freeze every layer up to and including @p layer (by position in the model it is
  * applied to). Rules apply in the order added; later rules override earlier ones.
- * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. @since 1.0
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, not a valid layer name), TLEARN_ENOMEM. A name
+ *         that is not in the model is reported by tlearn_model_apply_freeze(). @since 1.0
  */
 TLEARN_API int tlearn_freeze_until(tlearn_freeze *f, const char *layer);
 
@@ -526,7 +534,8 @@ TLEARN_API int tlearn_freeze_match(tlearn_freeze *f, const char *glob, int froze
 
 /**
  * Freeze or unfreeze layers with index in [first, last] (inclusive).
- * @return TLEARN_OK, TLEARN_EINVAL (first < 0, last < first), TLEARN_ENOMEM. @since 1.0
+ * @return TLEARN_OK, TLEARN_EINVAL (first < 0, last < first), TLEARN_ENOMEM. A range
+ *         past the model's last layer is reported by tlearn_model_apply_freeze(). @since 1.0
  */
 TLEARN_API int tlearn_freeze_range(tlearn_freeze *f, int first, int last, int frozen);
 
@@ -644,9 +653,17 @@ TLEARN_API int tlearn_ewc_set_mode(tlearn_model *m, int mode, float gamma);
  * @p n labelled examples (evaluation mode) and store it with the current weights as anchor.
  * From then on the training loss includes (lambda/2) * sum_i F_i (theta_i - theta*_i)^2
  * (Kirkpatrick et al. 2017; Avalanche's ewc_lambda is twice this lambda).
+ * Parameters frozen at the time get no Fisher and no anchor. In TLEARN_EWC_ONLINE mode the
+ * one running task takes the latest @p lambda. Layers removed later (truncate,
+ * replace_head) drop out of every task; layers added later are not anchored by earlier
+ * consolidations, only by later ones. Per-example gradients are computed at batch 1; the
+ * model's RNG is advanced by the sampled estimator only; optimizer state is untouched, and
+ * tlearn_model_get_grad() reports no gradient until the next computation.
  * @param estimator  enum tlearn_fisher.  @param lambda  >= 0, finite.
- * @return TLEARN_OK, TLEARN_EINVAL (n == 0, bad estimator, label out of range),
- *         TLEARN_ENOMEM, TLEARN_ENONFINITE.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, n == 0, bad estimator, label out of range),
+ *         TLEARN_ESHAPE (no layers, fewer than 2 outputs), TLEARN_ESTATE (every layer
+ *         frozen, or the loss is not softmax cross-entropy), TLEARN_ENOMEM,
+ *         TLEARN_ENONFINITE (nothing is consolidated).
  * @since 1.0
  */
 TLEARN_API int tlearn_ewc_consolidate(tlearn_model *m, const float *x, const int32_t *labels,
@@ -660,7 +677,8 @@ TLEARN_API int tlearn_ewc_consolidate(tlearn_model *m, const float *x, const int
  */
 TLEARN_API int tlearn_l2sp_enable(tlearn_model *m, float alpha, float beta);
 
-/** Drop all EWC tasks and the L2-SP anchor. @return TLEARN_OK, TLEARN_EINVAL. @since 1.0 */
+/** Drop all EWC tasks and the L2-SP anchor (the mode set by tlearn_ewc_set_mode() stays).
+ *  @return TLEARN_OK, TLEARN_EINVAL. @since 1.0 */
 TLEARN_API int tlearn_ewc_clear(tlearn_model *m);
 
 /**
@@ -695,10 +713,15 @@ TLEARN_API int tlearn_ewc_get_fisher(const tlearn_model *m, int task, const char
 
 /**
  * Save the model to @p path crash-safely: a temporary file in the same directory is
- * written, fsync'ed and renamed over @p path. On failure @p path is untouched.
+ * written, fsync'ed and renamed over @p path. On failure @p path is untouched and the
+ * temporary file removed (a process killed during the save may leave "PATH.tmp-XXXXXX"
+ * behind, never a partial @p path). Format: doc/checkpoint-format.md.
  * @param o      optimizer whose hyperparameters are stored with the state; may be NULL.
- * @param flags  TLEARN_SAVE_* or'ed together.
- * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO (message has the OS error), TLEARN_ENOMEM.
+ *               The per-parameter optimizer state lives in the model and is saved anyway.
+ * @param flags  TLEARN_SAVE_* or'ed together (compression level 0..9).
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL or empty path, unknown flags), TLEARN_EIO (message
+ *         has the OS error), TLEARN_ENOMEM.
+ * @note   Builds the file in memory first: needs about the model's size in extra memory.
  * @since 1.0
  */
 TLEARN_API int tlearn_model_save(const tlearn_model *m, const tlearn_optim *o, const char *path,
@@ -706,9 +729,12 @@ TLEARN_API int tlearn_model_save(const tlearn_model *m, const tlearn_optim *o, c
 
 /**
  * Load a checkpoint into a new model (and a new optimizer, when @p optim is not NULL and
- * the file holds one; otherwise *optim is set to NULL).
+ * the file holds one; otherwise *optim is set to NULL). Training resumes exactly where the
+ * saved model stopped: optimizer state, freeze state, EWC / L2-SP state and the random
+ * generator are restored.
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT (corrupt; the message names
- *         the section, tensor and field), TLEARN_EVERSION, TLEARN_ENOMEM.
+ *         the section, tensor and field, expected and found), TLEARN_EVERSION (another
+ *         major format version), TLEARN_ENOMEM. On failure *out (and *optim) are NULL.
  * @since 1.0
  */
 TLEARN_API int tlearn_model_load(tlearn_model **out, tlearn_optim **optim, const char *path);
@@ -718,8 +744,9 @@ TLEARN_API int tlearn_model_load(tlearn_model **out, tlearn_optim **optim, const
  * @param flags    TLEARN_LOAD_STRICT or TLEARN_LOAD_PARTIAL.
  * @param matched  receives how many tensors were loaded; may be NULL.
  * @param skipped  receives how many model tensors were left as they were; may be NULL.
- * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_ESHAPE /
- *         TLEARN_ENOTFOUND (strict mode: the message lists the first mismatch).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_EVERSION,
+ *         TLEARN_ESHAPE / TLEARN_ENOTFOUND (strict mode: the message names the first
+ *         mismatch), TLEARN_ENOMEM. The model is unchanged on failure.
  * @since 1.0
  */
 TLEARN_API int tlearn_model_load_weights(tlearn_model *m, const char *path, unsigned flags,
@@ -756,9 +783,14 @@ typedef int (*tlearn_name_map_fn)(const char *file_name, char *out, size_t out_l
 /**
  * Import weights from a safetensors file (PyTorch state_dict names: "0.weight",
  * "features.3.bias", "bn1.running_var"; layouts as PyTorch; F32, F16, BF16).
- * `*.num_batches_tracked` entries are accepted and ignored.
+ * `*.num_batches_tracked` entries are accepted and ignored. The file is validated as the
+ * reference implementation does (header at most 100 MB, strict JSON without duplicate
+ * keys, known dtypes, data_offsets contiguous from 0 to the end of the file, sizes equal
+ * to shape x dtype size) and every value must be finite.
  * @param map      name mapping; NULL means identity.
- * @param flags    TLEARN_LOAD_STRICT or TLEARN_LOAD_PARTIAL.
+ * @param flags    TLEARN_LOAD_STRICT (every model tensor from the file, every file tensor
+ *                 into the model, same shapes) or TLEARN_LOAD_PARTIAL (what matches by
+ *                 name and shape; other dtypes than F32/F16/BF16 are skipped).
  * @param matched  receives the number of tensors loaded; may be NULL.
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_ESHAPE,
  *         TLEARN_ENOTFOUND, TLEARN_ENOMEM. The model is unchanged on failure.
@@ -769,14 +801,23 @@ TLEARN_API int tlearn_model_import_safetensors(tlearn_model *m, const char *path
                                                unsigned flags, size_t *matched);
 
 /**
- * Export parameters and buffers to a safetensors file torch can read (F32), crash-safely.
+ * Export parameters and buffers to a safetensors file torch can read (F32, names
+ * "layer.param", metadata {"format": "pt"}), crash-safely as tlearn_model_save().
+ * BatchNorm's num_batches_tracked is not written (libtlearn keeps no such counter).
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_ENOMEM. @since 1.0
  */
 TLEARN_API int tlearn_model_export_safetensors(const tlearn_model *m, const char *path);
 
 /**
  * Build a model from an ONNX file (architecture and weights). Layer names follow the
- * graph ("0.weight" -> layer "0").
+ * graph ("0.weight" -> layer "0"; weightless nodes take PyTorch's module scope,
+ * "/layer1/layer1.0/relu/Relu" -> "layer1.0.relu").
+ * Opsets 11 to 17; one graph input (N, C, H, W) or (N, F) with only N dynamic; operators
+ * Conv, Gemm, MatMul(+Add), Add (residual), Relu, Clip(0, 6), LeakyRelu, Sigmoid, Tanh,
+ * MaxPool, AveragePool (with a zero Pad folded in), GlobalAveragePool,
+ * BatchNormalization, Flatten, Reshape (flattening), Identity, Dropout (identity),
+ * Constant and the Shape arithmetic before a Reshape. A final Softmax is dropped: the
+ * model outputs logits. The model starts in training mode like tlearn_model_create().
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_EUNSUPPORTED (an
  *         operator, attribute or feature not handled, or a build without ONNX support; the
  *         message names node and operator), TLEARN_ENOMEM. *out is NULL on failure.

@@ -2,6 +2,9 @@
  * written in terms of it (relu, tanh, sigmoid) and the input otherwise (gelu, leaky). */
 #include <math.h>
 #include <stdio.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "layer.h"
 
@@ -49,40 +52,91 @@ static float gelu_grad(float x)
     return cdf + x * pdf;
 }
 
-static void activation_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
-                               float *out, size_t n, float *saved)
+/* The loops work on [lo, hi) so that large tensors can be split across the model's
+ * threads; each is a simple loop over restrict pointers that the compiler vectorises. */
+static void forward_range(const activation_cfg *cfg, const float *restrict x,
+                          float *restrict out, size_t lo, size_t hi)
 {
-    (void)ex;
-    (void)saved;
-    const activation_cfg *cfg = L->cfg;
-    const float *x = in[0];
-    size_t total = n * tl_shape_size(L->out);
     float slope = cfg->param;
     switch (cfg->act) {
     case TLEARN_ACT_RELU:
-        for (size_t i = 0; i < total; i++)
+        for (size_t i = lo; i < hi; i++)
             out[i] = x[i] > 0.0f ? x[i] : 0.0f;
         break;
     case TLEARN_ACT_TANH:
-        for (size_t i = 0; i < total; i++)
+        for (size_t i = lo; i < hi; i++)
             out[i] = tanhf(x[i]);
         break;
     case TLEARN_ACT_SIGMOID:
-        for (size_t i = 0; i < total; i++)
+        for (size_t i = lo; i < hi; i++)
             out[i] = 1.0f / (1.0f + expf(-x[i]));
         break;
     case TLEARN_ACT_GELU:
-        for (size_t i = 0; i < total; i++)
+        for (size_t i = lo; i < hi; i++)
             out[i] = gelu(x[i]);
         break;
     case TLEARN_ACT_RELU6:
-        for (size_t i = 0; i < total; i++)
+        for (size_t i = lo; i < hi; i++)
             out[i] = x[i] < 0.0f ? 0.0f : (x[i] > 6.0f ? 6.0f : x[i]);
         break;
     case TLEARN_ACT_LEAKY_RELU:
-        for (size_t i = 0; i < total; i++)
+        for (size_t i = lo; i < hi; i++)
             out[i] = x[i] > 0.0f ? x[i] : x[i] * slope;
         break;
+    }
+}
+
+static void backward_range(const activation_cfg *cfg, const float *restrict x,
+                           const float *restrict y, const float *restrict dout,
+                           float *restrict dx, int accum, size_t lo, size_t hi)
+{
+    float slope = cfg->param;
+    /* dx = g, or dx += g: with accum == 0 the old (possibly uninitialised) value must not
+     * leak in. Two loops, so that neither has a branch inside;
+     * d, xi, yi are loaded unconditionally so that the selects vectorise. */
+#define EMIT(XI, YI, expr)                                                                   \
+    if (accum)                                                                               \
+        for (size_t i = lo; i < hi; i++) {                                                   \
+            const float d = dout[i], xi = (XI), yi = (YI);                                   \
+            (void)xi, (void)yi;                                                              \
+            dx[i] += (expr);                                                                 \
+        }                                                                                    \
+    else                                                                                     \
+        for (size_t i = lo; i < hi; i++) {                                                   \
+            const float d = dout[i], xi = (XI), yi = (YI);                                   \
+            (void)xi, (void)yi;                                                              \
+            dx[i] = (expr);                                                                  \
+        }
+    switch (cfg->act) {
+    case TLEARN_ACT_RELU: EMIT(0.0f, y[i], yi > 0.0f ? d : 0.0f) break;
+    case TLEARN_ACT_TANH: EMIT(0.0f, y[i], d * (1.0f - yi * yi)) break;
+    case TLEARN_ACT_SIGMOID: EMIT(0.0f, y[i], d * yi * (1.0f - yi)) break;
+    case TLEARN_ACT_GELU: EMIT(x[i], 0.0f, d * gelu_grad(xi)) break;
+    /* PyTorch's hardtanh backward passes the gradient only strictly inside (0, 6). */
+    case TLEARN_ACT_RELU6: EMIT(x[i], 0.0f, (xi > 0.0f && xi < 6.0f) ? d : 0.0f) break;
+    case TLEARN_ACT_LEAKY_RELU: EMIT(x[i], 0.0f, xi > 0.0f ? d : d * slope) break;
+    }
+#undef EMIT
+}
+
+static void activation_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
+                               float *out, size_t n, float *saved)
+{
+    (void)saved;
+    const activation_cfg *cfg = L->cfg;
+    size_t total = n * tl_shape_size(L->out);
+    int nt = tl_par_threads(tl_blas_threads(ex->blas), total);
+    if (nt == 1) {
+        forward_range(cfg, in[0], out, 0, total);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        size_t lo = 0, hi = total;
+#ifdef _OPENMP
+        tl_par_range(total, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+#endif
+        forward_range(cfg, in[0], out, lo, hi);
     }
 }
 
@@ -90,30 +144,25 @@ static void activation_backward(tl_layer *L, const tl_exec *ex, const float *con
                                 const float *out, const float *dout, float *const *din,
                                 int accum, size_t n, const float *saved, float *const *pgrad)
 {
-    (void)ex; (void)saved; (void)pgrad;
+    (void)saved; (void)pgrad;
     const activation_cfg *cfg = L->cfg;
     float *dx = din[0];
     if (!dx)
         return;
-    const float *x = in[0], *y = out;
     size_t total = n * tl_shape_size(L->out);
-    float a = accum ? 1.0f : 0.0f, slope = cfg->param;
-    /* dx = a*dx + g: with a == 0 the old (possibly uninitialised) value must not leak in. */
-#define EMIT(expr)                                                                           \
-    for (size_t i = 0; i < total; i++) {                                                     \
-        float g = (expr);                                                                    \
-        dx[i] = accum ? a * dx[i] + g : g;                                                   \
+    int nt = tl_par_threads(tl_blas_threads(ex->blas), total);
+    if (nt == 1) {
+        backward_range(cfg, in[0], out, dout, dx, accum, 0, total);
+        return;
     }
-    switch (cfg->act) {
-    case TLEARN_ACT_RELU: EMIT(y[i] > 0.0f ? dout[i] : 0.0f) break;
-    case TLEARN_ACT_TANH: EMIT(dout[i] * (1.0f - y[i] * y[i])) break;
-    case TLEARN_ACT_SIGMOID: EMIT(dout[i] * y[i] * (1.0f - y[i])) break;
-    case TLEARN_ACT_GELU: EMIT(dout[i] * gelu_grad(x[i])) break;
-    /* PyTorch's hardtanh backward passes the gradient only strictly inside (0, 6). */
-    case TLEARN_ACT_RELU6: EMIT((x[i] > 0.0f && x[i] < 6.0f) ? dout[i] : 0.0f) break;
-    case TLEARN_ACT_LEAKY_RELU: EMIT(x[i] > 0.0f ? dout[i] : dout[i] * slope) break;
+#pragma omp parallel num_threads(nt)
+    {
+        size_t lo = 0, hi = total;
+#ifdef _OPENMP
+        tl_par_range(total, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+#endif
+        backward_range(cfg, in[0], out, dout, dx, accum, lo, hi);
     }
-#undef EMIT
 }
 
 const tl_layer_ops tl_activation_ops = {

@@ -3,10 +3,30 @@
 
 #include "layer.h"
 
+/* Set by io/ while it rebuilds layers from a file (see layer.h). */
+static _Thread_local size_t *param_budget;
+
+void tl_layer_set_param_budget(size_t *floats)
+{
+    param_budget = floats;
+}
+
 int tl_layer_add_param(tl_layer *L, const char *name, int ndim, const int *dims, int is_buffer)
 {
     if (L->nparam >= TL_MAX_PARAMS)
         return tl_fail(TLEARN_EINVAL, "layer '%s' has too many parameters", L->name);
+    if (param_budget) {
+        size_t numel = 1;
+        for (int i = 0; i < ndim; i++)
+            if (dims[i] < 1 || !tl_mul_size(numel, (size_t)dims[i], &numel))
+                numel = SIZE_MAX;
+        if (numel > *param_budget)
+            return tl_fail(TLEARN_EFORMAT,
+                           "layer '%s', parameter '%s': %zu elements, more than the %zu the file "
+                           "declares for the parameters not yet built", L->name, name, numel,
+                           *param_budget);
+        *param_budget -= numel;
+    }
     tl_param *p = &L->param[L->nparam];
     memset(p, 0, sizeof *p);
     strncpy(p->name, name, sizeof p->name - 1);

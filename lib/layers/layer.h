@@ -86,6 +86,11 @@ struct tl_layer {
 
 /* Helpers for layer files. */
 int tl_layer_add_param(tl_layer *L, const char *name, int ndim, const int *dims, int is_buffer);
+/* io/ rebuilding layers from a file sets a per-thread budget of floats (what the file's
+ * tensor directory declares, so bounded by the file's size): tl_layer_add_param then fails
+ * with TLEARN_EFORMAT instead of allocating more, and subtracts what it allocates. NULL
+ * removes the budget. */
+void tl_layer_set_param_budget(size_t *floats);
 /* PyTorch's default init for weights of fan-in @p fan_in: U(-1/sqrt(fan_in), +...). */
 void tl_init_uniform(tl_tensor *t, tl_rng *rng, float bound);
 

@@ -7,6 +7,13 @@ static const tl_layer_ops *const all_kinds[] = {
     &tl_dense_ops,
     &tl_flatten_ops,
     &tl_activation_ops,
+    &tl_conv2d_ops,
+    &tl_maxpool2d_ops,
+    &tl_avgpool2d_ops,
+    &tl_global_avgpool_ops,
+    &tl_batchnorm_ops,
+    &tl_dropout_ops,
+    &tl_add_ops,
 };
 
 const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)

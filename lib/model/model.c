@@ -72,6 +72,7 @@ void tlearn_model_destroy(tlearn_model **mp)
     tl_plan_free(&m->plan_train);
     tl_plan_free(&m->plan_infer);
     tl_ewc_free(m->ewc);
+    tl_free(m->tensor_names);
     for (int i = 0; i < m->nmeta; i++) {
         tl_free(m->meta_keys[i]);
         tl_free(m->meta_values[i]);
@@ -149,6 +150,8 @@ void tl_model_structure_changed(tlearn_model *m)
     tl_plan_free(&m->plan_train);
     tl_plan_free(&m->plan_infer);
     m->has_grads = 0;
+    tl_free(m->tensor_names);
+    m->tensor_names = NULL;
 }
 
 static tl_shape shape_of(const tlearn_model *m, int index)
@@ -217,23 +220,7 @@ int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const
     return TLEARN_OK;
 }
 
-int tlearn_model_add_dense(tlearn_model *m, const char *name, int units)
-{
-    return tl_model_add(m, "tlearn_model_add_dense", &tl_dense_ops, name, NULL, 0, &units, 1,
-                        NULL, 0);
-}
-
-int tlearn_model_add_flatten(tlearn_model *m, const char *name)
-{
-    return tl_model_add(m, "tlearn_model_add_flatten", &tl_flatten_ops, name, NULL, 0, NULL, 0,
-                        NULL, 0);
-}
-
-int tlearn_model_add_activation(tlearn_model *m, const char *name, int activation, float param)
-{
-    return tl_model_add(m, "tlearn_model_add_activation", &tl_activation_ops, name, NULL, 0,
-                        &activation, 1, &param, 1);
-}
+/* The public tlearn_model_add_* wrappers live in build.c. */
 
 /* ---- introspection ---- */
 
@@ -372,12 +359,32 @@ int tlearn_model_tensor_count(const tlearn_model *m, int *count)
     return TLEARN_OK;
 }
 
-/* Names are built on demand into a per-thread buffer: tensors have no stored full name. */
+/* Full names are built on first request into a table the model owns, so that *name stays
+ * valid until the layers change (as the header promises), not just until the next call. */
+static const char *tensor_name(const tlearn_model *m, int index)
+{
+    if (!m->tensor_names) {
+        int count = 0;
+        for (int i = 0; i < m->nlayers; i++)
+            count += m->layers[i]->nparam;
+        /* The handle is not const-defined; the cache is invisible to the caller. */
+        tlearn_model *mm = (tlearn_model *)m;
+        mm->tensor_names = tl_alloc_array((size_t)count, TL_TENSOR_NAME_MAX);
+        if (!mm->tensor_names)
+            return NULL;
+        char *dst = mm->tensor_names;
+        for (int i = 0; i < m->nlayers; i++)
+            for (int k = 0; k < m->layers[i]->nparam; k++, dst += TL_TENSOR_NAME_MAX)
+                snprintf(dst, TL_TENSOR_NAME_MAX, "%s.%s", m->layers[i]->name,
+                         m->layers[i]->param[k].name);
+    }
+    return m->tensor_names + (size_t)index * TL_TENSOR_NAME_MAX;
+}
+
 int tlearn_model_tensor_info(const tlearn_model *m, int index, const char **name, size_t *numel,
                              int *ndim, int dims[4])
 {
     static const char fn[] = "tlearn_model_tensor_info";
-    static _Thread_local char namebuf[2 * TL_NAME_MAX];
     TL_CHECK_MODEL(fn, m);
     int k = index;
     if (k >= 0) {
@@ -386,8 +393,9 @@ int tlearn_model_tensor_info(const tlearn_model *m, int index, const char **name
             if (k < L->nparam) {
                 const tl_param *p = &L->param[k];
                 if (name) {
-                    snprintf(namebuf, sizeof namebuf, "%s.%s", L->name, p->name);
-                    *name = namebuf;
+                    *name = tensor_name(m, index);
+                    if (!*name)
+                        return tl_fail(TLEARN_ENOMEM, "%s: out of memory for tensor names", fn);
                 }
                 if (numel)
                     *numel = p->t.numel;
@@ -508,6 +516,12 @@ int tlearn_model_replace_head(tlearn_model *m, const char *from_layer, int class
     int i = tl_model_find(m, from_layer);
     if (i < 0)
         return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, from_layer);
+    /* Refuse before truncating: a kept layer called "head" would make the add fail after
+     * the old head is already gone. */
+    int kept_head = tl_model_find(m, "head");
+    if (kept_head >= 0 && kept_head <= i)
+        return tl_fail(TLEARN_EINVAL, "%s: layer %d is already named 'head' and would stay; "
+                       "the new head needs that name", fn, kept_head);
     int rc = tlearn_model_truncate(m, from_layer);
     if (rc)
         return tl_fail_prefix(rc, "%s: ", fn);

@@ -32,12 +32,15 @@ typedef struct tl_plan {
     float **dout;      /* per layer: gradient of the loss w.r.t. the output, or NULL */
     float **saved;     /* per layer: what forward keeps for backward/commit, or NULL */
     int *dout_written; /* per layer, during backward: dout already holds a contribution */
+    int fwd_training;  /* mode of the last forward: backward sees `saved` only if it was 1 */
     float *scratch;
     void *block;       /* owns everything above */
     size_t bytes;      /* activation + scratch bytes (reported by workspace_bytes) */
 } tl_plan;
 
 struct tl_ewc; /* train/ewc.c */
+
+#define TL_TENSOR_NAME_MAX (TL_NAME_MAX + 24) /* layer name '.' tl_param name */
 
 struct tlearn_model {
     tl_shape input;
@@ -57,6 +60,8 @@ struct tlearn_model {
     int nmeta;
     char **meta_keys, **meta_values;
     int has_grads;        /* a backward has filled the gradients */
+    char *tensor_names;   /* "layer.param" names for tensor_info, TL_TENSOR_NAME_MAX bytes
+                           * each; built on demand, dropped when the layers change */
 };
 
 #define TL_CHECK_MODEL(fn, m)                                                                 \
@@ -78,6 +83,8 @@ int tl_model_check_cut(const char *fn, const tlearn_model *m, int i);
 int tl_model_find_tensor(const tlearn_model *m, const char *name, int *layer, int *param);
 void tl_model_structure_changed(tlearn_model *m); /* drops plans */
 size_t tl_model_output_size(const tlearn_model *m);
+/* Images per chunk for inference through layers [from, to] (cache-sized; run.c). */
+size_t tl_model_infer_chunk(const tlearn_model *m, int from, int to);
 
 /* Planning and running. first_bwd = tl_model_first_trainable() for training. */
 int tl_model_first_trainable(const tlearn_model *m); /* nlayers when everything is frozen */

@@ -1,12 +1,28 @@
 /* The one place that talks to BLIS. Each model owns a rntm_t so that its thread count is
  * its own; BLIS's global threading state is never touched. */
 #include <blis.h>
+#include <stdatomic.h>
 
 #include "tensor.h"
 
+/* GEMM FLOPs (2*M*N*K per call) done by this process: tests prove that frozen layers cost
+ * nothing in backward. Relaxed atomic: models may run on several threads at once. */
+static _Atomic uint64_t gemm_flops;
+
+uint64_t tl_sgemm_flops(void)
+{
+    return atomic_load_explicit(&gemm_flops, memory_order_relaxed);
+}
+
 struct tl_blas {
     rntm_t rntm;
+    int threads; /* also the num_threads() of the model's OpenMP loops */
 };
+
+int tl_blas_threads(const tl_blas *b)
+{
+    return b->threads;
+}
 
 tl_blas *tl_blas_create(int threads)
 {
@@ -25,6 +41,7 @@ void tl_blas_destroy(tl_blas *b)
 
 void tl_blas_set_threads(tl_blas *b, int threads)
 {
+    b->threads = threads;
     bli_rntm_set_num_threads(threads, &b->rntm);
 }
 
@@ -32,7 +49,13 @@ void tl_sgemm(const tl_blas *b, int ta, int tb, int M, int N, int K, float alpha
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     /* BLIS takes general strides: row-major means row stride = ld, column stride = 1. */
+    atomic_fetch_add_explicit(&gemm_flops, 2u * (uint64_t)M * (uint64_t)N * (uint64_t)K,
+                              memory_order_relaxed);
     rntm_t rntm = b->rntm; /* BLIS writes into the rntm it is given; keep ours pristine */
+    /* Below about 4 MFLOP a GEMM takes tens of microseconds: waking threads and their
+     * (spinning) barriers cost more than they save, badly so on a busy machine. */
+    if (b->threads > 1 && 2.0 * M * N * K < 4e6)
+        bli_rntm_set_num_threads(1, &rntm);
     bli_sgemm_ex(ta ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
                  M, N, K, &alpha, (float *)A, lda, 1, (float *)B, ldb, 1, &beta, C, ldc, 1, NULL,
                  &rntm);

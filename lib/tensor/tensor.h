@@ -18,16 +18,42 @@ typedef struct tl_tensor {
 int tl_tensor_alloc(tl_tensor *t, int ndim, const int *dims);
 void tl_tensor_free(tl_tensor *t);
 
+/* ---- memory-bound loops ---- */
+/* Threads worth waking for a memory-bound loop over @p n floats: below about 32K floats
+ * waking the other threads costs more than they save. */
+#define TL_PAR_MIN_FLOATS ((size_t)1 << 15)
+static inline int tl_par_threads(int threads, size_t n)
+{
+    return threads > 1 && n >= TL_PAR_MIN_FLOATS ? threads : 1;
+}
+/* Part @p t of @p nt of [0, n): contiguous, starting on a 64-byte boundary of the range. */
+static inline void tl_par_range(size_t n, int t, int nt, size_t *lo, size_t *hi)
+{
+    size_t per = (n + (size_t)nt - 1) / (size_t)nt;
+    per = (per + 15) & ~(size_t)15;
+    *lo = per * (size_t)t < n ? per * (size_t)t : n;
+    *hi = *lo + per < n ? *lo + per : n;
+}
+/* Sum of squares of x[0..n) in double, with up to @p threads threads. The partial sums are
+ * combined in a fixed order, so the result does not depend on scheduling. */
+double tl_sumsq(const float *x, size_t n, int threads);
+/* 1 when every element of x[0..n) is finite, else 0; a quarter of tl_sumsq's work. */
+int tl_all_finite(const float *x, size_t n, int threads);
+
 /* Per-model GEMM context: its own thread count, never BLIS's global setting. */
 typedef struct tl_blas tl_blas;
 tl_blas *tl_blas_create(int threads);
 void tl_blas_destroy(tl_blas *b);
 void tl_blas_set_threads(tl_blas *b, int threads);
+/* The thread count: layers use it for their parallel loops (OpenMP num_threads()). */
+int tl_blas_threads(const tl_blas *b);
 
 /* Row-major C = alpha * op(A) * op(B) + beta * C, op = transpose when ta/tb is set.
  * A is M x K (K x M when ta), B is K x N (N x K when tb); lda/ldb/ldc are row strides.
  * Callers guarantee valid sizes: BLIS aborts on bad arguments. */
 void tl_sgemm(const tl_blas *b, int ta, int tb, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* GEMM FLOPs (2*M*N*K per tl_sgemm call) done by the whole process so far; for tests. */
+uint64_t tl_sgemm_flops(void);
 
 #endif

@@ -29,7 +29,7 @@ double tl_loss_softmax_ce(const float *logits, const int32_t *labels, size_t n, 
         hits += arg == labels[i];
         double sum = 0.0;
         for (int j = 0; j < classes; j++)
-            sum += exp((double)(z[j] - mx));
+            sum += exp((double)z[j] - mx); /* the difference in double, not float */
         double lse = log(sum) + mx;
         total += lse - z[labels[i]];
         if (dlogits) {
@@ -48,12 +48,12 @@ double tl_loss_mse(const float *out, const float *targets, size_t n, size_t size
 {
     size_t total = n * size;
     double sum = 0.0;
-    float scale = 2.0f / (float)total;
+    double scale = 2.0 / (double)total;
     for (size_t i = 0; i < total; i++) {
-        float d = out[i] - targets[i];
-        sum += (double)d * d;
+        double d = (double)out[i] - targets[i]; /* in double: no float rounding of d */
+        sum += d * d;
         if (dout)
-            dout[i] = scale * d;
+            dout[i] = (float)(scale * d);
     }
     return sum / (double)total;
 }

@@ -49,6 +49,59 @@ static int check_batch(const char *fn, tlearn_model *m, const void *x, const voi
     return TLEARN_OK;
 }
 
+/* Layer kinds whose forward is the same per example whatever the batch (no batch
+ * statistics, no random numbers, nothing saved when no backward runs through them). */
+static int batch_independent(const tl_layer *L)
+{
+    switch (L->ops->kind) {
+    case TLEARN_LAYER_CONV2D:
+    case TLEARN_LAYER_DENSE:
+    case TLEARN_LAYER_ACTIVATION:
+    case TLEARN_LAYER_MAXPOOL2D:
+    case TLEARN_LAYER_AVGPOOL2D:
+    case TLEARN_LAYER_GLOBAL_AVGPOOL:
+    case TLEARN_LAYER_FLATTEN:
+    case TLEARN_LAYER_ADD:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* A frozen prefix [from, first) that backward never enters runs like inference: in
+ * cache-sized chunks through the inference plan (tl_model_infer_chunk), each chunk's output
+ * copied into the training plan's buffer for layer first-1, which layer `first` reads. Same
+ * results as one forward over the batch, for a fraction of the memory traffic. Returns the
+ * layer the ordinary forward starts from (`from` when the prefix does not qualify), or -1
+ * when the inference plan cannot be allocated (the message is set). */
+static int frozen_prefix_chunked(tlearn_model *m, const float *x, size_t n, int from,
+                                 int first, int want_dx)
+{
+    if (want_dx || first <= from || first >= m->nlayers)
+        return from;
+    for (int i = from; i < first; i++)
+        if (!batch_independent(m->layers[i]))
+            return from;
+    for (int j = first; j < m->nlayers; j++) /* nothing after the cut reads across it */
+        for (int k = 0; k < m->layers[j]->ninputs; k++)
+            if (m->layers[j]->input[k] < first - 1)
+                return from;
+    size_t chunk = tl_model_infer_chunk(m, from, first - 1);
+    if (chunk >= n)
+        return from;
+    if (tl_model_plan(m, &m->plan_infer, chunk, m->nlayers, 0))
+        return -1;
+    tl_plan *p = &m->plan_train, *q = &m->plan_infer;
+    size_t in_size = tl_shape_size(from ? m->layers[from - 1]->out : m->input);
+    size_t out_size = tl_shape_size(m->layers[first - 1]->out);
+    for (size_t s = 0; s < n; s += chunk) {
+        size_t k = n - s < chunk ? n - s : chunk;
+        tl_model_forward(m, q, x + s * in_size, k, m->training, from, first - 1);
+        memcpy(p->out[first - 1] + s * out_size, q->out[first - 1], sizeof(float) * k * out_size);
+    }
+    return first;
+}
+
 /* Forward + loss + backward from layer `from` (0, or i+1 for cached features of layer i).
  * Leaves gradients in the slots and the data loss in *loss. */
 static int forward_backward(const char *fn, tlearn_model *m, const float *x,
@@ -65,7 +118,10 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
     if (rc)
         return tl_fail_prefix(rc, "%s: ", fn);
     tl_plan *p = &m->plan_train;
-    tl_model_forward(m, p, x, n, m->training, from, last);
+    int start = frozen_prefix_chunked(m, x, n, from, first, dx != NULL);
+    if (start < 0)
+        return tl_fail_prefix(TLEARN_ENOMEM, "%s: ", fn);
+    tl_model_forward(m, p, start > from ? p->out[start - 1] : x, n, m->training, start, last);
     float *logits = p->out[last];
     float *dlogits = p->dout[last];
     size_t osz = tl_shape_size(m->layers[last]->out);
@@ -74,7 +130,7 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
         l = tl_loss_softmax_ce(logits, labels, n, (int)osz, dlogits, NULL);
     else
         l = tl_loss_mse(logits, targets, n, osz, dlogits);
-    if (!isfinite(l))
+    if (!isfinite((float)l)) /* also a loss that overflows the float it is reported in */
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is %g; weights left unchanged", fn, l);
     if (dlogits)
         tl_model_backward(m, p, x, n, from, dx);
@@ -104,21 +160,29 @@ static int validate_targets(const char *fn, tlearn_model *m, const int32_t *labe
 
 static int apply_update(const char *fn, tlearn_model *m, tlearn_optim *o)
 {
+    /* A finite loss can still have an overflowing gradient, which must be refused before
+     * any weight changes. With clipping the global norm does it (the sum of squares of
+     * floats in double is finite exactly when every element is); without, a cheaper
+     * finiteness pass over the gradients. */
+    double sq = 0.0;
+    int finite = 1;
+    for (int i = 0; i < m->nlayers; i++)
+        for (int p = 0; p < m->layers[i]->nparam; p++) {
+            const float *g = m->lstate[i].slot[p].grad;
+            if (!g || m->lstate[i].frozen || m->layers[i]->param[p].is_buffer)
+                continue;
+            size_t numel = m->layers[i]->param[p].t.numel;
+            if (o->clip_norm > 0)
+                sq += tl_sumsq(g, numel, m->threads);
+            else if (finite)
+                finite = tl_all_finite(g, numel, m->threads);
+        }
+    double norm = sqrt(sq);
+    if (!isfinite(norm) || !finite)
+        return tl_fail(TLEARN_ENONFINITE, "%s: the gradient norm is %g; weights unchanged",
+                       fn, finite ? norm : (double)INFINITY);
     float scale = 1.0f;
     if (o->clip_norm > 0) {
-        double sq = 0.0;
-        for (int i = 0; i < m->nlayers; i++)
-            for (int p = 0; p < m->layers[i]->nparam; p++) {
-                const float *g = m->lstate[i].slot[p].grad;
-                if (!g || m->lstate[i].frozen)
-                    continue;
-                for (size_t k = 0; k < m->layers[i]->param[p].t.numel; k++)
-                    sq += (double)g[k] * g[k];
-            }
-        double norm = sqrt(sq);
-        if (!isfinite(norm))
-            return tl_fail(TLEARN_ENONFINITE, "%s: the gradient norm is %g; weights unchanged",
-                           fn, norm);
         /* torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), if < 1. */
         double coef = o->clip_norm / (norm + 1e-6);
         if (coef < 1.0)
@@ -132,8 +196,8 @@ static int apply_update(const char *fn, tlearn_model *m, tlearn_optim *o)
         for (int p = 0; p < L->nparam; p++) {
             if (L->param[p].is_buffer || !st->slot[p].grad)
                 continue;
-            int rc = tl_optim_update(o, &st->slot[p], L->param[p].t.data, L->param[p].t.numel,
-                                     st->lr_scale, scale);
+            int rc = tl_optim_update_mt(o, &st->slot[p], L->param[p].t.data,
+                                        L->param[p].t.numel, st->lr_scale, scale, m->threads);
             if (rc)
                 return tl_fail_prefix(rc, "%s: ", fn);
         }
@@ -234,7 +298,7 @@ int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels
         rc = validate_targets(fn, m, labels, NULL, n);
     if (rc)
         return rc;
-    const size_t chunk = 256;
+    const size_t chunk = tl_model_infer_chunk(m, 0, m->nlayers - 1);
     size_t cap = n < chunk ? n : chunk;
     rc = tl_model_plan(m, &m->plan_infer, cap, m->nlayers, 0);
     if (rc)
@@ -267,9 +331,12 @@ int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int
         return rc;
     if (!o)
         return tl_fail(TLEARN_EINVAL, "%s: optimizer is NULL", fn);
-    if (batch == 0 || epochs < 1 || (shuffle != 0 && shuffle != 1))
-        return tl_fail(TLEARN_EINVAL, "%s: batch (%zu) and epochs (%d) must be >= 1, shuffle "
-                       "0 or 1", fn, batch, epochs);
+    if (batch == 0)
+        return tl_fail(TLEARN_EINVAL, "%s: batch is 0, must be >= 1", fn);
+    if (epochs < 1)
+        return tl_fail(TLEARN_EINVAL, "%s: epochs is %d, must be >= 1", fn, epochs);
+    if (shuffle != 0 && shuffle != 1)
+        return tl_fail(TLEARN_EINVAL, "%s: shuffle is %d, must be 0 or 1", fn, shuffle);
     rc = validate_targets(fn, m, labels, NULL, n);
     if (rc)
         return rc;

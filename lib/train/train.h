@@ -23,6 +23,9 @@ int tl_check_labels(const char *fn, const int32_t *labels, size_t n, int classes
  * (reg_a*theta - reg_b), learning-rate scale, and the optimizer. */
 int tl_optim_update(const tlearn_optim *o, tl_slot *s, float *theta, size_t numel,
                     float lr_scale, float grad_scale);
+/* The same with up to @p threads threads (the model's count); identical results. */
+int tl_optim_update_mt(const tlearn_optim *o, tl_slot *s, float *theta, size_t numel,
+                       float lr_scale, float grad_scale, int threads);
 
 #include "ewc.h"
 

@@ -1,0 +1,320 @@
+#!/usr/bin/python3
+"""libtlearn against PyTorch on the reference workloads, in the same run (bench/README.md).
+
+Run with Debian's interpreter (it sees python3-torch), from the repository root after
+building with -Dbench=true:
+
+    /usr/bin/python3 bench/compare-torch.py --build-dir build
+
+For every workload and thread count the libtlearn program (build/bench/tlearn-bench, a fresh
+process each time) and the same workload in PyTorch are run alternately --repeats times and
+the medians are compared. Throughput workloads run PyTorch in this process; the batch-1 job
+runs PyTorch in a child process of its own so that its peak RSS is its own. Prints a table
+and one line per workload and thread count:
+
+    bench workload=cnn_partial_b64 threads=1 tlearn=... torch=... unit=steps/s ratio=... ceiling_frac=...
+
+ratio > 1 means libtlearn is better (throughput: tlearn/torch; latency and memory:
+torch/tlearn). cpu_ratio is the same comparison over process CPU time instead of wall time:
+at 1 thread it is what an idle machine would show, which matters on a shared machine (at 2
+threads it counts spinning threads, so read the wall-time ratio there). ceiling_frac is libtlearn's useful GFLOP/s over BLIS's own sgemm rate at the
+same thread count, measured at the start of the run.
+"""
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+WORKLOADS = [
+    # name, unit, batch
+    ("mlp_adam_b64", "steps/s", 64),
+    ("cnn_full_b64", "steps/s", 64),
+    ("cnn_partial_b64", "steps/s", 64),
+    ("cnn_ewc_b64", "steps/s", 64),
+    ("cnn_features_b256", "images/s", 256),
+    ("cnn_partial_b1", "us/step", 1),
+]
+UNITS = {w: u for w, u, _ in WORKLOADS}
+BATCH = {w: b for w, _, b in WORKLOADS}
+
+
+# --------------------------------------------------------------------------------------
+# PyTorch side
+
+def torch_setup(name, threads):
+    """Build the workload in PyTorch; returns a callable doing one unit of work."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    batch = BATCH[name]
+    nbatches = 64 if name == "cnn_partial_b1" else 4
+    if name.startswith("mlp"):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(),
+                              nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+        xs = torch.rand(nbatches, batch, 784)
+    else:
+        model = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+        xs = torch.rand(nbatches, batch, 1, 28, 28)
+    ys = torch.randint(0, 10, (nbatches, batch))
+    state = {"i": 0}
+
+    def next_batch():
+        i = state["i"]
+        state["i"] = (i + 1) % nbatches
+        return xs[i], ys[i]
+
+    if name == "cnn_features_b256":
+        features = model[:6].eval()  # through the second pool
+
+        def run():
+            x, _ = next_batch()
+            with torch.inference_mode():
+                features(x)
+        return run
+
+    if name in ("cnn_partial_b64", "cnn_partial_b1"):
+        for layer in (model[0], model[3]):
+            for p in layer.parameters():
+                p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name.startswith("mlp"):
+        opt = torch.optim.Adam(params, lr=1e-3)
+    else:
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    penalty = None
+    if name == "cnn_ewc_b64":
+        # Empirical Fisher from one batch, anchors at the current weights (as the C side).
+        x, y = xs[0], ys[0]
+        model.zero_grad()
+        loss_fn(model(x), y).backward()
+        fisher = [p.grad.detach() ** 2 for p in params]
+        anchor = [p.detach().clone() for p in params]
+        lam = 100.0
+
+        def penalty():
+            return (lam / 2) * sum((f * (p - a) ** 2).sum()
+                                   for f, p, a in zip(fisher, params, anchor))
+
+    def run():
+        x, y = next_batch()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        if penalty is not None:
+            loss = loss + penalty()
+        loss.backward()
+        opt.step()
+    return run
+
+
+def measure(run, rounds, round_s):
+    """Medians over rounds of runs per second of wall time and of process CPU time (each
+    round at least round_s seconds)."""
+    t0 = time.perf_counter()
+    i = 0
+    while i < 3 or time.perf_counter() - t0 < 0.2:  # warm-up
+        run()
+        i += 1
+    rates, cpu_rates = [], []
+    for _ in range(rounds):
+        n = 0
+        start = now = time.perf_counter()
+        cpu0 = time.process_time()
+        while n < 2 or now - start < round_s:
+            run()
+            n += 1
+            now = time.perf_counter()
+        rates.append(n / (now - start))
+        cpu_rates.append(n / (time.process_time() - cpu0))
+    return statistics.median(rates), statistics.median(cpu_rates)
+
+
+def as_unit(name, runs):
+    if name == "cnn_features_b256":
+        return runs * BATCH[name]
+    if name == "cnn_partial_b1":
+        return 1e6 / runs
+    return runs
+
+
+def torch_value(name, threads, rounds, round_s):
+    """(wall value, CPU-time value) in the workload's unit."""
+    runs, cpu_runs = measure(torch_setup(name, threads), rounds, round_s)
+    return as_unit(name, runs), as_unit(name, cpu_runs)
+
+
+def torch_worker(args):
+    """Child process: one PyTorch measurement, printed with this process's peak RSS."""
+    v, cv = torch_value(args.torch_worker, args.threads, args.rounds, args.round_seconds)
+    rss = peak_rss_kib()
+    print(f"torch value={v:.6g} cpu_value={cv:.6g} peak_rss_kib={rss}", flush=True)
+
+
+def peak_rss_kib():
+    """VmHWM: the peak of this process image. ru_maxrss would include the peak of the
+    parent before exec (Linux keeps it across execve), i.e. the parent's torch."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def torch_in_child(name, threads, rounds, round_s):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker", name,
+                          "--threads", str(threads), "--rounds", str(rounds),
+                          "--round-seconds", str(round_s)],
+                         check=True, capture_output=True, text=True).stdout
+    fields = parse_fields(out.strip().splitlines()[-1])
+    return float(fields["value"]), float(fields["cpu_value"]), int(fields["peak_rss_kib"])
+
+
+# --------------------------------------------------------------------------------------
+# libtlearn side
+
+def parse_fields(line):
+    return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+
+
+def tlearn_run(exe, name, threads, rounds, round_s, ceiling):
+    out = subprocess.run([exe, name, "--threads", str(threads), "--rounds", str(rounds),
+                          "--round-seconds", str(round_s), "--ceiling", str(ceiling)],
+                         check=True, capture_output=True, text=True).stdout
+    line = [ln for ln in out.splitlines() if ln.startswith("tlearn ")][-1]
+    return parse_fields(line)
+
+
+def blis_ceiling(exe, threads):
+    out = subprocess.run([exe, "--threads", str(threads)], check=True, capture_output=True,
+                         text=True).stdout
+    return float(parse_fields(out.strip().splitlines()[-1])["gflops"])
+
+
+# --------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build-dir", default="build")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--workloads", default=",".join(w for w, _, _ in WORKLOADS))
+    ap.add_argument("--repeats", type=int, default=3, help="alternations per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds inside each run")
+    ap.add_argument("--round-seconds", type=float, default=0.3)
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 2 short rounds")
+    ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    thread_list = [int(t) for t in args.threads.split(",")]
+    args.threads = thread_list[0]
+    if args.torch_worker:
+        torch_worker(args)
+        return 0
+    if args.quick:
+        args.repeats, args.rounds, args.round_seconds = 1, 2, 0.2
+
+    bench_dir = os.path.join(args.build_dir, "bench")
+    exe = os.path.join(bench_dir, "tlearn-bench")
+    ceil_exe = os.path.join(bench_dir, "blis-ceiling")
+    for p in (exe, ceil_exe):
+        if not os.access(p, os.X_OK):
+            sys.exit(f"compare-torch: {p} is missing: configure with -Dbench=true and build")
+    import torch  # fail early and loudly when Debian's python3-torch is not there
+
+    workloads = args.workloads.split(",")
+    for w in workloads:
+        if w not in UNITS:
+            sys.exit(f"compare-torch: unknown workload {w}")
+    print(f"# torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} at start, "
+          f"repeats={args.repeats} rounds={args.rounds} round_seconds={args.round_seconds}",
+          flush=True)
+    ceilings = {t: blis_ceiling(ceil_exe, t) for t in thread_list}
+    for t, g in ceilings.items():
+        print(f"ceiling threads={t} gflops={g:.4g}", flush=True)
+
+    results = {}  # (workload, threads) -> dict
+    for w in workloads:
+        for t in thread_list:
+            tl_vals, th_vals, tl_rss, th_rss, fracs = [], [], [], [], []
+            tl_cpu, th_cpu = [], []
+            for r in range(args.repeats):
+                order = (0, 1) if r % 2 == 0 else (1, 0)  # alternate who goes first
+                for side in order:
+                    if side == 0:
+                        f = tlearn_run(exe, w, t, args.rounds, args.round_seconds, ceilings[t])
+                        tl_vals.append(float(f["value"]))
+                        tl_cpu.append(float(f["cpu_value"]))
+                        tl_rss.append(int(f["peak_rss_kib"]))
+                        fracs.append(float(f["ceiling_frac"]))
+                    elif w == "cnn_partial_b1":
+                        v, cv, rss = torch_in_child(w, t, args.rounds, args.round_seconds)
+                        th_vals.append(v)
+                        th_cpu.append(cv)
+                        th_rss.append(rss)
+                    else:
+                        v, cv = torch_value(w, t, args.rounds, args.round_seconds)
+                        th_vals.append(v)
+                        th_cpu.append(cv)
+            tl, th = statistics.median(tl_vals), statistics.median(th_vals)
+            latency = UNITS[w] == "us/step"
+            ratio = th / tl if latency else tl / th
+            tlc, thc = statistics.median(tl_cpu), statistics.median(th_cpu)
+            cpu_ratio = thc / tlc if latency else tlc / thc
+            res = {"tlearn": tl, "torch": th, "ratio": ratio, "cpu_ratio": cpu_ratio,
+                   "frac": statistics.median(fracs)}
+            if th_rss:
+                res["tlearn_rss"] = statistics.median(tl_rss)
+                res["torch_rss"] = statistics.median(th_rss)
+            results[(w, t)] = res
+            print(f"bench workload={w} threads={t} tlearn={tl:.6g} torch={th:.6g} "
+                  f"unit={UNITS[w]} ratio={ratio:.3f} ceiling_frac={res['frac']:.4f} "
+                  f"cpu_ratio={cpu_ratio:.3f}", flush=True)
+            if th_rss:
+                print(f"bench workload={w}_peak_rss threads={t} tlearn={res['tlearn_rss']} "
+                      f"torch={res['torch_rss']} unit=KiB "
+                      f"ratio={res['torch_rss'] / res['tlearn_rss']:.3f} ceiling_frac=-",
+                      flush=True)
+
+    # Derived figures: EWC overhead over workload 2, and 2-thread scaling.
+    for t in thread_list:
+        if ("cnn_ewc_b64", t) in results and ("cnn_full_b64", t) in results:
+            full, ewc = results[("cnn_full_b64", t)], results[("cnn_ewc_b64", t)]
+            o_tl = full["tlearn"] / ewc["tlearn"] - 1
+            o_th = full["torch"] / ewc["torch"] - 1
+            print(f"bench workload=ewc_overhead threads={t} tlearn={100 * o_tl:.2f} "
+                  f"torch={100 * o_th:.2f} unit=% ratio={(1 + o_th) / (1 + o_tl):.3f} "
+                  f"ceiling_frac=-", flush=True)
+    if 1 in thread_list and 2 in thread_list:
+        for w in workloads:
+            a, b = results[(w, 1)], results[(w, 2)]
+            inv = UNITS[w] == "us/step"
+            s_tl = a["tlearn"] / b["tlearn"] if inv else b["tlearn"] / a["tlearn"]
+            s_th = a["torch"] / b["torch"] if inv else b["torch"] / a["torch"]
+            print(f"bench workload={w}_scaling threads=2 tlearn={s_tl:.3f} torch={s_th:.3f} "
+                  f"unit=x_vs_1_thread ratio={s_tl / s_th:.3f} ceiling_frac=-", flush=True)
+
+    # The table (markdown, for bench/README.md).
+    print()
+    print("| workload | threads | libtlearn | PyTorch | unit | ratio | CPU-time ratio "
+          "| ceiling frac |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (w, t), r in results.items():
+        print(f"| {w} | {t} | {r['tlearn']:.4g} | {r['torch']:.4g} | {UNITS[w]} | "
+              f"{r['ratio']:.2f} | {r['cpu_ratio']:.2f} | {r['frac']:.3f} |")
+        if "torch_rss" in r:
+            print(f"| {w} peak RSS | {t} | {r['tlearn_rss'] / 1024:.1f} | "
+                  f"{r['torch_rss'] / 1024:.1f} | MiB | "
+                  f"{r['torch_rss'] / r['tlearn_rss']:.2f} | - | - |")
+    print(f"\n# load average {os.getloadavg()[0]:.2f} at the end", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+/* libtlearn throughput, latency and memory on the reference workloads (bench/README.md).
+ *
+ *   tlearn-bench WORKLOAD [--threads T] [--rounds R] [--round-seconds S] [--ceiling GFLOPS]
+ *   tlearn-bench all      [same options]  (every workload, each at 1 and 2 threads)
+ *
+ * One line per measurement:
+ *   tlearn workload=cnn_full_b64 threads=1 value=... unit=steps/s gflops=... ceiling_gflops=...
+ *          ceiling_frac=... peak_rss_kib=... rounds=... spread=...
+ * value is the median over rounds (each round runs for at least S seconds). For the
+ * batch-1 workload the value is microseconds per step and peak_rss_kib is the process's
+ * peak RSS: run it in its own process (WORKLOAD mode) for that figure to mean anything.
+ * cpu_value is the same figure over the process's CPU time instead of wall time: at 1 thread
+ * it is what an idle machine would show (the build machine is shared).
+ * Without --ceiling the BLIS sgemm ceiling is measured first in a forked child, so its
+ * matrices do not count towards this process's RSS. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sorts @p v. */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof v[0], cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Runs per second in the workload's unit. */
+static double as_unit(const bench_ctx *c, double runs)
+{
+    if (c->w == BW_CNN_FEATURES_B256)
+        return runs * (double)c->batch; /* images/s */
+    return c->w == BW_CNN_PARTIAL_B1 ? 1e6 / runs : runs; /* us/step or steps/s */
+}
+
+static int run_workload(int w, int threads, int rounds, double round_s, double ceiling)
+{
+    const bench_spec *sp = bench_workload_spec(w);
+    bench_ctx c;
+    int rc = bench_setup(&c, w, threads);
+    if (rc) {
+        fprintf(stderr, "tlearn-bench: %s setup failed: %s (%s)\n", sp->name,
+                tlearn_strerror(rc), tlearn_errmsg());
+        bench_teardown(&c);
+        return 1;
+    }
+    /* Warm-up: plans the workspace, allocates optimizer state, faults pages in. */
+    double t0 = bench_now();
+    for (int i = 0; i < 3 || bench_now() - t0 < 0.2; i++)
+        if ((rc = bench_run_once(&c)) != TLEARN_OK)
+            break;
+    double rates[64], cpu_rates[64];
+    if (rounds > 64)
+        rounds = 64;
+    for (int r = 0; r < rounds && !rc; r++) {
+        long iters = 0;
+        double start = bench_now(), now = start, cpu0 = bench_cpu_now();
+        while (!rc && (iters < 2 || now - start < round_s)) {
+            rc = bench_run_once(&c);
+            iters++;
+            now = bench_now();
+        }
+        rates[r] = (double)iters / (now - start); /* runs per second */
+        cpu_rates[r] = (double)iters / (bench_cpu_now() - cpu0);
+    }
+    if (rc) {
+        fprintf(stderr, "tlearn-bench: %s failed: %s (%s)\n", sp->name, tlearn_strerror(rc),
+                tlearn_errmsg());
+        bench_teardown(&c);
+        return 1;
+    }
+    double runs = median(rates, rounds), cpu_runs = median(cpu_rates, rounds);
+    double spread = (rates[rounds - 1] - rates[0]) / runs;
+    double value = as_unit(&c, runs), cpu_value = as_unit(&c, cpu_runs);
+    double gflops = runs * c.flops * 1e-9 * (w == BW_CNN_FEATURES_B256 ? (double)c.batch : 1.0);
+    printf("tlearn workload=%s threads=%d value=%.6g unit=%s gflops=%.4g ceiling_gflops=%.4g "
+           "ceiling_frac=%.4f peak_rss_kib=%ld rounds=%d spread=%.3f cpu_value=%.6g\n",
+           sp->name, threads, value, sp->unit, gflops, ceiling,
+           ceiling > 0 ? gflops / ceiling : 0.0, bench_peak_rss_kib(), rounds, spread,
+           cpu_value);
+    fflush(stdout);
+    bench_teardown(&c);
+    return 0;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: tlearn-bench WORKLOAD|all [--threads T] [--rounds R] "
+                    "[--round-seconds S] [--ceiling GFLOPS]\nworkloads:");
+    for (int w = 0; w < BW_COUNT; w++)
+        fprintf(stderr, " %s", bench_workload_spec(w)->name);
+    fprintf(stderr, "\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage();
+        return 2;
+    }
+    int threads = 1, rounds = 5;
+    double round_s = 0.3, ceiling = 0.0;
+    for (int i = 2; i < argc; i++) {
+        if (i + 1 >= argc) {
+            usage();
+            return 2;
+        }
+        if (strcmp(argv[i], "--threads") == 0)
+            threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--rounds") == 0)
+            rounds = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--round-seconds") == 0)
+            round_s = atof(argv[++i]);
+        else if (strcmp(argv[i], "--ceiling") == 0)
+            ceiling = atof(argv[++i]);
+        else {
+            usage();
+            return 2;
+        }
+    }
+    if (threads < 1 || rounds < 1 || round_s <= 0) {
+        usage();
+        return 2;
+    }
+    if (strcmp(argv[1], "all") == 0) {
+        int status = 0;
+        double ceil_t[3] = {0, 0, 0};
+        for (int t = 1; t <= 2; t++) {
+            ceil_t[t] = ceiling > 0 ? ceiling : bench_blis_ceiling_forked(t, 2000, 3);
+            printf("ceiling threads=%d gflops=%.4g\n", t, ceil_t[t]);
+        }
+        for (int w = 0; w < BW_COUNT; w++)
+            for (int t = 1; t <= 2; t++)
+                status |= run_workload(w, t, rounds, round_s, ceil_t[t]);
+        return status;
+    }
+    int w = bench_workload_by_name(argv[1]);
+    if (w < 0) {
+        usage();
+        return 2;
+    }
+    if (ceiling <= 0)
+        ceiling = bench_blis_ceiling_forked(threads, 2000, 3);
+    return run_workload(w, threads, rounds, round_s, ceiling);
+}

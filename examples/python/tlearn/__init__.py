@@ -1,0 +1,781 @@
+"""Python bindings of libtlearn (ctypes + numpy): transfer learning on the CPU.
+
+Three classes own the C handles: :class:`Model`, :class:`FreezePolicy` and
+:class:`Optimizer`. Each frees its handle on ``close()``, at the end of a ``with`` block, or
+when garbage-collected. Arrays go in and out as numpy arrays: inputs must be float32 (labels
+int32) and C-contiguous, shaped ``(n, C, H, W)`` or ``(n, C*H*W)``; anything else raises
+``TypeError``/``ValueError`` before the C library sees it. A failing C call raises
+:class:`TlearnError` with the status code and the library's message.
+
+Fine-tune a model and save it::
+
+    import tlearn
+    with tlearn.Model.load("pretrained.tlc") as m, tlearn.Optimizer("adam", lr=1e-3) as opt:
+        m.replace_head("fc1", 10)
+        m.apply_freeze(tlearn.FreezePolicy().until("fc1"))
+        m.fit(opt, x, y, batch=32, epochs=5)
+        m.save("finetuned.tlc", opt)
+
+The library is found through ``TLEARN_LIBRARY``, then a meson build tree of this
+checkout, then the system (see ``tlearn._lib``).
+"""
+import ctypes
+
+import numpy as np
+
+from . import _lib as L
+
+__all__ = ["TlearnError", "Model", "FreezePolicy", "Optimizer", "read_metadata",
+           "version", "version_hex", "strerror"]
+
+_C = L.load_library()
+
+# Status codes (tlearn.h): values fixed forever.
+OK = 0
+EINVAL, ENOMEM, ESHAPE, ENOTFOUND, EIO, EFORMAT = -1, -2, -3, -4, -5, -6
+EUNSUPPORTED, ENONFINITE, ESTATE, EVERSION, ECANCELED = -7, -8, -9, -10, -11
+_STATUS_NAMES = {0: "TLEARN_OK", -1: "TLEARN_EINVAL", -2: "TLEARN_ENOMEM",
+                 -3: "TLEARN_ESHAPE", -4: "TLEARN_ENOTFOUND", -5: "TLEARN_EIO",
+                 -6: "TLEARN_EFORMAT", -7: "TLEARN_EUNSUPPORTED", -8: "TLEARN_ENONFINITE",
+                 -9: "TLEARN_ESTATE", -10: "TLEARN_EVERSION", -11: "TLEARN_ECANCELED"}
+
+LAYER_KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpool2d",
+               6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add"}
+ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6}
+LOSSES = {"softmax_ce": 1, "mse": 2}
+OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
+OPTIM_PARAMS = {"lr": 1, "momentum": 2, "dampening": 3, "nesterov": 4, "weight_decay": 5,
+                "beta1": 6, "beta2": 7, "eps": 8, "clip_norm": 9}
+FISHER = {"empirical": 1, "exact": 2, "sampled": 3}
+EWC_MODES = {"separate": 1, "online": 2}
+SAVE_FULL, SAVE_INFERENCE = 0, 1
+LOAD_STRICT, LOAD_PARTIAL = 0, 1
+
+
+class TlearnError(Exception):
+    """A libtlearn call failed. ``code`` is the negative TLEARN_E* status, ``name`` its
+    macro name and ``message`` the library's detail (tlearn_errmsg())."""
+
+    def __init__(self, code, message):
+        self.code = code
+        self.name = _STATUS_NAMES.get(code, "status %d" % code)
+        self.message = message
+        super().__init__("%s (%s): %s" % (strerror(code), self.name, message))
+
+
+def strerror(code):
+    """Short description of a status code (tlearn_strerror)."""
+    return _C.tlearn_strerror(int(code)).decode()
+
+
+def version():
+    """Version string of the loaded library, "MAJOR.MINOR.PATCH"."""
+    return _C.tlearn_version_string().decode()
+
+
+def version_hex():
+    """Version of the loaded library as 0xMMmmpp00 (compare with a minimum you need)."""
+    return _C.tlearn_version_hex()
+
+
+def _check(rc):
+    if rc != OK:
+        raise TlearnError(rc, _C.tlearn_errmsg().decode("utf-8", "replace"))
+    return rc
+
+
+def _enc(s, what):
+    if s is None:
+        return None
+    if not isinstance(s, str):
+        raise TypeError("%s must be a str, not %s" % (what, type(s).__name__))
+    return s.encode()
+
+
+def _path(p):
+    import os
+    return os.fsencode(p)
+
+
+def _enum(table, value, what):
+    """Accept a name from @p table or its integer value."""
+    if isinstance(value, str):
+        try:
+            return table[value.lower()]
+        except KeyError:
+            raise ValueError("unknown %s %r; expected one of %s"
+                             % (what, value, ", ".join(sorted(table)))) from None
+    return int(value)
+
+
+def _require(arr, dtype, what):
+    """Check (never convert) an input array: numpy, the right dtype, C-contiguous."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError("%s must be a numpy.ndarray of %s, not %s"
+                        % (what, np.dtype(dtype).name, type(arr).__name__))
+    if arr.dtype != dtype:
+        raise TypeError("%s has dtype %s; expected %s (use .astype(np.%s))"
+                        % (what, arr.dtype, np.dtype(dtype).name, np.dtype(dtype).name))
+    if not arr.flags["C_CONTIGUOUS"]:
+        raise ValueError("%s is not C-contiguous (use np.ascontiguousarray)" % what)
+    return arr
+
+
+def _fptr(arr):
+    return arr.ctypes.data_as(L.f32p)
+
+
+def _iptr(arr):
+    return arr.ctypes.data_as(L.i32p)
+
+
+def _batch(x, sample_shape, what):
+    """Validate a float32 batch whose samples have shape @p sample_shape (C, H, W); return n.
+    Accepted: (n, C, H, W), (n, C*H*W), or (n,)+anything with the right size per sample."""
+    _require(x, np.float32, what)
+    size = int(np.prod(sample_shape))
+    if x.ndim < 2 or x.shape[0] < 1 or int(np.prod(x.shape[1:])) != size:
+        raise ValueError("%s has shape %s; expected (n, %s) or (n, %d) with n >= 1"
+                         % (what, x.shape, ", ".join(map(str, sample_shape)), size))
+    return x.shape[0]
+
+
+def _labels(y, n):
+    _require(y, np.int32, "labels")
+    if y.shape != (n,):
+        raise ValueError("labels has shape %s; expected (%d,) (one per input)" % (y.shape, n))
+    return y
+
+
+def _out_shape(n, chw):
+    c, h, w = chw
+    return (n, c) if h == 1 and w == 1 else (n, c, h, w)
+
+
+class _Handle:
+    """Owns one C handle; subclasses name their destroy function."""
+    _destroy = None
+
+    def __init__(self):
+        self._h = ctypes.c_void_p()
+
+    @property
+    def handle(self):
+        """The raw C pointer (ctypes.c_void_p); raises once closed."""
+        if not self._h:
+            raise ValueError("%s is closed" % type(self).__name__)
+        return self._h
+
+    @property
+    def closed(self):
+        return not self._h
+
+    def close(self):
+        """Free the C handle now. Safe to call twice."""
+        if getattr(self, "_h", None):
+            getattr(_C, self._destroy)(ctypes.byref(self._h))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone already
+            pass
+
+
+class Optimizer(_Handle):
+    """An update rule ("sgd", "adam", "adamw") and its hyperparameters, PyTorch defaults.
+
+    ``Optimizer("sgd", lr=0.1, momentum=0.9)``; names of keyword arguments: lr, momentum,
+    dampening, nesterov, weight_decay, beta1, beta2, eps, clip_norm."""
+    _destroy = "tlearn_optim_destroy"
+
+    def __init__(self, kind="adam", **params):
+        super().__init__()
+        _check(_C.tlearn_optim_create(ctypes.byref(self._h), _enum(OPTIMIZERS, kind,
+                                                                   "optimizer")))
+        for k, v in params.items():
+            self.set(k, v)
+
+    @classmethod
+    def _adopt(cls, ptr):
+        o = cls.__new__(cls)
+        _Handle.__init__(o)
+        o._h = ptr
+        return o
+
+    def set(self, param, value):
+        """Set a hyperparameter by name ("lr") or enum value; returns self."""
+        _check(_C.tlearn_optim_set(self.handle, _enum(OPTIM_PARAMS, param, "parameter"),
+                                   float(value)))
+        return self
+
+    def get(self, param):
+        """Read a hyperparameter by name or enum value."""
+        v = ctypes.c_double()
+        _check(_C.tlearn_optim_get(self.handle, _enum(OPTIM_PARAMS, param, "parameter"),
+                                   ctypes.byref(v)))
+        return v.value
+
+    @property
+    def kind(self):
+        """"sgd", "adam" or "adamw"."""
+        k = ctypes.c_int()
+        _check(_C.tlearn_optim_kind(self.handle, ctypes.byref(k)))
+        return {v: n for n, v in OPTIMIZERS.items()}[k.value]
+
+    @property
+    def lr(self):
+        return self.get("lr")
+
+    @lr.setter
+    def lr(self, value):
+        self.set("lr", value)
+
+
+class FreezePolicy(_Handle):
+    """Which layers train and at which learning-rate scale. Rules apply in the order they
+    are added (later ones override); every method returns self, so rules chain:
+    ``FreezePolicy().until("conv2").lr_scale("fc1", 0.1)``. A policy takes effect through
+    :meth:`Model.apply_freeze`."""
+    _destroy = "tlearn_freeze_destroy"
+
+    def __init__(self):
+        super().__init__()
+        _check(_C.tlearn_freeze_create(ctypes.byref(self._h)))
+
+    def until(self, layer):
+        """Freeze every layer up to and including @p layer."""
+        _check(_C.tlearn_freeze_until(self.handle, _enc(layer, "layer")))
+        return self
+
+    def match(self, pattern, frozen=True):
+        """Freeze (or unfreeze) the layers whose names match a shell-style pattern."""
+        _check(_C.tlearn_freeze_match(self.handle, _enc(pattern, "pattern"), int(bool(frozen))))
+        return self
+
+    def range(self, first, last, frozen=True):
+        """Freeze (or unfreeze) the layers with index in [first, last]."""
+        _check(_C.tlearn_freeze_range(self.handle, int(first), int(last), int(bool(frozen))))
+        return self
+
+    def lr_scale(self, pattern, scale):
+        """Multiply the learning rate of the matching layers by @p scale."""
+        _check(_C.tlearn_freeze_lr_scale(self.handle, _enc(pattern, "pattern"), float(scale)))
+        return self
+
+    def ulmfit(self, factor=2.6):
+        """Discriminative learning rates: scales 1, 1/factor, 1/factor^2, ... from the head."""
+        _check(_C.tlearn_freeze_ulmfit(self.handle, float(factor)))
+        return self
+
+    def bn_stats(self, frozen=True):
+        """Keep batchnorm running statistics fixed even in training mode."""
+        _check(_C.tlearn_freeze_bn_stats(self.handle, int(bool(frozen))))
+        return self
+
+
+class _Callback:
+    """Runs a Python callable from C; an exception stops the C loop and is re-raised."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.error = None
+
+    def reraise(self):
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+
+class Model(_Handle):
+    """A network, its weights and training state (tlearn_model).
+
+    ``Model(channels, height, width)`` starts an empty model for inputs of that shape
+    (``Model(features, 1, 1)`` for vectors); :meth:`load`, :meth:`import_onnx` make one from
+    a file. The ``add_*`` methods append layers and return self."""
+    _destroy = "tlearn_model_destroy"
+
+    def __init__(self, channels, height=1, width=1):
+        super().__init__()
+        _check(_C.tlearn_model_create(ctypes.byref(self._h), int(channels), int(height),
+                                      int(width)))
+
+    @classmethod
+    def _adopt(cls, ptr):
+        m = cls.__new__(cls)
+        _Handle.__init__(m)
+        m._h = ptr
+        return m
+
+    # -- making a model ---------------------------------------------------------------
+    @classmethod
+    def load(cls, path, with_optimizer=False):
+        """Load a libtlearn checkpoint. With ``with_optimizer=True`` return
+        ``(model, optimizer_or_None)``."""
+        h, o = ctypes.c_void_p(), ctypes.c_void_p()
+        _check(_C.tlearn_model_load(ctypes.byref(h), ctypes.byref(o) if with_optimizer
+                                    else None, _path(path)))
+        m = cls._adopt(h)
+        if with_optimizer:
+            return m, (Optimizer._adopt(o) if o else None)
+        return m
+
+    @classmethod
+    def import_onnx(cls, source):
+        """Build a model from an ONNX file (a path) or from its bytes."""
+        h = ctypes.c_void_p()
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            buf = bytes(source)
+            _check(_C.tlearn_model_import_onnx_buffer(ctypes.byref(h), buf, len(buf)))
+        else:
+            _check(_C.tlearn_model_import_onnx(ctypes.byref(h), _path(source)))
+        return cls._adopt(h)
+
+    # -- settings ---------------------------------------------------------------------
+    def set_threads(self, threads):
+        _check(_C.tlearn_model_set_threads(self.handle, int(threads)))
+        return self
+
+    def set_seed(self, seed):
+        _check(_C.tlearn_model_set_seed(self.handle, int(seed)))
+        return self
+
+    def set_training(self, training):
+        """Training (True) or evaluation (False) mode for dropout and batchnorm."""
+        _check(_C.tlearn_model_set_training(self.handle, int(bool(training))))
+        return self
+
+    def set_loss(self, loss):
+        """"softmax_ce" (default) or "mse"."""
+        _check(_C.tlearn_model_set_loss(self.handle, _enum(LOSSES, loss, "loss")))
+        return self
+
+    def set_next_input(self, layer):
+        """The next layer reads from @p layer (None: the model input) -- residual branches."""
+        _check(_C.tlearn_model_set_next_input(self.handle, _enc(layer, "layer")))
+        return self
+
+    # -- layers -------------------------------------------------------------------------
+    def add_dense(self, name, units):
+        _check(_C.tlearn_model_add_dense(self.handle, _enc(name, "name"), int(units)))
+        return self
+
+    def add_flatten(self, name):
+        _check(_C.tlearn_model_add_flatten(self.handle, _enc(name, "name")))
+        return self
+
+    def add_activation(self, name, activation="relu", param=0.0):
+        """Activation by name ("relu", "tanh", "sigmoid", "gelu", "relu6", "leaky_relu")."""
+        _check(_C.tlearn_model_add_activation(self.handle, _enc(name, "name"),
+                                              _enum(ACTIVATIONS, activation, "activation"),
+                                              float(param)))
+        return self
+
+    def add_relu(self, name):
+        return self.add_activation(name, "relu")
+
+    def add_conv2d(self, name, filters, kernel, stride=1, pad=0, groups=1):
+        _check(_C.tlearn_model_add_conv2d(self.handle, _enc(name, "name"), int(filters),
+                                          int(kernel), int(stride), int(pad), int(groups)))
+        return self
+
+    def add_conv2d_ex(self, name, filters, kernel, stride=(1, 1), pad=(0, 0),
+                      dilation=(1, 1), groups=1, bias=True):
+        """2-D convolution with (h, w) pairs for kernel, stride, padding and dilation."""
+        pair = lambda v: (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(pair, (kernel, stride, pad, dilation))
+        _check(_C.tlearn_model_add_conv2d_ex(self.handle, _enc(name, "name"), int(filters),
+                                             kh, kw, sh, sw, ph, pw, dh, dw, int(groups),
+                                             int(bool(bias))))
+        return self
+
+    def add_maxpool2d(self, name, kernel, stride=0, pad=0):
+        _check(_C.tlearn_model_add_maxpool2d(self.handle, _enc(name, "name"), int(kernel),
+                                             int(stride), int(pad)))
+        return self
+
+    def add_avgpool2d(self, name, kernel, stride=0, pad=0, count_include_pad=True):
+        _check(_C.tlearn_model_add_avgpool2d(self.handle, _enc(name, "name"), int(kernel),
+                                             int(stride), int(pad),
+                                             int(bool(count_include_pad))))
+        return self
+
+    def add_global_avgpool(self, name):
+        _check(_C.tlearn_model_add_global_avgpool(self.handle, _enc(name, "name")))
+        return self
+
+    def add_batchnorm(self, name, eps=1e-5, momentum=0.1):
+        _check(_C.tlearn_model_add_batchnorm(self.handle, _enc(name, "name"), float(eps),
+                                             float(momentum)))
+        return self
+
+    def add_dropout(self, name, p=0.5):
+        _check(_C.tlearn_model_add_dropout(self.handle, _enc(name, "name"), float(p)))
+        return self
+
+    def add_add(self, name, other):
+        """Residual sum of the previous layer's output and layer @p other's."""
+        _check(_C.tlearn_model_add_add(self.handle, _enc(name, "name"), _enc(other, "other")))
+        return self
+
+    # -- introspection ------------------------------------------------------------------
+    def __len__(self):
+        n = ctypes.c_int()
+        _check(_C.tlearn_model_layer_count(self.handle, ctypes.byref(n)))
+        return n.value
+
+    def layer_index(self, name):
+        i = ctypes.c_int()
+        _check(_C.tlearn_model_layer_index(self.handle, _enc(name, "name"), ctypes.byref(i)))
+        return i.value
+
+    def layer_name(self, index):
+        s = ctypes.c_char_p()
+        _check(_C.tlearn_model_layer_name(self.handle, int(index), ctypes.byref(s)))
+        return s.value.decode()
+
+    def layer_kind(self, index):
+        """Kind of layer @p index as a name ("dense", "conv2d", ...)."""
+        k = ctypes.c_int()
+        _check(_C.tlearn_model_layer_kind(self.handle, int(index), ctypes.byref(k)))
+        return LAYER_KINDS.get(k.value, str(k.value))
+
+    def layer_shape(self, index):
+        """Output shape (C, H, W) of layer @p index; -1 gives the model input."""
+        c, h, w = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        _check(_C.tlearn_model_layer_shape(self.handle, int(index), ctypes.byref(c),
+                                           ctypes.byref(h), ctypes.byref(w)))
+        return (c.value, h.value, w.value)
+
+    def layer_param_count(self, index):
+        n = ctypes.c_size_t()
+        _check(_C.tlearn_model_layer_param_count(self.handle, int(index), ctypes.byref(n)))
+        return n.value
+
+    @property
+    def layers(self):
+        """Names of the layers in order."""
+        return [self.layer_name(i) for i in range(len(self))]
+
+    @property
+    def input_shape(self):
+        return self.layer_shape(-1)
+
+    @property
+    def output_shape(self):
+        if len(self) == 0:
+            raise TlearnError(ESHAPE, "the model has no layers")
+        return self.layer_shape(len(self) - 1)
+
+    def param_count(self):
+        """(total, trainable) parameter counts."""
+        t, tr = ctypes.c_size_t(), ctypes.c_size_t()
+        _check(_C.tlearn_model_param_count(self.handle, ctypes.byref(t), ctypes.byref(tr)))
+        return t.value, tr.value
+
+    def summary(self):
+        """One line per layer: index, name, kind, output shape, parameters, frozen."""
+        lines = []
+        for i in range(len(self)):
+            name = self.layer_name(i)
+            lines.append("%3d %-16s %-14s %-16s %9d%s" % (
+                i, name, self.layer_kind(i), "x".join(map(str, self.layer_shape(i))),
+                self.layer_param_count(i), "  frozen" if self.layer_frozen(name) else ""))
+        return "\n".join(lines)
+
+    def tensor_info(self, index):
+        """(name, shape) of named tensor @p index (parameters and buffers)."""
+        name, numel, ndim = ctypes.c_char_p(), ctypes.c_size_t(), ctypes.c_int()
+        dims = (ctypes.c_int * 4)()
+        _check(_C.tlearn_model_tensor_info(self.handle, int(index), ctypes.byref(name),
+                                           ctypes.byref(numel), ctypes.byref(ndim), dims))
+        return name.value.decode(), tuple(dims[:ndim.value])
+
+    def tensor_names(self):
+        n = ctypes.c_int()
+        _check(_C.tlearn_model_tensor_count(self.handle, ctypes.byref(n)))
+        return [self.tensor_info(i)[0] for i in range(n.value)]
+
+    def _tensor_shape(self, name):
+        n = ctypes.c_int()
+        _check(_C.tlearn_model_tensor_count(self.handle, ctypes.byref(n)))
+        for i in range(n.value):
+            tname, shape = self.tensor_info(i)
+            if tname == name:
+                return shape
+        raise TlearnError(ENOTFOUND, "no tensor named '%s'" % name)
+
+    def get_tensor(self, name):
+        """Copy of tensor @p name ("fc1.weight") as a float32 array of its shape."""
+        out = np.empty(self._tensor_shape(name), dtype=np.float32)
+        _check(_C.tlearn_model_get_tensor(self.handle, _enc(name, "name"), _fptr(out),
+                                          out.size))
+        return out
+
+    def set_tensor(self, name, values):
+        """Overwrite tensor @p name with a float32 array of the same number of elements."""
+        _require(values, np.float32, "values")
+        _check(_C.tlearn_model_set_tensor(self.handle, _enc(name, "name"), _fptr(values),
+                                          values.size))
+
+    def get_grad(self, name):
+        """Gradient of parameter @p name from the last train step or compute_gradients()."""
+        out = np.empty(self._tensor_shape(name), dtype=np.float32)
+        _check(_C.tlearn_model_get_grad(self.handle, _enc(name, "name"), _fptr(out),
+                                        out.size))
+        return out
+
+    def state_dict(self):
+        """All named tensors as {name: array copy}."""
+        return {n: self.get_tensor(n) for n in self.tensor_names()}
+
+    def workspace_bytes(self):
+        b = ctypes.c_size_t()
+        _check(_C.tlearn_model_workspace_bytes(self.handle, ctypes.byref(b)))
+        return b.value
+
+    # -- inference and training ------------------------------------------------------
+    def predict(self, x):
+        """Outputs (logits) for a batch, evaluation mode: shape (n, outputs)."""
+        n = _batch(x, self.input_shape, "x")
+        out = np.empty(_out_shape(n, self.output_shape), dtype=np.float32)
+        _check(_C.tlearn_model_predict(self.handle, _fptr(x), n, _fptr(out), out.size))
+        return out
+
+    def evaluate(self, x, labels):
+        """(mean loss, accuracy) over a labelled set, evaluation mode."""
+        n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        loss, acc = ctypes.c_float(), ctypes.c_float()
+        _check(_C.tlearn_model_evaluate(self.handle, _fptr(x), _iptr(labels), n,
+                                        ctypes.byref(loss), ctypes.byref(acc)))
+        return loss.value, acc.value
+
+    def train_step(self, optimizer, x, labels):
+        """One optimisation step on a batch (cross-entropy); returns loss + penalty."""
+        n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step(self.handle, optimizer.handle, _fptr(x),
+                                          _iptr(labels), n, ctypes.byref(loss)))
+        return loss.value
+
+    def train_step_mse(self, optimizer, x, targets):
+        """One step against float targets of the output's shape (loss must be "mse")."""
+        n = _batch(x, self.input_shape, "x")
+        _batch(targets, self.output_shape, "targets")
+        if targets.shape[0] != n:
+            raise ValueError("targets has %d rows, x has %d" % (targets.shape[0], n))
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_mse(self.handle, optimizer.handle, _fptr(x),
+                                              _fptr(targets), n, ctypes.byref(loss)))
+        return loss.value
+
+    def compute_gradients(self, x, labels, input_grad=False):
+        """Forward and backward without an update. Returns the loss, or (loss, dL/dx)
+        with ``input_grad=True``. Read parameter gradients with :meth:`get_grad`."""
+        n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        loss = ctypes.c_float()
+        dx = np.empty_like(x) if input_grad else None
+        _check(_C.tlearn_model_compute_gradients(
+            self.handle, _fptr(x), _iptr(labels), n, ctypes.byref(loss),
+            _fptr(dx) if input_grad else None, dx.size if input_grad else 0))
+        return (loss.value, dx) if input_grad else loss.value
+
+    def fit(self, optimizer, x, labels, batch=32, epochs=1, shuffle=True, progress=None):
+        """Train in mini-batches. @p progress, if given, is called after every step as
+        ``progress(epoch, epochs, step, steps_per_epoch, loss)``; a true return value stops
+        training (TlearnError ECANCELED), an exception stops it and is re-raised here."""
+        n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        if progress is None:
+            cb = L.PROGRESS_FN()  # NULL function pointer
+            state = None
+        else:
+            state = _Callback(progress)
+
+            def trampoline(epoch, epochs_, step, steps, loss, user):
+                try:
+                    return 1 if state.fn(epoch, epochs_, step, steps, loss) else 0
+                except BaseException as e:  # never let an exception unwind through C
+                    state.error = e
+                    return 1
+            cb = L.PROGRESS_FN(trampoline)
+        rc = _C.tlearn_model_fit(self.handle, optimizer.handle, _fptr(x), _iptr(labels), n,
+                                 int(batch), int(epochs), int(bool(shuffle)), cb, None)
+        if state is not None:
+            state.reraise()
+        _check(rc)
+
+    # -- transfer learning -------------------------------------------------------------
+    def apply_freeze(self, policy):
+        """Apply a FreezePolicy (None unfreezes everything and resets LR scales)."""
+        _check(_C.tlearn_model_apply_freeze(self.handle,
+                                            policy.handle if policy is not None else None))
+        return self
+
+    def layer_frozen(self, layer):
+        f = ctypes.c_int()
+        _check(_C.tlearn_model_layer_frozen(self.handle, _enc(layer, "layer"), ctypes.byref(f)))
+        return bool(f.value)
+
+    def layer_lr_scale(self, layer):
+        s = ctypes.c_float()
+        _check(_C.tlearn_model_layer_lr_scale(self.handle, _enc(layer, "layer"),
+                                              ctypes.byref(s)))
+        return s.value
+
+    def features(self, layer, x):
+        """Activations of @p layer for a batch (evaluation mode): (n, C) or (n, C, H, W)."""
+        n = _batch(x, self.input_shape, "x")
+        out = np.empty(_out_shape(n, self.layer_shape(self.layer_index(layer))),
+                       dtype=np.float32)
+        _check(_C.tlearn_model_features(self.handle, _enc(layer, "layer"), _fptr(x), n,
+                                        _fptr(out), out.size))
+        return out
+
+    def train_step_from(self, optimizer, layer, features, labels):
+        """One step of the layers after @p layer from cached features of @p layer."""
+        n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")
+        _labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_from(self.handle, optimizer.handle,
+                                               _enc(layer, "layer"), _fptr(features),
+                                               _iptr(labels), n, ctypes.byref(loss)))
+        return loss.value
+
+    def predict_from(self, layer, features):
+        """Outputs from cached features of @p layer."""
+        n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")
+        out = np.empty(_out_shape(n, self.output_shape), dtype=np.float32)
+        _check(_C.tlearn_model_predict_from(self.handle, _enc(layer, "layer"),
+                                            _fptr(features), n, _fptr(out), out.size))
+        return out
+
+    def replace_head(self, from_layer, classes):
+        """Drop the layers after @p from_layer and add a new dense head called "head"."""
+        _check(_C.tlearn_model_replace_head(self.handle, _enc(from_layer, "from_layer"),
+                                            int(classes)))
+        return self
+
+    def truncate(self, layer):
+        """Drop every layer after @p layer (None drops all)."""
+        _check(_C.tlearn_model_truncate(self.handle, _enc(layer, "layer")))
+        return self
+
+    # -- continual learning --------------------------------------------------------------
+    def ewc_set_mode(self, mode="separate", gamma=1.0):
+        _check(_C.tlearn_ewc_set_mode(self.handle, _enum(EWC_MODES, mode, "EWC mode"),
+                                      float(gamma)))
+        return self
+
+    def ewc_consolidate(self, x, labels, estimator="empirical", lam=1.0):
+        """Estimate the Fisher on a labelled set and anchor the current weights (EWC)."""
+        n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        _check(_C.tlearn_ewc_consolidate(self.handle, _fptr(x), _iptr(labels), n,
+                                         _enum(FISHER, estimator, "estimator"), float(lam)))
+        return self
+
+    def l2sp_enable(self, alpha, beta=0.0):
+        _check(_C.tlearn_l2sp_enable(self.handle, float(alpha), float(beta)))
+        return self
+
+    def ewc_clear(self):
+        _check(_C.tlearn_ewc_clear(self.handle))
+        return self
+
+    def penalty(self):
+        """Current EWC + L2-SP penalty."""
+        p = ctypes.c_float()
+        _check(_C.tlearn_model_penalty(self.handle, ctypes.byref(p)))
+        return p.value
+
+    def ewc_fisher(self, name, task=0):
+        """Consolidated Fisher diagonal of parameter @p name for task @p task."""
+        out = np.empty(self._tensor_shape(name), dtype=np.float32)
+        _check(_C.tlearn_ewc_get_fisher(self.handle, int(task), _enc(name, "name"),
+                                        _fptr(out), out.size))
+        return out
+
+    # -- files ---------------------------------------------------------------------------
+    def save(self, path, optimizer=None, inference=False, compress=0):
+        """Save a checkpoint crash-safely (with optimizer state when given).
+        @p compress: zlib level 1..9, 0 stores raw."""
+        if not 0 <= int(compress) <= 9:
+            raise ValueError("compress must be 0..9, not %r" % compress)
+        flags = (SAVE_INFERENCE if inference else SAVE_FULL) | ((int(compress) & 15) << 8)
+        _check(_C.tlearn_model_save(self.handle, optimizer.handle if optimizer else None,
+                                    _path(path), flags))
+
+    def load_weights(self, path, strict=True):
+        """Load weights by tensor name from a checkpoint; returns (matched, skipped)."""
+        matched, skipped = ctypes.c_size_t(), ctypes.c_size_t()
+        _check(_C.tlearn_model_load_weights(self.handle, _path(path),
+                                            LOAD_STRICT if strict else LOAD_PARTIAL,
+                                            ctypes.byref(matched), ctypes.byref(skipped)))
+        return matched.value, skipped.value
+
+    def set_metadata(self, key, value):
+        _check(_C.tlearn_model_set_metadata(self.handle, _enc(key, "key"),
+                                            _enc(value, "value")))
+
+    def get_metadata(self, key):
+        v = ctypes.c_char_p()
+        _check(_C.tlearn_model_get_metadata(self.handle, _enc(key, "key"), ctypes.byref(v)))
+        return v.value.decode()
+
+    def import_safetensors(self, path, name_map=None, strict=True):
+        """Load PyTorch weights from a safetensors file; returns the number loaded.
+        @p name_map maps file names to model names: a dict, or a callable returning the
+        model name or None to skip the tensor."""
+        state = None
+        cb = L.NAME_MAP_FN()
+        if name_map is not None:
+            state = _Callback(name_map.get if isinstance(name_map, dict) else name_map)
+
+            def trampoline(file_name, out, out_len, user):
+                try:
+                    target = state.fn(file_name.decode())
+                    if target is None:
+                        return 0
+                    raw = target.encode()
+                    if len(raw) + 1 > out_len:
+                        raise ValueError("mapped name %r is longer than %d bytes"
+                                         % (target, out_len - 1))
+                    ctypes.memmove(out, raw + b"\0", len(raw) + 1)
+                    return 1
+                except BaseException as e:
+                    state.error = e
+                    return 0
+            cb = L.NAME_MAP_FN(trampoline)
+        matched = ctypes.c_size_t()
+        rc = _C.tlearn_model_import_safetensors(self.handle, _path(path), cb, None,
+                                                LOAD_STRICT if strict else LOAD_PARTIAL,
+                                                ctypes.byref(matched))
+        if state is not None:
+            state.reraise()
+        _check(rc)
+        return matched.value
+
+    def export_safetensors(self, path):
+        """Write parameters and buffers to a safetensors file torch can read."""
+        _check(_C.tlearn_model_export_safetensors(self.handle, _path(path)))
+
+
+def read_metadata(path):
+    """Metadata of a checkpoint file as a dict, without loading the weights."""
+    result = {}
+
+    def collect(key, value, user):
+        result[key.decode()] = value.decode()
+        return 0
+    _check(_C.tlearn_checkpoint_read_metadata(_path(path), L.METADATA_FN(collect), None))
+    return result

@@ -1,0 +1,172 @@
+"""Loader and raw ctypes declarations of libtlearn's C API (include/tlearn/tlearn.h).
+
+The shared library is found, in this order, through:
+  1. the TLEARN_LIBRARY environment variable (a full path to libtlearn.so.1);
+  2. the meson build tree next to this checkout (build*/lib/libtlearn.so.1);
+  3. ctypes.util.find_library('tlearn') (an installed library).
+
+Every function of the header is declared here with its argument and result types, so a
+wrong call raises a ctypes error in Python instead of corrupting memory. The friendly
+classes live in tlearn/__init__.py.
+"""
+import ctypes
+import ctypes.util
+import glob
+import os
+
+c_int, c_float, c_double, c_char_p, c_size_t, c_void_p, c_uint, c_uint64 = (
+    ctypes.c_int, ctypes.c_float, ctypes.c_double, ctypes.c_char_p, ctypes.c_size_t,
+    ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint64)
+P = ctypes.POINTER
+f32p = P(c_float)
+i32p = P(ctypes.c_int32)
+
+# Callback types of the header.
+PROGRESS_FN = ctypes.CFUNCTYPE(c_int, c_int, c_int, c_size_t, c_size_t, c_float, c_void_p)
+METADATA_FN = ctypes.CFUNCTYPE(c_int, c_char_p, c_char_p, c_void_p)
+NAME_MAP_FN = ctypes.CFUNCTYPE(c_int, c_char_p, P(ctypes.c_char), c_size_t, c_void_p)
+
+
+def _candidates():
+    env = os.environ.get("TLEARN_LIBRARY")
+    if env:
+        # An explicit choice that does not exist is an error, not a reason to look elsewhere.
+        yield env, True
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.normpath(os.path.join(here, "..", "..", ".."))
+    for path in sorted(glob.glob(os.path.join(root, "build*", "lib", "libtlearn.so.1"))):
+        yield path, False
+    found = ctypes.util.find_library("tlearn")
+    if found:
+        yield found, False
+
+
+def load_library():
+    """Return the loaded libtlearn (ctypes.CDLL) with every function declared."""
+    tried = []
+    for path, explicit in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            if explicit:
+                raise OSError("TLEARN_LIBRARY=%s cannot be loaded: %s" % (path, e)) from e
+            tried.append("%s (%s)" % (path, e))
+            continue
+        _declare(lib)
+        return lib
+    raise OSError("libtlearn not found: set TLEARN_LIBRARY to libtlearn.so.1, build it in "
+                  "this checkout (meson setup build && ninja -C build), or install it. "
+                  "Tried: %s" % (", ".join(tried) or "nothing"))
+
+
+# name: (restype, [argtypes]); every function returns int unless stated.
+_M = c_void_p  # tlearn_model *
+_PM = P(c_void_p)  # tlearn_model ** (also freeze/optim)
+_SIGNATURES = {
+    "tlearn_strerror": (c_char_p, [c_int]),
+    "tlearn_errmsg": (c_char_p, []),
+    "tlearn_version_hex": (c_uint, []),
+    "tlearn_version_string": (c_char_p, []),
+    # building
+    "tlearn_model_create": (c_int, [_PM, c_int, c_int, c_int]),
+    "tlearn_model_destroy": (None, [_PM]),
+    "tlearn_model_set_threads": (c_int, [_M, c_int]),
+    "tlearn_model_set_seed": (c_int, [_M, c_uint64]),
+    "tlearn_model_set_training": (c_int, [_M, c_int]),
+    "tlearn_model_set_loss": (c_int, [_M, c_int]),
+    "tlearn_model_set_next_input": (c_int, [_M, c_char_p]),
+    "tlearn_model_add_dense": (c_int, [_M, c_char_p, c_int]),
+    "tlearn_model_add_flatten": (c_int, [_M, c_char_p]),
+    "tlearn_model_add_activation": (c_int, [_M, c_char_p, c_int, c_float]),
+    "tlearn_model_add_conv2d": (c_int, [_M, c_char_p, c_int, c_int, c_int, c_int, c_int]),
+    "tlearn_model_add_conv2d_ex": (c_int, [_M, c_char_p] + [c_int] * 11),
+    "tlearn_model_add_maxpool2d": (c_int, [_M, c_char_p, c_int, c_int, c_int]),
+    "tlearn_model_add_avgpool2d": (c_int, [_M, c_char_p, c_int, c_int, c_int, c_int]),
+    "tlearn_model_add_global_avgpool": (c_int, [_M, c_char_p]),
+    "tlearn_model_add_batchnorm": (c_int, [_M, c_char_p, c_float, c_float]),
+    "tlearn_model_add_dropout": (c_int, [_M, c_char_p, c_float]),
+    "tlearn_model_add_add": (c_int, [_M, c_char_p, c_char_p]),
+    # introspection
+    "tlearn_model_layer_count": (c_int, [_M, P(c_int)]),
+    "tlearn_model_layer_index": (c_int, [_M, c_char_p, P(c_int)]),
+    "tlearn_model_layer_name": (c_int, [_M, c_int, P(c_char_p)]),
+    "tlearn_model_layer_kind": (c_int, [_M, c_int, P(c_int)]),
+    "tlearn_model_layer_shape": (c_int, [_M, c_int, P(c_int), P(c_int), P(c_int)]),
+    "tlearn_model_layer_param_count": (c_int, [_M, c_int, P(c_size_t)]),
+    "tlearn_model_param_count": (c_int, [_M, P(c_size_t), P(c_size_t)]),
+    "tlearn_model_tensor_count": (c_int, [_M, P(c_int)]),
+    "tlearn_model_tensor_info": (c_int, [_M, c_int, P(c_char_p), P(c_size_t), P(c_int),
+                                         P(c_int)]),
+    "tlearn_model_get_tensor": (c_int, [_M, c_char_p, f32p, c_size_t]),
+    "tlearn_model_set_tensor": (c_int, [_M, c_char_p, f32p, c_size_t]),
+    "tlearn_model_get_grad": (c_int, [_M, c_char_p, f32p, c_size_t]),
+    "tlearn_model_workspace_bytes": (c_int, [_M, P(c_size_t)]),
+    # inference and training
+    "tlearn_model_predict": (c_int, [_M, f32p, c_size_t, f32p, c_size_t]),
+    "tlearn_model_evaluate": (c_int, [_M, f32p, i32p, c_size_t, P(c_float), P(c_float)]),
+    "tlearn_model_train_step": (c_int, [_M, c_void_p, f32p, i32p, c_size_t, P(c_float)]),
+    "tlearn_model_train_step_mse": (c_int, [_M, c_void_p, f32p, f32p, c_size_t, P(c_float)]),
+    "tlearn_model_compute_gradients": (c_int, [_M, f32p, i32p, c_size_t, P(c_float), f32p,
+                                               c_size_t]),
+    "tlearn_model_fit": (c_int, [_M, c_void_p, f32p, i32p, c_size_t, c_size_t, c_int, c_int,
+                                 PROGRESS_FN, c_void_p]),
+    # optimizers
+    "tlearn_optim_create": (c_int, [_PM, c_int]),
+    "tlearn_optim_destroy": (None, [_PM]),
+    "tlearn_optim_set": (c_int, [c_void_p, c_int, c_double]),
+    "tlearn_optim_get": (c_int, [c_void_p, c_int, P(c_double)]),
+    "tlearn_optim_kind": (c_int, [c_void_p, P(c_int)]),
+    # freeze policy, features, heads
+    "tlearn_freeze_create": (c_int, [_PM]),
+    "tlearn_freeze_destroy": (None, [_PM]),
+    "tlearn_freeze_until": (c_int, [c_void_p, c_char_p]),
+    "tlearn_freeze_match": (c_int, [c_void_p, c_char_p, c_int]),
+    "tlearn_freeze_range": (c_int, [c_void_p, c_int, c_int, c_int]),
+    "tlearn_freeze_lr_scale": (c_int, [c_void_p, c_char_p, c_float]),
+    "tlearn_freeze_ulmfit": (c_int, [c_void_p, c_float]),
+    "tlearn_freeze_bn_stats": (c_int, [c_void_p, c_int]),
+    "tlearn_model_apply_freeze": (c_int, [_M, c_void_p]),
+    "tlearn_model_layer_frozen": (c_int, [_M, c_char_p, P(c_int)]),
+    "tlearn_model_layer_lr_scale": (c_int, [_M, c_char_p, P(c_float)]),
+    "tlearn_model_features": (c_int, [_M, c_char_p, f32p, c_size_t, f32p, c_size_t]),
+    "tlearn_model_train_step_from": (c_int, [_M, c_void_p, c_char_p, f32p, i32p, c_size_t,
+                                             P(c_float)]),
+    "tlearn_model_predict_from": (c_int, [_M, c_char_p, f32p, c_size_t, f32p, c_size_t]),
+    "tlearn_model_replace_head": (c_int, [_M, c_char_p, c_int]),
+    "tlearn_model_truncate": (c_int, [_M, c_char_p]),
+    # continual learning
+    "tlearn_ewc_set_mode": (c_int, [_M, c_int, c_float]),
+    "tlearn_ewc_consolidate": (c_int, [_M, f32p, i32p, c_size_t, c_int, c_float]),
+    "tlearn_l2sp_enable": (c_int, [_M, c_float, c_float]),
+    "tlearn_ewc_clear": (c_int, [_M]),
+    "tlearn_model_penalty": (c_int, [_M, P(c_float)]),
+    "tlearn_ewc_get_fisher": (c_int, [_M, c_int, c_char_p, f32p, c_size_t]),
+    # checkpoints and interchange
+    "tlearn_model_save": (c_int, [_M, c_void_p, c_char_p, c_uint]),
+    "tlearn_model_load": (c_int, [_PM, _PM, c_char_p]),
+    "tlearn_model_load_weights": (c_int, [_M, c_char_p, c_uint, P(c_size_t), P(c_size_t)]),
+    "tlearn_model_set_metadata": (c_int, [_M, c_char_p, c_char_p]),
+    "tlearn_model_get_metadata": (c_int, [_M, c_char_p, P(c_char_p)]),
+    "tlearn_checkpoint_read_metadata": (c_int, [c_char_p, METADATA_FN, c_void_p]),
+    "tlearn_model_import_safetensors": (c_int, [_M, c_char_p, NAME_MAP_FN, c_void_p, c_uint,
+                                                P(c_size_t)]),
+    "tlearn_model_export_safetensors": (c_int, [_M, c_char_p]),
+    "tlearn_model_import_onnx": (c_int, [_PM, c_char_p]),
+    "tlearn_model_import_onnx_buffer": (c_int, [_PM, c_void_p, c_size_t]),
+}
+
+
+def _declare(lib):
+    missing = []
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            missing.append(name)
+            continue
+        fn.restype = restype
+        fn.argtypes = argtypes
+    if missing:
+        raise OSError("libtlearn at %s lacks %s: it is older than these bindings"
+                      % (lib._name, ", ".join(missing)))

@@ -1,0 +1,269 @@
+//! Raw declarations of libtlearn's C API, written by hand from `include/tlearn/tlearn.h`
+//! (no bindgen). Every function is `unsafe`; the safe wrapper is the `tlearn` crate.
+//! Status codes, enum values and flags are the header's, fixed forever.
+#![allow(non_camel_case_types)]
+
+use std::os::raw::{c_char, c_int, c_uint, c_void};
+
+// Status codes.
+pub const TLEARN_OK: c_int = 0;
+pub const TLEARN_EINVAL: c_int = -1;
+pub const TLEARN_ENOMEM: c_int = -2;
+pub const TLEARN_ESHAPE: c_int = -3;
+pub const TLEARN_ENOTFOUND: c_int = -4;
+pub const TLEARN_EIO: c_int = -5;
+pub const TLEARN_EFORMAT: c_int = -6;
+pub const TLEARN_EUNSUPPORTED: c_int = -7;
+pub const TLEARN_ENONFINITE: c_int = -8;
+pub const TLEARN_ESTATE: c_int = -9;
+pub const TLEARN_EVERSION: c_int = -10;
+pub const TLEARN_ECANCELED: c_int = -11;
+
+// enum tlearn_layer_kind
+pub const TLEARN_LAYER_DENSE: c_int = 1;
+pub const TLEARN_LAYER_FLATTEN: c_int = 2;
+pub const TLEARN_LAYER_ACTIVATION: c_int = 3;
+pub const TLEARN_LAYER_CONV2D: c_int = 4;
+pub const TLEARN_LAYER_MAXPOOL2D: c_int = 5;
+pub const TLEARN_LAYER_AVGPOOL2D: c_int = 6;
+pub const TLEARN_LAYER_GLOBAL_AVGPOOL: c_int = 7;
+pub const TLEARN_LAYER_BATCHNORM: c_int = 8;
+pub const TLEARN_LAYER_DROPOUT: c_int = 9;
+pub const TLEARN_LAYER_ADD: c_int = 10;
+
+// enum tlearn_activation
+pub const TLEARN_ACT_RELU: c_int = 1;
+pub const TLEARN_ACT_TANH: c_int = 2;
+pub const TLEARN_ACT_SIGMOID: c_int = 3;
+pub const TLEARN_ACT_GELU: c_int = 4;
+pub const TLEARN_ACT_RELU6: c_int = 5;
+pub const TLEARN_ACT_LEAKY_RELU: c_int = 6;
+
+// enum tlearn_loss
+pub const TLEARN_LOSS_SOFTMAX_CE: c_int = 1;
+pub const TLEARN_LOSS_MSE: c_int = 2;
+
+// enum tlearn_optim_kind
+pub const TLEARN_SGD: c_int = 1;
+pub const TLEARN_ADAM: c_int = 2;
+pub const TLEARN_ADAMW: c_int = 3;
+
+// enum tlearn_optim_param
+pub const TLEARN_OPT_LR: c_int = 1;
+pub const TLEARN_OPT_MOMENTUM: c_int = 2;
+pub const TLEARN_OPT_DAMPENING: c_int = 3;
+pub const TLEARN_OPT_NESTEROV: c_int = 4;
+pub const TLEARN_OPT_WEIGHT_DECAY: c_int = 5;
+pub const TLEARN_OPT_BETA1: c_int = 6;
+pub const TLEARN_OPT_BETA2: c_int = 7;
+pub const TLEARN_OPT_EPS: c_int = 8;
+pub const TLEARN_OPT_CLIP_NORM: c_int = 9;
+
+// enum tlearn_fisher, enum tlearn_ewc_mode
+pub const TLEARN_FISHER_EMPIRICAL: c_int = 1;
+pub const TLEARN_FISHER_EXACT: c_int = 2;
+pub const TLEARN_FISHER_SAMPLED: c_int = 3;
+pub const TLEARN_EWC_SEPARATE: c_int = 1;
+pub const TLEARN_EWC_ONLINE: c_int = 2;
+
+// Save and load flags.
+pub const TLEARN_SAVE_FULL: c_uint = 0;
+pub const TLEARN_SAVE_INFERENCE: c_uint = 1;
+/// zlib level 1..9 for each tensor (0: stored raw).
+pub const fn tlearn_save_compress(level: c_uint) -> c_uint {
+    (level & 15) << 8
+}
+pub const TLEARN_LOAD_STRICT: c_uint = 0;
+pub const TLEARN_LOAD_PARTIAL: c_uint = 1;
+
+/// Opaque handles: only ever used behind pointers.
+#[repr(C)]
+pub struct tlearn_model {
+    _private: [u8; 0],
+}
+#[repr(C)]
+pub struct tlearn_freeze {
+    _private: [u8; 0],
+}
+#[repr(C)]
+pub struct tlearn_optim {
+    _private: [u8; 0],
+}
+
+pub type tlearn_progress_fn = Option<
+    unsafe extern "C" fn(
+        epoch: c_int,
+        epochs: c_int,
+        step: usize,
+        steps_per_epoch: usize,
+        loss: f32,
+        user: *mut c_void,
+    ) -> c_int,
+>;
+pub type tlearn_metadata_fn = Option<
+    unsafe extern "C" fn(key: *const c_char, value: *const c_char, user: *mut c_void) -> c_int,
+>;
+pub type tlearn_name_map_fn = Option<
+    unsafe extern "C" fn(
+        file_name: *const c_char,
+        out: *mut c_char,
+        out_len: usize,
+        user: *mut c_void,
+    ) -> c_int,
+>;
+
+extern "C" {
+    pub fn tlearn_strerror(status: c_int) -> *const c_char;
+    pub fn tlearn_errmsg() -> *const c_char;
+    pub fn tlearn_version_hex() -> c_uint;
+    pub fn tlearn_version_string() -> *const c_char;
+
+    // Building a model.
+    pub fn tlearn_model_create(out: *mut *mut tlearn_model, channels: c_int, height: c_int,
+                               width: c_int) -> c_int;
+    pub fn tlearn_model_destroy(m: *mut *mut tlearn_model);
+    pub fn tlearn_model_set_threads(m: *mut tlearn_model, threads: c_int) -> c_int;
+    pub fn tlearn_model_set_seed(m: *mut tlearn_model, seed: u64) -> c_int;
+    pub fn tlearn_model_set_training(m: *mut tlearn_model, training: c_int) -> c_int;
+    pub fn tlearn_model_set_loss(m: *mut tlearn_model, loss: c_int) -> c_int;
+    pub fn tlearn_model_set_next_input(m: *mut tlearn_model, layer: *const c_char) -> c_int;
+    pub fn tlearn_model_add_dense(m: *mut tlearn_model, name: *const c_char, units: c_int)
+        -> c_int;
+    pub fn tlearn_model_add_flatten(m: *mut tlearn_model, name: *const c_char) -> c_int;
+    pub fn tlearn_model_add_activation(m: *mut tlearn_model, name: *const c_char,
+                                       activation: c_int, param: f32) -> c_int;
+    pub fn tlearn_model_add_conv2d(m: *mut tlearn_model, name: *const c_char, filters: c_int,
+                                   kernel: c_int, stride: c_int, pad: c_int, groups: c_int)
+        -> c_int;
+    pub fn tlearn_model_add_conv2d_ex(m: *mut tlearn_model, name: *const c_char,
+                                      filters: c_int, kh: c_int, kw: c_int, sh: c_int,
+                                      sw: c_int, ph: c_int, pw: c_int, dh: c_int, dw: c_int,
+                                      groups: c_int, bias: c_int) -> c_int;
+    pub fn tlearn_model_add_maxpool2d(m: *mut tlearn_model, name: *const c_char,
+                                      kernel: c_int, stride: c_int, pad: c_int) -> c_int;
+    pub fn tlearn_model_add_avgpool2d(m: *mut tlearn_model, name: *const c_char,
+                                      kernel: c_int, stride: c_int, pad: c_int,
+                                      count_include_pad: c_int) -> c_int;
+    pub fn tlearn_model_add_global_avgpool(m: *mut tlearn_model, name: *const c_char)
+        -> c_int;
+    pub fn tlearn_model_add_batchnorm(m: *mut tlearn_model, name: *const c_char, eps: f32,
+                                      momentum: f32) -> c_int;
+    pub fn tlearn_model_add_dropout(m: *mut tlearn_model, name: *const c_char, p: f32)
+        -> c_int;
+    pub fn tlearn_model_add_add(m: *mut tlearn_model, name: *const c_char,
+                                other: *const c_char) -> c_int;
+
+    // Introspection.
+    pub fn tlearn_model_layer_count(m: *const tlearn_model, count: *mut c_int) -> c_int;
+    pub fn tlearn_model_layer_index(m: *const tlearn_model, name: *const c_char,
+                                    index: *mut c_int) -> c_int;
+    pub fn tlearn_model_layer_name(m: *const tlearn_model, index: c_int,
+                                   name: *mut *const c_char) -> c_int;
+    pub fn tlearn_model_layer_kind(m: *const tlearn_model, index: c_int, kind: *mut c_int)
+        -> c_int;
+    pub fn tlearn_model_layer_shape(m: *const tlearn_model, index: c_int, c: *mut c_int,
+                                    h: *mut c_int, w: *mut c_int) -> c_int;
+    pub fn tlearn_model_layer_param_count(m: *const tlearn_model, index: c_int,
+                                          count: *mut usize) -> c_int;
+    pub fn tlearn_model_param_count(m: *const tlearn_model, total: *mut usize,
+                                    trainable: *mut usize) -> c_int;
+    pub fn tlearn_model_tensor_count(m: *const tlearn_model, count: *mut c_int) -> c_int;
+    pub fn tlearn_model_tensor_info(m: *const tlearn_model, index: c_int,
+                                    name: *mut *const c_char, numel: *mut usize,
+                                    ndim: *mut c_int, dims: *mut c_int) -> c_int;
+    pub fn tlearn_model_get_tensor(m: *const tlearn_model, name: *const c_char, out: *mut f32,
+                                   out_len: usize) -> c_int;
+    pub fn tlearn_model_set_tensor(m: *mut tlearn_model, name: *const c_char, data: *const f32,
+                                   len: usize) -> c_int;
+    pub fn tlearn_model_get_grad(m: *const tlearn_model, name: *const c_char, out: *mut f32,
+                                 out_len: usize) -> c_int;
+    pub fn tlearn_model_workspace_bytes(m: *const tlearn_model, bytes: *mut usize) -> c_int;
+
+    // Inference and training.
+    pub fn tlearn_model_predict(m: *mut tlearn_model, x: *const f32, n: usize, out: *mut f32,
+                                out_len: usize) -> c_int;
+    pub fn tlearn_model_evaluate(m: *mut tlearn_model, x: *const f32, labels: *const i32,
+                                 n: usize, loss: *mut f32, accuracy: *mut f32) -> c_int;
+    pub fn tlearn_model_train_step(m: *mut tlearn_model, o: *mut tlearn_optim, x: *const f32,
+                                   labels: *const i32, n: usize, loss: *mut f32) -> c_int;
+    pub fn tlearn_model_train_step_mse(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                       x: *const f32, targets: *const f32, n: usize,
+                                       loss: *mut f32) -> c_int;
+    pub fn tlearn_model_compute_gradients(m: *mut tlearn_model, x: *const f32,
+                                          labels: *const i32, n: usize, loss: *mut f32,
+                                          dx: *mut f32, dx_len: usize) -> c_int;
+    pub fn tlearn_model_fit(m: *mut tlearn_model, o: *mut tlearn_optim, x: *const f32,
+                            labels: *const i32, n: usize, batch: usize, epochs: c_int,
+                            shuffle: c_int, progress: tlearn_progress_fn, user: *mut c_void)
+        -> c_int;
+
+    // Optimizers.
+    pub fn tlearn_optim_create(out: *mut *mut tlearn_optim, kind: c_int) -> c_int;
+    pub fn tlearn_optim_destroy(o: *mut *mut tlearn_optim);
+    pub fn tlearn_optim_set(o: *mut tlearn_optim, param: c_int, value: f64) -> c_int;
+    pub fn tlearn_optim_get(o: *const tlearn_optim, param: c_int, value: *mut f64) -> c_int;
+    pub fn tlearn_optim_kind(o: *const tlearn_optim, kind: *mut c_int) -> c_int;
+
+    // Freeze policy, features, heads.
+    pub fn tlearn_freeze_create(out: *mut *mut tlearn_freeze) -> c_int;
+    pub fn tlearn_freeze_destroy(f: *mut *mut tlearn_freeze);
+    pub fn tlearn_freeze_until(f: *mut tlearn_freeze, layer: *const c_char) -> c_int;
+    pub fn tlearn_freeze_match(f: *mut tlearn_freeze, glob: *const c_char, frozen: c_int)
+        -> c_int;
+    pub fn tlearn_freeze_range(f: *mut tlearn_freeze, first: c_int, last: c_int,
+                               frozen: c_int) -> c_int;
+    pub fn tlearn_freeze_lr_scale(f: *mut tlearn_freeze, glob: *const c_char, scale: f32)
+        -> c_int;
+    pub fn tlearn_freeze_ulmfit(f: *mut tlearn_freeze, factor: f32) -> c_int;
+    pub fn tlearn_freeze_bn_stats(f: *mut tlearn_freeze, frozen: c_int) -> c_int;
+    pub fn tlearn_model_apply_freeze(m: *mut tlearn_model, f: *const tlearn_freeze) -> c_int;
+    pub fn tlearn_model_layer_frozen(m: *const tlearn_model, layer: *const c_char,
+                                     frozen: *mut c_int) -> c_int;
+    pub fn tlearn_model_layer_lr_scale(m: *const tlearn_model, layer: *const c_char,
+                                       scale: *mut f32) -> c_int;
+    pub fn tlearn_model_features(m: *mut tlearn_model, layer: *const c_char, x: *const f32,
+                                 n: usize, out: *mut f32, out_len: usize) -> c_int;
+    pub fn tlearn_model_train_step_from(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                        layer: *const c_char, features: *const f32,
+                                        labels: *const i32, n: usize, loss: *mut f32)
+        -> c_int;
+    pub fn tlearn_model_predict_from(m: *mut tlearn_model, layer: *const c_char,
+                                     features: *const f32, n: usize, out: *mut f32,
+                                     out_len: usize) -> c_int;
+    pub fn tlearn_model_replace_head(m: *mut tlearn_model, from_layer: *const c_char,
+                                     classes: c_int) -> c_int;
+    pub fn tlearn_model_truncate(m: *mut tlearn_model, layer: *const c_char) -> c_int;
+
+    // Continual learning.
+    pub fn tlearn_ewc_set_mode(m: *mut tlearn_model, mode: c_int, gamma: f32) -> c_int;
+    pub fn tlearn_ewc_consolidate(m: *mut tlearn_model, x: *const f32, labels: *const i32,
+                                  n: usize, estimator: c_int, lambda: f32) -> c_int;
+    pub fn tlearn_l2sp_enable(m: *mut tlearn_model, alpha: f32, beta: f32) -> c_int;
+    pub fn tlearn_ewc_clear(m: *mut tlearn_model) -> c_int;
+    pub fn tlearn_model_penalty(m: *const tlearn_model, penalty: *mut f32) -> c_int;
+    pub fn tlearn_ewc_get_fisher(m: *const tlearn_model, task: c_int, name: *const c_char,
+                                 out: *mut f32, out_len: usize) -> c_int;
+
+    // Checkpoints and weight interchange.
+    pub fn tlearn_model_save(m: *const tlearn_model, o: *const tlearn_optim,
+                             path: *const c_char, flags: c_uint) -> c_int;
+    pub fn tlearn_model_load(out: *mut *mut tlearn_model, optim: *mut *mut tlearn_optim,
+                             path: *const c_char) -> c_int;
+    pub fn tlearn_model_load_weights(m: *mut tlearn_model, path: *const c_char, flags: c_uint,
+                                     matched: *mut usize, skipped: *mut usize) -> c_int;
+    pub fn tlearn_model_set_metadata(m: *mut tlearn_model, key: *const c_char,
+                                     value: *const c_char) -> c_int;
+    pub fn tlearn_model_get_metadata(m: *const tlearn_model, key: *const c_char,
+                                     value: *mut *const c_char) -> c_int;
+    pub fn tlearn_checkpoint_read_metadata(path: *const c_char, f: tlearn_metadata_fn,
+                                           user: *mut c_void) -> c_int;
+    pub fn tlearn_model_import_safetensors(m: *mut tlearn_model, path: *const c_char,
+                                           map: tlearn_name_map_fn, user: *mut c_void,
+                                           flags: c_uint, matched: *mut usize) -> c_int;
+    pub fn tlearn_model_export_safetensors(m: *const tlearn_model, path: *const c_char)
+        -> c_int;
+    pub fn tlearn_model_import_onnx(out: *mut *mut tlearn_model, path: *const c_char)
+        -> c_int;
+    pub fn tlearn_model_import_onnx_buffer(out: *mut *mut tlearn_model, data: *const c_void,
+                                           len: usize) -> c_int;
+}

@@ -1,0 +1,1067 @@
+//! Safe Rust bindings of libtlearn: transfer learning on the CPU behind a stable C ABI.
+//!
+//! [`Model`], [`FreezePolicy`] and [`Optimizer`] own their C handles and free them on drop.
+//! Data goes in and out as `f32` slices (NCHW, row-major) and `i32` label slices; a slice of
+//! the wrong length is an [`Error`] before the C library sees it. Every failing C call
+//! becomes an [`Error`] carrying the status code and `tlearn_errmsg()`.
+//!
+//! Fine-tune a pretrained model and save it:
+//!
+//! ```
+//! # use tlearn::*;
+//! # let dir = std::env::temp_dir().join(format!("tlearn-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # std::env::set_current_dir(&dir).unwrap();
+//! # let mut p = Model::new(1, 8, 8).unwrap();
+//! # p.add_conv2d("conv1", 4, 3, 1, 1, 1).unwrap().add_activation("relu1", Activation::Relu)
+//! #  .unwrap().add_flatten("flat").unwrap().add_dense("fc1", 16).unwrap()
+//! #  .add_dense("fc2", 4).unwrap();
+//! # p.save("pretrained.tlc", None).unwrap();
+//! # let y: Vec<i32> = (0..64).map(|i| i % 10).collect();
+//! # let x: Vec<f32> = (0..64 * 64).map(|i| ((i * 7919) % 101) as f32 / 101.0).collect();
+//! use tlearn::{FreezePolicy, Model, OptimKind, Optimizer};
+//!
+//! fn finetune(x: &[f32], y: &[i32]) -> tlearn::Result<()> {
+//!     let mut model = Model::load("pretrained.tlc")?;
+//!     model.replace_head("fc1", 10)?; // a new 10-class head after fc1
+//!     model.apply_freeze(Some(FreezePolicy::new()?.until("fc1")?))?; // backbone stays
+//!     let mut opt = Optimizer::new(OptimKind::Adam)?;
+//!     opt.set_lr(1e-3)?;
+//!     model.fit(&mut opt, x, y, 32, 5)?;
+//!     model.save("finetuned.tlc", Some(&opt))
+//! }
+//! finetune(&x, &y).unwrap();
+//! # let m = Model::load("finetuned.tlc").unwrap();
+//! # assert_eq!(m.output_shape().unwrap().c, 10);
+//! # assert!(m.layer_frozen("fc1").unwrap() && !m.layer_frozen("head").unwrap());
+//! # assert_eq!(m.get_tensor("conv1.weight").unwrap(), p.get_tensor("conv1.weight").unwrap());
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! ```
+//!
+//! The library is linked with the flags of `pkg-config --libs tlearn` (tlearn-sys/build.rs).
+//! Handles are `Send` but not `Sync`: one thread at a time uses a handle, as in C.
+
+use std::any::Any;
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::ops::ControlFlow;
+use std::os::raw::{c_char, c_int, c_void};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::ptr::{self, NonNull};
+
+pub use tlearn_sys as sys;
+
+/// Status codes of the C API (negative; `OK` is 0).
+pub mod status {
+    pub use tlearn_sys::{
+        TLEARN_ECANCELED as ECANCELED, TLEARN_EFORMAT as EFORMAT, TLEARN_EINVAL as EINVAL,
+        TLEARN_EIO as EIO, TLEARN_ENOMEM as ENOMEM, TLEARN_ENONFINITE as ENONFINITE,
+        TLEARN_ENOTFOUND as ENOTFOUND, TLEARN_ESHAPE as ESHAPE, TLEARN_ESTATE as ESTATE,
+        TLEARN_EUNSUPPORTED as EUNSUPPORTED, TLEARN_EVERSION as EVERSION, TLEARN_OK as OK,
+    };
+}
+
+/// A failed call: the C status code and the library's message for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    code: i32,
+    message: String,
+}
+
+impl Error {
+    /// The negative TLEARN_E* status ([`status`]).
+    pub fn code(&self) -> i32 {
+        self.code
+    }
+    /// The detail message (tlearn_errmsg() for errors from the library).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// tlearn_strerror() of the code: "invalid argument", ...
+    pub fn description(&self) -> String {
+        strerror(self.code)
+    }
+    fn invalid(message: String) -> Error {
+        Error { code: status::EINVAL, message }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.description(), self.code, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result of every fallible call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn cstr_to_string(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the library returns NUL-terminated strings valid until the next call.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn check(rc: c_int) -> Result<()> {
+    if rc == status::OK {
+        Ok(())
+    } else {
+        // SAFETY: tlearn_errmsg never returns NULL; copied before any other call.
+        Err(Error { code: rc, message: cstr_to_string(unsafe { sys::tlearn_errmsg() }) })
+    }
+}
+
+fn cstring(s: &str, what: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::invalid(format!("{what} {s:?} contains a NUL byte")))
+}
+
+fn cpath(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(format!("path {} contains a NUL byte", p.display())))
+}
+
+/// Short description of a status code (tlearn_strerror).
+pub fn strerror(code: i32) -> String {
+    cstr_to_string(unsafe { sys::tlearn_strerror(code) })
+}
+
+/// Version string of the linked library, "MAJOR.MINOR.PATCH".
+pub fn version() -> String {
+    cstr_to_string(unsafe { sys::tlearn_version_string() })
+}
+
+/// Version of the linked library as 0xMMmmpp00.
+pub fn version_hex() -> u32 {
+    unsafe { sys::tlearn_version_hex() }
+}
+
+/// A layer's output shape (channels, height, width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Shape {
+    /// Number of floats per example.
+    pub fn size(&self) -> usize {
+        self.c * self.h * self.w
+    }
+}
+
+/// Elementwise activation functions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Relu,
+    Tanh,
+    Sigmoid,
+    /// Exact (erf) GELU.
+    Gelu,
+    Relu6,
+    /// Leaky ReLU with this negative slope (PyTorch's default is 0.01).
+    LeakyRelu(f32),
+}
+
+/// Loss functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    SoftmaxCrossEntropy = 1,
+    Mse = 2,
+}
+
+/// Layer kinds reported by [`Model::layer_kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Dense,
+    Flatten,
+    Activation,
+    Conv2d,
+    MaxPool2d,
+    AvgPool2d,
+    GlobalAvgPool,
+    BatchNorm,
+    Dropout,
+    Add,
+    /// A kind newer than these bindings.
+    Other(i32),
+}
+
+impl LayerKind {
+    fn from_c(k: c_int) -> LayerKind {
+        match k {
+            1 => LayerKind::Dense,
+            2 => LayerKind::Flatten,
+            3 => LayerKind::Activation,
+            4 => LayerKind::Conv2d,
+            5 => LayerKind::MaxPool2d,
+            6 => LayerKind::AvgPool2d,
+            7 => LayerKind::GlobalAvgPool,
+            8 => LayerKind::BatchNorm,
+            9 => LayerKind::Dropout,
+            10 => LayerKind::Add,
+            other => LayerKind::Other(other),
+        }
+    }
+}
+
+/// Update rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimKind {
+    Sgd = 1,
+    Adam = 2,
+    AdamW = 3,
+}
+
+/// Optimizer hyperparameters (see the header for ranges and defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimParam {
+    Lr = 1,
+    Momentum = 2,
+    Dampening = 3,
+    Nesterov = 4,
+    WeightDecay = 5,
+    Beta1 = 6,
+    Beta2 = 7,
+    Eps = 8,
+    ClipNorm = 9,
+}
+
+/// Fisher estimators for [`Model::ewc_consolidate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fisher {
+    Empirical = 1,
+    Exact = 2,
+    Sampled = 3,
+}
+
+/// How successive EWC consolidations combine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EwcMode {
+    Separate,
+    /// Running Fisher F <- gamma F + F_new.
+    Online(f32),
+}
+
+/// Progress of [`Model::fit_with_progress`], reported after every step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub step: usize,
+    pub steps_per_epoch: usize,
+    pub loss: f32,
+}
+
+/// How to save: everything (weights, optimizer state, freeze, EWC) or inference only, and
+/// the zlib level (0 = raw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SaveOptions {
+    pub inference_only: bool,
+    pub compress: u8,
+}
+
+// ------------------------------------------------------------------------------------------
+
+/// An update rule and its hyperparameters (tlearn_optim).
+pub struct Optimizer {
+    ptr: NonNull<sys::tlearn_optim>,
+}
+
+// SAFETY: a handle may move between threads; it is never shared (not Sync).
+unsafe impl Send for Optimizer {}
+
+impl Optimizer {
+    /// An optimizer with PyTorch's defaults for @p kind.
+    pub fn new(kind: OptimKind) -> Result<Optimizer> {
+        let mut p = ptr::null_mut();
+        check(unsafe { sys::tlearn_optim_create(&mut p, kind as c_int) })?;
+        Ok(Optimizer { ptr: NonNull::new(p).expect("tlearn_optim_create returned NULL") })
+    }
+
+    /// Set a hyperparameter.
+    pub fn set(&mut self, param: OptimParam, value: f64) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_optim_set(self.ptr.as_ptr(), param as c_int, value) })?;
+        Ok(self)
+    }
+
+    /// Set the learning rate.
+    pub fn set_lr(&mut self, lr: f64) -> Result<&mut Self> {
+        self.set(OptimParam::Lr, lr)
+    }
+
+    /// Read a hyperparameter.
+    pub fn get(&self, param: OptimParam) -> Result<f64> {
+        let mut v = 0.0;
+        check(unsafe { sys::tlearn_optim_get(self.ptr.as_ptr(), param as c_int, &mut v) })?;
+        Ok(v)
+    }
+
+    /// The update rule.
+    pub fn kind(&self) -> Result<OptimKind> {
+        let mut k = 0;
+        check(unsafe { sys::tlearn_optim_kind(self.ptr.as_ptr(), &mut k) })?;
+        Ok(match k {
+            1 => OptimKind::Sgd,
+            2 => OptimKind::Adam,
+            _ => OptimKind::AdamW,
+        })
+    }
+
+    /// The raw handle, for calls through [`sys`].
+    pub fn as_ptr(&self) -> *mut sys::tlearn_optim {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Optimizer {
+    fn drop(&mut self) {
+        let mut p = self.ptr.as_ptr();
+        unsafe { sys::tlearn_optim_destroy(&mut p) };
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+
+/// Which layers train, and at which learning-rate scale (tlearn_freeze). Rules apply in
+/// the order added; each method returns `&mut Self` so rules chain.
+pub struct FreezePolicy {
+    ptr: NonNull<sys::tlearn_freeze>,
+}
+
+// SAFETY: as Optimizer.
+unsafe impl Send for FreezePolicy {}
+
+impl FreezePolicy {
+    /// An empty policy: nothing frozen, every scale 1.
+    pub fn new() -> Result<FreezePolicy> {
+        let mut p = ptr::null_mut();
+        check(unsafe { sys::tlearn_freeze_create(&mut p) })?;
+        Ok(FreezePolicy { ptr: NonNull::new(p).expect("tlearn_freeze_create returned NULL") })
+    }
+
+    /// Freeze every layer up to and including @p layer.
+    pub fn until(&mut self, layer: &str) -> Result<&mut Self> {
+        let c = cstring(layer, "layer")?;
+        check(unsafe { sys::tlearn_freeze_until(self.ptr.as_ptr(), c.as_ptr()) })?;
+        Ok(self)
+    }
+
+    /// Freeze (or unfreeze) the layers matching a shell-style pattern.
+    pub fn matching(&mut self, glob: &str, frozen: bool) -> Result<&mut Self> {
+        let c = cstring(glob, "pattern")?;
+        check(unsafe { sys::tlearn_freeze_match(self.ptr.as_ptr(), c.as_ptr(), frozen as c_int) })?;
+        Ok(self)
+    }
+
+    /// Freeze (or unfreeze) layers first..=last by index.
+    pub fn range(&mut self, first: i32, last: i32, frozen: bool) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_freeze_range(self.ptr.as_ptr(), first, last, frozen as c_int) })?;
+        Ok(self)
+    }
+
+    /// Multiply the learning rate of matching layers by @p scale.
+    pub fn lr_scale(&mut self, glob: &str, scale: f32) -> Result<&mut Self> {
+        let c = cstring(glob, "pattern")?;
+        check(unsafe { sys::tlearn_freeze_lr_scale(self.ptr.as_ptr(), c.as_ptr(), scale) })?;
+        Ok(self)
+    }
+
+    /// ULMFiT discriminative rates: 1, 1/factor, 1/factor^2, ... from the head back.
+    pub fn ulmfit(&mut self, factor: f32) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_freeze_ulmfit(self.ptr.as_ptr(), factor) })?;
+        Ok(self)
+    }
+
+    /// Keep batchnorm running statistics fixed even in training mode.
+    pub fn bn_stats(&mut self, frozen: bool) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_freeze_bn_stats(self.ptr.as_ptr(), frozen as c_int) })?;
+        Ok(self)
+    }
+
+    /// The raw handle.
+    pub fn as_ptr(&self) -> *mut sys::tlearn_freeze {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for FreezePolicy {
+    fn drop(&mut self) {
+        let mut p = self.ptr.as_ptr();
+        unsafe { sys::tlearn_freeze_destroy(&mut p) };
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+
+/// A network, its weights and its training state (tlearn_model).
+pub struct Model {
+    ptr: NonNull<sys::tlearn_model>,
+}
+
+// SAFETY: as Optimizer.
+unsafe impl Send for Model {}
+
+/// State shared with a C callback: the Rust closure and a caught panic, if any.
+struct CallbackState<'a, F: ?Sized> {
+    f: &'a mut F,
+    panic: Option<Box<dyn Any + Send>>,
+}
+
+unsafe extern "C" fn progress_trampoline<F>(epoch: c_int, epochs: c_int, step: usize,
+                                            steps: usize, loss: f32, user: *mut c_void)
+                                            -> c_int
+where
+    F: FnMut(&Progress) -> ControlFlow<()>,
+{
+    let state = &mut *(user as *mut CallbackState<F>);
+    let p = Progress {
+        epoch: epoch as usize,
+        epochs: epochs as usize,
+        step,
+        steps_per_epoch: steps,
+        loss,
+    };
+    // A panic must not unwind through C: catch it, stop, and resume it after the call.
+    match panic::catch_unwind(AssertUnwindSafe(|| (state.f)(&p))) {
+        Ok(ControlFlow::Continue(())) => 0,
+        Ok(ControlFlow::Break(())) => 1,
+        Err(payload) => {
+            state.panic = Some(payload);
+            1
+        }
+    }
+}
+
+unsafe extern "C" fn name_map_trampoline<F>(file_name: *const c_char, out: *mut c_char,
+                                            out_len: usize, user: *mut c_void) -> c_int
+where
+    F: FnMut(&str) -> Option<String>,
+{
+    let state = &mut *(user as *mut CallbackState<F>);
+    let name = CStr::from_ptr(file_name).to_string_lossy();
+    match panic::catch_unwind(AssertUnwindSafe(|| (state.f)(&name))) {
+        Ok(Some(target)) => {
+            let bytes = target.as_bytes();
+            if bytes.len() + 1 > out_len || bytes.contains(&0) {
+                return 0; // cannot be represented: skipped, and strict mode reports it
+            }
+            ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, out, bytes.len());
+            *out.add(bytes.len()) = 0;
+            1
+        }
+        Ok(None) => 0,
+        Err(payload) => {
+            state.panic = Some(payload);
+            0
+        }
+    }
+}
+
+unsafe extern "C" fn metadata_trampoline(key: *const c_char, value: *const c_char,
+                                         user: *mut c_void) -> c_int {
+    let out = &mut *(user as *mut Vec<(String, String)>);
+    out.push((cstr_to_string(key), cstr_to_string(value)));
+    0
+}
+
+/// List the metadata of a checkpoint file without loading its weights.
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<Vec<(String, String)>> {
+    let p = cpath(path.as_ref())?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    check(unsafe {
+        sys::tlearn_checkpoint_read_metadata(p.as_ptr(), Some(metadata_trampoline),
+                                             &mut out as *mut _ as *mut c_void)
+    })?;
+    Ok(out)
+}
+
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; Debian 12 has 1.63
+fn batch_len(len: usize, per_example: usize, what: &str) -> Result<usize> {
+    if per_example == 0 || len == 0 || len % per_example != 0 {
+        return Err(Error::invalid(format!(
+            "{what} has {len} floats; expected a non-zero multiple of {per_example} (one example)"
+        )));
+    }
+    Ok(len / per_example)
+}
+
+fn labels_len(labels: &[i32], n: usize) -> Result<()> {
+    if labels.len() != n {
+        return Err(Error::invalid(format!("labels has {} entries; expected {n}", labels.len())));
+    }
+    Ok(())
+}
+
+impl Model {
+    fn from_raw(p: *mut sys::tlearn_model) -> Model {
+        Model { ptr: NonNull::new(p).expect("libtlearn returned a NULL model") }
+    }
+
+    fn raw(&self) -> *mut sys::tlearn_model {
+        self.ptr.as_ptr()
+    }
+
+    /// An empty model for inputs of shape (channels, height, width); (features, 1, 1) for
+    /// vectors.
+    pub fn new(channels: i32, height: i32, width: i32) -> Result<Model> {
+        let mut p = ptr::null_mut();
+        check(unsafe { sys::tlearn_model_create(&mut p, channels, height, width) })?;
+        Ok(Model::from_raw(p))
+    }
+
+    /// Load a libtlearn checkpoint.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let c = cpath(path.as_ref())?;
+        let mut p = ptr::null_mut();
+        check(unsafe { sys::tlearn_model_load(&mut p, ptr::null_mut(), c.as_ptr()) })?;
+        Ok(Model::from_raw(p))
+    }
+
+    /// Load a checkpoint with its optimizer (None when the file holds no optimizer).
+    pub fn load_with_optimizer(path: impl AsRef<Path>) -> Result<(Model, Option<Optimizer>)> {
+        let c = cpath(path.as_ref())?;
+        let (mut p, mut o) = (ptr::null_mut(), ptr::null_mut());
+        check(unsafe { sys::tlearn_model_load(&mut p, &mut o, c.as_ptr()) })?;
+        Ok((Model::from_raw(p), NonNull::new(o).map(|ptr| Optimizer { ptr })))
+    }
+
+    /// Build a model from an ONNX file.
+    pub fn import_onnx(path: impl AsRef<Path>) -> Result<Model> {
+        let c = cpath(path.as_ref())?;
+        let mut p = ptr::null_mut();
+        check(unsafe { sys::tlearn_model_import_onnx(&mut p, c.as_ptr()) })?;
+        Ok(Model::from_raw(p))
+    }
+
+    /// Build a model from the bytes of an ONNX file.
+    pub fn import_onnx_bytes(data: &[u8]) -> Result<Model> {
+        let mut p = ptr::null_mut();
+        check(unsafe {
+            sys::tlearn_model_import_onnx_buffer(&mut p, data.as_ptr() as *const c_void,
+                                                 data.len())
+        })?;
+        Ok(Model::from_raw(p))
+    }
+
+    /// The raw handle, for calls through [`sys`].
+    pub fn as_ptr(&self) -> *mut sys::tlearn_model {
+        self.raw()
+    }
+
+    // -- settings -----------------------------------------------------------------------
+    pub fn set_threads(&mut self, threads: i32) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_model_set_threads(self.raw(), threads) })?;
+        Ok(self)
+    }
+    pub fn set_seed(&mut self, seed: u64) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_model_set_seed(self.raw(), seed) })?;
+        Ok(self)
+    }
+    /// Training (true) or evaluation (false) mode for dropout and batchnorm.
+    pub fn set_training(&mut self, training: bool) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_model_set_training(self.raw(), training as c_int) })?;
+        Ok(self)
+    }
+    pub fn set_loss(&mut self, loss: Loss) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_model_set_loss(self.raw(), loss as c_int) })?;
+        Ok(self)
+    }
+    /// The next layer reads from @p layer (None: the model input).
+    pub fn set_next_input(&mut self, layer: Option<&str>) -> Result<&mut Self> {
+        let c = layer.map(|l| cstring(l, "layer")).transpose()?;
+        let p = c.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_model_set_next_input(self.raw(), p) })?;
+        Ok(self)
+    }
+
+    // -- layers -------------------------------------------------------------------------
+    pub fn add_dense(&mut self, name: &str, units: i32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_dense(self.raw(), c.as_ptr(), units) })?;
+        Ok(self)
+    }
+    pub fn add_flatten(&mut self, name: &str) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_flatten(self.raw(), c.as_ptr()) })?;
+        Ok(self)
+    }
+    pub fn add_activation(&mut self, name: &str, act: Activation) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let (kind, param) = match act {
+            Activation::Relu => (sys::TLEARN_ACT_RELU, 0.0),
+            Activation::Tanh => (sys::TLEARN_ACT_TANH, 0.0),
+            Activation::Sigmoid => (sys::TLEARN_ACT_SIGMOID, 0.0),
+            Activation::Gelu => (sys::TLEARN_ACT_GELU, 0.0),
+            Activation::Relu6 => (sys::TLEARN_ACT_RELU6, 0.0),
+            Activation::LeakyRelu(slope) => (sys::TLEARN_ACT_LEAKY_RELU, slope),
+        };
+        check(unsafe { sys::tlearn_model_add_activation(self.raw(), c.as_ptr(), kind, param) })?;
+        Ok(self)
+    }
+    pub fn add_conv2d(&mut self, name: &str, filters: i32, kernel: i32, stride: i32, pad: i32,
+                      groups: i32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_conv2d(self.raw(), c.as_ptr(), filters, kernel, stride, pad,
+                                         groups)
+        })?;
+        Ok(self)
+    }
+    /// Convolution with (h, w) kernel, stride, padding and dilation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_conv2d_ex(&mut self, name: &str, filters: i32, kernel: (i32, i32),
+                         stride: (i32, i32), pad: (i32, i32), dilation: (i32, i32),
+                         groups: i32, bias: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_conv2d_ex(self.raw(), c.as_ptr(), filters, kernel.0,
+                                            kernel.1, stride.0, stride.1, pad.0, pad.1,
+                                            dilation.0, dilation.1, groups, bias as c_int)
+        })?;
+        Ok(self)
+    }
+    pub fn add_maxpool2d(&mut self, name: &str, kernel: i32, stride: i32, pad: i32)
+                         -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_maxpool2d(self.raw(), c.as_ptr(), kernel, stride, pad) })?;
+        Ok(self)
+    }
+    pub fn add_avgpool2d(&mut self, name: &str, kernel: i32, stride: i32, pad: i32,
+                         count_include_pad: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_avgpool2d(self.raw(), c.as_ptr(), kernel, stride, pad,
+                                            count_include_pad as c_int)
+        })?;
+        Ok(self)
+    }
+    pub fn add_global_avgpool(&mut self, name: &str) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_global_avgpool(self.raw(), c.as_ptr()) })?;
+        Ok(self)
+    }
+    pub fn add_batchnorm(&mut self, name: &str, eps: f32, momentum: f32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_batchnorm(self.raw(), c.as_ptr(), eps, momentum) })?;
+        Ok(self)
+    }
+    pub fn add_dropout(&mut self, name: &str, p: f32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_dropout(self.raw(), c.as_ptr(), p) })?;
+        Ok(self)
+    }
+    /// Residual sum of the previous layer's output and layer @p other's.
+    pub fn add_add(&mut self, name: &str, other: &str) -> Result<&mut Self> {
+        let (c, o) = (cstring(name, "name")?, cstring(other, "other")?);
+        check(unsafe { sys::tlearn_model_add_add(self.raw(), c.as_ptr(), o.as_ptr()) })?;
+        Ok(self)
+    }
+
+    // -- introspection ------------------------------------------------------------------
+    pub fn layer_count(&self) -> Result<usize> {
+        let mut n = 0;
+        check(unsafe { sys::tlearn_model_layer_count(self.raw(), &mut n) })?;
+        Ok(n as usize)
+    }
+    pub fn layer_index(&self, name: &str) -> Result<usize> {
+        let c = cstring(name, "name")?;
+        let mut i = 0;
+        check(unsafe { sys::tlearn_model_layer_index(self.raw(), c.as_ptr(), &mut i) })?;
+        Ok(i as usize)
+    }
+    pub fn layer_name(&self, index: usize) -> Result<String> {
+        let mut p = ptr::null();
+        check(unsafe { sys::tlearn_model_layer_name(self.raw(), index as c_int, &mut p) })?;
+        Ok(cstr_to_string(p))
+    }
+    /// Names of all layers, in order.
+    pub fn layer_names(&self) -> Result<Vec<String>> {
+        (0..self.layer_count()?).map(|i| self.layer_name(i)).collect()
+    }
+    pub fn layer_kind(&self, index: usize) -> Result<LayerKind> {
+        let mut k = 0;
+        check(unsafe { sys::tlearn_model_layer_kind(self.raw(), index as c_int, &mut k) })?;
+        Ok(LayerKind::from_c(k))
+    }
+    fn shape_at(&self, index: c_int) -> Result<Shape> {
+        let (mut c, mut h, mut w) = (0, 0, 0);
+        check(unsafe { sys::tlearn_model_layer_shape(self.raw(), index, &mut c, &mut h, &mut w) })?;
+        Ok(Shape { c: c as usize, h: h as usize, w: w as usize })
+    }
+    /// Output shape of layer @p index.
+    pub fn layer_shape(&self, index: usize) -> Result<Shape> {
+        self.shape_at(index as c_int)
+    }
+    pub fn input_shape(&self) -> Result<Shape> {
+        self.shape_at(-1)
+    }
+    /// Shape of the last layer's output (ESHAPE for an empty model).
+    pub fn output_shape(&self) -> Result<Shape> {
+        match self.layer_count()? {
+            0 => Err(Error { code: status::ESHAPE, message: "the model has no layers".into() }),
+            n => self.layer_shape(n - 1),
+        }
+    }
+    fn named_shape(&self, layer: &str) -> Result<Shape> {
+        self.layer_shape(self.layer_index(layer)?)
+    }
+    pub fn layer_param_count(&self, index: usize) -> Result<usize> {
+        let mut n = 0;
+        check(unsafe { sys::tlearn_model_layer_param_count(self.raw(), index as c_int, &mut n) })?;
+        Ok(n)
+    }
+    /// (total, trainable) parameter counts.
+    pub fn param_count(&self) -> Result<(usize, usize)> {
+        let (mut t, mut tr) = (0, 0);
+        check(unsafe { sys::tlearn_model_param_count(self.raw(), &mut t, &mut tr) })?;
+        Ok((t, tr))
+    }
+    /// Names and shapes of every named tensor (parameters and buffers).
+    pub fn tensors(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let mut n = 0;
+        check(unsafe { sys::tlearn_model_tensor_count(self.raw(), &mut n) })?;
+        let mut out = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let (mut name, mut numel, mut ndim, mut dims) = (ptr::null(), 0usize, 0, [0; 4]);
+            check(unsafe {
+                sys::tlearn_model_tensor_info(self.raw(), i, &mut name, &mut numel, &mut ndim,
+                                              dims.as_mut_ptr())
+            })?;
+            out.push((cstr_to_string(name),
+                      dims[..ndim as usize].iter().map(|&d| d as usize).collect()));
+        }
+        Ok(out)
+    }
+    fn tensor_numel(&self, name: &str) -> Result<usize> {
+        self.tensors()?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, dims)| dims.iter().product())
+            .ok_or_else(|| Error { code: status::ENOTFOUND,
+                                   message: format!("no tensor named '{name}'") })
+    }
+    /// Copy of tensor @p name ("fc1.weight").
+    pub fn get_tensor(&self, name: &str) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; self.tensor_numel(name)?];
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_get_tensor(self.raw(), c.as_ptr(), out.as_mut_ptr(), out.len()) })?;
+        Ok(out)
+    }
+    /// Overwrite tensor @p name (the slice length must equal its element count).
+    pub fn set_tensor(&mut self, name: &str, data: &[f32]) -> Result<()> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_set_tensor(self.raw(), c.as_ptr(), data.as_ptr(), data.len()) })
+    }
+    /// Gradient of parameter @p name from the last step or compute_gradients().
+    pub fn get_grad(&self, name: &str) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; self.tensor_numel(name)?];
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_get_grad(self.raw(), c.as_ptr(), out.as_mut_ptr(), out.len()) })?;
+        Ok(out)
+    }
+    pub fn workspace_bytes(&self) -> Result<usize> {
+        let mut b = 0;
+        check(unsafe { sys::tlearn_model_workspace_bytes(self.raw(), &mut b) })?;
+        Ok(b)
+    }
+
+    // -- inference and training --------------------------------------------------------
+    /// Outputs for a batch (n * output size floats), evaluation mode.
+    pub fn predict(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        let mut out = vec![0.0f32; n * self.output_shape()?.size()];
+        check(unsafe { sys::tlearn_model_predict(self.raw(), x.as_ptr(), n, out.as_mut_ptr(), out.len()) })?;
+        Ok(out)
+    }
+    /// (mean loss, accuracy) over a labelled set.
+    pub fn evaluate(&mut self, x: &[f32], labels: &[i32]) -> Result<(f32, f32)> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        labels_len(labels, n)?;
+        let (mut loss, mut acc) = (0.0f32, 0.0f32);
+        check(unsafe {
+            sys::tlearn_model_evaluate(self.raw(), x.as_ptr(), labels.as_ptr(), n, &mut loss, &mut acc)
+        })?;
+        Ok((loss, acc))
+    }
+    /// One optimisation step (cross-entropy); returns loss + penalty.
+    pub fn train_step(&mut self, opt: &mut Optimizer, x: &[f32], labels: &[i32]) -> Result<f32> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        labels_len(labels, n)?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step(self.raw(), opt.as_ptr(), x.as_ptr(), labels.as_ptr(), n, &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// One step against float targets (the loss must be [`Loss::Mse`]).
+    pub fn train_step_mse(&mut self, opt: &mut Optimizer, x: &[f32], targets: &[f32]) -> Result<f32> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        if targets.len() != n * self.output_shape()?.size() {
+            return Err(Error::invalid(format!("targets has {} floats; expected {}",
+                                              targets.len(), n * self.output_shape()?.size())));
+        }
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_mse(self.raw(), opt.as_ptr(), x.as_ptr(), targets.as_ptr(), n, &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// Forward and backward without an update; returns the loss and dL/dx.
+    pub fn compute_gradients(&mut self, x: &[f32], labels: &[i32]) -> Result<(f32, Vec<f32>)> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        labels_len(labels, n)?;
+        let mut loss = 0.0f32;
+        let mut dx = vec![0.0f32; x.len()];
+        check(unsafe {
+            sys::tlearn_model_compute_gradients(self.raw(), x.as_ptr(), labels.as_ptr(), n,
+                                                &mut loss, dx.as_mut_ptr(), dx.len())
+        })?;
+        Ok((loss, dx))
+    }
+    /// Train for @p epochs in shuffled mini-batches of @p batch.
+    pub fn fit(&mut self, opt: &mut Optimizer, x: &[f32], labels: &[i32], batch: usize,
+               epochs: i32) -> Result<()> {
+        self.fit_with_progress(opt, x, labels, batch, epochs, true, |_| ControlFlow::Continue(()))
+    }
+    /// As [`Model::fit`], calling @p progress after every step; `ControlFlow::Break` stops
+    /// training (Err with ECANCELED). A panic in @p progress stops training and is resumed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit_with_progress<F>(&mut self, opt: &mut Optimizer, x: &[f32], labels: &[i32],
+                                batch: usize, epochs: i32, shuffle: bool, mut progress: F)
+                                -> Result<()>
+    where
+        F: FnMut(&Progress) -> ControlFlow<()>,
+    {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        labels_len(labels, n)?;
+        let mut state = CallbackState { f: &mut progress, panic: None };
+        let rc = unsafe {
+            sys::tlearn_model_fit(self.raw(), opt.as_ptr(), x.as_ptr(), labels.as_ptr(), n,
+                                  batch, epochs, shuffle as c_int,
+                                  Some(progress_trampoline::<F>),
+                                  &mut state as *mut CallbackState<F> as *mut c_void)
+        };
+        if let Some(payload) = state.panic.take() {
+            panic::resume_unwind(payload);
+        }
+        check(rc)
+    }
+
+    // -- transfer learning --------------------------------------------------------------
+    /// Apply a freeze policy (None unfreezes everything and resets LR scales).
+    pub fn apply_freeze(&mut self, policy: Option<&FreezePolicy>) -> Result<&mut Self> {
+        let p = policy.map_or(ptr::null(), |f| f.as_ptr() as *const _);
+        check(unsafe { sys::tlearn_model_apply_freeze(self.raw(), p) })?;
+        Ok(self)
+    }
+    pub fn layer_frozen(&self, layer: &str) -> Result<bool> {
+        let c = cstring(layer, "layer")?;
+        let mut f = 0;
+        check(unsafe { sys::tlearn_model_layer_frozen(self.raw(), c.as_ptr(), &mut f) })?;
+        Ok(f != 0)
+    }
+    pub fn layer_lr_scale(&self, layer: &str) -> Result<f32> {
+        let c = cstring(layer, "layer")?;
+        let mut s = 0.0f32;
+        check(unsafe { sys::tlearn_model_layer_lr_scale(self.raw(), c.as_ptr(), &mut s) })?;
+        Ok(s)
+    }
+    /// Activations of @p layer for a batch (n * layer output size floats).
+    pub fn features(&mut self, layer: &str, x: &[f32]) -> Result<Vec<f32>> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        let mut out = vec![0.0f32; n * self.named_shape(layer)?.size()];
+        let c = cstring(layer, "layer")?;
+        check(unsafe {
+            sys::tlearn_model_features(self.raw(), c.as_ptr(), x.as_ptr(), n, out.as_mut_ptr(), out.len())
+        })?;
+        Ok(out)
+    }
+    /// One step of the layers after @p layer from its cached activations.
+    pub fn train_step_from(&mut self, opt: &mut Optimizer, layer: &str, features: &[f32],
+                           labels: &[i32]) -> Result<f32> {
+        let n = batch_len(features.len(), self.named_shape(layer)?.size(), "features")?;
+        labels_len(labels, n)?;
+        let c = cstring(layer, "layer")?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_from(self.raw(), opt.as_ptr(), c.as_ptr(), features.as_ptr(),
+                                              labels.as_ptr(), n, &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// Outputs from cached activations of @p layer.
+    pub fn predict_from(&mut self, layer: &str, features: &[f32]) -> Result<Vec<f32>> {
+        let n = batch_len(features.len(), self.named_shape(layer)?.size(), "features")?;
+        let mut out = vec![0.0f32; n * self.output_shape()?.size()];
+        let c = cstring(layer, "layer")?;
+        check(unsafe {
+            sys::tlearn_model_predict_from(self.raw(), c.as_ptr(), features.as_ptr(), n,
+                                           out.as_mut_ptr(), out.len())
+        })?;
+        Ok(out)
+    }
+    /// Drop the layers after @p from_layer and append a new dense head "head".
+    pub fn replace_head(&mut self, from_layer: &str, classes: i32) -> Result<&mut Self> {
+        let c = cstring(from_layer, "from_layer")?;
+        check(unsafe { sys::tlearn_model_replace_head(self.raw(), c.as_ptr(), classes) })?;
+        Ok(self)
+    }
+    /// Drop every layer after @p layer (None drops all).
+    pub fn truncate(&mut self, layer: Option<&str>) -> Result<&mut Self> {
+        let c = layer.map(|l| cstring(l, "layer")).transpose()?;
+        let p = c.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_model_truncate(self.raw(), p) })?;
+        Ok(self)
+    }
+
+    // -- continual learning ------------------------------------------------------------
+    pub fn ewc_set_mode(&mut self, mode: EwcMode) -> Result<&mut Self> {
+        let (m, g) = match mode {
+            EwcMode::Separate => (sys::TLEARN_EWC_SEPARATE, 1.0),
+            EwcMode::Online(gamma) => (sys::TLEARN_EWC_ONLINE, gamma),
+        };
+        check(unsafe { sys::tlearn_ewc_set_mode(self.raw(), m, g) })?;
+        Ok(self)
+    }
+    /// Estimate the Fisher on a labelled set and anchor the current weights.
+    pub fn ewc_consolidate(&mut self, x: &[f32], labels: &[i32], estimator: Fisher,
+                           lambda: f32) -> Result<&mut Self> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        labels_len(labels, n)?;
+        check(unsafe {
+            sys::tlearn_ewc_consolidate(self.raw(), x.as_ptr(), labels.as_ptr(), n,
+                                        estimator as c_int, lambda)
+        })?;
+        Ok(self)
+    }
+    pub fn l2sp_enable(&mut self, alpha: f32, beta: f32) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_l2sp_enable(self.raw(), alpha, beta) })?;
+        Ok(self)
+    }
+    pub fn ewc_clear(&mut self) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_ewc_clear(self.raw()) })?;
+        Ok(self)
+    }
+    /// The current EWC + L2-SP penalty.
+    pub fn penalty(&self) -> Result<f32> {
+        let mut p = 0.0f32;
+        check(unsafe { sys::tlearn_model_penalty(self.raw(), &mut p) })?;
+        Ok(p)
+    }
+    /// Fisher diagonal of parameter @p name for task @p task.
+    pub fn ewc_fisher(&self, task: i32, name: &str) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; self.tensor_numel(name)?];
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_ewc_get_fisher(self.raw(), task, c.as_ptr(), out.as_mut_ptr(), out.len())
+        })?;
+        Ok(out)
+    }
+
+    // -- files -------------------------------------------------------------------------
+    /// Save a full checkpoint crash-safely (with optimizer state when given).
+    pub fn save(&self, path: impl AsRef<Path>, opt: Option<&Optimizer>) -> Result<()> {
+        self.save_with(path, opt, SaveOptions::default())
+    }
+    pub fn save_with(&self, path: impl AsRef<Path>, opt: Option<&Optimizer>,
+                     options: SaveOptions) -> Result<()> {
+        if options.compress > 9 {
+            return Err(Error::invalid(format!("compress is {}, expected 0..9", options.compress)));
+        }
+        let c = cpath(path.as_ref())?;
+        let flags = if options.inference_only { sys::TLEARN_SAVE_INFERENCE } else { sys::TLEARN_SAVE_FULL }
+            | sys::tlearn_save_compress(options.compress as u32);
+        let o = opt.map_or(ptr::null(), |o| o.as_ptr() as *const _);
+        check(unsafe { sys::tlearn_model_save(self.raw(), o, c.as_ptr(), flags) })
+    }
+    /// Load weights by name from a checkpoint; returns (matched, skipped).
+    pub fn load_weights(&mut self, path: impl AsRef<Path>, strict: bool) -> Result<(usize, usize)> {
+        let c = cpath(path.as_ref())?;
+        let flags = if strict { sys::TLEARN_LOAD_STRICT } else { sys::TLEARN_LOAD_PARTIAL };
+        let (mut m, mut s) = (0, 0);
+        check(unsafe { sys::tlearn_model_load_weights(self.raw(), c.as_ptr(), flags, &mut m, &mut s) })?;
+        Ok((m, s))
+    }
+    pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<()> {
+        let (k, v) = (cstring(key, "key")?, cstring(value, "value")?);
+        check(unsafe { sys::tlearn_model_set_metadata(self.raw(), k.as_ptr(), v.as_ptr()) })
+    }
+    pub fn get_metadata(&self, key: &str) -> Result<String> {
+        let k = cstring(key, "key")?;
+        let mut v = ptr::null();
+        check(unsafe { sys::tlearn_model_get_metadata(self.raw(), k.as_ptr(), &mut v) })?;
+        Ok(cstr_to_string(v))
+    }
+    /// Load PyTorch weights from a safetensors file with identical names; returns how many
+    /// tensors were loaded.
+    pub fn import_safetensors(&mut self, path: impl AsRef<Path>, strict: bool) -> Result<usize> {
+        let c = cpath(path.as_ref())?;
+        let flags = if strict { sys::TLEARN_LOAD_STRICT } else { sys::TLEARN_LOAD_PARTIAL };
+        let mut matched = 0;
+        check(unsafe {
+            sys::tlearn_model_import_safetensors(self.raw(), c.as_ptr(), None, ptr::null_mut(),
+                                                 flags, &mut matched)
+        })?;
+        Ok(matched)
+    }
+    /// As [`Model::import_safetensors`], mapping each file name to a model name (None skips).
+    pub fn import_safetensors_mapped<F>(&mut self, path: impl AsRef<Path>, strict: bool,
+                                        mut map: F) -> Result<usize>
+    where
+        F: FnMut(&str) -> Option<String>,
+    {
+        let c = cpath(path.as_ref())?;
+        let flags = if strict { sys::TLEARN_LOAD_STRICT } else { sys::TLEARN_LOAD_PARTIAL };
+        let mut matched = 0;
+        let mut state = CallbackState { f: &mut map, panic: None };
+        let rc = unsafe {
+            sys::tlearn_model_import_safetensors(self.raw(), c.as_ptr(),
+                                                 Some(name_map_trampoline::<F>),
+                                                 &mut state as *mut CallbackState<F> as *mut c_void,
+                                                 flags, &mut matched)
+        };
+        if let Some(payload) = state.panic.take() {
+            panic::resume_unwind(payload);
+        }
+        check(rc)?;
+        Ok(matched)
+    }
+    /// Write parameters and buffers to a safetensors file.
+    pub fn export_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        let c = cpath(path.as_ref())?;
+        check(unsafe { sys::tlearn_model_export_safetensors(self.raw(), c.as_ptr()) })
+    }
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model").field("layers", &self.layer_names().unwrap_or_default())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Optimizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Optimizer").field("kind", &self.kind().ok())
+            .field("lr", &self.get(OptimParam::Lr).ok()).finish()
+    }
+}
+
+impl fmt::Debug for FreezePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FreezePolicy").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        let mut p = self.ptr.as_ptr();
+        unsafe { sys::tlearn_model_destroy(&mut p) };
+    }
+}

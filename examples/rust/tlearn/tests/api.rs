@@ -1,0 +1,320 @@
+//! The safe Rust API against the freshly built libtlearn (run by `meson test --suite rust`).
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use tlearn::{status, Activation, Fisher, FreezePolicy, LayerKind, Loss, Model, OptimKind,
+             OptimParam, Optimizer, SaveOptions, Shape};
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tlearn-rs-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn mlp(seed: u64) -> Model {
+    let mut m = Model::new(8, 1, 1).unwrap();
+    m.set_seed(seed).unwrap();
+    m.add_dense("fc1", 16).unwrap()
+        .add_activation("relu1", Activation::Relu).unwrap()
+        .add_dense("fc2", 3).unwrap();
+    m
+}
+
+/// Separable clusters: class k is centred on +3 in coordinate k (deterministic noise).
+fn blobs(n: usize) -> (Vec<f32>, Vec<i32>) {
+    let y: Vec<i32> = (0..n).map(|i| (i % 3) as i32).collect();
+    let mut x = vec![0.0f32; n * 8];
+    let mut s: u32 = 12345;
+    for (i, v) in x.iter_mut().enumerate() {
+        s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+        *v = ((s >> 8) as f32 / 16777216.0 - 0.5) * 0.8;
+        if i % 8 == y[i / 8] as usize {
+            *v += 3.0;
+        }
+    }
+    (x, y)
+}
+
+#[test]
+fn version_and_errors() {
+    assert!(tlearn::version().starts_with("1."));
+    assert_eq!(tlearn::version_hex() >> 24, 1);
+    let mut m = mlp(1);
+    let e = m.add_dense("fc1", 4).unwrap_err();
+    assert_eq!(e.code(), status::EINVAL);
+    assert!(e.message().contains("fc1"), "{e}");
+    assert_eq!(m.layer_index("nope").unwrap_err().code(), status::ENOTFOUND);
+    // Wrong lengths are refused before C sees them.
+    assert_eq!(m.predict(&[0.0; 7]).unwrap_err().code(), status::EINVAL);
+    let (x, y) = blobs(6);
+    assert_eq!(m.evaluate(&x, &y[..5]).unwrap_err().code(), status::EINVAL);
+    assert!(m.add_dense("bad\0name", 3).unwrap_err().message().contains("NUL"));
+}
+
+#[test]
+fn build_and_inspect() {
+    let mut m = Model::new(1, 8, 8).unwrap();
+    m.add_conv2d("conv1", 4, 3, 1, 1, 1).unwrap()
+        .add_batchnorm("bn1", 1e-5, 0.1).unwrap()
+        .add_activation("relu1", Activation::Relu).unwrap()
+        .add_maxpool2d("pool1", 2, 0, 0).unwrap()
+        .add_flatten("flat").unwrap()
+        .add_dense("fc", 3).unwrap();
+    assert_eq!(m.layer_names().unwrap(), ["conv1", "bn1", "relu1", "pool1", "flat", "fc"]);
+    assert_eq!(m.layer_kind(0).unwrap(), LayerKind::Conv2d);
+    assert_eq!(m.layer_kind(1).unwrap(), LayerKind::BatchNorm);
+    assert_eq!(m.layer_shape(3).unwrap(), Shape { c: 4, h: 4, w: 4 });
+    assert_eq!(m.input_shape().unwrap(), Shape { c: 1, h: 8, w: 8 });
+    assert_eq!(m.param_count().unwrap(), (40 + 8 + 64 * 3 + 3, 40 + 8 + 64 * 3 + 3));
+    let tensors = m.tensors().unwrap();
+    assert!(tensors.contains(&("conv1.weight".to_string(), vec![4, 1, 3, 3])));
+    assert!(tensors.iter().any(|(n, _)| n == "bn1.running_var"));
+    assert_eq!(m.predict(&vec![0.5; 2 * 64]).unwrap().len(), 6);
+}
+
+#[test]
+fn predict_is_the_dense_formula() {
+    let mut m = Model::new(2, 1, 1).unwrap();
+    m.add_dense("fc", 2).unwrap();
+    m.set_tensor("fc.weight", &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    m.set_tensor("fc.bias", &[0.5, -0.5]).unwrap();
+    assert_eq!(m.get_tensor("fc.weight").unwrap(), [1.0, 2.0, 3.0, 4.0]);
+    // y = x W^T + b for x = (1, 1) and (2, 0)
+    assert_eq!(m.predict(&[1.0, 1.0, 2.0, 0.0]).unwrap(), [3.5, 6.5, 2.5, 5.5]);
+    assert_eq!(m.set_tensor("fc.bias", &[1.0]).unwrap_err().code(), status::ESHAPE);
+}
+
+#[test]
+fn fit_learns_with_progress_closure() {
+    let (x, y) = blobs(96);
+    let mut m = mlp(2);
+    let mut opt = Optimizer::new(OptimKind::Adam).unwrap();
+    opt.set_lr(0.01).unwrap();
+    let (loss0, _) = m.evaluate(&x, &y).unwrap();
+    let mut seen = Vec::new();
+    m.fit_with_progress(&mut opt, &x, &y, 32, 4, true, |p| {
+        seen.push((p.epoch, p.step, p.steps_per_epoch, p.epochs));
+        ControlFlow::Continue(())
+    }).unwrap();
+    assert_eq!(seen.len(), 12);
+    assert_eq!(seen[0], (0, 0, 3, 4));
+    assert_eq!(seen[11], (3, 2, 3, 4));
+    let (loss1, acc) = m.evaluate(&x, &y).unwrap();
+    assert!(loss1 < loss0 && acc > 0.9, "loss {loss0} -> {loss1}, accuracy {acc}");
+}
+
+#[test]
+fn fit_can_be_cancelled_and_panics_propagate() {
+    let (x, y) = blobs(64);
+    let mut m = mlp(3);
+    let mut opt = Optimizer::new(OptimKind::Sgd).unwrap();
+    let mut calls = 0;
+    let e = m.fit_with_progress(&mut opt, &x, &y, 16, 3, true, |_| {
+        calls += 1;
+        if calls == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }).unwrap_err();
+    assert_eq!(e.code(), status::ECANCELED);
+    assert_eq!(calls, 2);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = m.fit_with_progress(&mut opt, &x, &y, 16, 1, true, |_| panic!("from closure"));
+    }));
+    let payload = r.unwrap_err();
+    assert_eq!(*payload.downcast_ref::<&str>().unwrap(), "from closure");
+}
+
+#[test]
+fn optimizer_parameters() {
+    let mut o = Optimizer::new(OptimKind::Sgd).unwrap();
+    o.set_lr(0.05).unwrap().set(OptimParam::Momentum, 0.9).unwrap();
+    assert_eq!(o.kind().unwrap(), OptimKind::Sgd);
+    assert!((o.get(OptimParam::Lr).unwrap() - 0.05).abs() < 1e-12);
+    assert!((o.get(OptimParam::Momentum).unwrap() - 0.9).abs() < 1e-12);
+    assert_eq!(o.set(OptimParam::Beta1, 0.5).unwrap_err().code(), status::EINVAL);
+    let w = Optimizer::new(OptimKind::AdamW).unwrap();
+    assert!((w.get(OptimParam::WeightDecay).unwrap() - 0.01).abs() < 1e-12);
+}
+
+#[test]
+fn sgd_step_is_w_minus_lr_grad_and_input_gradient() {
+    let (x, y) = blobs(8);
+    let mut m = mlp(4);
+    let mut o = Optimizer::new(OptimKind::Sgd).unwrap();
+    o.set_lr(0.5).unwrap();
+    let w = m.get_tensor("fc2.weight").unwrap();
+    let (_, dx) = m.compute_gradients(&x, &y).unwrap();
+    assert_eq!(dx.len(), x.len());
+    assert!(dx.iter().any(|&v| v != 0.0));
+    let g = m.get_grad("fc2.weight").unwrap();
+    m.train_step(&mut o, &x, &y).unwrap();
+    for ((after, before), grad) in m.get_tensor("fc2.weight").unwrap().iter().zip(&w).zip(&g) {
+        assert!((after - (before - 0.5 * grad)).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn mse_training_converges() {
+    let x: Vec<f32> = (0..64 * 2).map(|i| ((i * 37) % 19) as f32 / 19.0 - 0.5).collect();
+    let t: Vec<f32> = x.chunks(2).map(|p| 2.0 * p[0] - p[1]).collect();
+    let mut m = Model::new(2, 1, 1).unwrap();
+    m.add_dense("lin", 1).unwrap().set_loss(Loss::Mse).unwrap();
+    let mut o = Optimizer::new(OptimKind::Sgd).unwrap();
+    o.set_lr(0.3).unwrap();
+    let first = m.train_step_mse(&mut o, &x, &t).unwrap();
+    let mut last = first;
+    for _ in 0..300 {
+        last = m.train_step_mse(&mut o, &x, &t).unwrap();
+    }
+    assert!(last < first * 1e-3, "{first} -> {last}");
+}
+
+#[test]
+fn freeze_features_and_cached_head() {
+    let (x, y) = blobs(96);
+    let mut m = mlp(5);
+    let mut opt = Optimizer::new(OptimKind::Adam).unwrap();
+    opt.set_lr(0.01).unwrap();
+    let feats = m.features("relu1", &x).unwrap();
+    assert_eq!(feats.len(), 96 * 16);
+    assert_eq!(m.predict_from("relu1", &feats).unwrap().len(), 96 * 3);
+    assert_eq!(m.train_step_from(&mut opt, "relu1", &feats, &y).unwrap_err().code(),
+               status::ESTATE);
+    m.apply_freeze(Some(FreezePolicy::new().unwrap().until("relu1").unwrap())).unwrap();
+    assert!(m.layer_frozen("fc1").unwrap() && !m.layer_frozen("fc2").unwrap());
+    assert_eq!(m.param_count().unwrap().1, 3 * 16 + 3);
+    let w1 = m.get_tensor("fc1.weight").unwrap();
+    let first = m.train_step_from(&mut opt, "relu1", &feats, &y).unwrap();
+    let mut last = first;
+    for _ in 0..30 {
+        last = m.train_step_from(&mut opt, "relu1", &feats, &y).unwrap();
+    }
+    assert!(last < first);
+    m.fit(&mut opt, &x, &y, 32, 1).unwrap();
+    assert_eq!(m.get_tensor("fc1.weight").unwrap(), w1);
+    let mut p = FreezePolicy::new().unwrap();
+    p.ulmfit(2.0).unwrap();
+    m.apply_freeze(Some(&p)).unwrap();
+    assert!((m.layer_lr_scale("fc1").unwrap() - 0.5).abs() < 1e-6);
+    let mut bad = FreezePolicy::new().unwrap();
+    bad.matching("conv*", true).unwrap();
+    assert_eq!(m.apply_freeze(Some(&bad)).unwrap_err().code(), status::ENOTFOUND);
+    m.apply_freeze(None).unwrap();
+    assert!(!m.layer_frozen("fc1").unwrap());
+    m.replace_head("relu1", 7).unwrap();
+    assert_eq!(m.layer_names().unwrap(), ["fc1", "relu1", "head"]);
+    m.truncate(Some("fc1")).unwrap();
+    assert_eq!(m.layer_count().unwrap(), 1);
+}
+
+#[test]
+fn ewc_and_l2sp_penalties() {
+    let (x, y) = blobs(48);
+    let mut m = mlp(6);
+    m.ewc_consolidate(&x, &y, Fisher::Empirical, 10.0).unwrap();
+    assert!(m.penalty().unwrap().abs() < 1e-7);
+    let f = m.ewc_fisher(0, "fc2.weight").unwrap();
+    assert!(f.iter().all(|&v| v >= 0.0) && f.iter().sum::<f32>() > 0.0);
+    let w: Vec<f32> = m.get_tensor("fc2.weight").unwrap().iter().map(|v| v + 0.1).collect();
+    m.set_tensor("fc2.weight", &w).unwrap();
+    let want = 5.0 * 0.01 * f.iter().sum::<f32>();
+    assert!((m.penalty().unwrap() - want).abs() <= 1e-3 * want);
+    m.ewc_clear().unwrap();
+    assert_eq!(m.penalty().unwrap(), 0.0);
+    m.l2sp_enable(2.0, 0.0).unwrap();
+    let b: Vec<f32> = m.get_tensor("fc2.bias").unwrap().iter().map(|v| v + 0.5).collect();
+    m.set_tensor("fc2.bias", &b).unwrap();
+    assert!((m.penalty().unwrap() - 0.75).abs() < 1e-4);
+}
+
+#[test]
+fn save_load_metadata_and_weights() {
+    let dir = tmpdir("save");
+    let path = dir.join("m.tlc");
+    let (x, y) = blobs(48);
+    let mut m = mlp(7);
+    let mut o = Optimizer::new(OptimKind::Adam).unwrap();
+    o.set_lr(0.003).unwrap();
+    m.fit(&mut o, &x, &y, 16, 1).unwrap();
+    m.set_metadata("dataset", "blobs").unwrap();
+    m.save_with(&path, Some(&o), SaveOptions { inference_only: false, compress: 6 }).unwrap();
+    let want = m.predict(&x).unwrap();
+    assert!(tlearn::read_metadata(&path).unwrap()
+        .contains(&("dataset".to_string(), "blobs".to_string())));
+    let (mut m2, o2) = Model::load_with_optimizer(&path).unwrap();
+    assert_eq!(m2.predict(&x).unwrap(), want);
+    assert_eq!(m2.get_metadata("dataset").unwrap(), "blobs");
+    let o2 = o2.expect("the checkpoint holds the optimizer");
+    assert_eq!(o2.kind().unwrap(), OptimKind::Adam);
+    assert!((o2.get(OptimParam::Lr).unwrap() - 0.003).abs() < 1e-9);
+    let mut m3 = mlp(8);
+    assert_eq!(m3.load_weights(&path, true).unwrap(), (4, 0));
+    assert_eq!(m3.predict(&x).unwrap(), want);
+    assert_eq!(Model::load(dir.join("missing.tlc")).err().unwrap().code(), status::EIO);
+    std::fs::write(dir.join("bad.tlc"), b"not a checkpoint, not at all").unwrap();
+    assert_eq!(Model::load(dir.join("bad.tlc")).err().unwrap().code(), status::EFORMAT);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn safetensors_roundtrip_with_name_map() {
+    let dir = tmpdir("st");
+    let (x, _) = blobs(4);
+    let mut src = mlp(9);
+    src.export_safetensors(dir.join("w.safetensors")).unwrap();
+    let want = src.predict(&x).unwrap();
+    let mut m = mlp(10);
+    assert_eq!(m.import_safetensors(dir.join("w.safetensors"), true).unwrap(), 4);
+    assert_eq!(m.predict(&x).unwrap(), want);
+    // Only fc2.* by mapping, the rest skipped: partial mode.
+    let mut m2 = mlp(11);
+    let n = m2.import_safetensors_mapped(dir.join("w.safetensors"), false, |name| {
+        name.starts_with("fc2.").then(|| name.to_string())
+    }).unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(m2.get_tensor("fc2.bias").unwrap(), src.get_tensor("fc2.bias").unwrap());
+    assert_ne!(m2.get_tensor("fc1.bias").unwrap(), src.get_tensor("fc1.bias").unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn onnx_garbage_is_an_error_not_a_crash() {
+    let e = Model::import_onnx_bytes(b"\x00\x01garbage").err().unwrap();
+    assert!(e.code() == status::EFORMAT || e.code() == status::EUNSUPPORTED, "{e}");
+    assert_eq!(Model::import_onnx("/nonexistent/x.onnx").err().unwrap().code(), status::EIO);
+}
+
+#[test]
+fn handles_move_between_threads() {
+    let m = mlp(12);
+    let n = std::thread::spawn(move || m.layer_count().unwrap()).join().unwrap();
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn onnx_import_then_finetune_the_head() {
+    // A small ResNet-style block exported by torch.onnx (tests/onnx/make_corpus.py).
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../tests/onnx/corpus/res-bn-13.onnx");
+    let mut m = Model::import_onnx(path).unwrap();
+    assert_eq!(m.input_shape().unwrap(), Shape { c: 2, h: 4, w: 4 });
+    let names = m.layer_names().unwrap();
+    assert_eq!(names.last().unwrap(), "fc");
+    let bytes = std::fs::read(path).unwrap();
+    let mut from_bytes = Model::import_onnx_bytes(&bytes).unwrap();
+    let x: Vec<f32> = (0..6 * 32).map(|i| ((i * 13) % 7) as f32 / 7.0 - 0.5).collect();
+    assert_eq!(m.predict(&x).unwrap(), from_bytes.predict(&x).unwrap());
+    // New 4-class head after the pooling layer, everything else frozen.
+    let before = names[names.len() - 2].clone();
+    m.replace_head(&before, 4).unwrap();
+    m.apply_freeze(Some(FreezePolicy::new().unwrap().until(&before).unwrap())).unwrap();
+    let y: Vec<i32> = (0..6).map(|i| i % 4).collect();
+    let mut o = Optimizer::new(OptimKind::Adam).unwrap();
+    o.set_lr(0.05).unwrap();
+    let w_conv = m.get_tensor("conv.weight").unwrap();
+    let first = m.train_step(&mut o, &x, &y).unwrap();
+    let mut last = first;
+    for _ in 0..50 {
+        last = m.train_step(&mut o, &x, &y).unwrap();
+    }
+    assert!(last < first, "{first} -> {last}");
+    assert_eq!(m.get_tensor("conv.weight").unwrap(), w_conv);
+    assert_eq!(m.predict(&x).unwrap().len(), 6 * 4);
+}

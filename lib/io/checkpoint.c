@@ -1,0 +1,1246 @@
+/* Reading checkpoints (doc/checkpoint-format.md): load, load_weights and metadata.
+ * Loading parses and checks the whole file into a description first (every count, offset
+ * and size bounded by the file), then builds the model; any failure frees everything. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "checkpoint.h"
+
+/* Fuzzing only (tl_checkpoint_fuzz_skip_crc): mutated files would almost never get past
+ * the CRCs, so the fuzz target also runs with the comparisons off to reach the parsers. */
+static _Thread_local int skip_crc;
+
+void tl_checkpoint_fuzz_skip_crc(int skip)
+{
+    skip_crc = skip;
+}
+
+static const char *const SEC_NAME[S_KINDS] = {"?", "MODEL", "LAYERS", "TENSORS", "DATA",
+                                             "OPTIMIZER", "OPTSTATE", "FREEZE", "EWC",
+                                             "METADATA"};
+
+/* ------------------------------------------------------------------------------------ */
+/* Reading: a cursor over one section that fails with the section and field named. */
+
+typedef struct ck_str {
+    const char *s;
+    uint32_t n;
+} ck_str;
+
+typedef struct rd {
+    const char *fn;
+    const char *sec;
+    const unsigned char *p;
+    size_t len, pos;
+    int lenient_tail; /* a newer minor version may append fields */
+} rd;
+
+static int rd_fail(const rd *r, const char *field, const char *fmt, ...) TL_PRINTF(3, 4);
+static int rd_fail(const rd *r, const char *field, const char *fmt, ...)
+{
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    return tl_fail(TLEARN_EFORMAT, "%s: section %s, %s: %s", r->fn, r->sec, field, detail);
+}
+
+static int rd_need(const rd *r, size_t n, const char *field)
+{
+    if (r->len - r->pos < n)
+        return rd_fail(r, field, "expected %zu more bytes at offset %zu, found %zu", n, r->pos,
+                       r->len - r->pos);
+    return TLEARN_OK;
+}
+
+static int rd_u32(rd *r, const char *field, uint32_t *v)
+{
+    int rc = rd_need(r, 4, field);
+    if (rc)
+        return rc;
+    *v = tl_get_u32(r->p + r->pos);
+    r->pos += 4;
+    return TLEARN_OK;
+}
+
+static int rd_u64(rd *r, const char *field, uint64_t *v)
+{
+    int rc = rd_need(r, 8, field);
+    if (rc)
+        return rc;
+    *v = tl_get_u64(r->p + r->pos);
+    r->pos += 8;
+    return TLEARN_OK;
+}
+
+static int rd_f32(rd *r, const char *field, float *v)
+{
+    uint32_t u;
+    int rc = rd_u32(r, field, &u);
+    if (!rc)
+        memcpy(v, &u, 4);
+    return rc;
+}
+
+static int rd_f64(rd *r, const char *field, double *v)
+{
+    uint64_t u;
+    int rc = rd_u64(r, field, &u);
+    if (!rc)
+        memcpy(v, &u, 8);
+    return rc;
+}
+
+/* A u32 that must be in [lo, hi]. */
+static int rd_range(rd *r, const char *field, uint32_t lo, uint32_t hi, uint32_t *v)
+{
+    int rc = rd_u32(r, field, v);
+    if (!rc && (*v < lo || *v > hi))
+        rc = rd_fail(r, field, "expected %u..%u, found %u", lo, hi, *v);
+    return rc;
+}
+
+/* A u64 count or length that must be in [lo, hi]. */
+static int rd_small(rd *r, const char *field, uint32_t lo, uint32_t hi, uint32_t *v)
+{
+    uint64_t x;
+    int rc = rd_u64(r, field, &x);
+    if (!rc && (x < lo || x > hi))
+        rc = rd_fail(r, field, "expected %u..%u, found %llu", lo, hi, (unsigned long long)x);
+    if (!rc)
+        *v = (uint32_t)x;
+    return rc;
+}
+
+static int rd_str(rd *r, const char *field, uint32_t minlen, uint32_t maxlen, ck_str *s)
+{
+    uint64_t n;
+    int rc = rd_u64(r, field, &n);
+    if (rc)
+        return rc;
+    if (n < minlen || n > maxlen)
+        return rd_fail(r, field, "length expected %u..%u, found %llu", minlen, maxlen,
+                       (unsigned long long)n);
+    if ((rc = rd_need(r, (size_t)n, field)))
+        return rc;
+    s->s = (const char *)r->p + r->pos;
+    s->n = (uint32_t)n;
+    if (memchr(s->s, '\0', n))
+        return rd_fail(r, field, "contains a NUL byte");
+    r->pos += n;
+    return TLEARN_OK;
+}
+
+/* A count of entries of at least @p min_entry bytes each, bounded by what is left. */
+static int rd_count(rd *r, const char *field, size_t min_entry, uint64_t *count)
+{
+    int rc = rd_u64(r, field, count);
+    if (!rc && *count > (r->len - r->pos) / min_entry)
+        rc = rd_fail(r, field, "%llu entries of at least %zu bytes cannot fit in the %zu bytes "
+                     "left", (unsigned long long)*count, min_entry, r->len - r->pos);
+    return rc;
+}
+
+static int rd_end(const rd *r)
+{
+    if (r->pos != r->len && !r->lenient_tail)
+        return rd_fail(r, "end", "expected the section to end at byte %zu, found %zu more "
+                       "bytes", r->pos, r->len - r->pos);
+    return TLEARN_OK;
+}
+
+static void str_copy(char *dst, size_t cap, ck_str s)
+{
+    size_t n = s.n < cap - 1 ? s.n : cap - 1;
+    memcpy(dst, s.s, n);
+    dst[n] = '\0';
+}
+
+/* ---- array references ---- */
+
+typedef struct ck_blob {
+    uint32_t enc, crc;
+    uint64_t off, size, numel;
+} ck_blob;
+
+static int rd_blob(rd *r, const char *what, uint64_t data_size, ck_blob *b)
+{
+    char field[CK_MAX_NAME + 64];
+    int rc;
+    snprintf(field, sizeof field, "%s, field 'encoding'", what);
+    if ((rc = rd_range(r, field, 0, 1, &b->enc)))
+        return rc;
+    snprintf(field, sizeof field, "%s, field 'crc'", what);
+    if ((rc = rd_u32(r, field, &b->crc)))
+        return rc;
+    snprintf(field, sizeof field, "%s, field 'offset'", what);
+    if ((rc = rd_u64(r, field, &b->off)))
+        return rc;
+    if (b->off > data_size)
+        return rd_fail(r, field, "expected <= %llu (DATA size), found %llu",
+                       (unsigned long long)data_size, (unsigned long long)b->off);
+    snprintf(field, sizeof field, "%s, field 'stored_size'", what);
+    if ((rc = rd_u64(r, field, &b->size)))
+        return rc;
+    if (b->size > data_size - b->off)
+        return rd_fail(r, field, "expected <= %llu (to the end of DATA), found %llu",
+                       (unsigned long long)(data_size - b->off), (unsigned long long)b->size);
+    snprintf(field, sizeof field, "%s, field 'numel'", what);
+    if ((rc = rd_u64(r, field, &b->numel)))
+        return rc;
+    if (b->numel > SIZE_MAX / 4 || b->numel > UINT64_MAX / 4)
+        return rd_fail(r, field, "%llu elements is too many", (unsigned long long)b->numel);
+    uint64_t raw = b->numel * 4;
+    if (b->enc == 0) {
+        if (raw != b->size)
+            return rd_fail(r, field, "raw array: expected stored_size 4 x %llu = %llu, found "
+                           "%llu", (unsigned long long)b->numel, (unsigned long long)raw,
+                           (unsigned long long)b->size);
+        if (b->off % 64)
+            return rd_fail(r, field, "raw array: offset %llu is not a multiple of 64",
+                           (unsigned long long)b->off);
+    } else if (b->size > (UINT64_MAX - 64) / 1032 ? 0 : raw > 1032 * b->size + 64) {
+        return rd_fail(r, field, "zlib array: %llu bytes cannot inflate from %llu stored bytes",
+                       (unsigned long long)raw, (unsigned long long)b->size);
+    }
+    return TLEARN_OK;
+}
+
+/* Check and decode a blob into @p dst (numel floats). */
+static int blob_decode(const char *fn, const char *sec, const char *what,
+                       const unsigned char *data, const ck_blob *b, float *dst)
+{
+    const unsigned char *src = data + b->off;
+    uint32_t crc = (uint32_t)crc32_z(0L, src, (size_t)b->size);
+    if (crc != b->crc && !skip_crc)
+        return tl_fail(TLEARN_EFORMAT, "%s: section %s, %s: CRC-32 expected %08x, found %08x",
+                       fn, sec, what, b->crc, crc);
+    size_t raw = (size_t)b->numel * 4;
+    if (b->enc == 0) {
+        tl_floats_from_le(dst, src, (size_t)b->numel);
+        return TLEARN_OK;
+    }
+    uLongf out_len = (uLongf)raw;
+    uLong in_len = (uLong)b->size;
+    int z = uncompress2((Bytef *)dst, &out_len, src, &in_len);
+    if (z != Z_OK || out_len != raw || in_len != b->size)
+        return tl_fail(TLEARN_EFORMAT, "%s: section %s, %s: zlib data inflates to %s (expected "
+                       "exactly %zu bytes from %llu stored bytes)", fn, sec, what,
+                       z == Z_OK ? "a different size" : zError(z), raw,
+                       (unsigned long long)b->size);
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+    tl_floats_from_le(dst, (const unsigned char *)dst, (size_t)b->numel);
+#endif
+    return TLEARN_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* The parsed file. Strings and arrays point into the file's bytes. */
+
+typedef struct ck_layer {
+    ck_str kind, name;
+    uint32_t ninputs, ni, nf;
+    int32_t input[TL_MAX_INPUTS];
+    int ia[TL_MAX_IARGS];
+    float fa[TL_MAX_FARGS];
+} ck_layer;
+
+typedef struct ck_tensor {
+    ck_str name;
+    uint32_t is_buffer, ndim;
+    int dims[4];
+    ck_blob data;
+    int used;
+} ck_tensor;
+
+typedef struct ck_opt {
+    ck_str tensor;
+    uint32_t opt_kind, flags;
+    int64_t step;
+    ck_blob m1, m2;
+} ck_opt;
+
+typedef struct ck_freeze {
+    uint32_t frozen, from_pretrained, use_running_stats;
+    float lr_scale;
+} ck_freeze;
+
+typedef struct ck_array {
+    ck_str name;
+    ck_blob data;
+} ck_array;
+
+typedef struct ck_file {
+    const char *fn;
+    const unsigned char *base;
+    size_t len;
+    uint32_t flags;
+    unsigned minor;
+    struct {
+        int present;
+        uint64_t off, size;
+    } sec[S_KINDS];
+    const unsigned char *data; /* the DATA section */
+    uint64_t data_size;
+    uint32_t data_crc;
+    /* MODEL */
+    uint32_t c, h, w, threads, training, loss;
+    int32_t next_input;
+    uint64_t seed, rng[4];
+    /* LAYERS, TENSORS */
+    uint64_t nlayers, ntensors;
+    ck_layer *layers;
+    ck_tensor *tensors;
+    ck_tensor **sorted; /* tensors by name */
+    uint64_t declared_floats;
+    /* OPTIMIZER, OPTSTATE, FREEZE, EWC, METADATA */
+    tlearn_optim optim;
+    uint64_t nopt;
+    ck_opt *opts;
+    uint32_t bn_stats_frozen;
+    uint64_t nfreeze;
+    ck_freeze *freeze;
+    ck_str ewc_text;
+    uint64_t newc;
+    ck_array *ewc;
+    uint64_t nmeta;
+    ck_str *meta; /* key, value pairs */
+} ck_file;
+
+static void ck_free(ck_file *f)
+{
+    tl_free(f->layers);
+    tl_free(f->tensors);
+    tl_free(f->sorted);
+    tl_free(f->opts);
+    tl_free(f->freeze);
+    tl_free(f->ewc);
+    tl_free(f->meta);
+}
+
+static rd section(const ck_file *f, int kind)
+{
+    rd r = {f->fn, SEC_NAME[kind], f->base + f->sec[kind].off, (size_t)f->sec[kind].size, 0,
+            f->minor > CK_MINOR};
+    return r;
+}
+
+typedef struct span {
+    uint64_t off, size;
+} span;
+
+static int cmp_span(const void *a, const void *b)
+{
+    const span *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Header, table, section bounds, CRCs and zero padding. */
+static int ck_open(ck_file *f, const char *fn, const unsigned char *p, size_t len)
+{
+    memset(f, 0, sizeof *f);
+    f->fn = fn;
+    f->base = p;
+    f->len = len;
+    if (len < 12 || memcmp(p, TL_CK_MAGIC, 8) != 0)
+        return tl_fail(TLEARN_EFORMAT, "%s: header, field 'magic': not a libtlearn checkpoint "
+                       "(%zu bytes, expected the bytes 89 54 4C 43 4B 50 0D 0A first)", fn, len);
+    unsigned major = p[8] | p[9] << 8, minor = p[10] | p[11] << 8;
+    if (major != CK_MAJOR)
+        return tl_fail(TLEARN_EVERSION, "%s: header, field 'major': format version %u.%u, this "
+                       "library reads major version %d only", fn, major, minor, CK_MAJOR);
+    f->minor = minor;
+    if (len < CK_HEADER)
+        return tl_fail(TLEARN_EFORMAT, "%s: header: expected at least %d bytes, found %zu", fn,
+                       CK_HEADER, len);
+    uint32_t hcrc = (uint32_t)crc32(0L, p, 60), want = tl_get_u32(p + 60);
+    if (hcrc != want && !skip_crc)
+        return tl_fail(TLEARN_EFORMAT, "%s: header, field 'header_crc': expected %08x, found "
+                       "%08x", fn, want, hcrc);
+    f->flags = tl_get_u32(p + 12);
+    uint64_t fsize = tl_get_u64(p + 16), nsec = tl_get_u64(p + 24), toff = tl_get_u64(p + 32);
+    if (fsize != len)
+        return tl_fail(TLEARN_EFORMAT, "%s: header, field 'file_size': expected %zu (the size "
+                       "of the file), found %llu", fn, len, (unsigned long long)fsize);
+    if (nsec < 1 || nsec > CK_MAX_SECTIONS)
+        return tl_fail(TLEARN_EFORMAT, "%s: header, field 'section_count': expected 1..%d, "
+                       "found %llu", fn, CK_MAX_SECTIONS, (unsigned long long)nsec);
+    if (toff != CK_HEADER)
+        return tl_fail(TLEARN_EFORMAT, "%s: header, field 'table_offset': expected %d, found "
+                       "%llu", fn, CK_HEADER, (unsigned long long)toff);
+    for (int i = 44; i < 60; i++)
+        if (p[i])
+            return tl_fail(TLEARN_EFORMAT, "%s: header, byte %d (reserved): expected 0, found "
+                           "%u", fn, i, p[i]);
+    uint64_t tsize = nsec * CK_ENTRY;
+    if (tsize > len - CK_HEADER)
+        return tl_fail(TLEARN_EFORMAT, "%s: section table: %llu entries need %llu bytes, the "
+                       "file has %zu after the header", fn, (unsigned long long)nsec,
+                       (unsigned long long)tsize, len - CK_HEADER);
+    const unsigned char *t = p + CK_HEADER;
+    uint32_t tcrc = (uint32_t)crc32(0L, t, (uInt)tsize);
+    if (tcrc != tl_get_u32(p + 40) && !skip_crc)
+        return tl_fail(TLEARN_EFORMAT, "%s: header, field 'table_crc': expected %08x, found "
+                       "%08x", fn, tl_get_u32(p + 40), tcrc);
+
+    span spans[CK_MAX_SECTIONS + 1];
+    spans[0] = (span){0, CK_HEADER + tsize};
+    for (uint64_t i = 0; i < nsec; i++) {
+        const unsigned char *e = t + i * CK_ENTRY;
+        uint32_t kind = tl_get_u32(e);
+        uint64_t off = tl_get_u64(e + 8), size = tl_get_u64(e + 16);
+        const char *name = kind > 0 && kind < S_KINDS ? SEC_NAME[kind] : "(unknown)";
+        if (tl_get_u32(e + 4) || tl_get_u32(e + 28))
+            return tl_fail(TLEARN_EFORMAT, "%s: section table, entry %llu (kind %u), reserved "
+                           "field: expected 0", fn, (unsigned long long)i, kind);
+        if (off < CK_HEADER + tsize || off > len || size > len - off)
+            return tl_fail(TLEARN_EFORMAT, "%s: section %s (table entry %llu), field "
+                           "'offset'/'size': %llu + %llu is outside bytes %llu..%zu", fn, name,
+                           (unsigned long long)i, (unsigned long long)off,
+                           (unsigned long long)size, (unsigned long long)(CK_HEADER + tsize),
+                           len);
+        if (off % (kind == S_DATA ? 64 : 8))
+            return tl_fail(TLEARN_EFORMAT, "%s: section %s, field 'offset': %llu is not a "
+                           "multiple of %d", fn, name, (unsigned long long)off,
+                           kind == S_DATA ? 64 : 8);
+        /* DATA's CRC is checked after the arrays, so that a damaged array is reported by
+         * its own name and CRC first (data_crc_check). */
+        uint32_t crc = kind == S_DATA ? tl_get_u32(e + 24)
+                                      : (uint32_t)crc32_z(0L, p + off, (size_t)size);
+        if (kind == S_DATA)
+            f->data_crc = crc;
+        if (crc != tl_get_u32(e + 24) && !skip_crc)
+            return tl_fail(TLEARN_EFORMAT, "%s: section %s, field 'crc': expected %08x, found "
+                           "%08x", fn, name, tl_get_u32(e + 24), crc);
+        spans[i + 1] = (span){off, size};
+        if (kind > 0 && kind < S_KINDS) {
+            if (f->sec[kind].present)
+                return tl_fail(TLEARN_EFORMAT, "%s: section %s: appears twice in the table", fn,
+                               name);
+            f->sec[kind].present = 1;
+            f->sec[kind].off = off;
+            f->sec[kind].size = size;
+        }
+    }
+    /* No overlap, nothing after the last section, zero padding in between. */
+    qsort(spans, (size_t)nsec + 1, sizeof spans[0], cmp_span);
+    uint64_t end = 0;
+    for (uint64_t i = 0; i <= nsec; i++) {
+        if (spans[i].off < end)
+            return tl_fail(TLEARN_EFORMAT, "%s: section table: the section at offset %llu "
+                           "overlaps the one ending at %llu", fn,
+                           (unsigned long long)spans[i].off, (unsigned long long)end);
+        for (uint64_t k = end; k < spans[i].off; k++)
+            if (p[k])
+                return tl_fail(TLEARN_EFORMAT, "%s: padding byte at offset %llu: expected 0, "
+                               "found %u", fn, (unsigned long long)k, p[k]);
+        end = spans[i].off + spans[i].size;
+    }
+    if (end != len)
+        return tl_fail(TLEARN_EFORMAT, "%s: header, field 'file_size': the last section ends "
+                       "at %llu, expected the file to end there, found %zu bytes", fn,
+                       (unsigned long long)end, len);
+    return TLEARN_OK;
+}
+
+/* The whole DATA section, padding included, against its table CRC. */
+static int data_crc_check(const ck_file *f)
+{
+    uint32_t crc = (uint32_t)crc32_z(0L, f->data, (size_t)f->data_size);
+    if (crc != f->data_crc && !skip_crc)
+        return tl_fail(TLEARN_EFORMAT, "%s: section DATA, field 'crc': expected %08x, found "
+                       "%08x", f->fn, f->data_crc, crc);
+    return TLEARN_OK;
+}
+
+static int require(const ck_file *f, int kind)
+{
+    if (!f->sec[kind].present)
+        return tl_fail(TLEARN_EFORMAT, "%s: section %s: missing (required)", f->fn,
+                       SEC_NAME[kind]);
+    return TLEARN_OK;
+}
+
+static int parse_model(ck_file *f)
+{
+    rd r = section(f, S_MODEL);
+    int rc;
+    uint32_t nin;
+    if ((rc = rd_range(&r, "field 'channels'", 1, INT32_MAX, &f->c)) ||
+        (rc = rd_range(&r, "field 'height'", 1, INT32_MAX, &f->h)) ||
+        (rc = rd_range(&r, "field 'width'", 1, INT32_MAX, &f->w)) ||
+        (rc = rd_range(&r, "field 'threads'", 1, 1024, &f->threads)) ||
+        (rc = rd_u64(&r, "field 'seed'", &f->seed)))
+        return rc;
+    for (int i = 0; i < 4; i++)
+        if ((rc = rd_u64(&r, "field 'rng'", &f->rng[i])))
+            return rc;
+    if ((rc = rd_range(&r, "field 'training'", 0, 1, &f->training)) ||
+        (rc = rd_range(&r, "field 'loss'", TLEARN_LOSS_SOFTMAX_CE, TLEARN_LOSS_MSE, &f->loss)) ||
+        (rc = rd_u32(&r, "field 'next_input'", &nin)))
+        return rc;
+    f->next_input = (int32_t)nin;
+    return rd_end(&r);
+}
+
+static int parse_layers(ck_file *f)
+{
+    rd r = section(f, S_LAYERS);
+    int rc = rd_count(&r, "field 'count'", 2 * 9 + 3 * 8 + 4, &f->nlayers);
+    if (rc)
+        return rc;
+    if (f->nlayers > INT32_MAX / 2)
+        return rd_fail(&r, "field 'count'", "%llu layers is too many",
+                       (unsigned long long)f->nlayers);
+    f->layers = tl_alloc_array((size_t)f->nlayers ? (size_t)f->nlayers : 1, sizeof *f->layers);
+    if (!f->layers)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+    for (uint64_t i = 0; i < f->nlayers; i++) {
+        ck_layer *L = &f->layers[i];
+        char field[96];
+        snprintf(field, sizeof field, "layer %llu, field 'kind'", (unsigned long long)i);
+        if ((rc = rd_str(&r, field, 1, CK_MAX_NAME, &L->kind)))
+            return rc;
+        snprintf(field, sizeof field, "layer %llu, field 'name'", (unsigned long long)i);
+        if ((rc = rd_str(&r, field, 1, TL_NAME_MAX - 1, &L->name)))
+            return rc;
+        snprintf(field, sizeof field, "layer %llu '%.*s', field 'ninputs'",
+                 (unsigned long long)i, (int)L->name.n, L->name.s);
+        if ((rc = rd_small(&r, field, 1, TL_MAX_INPUTS, &L->ninputs)))
+            return rc;
+        for (uint32_t k = 0; k < L->ninputs; k++) {
+            uint32_t v;
+            snprintf(field, sizeof field, "layer %llu '%.*s', field 'input'",
+                     (unsigned long long)i, (int)L->name.n, L->name.s);
+            if ((rc = rd_u32(&r, field, &v)))
+                return rc;
+            L->input[k] = (int32_t)v;
+            if (L->input[k] < -1 || (int64_t)L->input[k] >= (int64_t)i)
+                return rd_fail(&r, field, "expected -1..%lld (an earlier layer), found %d",
+                               (long long)i - 1, L->input[k]);
+        }
+        snprintf(field, sizeof field, "layer %llu '%.*s', field 'ni'", (unsigned long long)i,
+                 (int)L->name.n, L->name.s);
+        if ((rc = rd_small(&r, field, 0, TL_MAX_IARGS, &L->ni)))
+            return rc;
+        for (uint32_t k = 0; k < L->ni; k++) {
+            uint32_t v;
+            if ((rc = rd_u32(&r, field, &v)))
+                return rc;
+            L->ia[k] = (int)(int32_t)v;
+        }
+        snprintf(field, sizeof field, "layer %llu '%.*s', field 'nf'", (unsigned long long)i,
+                 (int)L->name.n, L->name.s);
+        if ((rc = rd_small(&r, field, 0, TL_MAX_FARGS, &L->nf)))
+            return rc;
+        for (uint32_t k = 0; k < L->nf; k++)
+            if ((rc = rd_f32(&r, field, &L->fa[k])))
+                return rc;
+    }
+    return rd_end(&r);
+}
+
+static int cmp_name(const char *a, size_t na, const char *b, size_t nb)
+{
+    int c = memcmp(a, b, na < nb ? na : nb);
+    return c ? c : (na > nb) - (na < nb);
+}
+
+static int cmp_tensor(const void *a, const void *b)
+{
+    const ck_tensor *x = *(ck_tensor *const *)a, *y = *(ck_tensor *const *)b;
+    return cmp_name(x->name.s, x->name.n, y->name.s, y->name.n);
+}
+
+static ck_tensor *find_tensor(const ck_file *f, const char *name)
+{
+    size_t lo = 0, hi = (size_t)f->ntensors, n = strlen(name);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = cmp_name(name, n, f->sorted[mid]->name.s, f->sorted[mid]->name.n);
+        if (c == 0)
+            return f->sorted[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+static int parse_tensors(ck_file *f)
+{
+    rd r = section(f, S_TENSORS);
+    int rc = rd_count(&r, "field 'count'", 9 + 4 + 8 + 8 + 32, &f->ntensors);
+    if (rc)
+        return rc;
+    size_t n = (size_t)f->ntensors ? (size_t)f->ntensors : 1;
+    f->tensors = tl_alloc_array(n, sizeof *f->tensors);
+    f->sorted = tl_alloc_array(n, sizeof *f->sorted);
+    if (!f->tensors || !f->sorted)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+    for (uint64_t i = 0; i < f->ntensors; i++) {
+        ck_tensor *t = &f->tensors[i];
+        char field[CK_MAX_NAME + 96];
+        snprintf(field, sizeof field, "tensor %llu, field 'name'", (unsigned long long)i);
+        if ((rc = rd_str(&r, field, 1, CK_MAX_NAME, &t->name)))
+            return rc;
+        char what[CK_MAX_NAME + 32];
+        snprintf(what, sizeof what, "tensor '%.*s'", (int)t->name.n, t->name.s);
+        snprintf(field, sizeof field, "%s, field 'is_buffer'", what);
+        if ((rc = rd_range(&r, field, 0, 1, &t->is_buffer)))
+            return rc;
+        snprintf(field, sizeof field, "%s, field 'ndim'", what);
+        if ((rc = rd_small(&r, field, 1, 4, &t->ndim)))
+            return rc;
+        uint64_t numel = 1;
+        snprintf(field, sizeof field, "%s, field 'dims'", what);
+        for (uint32_t d = 0; d < t->ndim; d++) {
+            uint64_t v;
+            if ((rc = rd_u64(&r, field, &v)))
+                return rc;
+            if (v < 1 || v > INT32_MAX)
+                return rd_fail(&r, field, "dimension %u: expected 1..%d, found %llu", d,
+                               INT32_MAX, (unsigned long long)v);
+            t->dims[d] = (int)v;
+            if (numel > UINT64_MAX / v)
+                return rd_fail(&r, field, "the element count overflows");
+            numel *= v;
+        }
+        if ((rc = rd_blob(&r, what, f->data_size, &t->data)))
+            return rc;
+        if (t->data.numel != numel)
+            return rd_fail(&r, what, "field 'numel': expected %llu (product of dims), found "
+                           "%llu", (unsigned long long)numel,
+                           (unsigned long long)t->data.numel);
+        f->declared_floats += numel; /* bounded: each is backed by bytes of the file */
+        f->sorted[i] = t;
+    }
+    if ((rc = rd_end(&r)))
+        return rc;
+    qsort(f->sorted, (size_t)f->ntensors, sizeof *f->sorted, cmp_tensor);
+    for (uint64_t i = 1; i < f->ntensors; i++)
+        if (cmp_tensor(&f->sorted[i - 1], &f->sorted[i]) == 0)
+            return rd_fail(&r, "field 'name'", "tensor '%.*s' appears twice",
+                           (int)f->sorted[i]->name.n, f->sorted[i]->name.s);
+    return TLEARN_OK;
+}
+
+static int parse_optimizer(ck_file *f)
+{
+    rd r = section(f, S_OPTIMIZER);
+    tlearn_optim *o = &f->optim;
+    uint32_t kind, nest;
+    int rc;
+    if ((rc = rd_range(&r, "field 'kind'", TLEARN_SGD, TLEARN_ADAMW, &kind)) ||
+        (rc = rd_range(&r, "field 'nesterov'", 0, 1, &nest)) ||
+        (rc = rd_f64(&r, "field 'lr'", &o->lr)) ||
+        (rc = rd_f64(&r, "field 'momentum'", &o->momentum)) ||
+        (rc = rd_f64(&r, "field 'dampening'", &o->dampening)) ||
+        (rc = rd_f64(&r, "field 'weight_decay'", &o->weight_decay)) ||
+        (rc = rd_f64(&r, "field 'beta1'", &o->beta1)) ||
+        (rc = rd_f64(&r, "field 'beta2'", &o->beta2)) ||
+        (rc = rd_f64(&r, "field 'eps'", &o->eps)) ||
+        (rc = rd_f64(&r, "field 'clip_norm'", &o->clip_norm)))
+        return rc;
+    o->kind = (int)kind;
+    o->nesterov = (int)nest;
+    return rd_end(&r);
+}
+
+static int parse_optstate(ck_file *f)
+{
+    rd r = section(f, S_OPTSTATE);
+    int rc = rd_count(&r, "field 'count'", 9 + 4 + 4 + 8, &f->nopt);
+    if (rc)
+        return rc;
+    f->opts = tl_alloc_array((size_t)f->nopt ? (size_t)f->nopt : 1, sizeof *f->opts);
+    if (!f->opts)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+    for (uint64_t i = 0; i < f->nopt; i++) {
+        ck_opt *e = &f->opts[i];
+        char field[CK_MAX_NAME + 96], what[CK_MAX_NAME + 40];
+        snprintf(field, sizeof field, "entry %llu, field 'tensor'", (unsigned long long)i);
+        if ((rc = rd_str(&r, field, 1, CK_MAX_NAME, &e->tensor)))
+            return rc;
+        snprintf(what, sizeof what, "tensor '%.*s'", (int)e->tensor.n, e->tensor.s);
+        uint64_t step;
+        snprintf(field, sizeof field, "%s, field 'opt_kind'", what);
+        if ((rc = rd_range(&r, field, TLEARN_SGD, TLEARN_ADAMW, &e->opt_kind)))
+            return rc;
+        snprintf(field, sizeof field, "%s, field 'flags'", what);
+        if ((rc = rd_range(&r, field, 0, 3, &e->flags)))
+            return rc;
+        snprintf(field, sizeof field, "%s, field 'step'", what);
+        if ((rc = rd_u64(&r, field, &step)))
+            return rc;
+        if (step > INT64_MAX)
+            return rd_fail(&r, field, "expected >= 0, found %lld", (long long)step);
+        e->step = (int64_t)step;
+        char bw[CK_MAX_NAME + 48];
+        snprintf(bw, sizeof bw, "%s, m1", what);
+        if ((e->flags & 1) && (rc = rd_blob(&r, bw, f->data_size, &e->m1)))
+            return rc;
+        snprintf(bw, sizeof bw, "%s, m2", what);
+        if ((e->flags & 2) && (rc = rd_blob(&r, bw, f->data_size, &e->m2)))
+            return rc;
+    }
+    return rd_end(&r);
+}
+
+static int parse_freeze(ck_file *f)
+{
+    rd r = section(f, S_FREEZE);
+    int rc;
+    if ((rc = rd_range(&r, "field 'bn_stats_frozen'", 0, 1, &f->bn_stats_frozen)) ||
+        (rc = rd_count(&r, "field 'count'", 16, &f->nfreeze)))
+        return rc;
+    if (f->nfreeze != f->nlayers)
+        return rd_fail(&r, "field 'count'", "expected %llu (the number of layers), found %llu",
+                       (unsigned long long)f->nlayers, (unsigned long long)f->nfreeze);
+    f->freeze = tl_alloc_array((size_t)f->nfreeze ? (size_t)f->nfreeze : 1, sizeof *f->freeze);
+    if (!f->freeze)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+    for (uint64_t i = 0; i < f->nfreeze; i++) {
+        ck_freeze *z = &f->freeze[i];
+        char field[96];
+        snprintf(field, sizeof field, "layer %llu, field 'frozen'", (unsigned long long)i);
+        if ((rc = rd_range(&r, field, 0, 1, &z->frozen)))
+            return rc;
+        snprintf(field, sizeof field, "layer %llu, field 'lr_scale'", (unsigned long long)i);
+        if ((rc = rd_f32(&r, field, &z->lr_scale)))
+            return rc;
+        if (!(z->lr_scale > 0.0f && z->lr_scale <= 3.4e38f))
+            return rd_fail(&r, field, "expected > 0 and finite, found %g", (double)z->lr_scale);
+        snprintf(field, sizeof field, "layer %llu, field 'from_pretrained'",
+                 (unsigned long long)i);
+        if ((rc = rd_range(&r, field, 0, 1, &z->from_pretrained)))
+            return rc;
+        snprintf(field, sizeof field, "layer %llu, field 'use_running_stats'",
+                 (unsigned long long)i);
+        if ((rc = rd_range(&r, field, 0, 1, &z->use_running_stats)))
+            return rc;
+    }
+    return rd_end(&r);
+}
+
+static int parse_ewc(ck_file *f)
+{
+    rd r = section(f, S_EWC);
+    int rc;
+    if ((rc = rd_str(&r, "field 'text'", 0, UINT32_MAX, &f->ewc_text)) ||
+        (rc = rd_count(&r, "field 'count'", 9 + 32, &f->newc)))
+        return rc;
+    f->ewc = tl_alloc_array((size_t)f->newc ? (size_t)f->newc : 1, sizeof *f->ewc);
+    if (!f->ewc)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+    for (uint64_t i = 0; i < f->newc; i++) {
+        char field[64], what[CK_MAX_NAME + 32];
+        snprintf(field, sizeof field, "array %llu, field 'name'", (unsigned long long)i);
+        if ((rc = rd_str(&r, field, 1, CK_MAX_NAME, &f->ewc[i].name)))
+            return rc;
+        snprintf(what, sizeof what, "array '%.*s'", (int)f->ewc[i].name.n, f->ewc[i].name.s);
+        if ((rc = rd_blob(&r, what, f->data_size, &f->ewc[i].data)))
+            return rc;
+    }
+    return rd_end(&r);
+}
+
+static int parse_meta(ck_file *f)
+{
+    rd r = section(f, S_METADATA);
+    int rc = rd_count(&r, "field 'count'", 2 * 9, &f->nmeta);
+    if (rc)
+        return rc;
+    f->meta = tl_alloc_array(2 * ((size_t)f->nmeta ? (size_t)f->nmeta : 1), sizeof *f->meta);
+    if (!f->meta)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+    for (uint64_t i = 0; i < f->nmeta; i++) {
+        char field[64];
+        snprintf(field, sizeof field, "entry %llu, field 'key'", (unsigned long long)i);
+        if ((rc = rd_str(&r, field, 1, CK_MAX_META, &f->meta[2 * i])))
+            return rc;
+        snprintf(field, sizeof field, "entry %llu, field 'value'", (unsigned long long)i);
+        if ((rc = rd_str(&r, field, 1, CK_MAX_META, &f->meta[2 * i + 1])))
+            return rc;
+        for (uint64_t k = 0; k < i; k++)
+            if (cmp_name(f->meta[2 * k].s, f->meta[2 * k].n, f->meta[2 * i].s,
+                         f->meta[2 * i].n) == 0)
+                return rd_fail(&r, field, "key '%.*s' appears twice", (int)f->meta[2 * i].n,
+                               f->meta[2 * i].s);
+    }
+    return rd_end(&r);
+}
+
+/* Header, table, DATA and TENSORS: what every weight reader needs. */
+static int ck_open_tensors(ck_file *f, const char *fn, const void *data, size_t len)
+{
+    int rc = ck_open(f, fn, data, len);
+    if (!rc)
+        rc = require(f, S_DATA);
+    if (!rc)
+        rc = require(f, S_TENSORS);
+    if (rc)
+        return rc;
+    f->data = f->base + f->sec[S_DATA].off;
+    f->data_size = f->sec[S_DATA].size;
+    return parse_tensors(f);
+}
+
+static int ck_parse_all(ck_file *f, const char *fn, const void *data, size_t len)
+{
+    int rc = ck_open_tensors(f, fn, data, len);
+    if (rc)
+        return rc;
+    static const int required[] = {S_MODEL, S_LAYERS, S_METADATA};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
+        if ((rc = require(f, required[i])))
+            return rc;
+    if (f->flags & CK_FLAG_INFERENCE) {
+        static const int training[] = {S_OPTIMIZER, S_OPTSTATE, S_FREEZE, S_EWC};
+        for (size_t i = 0; i < sizeof training / sizeof training[0]; i++)
+            if (f->sec[training[i]].present)
+                return tl_fail(TLEARN_EFORMAT, "%s: section %s: present in an inference-only "
+                               "file (header flag bit 0)", fn, SEC_NAME[training[i]]);
+    }
+    if ((rc = parse_model(f)) || (rc = parse_layers(f)) || (rc = parse_meta(f)))
+        return rc;
+    if (f->sec[S_OPTIMIZER].present && (rc = parse_optimizer(f)))
+        return rc;
+    if (f->sec[S_OPTSTATE].present && (rc = parse_optstate(f)))
+        return rc;
+    if (f->sec[S_FREEZE].present && (rc = parse_freeze(f)))
+        return rc;
+    if (f->sec[S_EWC].present && (rc = parse_ewc(f)))
+        return rc;
+    return TLEARN_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Building the model from a parsed file. */
+
+static int build_layers(ck_file *f, tlearn_model *m)
+{
+    size_t budget = f->declared_floats > SIZE_MAX ? SIZE_MAX : (size_t)f->declared_floats;
+    for (uint64_t i = 0; i < f->nlayers; i++) {
+        const ck_layer *L = &f->layers[i];
+        char kind[CK_MAX_NAME + 1], name[TL_NAME_MAX];
+        str_copy(kind, sizeof kind, L->kind);
+        str_copy(name, sizeof name, L->name);
+        const tl_layer_ops *ops = tl_layer_ops_by_name(kind);
+        if (!ops)
+            return tl_fail(TLEARN_EFORMAT, "%s: section LAYERS, layer %llu '%s', field 'kind': "
+                           "unknown layer kind '%s'", f->fn, (unsigned long long)i, name, kind);
+        int inputs[TL_MAX_INPUTS];
+        for (uint32_t k = 0; k < L->ninputs; k++)
+            inputs[k] = L->input[k];
+        tl_layer_set_param_budget(&budget);
+        int rc = tl_model_add(m, f->fn, ops, name, inputs, (int)L->ninputs, L->ia, (int)L->ni,
+                              L->fa, (int)L->nf);
+        tl_layer_set_param_budget(NULL);
+        if (rc)
+            return tl_fail_prefix(rc == TLEARN_ENOMEM ? rc : TLEARN_EFORMAT,
+                                  "%s: section LAYERS, layer %llu '%s': ", f->fn,
+                                  (unsigned long long)i, name);
+    }
+    return TLEARN_OK;
+}
+
+static int shape_text(char *buf, size_t cap, int ndim, const int *dims)
+{
+    int k = snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim; d++)
+        k += snprintf(buf + k, cap - (size_t)k, d ? ", %d" : "%d", dims[d]);
+    return snprintf(buf + k, cap - (size_t)k, "]");
+}
+
+static int same_shape(const ck_tensor *t, const tl_tensor *x)
+{
+    if ((int)t->ndim != x->ndim)
+        return 0;
+    for (int d = 0; d < x->ndim; d++)
+        if (t->dims[d] != x->dims[d])
+            return 0;
+    return 1;
+}
+
+static int load_tensors(ck_file *f, tlearn_model *m)
+{
+    for (int i = 0; i < m->nlayers; i++) {
+        tl_layer *L = m->layers[i];
+        for (int p = 0; p < L->nparam; p++) {
+            char name[2 * TL_NAME_MAX], a[64], b[64];
+            tl_ck_tensor_name(name, sizeof name, L, p);
+            ck_tensor *t = find_tensor(f, name);
+            if (!t)
+                return tl_fail(TLEARN_EFORMAT, "%s: section TENSORS: model tensor '%s' is "
+                               "missing", f->fn, name);
+            tl_tensor *x = &L->param[p].t;
+            if (!same_shape(t, x)) {
+                shape_text(a, sizeof a, x->ndim, x->dims);
+                shape_text(b, sizeof b, (int)t->ndim, t->dims);
+                return tl_fail(TLEARN_EFORMAT, "%s: section TENSORS, tensor '%s', field 'dims': "
+                               "expected %s, found %s", f->fn, name, a, b);
+            }
+            if ((int)t->is_buffer != L->param[p].is_buffer)
+                return tl_fail(TLEARN_EFORMAT, "%s: section TENSORS, tensor '%s', field "
+                               "'is_buffer': expected %d, found %u", f->fn, name,
+                               L->param[p].is_buffer, t->is_buffer);
+            char what[2 * TL_NAME_MAX + 16];
+            snprintf(what, sizeof what, "tensor '%s'", name);
+            int rc = blob_decode(f->fn, "TENSORS", what, f->data, &t->data, x->data);
+            if (rc)
+                return rc;
+            t->used = 1;
+        }
+    }
+    for (uint64_t i = 0; i < f->ntensors; i++)
+        if (!f->tensors[i].used)
+            return tl_fail(TLEARN_EFORMAT, "%s: section TENSORS, tensor '%.*s': no such tensor "
+                           "in the model", f->fn, (int)f->tensors[i].name.n,
+                           f->tensors[i].name.s);
+    return TLEARN_OK;
+}
+
+static int load_settings(ck_file *f, tlearn_model *m)
+{
+    m->threads = (int)f->threads;
+    tl_blas_set_threads(m->blas, m->threads);
+    m->seed = f->seed;
+    m->training = (int)f->training;
+    m->loss_kind = (int)f->loss;
+    if (f->next_input < -2 || (int64_t)f->next_input >= (int64_t)f->nlayers)
+        return tl_fail(TLEARN_EFORMAT, "%s: section MODEL, field 'next_input': expected "
+                       "-2..%lld, found %d", f->fn, (long long)f->nlayers - 1, f->next_input);
+    m->next_input = f->next_input;
+    if (!f->sec[S_FREEZE].present)
+        return TLEARN_OK;
+    m->bn_stats_frozen = (int)f->bn_stats_frozen;
+    for (int i = 0; i < m->nlayers; i++) {
+        m->lstate[i].frozen = (int)f->freeze[i].frozen;
+        m->lstate[i].lr_scale = f->freeze[i].lr_scale;
+        m->lstate[i].from_pretrained = (int)f->freeze[i].from_pretrained;
+        m->layers[i]->use_running_stats = (int)f->freeze[i].use_running_stats;
+    }
+    return TLEARN_OK;
+}
+
+static int load_optstate(ck_file *f, tlearn_model *m)
+{
+    for (uint64_t i = 0; i < f->nopt; i++) {
+        const ck_opt *e = &f->opts[i];
+        char name[CK_MAX_NAME + 1], what[CK_MAX_NAME + 32];
+        str_copy(name, sizeof name, e->tensor);
+        int l, p;
+        if (tl_model_find_tensor(m, name, &l, &p))
+            return tl_fail(TLEARN_EFORMAT, "%s: section OPTSTATE, tensor '%s': no such tensor "
+                           "in the model", f->fn, name);
+        tl_layer *L = m->layers[l];
+        tl_slot *s = &m->lstate[l].slot[p];
+        if (L->param[p].is_buffer || m->lstate[l].frozen)
+            return tl_fail(TLEARN_EFORMAT, "%s: section OPTSTATE, tensor '%s': expected a "
+                           "trainable parameter, found a %s", f->fn, name,
+                           L->param[p].is_buffer ? "buffer" : "frozen parameter");
+        if (s->opt_kind != 0)
+            return tl_fail(TLEARN_EFORMAT, "%s: section OPTSTATE, tensor '%s': appears twice",
+                           f->fn, name);
+        size_t numel = L->param[p].t.numel;
+        const ck_blob *blobs[2] = {&e->m1, &e->m2};
+        float **dst[2] = {&s->m1, &s->m2};
+        for (int k = 0; k < 2; k++) {
+            if (!(e->flags & (1u << k)))
+                continue;
+            snprintf(what, sizeof what, "tensor '%s', m%d", name, k + 1);
+            if (blobs[k]->numel != numel)
+                return tl_fail(TLEARN_EFORMAT, "%s: section OPTSTATE, %s, field 'numel': "
+                               "expected %zu, found %llu", f->fn, what, numel,
+                               (unsigned long long)blobs[k]->numel);
+            *dst[k] = tl_alloc_array(numel, sizeof(float));
+            if (!*dst[k])
+                return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+            int rc = blob_decode(f->fn, "OPTSTATE", what, f->data, blobs[k], *dst[k]);
+            if (rc)
+                return rc;
+        }
+        s->opt_kind = (int)e->opt_kind;
+        s->step = e->step;
+    }
+    return TLEARN_OK;
+}
+
+static int load_ewc(ck_file *f, tlearn_model *m)
+{
+    int rc = tl_ewc_restore_begin(m, f->ewc_text.s ? f->ewc_text.s : "", f->ewc_text.n);
+    for (uint64_t i = 0; !rc && i < f->newc; i++) {
+        const ck_array *a = &f->ewc[i];
+        char name[CK_MAX_NAME + 1], what[CK_MAX_NAME + 32];
+        str_copy(name, sizeof name, a->name);
+        snprintf(what, sizeof what, "array '%s'", name);
+        float *buf = tl_alloc_array((size_t)a->data.numel ? (size_t)a->data.numel : 1,
+                                    sizeof(float));
+        if (!buf)
+            return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+        rc = blob_decode(f->fn, "EWC", what, f->data, &a->data, buf);
+        if (!rc) {
+            rc = tl_ewc_restore_array(m, name, buf, (size_t)a->data.numel);
+            if (rc)
+                rc = tl_fail_prefix(rc, "%s: section EWC, %s: ", f->fn, what);
+        }
+        tl_free(buf);
+    }
+    if (!rc && (rc = tl_ewc_restore_end(m)))
+        rc = tl_fail_prefix(rc, "%s: section EWC: ", f->fn);
+    return rc;
+}
+
+static int load_meta(ck_file *f, tlearn_model *m)
+{
+    for (uint64_t i = 0; i < f->nmeta; i++) {
+        char *k = tl_alloc(f->meta[2 * i].n + 1), *v = tl_alloc(f->meta[2 * i + 1].n + 1);
+        int rc = TLEARN_ENOMEM;
+        if (k && v) {
+            str_copy(k, f->meta[2 * i].n + 1, f->meta[2 * i]);
+            str_copy(v, f->meta[2 * i + 1].n + 1, f->meta[2 * i + 1]);
+            rc = tlearn_model_set_metadata(m, k, v);
+        }
+        tl_free(k);
+        tl_free(v);
+        if (rc)
+            return tl_fail_prefix(rc, "%s: section METADATA, entry %llu: ", f->fn,
+                                  (unsigned long long)i);
+    }
+    return TLEARN_OK;
+}
+
+static int make_optim(ck_file *f, tlearn_optim **optim)
+{
+    const tlearn_optim *src = &f->optim;
+    tlearn_optim *o;
+    int rc = tlearn_optim_create(&o, src->kind);
+    if (rc)
+        return rc;
+    /* Set through the public setter, so every value is range-checked; fields another kind
+     * does not use are not read. */
+    struct {
+        int param;
+        double v;
+        int sgd, adam;
+    } v[] = {
+        {TLEARN_OPT_LR, src->lr, 1, 1},
+        {TLEARN_OPT_MOMENTUM, src->momentum, 1, 0},
+        {TLEARN_OPT_DAMPENING, src->dampening, 1, 0},
+        {TLEARN_OPT_NESTEROV, src->nesterov, 1, 0},
+        {TLEARN_OPT_WEIGHT_DECAY, src->weight_decay, 1, 1},
+        {TLEARN_OPT_BETA1, src->beta1, 0, 1},
+        {TLEARN_OPT_BETA2, src->beta2, 0, 1},
+        {TLEARN_OPT_EPS, src->eps, 0, 1},
+        {TLEARN_OPT_CLIP_NORM, src->clip_norm, 1, 1},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        if (!(src->kind == TLEARN_SGD ? v[i].sgd : v[i].adam))
+            continue;
+        if ((rc = tlearn_optim_set(o, v[i].param, v[i].v))) {
+            tlearn_optim_destroy(&o);
+            return tl_fail_prefix(TLEARN_EFORMAT, "%s: section OPTIMIZER: ", f->fn);
+        }
+    }
+    *optim = o;
+    return TLEARN_OK;
+}
+
+int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlearn_model **out,
+                              tlearn_optim **optim)
+{
+    *out = NULL;
+    if (optim)
+        *optim = NULL;
+    ck_file f;
+    tlearn_model *m = NULL;
+    tlearn_optim *o = NULL;
+    int rc = ck_parse_all(&f, fn, data, len);
+    if (!rc && (rc = tlearn_model_create(&m, (int)f.c, (int)f.h, (int)f.w)))
+        rc = tl_fail_prefix(rc == TLEARN_ENOMEM ? rc : TLEARN_EFORMAT, "%s: section MODEL: ",
+                            fn);
+    if (!rc)
+        rc = build_layers(&f, m);
+    if (!rc)
+        rc = load_tensors(&f, m);
+    if (!rc)
+        rc = load_settings(&f, m);
+    if (!rc && (rc = tl_model_sync_slots(m)))
+        rc = tl_fail_prefix(rc, "%s: ", fn);
+    if (!rc)
+        rc = load_optstate(&f, m);
+    if (!rc && f.sec[S_EWC].present)
+        rc = load_ewc(&f, m);
+    if (!rc)
+        rc = load_meta(&f, m);
+    if (!rc && optim && f.sec[S_OPTIMIZER].present)
+        rc = make_optim(&f, &o);
+    if (!rc)
+        rc = data_crc_check(&f);
+    if (!rc) {
+        memcpy(m->rng.s, f.rng, sizeof f.rng);
+        m->has_grads = 0;
+        *out = m;
+        if (optim)
+            *optim = o;
+    } else {
+        tlearn_model_destroy(&m);
+        tlearn_optim_destroy(&o);
+    }
+    ck_free(&f);
+    return rc;
+}
+
+int tlearn_model_load(tlearn_model **out, tlearn_optim **optim, const char *path)
+{
+    static const char fn[] = "tlearn_model_load";
+    if (!out)
+        return tl_fail(TLEARN_EINVAL, "%s: out is NULL", fn);
+    *out = NULL;
+    if (optim)
+        *optim = NULL;
+    if (!path)
+        return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
+    unsigned char *buf;
+    size_t len;
+    int rc = tl_file_read(fn, path, &buf, &len);
+    if (rc)
+        return rc;
+    rc = tl_checkpoint_load_buffer(fn, buf, len, out, optim);
+    tl_free(buf);
+    return rc;
+}
+
+int tl_checkpoint_load_weights_buffer(const char *fn, tlearn_model *m, const void *data,
+                                      size_t len, unsigned flags, size_t *matched,
+                                      size_t *skipped)
+{
+    ck_file f;
+    int rc = ck_open_tensors(&f, fn, data, len);
+    int strict = flags == TLEARN_LOAD_STRICT;
+    /* Decode everything first: the model changes only when all of it is good. */
+    int count = 0;
+    for (int i = 0; i < m->nlayers; i++)
+        count += m->layers[i]->nparam;
+    float **staged = rc ? NULL : tl_alloc_array((size_t)count + 1, sizeof *staged);
+    if (!rc && !staged)
+        rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    size_t nmatched = 0;
+    for (int i = 0, k = 0; !rc && i < m->nlayers; i++) {
+        tl_layer *L = m->layers[i];
+        for (int p = 0; !rc && p < L->nparam; p++, k++) {
+            char name[2 * TL_NAME_MAX], a[64], b[64];
+            tl_ck_tensor_name(name, sizeof name, L, p);
+            ck_tensor *t = find_tensor(&f, name);
+            tl_tensor *x = &L->param[p].t;
+            if (!t) {
+                if (strict)
+                    rc = tl_fail(TLEARN_ENOTFOUND, "%s: model tensor '%s' is not in the file",
+                                 fn, name);
+                continue;
+            }
+            t->used = 1;
+            if (!same_shape(t, x)) {
+                if (strict) {
+                    shape_text(a, sizeof a, x->ndim, x->dims);
+                    shape_text(b, sizeof b, (int)t->ndim, t->dims);
+                    rc = tl_fail(TLEARN_ESHAPE, "%s: tensor '%s': the model has shape %s, the "
+                                 "file %s", fn, name, a, b);
+                }
+                continue;
+            }
+            staged[k] = tl_alloc_array(x->numel, sizeof(float));
+            if (!staged[k]) {
+                rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+                break;
+            }
+            char what[2 * TL_NAME_MAX + 16];
+            snprintf(what, sizeof what, "tensor '%s'", name);
+            rc = blob_decode(fn, "TENSORS", what, f.data, &t->data, staged[k]);
+            nmatched++;
+        }
+    }
+    for (uint64_t i = 0; !rc && strict && i < f.ntensors; i++)
+        if (!f.tensors[i].used)
+            rc = tl_fail(TLEARN_ENOTFOUND, "%s: file tensor '%.*s' is not in the model", fn,
+                         (int)f.tensors[i].name.n, f.tensors[i].name.s);
+    if (!rc)
+        rc = data_crc_check(&f);
+    for (int i = 0, k = 0; staged && i < m->nlayers; i++)
+        for (int p = 0; p < m->layers[i]->nparam; p++, k++) {
+            if (!rc && staged[k])
+                memcpy(m->layers[i]->param[p].t.data, staged[k],
+                       sizeof(float) * m->layers[i]->param[p].t.numel);
+            tl_free(staged[k]);
+        }
+    tl_free(staged);
+    ck_free(&f);
+    if (!rc) {
+        if (matched)
+            *matched = nmatched;
+        if (skipped)
+            *skipped = (size_t)count - nmatched;
+    }
+    return rc;
+}
+
+int tlearn_model_load_weights(tlearn_model *m, const char *path, unsigned flags,
+                              size_t *matched, size_t *skipped)
+{
+    static const char fn[] = "tlearn_model_load_weights";
+    TL_CHECK_MODEL(fn, m);
+    if (!path)
+        return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
+    if (flags != TLEARN_LOAD_STRICT && flags != TLEARN_LOAD_PARTIAL)
+        return tl_fail(TLEARN_EINVAL, "%s: flags is %u, expected TLEARN_LOAD_STRICT or "
+                       "TLEARN_LOAD_PARTIAL", fn, flags);
+    unsigned char *buf;
+    size_t len;
+    int rc = tl_file_read(fn, path, &buf, &len);
+    if (rc)
+        return rc;
+    rc = tl_checkpoint_load_weights_buffer(fn, m, buf, len, flags, matched, skipped);
+    tl_free(buf);
+    return rc;
+}
+
+int tlearn_checkpoint_read_metadata(const char *path, tlearn_metadata_fn cb, void *user)
+{
+    static const char fn[] = "tlearn_checkpoint_read_metadata";
+    if (!path || !cb)
+        return tl_fail(TLEARN_EINVAL, "%s: %s is NULL", fn, !path ? "path" : "fn");
+    unsigned char *buf;
+    size_t len;
+    int rc = tl_file_read(fn, path, &buf, &len);
+    if (rc)
+        return rc;
+    ck_file f;
+    rc = ck_open(&f, fn, buf, len);
+    if (!rc)
+        rc = require(&f, S_METADATA);
+    if (!rc)
+        rc = parse_meta(&f);
+    for (uint64_t i = 0; !rc && i < f.nmeta; i++) {
+        char *k = tl_alloc(f.meta[2 * i].n + 1), *v = tl_alloc(f.meta[2 * i + 1].n + 1);
+        if (!k || !v) {
+            rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+        } else {
+            str_copy(k, f.meta[2 * i].n + 1, f.meta[2 * i]);
+            str_copy(v, f.meta[2 * i + 1].n + 1, f.meta[2 * i + 1]);
+            if (cb(k, v, user))
+                i = f.nmeta; /* the callback asked to stop */
+        }
+        tl_free(k);
+        tl_free(v);
+    }
+    ck_free(&f);
+    tl_free(buf);
+    return rc;
+}
+

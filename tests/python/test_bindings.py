@@ -1,0 +1,503 @@
+"""The Python bindings (examples/python/tlearn) against the freshly built libtlearn.
+
+Run by `meson test --suite python` with Debian's pytest under /usr/bin/python3; meson
+passes TLEARN_LIBRARY (the built libtlearn.so.1) and PYTHONPATH (examples/python).
+"""
+import gc
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+import tlearn
+
+
+def small_mlp(seed=1, inputs=8, classes=3):
+    m = tlearn.Model(inputs, 1, 1).set_seed(seed)
+    m.add_dense("fc1", 16).add_relu("relu1").add_dense("fc2", classes)
+    return m
+
+
+def blobs(n=96, inputs=8, classes=3, seed=0):
+    """Linearly separable clusters: class k is centred on +3 in coordinate k."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % classes).astype(np.int32)
+    x = rng.normal(0, 0.5, size=(n, inputs)).astype(np.float32)
+    x[np.arange(n), y] += 3.0
+    return x, y
+
+
+def small_cnn(seed=3):
+    m = tlearn.Model(1, 8, 8).set_seed(seed)
+    (m.add_conv2d("conv1", 4, 3, 1, 1, 1).add_batchnorm("bn1").add_relu("relu1")
+      .add_maxpool2d("pool1", 2).add_flatten("flat").add_dense("fc1", 12).add_relu("relu2")
+      .add_dense("fc2", 3))
+    return m
+
+
+# -- errors and validation ------------------------------------------------------------------
+
+def test_version_matches_header_major():
+    assert tlearn.version().split(".")[0] == "1"
+    major, minor, patch = map(int, tlearn.version().split("."))
+    assert tlearn.version_hex() == (major << 24) | (minor << 16) | (patch << 8)
+
+
+def test_status_error_carries_code_and_message():
+    with small_mlp() as m:
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_dense("fc1", 4)  # duplicate name
+        assert info.value.code == tlearn.EINVAL
+        assert info.value.name == "TLEARN_EINVAL"
+        assert "fc1" in info.value.message
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.layer_index("nope")
+        assert info.value.code == tlearn.ENOTFOUND
+
+
+def test_wrong_dtype_is_a_python_error():
+    with small_mlp() as m:
+        x, y = blobs()
+        with pytest.raises(TypeError, match="float32"):
+            m.predict(x.astype(np.float64))
+        with pytest.raises(TypeError, match="int32"):
+            m.evaluate(x, y.astype(np.int64))
+        with pytest.raises(TypeError, match="numpy"):
+            m.predict(x.tolist())
+
+
+def test_non_contiguous_and_bad_shapes_are_python_errors():
+    with small_mlp() as m:
+        x, y = blobs()
+        with pytest.raises(ValueError, match="contiguous"):
+            m.predict(np.asfortranarray(np.tile(x, (1, 2))[:, ::2]))
+        with pytest.raises(ValueError, match="shape"):
+            m.predict(x[:, :7].copy())
+        with pytest.raises(ValueError, match="labels"):
+            m.evaluate(x, y[:-1].copy())
+        with pytest.raises(ValueError, match="shape"):
+            m.predict(np.zeros(8, dtype=np.float32))  # no batch dimension
+
+
+def test_closed_handle_raises_and_close_is_idempotent():
+    m = small_mlp()
+    m.close()
+    m.close()
+    assert m.closed
+    with pytest.raises(ValueError, match="closed"):
+        len(m)
+
+
+def test_context_managers_free_handles():
+    with tlearn.Model(4, 1, 1) as m, tlearn.Optimizer("sgd") as o, tlearn.FreezePolicy() as f:
+        assert not (m.closed or o.closed or f.closed)
+    assert m.closed and o.closed and f.closed
+
+
+def test_garbage_collection_frees_handles(monkeypatch):
+    real = tlearn._C.tlearn_model_destroy
+    freed = []
+
+    def counting_destroy(pp):
+        freed.append(1)
+        real(pp)
+    monkeypatch.setattr(tlearn._C, "tlearn_model_destroy", counting_destroy)
+    for _ in range(50):
+        small_mlp()  # dropped at once: __del__ must free it
+    gc.collect()
+    assert len(freed) == 50
+    m = small_mlp()
+    m.close()
+    del m
+    gc.collect()
+    assert len(freed) == 51  # close() frees once; __del__ after close() does nothing
+
+
+# -- building and introspection ---------------------------------------------------------------
+
+def test_layers_shapes_and_counts():
+    with small_cnn() as m:
+        assert m.layers == ["conv1", "bn1", "relu1", "pool1", "flat", "fc1", "relu2", "fc2"]
+        assert m.layer_kind(0) == "conv2d" and m.layer_kind(1) == "batchnorm"
+        assert m.input_shape == (1, 8, 8)
+        assert m.layer_shape(3) == (4, 4, 4)
+        assert m.output_shape == (3, 1, 1)
+        # conv 4*1*3*3+4, bn 4+4, fc1 64*12+12, fc2 12*3+3
+        total, trainable = m.param_count()
+        assert total == 40 + 8 + 780 + 39 == trainable
+        names = m.tensor_names()
+        assert "bn1.running_var" in names and "fc2.bias" in names
+        assert m.get_tensor("conv1.weight").shape == (4, 1, 3, 3)
+
+
+def test_set_and_get_tensor_roundtrip():
+    with small_mlp() as m:
+        w = np.arange(16 * 8, dtype=np.float32).reshape(16, 8) / 100
+        m.set_tensor("fc1.weight", w)
+        assert np.array_equal(m.get_tensor("fc1.weight"), w)
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.set_tensor("fc1.weight", np.zeros(5, dtype=np.float32))
+        assert info.value.code == tlearn.ESHAPE
+
+
+def test_predict_is_the_dense_formula():
+    with small_mlp() as m:
+        x, _ = blobs(n=5)
+        w1, b1 = m.get_tensor("fc1.weight"), m.get_tensor("fc1.bias")
+        w2, b2 = m.get_tensor("fc2.weight"), m.get_tensor("fc2.bias")
+        want = np.maximum(x @ w1.T + b1, 0) @ w2.T + b2
+        np.testing.assert_allclose(m.predict(x), want, rtol=1e-5, atol=1e-5)
+
+
+# -- training ---------------------------------------------------------------------------------
+
+def test_fit_learns_and_calls_progress_every_step():
+    x, y = blobs()
+    with small_mlp() as m, tlearn.Optimizer("adam", lr=0.01) as o:
+        loss0, _ = m.evaluate(x, y)
+        calls = []
+        m.fit(o, x, y, batch=32, epochs=4, progress=lambda *a: calls.append(a))
+        assert len(calls) == 4 * 3
+        assert [c[0] for c in calls] == [e for e in range(4) for _ in range(3)]
+        assert all(c[1] == 4 and c[3] == 3 for c in calls)
+        loss1, acc = m.evaluate(x, y)
+        assert loss1 < loss0 and acc > 0.9
+
+
+def test_fit_progress_can_cancel_and_exceptions_propagate():
+    x, y = blobs()
+    with small_mlp() as m, tlearn.Optimizer("sgd", lr=0.1) as o:
+        calls = []
+
+        def stop_after_two(*a):
+            calls.append(a)
+            return len(calls) == 2
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.fit(o, x, y, batch=16, epochs=3, progress=stop_after_two)
+        assert info.value.code == tlearn.ECANCELED and len(calls) == 2
+
+        def boom(*a):
+            raise KeyError("from the callback")
+        with pytest.raises(KeyError, match="from the callback"):
+            m.fit(o, x, y, batch=16, epochs=1, progress=boom)
+
+
+def test_optimizer_parameters():
+    with tlearn.Optimizer("sgd", lr=0.05, momentum=0.9) as o:
+        assert o.kind == "sgd"
+        assert o.lr == pytest.approx(0.05) and o.get("momentum") == pytest.approx(0.9)
+        o.lr = 0.2
+        assert o.get(tlearn.OPTIM_PARAMS["lr"]) == pytest.approx(0.2)
+        with pytest.raises(tlearn.TlearnError):
+            o.set("beta1", 0.5)  # not an SGD parameter
+        with pytest.raises(ValueError, match="unknown parameter"):
+            o.set("learning_rate", 0.1)
+    with tlearn.Optimizer("adamw") as o:
+        assert o.get("weight_decay") == pytest.approx(0.01)
+
+
+def test_sgd_step_is_w_minus_lr_grad():
+    x, y = blobs(n=8)
+    with small_mlp() as m, tlearn.Optimizer("sgd", lr=0.5) as o:
+        w = m.get_tensor("fc2.weight")
+        m.compute_gradients(x, y)
+        g = m.get_grad("fc2.weight")
+        m.train_step(o, x, y)
+        np.testing.assert_allclose(m.get_tensor("fc2.weight"), w - 0.5 * g, rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_input_gradient_matches_finite_difference():
+    x, y = blobs(n=2)
+    with small_mlp() as m:
+        loss, dx = m.compute_gradients(x, y, input_grad=True)
+        assert dx.shape == x.shape
+        h = 1e-2
+        xp = x.copy()
+        xp[0, 3] += h
+        xm = x.copy()
+        xm[0, 3] -= h
+        fd = (m.compute_gradients(xp, y) - m.compute_gradients(xm, y)) / (2 * h)
+        assert dx[0, 3] == pytest.approx(fd, rel=2e-2, abs=1e-3)
+
+
+def test_mse_training():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    t = (x @ np.array([[1.0], [-2.0], [0.5], [0.0]], dtype=np.float32)).astype(np.float32)
+    with tlearn.Model(4, 1, 1) as m, tlearn.Optimizer("sgd", lr=0.1) as o:
+        m.set_seed(2).add_dense("lin", 1).set_loss("mse")
+        first = m.train_step_mse(o, x, t)
+        for _ in range(200):
+            last = m.train_step_mse(o, x, t)
+        assert last < first * 1e-3
+
+
+# -- transfer learning -----------------------------------------------------------------------
+
+def test_freeze_policy_keeps_frozen_weights():
+    x, y = blobs()
+    with small_mlp() as m, tlearn.Optimizer("adam", lr=0.01) as o:
+        with tlearn.FreezePolicy() as f:
+            m.apply_freeze(f.until("relu1"))
+        assert m.layer_frozen("fc1") and not m.layer_frozen("fc2")
+        assert m.param_count() == (16 * 8 + 16 + 3 * 16 + 3, 3 * 16 + 3)
+        w1, w2 = m.get_tensor("fc1.weight"), m.get_tensor("fc2.weight")
+        m.fit(o, x, y, batch=32, epochs=1)
+        assert np.array_equal(m.get_tensor("fc1.weight"), w1)
+        assert not np.array_equal(m.get_tensor("fc2.weight"), w2)
+        m.apply_freeze(None)
+        assert not m.layer_frozen("fc1")
+
+
+def test_discriminative_learning_rates():
+    with small_mlp() as m, tlearn.FreezePolicy() as f:
+        m.apply_freeze(f.ulmfit(2.0))
+        assert m.layer_lr_scale("fc2") == pytest.approx(1.0)
+        assert m.layer_lr_scale("fc1") == pytest.approx(0.5)
+        m.apply_freeze(tlearn.FreezePolicy().lr_scale("fc*", 0.25))
+        assert m.layer_lr_scale("fc1") == pytest.approx(0.25)
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.apply_freeze(tlearn.FreezePolicy().match("conv*"))
+        assert info.value.code == tlearn.ENOTFOUND
+
+
+def test_features_and_cached_head_training():
+    x, y = blobs()
+    with small_mlp() as m, tlearn.Optimizer("adam", lr=0.01) as o:
+        feats = m.features("relu1", x)
+        assert feats.shape == (96, 16)
+        w1, b1 = m.get_tensor("fc1.weight"), m.get_tensor("fc1.bias")
+        np.testing.assert_allclose(feats, np.maximum(x @ w1.T + b1, 0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(m.predict_from("relu1", feats), m.predict(x), rtol=1e-5,
+                                   atol=1e-5)
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.train_step_from(o, "relu1", feats, y)  # prefix not frozen yet
+        assert info.value.code == tlearn.ESTATE
+        m.apply_freeze(tlearn.FreezePolicy().until("relu1"))
+        losses = [m.train_step_from(o, "relu1", feats, y) for _ in range(30)]
+        assert losses[-1] < losses[0]
+
+
+def test_replace_head_and_truncate():
+    with small_mlp(classes=3) as m:
+        m.replace_head("relu1", 7)
+        assert m.layers == ["fc1", "relu1", "head"] and m.output_shape == (7, 1, 1)
+        m.truncate("fc1")
+        assert m.layers == ["fc1"]
+
+
+def test_cnn_trains_in_python():
+    rng = np.random.default_rng(5)
+    y = (np.arange(48) % 3).astype(np.int32)
+    x = rng.normal(0, 0.3, size=(48, 1, 8, 8)).astype(np.float32)
+    for i, k in enumerate(y):  # class k: a bright row at 2k+1
+        x[i, 0, 2 * k + 1, :] += 2.0
+    with small_cnn() as m, tlearn.Optimizer("adam", lr=0.01) as o:
+        m.fit(o, x, y, batch=16, epochs=15)
+        assert m.evaluate(x, y)[1] > 0.9
+        assert m.predict(x).shape == (48, 3)
+        assert m.features("pool1", x).shape == (48, 4, 4, 4)
+
+
+# -- continual learning -------------------------------------------------------------------------
+
+def test_ewc_penalty_grows_away_from_anchor():
+    x, y = blobs()
+    with small_mlp() as m:
+        m.ewc_consolidate(x, y, "empirical", lam=10.0)
+        assert m.penalty() == pytest.approx(0.0, abs=1e-7)
+        fisher = m.ewc_fisher("fc2.weight")
+        assert fisher.shape == (3, 16) and np.all(fisher >= 0) and fisher.sum() > 0
+        w = m.get_tensor("fc2.weight")
+        m.set_tensor("fc2.weight", (w + 0.1).astype(np.float32))
+        # (lambda/2) * sum F * 0.1^2 over fc2.weight only
+        assert m.penalty() == pytest.approx(5.0 * 0.01 * float(fisher.sum()), rel=1e-3)
+        m.ewc_clear()
+        assert m.penalty() == 0.0
+
+
+def test_l2sp_penalty():
+    with small_mlp() as m:
+        m.l2sp_enable(alpha=2.0)
+        w = m.get_tensor("fc2.bias")
+        m.set_tensor("fc2.bias", (w + 0.5).astype(np.float32))
+        assert m.penalty() == pytest.approx(0.5 * 2.0 * 3 * 0.25, rel=1e-4)
+
+
+# -- files ------------------------------------------------------------------------------------
+
+def test_save_load_roundtrip_with_optimizer_and_metadata(tmp_path):
+    x, y = blobs()
+    path = str(tmp_path / "m.tlc")
+    with small_mlp() as m, tlearn.Optimizer("adam", lr=0.003) as o:
+        m.fit(o, x, y, batch=32, epochs=1)
+        m.set_metadata("dataset", "blobs")
+        m.save(path, o, compress=6)
+        want = m.predict(x)
+    assert tlearn.read_metadata(path)["dataset"] == "blobs"
+    m2, o2 = tlearn.Model.load(path, with_optimizer=True)
+    with m2, o2:
+        np.testing.assert_array_equal(m2.predict(x), want)
+        assert o2.kind == "adam" and o2.lr == pytest.approx(0.003)
+        assert m2.get_metadata("dataset") == "blobs"
+    with small_mlp(seed=9) as m3:
+        assert m3.load_weights(path) == (4, 0)
+        np.testing.assert_array_equal(m3.predict(x), want)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(tlearn.TlearnError) as info:
+        tlearn.Model.load(str(tmp_path / "missing.tlc"))
+    assert info.value.code == tlearn.EIO
+    bad = tmp_path / "bad.tlc"
+    bad.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(tlearn.TlearnError) as info:
+        tlearn.Model.load(str(bad))
+    assert info.value.code == tlearn.EFORMAT
+
+
+def write_safetensors(path, tensors):
+    """A minimal safetensors writer (8-byte little-endian header length, JSON, data)."""
+    header, blobs_, offset = {}, [], 0
+    for name, arr in tensors.items():
+        raw = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs_.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs_))
+
+
+def test_safetensors_import_with_name_map_and_export(tmp_path):
+    x, _ = blobs(n=4)
+    with small_mlp(seed=4) as src:
+        file_tensors = {"backbone." + k: v for k, v in src.state_dict().items()}
+        want = src.predict(x)
+    path = str(tmp_path / "w.safetensors")
+    write_safetensors(path, file_tensors)
+    with small_mlp(seed=5) as m:
+        with pytest.raises(tlearn.TlearnError):  # strict and unmapped: names do not match
+            m.import_safetensors(path)
+        n = m.import_safetensors(path, name_map=lambda s: s[len("backbone."):])
+        assert n == 4
+        np.testing.assert_array_equal(m.predict(x), want)
+        out = str(tmp_path / "out.safetensors")
+        m.export_safetensors(out)
+        with open(out, "rb") as f:
+            (hlen,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(hlen))
+        assert header["fc1.weight"]["shape"] == [16, 8]
+        assert header["fc2.bias"]["dtype"] == "F32"
+    with small_mlp(seed=6) as m:
+        assert m.import_safetensors(path, name_map={"backbone.fc2.weight": "fc2.weight"},
+                                    strict=False) == 1
+
+
+def test_name_map_exception_propagates(tmp_path):
+    path = str(tmp_path / "w.safetensors")
+    with small_mlp() as m:
+        write_safetensors(path, m.state_dict())
+
+        def bad(name):
+            raise RuntimeError("mapping failed")
+        with pytest.raises(RuntimeError, match="mapping failed"):
+            m.import_safetensors(path, name_map=bad)
+
+
+def test_import_onnx_from_torch(tmp_path):
+    torch = pytest.importorskip("torch")  # conftest turns a skip into a failure
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 4 * 4, 5)).eval()
+    path = str(tmp_path / "net.onnx")
+    torch.onnx.export(net, torch.zeros(1, 1, 8, 8), path, opset_version=13,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    x = np.random.default_rng(0).normal(size=(6, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    with tlearn.Model.import_onnx(path) as m:
+        np.testing.assert_allclose(m.predict(x), want, rtol=1e-4, atol=1e-5)
+    with open(path, "rb") as f:
+        with tlearn.Model.import_onnx(f.read()) as m:
+            np.testing.assert_allclose(m.predict(x), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(tlearn.TlearnError) as info:
+        tlearn.Model.import_onnx(b"\x00garbage")
+    assert info.value.code in (tlearn.EFORMAT, tlearn.EUNSUPPORTED)
+
+
+# -- completeness --------------------------------------------------------------------------------
+
+def header_functions():
+    import re
+    header = os.path.join(os.path.dirname(tlearn.__file__), "..", "..", "..", "include",
+                          "tlearn", "tlearn.h")
+    with open(header) as f:
+        text = f.read()
+    names = set(re.findall(r"TLEARN_API\s+[^;(]*?\b(tlearn_\w+)\s*\(", text))
+    assert len(names) > 70, "the header parser found too few functions"
+    return names
+
+
+def test_every_header_function_is_declared_and_wrapped():
+    from tlearn import _lib
+    declared = set(_lib._SIGNATURES)
+    assert declared == header_functions()
+    with open(tlearn.__file__) as f:
+        source = f.read()
+    # called directly, or named for _Handle.close() (the destroy functions)
+    unwrapped = sorted(n for n in declared
+                       if "_C.%s(" % n not in source and '"%s"' % n not in source)
+    assert unwrapped == [], "no Python method calls these: %s" % unwrapped
+
+
+def test_residual_block_and_other_layers():
+    with tlearn.Model(2, 6, 6) as m:
+        m.set_seed(3)
+        m.add_conv2d_ex("stem", 4, (3, 3), pad=(1, 1), bias=False).add_relu("r0")
+        m.add_conv2d("c1", 4, 3, 1, 1, 1).add_batchnorm("bn1").add_activation("a1", "gelu")
+        m.add_add("sum", "r0")              # c1 path + the stem's output
+        assert m.layer_shape(m.layer_index("sum")) == (4, 6, 6)
+        m.set_next_input("r0").add_conv2d("dw", 4, 3, 1, 1, 4)    # depthwise branch from r0
+        m.add_avgpool2d("avg", 2).add_dropout("drop", 0.25).add_global_avgpool("gap")
+        m.add_activation("leaky", "leaky_relu", 0.1).add_dense("fc", 3)
+        assert m.layer_shape(m.layer_index("avg")) == (4, 3, 3)
+        assert m.layer_shape(m.layer_index("gap")) == (4, 1, 1)
+        assert m.get_tensor("stem.weight").shape == (4, 2, 3, 3)
+        assert "stem.bias" not in m.tensor_names()
+        assert m.get_tensor("dw.weight").shape == (4, 1, 3, 3)
+        x = np.random.default_rng(1).normal(size=(5, 2, 6, 6)).astype(np.float32)
+        # global average pooling is the mean over H, W of the previous layer's output
+        pooled = m.features("drop", x).mean(axis=(2, 3))
+        np.testing.assert_allclose(m.features("gap", x), pooled, rtol=1e-5, atol=1e-6)
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_add("bad", "stem")         # fc: (3, 1, 1) + stem: (4, 6, 6)
+        assert info.value.code == tlearn.ESHAPE
+        with tlearn.Optimizer("sgd", lr=0.05, momentum=0.9, nesterov=1) as o:
+            y = np.array([0, 1, 2, 0, 1], dtype=np.int32)
+            m.set_training(True)
+            assert np.isfinite(m.train_step(o, x, y))
+        assert m.workspace_bytes() > 0
+
+
+def test_online_ewc_and_bn_stats_policy():
+    x, y = blobs()
+    with small_mlp() as m:
+        m.ewc_set_mode("online", 0.9)
+        m.ewc_consolidate(x, y, "exact", lam=1.0)
+        m.ewc_consolidate(x, y, "sampled", lam=1.0)
+        assert m.ewc_fisher("fc1.weight", task=0).shape == (16, 8)
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.ewc_set_mode("separate")     # tasks already consolidated
+        assert info.value.code == tlearn.ESTATE
+    with small_cnn() as m, tlearn.FreezePolicy() as f:
+        m.apply_freeze(f.range(0, 1).bn_stats(True))
+        assert m.layer_frozen("conv1") and m.layer_frozen("bn1")
+        assert not m.layer_frozen("fc1")
