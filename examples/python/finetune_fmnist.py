@@ -9,32 +9,13 @@ The IDX files of Debian's dataset-fashion-mnist package are read with gzip + num
 Usage: finetune_fmnist.py [--quick] [--per-class K] [--save PATH] [--data DIR]
 """
 import argparse
-import gzip
 import sys
 import time
 
 import numpy as np
 
 import tlearn
-
-DATA = "/usr/share/datasets/fashion-mnist"
-
-
-def read_idx(path):
-    """An IDX file: 0x0000, type 0x08 (ubyte), ndim, big-endian int32 dims, then the data."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    if raw[:3] != b"\0\0\x08":
-        raise ValueError("%s is not an IDX ubyte file" % path)
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load(split, data):
-    x = read_idx("%s/%s-images-idx3-ubyte.gz" % (data, split))
-    y = read_idx("%s/%s-labels-idx1-ubyte.gz" % (data, split))
-    return (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28), y.astype(np.int32)
+from fmnist import DATA, load  # the IDX reader (gzip + numpy)
 
 
 def progress(label):

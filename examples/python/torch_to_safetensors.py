@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from finetune_fmnist import DATA, load  # the IDX reader (gzip + numpy)
+from fmnist import DATA, load  # the IDX reader (gzip + numpy); no libtlearn needed
 
 
 class Net(nn.Module):

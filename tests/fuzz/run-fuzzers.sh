@@ -26,8 +26,10 @@ for exe in "$build"/tests/*/fuzz-*; do
     [ "$name" != make-seeds ] || continue
     mkdir -p "$work/$name" "$work/artifacts-$name"
     seeds=0
-    if [ -d "$here/corpus/$name" ]; then
-        cp "$here/corpus/$name/"* "$work/$name/"
+    corpus="$here/corpus/$name"
+    [ -d "$corpus" ] || corpus="$here/../$name/corpus" # e.g. tests/onnx/corpus
+    if [ -d "$corpus" ]; then
+        cp "$corpus/"* "$work/$name/"
         seeds=$(ls "$work/$name" | wc -l)
     fi
     echo "== fuzz-$name: ${seconds}s from $seeds seeds"

@@ -501,3 +501,18 @@ def test_online_ewc_and_bn_stats_policy():
         m.apply_freeze(f.range(0, 1).bn_stats(True))
         assert m.layer_frozen("conv1") and m.layer_frozen("bn1")
         assert not m.layer_frozen("fc1")
+
+
+def test_loader_rules(tmp_path):
+    import subprocess
+    import sys
+    from tlearn import _lib
+    fake = tmp_path / "libtlearn.so.1"
+    fake.write_bytes(b"\x7fELF ... NEEDED libasan.so.8 ...")
+    assert _lib._sanitized(str(fake))
+    assert not _lib._sanitized(os.environ["TLEARN_LIBRARY"])
+    # An explicit TLEARN_LIBRARY that cannot be loaded is an error, never a fallback.
+    env = dict(os.environ, TLEARN_LIBRARY=str(tmp_path / "missing.so"))
+    proc = subprocess.run([sys.executable, "-c", "import tlearn"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "TLEARN_LIBRARY" in proc.stderr

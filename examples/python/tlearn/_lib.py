@@ -2,7 +2,8 @@
 
 The shared library is found, in this order, through:
   1. the TLEARN_LIBRARY environment variable (a full path to libtlearn.so.1);
-  2. the meson build tree next to this checkout (build*/lib/libtlearn.so.1);
+  2. the meson build tree next to this checkout (build*/lib/libtlearn.so.1, skipping
+     sanitizer builds, which cannot be loaded into Python);
   3. ctypes.util.find_library('tlearn') (an installed library).
 
 Every function of the header is declared here with its argument and result types, so a
@@ -27,6 +28,16 @@ METADATA_FN = ctypes.CFUNCTYPE(c_int, c_char_p, c_char_p, c_void_p)
 NAME_MAP_FN = ctypes.CFUNCTYPE(c_int, c_char_p, P(ctypes.c_char), c_size_t, c_void_p)
 
 
+def _sanitized(path):
+    """A sanitizer build (tests/sanitize.sh) would abort the interpreter when loaded."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return True
+    return b"libasan.so" in data or b"libtsan.so" in data
+
+
 def _candidates():
     env = os.environ.get("TLEARN_LIBRARY")
     if env:
@@ -35,8 +46,12 @@ def _candidates():
         return
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.normpath(os.path.join(here, "..", "..", ".."))
-    for path in sorted(glob.glob(os.path.join(root, "build*", "lib", "libtlearn.so.1"))):
-        yield path, False
+    found = glob.glob(os.path.join(root, "build*", "lib", "libtlearn.so.1"))
+    # build/ (the README's directory) first, then the others by name
+    for path in sorted(found, key=lambda p: (os.path.basename(os.path.dirname(
+            os.path.dirname(p))) != "build", p)):
+        if not _sanitized(path):
+            yield path, False
     found = ctypes.util.find_library("tlearn")
     if found:
         yield found, False
