@@ -8,7 +8,7 @@
  *      tlearn_model_train_step_from(): each epoch costs a small GEMM, not a CNN pass.
  *   4. Evaluate the whole model on 2,000 test images and save it (with the optimizer).
  *
- * Build: cc head-finetune.c common/fmnist.c $(pkg-config --cflags --libs tlearn) -lz
+ * Build: cc head-finetune.c common/fmnist.c common/pretrain.c $(pkg-config --cflags --libs tlearn) -lz
  * Usage: head-finetune [PRETRAINED.tlc [OUT.tlc]]   (OUT defaults to head-finetuned.tlc)
  */
 #include <stdio.h>
@@ -17,56 +17,9 @@
 
 #include <tlearn/tlearn.h>
 
-#include "common/fmnist.h"
-
-#define CHECK(call)                                                                           \
-    do {                                                                                      \
-        int rc_ = (call);                                                                     \
-        if (rc_ != TLEARN_OK) {                                                               \
-            fprintf(stderr, "%s: %s (%s)\n", #call, tlearn_strerror(rc_), tlearn_errmsg());   \
-            exit(1);                                                                          \
-        }                                                                                     \
-    } while (0)
+#include "common/pretrain.h"
 
 enum { FEATURES = 64, PER_CLASS = 20, TEST = 2000, CLASSES = 10, BATCH = 16 };
-
-/* Stand-in for a real pretrained model: a small CNN trained for one short epoch on the
- * images of classes 0..4 among the first 6,000 training images. */
-static tlearn_model *pretrain(const fmnist *train)
-{
-    tlearn_model *m;
-    tlearn_optim *o;
-    CHECK(tlearn_model_create(&m, 1, 28, 28));
-    CHECK(tlearn_model_set_seed(m, 7));
-    CHECK(tlearn_model_add_conv2d(m, "conv1", 16, 3, 1, 1, 1));
-    CHECK(tlearn_model_add_activation(m, "relu1", TLEARN_ACT_RELU, 0));
-    CHECK(tlearn_model_add_maxpool2d(m, "pool1", 2, 0, 0));
-    CHECK(tlearn_model_add_conv2d(m, "conv2", 32, 3, 1, 1, 1));
-    CHECK(tlearn_model_add_activation(m, "relu2", TLEARN_ACT_RELU, 0));
-    CHECK(tlearn_model_add_maxpool2d(m, "pool2", 2, 0, 0));
-    CHECK(tlearn_model_add_dense(m, "fc1", FEATURES));
-    CHECK(tlearn_model_add_activation(m, "relu3", TLEARN_ACT_RELU, 0));
-    CHECK(tlearn_model_add_dense(m, "fc2", 5));
-
-    size_t n = 0, limit = train->n < 6000 ? train->n : 6000;
-    float *x = malloc(limit * FMNIST_PIXELS * sizeof *x);
-    int32_t *y = malloc(limit * sizeof *y);
-    if (!x || !y)
-        exit(1);
-    for (size_t i = 0; i < limit; i++)
-        if (train->labels[i] < 5) {
-            memcpy(x + n * FMNIST_PIXELS, train->images + i * FMNIST_PIXELS,
-                   FMNIST_PIXELS * sizeof *x);
-            y[n++] = train->labels[i];
-        }
-    CHECK(tlearn_optim_create(&o, TLEARN_ADAM));
-    CHECK(tlearn_optim_set(o, TLEARN_OPT_LR, 2e-3));
-    CHECK(tlearn_model_fit(m, o, x, y, n, 64, 1, 1, NULL, NULL));
-    tlearn_optim_destroy(&o);
-    free(x);
-    free(y);
-    return m;
-}
 
 int main(int argc, char **argv)
 {
@@ -81,7 +34,7 @@ int main(int argc, char **argv)
     if (argc > 1)
         CHECK(tlearn_model_load(&m, NULL, argv[1]));
     else
-        m = pretrain(&train);
+        m = example_pretrain(&train, FEATURES);
     const char *out = argc > 2 ? argv[2] : "head-finetuned.tlc";
 
     /* A labelled set for the new task: PER_CLASS images of each of the 10 classes. */

@@ -22,16 +22,8 @@
 
 #include <tlearn/tlearn.h>
 
+#include "common/check.h"
 #include "common/fmnist.h"
-
-#define CHECK(call)                                                                           \
-    do {                                                                                      \
-        int rc_ = (call);                                                                     \
-        if (rc_ != TLEARN_OK) {                                                               \
-            fprintf(stderr, "%s: %s (%s)\n", #call, tlearn_strerror(rc_), tlearn_errmsg());   \
-            exit(1);                                                                          \
-        }                                                                                     \
-    } while (0)
 
 /* PyTorch name prefix -> libtlearn layer name. */
 static const char *const name_map[][2] = {

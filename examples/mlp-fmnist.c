@@ -5,18 +5,9 @@
 
 #include <tlearn/tlearn.h>
 
+#include "common/check.h"
 #include "common/fmnist.h"
 #include "progress.h"
-
-#define CHECK(call)                                                                           \
-    do {                                                                                      \
-        int rc_ = (call);                                                                     \
-        if (rc_ != TLEARN_OK) {                                                               \
-            fprintf(stderr, "%s failed: %s (%s)\n", #call, tlearn_strerror(rc_),              \
-                    tlearn_errmsg());                                                         \
-            exit(1);                                                                          \
-        }                                                                                     \
-    } while (0)
 
 int main(int argc, char **argv)
 {

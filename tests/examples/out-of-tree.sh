@@ -42,7 +42,7 @@ cp -r "$src/examples/common" "$work/app/"
 cd "$work/app"
 
 # Shared: the pc file's Libs, plus zlib for the example's own IDX reader.
-cc -std=c11 -O2 -Wall -Werror -o fe-shared feature-extraction.c common/fmnist.c \
+cc -std=c11 -O2 -Wall -Werror -o fe-shared feature-extraction.c common/fmnist.c common/pretrain.c \
     $(pkg-config --cflags --libs tlearn) -lz || fail "shared build"
 LD_LIBRARY_PATH=$libdir ldd ./fe-shared | grep -q "$libdir/libtlearn.so.1" ||
     fail "fe-shared does not use the installed libtlearn.so.1"
@@ -51,7 +51,7 @@ grep -q '^nearest-centroid accuracy=' out.txt || fail "fe-shared printed no accu
 
 # Static: libtlearn.a plus the private dependencies from the pc file, nothing else.
 static_libs=$(pkg-config --static --libs tlearn | sed 's/-ltlearn//')
-cc -std=c11 -O2 -Wall -Werror -o hf-static head-finetune.c common/fmnist.c \
+cc -std=c11 -O2 -Wall -Werror -o hf-static head-finetune.c common/fmnist.c common/pretrain.c \
     $(pkg-config --cflags tlearn) "$libdir/libtlearn.a" $static_libs ||
     fail "static build with: $libdir/libtlearn.a $static_libs"
 if readelf -d hf-static | grep -q 'libtlearn'; then fail "hf-static still needs libtlearn.so"; fi
