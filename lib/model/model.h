@@ -31,7 +31,8 @@ typedef struct tl_plan {
     float **out;       /* per layer: output activations */
     float **dout;      /* per layer: gradient of the loss w.r.t. the output, or NULL */
     float **saved;     /* per layer: what forward keeps for backward/commit, or NULL */
-    int *dout_written; /* per layer, during backward: dout already holds a contribution */
+    int *dout_written; /* during backward, per producer (index 0: the network input,
+                        * then layer i at i+1): its gradient already holds a contribution */
     int fwd_training;  /* mode of the last forward: backward sees `saved` only if it was 1 */
     float *scratch;
     void *block;       /* owns everything above */

@@ -122,7 +122,7 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
         }
     }
     size_t floats = total + grads + saved + round_up(scratch);
-    size_t ptrs = 3 * (size_t)L * sizeof(float *) + (size_t)L * sizeof(int);
+    size_t ptrs = 3 * (size_t)L * sizeof(float *) + (size_t)(L + 1) * sizeof(int);
     size_t head = (ptrs + 63) & ~(size_t)63;
     size_t bytes;
     if (!tl_mul_size(floats, sizeof(float), &bytes) || bytes > SIZE_MAX - head) {

@@ -26,54 +26,51 @@ void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int
     }
 }
 
+/* Where the gradient w.r.t. the output of producer @p src goes during a backward that
+ * stops at @p stop; NULL when nobody needs it. src -1 is the network input. */
+static float *grad_buffer(const tl_plan *p, int src, int stop, int from, float *dx)
+{
+    if (src >= stop && src >= from)
+        return p->dout[src];
+    if (src < 0 && p->want_dx)
+        return dx;
+    return NULL;
+}
+
 void tl_model_backward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int from,
                        float *dx)
 {
     int last = m->nlayers - 1;
     tl_exec ex = {m->blas, &m->rng, p->fwd_training, 1, p->scratch};
     int stop = p->first_bwd > from ? p->first_bwd : from;
-    memset(p->dout_written, 0, sizeof(int) * (size_t)m->nlayers);
-    p->dout_written[last] = 1;
-    int dx_written = 0;
+    int *written = p->dout_written + 1; /* written[-1]: the network input's gradient */
+    memset(p->dout_written, 0, sizeof(int) * (size_t)(m->nlayers + 1));
+    written[last] = 1;
     for (int i = last; i >= stop; i--) {
         tl_layer *L = m->layers[i];
-        if (!p->dout_written[i]) /* a dead branch: nothing flows back into it */
+        if (!written[i]) /* a dead branch: nothing flows back into it */
             memset(p->dout[i], 0, sizeof(float) * n * tl_shape_size(L->out));
         const float *in[TL_MAX_INPUTS];
         float *din[TL_MAX_INPUTS] = {NULL, NULL};
+        /* Layers take one accum flag: when any input's gradient already holds a
+         * contribution (fan-out), or one producer feeds two inputs (add(x, x)), every
+         * input accumulates, into buffers zeroed first where nothing was written yet. */
         int accum = 0;
         for (int k = 0; k < L->ninputs; k++) {
-            int src = L->input[k];
-            in[k] = input_of(m, p, x, src, from);
-            if (src >= stop && src >= from) {
-                din[k] = p->dout[src];
-                /* Two inputs from one producer: the second adds. Layers take one accum
-                 * flag, so a producer written before forces accumulation for all inputs;
-                 * inputs not yet written are zeroed first to make that correct. */
-                if (p->dout_written[src])
-                    accum = 1;
-            } else if (src < 0 && dx && p->want_dx) {
-                din[k] = dx;
-                if (dx_written)
-                    accum = 1;
-            }
-            /* The same producer on two inputs (add(x, x)): the second must add to what
-             * the first writes, so accumulate into a buffer zeroed below. */
+            in[k] = input_of(m, p, x, L->input[k], from);
+            din[k] = grad_buffer(p, L->input[k], stop, from, dx);
+            if (din[k] && written[L->input[k]])
+                accum = 1;
             for (int j = 0; j < k; j++)
                 if (din[k] && din[j] == din[k])
                     accum = 1;
         }
         if (accum)
-            for (int k = 0; k < L->ninputs; k++) {
-                int src = L->input[k];
-                if (din[k] && din[k] != dx && !p->dout_written[src]) {
+            for (int k = 0; k < L->ninputs; k++)
+                if (din[k] && !written[L->input[k]]) {
                     memset(din[k], 0, sizeof(float) * n * tl_shape_size(L->in[k]));
-                    p->dout_written[src] = 1;
-                } else if (din[k] == dx && !dx_written) {
-                    memset(dx, 0, sizeof(float) * n * tl_shape_size(L->in[k]));
-                    dx_written = 1;
+                    written[L->input[k]] = 1;
                 }
-            }
         float *pg[TL_MAX_PARAMS];
         int trains = !m->lstate[i].frozen && L->nparam > 0;
         for (int k = 0; k < L->nparam; k++)
@@ -81,12 +78,9 @@ void tl_model_backward(tlearn_model *m, tl_plan *p, const float *x, size_t n, in
         /* saved holds this step's data only after a training-mode forward */
         L->ops->backward(L, &ex, in, p->out[i], p->dout[i], din, accum, n,
                          p->fwd_training ? p->saved[i] : NULL, trains ? pg : NULL);
-        for (int k = 0; k < L->ninputs; k++) {
-            if (din[k] == dx && dx)
-                dx_written = 1;
-            else if (din[k])
-                p->dout_written[L->input[k]] = 1;
-        }
+        for (int k = 0; k < L->ninputs; k++)
+            if (din[k])
+                written[L->input[k]] = 1;
     }
     m->has_grads = 1;
 }
