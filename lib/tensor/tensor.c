@@ -44,13 +44,15 @@ static double sumsq_range(const float *restrict x, size_t lo, size_t hi)
     return s;
 }
 
-double tl_sumsq(const float *x, size_t n, int threads)
+/* Sum of range(x, lo, hi) over the slices of up to 16 threads. */
+static double parallel_sum(const float *x, size_t n, int threads,
+                           double (*range)(const float *, size_t, size_t))
 {
     int nt = tl_par_threads(threads, n);
     if (nt > 16)
         nt = 16;
     if (nt == 1)
-        return sumsq_range(x, 0, n);
+        return range(x, 0, n);
     double part[16] = {0};
 #pragma omp parallel num_threads(nt)
     {
@@ -58,11 +60,11 @@ double tl_sumsq(const float *x, size_t n, int threads)
         int t = omp_get_thread_num();
         size_t lo, hi;
         tl_par_range(n, t, omp_get_num_threads(), &lo, &hi);
-        part[t] = sumsq_range(x, lo, hi);
+        part[t] = range(x, lo, hi);
 #endif
     }
 #ifndef _OPENMP
-    part[0] = sumsq_range(x, 0, n);
+    part[0] = range(x, 0, n);
 #endif
     double s = 0.0;
     for (int t = 0; t < nt; t++)
@@ -70,41 +72,23 @@ double tl_sumsq(const float *x, size_t n, int threads)
     return s;
 }
 
+double tl_sumsq(const float *x, size_t n, int threads)
+{
+    return parallel_sum(x, n, threads, sumsq_range);
+}
+
 /* sum of x*0: 0 while every x is finite, NaN as soon as one is Inf or NaN (Inf*0 is NaN),
  * whatever the order of the additions, so the simd reduction may reassociate freely. */
-static float nonfinite_range(const float *restrict x, size_t lo, size_t hi)
+static double nonfinite_range(const float *restrict x, size_t lo, size_t hi)
 {
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
     for (size_t i = lo; i < hi; i++)
         s += x[i] * 0.0f;
-    return s;
+    return s; /* NaN stays NaN in double */
 }
 
 int tl_all_finite(const float *x, size_t n, int threads)
 {
-    int nt = tl_par_threads(threads, n);
-    if (nt > 16)
-        nt = 16;
-    float part[16] = {0};
-    if (nt == 1)
-        part[0] = nonfinite_range(x, 0, n);
-    else {
-#pragma omp parallel num_threads(nt)
-        {
-#ifdef _OPENMP
-            int t = omp_get_thread_num();
-            size_t lo, hi;
-            tl_par_range(n, t, omp_get_num_threads(), &lo, &hi);
-            part[t] = nonfinite_range(x, lo, hi);
-#endif
-        }
-#ifndef _OPENMP
-        part[0] = nonfinite_range(x, 0, n);
-#endif
-    }
-    for (int t = 0; t < nt; t++)
-        if (part[t] != 0.0f)
-            return 0;
-    return 1;
+    return parallel_sum(x, n, threads, nonfinite_range) == 0.0;
 }
