@@ -80,6 +80,8 @@ int tl_model_find(const tlearn_model *m, const char *name); /* index or -1 */
 int tl_model_find_checked(const char *fn, const tlearn_model *m, const char *layer, int *index);
 /* Layers after @p i read only from i or later, so i's activations stand for the prefix. */
 int tl_model_check_cut(const char *fn, const tlearn_model *m, int i);
+/* The first layer after @p i that reads from before i, or -1. */
+int tl_model_reader_across(const tlearn_model *m, int i);
 /* Find "layer.param" in the model; returns 0 and sets *layer, *param on success. */
 int tl_model_find_tensor(const tlearn_model *m, const char *name, int *layer, int *param);
 void tl_model_structure_changed(tlearn_model *m); /* drops plans */

@@ -194,15 +194,22 @@ int tlearn_model_features(tlearn_model *m, const char *layer, const float *x, si
 
 /* Layers after @p i may only read layer i or later: then activations of i stand in for the
  * whole prefix. */
-int tl_model_check_cut(const char *fn, const tlearn_model *m, int i)
+int tl_model_reader_across(const tlearn_model *m, int i)
 {
     for (int j = i + 1; j < m->nlayers; j++)
         for (int k = 0; k < m->layers[j]->ninputs; k++)
             if (m->layers[j]->input[k] < i)
-                return tl_fail(TLEARN_ESTATE,
-                               "%s: layer '%s' reads from before '%s', so its activations "
-                               "do not stand for the prefix", fn, m->layers[j]->name,
-                               m->layers[i]->name);
+                return j;
+    return -1;
+}
+
+int tl_model_check_cut(const char *fn, const tlearn_model *m, int i)
+{
+    int j = tl_model_reader_across(m, i);
+    if (j >= 0)
+        return tl_fail(TLEARN_ESTATE,
+                       "%s: layer '%s' reads from before '%s', so its activations do not "
+                       "stand for the prefix", fn, m->layers[j]->name, m->layers[i]->name);
     if (i == m->nlayers - 1)
         return tl_fail(TLEARN_ESTATE, "%s: '%s' is the last layer; nothing follows it", fn,
                        m->layers[i]->name);

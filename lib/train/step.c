@@ -82,10 +82,8 @@ static int frozen_prefix_chunked(tlearn_model *m, const float *x, size_t n, int 
     for (int i = from; i < first; i++)
         if (!batch_independent(m->layers[i]))
             return from;
-    for (int j = first; j < m->nlayers; j++) /* nothing after the cut reads across it */
-        for (int k = 0; k < m->layers[j]->ninputs; k++)
-            if (m->layers[j]->input[k] < first - 1)
-                return from;
+    if (tl_model_reader_across(m, first - 1) >= 0) /* the cut must stand for the prefix */
+        return from;
     size_t chunk = tl_model_infer_chunk(m, from, first - 1);
     if (chunk >= n)
         return from;
