@@ -204,21 +204,25 @@ static void test_chunked_frozen_prefix_matches_feature_cache(void **state)
     bench_teardown(&c2);
 }
 
+/* Chunked features, on one thread and on two workers side by side, against one image at a
+ * time. */
 static void test_chunked_features_match_one_at_a_time(void **state)
 {
     (void)state;
-    bench_ctx c;
-    OK(bench_setup(&c, BW_CNN_FEATURES_B256, 1));
-    size_t fs = c.feat_size;
-    float *one = malloc(fs * sizeof *one);
-    assert_non_null(one);
-    OK(bench_run_once(&c)); /* batch 0: 256 images into c.feat */
-    for (size_t i = 0; i < c.batch; i += 37) {
-        OK(tlearn_model_features(c.m, "pool2", c.x + i * c.in_size, 1, one, fs));
-        assert_close(one, c.feat + i * fs, fs, 1e-6f);
+    for (int threads = 1; threads <= 2; threads++) {
+        bench_ctx c;
+        OK(bench_setup(&c, BW_CNN_FEATURES_B256, threads));
+        size_t fs = c.feat_size;
+        float *one = malloc(fs * sizeof *one);
+        assert_non_null(one);
+        OK(bench_run_once(&c)); /* batch 0: 256 images into c.feat */
+        for (size_t i = 0; i < c.batch; i += 37) {
+            OK(tlearn_model_features(c.m, "pool2", c.x + i * c.in_size, 1, one, fs));
+            assert_close(one, c.feat + i * fs, fs, 1e-6f);
+        }
+        free(one);
+        bench_teardown(&c);
     }
-    free(one);
-    bench_teardown(&c);
 }
 
 int main(void)

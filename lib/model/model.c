@@ -71,6 +71,7 @@ void tlearn_model_destroy(tlearn_model **mp)
     tl_free(m->lstate);
     tl_plan_free(&m->plan_train);
     tl_plan_free(&m->plan_infer);
+    tl_model_free_workers(m);
     tl_ewc_free(m->ewc);
     tl_free(m->tensor_names);
     for (int i = 0; i < m->nmeta; i++) {
@@ -90,6 +91,8 @@ int tlearn_model_set_threads(tlearn_model *m, int threads)
     if (threads < 1 || threads > 1024)
         return tl_fail(TLEARN_EINVAL, "tlearn_model_set_threads: threads is %d, must be 1..1024",
                        threads);
+    if (threads < m->nworkers)
+        tl_model_free_workers(m);
     m->threads = threads;
     tl_blas_set_threads(m->blas, threads);
     return TLEARN_OK;
@@ -149,6 +152,7 @@ void tl_model_structure_changed(tlearn_model *m)
 {
     tl_plan_free(&m->plan_train);
     tl_plan_free(&m->plan_infer);
+    tl_model_free_workers(m);
     m->has_grads = 0;
     tl_free(m->tensor_names);
     m->tensor_names = NULL;
@@ -474,6 +478,8 @@ int tlearn_model_workspace_bytes(const tlearn_model *m, size_t *bytes)
     if (!bytes)
         return tl_fail(TLEARN_EINVAL, "tlearn_model_workspace_bytes: bytes is NULL");
     *bytes = m->plan_train.bytes + m->plan_infer.bytes;
+    for (int w = 0; w < m->nworkers; w++)
+        *bytes += m->workers[w].plan.bytes;
     return TLEARN_OK;
 }
 

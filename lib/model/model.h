@@ -39,6 +39,13 @@ typedef struct tl_plan {
     size_t bytes;      /* activation + scratch bytes (reported by workspace_bytes) */
 } tl_plan;
 
+/* One thread's share of chunked inference: its own workspace and a one-thread BLIS handle,
+ * so that the threads never wait for each other inside a chunk. */
+typedef struct tl_worker {
+    tl_plan plan;
+    tl_blas *blas;
+} tl_worker;
+
 struct tl_ewc; /* train/ewc.c */
 
 #define TL_TENSOR_NAME_MAX (TL_NAME_MAX + 24) /* layer name '.' tl_param name */
@@ -57,6 +64,8 @@ struct tlearn_model {
     int loss_kind;
     int bn_stats_frozen;  /* from the freeze policy */
     tl_plan plan_train, plan_infer;
+    tl_worker *workers; /* inference chunks side by side (run.c); NULL until used */
+    int nworkers;
     struct tl_ewc *ewc;   /* EWC tasks and L2-SP anchor; NULL when none */
     int nmeta;
     char **meta_keys, **meta_values;
@@ -88,6 +97,24 @@ void tl_model_structure_changed(tlearn_model *m); /* drops plans */
 size_t tl_model_output_size(const tlearn_model *m);
 /* Images per chunk for inference through layers [from, to] (cache-sized; run.c). */
 size_t tl_model_infer_chunk(const tlearn_model *m, int from, int to);
+/* Chunked inference runs on at most this many threads (more rarely pays for the
+ * workspace each one needs). */
+#define TL_MAX_WORKERS 64
+/* Receives the output of layer `to` for inputs [start, start+k) from worker @p worker
+ * (0 .. TL_MAX_WORKERS-1); different chunks may arrive at the same time on different threads. */
+typedef void (*tl_chunk_fn)(void *ctx, int worker, size_t start, size_t k, const float *out);
+/* Layers [from, to] without backward over n inputs of @p in_size floats, in chunks of
+ * tl_model_infer_chunk; with several threads and enough chunks, each thread runs whole
+ * chunks with its own workspace and one-thread BLIS. */
+int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, int from, int to,
+                   int training, tl_chunk_fn fn, void *ctx);
+void tl_model_free_workers(tlearn_model *m);
+/* A tl_chunk_fn that copies each chunk to out + start * size. */
+typedef struct tl_chunk_dest {
+    float *out;
+    size_t size; /* floats per input */
+} tl_chunk_dest;
+void tl_chunk_copy(void *ctx, int worker, size_t start, size_t k, const float *out);
 
 /* Planning and running. first_bwd = tl_model_first_trainable() for training. */
 int tl_model_first_trainable(const tlearn_model *m); /* nlayers when everything is frozen */

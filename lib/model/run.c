@@ -1,5 +1,8 @@
 /* Forward and backward through the graph, and the inference entry points. */
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "model.h"
 
@@ -11,10 +14,10 @@ static const float *input_of(tlearn_model *m, tl_plan *p, const float *x, int sr
     return p->out[src];
 }
 
-void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int training,
-                      int from, int to)
+static void forward_on(tlearn_model *m, tl_plan *p, const tl_blas *blas, const float *x,
+                       size_t n, int training, int from, int to)
 {
-    tl_exec ex = {m->blas, &m->rng, training, 0, p->scratch};
+    tl_exec ex = {blas, &m->rng, training, 0, p->scratch};
     p->fwd_training = training;
     for (int i = from; i <= to; i++) {
         tl_layer *L = m->layers[i];
@@ -24,6 +27,12 @@ void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int
         ex.backward = i >= p->first_bwd;
         L->ops->forward(L, &ex, in, p->out[i], n, p->saved[i]);
     }
+}
+
+void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int training,
+                      int from, int to)
+{
+    forward_on(m, p, m->blas, x, n, training, from, to);
 }
 
 /* Where the gradient w.r.t. the output of producer @p src goes during a backward that
@@ -131,29 +140,94 @@ size_t tl_model_infer_chunk(const tlearn_model *m, int from, int to)
             L->param[0].t.numel >= ((size_t)64 << 10))
             big_dense = 1;
     }
-    chunk = ((size_t)384 << 10) * (size_t)m->threads / act; /* each core has its own L2 */
+    chunk = ((size_t)384 << 10) / act; /* per thread: each core has its own L2 */
     if (big_dense && chunk < 16)
         chunk = 16;
     return chunk < 1 ? 1 : chunk > 256 ? 256 : chunk;
 }
 
-/* Forward in evaluation mode in chunks (tl_model_infer_chunk), from layer `from` to `to`,
- * copying layer `to`'s output. */
+void tl_model_free_workers(tlearn_model *m)
+{
+    for (int w = 0; w < m->nworkers; w++) {
+        tl_plan_free(&m->workers[w].plan);
+        tl_blas_destroy(m->workers[w].blas);
+    }
+    tl_free(m->workers);
+    m->workers = NULL;
+    m->nworkers = 0;
+}
+
+/* Workers 0 .. nw-1, each planned for @p cap inputs. */
+static int plan_workers(tlearn_model *m, int nw, size_t cap)
+{
+    if (m->nworkers < nw) {
+        tl_model_free_workers(m);
+        m->workers = tl_alloc_array((size_t)nw, sizeof(tl_worker));
+        if (!m->workers)
+            return tl_fail(TLEARN_ENOMEM, "out of memory for %d inference workers", nw);
+        for (; m->nworkers < nw; m->nworkers++)
+            if (!(m->workers[m->nworkers].blas = tl_blas_create(1)))
+                return tl_fail(TLEARN_ENOMEM, "out of memory for %d inference workers", nw);
+    }
+    for (int w = 0; w < nw; w++) {
+        int rc = tl_model_plan(m, &m->workers[w].plan, cap, m->nlayers, 0);
+        if (rc)
+            return rc;
+    }
+    return TLEARN_OK;
+}
+
+int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, int from, int to,
+                   int training, tl_chunk_fn fn, void *ctx)
+{
+    size_t chunk = tl_model_infer_chunk(m, from, to);
+    size_t cap = n < chunk ? n : chunk, nchunks = (n + cap - 1) / cap;
+    size_t most = m->threads < TL_MAX_WORKERS ? (size_t)m->threads : TL_MAX_WORKERS;
+    int nw = (int)(nchunks < most ? nchunks : most);
+    if (nw <= 1) {
+        /* One chunk or one thread: the model's plan, the model's threads inside layers. */
+        int rc = tl_model_plan(m, &m->plan_infer, cap, m->nlayers, 0);
+        if (rc)
+            return rc;
+        for (size_t s = 0; s < n; s += cap) {
+            size_t k = n - s < cap ? n - s : cap;
+            tl_model_forward(m, &m->plan_infer, x + s * in_size, k, training, from, to);
+            fn(ctx, 0, s, k, m->plan_infer.out[to]);
+        }
+        return TLEARN_OK;
+    }
+    int rc = plan_workers(m, nw, cap);
+    if (rc)
+        return rc;
+    /* Static schedule: worker w takes a contiguous run of chunks, so what a worker sums
+     * (evaluate) does not depend on timing. */
+#pragma omp parallel for num_threads(nw) schedule(static)
+    for (size_t c = 0; c < nchunks; c++) {
+        int w = 0;
+#ifdef _OPENMP
+        w = omp_get_thread_num();
+#endif
+        tl_worker *wk = &m->workers[w];
+        size_t s = c * cap, k = n - s < cap ? n - s : cap;
+        forward_on(m, &wk->plan, wk->blas, x + s * in_size, k, training, from, to);
+        fn(ctx, w, s, k, wk->plan.out[to]);
+    }
+    return TLEARN_OK;
+}
+
+void tl_chunk_copy(void *ctx, int worker, size_t start, size_t k, const float *out)
+{
+    (void)worker;
+    const tl_chunk_dest *c = ctx;
+    memcpy(c->out + start * c->size, out, sizeof(float) * k * c->size);
+}
+
+/* Forward in evaluation mode from layer `from` to `to`, copying layer `to`'s output. */
 static int infer(tlearn_model *m, const float *x, size_t in_size, size_t n, int from, int to,
                  float *out)
 {
-    const size_t chunk = tl_model_infer_chunk(m, from, to);
-    size_t cap = n < chunk ? n : chunk;
-    size_t out_size = tl_shape_size(m->layers[to]->out);
-    int rc = tl_model_plan(m, &m->plan_infer, cap, m->nlayers, 0);
-    if (rc)
-        return rc;
-    for (size_t s = 0; s < n; s += cap) {
-        size_t k = n - s < cap ? n - s : cap;
-        tl_model_forward(m, &m->plan_infer, x + s * in_size, k, 0, from, to);
-        memcpy(out + s * out_size, m->plan_infer.out[to], sizeof(float) * k * out_size);
-    }
-    return TLEARN_OK;
+    tl_chunk_dest c = {out, tl_shape_size(m->layers[to]->out)};
+    return tl_model_infer(m, x, in_size, n, from, to, 0, tl_chunk_copy, &c);
 }
 
 int tlearn_model_predict(tlearn_model *m, const float *x, size_t n, float *out, size_t out_len)

@@ -68,12 +68,12 @@ static int batch_independent(const tl_layer *L)
     }
 }
 
-/* A frozen prefix [from, first) that backward never enters runs like inference: in
- * cache-sized chunks through the inference plan (tl_model_infer_chunk), each chunk's output
- * copied into the training plan's buffer for layer first-1, which layer `first` reads. Same
- * results as one forward over the batch, for a fraction of the memory traffic. Returns the
- * layer the ordinary forward starts from (`from` when the prefix does not qualify), or -1
- * when the inference plan cannot be allocated (the message is set). */
+/* A frozen prefix [from, first) that backward never enters runs like inference
+ * (tl_model_infer: cache-sized chunks, side by side on the model's threads), each chunk's
+ * output copied into the training plan's buffer for layer first-1, which layer `first`
+ * reads. Same results as one forward over the batch, for a fraction of the memory traffic.
+ * Returns the layer the ordinary forward starts from (`from` when the prefix does not
+ * qualify), or -1 when the inference workspace cannot be allocated (the message is set). */
 static int frozen_prefix_chunked(tlearn_model *m, const float *x, size_t n, int from,
                                  int first, int want_dx)
 {
@@ -84,19 +84,12 @@ static int frozen_prefix_chunked(tlearn_model *m, const float *x, size_t n, int 
             return from;
     if (tl_model_reader_across(m, first - 1) >= 0) /* the cut must stand for the prefix */
         return from;
-    size_t chunk = tl_model_infer_chunk(m, from, first - 1);
-    if (chunk >= n)
+    if (tl_model_infer_chunk(m, from, first - 1) >= n)
         return from;
-    if (tl_model_plan(m, &m->plan_infer, chunk, m->nlayers, 0))
-        return -1;
-    tl_plan *p = &m->plan_train, *q = &m->plan_infer;
     size_t in_size = tl_shape_size(from ? m->layers[from - 1]->out : m->input);
-    size_t out_size = tl_shape_size(m->layers[first - 1]->out);
-    for (size_t s = 0; s < n; s += chunk) {
-        size_t k = n - s < chunk ? n - s : chunk;
-        tl_model_forward(m, q, x + s * in_size, k, m->training, from, first - 1);
-        memcpy(p->out[first - 1] + s * out_size, q->out[first - 1], sizeof(float) * k * out_size);
-    }
+    tl_chunk_dest c = {m->plan_train.out[first - 1], tl_shape_size(m->layers[first - 1]->out)};
+    if (tl_model_infer(m, x, in_size, n, from, first - 1, m->training, tl_chunk_copy, &c))
+        return -1;
     return first;
 }
 
@@ -287,6 +280,26 @@ int tlearn_model_compute_gradients(tlearn_model *m, const float *x, const int32_
     return TLEARN_OK;
 }
 
+typedef struct eval_sums {
+    double loss; /* summed over inputs */
+    size_t hits;
+} eval_sums;
+
+typedef struct eval_ctx {
+    const int32_t *labels;
+    size_t classes;
+    eval_sums *sums; /* per worker */
+} eval_ctx;
+
+static void eval_chunk(void *ctx, int worker, size_t start, size_t k, const float *logits)
+{
+    const eval_ctx *c = ctx;
+    size_t hits;
+    c->sums[worker].loss += tl_loss_softmax_ce(logits, c->labels + start, k, (int)c->classes,
+                                               NULL, &hits) * (double)k;
+    c->sums[worker].hits += hits;
+}
+
 int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels, size_t n,
                           float *loss, float *accuracy)
 {
@@ -296,20 +309,18 @@ int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels
         rc = validate_targets(fn, m, labels, NULL, n);
     if (rc)
         return rc;
-    const size_t chunk = tl_model_infer_chunk(m, 0, m->nlayers - 1);
-    size_t cap = n < chunk ? n : chunk;
-    rc = tl_model_plan(m, &m->plan_infer, cap, m->nlayers, 0);
+    /* Per worker sums, added in worker order: the result does not depend on timing. */
+    eval_sums sums[TL_MAX_WORKERS] = {{0.0, 0}};
+    eval_ctx c = {labels, tl_model_output_size(m), sums};
+    rc = tl_model_infer(m, x, tl_shape_size(m->input), n, 0, m->nlayers - 1, 0, eval_chunk, &c);
+    double total = 0.0;
+    size_t hits = 0;
+    for (int w = 0; w < TL_MAX_WORKERS; w++) {
+        total += sums[w].loss;
+        hits += sums[w].hits;
+    }
     if (rc)
         return tl_fail_prefix(rc, "%s: ", fn);
-    size_t in = tl_shape_size(m->input), classes = tl_model_output_size(m), hits = 0;
-    double total = 0.0;
-    for (size_t s = 0; s < n; s += cap) {
-        size_t k = n - s < cap ? n - s : cap, c;
-        tl_model_forward(m, &m->plan_infer, x + s * in, k, 0, 0, m->nlayers - 1);
-        total += tl_loss_softmax_ce(m->plan_infer.out[m->nlayers - 1], labels + s, k,
-                                    (int)classes, NULL, &c) * (double)k;
-        hits += c;
-    }
     if (!isfinite(total))
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is not finite", fn);
     if (loss)

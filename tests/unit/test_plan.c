@@ -115,12 +115,12 @@ static void test_predict_chunks(void **state)
 static void test_threads(void **state)
 {
     (void)state;
-    enum { N = 200 };
+    enum { N = 600 }; /* more than one inference chunk (256 rows): two workers run them */
     tlearn_model *a = branchy(13), *b = branchy(13);
     OK(tlearn_model_set_threads(b, 2));
     float *x = malloc(sizeof(float) * N * IN);
     float *ya = malloc(sizeof(float) * N * OUT), *yb = malloc(sizeof(float) * N * OUT);
-    int32_t y[N];
+    static int32_t y[N];
     test_rng r = {14};
     test_fill(&r, x, N * IN, -1, 1);
     for (int i = 0; i < N; i++)
@@ -129,6 +129,11 @@ static void test_threads(void **state)
     OK(tlearn_model_predict(b, x, N, yb, N * OUT));
     for (int i = 0; i < N * OUT; i++)
         assert_true(test_close(yb[i], ya[i], 1e-5, 1e-6));
+    float la, lb, acca, accb;
+    OK(tlearn_model_evaluate(a, x, y, N, &la, &acca));
+    OK(tlearn_model_evaluate(b, x, y, N, &lb, &accb));
+    assert_true(test_close(lb, la, 1e-6, 0));
+    assert_true(acca == accb);
     tlearn_optim *o;
     OK(tlearn_optim_create(&o, TLEARN_SGD));
     OK(tlearn_model_train_step(a, o, x, y, N, NULL));
