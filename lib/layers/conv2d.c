@@ -266,6 +266,42 @@ static void col2im(const conv_cfg *c, const float *col, int nt, int g, float *dx
             }
 }
 
+/* dst = src + bias, then ReLU when asked (as the activation layer: x > 0 ? x : 0). */
+static void bias_relu(const float *restrict src, float bias, int relu, float *restrict dst,
+                      int P)
+{
+    if (relu)
+        for (int p = 0; p < P; p++) {
+            float v = src[p] + bias;
+            dst[p] = v > 0.0f ? v : 0.0f;
+        }
+    else
+        for (int p = 0; p < P; p++)
+            dst[p] = src[p] + bias;
+}
+
+/* One filter plane of bias, ReLU and the 2x2/stride-2 max-pool, into hout/2 x wout/2. The
+ * ReLU outputs hold no NaN and no -0, so a plain max that keeps the first of equals is the
+ * pool layer's answer bit for bit. */
+static void bias_relu_pool(const conv_cfg *c, const float *src, float bias, float *restrict dst)
+{
+    int wi = c->wout, ho = c->hout / 2, wo = c->wout / 2;
+    for (int oh = 0; oh < ho; oh++) {
+        const float *restrict r0 = src + (size_t)(2 * oh) * wi, *restrict r1 = r0 + wi;
+        float *restrict y = dst + (size_t)oh * wo;
+        for (int ow = 0; ow < wo; ow++) {
+            float a = r0[2 * ow] + bias, b = r0[2 * ow + 1] + bias;
+            float d = r1[2 * ow] + bias, e = r1[2 * ow + 1] + bias;
+            a = a > 0.0f ? a : 0.0f;
+            b = b > 0.0f ? b : 0.0f;
+            d = d > 0.0f ? d : 0.0f;
+            e = e > 0.0f ? e : 0.0f;
+            float ab = b > a ? b : a, de = e > d ? e : d;
+            y[ow] = de > ab ? de : ab;
+        }
+    }
+}
+
 static void conv_forward(tl_layer *L, const tl_exec *ex, const float *const *in, float *out,
                          size_t n, float *saved)
 {
@@ -280,6 +316,7 @@ static void conv_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
     const float *w = L->param[0].t.data;
     const float *b = c->bias ? L->param[1].t.data : NULL;
     int threads = tl_blas_threads(ex->blas);
+    size_t pooled = (size_t)(c->hout / 2) * (size_t)(c->wout / 2);
     for (size_t i0 = 0; i0 < n; i0 += T) {
         int nt = (int)(n - i0 < T ? n - i0 : T);
         int ld = nt * P;
@@ -289,17 +326,20 @@ static void conv_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
             tl_sgemm(ex->blas, 0, 0, fg, ld, kg, 1.0f, w + (size_t)g * fg * kg, kg, col, ld, 0.0f,
                      tile + (size_t)g * fg * ld, ld);
         }
-        /* Scatter F x (nt*P) to nt images of F x P, adding the bias. */
+        /* Scatter F x (nt*P) to nt images of F x P (F x pooled), adding the bias, then the
+         * epilogues. */
         int tf = nt * c->filters;
         int par = tl_par_threads(threads, (size_t)tf * (size_t)P);
 #pragma omp parallel for num_threads(par) if (par > 1) schedule(static)
         for (int j = 0; j < tf; j++) {
             int t = j / c->filters, f = j % c->filters;
-            const float *restrict src = tile + (size_t)f * ld + (size_t)t * P;
-            float *restrict dst = out + (i0 + t) * out_img + (size_t)f * P;
+            const float *src = tile + (size_t)f * ld + (size_t)t * P;
             float bf = b ? b[f] : 0.0f;
-            for (int p = 0; p < P; p++)
-                dst[p] = src[p] + bf;
+            if (ex->epilogue & TL_EPILOGUE_POOL2)
+                bias_relu_pool(c, src, bf, out + ((i0 + t) * c->filters + f) * pooled);
+            else
+                bias_relu(src, bf, ex->epilogue & TL_EPILOGUE_RELU,
+                          out + (i0 + t) * out_img + (size_t)f * P, P);
         }
     }
 }
@@ -376,6 +416,7 @@ static void conv_backward(tl_layer *L, const tl_exec *ex, const float *const *in
 const tl_layer_ops tl_conv2d_ops = {
     .kind = TLEARN_LAYER_CONV2D,
     .kind_name = "conv2d",
+    .epilogues = TL_EPILOGUE_RELU | TL_EPILOGUE_POOL2,
     .configure = conv_configure,
     .arguments = conv_arguments,
     .setup = conv_setup,

@@ -24,6 +24,12 @@ typedef struct tl_param {
     int is_buffer;  /* saved and loaded, never trained (BN statistics) */
 } tl_param;
 
+/* Layers that a layer can fold into its forward pass (tl_layer_ops.epilogues): a ReLU that
+ * alone reads its output, then a 2x2, stride-2, unpadded max-pool that alone reads that
+ * ReLU. The model chooses (model/run.c) and passes the choice in tl_exec.epilogue; `out`
+ * is then the output of the last folded layer, computed bit for bit as the layers would. */
+enum { TL_EPILOGUE_RELU = 1, TL_EPILOGUE_POOL2 = 2 };
+
 /* What a layer may use while it computes. */
 typedef struct tl_exec {
     const tl_blas *blas;
@@ -31,6 +37,7 @@ typedef struct tl_exec {
     int training;     /* dropout active, batchnorm on batch statistics */
     int backward;     /* set per layer: a backward pass will run through this layer */
     float *scratch;   /* temporary floats, at least scratch_floats() of every layer */
+    int epilogue;     /* TL_EPILOGUE_* folded into this forward */
 } tl_exec;
 
 typedef struct tl_layer tl_layer;
@@ -38,6 +45,7 @@ typedef struct tl_layer tl_layer;
 typedef struct tl_layer_ops {
     int kind;              /* enum tlearn_layer_kind */
     const char *kind_name; /* "dense", "conv2d", ... as stored in checkpoints */
+    int epilogues;         /* TL_EPILOGUE_* that forward can fold in */
     /* Validate the numeric arguments of the kind (see each layer file) and keep them in
      * L->cfg (allocated here, freed by destroy_cfg). The public tlearn_model_add_* calls,
      * checkpoints and the ONNX importer all build layers through this one door. */

@@ -116,6 +116,11 @@ typedef struct tl_chunk_dest {
 } tl_chunk_dest;
 void tl_chunk_copy(void *ctx, int worker, size_t start, size_t k, const float *out);
 
+/* The epilogues (TL_EPILOGUE_*) layer i folds in when running up to layer `to`, and in
+ * *folded the number of layers after i they stand for. A folded ReLU's output is still
+ * written (its backward reads it); a folded pool leaves the ReLU's output unwritten, so
+ * it is only folded where no backward runs (below first_bwd). */
+int tl_model_epilogue(const tlearn_model *m, int first_bwd, int i, int to, int *folded);
 /* Planning and running. first_bwd = tl_model_first_trainable() for training. */
 int tl_model_first_trainable(const tlearn_model *m); /* nlayers when everything is frozen */
 int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want_dx);

@@ -62,6 +62,17 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
     keep[L - 1] = 1;
     for (int i = first_bwd; i < L; i++)
         keep[i] = 1;
+    /* A layer that folds the next ones in (epilogues) writes their output while it reads
+     * its inputs: the inputs live until the last folded layer. */
+    for (int i = 0; i < L; i++) {
+        int folded;
+        tl_model_epilogue(m, first_bwd, i, L - 1, &folded);
+        for (int k = 0; folded && k < m->layers[i]->ninputs; k++) {
+            int src = m->layers[i]->input[k];
+            if (src >= 0 && last_use[src] < i + folded)
+                last_use[src] = i + folded;
+        }
+    }
 
     /* Greedy assignment of outputs to regions; a region grows to its largest tenant. */
     size_t *rsize = tl_alloc_array((size_t)L, sizeof(size_t));
@@ -94,12 +105,10 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
         if (rsize[best] < need)
             rsize[best] = need;
         region[i] = best;
-        /* Inputs whose last reader is this layer become free for later layers. */
-        for (int k = 0; k < m->layers[i]->ninputs; k++) {
-            int src = m->layers[i]->input[k];
-            if (src >= 0 && !keep[src] && last_use[src] == i)
+        /* Outputs last used by this layer become free for later layers. */
+        for (int src = 0; src < i; src++)
+            if (!keep[src] && last_use[src] == i)
                 rfree[region[src]] = 1;
-        }
         if (!keep[i] && last_use[i] == i && i != L - 1)
             rfree[region[i]] = 1; /* read by nobody */
     }

@@ -14,18 +14,67 @@ static const float *input_of(tlearn_model *m, tl_plan *p, const float *x, int sr
     return p->out[src];
 }
 
+/* Layer j reads layer i's output, and no other layer does. */
+static int sole_reader(const tlearn_model *m, int i, int j)
+{
+    if (j >= m->nlayers || m->layers[j]->ninputs != 1 || m->layers[j]->input[0] != i)
+        return 0;
+    for (int k = i + 1; k < m->nlayers; k++)
+        for (int q = 0; q < m->layers[k]->ninputs; q++)
+            if (k != j && m->layers[k]->input[q] == i)
+                return 0;
+    return 1;
+}
+
+/* Is layer j the kind (with the arguments) of an epilogue? */
+static int is_epilogue(const tl_layer *L, int epilogue)
+{
+    int ia[TL_MAX_IARGS], ni = 0, nf = 0;
+    float fa[TL_MAX_FARGS];
+    if (L->ops->kind == TLEARN_LAYER_ACTIVATION && epilogue == TL_EPILOGUE_RELU) {
+        L->ops->arguments(L, ia, &ni, fa, &nf);
+        return ia[0] == TLEARN_ACT_RELU;
+    }
+    if (L->ops->kind == TLEARN_LAYER_MAXPOOL2D && epilogue == TL_EPILOGUE_POOL2) {
+        L->ops->arguments(L, ia, &ni, fa, &nf);
+        static const int pool2[6] = {2, 2, 2, 2, 0, 0}; /* kernel, stride, padding */
+        return memcmp(ia, pool2, sizeof pool2) == 0;
+    }
+    return 0;
+}
+
+int tl_model_epilogue(const tlearn_model *m, int first_bwd, int i, int to, int *folded)
+{
+    int can = m->layers[i]->ops->epilogues, e = 0;
+    *folded = 0;
+    if ((can & TL_EPILOGUE_RELU) && i + 1 <= to && sole_reader(m, i, i + 1) &&
+        is_epilogue(m->layers[i + 1], TL_EPILOGUE_RELU)) {
+        e = TL_EPILOGUE_RELU;
+        *folded = 1;
+        if ((can & TL_EPILOGUE_POOL2) && i + 2 <= to && i + 2 < first_bwd &&
+            sole_reader(m, i + 1, i + 2) && is_epilogue(m->layers[i + 2], TL_EPILOGUE_POOL2)) {
+            e |= TL_EPILOGUE_POOL2;
+            *folded = 2;
+        }
+    }
+    return e;
+}
+
 static void forward_on(tlearn_model *m, tl_plan *p, const tl_blas *blas, const float *x,
                        size_t n, int training, int from, int to)
 {
-    tl_exec ex = {blas, &m->rng, training, 0, p->scratch};
+    tl_exec ex = {blas, &m->rng, training, 0, p->scratch, 0};
     p->fwd_training = training;
     for (int i = from; i <= to; i++) {
         tl_layer *L = m->layers[i];
         const float *in[TL_MAX_INPUTS];
         for (int k = 0; k < L->ninputs; k++)
             in[k] = input_of(m, p, x, L->input[k], from);
+        int folded;
+        ex.epilogue = tl_model_epilogue(m, p->first_bwd, i, to, &folded);
         ex.backward = i >= p->first_bwd;
-        L->ops->forward(L, &ex, in, p->out[i], n, p->saved[i]);
+        L->ops->forward(L, &ex, in, p->out[i + folded], n, p->saved[i]);
+        i += folded;
     }
 }
 
@@ -50,7 +99,7 @@ void tl_model_backward(tlearn_model *m, tl_plan *p, const float *x, size_t n, in
                        float *dx)
 {
     int last = m->nlayers - 1;
-    tl_exec ex = {m->blas, &m->rng, p->fwd_training, 1, p->scratch};
+    tl_exec ex = {m->blas, &m->rng, p->fwd_training, 1, p->scratch, 0};
     int stop = p->first_bwd > from ? p->first_bwd : from;
     int *written = p->dout_written + 1; /* written[-1]: the network input's gradient */
     memset(p->dout_written, 0, sizeof(int) * (size_t)(m->nlayers + 1));

@@ -113,6 +113,97 @@ static void test_fanout_gradients(void **state)
     tlearn_model_destroy(&m);
 }
 
+/* Convolutions fold a following ReLU, and a 2x2 max-pool after it, into their output pass
+ * (model/run.c, layers/conv2d.c). The folded results must be the layers' own, bit for bit,
+ * also for NaN, infinities and signed zeros, odd sizes (the pool drops the last row and
+ * column); a training step through folded ReLUs gets the gradients of unfolded ones. */
+static float ref_relu(float v)
+{
+    return v > 0.0f ? v : 0.0f; /* the activation layer's rule */
+}
+
+static void test_folded_epilogues(void **state)
+{
+    (void)state;
+    tlearn_model *m;
+    OK(tlearn_model_create(&m, 2, 9, 11));
+    OK(tlearn_model_set_seed(m, 5));
+    OK(tlearn_model_add_conv2d(m, "conv1", 4, 3, 1, 1, 1));   /* 4x9x11 */
+    OK(tlearn_model_add_activation(m, "relu1", TLEARN_ACT_RELU, 0));
+    OK(tlearn_model_add_maxpool2d(m, "pool1", 2, 2, 0));       /* 4x4x5 */
+    OK(tlearn_model_add_conv2d(m, "conv2", 3, 3, 1, 1, 1));   /* 3x4x5 */
+    OK(tlearn_model_add_activation(m, "relu2", TLEARN_ACT_RELU, 0));
+    OK(tlearn_model_add_dense(m, "fc", 3));
+    const size_t n = 4, in = 2 * 9 * 11, c1 = 4 * 9 * 11, p1 = 4 * 4 * 5, c2 = 3 * 4 * 5;
+    float *x = frand(n * in, 11);
+    x[5] = NAN, x[40] = INFINITY, x[41] = -INFINITY, x[100] = -0.0f, x[250] = NAN;
+    for (size_t i = 300; i < 330; i++)
+        x[i] = 0.0f; /* conv outputs equal to the bias: ties in the pool */
+    float *conv = malloc(n * c1 * sizeof *conv), *relu = malloc(n * c1 * sizeof *relu);
+    float *pool = malloc(n * p1 * sizeof *pool), *conv2 = malloc(n * c2 * sizeof *conv2);
+    float *relu2 = malloc(n * c2 * sizeof *relu2);
+    OK(tlearn_model_features(m, "conv1", x, n, conv, n * c1)); /* nothing folded */
+    OK(tlearn_model_features(m, "relu1", x, n, relu, n * c1)); /* ReLU folded */
+    OK(tlearn_model_features(m, "pool1", x, n, pool, n * p1)); /* ReLU and pool folded */
+    size_t nans = 0;
+    for (size_t i = 0; i < n * c1; i++) {
+        float r = ref_relu(conv[i]);
+        assert_memory_equal(&relu[i], &r, sizeof r);
+        nans += isnan(conv[i]);
+    }
+    assert_true(nans > 0); /* the NaN inputs reached the convolution's output */
+    for (size_t q = 0; q < n * 4; q++)
+        for (int oh = 0; oh < 4; oh++)
+            for (int ow = 0; ow < 5; ow++) {
+                const float *r = relu + q * 99 + (size_t)(2 * oh) * 11 + 2 * ow;
+                float best = r[0]; /* first maximum, as the pool layer */
+                if (r[1] > best) best = r[1];
+                if (r[11] > best) best = r[11];
+                if (r[12] > best) best = r[12];
+                assert_memory_equal(&pool[q * 20 + (size_t)oh * 5 + ow], &best, sizeof best);
+            }
+    /* conv2 + relu2 fold; features at conv2 alone do not */
+    OK(tlearn_model_features(m, "conv2", x, n, conv2, n * c2));
+    OK(tlearn_model_features(m, "relu2", x, n, relu2, n * c2));
+    for (size_t i = 0; i < n * c2; i++) {
+        float r = ref_relu(conv2[i]);
+        assert_memory_equal(&relu2[i], &r, sizeof r);
+    }
+
+    /* Training folds the ReLUs (not the pools). A twin whose ReLUs are leaky ReLUs of
+     * slope 0 (the same function, never folded) must get the same gradients. */
+    tlearn_model *twin;
+    OK(tlearn_model_create(&twin, 2, 9, 11));
+    OK(tlearn_model_set_seed(twin, 5));
+    OK(tlearn_model_add_conv2d(twin, "conv1", 4, 3, 1, 1, 1));
+    OK(tlearn_model_add_activation(twin, "relu1", TLEARN_ACT_LEAKY_RELU, 0));
+    OK(tlearn_model_add_maxpool2d(twin, "pool1", 2, 2, 0));
+    OK(tlearn_model_add_conv2d(twin, "conv2", 3, 3, 1, 1, 1));
+    OK(tlearn_model_add_activation(twin, "relu2", TLEARN_ACT_LEAKY_RELU, 0));
+    OK(tlearn_model_add_dense(twin, "fc", 3));
+    free(x);
+    x = frand(n * in, 12);
+    int32_t y[4] = {0, 2, 1, 2};
+    float loss, twin_loss;
+    OK(tlearn_model_compute_gradients(m, x, y, n, &loss, NULL, 0));
+    OK(tlearn_model_compute_gradients(twin, x, y, n, &twin_loss, NULL, 0));
+    assert_true(loss == twin_loss);
+    const char *names[] = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"};
+    size_t lens[] = {4 * 2 * 9, 4, 3 * 4 * 9, 3};
+    for (int t = 0; t < 4; t++) {
+        float *g = malloc(lens[t] * sizeof *g), *gt = malloc(lens[t] * sizeof *gt);
+        OK(tlearn_model_get_grad(m, names[t], g, lens[t]));
+        OK(tlearn_model_get_grad(twin, names[t], gt, lens[t]));
+        for (size_t i = 0; i < lens[t]; i++)
+            assert_float_equal(g[i], gt[i], 1e-6 * (1.0 + fabs(gt[i])));
+        free(g);
+        free(gt);
+    }
+    tlearn_model_destroy(&twin);
+    free(x), free(conv), free(relu), free(pool), free(conv2), free(relu2);
+    tlearn_model_destroy(&m);
+}
+
 /* A ResNet-style block with batchnorm in training mode: gradients through batch
  * statistics, a strided 1x1 projection on the skip path, and pooling. */
 static void test_residual_bn_gradients(void **state)
@@ -522,6 +613,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fanout_gradients),
+        cmocka_unit_test(test_folded_epilogues),
         cmocka_unit_test(test_residual_bn_gradients),
         cmocka_unit_test(test_public_refusals),
         cmocka_unit_test(test_mode),
