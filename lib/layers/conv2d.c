@@ -5,7 +5,9 @@
  * group the column matrix is Kg x (T*P) (Kg = Cin/groups*kh*kw rows, P = Hout*Wout output
  * pixels per image, images side by side), small enough to stay in L2 while BLIS packs it;
  * an im2col over the whole batch is about 2x slower (doc/design.md, performance notes).
- * The GEMM writes a F x (T*P) tile that is then scattered to NCHW with the bias added.
+ * The GEMM writes a F x (T*P) tile that is then scattered to NCHW with the bias added (and
+ * a folded ReLU / max-pool, layer.h). 3x3 stride-1 convolutions over enough channels and
+ * images run forward by Winograd instead (winograd.c, see winograd() below).
  * Backward rebuilds the columns from the input (nothing is saved in forward), then
  *   dW_g += dY_g (Fg x TP) * col^T          (one GEMM per tile and group)
  *   dcol  = W_g^T * dY_g, col2im into dX    (only when the input gradient is wanted).
@@ -16,6 +18,7 @@
 #include <string.h>
 
 #include "layer.h"
+#include "winograd.h"
 
 typedef struct conv_cfg {
     int filters, kh, kw, sh, sw, ph, pw, dh, dw, groups, bias;
@@ -144,6 +147,21 @@ static size_t conv_tile(const conv_cfg *c, size_t n)
     return t;
 }
 
+/* Forward takes Winograd F(2x2, 3x3) for 3x3 convolutions with stride 1, no dilation, one
+ * group, enough input channels (K = Cin of its GEMMs) and enough images for its GEMMs to
+ * run near BLIS's peak (N = output tiles >= 256); otherwise im2col. The two round
+ * differently (by about 1e-6 relative), so an image's activations can differ in the last
+ * bits with the batch it is in, as with PyTorch's backends. */
+static int winograd(const conv_cfg *c, size_t n, tl_wino *w)
+{
+    double tiles = (double)((c->hout + 1) / 2) * (double)((c->wout + 1) / 2) * (double)n;
+    if (c->kh != 3 || c->kw != 3 || c->sh != 1 || c->sw != 1 || c->dh != 1 || c->dw != 1 ||
+        c->groups != 1 || c->cin < 16 || tiles < 256)
+        return 0;
+    *w = (tl_wino){c->cin, c->filters, c->hin, c->win, c->ph, c->pw, c->hout, c->wout};
+    return 1;
+}
+
 static size_t conv_scratch_floats(const tl_layer *L, size_t n)
 {
     const conv_cfg *c = L->cfg;
@@ -151,7 +169,11 @@ static size_t conv_scratch_floats(const tl_layer *L, size_t n)
     size_t kg = (size_t)(c->cin / c->groups) * c->kh * c->kw;
     size_t p = (size_t)c->hout * c->wout;
     /* column matrix + output tile, each rounded to 64 bytes */
-    return (kg * t * p + 15) / 16 * 16 + (size_t)c->filters * t * p;
+    size_t floats = (kg * t * p + 15) / 16 * 16 + (size_t)c->filters * t * p;
+    tl_wino w;
+    if (winograd(c, n, &w) && tl_wino_scratch_floats(&w, n) > floats)
+        floats = tl_wino_scratch_floats(&w, n);
+    return floats;
 }
 
 /* The output positions o in [0, count) whose input coordinate o*s - pad + off lies in
@@ -315,6 +337,11 @@ static void conv_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
     float *tile = col + ((size_t)kg * T * P + 15) / 16 * 16;
     const float *w = L->param[0].t.data;
     const float *b = c->bias ? L->param[1].t.data : NULL;
+    tl_wino wino;
+    if (winograd(c, n, &wino)) {
+        tl_wino_forward(&wino, ex, in[0], w, b, out, n);
+        return;
+    }
     int threads = tl_blas_threads(ex->blas);
     size_t pooled = (size_t)(c->hout / 2) * (size_t)(c->wout / 2);
     for (size_t i0 = 0; i0 < n; i0 += T) {

@@ -182,6 +182,9 @@ size_t tl_model_infer_chunk(const tlearn_model *m, int from, int to)
     size_t act = 1, chunk;
     int big_dense = 0;
     for (int i = from; i <= to; i++) {
+        int folded;
+        if (tl_model_epilogue(m, m->nlayers, i, to, &folded))
+            i += folded; /* the folded layers' output is the only one written */
         const tl_layer *L = m->layers[i];
         size_t b = tl_shape_size(L->out) * sizeof(float);
         act = b > act ? b : act;

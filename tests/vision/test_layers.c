@@ -65,6 +65,78 @@ static void test_conv_tiles(void **state)
     conv_case((tl_shape){4, 6, 6}, 3, 8, 1, 1, 2, 2, 0, 0, 1, 1, 1, 0, 3, 3);
 }
 
+/* Forward of a 3x3, stride-1 conv with 16 input channels against a direct convolution in
+ * double: by Winograd F(2x2, 3x3) when the batch has >= 256 output tiles, by im2col for
+ * one image; odd output sizes (half tiles), paddings 0 to 2, with and without bias, and
+ * the folded ReLU and ReLU + 2x2 pool. Backward stays im2col: central differences of the
+ * Winograd forward must match it. */
+static void wino_case(tl_shape in, size_t n, int pad, int bias)
+{
+    lh h;
+    int f = 5, ia[11] = {f, 3, 3, 1, 1, pad, pad, 1, 1, 1, bias};
+    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, in, ia, 11, NULL, 0, n, 0), TLEARN_OK);
+    int ho = in.h + 2 * pad - 2, wo = in.w + 2 * pad - 2;
+    assert_true((size_t)((ho + 1) / 2) * (size_t)((wo + 1) / 2) * n >= 256);
+    size_t plane = (size_t)ho * wo, len = n * f * plane;
+    const float *w = h.L->param[0].t.data, *b = bias ? h.L->param[1].t.data : NULL;
+    double *ref = malloc(len * sizeof *ref);
+    assert_non_null(ref);
+    for (size_t i = 0; i < n; i++)
+        for (int o = 0; o < f; o++)
+            for (int y = 0; y < ho; y++)
+                for (int x = 0; x < wo; x++) {
+                    double acc = b ? b[o] : 0.0;
+                    for (int c = 0; c < in.c; c++)
+                        for (int ky = 0; ky < 3; ky++)
+                            for (int kx = 0; kx < 3; kx++) {
+                                int iy = y - pad + ky, ix = x - pad + kx;
+                                if (iy >= 0 && iy < in.h && ix >= 0 && ix < in.w)
+                                    acc += (double)w[((o * in.c + c) * 3 + ky) * 3 + kx] *
+                                           h.x[0][((i * in.c + c) * in.h + iy) * in.w + ix];
+                            }
+                    ref[((i * f + o) * ho + y) * wo + x] = acc;
+                }
+    const float *x[1] = {h.x[0]};
+    for (int epilogue = 0; epilogue <= 3; epilogue += 1 + (epilogue == 0)) {
+        /* 0: plain, 1: ReLU, 3: ReLU and pool; then one image (im2col) */
+        tl_exec ex = lh_exec(&h, 0);
+        ex.epilogue = epilogue;
+        h.L->ops->forward(h.L, &ex, x, h.out, n, NULL);
+        int pool = epilogue & TL_EPILOGUE_POOL2, hp = ho / 2, wp = wo / 2;
+        size_t count = pool ? n * f * (size_t)hp * wp : len;
+        for (size_t k = 0; k < count; k++) {
+            double want;
+            if (pool) {
+                size_t q = k / ((size_t)hp * wp), r = k % ((size_t)hp * wp);
+                const double *pr = ref + q * plane + (r / wp) * 2 * wo + (r % wp) * 2;
+                want = fmax(fmax(pr[0], pr[1]), fmax(pr[wo], pr[wo + 1]));
+            } else {
+                want = ref[k];
+            }
+            if (epilogue)
+                want = want > 0.0 ? want : 0.0;
+            if (fabs(h.out[k] - want) > 1e-5 + 1e-5 * fabs(want))
+                fail_msg("epilogue %d, element %zu: %.9g, direct %.9g", epilogue, k,
+                         (double)h.out[k], want);
+        }
+    }
+    h.L->ops->forward(h.L, &(tl_exec){h.blas, &h.rng, 0, 0, h.scratch, 0}, x, h.out, 1, NULL);
+    for (size_t k = 0; k < (size_t)f * plane; k++)
+        assert_true(fabs(h.out[k] - ref[k]) <= 1e-5 + 1e-5 * fabs(ref[k]));
+    free(ref);
+    lh_free(&h);
+}
+
+static void test_conv_winograd(void **state)
+{
+    (void)state;
+    wino_case((tl_shape){16, 9, 11}, 10, 1, 1); /* 9x11 out: half tiles at the edges */
+    wino_case((tl_shape){16, 9, 11}, 13, 0, 0); /* 7x9 */
+    wino_case((tl_shape){16, 8, 8}, 11, 2, 1);  /* 10x10 */
+    /* backward (im2col) against central differences of the Winograd forward */
+    conv_case((tl_shape){16, 6, 7}, 22, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 7);
+}
+
 /* Input gradient accumulates with accum = 1; din NULL leaves parameter gradients intact. */
 static void test_conv_accum_and_no_dx(void **state)
 {
@@ -541,6 +613,7 @@ int main(void)
         cmocka_unit_test(test_conv_dilation),
         cmocka_unit_test(test_conv_groups),
         cmocka_unit_test(test_conv_tiles),
+        cmocka_unit_test(test_conv_winograd),
         cmocka_unit_test(test_conv_accum_and_no_dx),
         cmocka_unit_test(test_conv_init),
         cmocka_unit_test(test_conv_bad_geometry),

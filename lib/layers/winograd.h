@@ -1,0 +1,20 @@
+/* Winograd F(2x2, 3x3) forward for 3x3 convolutions with stride 1, no dilation and one
+ * group (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): 16
+ * GEMMs of F x Cin by Cin x tiles replace one of F x 9*Cin by 9*Cin x pixels, 2.25x fewer
+ * multiplications. Used by conv2d.c's forward; backward keeps im2col. */
+#ifndef TL_WINOGRAD_H
+#define TL_WINOGRAD_H
+#include "layer.h"
+
+typedef struct tl_wino {
+    int cin, filters, hin, win, ph, pw, hout, wout;
+} tl_wino;
+
+/* Floats of scratch for a batch of n. */
+size_t tl_wino_scratch_floats(const tl_wino *w, size_t n);
+
+/* out = conv(x) + bias for n images, then ex->epilogue (TL_EPILOGUE_RELU, _POOL2) exactly
+ * as conv2d's own output pass would apply it. bias may be NULL. */
+void tl_wino_forward(const tl_wino *w, const tl_exec *ex, const float *x, const float *weight,
+                     const float *bias, float *out, size_t n);
+#endif
