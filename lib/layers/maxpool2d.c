@@ -96,18 +96,20 @@ static float window_max(const maxpool_cfg *c, tl_shape is, const float *x, int o
 /* The common 2x2, stride 2, unpadded pool, without the general loop: a tournament of
  * pick(earlier, later), which takes the later element when it is larger or is the first
  * NaN, gives exactly window_max()'s answer (first NaN in row-major order, else the first
- * maximum). x != x is the NaN test (the library is never built with -ffinite-math-only). */
-static inline int takes(float earlier, float later)
-{
-    return later > earlier || (later != later && earlier == earlier);
-}
-
-/* takes() as three selects of one comparison each: this form vectorises. */
+ * maximum). x != x is the NaN test (the library is never built with -ffinite-math-only).
+ * pick is three selects of one comparison each: this form vectorises. */
 static inline float pick(float earlier, float later)
 {
     float t = later > earlier ? later : earlier;
     t = later != later ? later : t;        /* a NaN wins, */
     return earlier != earlier ? earlier : t; /* the first one */
+}
+
+static inline uint32_t bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
 }
 
 static void pool2x2_planes(tl_shape is, tl_shape os, const float *in, float *out, int32_t *arg,
@@ -131,13 +133,14 @@ static void pool2x2_planes(tl_shape is, tl_shape os, const float *in, float *out
             int32_t base = 2 * oh * is.w;
             for (int ow = 0; ow < os.w; ow++) {
                 float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
+                float v = pick(pick(a, b), pick(c, d));
+                /* the winner is the first element with its bits: an earlier one with the
+                 * same bits would have won the tournament */
+                uint32_t u = bits(v);
                 int32_t i = base + 2 * ow;
-                int tb = takes(a, b), td = takes(c, d);
-                float ab = tb ? b : a, cd = td ? d : c;
-                int32_t iab = tb ? i + 1 : i, icd = td ? i + is.w + 1 : i + is.w;
-                int tc = takes(ab, cd);
-                y[ow] = tc ? cd : ab;
-                at[ow] = tc ? icd : iab;
+                y[ow] = v;
+                at[ow] = bits(a) == u ? i : bits(b) == u ? i + 1 : bits(c) == u ? i + is.w
+                                                                                 : i + is.w + 1;
             }
         }
 }
