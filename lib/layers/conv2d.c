@@ -152,14 +152,32 @@ static size_t conv_tile(const conv_cfg *c, size_t n)
  * run near BLIS's peak (N = output tiles >= 256); otherwise im2col. The two round
  * differently (by about 1e-6 relative), so an image's activations can differ in the last
  * bits with the batch it is in, as with PyTorch's backends. */
-static int winograd(const conv_cfg *c, size_t n, tl_wino *w)
+static int winograd_shape(const conv_cfg *c, tl_wino *w)
 {
-    double tiles = (double)((c->hout + 1) / 2) * (double)((c->wout + 1) / 2) * (double)n;
     if (c->kh != 3 || c->kw != 3 || c->sh != 1 || c->sw != 1 || c->dh != 1 || c->dw != 1 ||
-        c->groups != 1 || c->cin < 16 || tiles < 256)
+        c->groups != 1 || c->cin < 16)
         return 0;
     *w = (tl_wino){c->cin, c->filters, c->hin, c->win, c->ph, c->pw, c->hout, c->wout};
     return 1;
+}
+
+static int winograd(const conv_cfg *c, size_t n, tl_wino *w)
+{
+    double tiles = (double)((c->hout + 1) / 2) * (double)((c->wout + 1) / 2) * (double)n;
+    return tiles >= 256 && winograd_shape(c, w);
+}
+
+/* Chunked inference transforms the Winograd filters once for all its chunks. */
+static int conv_prepare(tl_layer *L, const tl_exec *ex)
+{
+    tl_wino w;
+    if (!winograd_shape(L->cfg, &w))
+        return TLEARN_OK;
+    if (!L->prepared && !(L->prepared = tl_alloc_array(tl_wino_filter_floats(&w), sizeof(float))))
+        return tl_fail(TLEARN_ENOMEM, "conv2d '%s': out of memory for Winograd filters",
+                       L->name);
+    tl_wino_transform_filters(&w, L->param[0].t.data, L->prepared, tl_blas_threads(ex->blas));
+    return TLEARN_OK;
 }
 
 static size_t conv_scratch_floats(const tl_layer *L, size_t n)
@@ -339,7 +357,7 @@ static void conv_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
     const float *b = c->bias ? L->param[1].t.data : NULL;
     tl_wino wino;
     if (winograd(c, n, &wino)) {
-        tl_wino_forward(&wino, ex, in[0], w, b, out, n);
+        tl_wino_forward(&wino, ex, in[0], w, ex->prepared ? L->prepared : NULL, b, out, n);
         return;
     }
     int threads = tl_blas_threads(ex->blas);
@@ -448,6 +466,7 @@ const tl_layer_ops tl_conv2d_ops = {
     .arguments = conv_arguments,
     .setup = conv_setup,
     .scratch_floats = conv_scratch_floats,
+    .prepare = conv_prepare,
     .forward = conv_forward,
     .backward = conv_backward,
 };

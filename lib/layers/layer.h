@@ -38,6 +38,7 @@ typedef struct tl_exec {
     int backward;     /* set per layer: a backward pass will run through this layer */
     float *scratch;   /* temporary floats, at least scratch_floats() of every layer */
     int epilogue;     /* TL_EPILOGUE_* folded into this forward */
+    int prepared;     /* prepare() ran for this run of forwards: L->prepared is current */
 } tl_exec;
 
 typedef struct tl_layer tl_layer;
@@ -62,6 +63,10 @@ typedef struct tl_layer_ops {
     size_t (*saved_floats)(const tl_layer *L, size_t n, int backward);
     /* Temporary floats needed during forward or backward (im2col tiles); NULL: none. */
     size_t (*scratch_floats)(const tl_layer *L, size_t n);
+    /* Before a run of forwards over the same parameters (chunked inference), derive what
+     * each of them would otherwise recompute (Winograd's transformed filters) into
+     * L->prepared; those forwards see ex->prepared set. NULL: nothing to derive. */
+    int (*prepare)(tl_layer *L, const tl_exec *ex);
     /* out = f(in). @p saved holds saved_floats() floats when the step will train (backward
      * or commit may follow, even in evaluation mode: fine-tuning with frozen BN), NULL
      * for pure inference. ex->training says which behaviour (dropout, batch statistics). */
@@ -90,6 +95,7 @@ struct tl_layer {
     tl_param param[TL_MAX_PARAMS];
     int use_running_stats; /* batchnorm: normalise with running statistics even in training */
     void *cfg;             /* kind-specific configuration, owned through ops->destroy_cfg */
+    float *prepared;       /* what ops->prepare derived from the parameters; owned */
 };
 
 /* Helpers for layer files. */

@@ -52,11 +52,16 @@ static size_t round16(size_t floats)
 size_t tl_wino_scratch_floats(const tl_wino *w, size_t n)
 {
     geom g = geometry(w);
-    return round16((size_t)16 * w->filters * w->cin) + pass_images(&g, n) * g.per_image;
+    return round16(tl_wino_filter_floats(w)) + pass_images(&g, n) * g.per_image;
+}
+
+size_t tl_wino_filter_floats(const tl_wino *w)
+{
+    return (size_t)16 * w->filters * w->cin;
 }
 
 /* U[xi][f][c] = (G g G^T)[xi] for the filter g of output f, input channel c. */
-static void transform_filters(const tl_wino *w, const float *weight, float *U, int threads)
+void tl_wino_transform_filters(const tl_wino *w, const float *weight, float *U, int threads)
 {
     int pairs = w->filters * w->cin;
     int par = tl_par_threads(threads, (size_t)pairs * 16);
@@ -222,20 +227,22 @@ static void transform_outputs(const tl_wino *w, const geom *g, const float *M, i
 }
 
 void tl_wino_forward(const tl_wino *w, const tl_exec *ex, const float *x, const float *weight,
-                     const float *bias, float *out, size_t n)
+                     const float *U, const float *bias, float *out, size_t n)
 {
     geom g = geometry(w);
     int threads = tl_blas_threads(ex->blas);
     size_t t_max = pass_images(&g, n);
-    float *U = ex->scratch;
-    float *V = U + round16((size_t)16 * w->filters * w->cin);
+    float *V = ex->scratch + round16(tl_wino_filter_floats(w));
     float *M = V + t_max * 16 * g.tiles * (size_t)w->cin;
     float *P = M + t_max * 16 * g.tiles * (size_t)w->filters;
     size_t in_img = (size_t)w->cin * w->hin * w->win;
     size_t out_img = (size_t)w->filters * ((ex->epilogue & TL_EPILOGUE_POOL2)
                                                ? (size_t)(w->hout / 2) * (w->wout / 2)
                                                : (size_t)w->hout * w->wout);
-    transform_filters(w, weight, U, threads);
+    if (!U) {
+        tl_wino_transform_filters(w, weight, ex->scratch, threads);
+        U = ex->scratch;
+    }
     for (size_t i0 = 0; i0 < n; i0 += t_max) {
         int nt = (int)(n - i0 < t_max ? n - i0 : t_max);
         int T = nt * (int)g.tiles;

@@ -13,8 +13,13 @@ typedef struct tl_wino {
 /* Floats of scratch for a batch of n. */
 size_t tl_wino_scratch_floats(const tl_wino *w, size_t n);
 
+/* The transformed filters U (16 x filters x cin floats) of OIHW weights. */
+size_t tl_wino_filter_floats(const tl_wino *w);
+void tl_wino_transform_filters(const tl_wino *w, const float *weight, float *U, int threads);
+
 /* out = conv(x) + bias for n images, then ex->epilogue (TL_EPILOGUE_RELU, _POOL2) exactly
- * as conv2d's own output pass would apply it. bias may be NULL. */
+ * as conv2d's own output pass would apply it. bias may be NULL; U NULL: transform the
+ * filters here (into scratch). */
 void tl_wino_forward(const tl_wino *w, const tl_exec *ex, const float *x, const float *weight,
-                     const float *bias, float *out, size_t n);
+                     const float *U, const float *bias, float *out, size_t n);
 #endif

@@ -56,6 +56,7 @@ static void destroy_layer(tl_layer *L, tl_layer_state *st)
         L->ops->destroy_cfg(L->cfg);
     else
         tl_free(L->cfg);
+    tl_free(L->prepared);
     tl_free(L);
 }
 

@@ -61,9 +61,9 @@ int tl_model_epilogue(const tlearn_model *m, int first_bwd, int i, int to, int *
 }
 
 static void forward_on(tlearn_model *m, tl_plan *p, const tl_blas *blas, const float *x,
-                       size_t n, int training, int from, int to)
+                       size_t n, int training, int from, int to, int prepared)
 {
-    tl_exec ex = {blas, &m->rng, training, 0, p->scratch, 0};
+    tl_exec ex = {blas, &m->rng, training, 0, p->scratch, 0, prepared};
     p->fwd_training = training;
     for (int i = from; i <= to; i++) {
         tl_layer *L = m->layers[i];
@@ -81,7 +81,7 @@ static void forward_on(tlearn_model *m, tl_plan *p, const tl_blas *blas, const f
 void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int training,
                       int from, int to)
 {
-    forward_on(m, p, m->blas, x, n, training, from, to);
+    forward_on(m, p, m->blas, x, n, training, from, to, 0);
 }
 
 /* Where the gradient w.r.t. the output of producer @p src goes during a backward that
@@ -99,7 +99,7 @@ void tl_model_backward(tlearn_model *m, tl_plan *p, const float *x, size_t n, in
                        float *dx)
 {
     int last = m->nlayers - 1;
-    tl_exec ex = {m->blas, &m->rng, p->fwd_training, 1, p->scratch, 0};
+    tl_exec ex = {m->blas, &m->rng, p->fwd_training, 1, p->scratch, 0, 0};
     int stop = p->first_bwd > from ? p->first_bwd : from;
     int *written = p->dout_written + 1; /* written[-1]: the network input's gradient */
     memset(p->dout_written, 0, sizeof(int) * (size_t)(m->nlayers + 1));
@@ -236,6 +236,13 @@ int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, in
     size_t cap = n < chunk ? n : chunk, nchunks = (n + cap - 1) / cap;
     size_t most = m->threads < TL_MAX_WORKERS ? (size_t)m->threads : TL_MAX_WORKERS;
     int nw = (int)(nchunks < most ? nchunks : most);
+    tl_exec ex = {m->blas, &m->rng, training, 0, NULL, 0, 0};
+    for (int i = from; i <= to; i++) {
+        tl_layer *L = m->layers[i];
+        int rc = L->ops->prepare ? L->ops->prepare(L, &ex) : TLEARN_OK;
+        if (rc)
+            return rc;
+    }
     if (nw <= 1) {
         /* One chunk or one thread: the model's plan, the model's threads inside layers. */
         int rc = tl_model_plan(m, &m->plan_infer, cap, m->nlayers, 0);
@@ -243,7 +250,7 @@ int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, in
             return rc;
         for (size_t s = 0; s < n; s += cap) {
             size_t k = n - s < cap ? n - s : cap;
-            tl_model_forward(m, &m->plan_infer, x + s * in_size, k, training, from, to);
+            forward_on(m, &m->plan_infer, m->blas, x + s * in_size, k, training, from, to, 1);
             fn(ctx, 0, s, k, m->plan_infer.out[to]);
         }
         return TLEARN_OK;
@@ -261,7 +268,7 @@ int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, in
 #endif
         tl_worker *wk = &m->workers[w];
         size_t s = c * cap, k = n - s < cap ? n - s : cap;
-        forward_on(m, &wk->plan, wk->blas, x + s * in_size, k, training, from, to);
+        forward_on(m, &wk->plan, wk->blas, x + s * in_size, k, training, from, to, 1);
         fn(ctx, w, s, k, wk->plan.out[to]);
     }
     return TLEARN_OK;

@@ -122,7 +122,7 @@ static void lh_free(lh *h)
 
 static tl_exec lh_exec(lh *h, int backward)
 {
-    tl_exec ex = {h->blas, &h->rng, h->training, backward, h->scratch, 0};
+    tl_exec ex = {h->blas, &h->rng, h->training, backward, h->scratch, 0, 0};
     return ex;
 }
 

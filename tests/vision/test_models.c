@@ -204,6 +204,40 @@ static void test_folded_epilogues(void **state)
     tlearn_model_destroy(&m);
 }
 
+/* Chunked inference transforms a Winograd convolution's filters once per call
+ * (ops->prepare): after the weights change, the next call must see the new ones. */
+static void test_prepared_filters_follow_the_weights(void **state)
+{
+    (void)state;
+    enum { N = 40, IN = 16 * 8 * 8, W = 8 * 16 * 9 };
+    tlearn_model *m[2];
+    for (int k = 0; k < 2; k++) {
+        OK(tlearn_model_create(&m[k], 16, 8, 8));
+        OK(tlearn_model_set_seed(m[k], 21 + (uint64_t)k));
+        OK(tlearn_model_add_conv2d(m[k], "conv", 8, 3, 1, 1, 1)); /* 16 tiles per image */
+        OK(tlearn_model_add_flatten(m[k], "flat"));
+        OK(tlearn_model_add_dense(m[k], "fc", 3));
+    }
+    float *x = frand((size_t)N * IN, 22), before[N * 3], after[N * 3], fresh[N * 3];
+    OK(tlearn_model_predict(m[0], x, N, before, N * 3));
+    /* m[0] takes m[1]'s weights: its predictions must become m[1]'s */
+    const char *names[] = {"conv.weight", "conv.bias", "fc.weight", "fc.bias"};
+    const size_t lens[] = {W, 8, 3 * 8 * 64, 3};
+    float *t = malloc(3 * 8 * 64 * sizeof *t);
+    for (int i = 0; i < 4; i++) {
+        OK(tlearn_model_get_tensor(m[1], names[i], t, lens[i]));
+        OK(tlearn_model_set_tensor(m[0], names[i], t, lens[i]));
+    }
+    OK(tlearn_model_predict(m[0], x, N, after, N * 3));
+    OK(tlearn_model_predict(m[1], x, N, fresh, N * 3));
+    assert_memory_equal(after, fresh, sizeof after);
+    assert_memory_not_equal(after, before, sizeof after);
+    free(t);
+    free(x);
+    tlearn_model_destroy(&m[0]);
+    tlearn_model_destroy(&m[1]);
+}
+
 /* A ResNet-style block with batchnorm in training mode: gradients through batch
  * statistics, a strided 1x1 projection on the skip path, and pooling. */
 static void test_residual_bn_gradients(void **state)
@@ -614,6 +648,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fanout_gradients),
         cmocka_unit_test(test_folded_epilogues),
+        cmocka_unit_test(test_prepared_filters_follow_the_weights),
         cmocka_unit_test(test_residual_bn_gradients),
         cmocka_unit_test(test_public_refusals),
         cmocka_unit_test(test_mode),
