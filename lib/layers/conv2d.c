@@ -157,14 +157,31 @@ static int winograd_shape(const conv_cfg *c, tl_wino *w)
     if (c->kh != 3 || c->kw != 3 || c->sh != 1 || c->sw != 1 || c->dh != 1 || c->dw != 1 ||
         c->groups != 1 || c->cin < 16)
         return 0;
-    *w = (tl_wino){c->cin, c->filters, c->hin, c->win, c->ph, c->pw, c->hout, c->wout};
+    *w = (tl_wino){c->cin, c->filters, c->hin, c->win, c->ph, c->pw, c->hout, c->wout, 0, 0};
     return 1;
+}
+
+static int enough_tiles(int h, int w, size_t n)
+{
+    return (double)((h + 1) / 2) * (double)((w + 1) / 2) * (double)n >= 256;
 }
 
 static int winograd(const conv_cfg *c, size_t n, tl_wino *w)
 {
-    double tiles = (double)((c->hout + 1) / 2) * (double)((c->wout + 1) / 2) * (double)n;
-    return tiles >= 256 && winograd_shape(c, w);
+    return enough_tiles(c->hout, c->wout, n) && winograd_shape(c, w);
+}
+
+/* The input gradient by Winograd: a 3x3 stride-1 convolution of dY over the filters
+ * (K = filters) with padding 2 - pad (winograd.h, flip). */
+static int winograd_dx(const conv_cfg *c, size_t n, int accum, tl_wino *w)
+{
+    if (c->kh != 3 || c->kw != 3 || c->sh != 1 || c->sw != 1 || c->dh != 1 || c->dw != 1 ||
+        c->groups != 1 || c->filters < 16 || c->ph > 2 || c->pw > 2 ||
+        !enough_tiles(c->hin, c->win, n))
+        return 0;
+    *w = (tl_wino){c->filters, c->cin, c->hout, c->wout, 2 - c->ph, 2 - c->pw, c->hin, c->win,
+                   1, accum};
+    return 1;
 }
 
 /* Chunked inference transforms the Winograd filters once for all its chunks. */
@@ -190,6 +207,8 @@ static size_t conv_scratch_floats(const tl_layer *L, size_t n)
     size_t floats = (kg * t * p + 15) / 16 * 16 + (size_t)c->filters * t * p;
     tl_wino w;
     if (winograd(c, n, &w) && tl_wino_scratch_floats(&w, n) > floats)
+        floats = tl_wino_scratch_floats(&w, n);
+    if (winograd_dx(c, n, 0, &w) && tl_wino_scratch_floats(&w, n) > floats)
         floats = tl_wino_scratch_floats(&w, n);
     return floats;
 }
@@ -425,6 +444,14 @@ static void conv_backward(tl_layer *L, const tl_exec *ex, const float *const *in
             db[f] = (float)s;
         }
     }
+    float *dx_all = din[0];
+    tl_wino wd;
+    if (dx_all && winograd_dx(c, n, accum, &wd)) {
+        tl_wino_forward(&wd, ex, dout, w, NULL, NULL, dx_all, n);
+        dx_all = NULL; /* done: the tiles below skip it */
+        if (!pgrad)
+            return;
+    }
     for (size_t i0 = 0; i0 < n; i0 += T) {
         int nt = (int)(n - i0 < T ? n - i0 : T);
         int ld = nt * P;
@@ -437,7 +464,7 @@ static void conv_backward(tl_layer *L, const tl_exec *ex, const float *const *in
             memcpy(tile + (size_t)f * ld + (size_t)t * P, dout + (i0 + t) * out_img +
                    (size_t)f * P, sizeof(float) * (size_t)P);
         }
-        float *dx = din[0] ? din[0] + i0 * in_img : NULL;
+        float *dx = dx_all ? dx_all + i0 * in_img : NULL;
         if (dx && !accum)
             memset(dx, 0, sizeof(float) * (size_t)nt * in_img);
         for (int g = 0; g < c->groups; g++) {

@@ -67,7 +67,14 @@ void tl_wino_transform_filters(const tl_wino *w, const float *weight, float *U, 
     int par = tl_par_threads(threads, (size_t)pairs * 16);
 #pragma omp parallel for simd num_threads(par) if (par > 1) schedule(static)
     for (int p = 0; p < pairs; p++) {
-        const float *g = weight + (size_t)p * 9;
+        float g[9];
+        if (w->flip) { /* filter (f, c) is the forward layer's (c, f), rotated */
+            const float *src = weight + ((size_t)(p % w->cin) * w->filters + p / w->cin) * 9;
+            for (int k = 0; k < 9; k++)
+                g[k] = src[8 - k];
+        } else {
+            memcpy(g, weight + (size_t)p * 9, sizeof g);
+        }
         float *u = U + p;
         size_t s = (size_t)pairs; /* from one xi to the next */
         /* G g: rows a (= g row 0), b, c, d (= g row 2) */
@@ -167,7 +174,8 @@ static void transform_outputs(const tl_wino *w, const geom *g, const float *M, i
 {
     size_t T = (size_t)nt * g->tiles, xs = (size_t)w->filters * T;
     size_t hw = (size_t)w->hout * w->wout, pooled = (size_t)(w->hout / 2) * (w->wout / 2);
-    int jobs = nt * w->filters, fold_relu = epilogue & TL_EPILOGUE_RELU;
+    int jobs = nt * w->filters, fold_relu = epilogue & TL_EPILOGUE_RELU, add = w->accumulate;
+#define PUT(dst, v) ((dst) = add ? (dst) + (v) : (v))
     int par = tl_par_threads(threads, (size_t)jobs * g->tiles * 16);
 #pragma omp parallel for num_threads(par) if (par > 1) schedule(static)
     for (int j = 0; j < jobs; j++) {
@@ -200,31 +208,32 @@ static void transform_outputs(const tl_wino *w, const geom *g, const float *M, i
                     TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
                     if (fold_relu)
                         y00 = relu(y00), y01 = relu(y01), y10 = relu(y10), y11 = relu(y11);
-                    o0[2 * tx] = y00;
-                    o0[2 * tx + 1] = y01;
-                    o1[2 * tx] = y10;
-                    o1[2 * tx + 1] = y11;
+                    PUT(o0[2 * tx], y00);
+                    PUT(o0[2 * tx + 1], y01);
+                    PUT(o1[2 * tx], y10);
+                    PUT(o1[2 * tx + 1], y11);
                 }
             } else {
                 for (int tx = 0; tx < full; tx++) {
                     float y00, y01, y10, y11;
                     TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
                     (void)y10, (void)y11;
-                    o0[2 * tx] = fold_relu ? relu(y00) : y00;
-                    o0[2 * tx + 1] = fold_relu ? relu(y01) : y01;
+                    PUT(o0[2 * tx], fold_relu ? relu(y00) : y00);
+                    PUT(o0[2 * tx + 1], fold_relu ? relu(y01) : y01);
                 }
             }
             if (full < g->tw) { /* odd width: the last tile's first column only */
                 float y00, y01, y10, y11;
                 TILE_OUTPUT(mt, xs, full, b, y00, y01, y10, y11);
                 (void)y01, (void)y11;
-                o0[2 * full] = fold_relu ? relu(y00) : y00;
+                PUT(o0[2 * full], fold_relu ? relu(y00) : y00);
                 if (two_rows)
-                    o1[2 * full] = fold_relu ? relu(y10) : y10;
+                    PUT(o1[2 * full], fold_relu ? relu(y10) : y10);
             }
         }
     }
 }
+#undef PUT
 
 void tl_wino_forward(const tl_wino *w, const tl_exec *ex, const float *x, const float *weight,
                      const float *U, const float *bias, float *out, size_t n)

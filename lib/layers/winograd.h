@@ -8,6 +8,11 @@
 
 typedef struct tl_wino {
     int cin, filters, hin, win, ph, pw, hout, wout;
+    /* The input gradient of a convolution is the convolution of the output gradient with
+     * its filters rotated by 180 degrees, input and output channels swapped (and padding
+     * 2 - pad): flip reads OIHW weights of the forward layer that way. */
+    int flip;
+    int accumulate; /* out += instead of out = */
 } tl_wino;
 
 /* Floats of scratch for a batch of n. */

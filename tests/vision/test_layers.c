@@ -68,8 +68,8 @@ static void test_conv_tiles(void **state)
 /* Forward of a 3x3, stride-1 conv with 16 input channels against a direct convolution in
  * double: by Winograd F(2x2, 3x3) when the batch has >= 256 output tiles, by im2col for
  * one image; odd output sizes (half tiles), paddings 0 to 2, with and without bias, and
- * the folded ReLU and ReLU + 2x2 pool. Backward stays im2col: central differences of the
- * Winograd forward must match it. */
+ * the folded ReLU and ReLU + 2x2 pool. Backward's input gradient by Winograd is checked by
+ * central differences. */
 static void wino_case(tl_shape in, size_t n, int pad, int bias)
 {
     lh h;
@@ -134,18 +134,19 @@ static void test_conv_winograd(void **state)
     wino_case((tl_shape){16, 9, 11}, 10, 1, 1); /* 9x11 out: half tiles at the edges */
     wino_case((tl_shape){16, 9, 11}, 13, 0, 0); /* 7x9 */
     wino_case((tl_shape){16, 8, 8}, 11, 2, 1);  /* 10x10 */
-    /* backward (im2col) against central differences of the Winograd forward */
+    /* backward against central differences of the Winograd forward; with 16 filters the
+     * input gradient is by Winograd too (flipped filters, padding 2 - pad) */
     conv_case((tl_shape){16, 6, 7}, 22, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 7);
+    conv_case((tl_shape){16, 6, 7}, 22, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 7);
+    conv_case((tl_shape){16, 7, 6}, 26, 16, 3, 3, 1, 1, 0, 0, 1, 1, 1, 0, 5, 4);
+    conv_case((tl_shape){16, 5, 5}, 30, 16, 3, 3, 1, 1, 2, 2, 1, 1, 1, 1, 7, 7);
 }
 
 /* Input gradient accumulates with accum = 1; din NULL leaves parameter gradients intact. */
-static void test_conv_accum_and_no_dx(void **state)
+static void accum_case(tl_shape in, size_t n, const int ia[11])
 {
-    (void)state;
     lh h;
-    int ia[11] = {3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1};
-    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, (tl_shape){2, 5, 5}, ia, 11, NULL, 0, 3, 1),
-                     TLEARN_OK);
+    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, in, ia, 11, NULL, 0, n, 1), TLEARN_OK);
     size_t nx = h.in_len[0], nw = h.L->param[0].t.numel, nb = h.L->param[1].t.numel;
     float *dx = lh_alloc(nx), *dx2 = lh_alloc(nx), *gw = lh_alloc(nw), *gb = lh_alloc(nb);
     float *gw2 = lh_alloc(nw), *gb2 = lh_alloc(nb);
@@ -165,6 +166,14 @@ static void test_conv_accum_and_no_dx(void **state)
         assert_float_equal(gb2[i], gb[i], 1e-6f);
     free(dx); free(dx2); free(gw); free(gb); free(gw2); free(gb2);
     lh_free(&h);
+}
+
+static void test_conv_accum_and_no_dx(void **state)
+{
+    (void)state;
+    accum_case((tl_shape){2, 5, 5}, 3, (const int[11]){3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1});
+    /* the input gradient by Winograd (16 filters, 3x3, stride 1, >= 256 tiles) */
+    accum_case((tl_shape){3, 8, 8}, 20, (const int[11]){16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1});
 }
 
 /* PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = Cin/groups*kh*kw. */
