@@ -256,10 +256,8 @@ void tl_wino_forward(const tl_wino *w, const tl_exec *ex, const float *x, const 
         int nt = (int)(n - i0 < t_max ? n - i0 : t_max);
         int T = nt * (int)g.tiles;
         transform_inputs(w, &g, x + i0 * in_img, nt, P, V, threads);
-        for (int xi = 0; xi < 16; xi++)
-            tl_sgemm(ex->blas, 0, 0, w->filters, T, w->cin, 1.0f,
-                     U + (size_t)xi * w->filters * w->cin, w->cin, V + (size_t)xi * w->cin * T,
-                     T, 0.0f, M + (size_t)xi * w->filters * T, T);
+        tl_sgemm_batch(ex->blas, 16, w->filters, T, w->cin, U, tl_wino_filter_floats(w) / 16,
+                       V, (size_t)w->cin * T, M, (size_t)w->filters * T);
         transform_outputs(w, &g, M, nt, bias, ex->epilogue, out + i0 * out_img, threads);
     }
 }

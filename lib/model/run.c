@@ -255,6 +255,10 @@ int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, in
         }
         return TLEARN_OK;
     }
+    /* A multiple of nw chunks of about equal size: no worker waits for one last chunk. */
+    nchunks = (nchunks + (size_t)nw - 1) / (size_t)nw * (size_t)nw;
+    cap = (n + nchunks - 1) / nchunks;
+    nchunks = (n + cap - 1) / cap;
     int rc = plan_workers(m, nw, cap);
     if (rc)
         return rc;

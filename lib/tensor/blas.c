@@ -45,18 +45,38 @@ void tl_blas_set_threads(tl_blas *b, int threads)
     bli_rntm_set_num_threads(threads, &b->rntm);
 }
 
-void tl_sgemm(const tl_blas *b, int ta, int tb, int M, int N, int K, float alpha,
-              const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+static void gemm(rntm_t rntm, int threads, int ta, int tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    /* BLIS takes general strides: row-major means row stride = ld, column stride = 1. */
+    /* BLIS takes general strides: row-major means row stride = ld, column stride = 1. BLIS
+     * writes into the rntm it is given, hence the copy. */
     atomic_fetch_add_explicit(&gemm_flops, 2u * (uint64_t)M * (uint64_t)N * (uint64_t)K,
                               memory_order_relaxed);
-    rntm_t rntm = b->rntm; /* BLIS writes into the rntm it is given; keep ours pristine */
-    /* Below about 4 MFLOP a GEMM takes tens of microseconds: waking threads and their
-     * (spinning) barriers cost more than they save, badly so on a busy machine. */
-    if (b->threads > 1 && 2.0 * M * N * K < 4e6)
-        bli_rntm_set_num_threads(1, &rntm);
+    bli_rntm_set_num_threads(threads, &rntm);
     bli_sgemm_ex(ta ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
                  M, N, K, &alpha, (float *)A, lda, 1, (float *)B, ldb, 1, &beta, C, ldc, 1, NULL,
                  &rntm);
+}
+
+void tl_sgemm(const tl_blas *b, int ta, int tb, int M, int N, int K, float alpha,
+              const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    /* Below about 4 MFLOP a GEMM takes tens of microseconds: waking threads and their
+     * (spinning) barriers cost more than they save, badly so on a busy machine. */
+    int threads = b->threads > 1 && 2.0 * M * N * K < 4e6 ? 1 : b->threads;
+    gemm(b->rntm, threads, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void tl_sgemm_batch(const tl_blas *b, int count, int M, int N, int K, const float *A,
+                    size_t sa, const float *B, size_t sb, float *C, size_t sc)
+{
+    int nt = b->threads < count ? b->threads : count;
+    if (nt <= 1) {
+        for (int i = 0; i < count; i++)
+            tl_sgemm(b, 0, 0, M, N, K, 1.0f, A + i * sa, K, B + i * sb, N, 0.0f, C + i * sc, N);
+        return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int i = 0; i < count; i++)
+        gemm(b->rntm, 1, 0, 0, M, N, K, 1.0f, A + i * sa, K, B + i * sb, N, 0.0f, C + i * sc, N);
 }
