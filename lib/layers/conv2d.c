@@ -7,7 +7,8 @@
  * an im2col over the whole batch is about 2x slower (doc/design.md, performance notes).
  * The GEMM writes a F x (T*P) tile that is then scattered to NCHW with the bias added (and
  * a folded ReLU / max-pool, layer.h). 3x3 stride-1 convolutions over enough channels and
- * images run forward by Winograd instead (winograd.c, see winograd() below).
+ * images run by Winograd instead (winograd.c, see winograd() below): forward, the input
+ * gradient and the weight gradient.
  * Backward rebuilds the columns from the input (nothing is saved in forward), then
  *   dW_g += dY_g (Fg x TP) * col^T          (one GEMM per tile and group)
  *   dcol  = W_g^T * dY_g, col2im into dX    (only when the input gradient is wanted).
@@ -444,14 +445,19 @@ static void conv_backward(tl_layer *L, const tl_exec *ex, const float *const *in
             db[f] = (float)s;
         }
     }
-    float *dx_all = din[0];
+    /* Winograd where it applies; the tiles below do what is left by im2col. */
+    float *dx_all = din[0], *dw_all = pgrad ? pgrad[0] : NULL;
     tl_wino wd;
     if (dx_all && winograd_dx(c, n, accum, &wd)) {
         tl_wino_forward(&wd, ex, dout, w, NULL, NULL, dx_all, n);
-        dx_all = NULL; /* done: the tiles below skip it */
-        if (!pgrad)
-            return;
+        dx_all = NULL;
     }
+    if (dw_all && winograd(c, n, &wd)) {
+        tl_wino_weight_grad(&wd, ex, in[0], dout, dw_all, n);
+        dw_all = NULL;
+    }
+    if (!dx_all && !dw_all)
+        return;
     for (size_t i0 = 0; i0 < n; i0 += T) {
         int nt = (int)(n - i0 < T ? n - i0 : T);
         int ld = nt * P;
@@ -469,11 +475,11 @@ static void conv_backward(tl_layer *L, const tl_exec *ex, const float *const *in
             memset(dx, 0, sizeof(float) * (size_t)nt * in_img);
         for (int g = 0; g < c->groups; g++) {
             const float *dyg = tile + (size_t)g * fg * ld;
-            if (pgrad) {
+            if (dw_all) {
                 im2col(c, in[0] + i0 * in_img, nt, g, col, threads);
                 /* dW_g (fg x kg) (+)= dY_g (fg x ld) * col^T (ld x kg) */
                 tl_sgemm(ex->blas, 0, 1, fg, kg, ld, 1.0f, dyg, ld, col, ld,
-                         i0 == 0 ? 0.0f : 1.0f, pgrad[0] + (size_t)g * fg * kg, kg);
+                         i0 == 0 ? 0.0f : 1.0f, dw_all + (size_t)g * fg * kg, kg);
             }
             if (dx) {
                 /* dcol (kg x ld) = W_g^T (kg x fg) * dY_g (fg x ld); the columns are free now */

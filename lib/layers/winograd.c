@@ -256,8 +256,101 @@ void tl_wino_forward(const tl_wino *w, const tl_exec *ex, const float *x, const 
         int nt = (int)(n - i0 < t_max ? n - i0 : t_max);
         int T = nt * (int)g.tiles;
         transform_inputs(w, &g, x + i0 * in_img, nt, P, V, threads);
-        tl_sgemm_batch(ex->blas, 16, w->filters, T, w->cin, U, tl_wino_filter_floats(w) / 16,
-                       V, (size_t)w->cin * T, M, (size_t)w->filters * T);
+        tl_sgemm_batch(ex->blas, 16, 0, 0, w->filters, T, w->cin, U,
+                       tl_wino_filter_floats(w) / 16, V, (size_t)w->cin * T, 0.0f, M,
+                       (size_t)w->filters * T);
         transform_outputs(w, &g, M, nt, bias, ex->epilogue, out + i0 * out_img, threads);
     }
+}
+
+/* m[xi*xs + tx] = (A dy A^T)[xi] for the 2x2 output gradient dy = (p q; u v) of a tile:
+ * the rows of A dy are (p, q), (p+u, q+v), (p-u, q-v), (-u, -v), each times A^T. */
+static inline void output_grad_tile(float *m, size_t xs, int tx, float p, float q, float u,
+                                    float v)
+{
+    float a0 = p, b0 = q, a1 = p + u, b1 = q + v, a2 = p - u, b2 = q - v, a3 = -u, b3 = -v;
+    m += tx;
+    m[0 * xs] = a0, m[1 * xs] = a0 + b0, m[2 * xs] = a0 - b0, m[3 * xs] = -b0;
+    m[4 * xs] = a1, m[5 * xs] = a1 + b1, m[6 * xs] = a1 - b1, m[7 * xs] = -b1;
+    m[8 * xs] = a2, m[9 * xs] = a2 + b2, m[10 * xs] = a2 - b2, m[11 * xs] = -b2;
+    m[12 * xs] = a3, m[13 * xs] = a3 + b3, m[14 * xs] = a3 - b3, m[15 * xs] = -b3;
+}
+
+/* dM[xi][f][tile] = (A dy A^T)[xi] for the 2x2 output gradient of each tile (zero where a
+ * tile reaches past the output). */
+static void transform_output_grads(const tl_wino *w, const geom *g, const float *dy, int nt,
+                                   float *dM, int threads)
+{
+    size_t T = (size_t)nt * g->tiles, xs = (size_t)w->filters * T;
+    size_t hw = (size_t)w->hout * w->wout;
+    int jobs = nt * w->filters;
+    int par = tl_par_threads(threads, (size_t)jobs * g->tiles * 16);
+#pragma omp parallel for num_threads(par) if (par > 1) schedule(static)
+    for (int j = 0; j < jobs; j++) {
+        int i = j / w->filters, f = j % w->filters;
+        float *m = dM + (size_t)f * T + (size_t)i * g->tiles;
+        const float *plane = dy + (size_t)j * hw;
+        for (int ty = 0; ty < g->th; ty++) {
+            const float *r0 = plane + (size_t)(2 * ty) * w->wout;
+            float *mt = m + (size_t)ty * g->tw;
+            int low = 2 * ty + 1 < w->hout, full = low ? w->wout / 2 : 0;
+#pragma omp simd
+            for (int tx = 0; tx < full; tx++) /* whole 2x2 tiles */
+                output_grad_tile(mt, xs, tx, r0[2 * tx], r0[2 * tx + 1], r0[w->wout + 2 * tx],
+                                 r0[w->wout + 2 * tx + 1]);
+            for (int tx = full; tx < g->tw; tx++) { /* tiles cut by the last row or column */
+                int x = 2 * tx, right = x + 1 < w->wout;
+                output_grad_tile(mt, xs, tx, r0[x], right ? r0[x + 1] : 0.0f,
+                                 low ? r0[w->wout + x] : 0.0f,
+                                 low && right ? r0[w->wout + x + 1] : 0.0f);
+            }
+        }
+    }
+}
+
+/* dw (f, c) = G^T dU[.][f][c] G, the adjoint of tl_wino_transform_filters. */
+static void filter_grads(const tl_wino *w, const float *dU, float *dw)
+{
+    size_t pairs = (size_t)w->filters * w->cin;
+    for (size_t p = 0; p < pairs; p++) {
+        float d[16], t[3][4];
+        for (int k = 0; k < 16; k++)
+            d[k] = dU[(size_t)k * pairs + p];
+        for (int c = 0; c < 4; c++) { /* G^T dU: 3 x 4 */
+            t[0][c] = d[c] + 0.5f * (d[4 + c] + d[8 + c]);
+            t[1][c] = 0.5f * (d[4 + c] - d[8 + c]);
+            t[2][c] = 0.5f * (d[4 + c] + d[8 + c]) + d[12 + c];
+        }
+        float *o = dw + p * 9;
+        for (int r = 0; r < 3; r++) { /* times G: 3 x 3 */
+            o[3 * r + 0] = t[r][0] + 0.5f * (t[r][1] + t[r][2]);
+            o[3 * r + 1] = 0.5f * (t[r][1] - t[r][2]);
+            o[3 * r + 2] = 0.5f * (t[r][1] + t[r][2]) + t[r][3];
+        }
+    }
+}
+
+void tl_wino_weight_grad(const tl_wino *w, const tl_exec *ex, const float *x, const float *dy,
+                         float *dw, size_t n)
+{
+    geom g = geometry(w);
+    int threads = tl_blas_threads(ex->blas);
+    size_t t_max = pass_images(&g, n);
+    float *dU = ex->scratch;
+    float *V = dU + round16(tl_wino_filter_floats(w));
+    float *dM = V + t_max * 16 * g.tiles * (size_t)w->cin;
+    float *P = dM + t_max * 16 * g.tiles * (size_t)w->filters;
+    size_t in_img = (size_t)w->cin * w->hin * w->win;
+    size_t out_img = (size_t)w->filters * w->hout * w->wout;
+    for (size_t i0 = 0; i0 < n; i0 += t_max) {
+        int nt = (int)(n - i0 < t_max ? n - i0 : t_max);
+        int T = nt * (int)g.tiles;
+        transform_inputs(w, &g, x + i0 * in_img, nt, P, V, threads);
+        transform_output_grads(w, &g, dy + i0 * out_img, nt, dM, threads);
+        /* dU[xi] (F x Cin) (+)= dM[xi] (F x T) * V[xi]^T (T x Cin) */
+        tl_sgemm_batch(ex->blas, 16, 0, 1, w->filters, w->cin, T, dM, (size_t)w->filters * T, V,
+                       (size_t)w->cin * T, i0 == 0 ? 0.0f : 1.0f, dU,
+                       tl_wino_filter_floats(w) / 16);
+    }
+    filter_grads(w, dU, dw);
 }

@@ -27,4 +27,9 @@ void tl_wino_transform_filters(const tl_wino *w, const float *weight, float *U, 
  * filters here (into scratch). */
 void tl_wino_forward(const tl_wino *w, const tl_exec *ex, const float *x, const float *weight,
                      const float *U, const float *bias, float *out, size_t n);
+/* dw = the gradient of the forward's loss w.r.t. its OIHW weights, from the inputs x and
+ * the output gradient dy of n images (the adjoint of the forward: dU = sum over tiles of
+ * (A dy A^T) (B^T x B)^T, then dw = G^T dU G). */
+void tl_wino_weight_grad(const tl_wino *w, const tl_exec *ex, const float *x, const float *dy,
+                         float *dw, size_t n);
 #endif

@@ -67,16 +67,20 @@ void tl_sgemm(const tl_blas *b, int ta, int tb, int M, int N, int K, float alpha
     gemm(b->rntm, threads, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-void tl_sgemm_batch(const tl_blas *b, int count, int M, int N, int K, const float *A,
-                    size_t sa, const float *B, size_t sb, float *C, size_t sc)
+void tl_sgemm_batch(const tl_blas *b, int count, int ta, int tb, int M, int N, int K,
+                    const float *A, size_t sa, const float *B, size_t sb, float beta, float *C,
+                    size_t sc)
 {
     int nt = b->threads < count ? b->threads : count;
+    int lda = ta ? M : K, ldb = tb ? K : N;
     if (nt <= 1) {
         for (int i = 0; i < count; i++)
-            tl_sgemm(b, 0, 0, M, N, K, 1.0f, A + i * sa, K, B + i * sb, N, 0.0f, C + i * sc, N);
+            tl_sgemm(b, ta, tb, M, N, K, 1.0f, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc,
+                     N);
         return;
     }
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int i = 0; i < count; i++)
-        gemm(b->rntm, 1, 0, 0, M, N, K, 1.0f, A + i * sa, K, B + i * sb, N, 0.0f, C + i * sc, N);
+        gemm(b->rntm, 1, ta, tb, M, N, K, 1.0f, A + i * sa, lda, B + i * sb, ldb, beta,
+             C + i * sc, N);
 }

@@ -53,10 +53,12 @@ int tl_blas_threads(const tl_blas *b);
  * Callers guarantee valid sizes: BLIS aborts on bad arguments. */
 void tl_sgemm(const tl_blas *b, int ta, int tb, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
-/* @p count independent GEMMs of one shape, matrix i at A + i*sa, B + i*sb, C + i*sc: on
- * several threads each GEMM runs whole on one of them (no barriers inside a GEMM). */
-void tl_sgemm_batch(const tl_blas *b, int count, int M, int N, int K, const float *A,
-                    size_t sa, const float *B, size_t sb, float *C, size_t sc);
+/* @p count independent GEMMs C = op(A) op(B) + beta C of one shape (dense, as tl_sgemm
+ * with lda, ldb, ldc the row lengths), matrix i at A + i*sa, B + i*sb, C + i*sc: on several
+ * threads each GEMM runs whole on one of them (no barriers inside a GEMM). */
+void tl_sgemm_batch(const tl_blas *b, int count, int ta, int tb, int M, int N, int K,
+                    const float *A, size_t sa, const float *B, size_t sb, float beta, float *C,
+                    size_t sc);
 /* GEMM FLOPs (2*M*N*K per tl_sgemm call) done by the whole process so far; for tests. */
 uint64_t tl_sgemm_flops(void);
 
