@@ -2,6 +2,7 @@
  *
  *   tlearn-bench WORKLOAD [--threads T] [--rounds R] [--round-seconds S] [--ceiling GFLOPS]
  *   tlearn-bench all      [same options]  (every workload, each at 1 and 2 threads)
+ *   tlearn-bench ewc_overhead [same options]  (workload 4 over 2, from paired rounds)
  *
  * One line per measurement:
  *   tlearn workload=cnn_full_b64 threads=1 value=... unit=steps/s gflops=... ceiling_gflops=...
@@ -40,17 +41,78 @@ static double as_unit(const bench_ctx *c, double runs)
     return c->w == BW_CNN_PARTIAL_B1 ? 1e6 / runs : runs; /* us/step or steps/s */
 }
 
+/* Runs for at least round_s seconds (and twice); runs per second of wall and CPU time. */
+static int timed_round(bench_ctx *c, double round_s, double *rate, double *cpu_rate)
+{
+    int rc = TLEARN_OK;
+    long iters = 0;
+    double start = bench_now(), now = start, cpu0 = bench_cpu_now();
+    while (!rc && (iters < 2 || now - start < round_s)) {
+        rc = bench_run_once(c);
+        iters++;
+        now = bench_now();
+    }
+    *rate = (double)iters / (now - start);
+    *cpu_rate = (double)iters / (bench_cpu_now() - cpu0);
+    return rc;
+}
+
+static int setup_or_report(bench_ctx *c, int w, int threads)
+{
+    int rc = bench_setup(c, w, threads);
+    if (rc) {
+        fprintf(stderr, "tlearn-bench: %s setup failed: %s (%s)\n",
+                bench_workload_spec(w)->name, tlearn_strerror(rc), tlearn_errmsg());
+        bench_teardown(c);
+    }
+    return rc;
+}
+
+/* EWC overhead over workload 2 from paired rounds in one process (full, EWC, full, ...):
+ * the median of the per-pair time ratios, so that drifts of the machine between two runs
+ * (turbo, other jobs) cancel. A few percent is what is measured: separate runs of
+ * each workload scatter by more than that. */
+static int ewc_overhead(int threads, int rounds, double round_s)
+{
+    bench_ctx a, b;
+    if (setup_or_report(&a, BW_CNN_FULL_B64, threads))
+        return 1;
+    if (setup_or_report(&b, BW_CNN_EWC_B64, threads)) {
+        bench_teardown(&a);
+        return 1;
+    }
+    double ratio[64], cpu_ratio[64], ra, rb, ca, cb;
+    int rc = timed_round(&a, 0.2, &ra, &ca); /* warm-up */
+    if (!rc)
+        rc = timed_round(&b, 0.2, &rb, &cb);
+    if (rounds > 64)
+        rounds = 64;
+    for (int r = 0; r < rounds && !rc; r++) {
+        rc = timed_round(&a, round_s, &ra, &ca);
+        if (!rc)
+            rc = timed_round(&b, round_s, &rb, &cb);
+        ratio[r] = ra / rb;
+        cpu_ratio[r] = ca / cb;
+    }
+    if (!rc)
+        printf("tlearn workload=ewc_overhead threads=%d value=%.3f unit=%% rounds=%d "
+               "cpu_value=%.3f\n", threads, 100.0 * (median(ratio, rounds) - 1.0), rounds,
+               100.0 * (median(cpu_ratio, rounds) - 1.0));
+    else
+        fprintf(stderr, "tlearn-bench: ewc_overhead failed: %s (%s)\n", tlearn_strerror(rc),
+                tlearn_errmsg());
+    bench_teardown(&a);
+    bench_teardown(&b);
+    return rc != TLEARN_OK;
+}
+
 static int run_workload(int w, int threads, int rounds, double round_s, double ceiling)
 {
     const bench_spec *sp = bench_workload_spec(w);
     bench_ctx c;
-    int rc = bench_setup(&c, w, threads);
-    if (rc) {
-        fprintf(stderr, "tlearn-bench: %s setup failed: %s (%s)\n", sp->name,
-                tlearn_strerror(rc), tlearn_errmsg());
-        bench_teardown(&c);
+    int rc = setup_or_report(&c, w, threads);
+    if (rc)
         return 1;
-    }
     /* Warm-up: plans the workspace, allocates optimizer state, faults pages in. */
     double t0 = bench_now();
     for (int i = 0; i < 3 || bench_now() - t0 < 0.2; i++)
@@ -59,17 +121,8 @@ static int run_workload(int w, int threads, int rounds, double round_s, double c
     double rates[64], cpu_rates[64];
     if (rounds > 64)
         rounds = 64;
-    for (int r = 0; r < rounds && !rc; r++) {
-        long iters = 0;
-        double start = bench_now(), now = start, cpu0 = bench_cpu_now();
-        while (!rc && (iters < 2 || now - start < round_s)) {
-            rc = bench_run_once(&c);
-            iters++;
-            now = bench_now();
-        }
-        rates[r] = (double)iters / (now - start); /* runs per second */
-        cpu_rates[r] = (double)iters / (bench_cpu_now() - cpu0);
-    }
+    for (int r = 0; r < rounds && !rc; r++)
+        rc = timed_round(&c, round_s, &rates[r], &cpu_rates[r]);
     if (rc) {
         fprintf(stderr, "tlearn-bench: %s failed: %s (%s)\n", sp->name, tlearn_strerror(rc),
                 tlearn_errmsg());
@@ -92,7 +145,7 @@ static int run_workload(int w, int threads, int rounds, double round_s, double c
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: tlearn-bench WORKLOAD|all [--threads T] [--rounds R] "
+    fprintf(stderr, "usage: tlearn-bench WORKLOAD|all|ewc_overhead [--threads T] [--rounds R] "
                     "[--round-seconds S] [--ceiling GFLOPS]\nworkloads:");
     for (int w = 0; w < BW_COUNT; w++)
         fprintf(stderr, " %s", bench_workload_spec(w)->name);
@@ -141,6 +194,8 @@ int main(int argc, char **argv)
                 status |= run_workload(w, t, rounds, round_s, ceil_t[t]);
         return status;
     }
+    if (strcmp(argv[1], "ewc_overhead") == 0)
+        return ewc_overhead(threads, rounds, round_s);
     int w = bench_workload_by_name(argv[1]);
     if (w < 0) {
         usage();
