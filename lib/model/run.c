@@ -26,7 +26,7 @@ static int sole_reader(const tlearn_model *m, int i, int j)
     return 1;
 }
 
-/* Is layer j the kind (with the arguments) of an epilogue? */
+/* Is L the kind (with the arguments) of this epilogue? */
 static int is_epilogue(const tl_layer *L, int epilogue)
 {
     int ia[TL_MAX_IARGS], ni = 0, nf = 0;
