@@ -1,6 +1,6 @@
 /* Winograd F(2x2, 3x3) convolution (winograd.h): forward (also the input gradient, a
- * convolution with flipped filters) and, at the end, the weight gradient. With g a 3x3 filter and d a 4x4 input tile,
- * the 2x2 output tile is A^T [(G g G^T) .* (B^T d B)] A, where
+ * convolution with flipped filters) and, at the end, the weight gradient. With g a 3x3
+ * filter and d a 4x4 input tile, the 2x2 output tile is A^T [(G g G^T) .* (B^T d B)] A, where
  *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],
  *   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
  *   A^T = [1 1 1 0; 0 1 -1 -1].
