@@ -61,7 +61,7 @@ static void forward_range(const activation_cfg *cfg, const float *restrict x,
     switch (cfg->act) {
     case TLEARN_ACT_RELU:
         for (size_t i = lo; i < hi; i++)
-            out[i] = x[i] > 0.0f ? x[i] : 0.0f;
+            out[i] = tl_relu(x[i]);
         break;
     case TLEARN_ACT_TANH:
         for (size_t i = lo; i < hi; i++)

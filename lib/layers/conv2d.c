@@ -326,39 +326,37 @@ static void col2im(const conv_cfg *c, const float *col, int nt, int g, float *dx
             }
 }
 
-/* dst = src + bias, then ReLU when asked (as the activation layer: x > 0 ? x : 0). */
+/* dst = src + bias, then ReLU when asked. */
 static void bias_relu(const float *restrict src, float bias, int relu, float *restrict dst,
                       int P)
 {
     if (relu)
-        for (int p = 0; p < P; p++) {
-            float v = src[p] + bias;
-            dst[p] = v > 0.0f ? v : 0.0f;
-        }
+        for (int p = 0; p < P; p++)
+            dst[p] = tl_relu(src[p] + bias);
     else
         for (int p = 0; p < P; p++)
             dst[p] = src[p] + bias;
 }
 
-/* One filter plane of bias, ReLU and the 2x2/stride-2 max-pool, into hout/2 x wout/2. The
- * ReLU outputs hold no NaN and no -0, so a plain max that keeps the first of equals is the
- * pool layer's answer bit for bit. */
+/* One filter plane of bias, ReLU and the 2x2/stride-2 max-pool, into hout/2 x wout/2:
+ * the same operations in the same order as the three layers (NaN rows: see tl_pool4). */
 static void bias_relu_pool(const conv_cfg *c, const float *src, float bias, float *restrict dst)
 {
     int wi = c->wout, ho = c->hout / 2, wo = c->wout / 2;
     for (int oh = 0; oh < ho; oh++) {
         const float *restrict r0 = src + (size_t)(2 * oh) * wi, *restrict r1 = r0 + wi;
         float *restrict y = dst + (size_t)oh * wo;
+        uint32_t redo = 0;
         for (int ow = 0; ow < wo; ow++) {
-            float a = r0[2 * ow] + bias, b = r0[2 * ow + 1] + bias;
-            float d = r1[2 * ow] + bias, e = r1[2 * ow + 1] + bias;
-            a = a > 0.0f ? a : 0.0f;
-            b = b > 0.0f ? b : 0.0f;
-            d = d > 0.0f ? d : 0.0f;
-            e = e > 0.0f ? e : 0.0f;
-            float ab = b > a ? b : a, de = e > d ? e : d;
-            y[ow] = de > ab ? de : ab;
+            float a = tl_relu(r0[2 * ow] + bias), b = tl_relu(r0[2 * ow + 1] + bias);
+            float d = tl_relu(r1[2 * ow] + bias), e = tl_relu(r1[2 * ow + 1] + bias);
+            y[ow] = tl_pool4_no_nan(a, b, d, e);
+            redo |= tl_not_finite(a + b + d + e);
         }
+        if (redo)
+            for (int ow = 0; ow < wo; ow++)
+                y[ow] = tl_pool4(tl_relu(r0[2 * ow] + bias), tl_relu(r0[2 * ow + 1] + bias),
+                                 tl_relu(r1[2 * ow] + bias), tl_relu(r1[2 * ow + 1] + bias));
     }
 }
 

@@ -30,6 +30,37 @@ typedef struct tl_param {
  * is then the output of the last folded layer, computed bit for bit as the layers would. */
 enum { TL_EPILOGUE_RELU = 1, TL_EPILOGUE_POOL2 = 2 };
 
+/* ReLU as torch.relu: negatives become 0; NaN and -0 pass through. */
+static inline float tl_relu(float v)
+{
+    return v < 0.0f ? 0.0f : v;
+}
+
+/* Max-pooling's choice between an earlier and a later window element, as PyTorch: the
+ * later one when it is larger or is the first NaN (x != x; the library is never built
+ * with -ffinite-math-only). Three selects of one comparison each: loops over it vectorise. */
+static inline float tl_pool_pick(float earlier, float later)
+{
+    float t = later > earlier ? later : earlier;
+    t = later != later ? later : t;
+    return earlier != earlier ? earlier : t;
+}
+
+/* A 2x2 pooling window in row-major order: exact (tl_pool_pick), and the plain maximum that
+ * equals it when no element is NaN. Fused loops take the plain one and redo a row with the
+ * exact one when a window's sum is not finite (after a ReLU that covers every NaN; an
+ * infinity only costs the redo). */
+static inline float tl_pool4(float a, float b, float c, float d)
+{
+    return tl_pool_pick(tl_pool_pick(a, b), tl_pool_pick(c, d));
+}
+
+static inline float tl_pool4_no_nan(float a, float b, float c, float d)
+{
+    float ab = b > a ? b : a, cd = d > c ? d : c;
+    return cd > ab ? cd : ab;
+}
+
 /* What a layer may use while it computes. */
 typedef struct tl_exec {
     const tl_blas *blas;

@@ -96,15 +96,7 @@ static float window_max(const maxpool_cfg *c, tl_shape is, const float *x, int o
 /* The common 2x2, stride 2, unpadded pool, without the general loop: a tournament of
  * pick(earlier, later), which takes the later element when it is larger or is the first
  * NaN, gives exactly window_max()'s answer (first NaN in row-major order, else the first
- * maximum). x != x is the NaN test (the library is never built with -ffinite-math-only).
- * pick is three selects of one comparison each: this form vectorises. */
-static inline float pick(float earlier, float later)
-{
-    float t = later > earlier ? later : earlier;
-    t = later != later ? later : t;        /* a NaN wins, */
-    return earlier != earlier ? earlier : t; /* the first one */
-}
-
+ * maximum); pick is tl_pool_pick (layer.h). */
 static inline uint32_t bits(float f)
 {
     uint32_t u;
@@ -124,8 +116,7 @@ static void pool2x2_planes(tl_shape is, tl_shape os, const float *in, float *out
             if (!arg) {
                 for (int ow = 0; ow < os.w; ow++) {
                     float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
-                    float ab = pick(a, b), cd = pick(c, d);
-                    y[ow] = pick(ab, cd);
+                    y[ow] = tl_pool4(a, b, c, d);
                 }
                 continue;
             }
@@ -133,7 +124,7 @@ static void pool2x2_planes(tl_shape is, tl_shape os, const float *in, float *out
             int32_t base = 2 * oh * is.w;
             for (int ow = 0; ow < os.w; ow++) {
                 float a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];
-                float v = pick(pick(a, b), pick(c, d));
+                float v = tl_pool4(a, b, c, d);
                 /* the winner is the first element with its bits: an earlier one with the
                  * same bits would have won the tournament */
                 uint32_t u = bits(v);

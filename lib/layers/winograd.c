@@ -144,11 +144,6 @@ static void transform_inputs(const tl_wino *w, const geom *g, const float *x, in
     }
 }
 
-static inline float relu(float v)
-{
-    return v > 0.0f ? v : 0.0f; /* the activation layer's rule */
-}
-
 /* y = A^T m A + bias for tile tx of a row of tiles (m: xi-th value at m[xi*xs + tx]). A
  * macro of scalars: the loops around it vectorise. */
 #define TILE_OUTPUT(m, xs, tx, b, y00, y01, y10, y11)                                      \
@@ -190,13 +185,20 @@ static void transform_outputs(const tl_wino *w, const geom *g, const float *M, i
                 if (ty >= w->hout / 2)
                     break;
                 float *op = out + (size_t)j * pooled + (size_t)ty * full;
-#pragma omp simd
+                uint32_t redo = 0;
+#pragma omp simd reduction(| : redo)
                 for (int tx = 0; tx < full; tx++) {
                     float y00, y01, y10, y11;
                     TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
-                    float a = relu(y00), c = relu(y01), d = relu(y10), e = relu(y11);
-                    float ac = c > a ? c : a, de = e > d ? e : d;
-                    op[tx] = de > ac ? de : ac;
+                    float a = tl_relu(y00), c = tl_relu(y01);
+                    float d = tl_relu(y10), e = tl_relu(y11);
+                    op[tx] = tl_pool4_no_nan(a, c, d, e);
+                    redo |= tl_not_finite(a + c + d + e);
+                }
+                for (int tx = 0; redo && tx < full; tx++) { /* see tl_pool4 */
+                    float y00, y01, y10, y11;
+                    TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
+                    op[tx] = tl_pool4(tl_relu(y00), tl_relu(y01), tl_relu(y10), tl_relu(y11));
                 }
                 continue;
             }
@@ -207,8 +209,10 @@ static void transform_outputs(const tl_wino *w, const geom *g, const float *M, i
                 for (int tx = 0; tx < full; tx++) {
                     float y00, y01, y10, y11;
                     TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
-                    if (fold_relu)
-                        y00 = relu(y00), y01 = relu(y01), y10 = relu(y10), y11 = relu(y11);
+                    if (fold_relu) {
+                        y00 = tl_relu(y00), y01 = tl_relu(y01);
+                        y10 = tl_relu(y10), y11 = tl_relu(y11);
+                    }
                     PUT(o0[2 * tx], y00);
                     PUT(o0[2 * tx + 1], y01);
                     PUT(o1[2 * tx], y10);
@@ -219,17 +223,17 @@ static void transform_outputs(const tl_wino *w, const geom *g, const float *M, i
                     float y00, y01, y10, y11;
                     TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
                     (void)y10, (void)y11;
-                    PUT(o0[2 * tx], fold_relu ? relu(y00) : y00);
-                    PUT(o0[2 * tx + 1], fold_relu ? relu(y01) : y01);
+                    PUT(o0[2 * tx], fold_relu ? tl_relu(y00) : y00);
+                    PUT(o0[2 * tx + 1], fold_relu ? tl_relu(y01) : y01);
                 }
             }
             if (full < g->tw) { /* odd width: the last tile's first column only */
                 float y00, y01, y10, y11;
                 TILE_OUTPUT(mt, xs, full, b, y00, y01, y10, y11);
                 (void)y01, (void)y11;
-                PUT(o0[2 * full], fold_relu ? relu(y00) : y00);
+                PUT(o0[2 * full], fold_relu ? tl_relu(y00) : y00);
                 if (two_rows)
-                    PUT(o1[2 * full], fold_relu ? relu(y10) : y10);
+                    PUT(o1[2 * full], fold_relu ? tl_relu(y10) : y10);
             }
         }
     }

@@ -82,11 +82,8 @@ double tl_sumsq(const float *x, size_t n, int threads)
 static double nonfinite_range(const float *restrict x, size_t lo, size_t hi)
 {
     uint32_t bad = 0;
-    for (size_t i = lo; i < hi; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], sizeof u);
-        bad |= (int32_t)(u & 0x7fffffffu) > 0x7f7fffff;
-    }
+    for (size_t i = lo; i < hi; i++)
+        bad |= tl_not_finite(x[i]);
     return bad ? 1.0 : 0.0;
 }
 

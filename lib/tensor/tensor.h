@@ -3,6 +3,8 @@
 #define TL_TENSOR_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "../core/core.h"
 
@@ -34,6 +36,15 @@ static inline void tl_par_range(size_t n, int t, int nt, size_t *lo, size_t *hi)
     *lo = per * (size_t)t < n ? per * (size_t)t : n;
     *hi = *lo + per < n ? *lo + per : n;
 }
+/* 1 when v is an infinity or NaN (all exponent bits set), else 0: integer operations on
+ * the bits, so loops that OR it together vectorise. */
+static inline uint32_t tl_not_finite(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (int32_t)(u & 0x7fffffffu) > 0x7f7fffff;
+}
+
 /* Sum of squares of x[0..n) in double, with up to @p threads threads. The partial sums are
  * combined in a fixed order, so the result does not depend on scheduling. */
 double tl_sumsq(const float *x, size_t n, int threads);

@@ -225,6 +225,26 @@ static void test_gelu(void **s) { (void)s; check_activation(TLEARN_ACT_GELU, 0, 
 static void test_relu6(void **s) { (void)s; check_activation(TLEARN_ACT_RELU6, 0, -2, 8, kink06, 2, ref_relu6); }
 static void test_leaky(void **s) { (void)s; check_activation(TLEARN_ACT_LEAKY_RELU, 0.1f, -3, 3, kink0, 1, ref_leaky); }
 
+/* torch.relu passes NaN and -0 through (it is clamp_min(x, 0)); so does ours, so that a
+ * NaN input shows in the output instead of becoming a plausible 0. */
+static void test_relu_special_values(void **state)
+{
+    (void)state;
+    tlearn_model *m;
+    OK(tlearn_model_create(&m, 7, 1, 1));
+    OK(tlearn_model_add_activation(m, "act", TLEARN_ACT_RELU, 0));
+    tl_layer *L = m->layers[0];
+    const float x[7] = {NAN, -0.0f, 0.0f, -1.0f, 2.0f, INFINITY, -INFINITY};
+    const float want[7] = {NAN, -0.0f, 0.0f, 0.0f, 2.0f, INFINITY, 0.0f};
+    float y[7];
+    tl_exec ex = {m->blas, &m->rng, 0, 0, NULL, 0, 0};
+    const float *in[1] = {x};
+    L->ops->forward(L, &ex, in, y, 1, NULL);
+    assert_true(isnan(y[0]));
+    assert_memory_equal(y + 1, want + 1, sizeof(float) * 6); /* bit for bit: -0 stays -0 */
+    tlearn_model_destroy(&m);
+}
+
 /* ---- losses ---- */
 
 static double ce_ref(const float *z, const int32_t *labels, size_t n, int classes)
@@ -480,7 +500,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense),      cmocka_unit_test(test_flatten),
-        cmocka_unit_test(test_relu),       cmocka_unit_test(test_tanh),
+        cmocka_unit_test(test_relu),       cmocka_unit_test(test_relu_special_values),
+        cmocka_unit_test(test_tanh),
         cmocka_unit_test(test_sigmoid),    cmocka_unit_test(test_gelu),
         cmocka_unit_test(test_relu6),      cmocka_unit_test(test_leaky),
         cmocka_unit_test(test_softmax_ce), cmocka_unit_test(test_mse),

@@ -119,77 +119,87 @@ static void test_fanout_gradients(void **state)
  * column); a training step through folded ReLUs gets the gradients of unfolded ones. */
 static float ref_relu(float v)
 {
-    return v > 0.0f ? v : 0.0f; /* the activation layer's rule */
+    return isnan(v) || v >= 0.0f ? v : 0.0f; /* torch.relu: NaN and -0 pass through */
+}
+
+/* conv1 (im2col) - relu1 - pool1 - conv2 (Winograd: 16 channels, 264 tiles at n = 44) -
+ * relu2 - pool2 - fc on 2x9x11; @p leaky: ReLUs as leaky ReLUs of slope 0 (never folded). */
+static tlearn_model *folding_net(int leaky)
+{
+    int act = leaky ? TLEARN_ACT_LEAKY_RELU : TLEARN_ACT_RELU;
+    tlearn_model *m;
+    OK(tlearn_model_create(&m, 2, 9, 11));
+    OK(tlearn_model_set_seed(m, 5));
+    OK(tlearn_model_add_conv2d(m, "conv1", 16, 3, 1, 1, 1)); /* 16x9x11 */
+    OK(tlearn_model_add_activation(m, "relu1", act, 0));
+    OK(tlearn_model_add_maxpool2d(m, "pool1", 2, 2, 0));      /* 16x4x5 */
+    OK(tlearn_model_add_conv2d(m, "conv2", 3, 3, 1, 1, 1));  /* 3x4x5 */
+    OK(tlearn_model_add_activation(m, "relu2", act, 0));
+    OK(tlearn_model_add_maxpool2d(m, "pool2", 2, 2, 0));      /* 3x2x2 */
+    OK(tlearn_model_add_dense(m, "fc", 3));
+    return m;
+}
+
+/* Features of a conv, its ReLU and its pool, each run up to that layer (so folded up to
+ * there), against the ReLU and pool rules applied to the unfolded conv output. */
+static void check_folds(tlearn_model *m, const float *x, size_t n, const char *names[3], int c,
+                        int h, int w)
+{
+    size_t plane = (size_t)h * w, ph = (size_t)h / 2, pw = (size_t)w / 2;
+    size_t len = n * c * plane, plen = n * c * ph * pw, nans = 0, pooled_nans = 0;
+    float *conv = malloc(len * sizeof *conv), *relu = malloc(len * sizeof *relu);
+    float *pool = malloc(plen * sizeof *pool);
+    OK(tlearn_model_features(m, names[0], x, n, conv, len)); /* nothing folded */
+    OK(tlearn_model_features(m, names[1], x, n, relu, len)); /* ReLU folded */
+    OK(tlearn_model_features(m, names[2], x, n, pool, plen)); /* ReLU and pool folded */
+    for (size_t i = 0; i < len; i++) {
+        float r = ref_relu(conv[i]);
+        assert_memory_equal(&relu[i], &r, sizeof r);
+        nans += isnan(conv[i]);
+    }
+    for (size_t q = 0; q < n * c; q++)
+        for (size_t oh = 0; oh < ph; oh++)
+            for (size_t ow = 0; ow < pw; ow++) {
+                const float *r = relu + q * plane + 2 * oh * w + 2 * ow;
+                const float win[4] = {r[0], r[1], r[w], r[w + 1]};
+                float best = win[0]; /* first NaN, else first maximum, as the pool layer */
+                for (int k = 1; k < 4 && !isnan(best); k++)
+                    if (isnan(win[k]) || win[k] > best)
+                        best = win[k];
+                const float *got = &pool[q * ph * pw + oh * pw + ow];
+                assert_memory_equal(got, &best, sizeof best);
+                pooled_nans += isnan(*got);
+            }
+    assert_true(nans > 0 && pooled_nans > 0); /* the NaN inputs reached the pool's output */
+    free(conv), free(relu), free(pool);
 }
 
 static void test_folded_epilogues(void **state)
 {
     (void)state;
-    tlearn_model *m;
-    OK(tlearn_model_create(&m, 2, 9, 11));
-    OK(tlearn_model_set_seed(m, 5));
-    OK(tlearn_model_add_conv2d(m, "conv1", 4, 3, 1, 1, 1));   /* 4x9x11 */
-    OK(tlearn_model_add_activation(m, "relu1", TLEARN_ACT_RELU, 0));
-    OK(tlearn_model_add_maxpool2d(m, "pool1", 2, 2, 0));       /* 4x4x5 */
-    OK(tlearn_model_add_conv2d(m, "conv2", 3, 3, 1, 1, 1));   /* 3x4x5 */
-    OK(tlearn_model_add_activation(m, "relu2", TLEARN_ACT_RELU, 0));
-    OK(tlearn_model_add_dense(m, "fc", 3));
-    const size_t n = 4, in = 2 * 9 * 11, c1 = 4 * 9 * 11, p1 = 4 * 4 * 5, c2 = 3 * 4 * 5;
+    tlearn_model *m = folding_net(0);
+    const size_t n = 44, in = 2 * 9 * 11;
     float *x = frand(n * in, 11);
     x[5] = NAN, x[40] = INFINITY, x[41] = -INFINITY, x[100] = -0.0f, x[250] = NAN;
     for (size_t i = 300; i < 330; i++)
         x[i] = 0.0f; /* conv outputs equal to the bias: ties in the pool */
-    float *conv = malloc(n * c1 * sizeof *conv), *relu = malloc(n * c1 * sizeof *relu);
-    float *pool = malloc(n * p1 * sizeof *pool), *conv2 = malloc(n * c2 * sizeof *conv2);
-    float *relu2 = malloc(n * c2 * sizeof *relu2);
-    OK(tlearn_model_features(m, "conv1", x, n, conv, n * c1)); /* nothing folded */
-    OK(tlearn_model_features(m, "relu1", x, n, relu, n * c1)); /* ReLU folded */
-    OK(tlearn_model_features(m, "pool1", x, n, pool, n * p1)); /* ReLU and pool folded */
-    size_t nans = 0;
-    for (size_t i = 0; i < n * c1; i++) {
-        float r = ref_relu(conv[i]);
-        assert_memory_equal(&relu[i], &r, sizeof r);
-        nans += isnan(conv[i]);
-    }
-    assert_true(nans > 0); /* the NaN inputs reached the convolution's output */
-    for (size_t q = 0; q < n * 4; q++)
-        for (int oh = 0; oh < 4; oh++)
-            for (int ow = 0; ow < 5; ow++) {
-                const float *r = relu + q * 99 + (size_t)(2 * oh) * 11 + 2 * ow;
-                float best = r[0]; /* first maximum, as the pool layer */
-                if (r[1] > best) best = r[1];
-                if (r[11] > best) best = r[11];
-                if (r[12] > best) best = r[12];
-                assert_memory_equal(&pool[q * 20 + (size_t)oh * 5 + ow], &best, sizeof best);
-            }
-    /* conv2 + relu2 fold; features at conv2 alone do not */
-    OK(tlearn_model_features(m, "conv2", x, n, conv2, n * c2));
-    OK(tlearn_model_features(m, "relu2", x, n, relu2, n * c2));
-    for (size_t i = 0; i < n * c2; i++) {
-        float r = ref_relu(conv2[i]);
-        assert_memory_equal(&relu2[i], &r, sizeof r);
-    }
+    check_folds(m, x, n, (const char *[3]){"conv1", "relu1", "pool1"}, 16, 9, 11);
+    check_folds(m, x, n, (const char *[3]){"conv2", "relu2", "pool2"}, 3, 4, 5);
 
-    /* Training folds the ReLUs (not the pools). A twin whose ReLUs are leaky ReLUs of
-     * slope 0 (the same function, never folded) must get the same gradients. */
-    tlearn_model *twin;
-    OK(tlearn_model_create(&twin, 2, 9, 11));
-    OK(tlearn_model_set_seed(twin, 5));
-    OK(tlearn_model_add_conv2d(twin, "conv1", 4, 3, 1, 1, 1));
-    OK(tlearn_model_add_activation(twin, "relu1", TLEARN_ACT_LEAKY_RELU, 0));
-    OK(tlearn_model_add_maxpool2d(twin, "pool1", 2, 2, 0));
-    OK(tlearn_model_add_conv2d(twin, "conv2", 3, 3, 1, 1, 1));
-    OK(tlearn_model_add_activation(twin, "relu2", TLEARN_ACT_LEAKY_RELU, 0));
-    OK(tlearn_model_add_dense(twin, "fc", 3));
+    /* Training folds the ReLUs (not the pools): the twin whose ReLUs are never folded must
+     * get the same gradients. */
+    tlearn_model *twin = folding_net(1);
     free(x);
     x = frand(n * in, 12);
-    int32_t y[4] = {0, 2, 1, 2};
+    int32_t y[44];
+    for (size_t i = 0; i < n; i++)
+        y[i] = (int32_t)(i % 3);
     float loss, twin_loss;
     OK(tlearn_model_compute_gradients(m, x, y, n, &loss, NULL, 0));
     OK(tlearn_model_compute_gradients(twin, x, y, n, &twin_loss, NULL, 0));
     assert_true(loss == twin_loss);
     const char *names[] = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"};
-    size_t lens[] = {4 * 2 * 9, 4, 3 * 4 * 9, 3};
+    size_t lens[] = {16 * 2 * 9, 16, 3 * 16 * 9, 3};
     for (int t = 0; t < 4; t++) {
         float *g = malloc(lens[t] * sizeof *g), *gt = malloc(lens[t] * sizeof *gt);
         OK(tlearn_model_get_grad(m, names[t], g, lens[t]));
@@ -200,7 +210,7 @@ static void test_folded_epilogues(void **state)
         free(gt);
     }
     tlearn_model_destroy(&twin);
-    free(x), free(conv), free(relu), free(pool), free(conv2), free(relu2);
+    free(x);
     tlearn_model_destroy(&m);
 }
 
