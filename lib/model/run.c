@@ -255,25 +255,29 @@ int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, in
         }
         return TLEARN_OK;
     }
-    /* A multiple of nw chunks of about equal size: no worker waits for one last chunk. */
-    nchunks = (nchunks + (size_t)nw - 1) / (size_t)nw * (size_t)nw;
-    cap = (n + nchunks - 1) / nchunks;
-    nchunks = (n + cap - 1) / cap;
     int rc = plan_workers(m, nw, cap);
     if (rc)
         return rc;
-    /* Static schedule: worker w takes a contiguous run of chunks, so what a worker sums
-     * (evaluate) does not depend on timing. */
-#pragma omp parallel for num_threads(nw) schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
-        int w = 0;
+    /* Worker w takes the contiguous inputs [n*w/nw, n*(w+1)/nw), cut into chunks of equal
+     * size: no worker waits for another's last chunk, and what a worker sums (evaluate)
+     * does not depend on timing. */
+#pragma omp parallel num_threads(nw)
+    {
+        int t = 0, nt = 1; /* the runtime may give fewer threads than asked (nesting) */
 #ifdef _OPENMP
-        w = omp_get_thread_num();
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
 #endif
-        tl_worker *wk = &m->workers[w];
-        size_t s = c * cap, k = n - s < cap ? n - s : cap;
-        forward_on(m, &wk->plan, wk->blas, x + s * in_size, k, training, from, to, 1);
-        fn(ctx, w, s, k, wk->plan.out[to]);
+        for (int w = t; w < nw; w += nt) {
+            tl_worker *wk = &m->workers[w];
+            size_t lo = n * (size_t)w / (size_t)nw;
+            size_t len = n * (size_t)(w + 1) / (size_t)nw - lo, parts = (len + cap - 1) / cap;
+            for (size_t q = 0; q < parts; q++) {
+                size_t s = lo + len * q / parts, k = lo + len * (q + 1) / parts - s;
+                forward_on(m, &wk->plan, wk->blas, x + s * in_size, k, training, from, to, 1);
+                fn(ctx, w, s, k, wk->plan.out[to]);
+            }
+        }
     }
     return TLEARN_OK;
 }
