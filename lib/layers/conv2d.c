@@ -12,7 +12,8 @@
  * Backward rebuilds the columns from the input (nothing is saved in forward), then
  *   dW_g += dY_g (Fg x TP) * col^T          (one GEMM per tile and group)
  *   dcol  = W_g^T * dY_g, col2im into dX    (only when the input gradient is wanted).
- * Scratch: the column matrix plus the F x (T*P) output/gradient tile. */
+ * Scratch: the column matrix plus the F x (T*P) output/gradient tile, or Winograd's
+ * (tl_wino_scratch_floats) when that is larger. */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -153,10 +154,16 @@ static size_t conv_tile(const conv_cfg *c, size_t n)
  * run near BLIS's peak (N = output tiles >= 256); otherwise im2col. The two round
  * differently (by about 1e-6 relative), so an image's activations can differ in the last
  * bits with the batch it is in, as with PyTorch's backends. */
+/* 3x3, stride 1, no dilation, one group: the convolutions F(2x2, 3x3) computes. */
+static int winograd_kernel(const conv_cfg *c)
+{
+    return c->kh == 3 && c->kw == 3 && c->sh == 1 && c->sw == 1 && c->dh == 1 && c->dw == 1 &&
+           c->groups == 1;
+}
+
 static int winograd_shape(const conv_cfg *c, tl_wino *w)
 {
-    if (c->kh != 3 || c->kw != 3 || c->sh != 1 || c->sw != 1 || c->dh != 1 || c->dw != 1 ||
-        c->groups != 1 || c->cin < 16)
+    if (!winograd_kernel(c) || c->cin < 16)
         return 0;
     *w = (tl_wino){c->cin, c->filters, c->hin, c->win, c->ph, c->pw, c->hout, c->wout, 0, 0};
     return 1;
@@ -176,8 +183,7 @@ static int winograd(const conv_cfg *c, size_t n, tl_wino *w)
  * (K = filters) with padding 2 - pad (winograd.h, flip). */
 static int winograd_dx(const conv_cfg *c, size_t n, int accum, tl_wino *w)
 {
-    if (c->kh != 3 || c->kw != 3 || c->sh != 1 || c->sw != 1 || c->dh != 1 || c->dw != 1 ||
-        c->groups != 1 || c->filters < 16 || c->ph > 2 || c->pw > 2 ||
+    if (!winograd_kernel(c) || c->filters < 16 || c->ph > 2 || c->pw > 2 ||
         !enough_tiles(c->hin, c->win, n))
         return 0;
     *w = (tl_wino){c->filters, c->cin, c->hout, c->wout, 2 - c->ph, 2 - c->pw, c->hin, c->win,
