@@ -102,6 +102,14 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_BATCHNORM = 8,
     TLEARN_LAYER_DROPOUT = 9,
     TLEARN_LAYER_ADD = 10
+    /* 1.1: 11-29 general graph ops, 30-39 transformer layers, 40-49 adapters, 50-59
+     * domain adaptation; each value is added here when its kind lands. */
+};
+
+/** Element types of model inputs (tlearn_model_create_input()). Values are fixed. @since 1.1 */
+enum tlearn_dtype {
+    TLEARN_DTYPE_FLOAT32 = 1,
+    TLEARN_DTYPE_INT32 = 2 /**< token ids */
 };
 
 /** Activation functions for tlearn_model_add_activation(). Values are fixed. */
@@ -308,8 +316,10 @@ TLEARN_API int tlearn_model_layer_name(const tlearn_model *m, int index, const c
  *  @since 1.0 */
 TLEARN_API int tlearn_model_layer_kind(const tlearn_model *m, int index, int *kind);
 
-/** Output shape of layer @p index (index -1: the model input). Any of c/h/w may be NULL.
- *  @return TLEARN_OK, TLEARN_EINVAL. @since 1.0 */
+/** Output shape of layer @p index (index -1: the model input; -1-k: input k). Any of c/h/w
+ *  may be NULL. Shapes of fewer dimensions read as padded with 1: (D) is (D, 1, 1).
+ *  @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (4 dimensions: use
+ *  tlearn_model_layer_shape_nd()). @since 1.0 */
 TLEARN_API int tlearn_model_layer_shape(const tlearn_model *m, int index, int *c, int *h,
                                         int *w);
 
@@ -827,6 +837,63 @@ TLEARN_API int tlearn_model_import_onnx(tlearn_model **out, const char *path);
 
 /** As tlearn_model_import_onnx(), from @p len bytes at @p data (borrowed). @since 1.0 */
 TLEARN_API int tlearn_model_import_onnx_buffer(tlearn_model **out, const void *data, size_t len);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name General graphs (1.1): inputs of any rank, layers with several inputs */
+/** @{ */
+
+/** The most dimensions an example (and so a layer output) has after the batch. @since 1.1 */
+#define TLEARN_MAX_RANK 4
+
+/**
+ * Create an empty model whose first input is named @p name and holds, per example, an
+ * array of @p rank dimensions @p dims: images (C, H, W), sequences (T, D), token ids (T)
+ * with TLEARN_DTYPE_INT32, vectors (D). tlearn_model_create(&m, c, h, w) equals
+ * tlearn_model_create_input(&m, "input", TLEARN_DTYPE_FLOAT32, 3, (int[]){c, h, w}).
+ * @param out   receives the new model; owned by the caller, free with tlearn_model_destroy().
+ * @param name  input name (layer-name rules; shares the namespace with layers); copied.
+ * @param dtype enum tlearn_dtype.
+ * @param rank  1..TLEARN_MAX_RANK.  @param dims  @p rank sizes >= 1; borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL argument, bad name, dtype, rank or size, a product
+ *         over 2^31), TLEARN_ENOMEM. *out is NULL on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_create_input(tlearn_model **out, const char *name, int dtype,
+                                         int rank, const int *dims);
+
+/**
+ * Add another graph input (attention masks, a second image). Layers read it by name
+ * (tlearn_model_set_next_input(), or the input lists of multi-input add calls).
+ * Arguments as tlearn_model_create_input(); at most 8 inputs.
+ * @return TLEARN_OK, TLEARN_EINVAL (also a name already used), TLEARN_ESTATE (8 inputs
+ *         already). Nothing changes on failure.
+ * @note Calls that take a single array x (predict, train_step, ...) work on models with one
+ *       input only; they return TLEARN_ESTATE otherwise.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_input(tlearn_model *m, const char *name, int dtype, int rank,
+                                      const int *dims);
+
+/**
+ * Output shape of layer @p index, or of model input k for index -1-k.
+ * @param rank  receives the number of dimensions after the batch (1..TLEARN_MAX_RANK).
+ * @param dims  receives min(rank, cap) sizes; may be NULL when @p cap is 0.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model or rank, index out of range).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_layer_shape_nd(const tlearn_model *m, int index, int *rank,
+                                           int *dims, int cap);
+
+/**
+ * Add a linear layer over the last axis, as torch.nn.Linear: (..., K) -> (..., units),
+ * weight (units, K), optional bias. Unlike tlearn_model_add_dense(), which flattens each
+ * example first, it keeps the other axes (sequences (T, D), channels-last images).
+ * @param bias 1 for a bias, 0 for none.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_linear(tlearn_model *m, const char *name, int units, int bias);
 /** @} */
 
 #ifdef __cplusplus

@@ -20,7 +20,7 @@ void tl_checkpoint_fuzz_skip_crc(int skip)
 
 static const char *const SEC_NAME[S_KINDS] = {"?", "MODEL", "LAYERS", "TENSORS", "DATA",
                                              "OPTIMIZER", "OPTSTATE", "FREEZE", "EWC",
-                                             "METADATA"};
+                                             "METADATA", "INPUTS"};
 
 /* ------------------------------------------------------------------------------------ */
 /* Reading: a cursor over one section that fails with the section and field named. */
@@ -244,7 +244,7 @@ static int blob_decode(const char *fn, const char *sec, const char *what,
 typedef struct ck_layer {
     ck_str kind, name;
     uint32_t ninputs, ni, nf;
-    int32_t input[TL_MAX_INPUTS];
+    const unsigned char *input; /* ninputs little-endian int32, checked by parse_layers */
     int ia[TL_MAX_IARGS];
     float fa[TL_MAX_FARGS];
 } ck_layer;
@@ -287,9 +287,11 @@ typedef struct ck_file {
     const unsigned char *data; /* the DATA section */
     uint64_t data_size;
     uint32_t data_crc;
-    /* MODEL */
+    /* MODEL; INPUTS (absent: one float32 input "input" of shape (c, h, w)) */
     uint32_t c, h, w, threads, training, loss;
     int32_t next_input;
+    int ninputs;
+    tl_model_input inputs[TL_MAX_MODEL_INPUTS];
     uint64_t seed, rng[4];
     /* LAYERS, TENSORS */
     uint64_t nlayers, ntensors;
@@ -470,9 +472,11 @@ static int parse_model(ck_file *f)
     rd r = section(f, S_MODEL);
     int rc;
     uint32_t nin;
-    if ((rc = rd_range(&r, "field 'channels'", 1, INT32_MAX, &f->c)) ||
-        (rc = rd_range(&r, "field 'height'", 1, INT32_MAX, &f->h)) ||
-        (rc = rd_range(&r, "field 'width'", 1, INT32_MAX, &f->w)) ||
+    /* 0 when INPUTS describes the inputs: a 1.0 reader then refuses the file */
+    uint32_t lo = f->sec[S_INPUTS].present ? 0 : 1;
+    if ((rc = rd_range(&r, "field 'channels'", lo, INT32_MAX, &f->c)) ||
+        (rc = rd_range(&r, "field 'height'", lo, INT32_MAX, &f->h)) ||
+        (rc = rd_range(&r, "field 'width'", lo, INT32_MAX, &f->w)) ||
         (rc = rd_range(&r, "field 'threads'", 1, 1024, &f->threads)) ||
         (rc = rd_u64(&r, "field 'seed'", &f->seed)))
         return rc;
@@ -484,6 +488,43 @@ static int parse_model(ck_file *f)
         (rc = rd_u32(&r, "field 'next_input'", &nin)))
         return rc;
     f->next_input = (int32_t)nin;
+    return rd_end(&r);
+}
+
+static int parse_inputs(ck_file *f)
+{
+    f->ninputs = 1;
+    if (!f->sec[S_INPUTS].present)
+        return TLEARN_OK;
+    rd r = section(f, S_INPUTS);
+    uint32_t count;
+    int rc = rd_range(&r, "field 'count'", 1, TL_MAX_MODEL_INPUTS, &count);
+    for (uint32_t k = 0; !rc && k < count; k++) {
+        tl_model_input *in = &f->inputs[k];
+        ck_str name;
+        uint32_t dtype, rank, d;
+        char field[64];
+        snprintf(field, sizeof field, "input %u, field 'name'", k);
+        if ((rc = rd_str(&r, field, 1, TL_NAME_MAX - 1, &name)))
+            break;
+        str_copy(in->name, sizeof in->name, name);
+        snprintf(field, sizeof field, "input %u '%s', field 'dtype'", k, in->name);
+        if ((rc = rd_range(&r, field, TLEARN_DTYPE_FLOAT32, TLEARN_DTYPE_INT32, &dtype)))
+            break;
+        snprintf(field, sizeof field, "input %u '%s', field 'rank'", k, in->name);
+        if ((rc = rd_range(&r, field, 1, TL_MAX_RANK, &rank)))
+            break;
+        in->dtype = (int)dtype;
+        in->shape = tl_shape1(1);
+        in->shape.rank = (int)rank;
+        snprintf(field, sizeof field, "input %u '%s', field 'dims'", k, in->name);
+        for (uint32_t i = 0; !rc && i < rank; i++)
+            if (!(rc = rd_range(&r, field, 1, INT32_MAX, &d)))
+                in->shape.d[i] = (int)d;
+    }
+    if (rc)
+        return rc;
+    f->ninputs = (int)count;
     return rd_end(&r);
 }
 
@@ -512,16 +553,16 @@ static int parse_layers(ck_file *f)
                  (unsigned long long)i, (int)L->name.n, L->name.s);
         if ((rc = rd_small(&r, field, 1, TL_MAX_INPUTS, &L->ninputs)))
             return rc;
+        L->input = r.p + r.pos;
         for (uint32_t k = 0; k < L->ninputs; k++) {
             uint32_t v;
             snprintf(field, sizeof field, "layer %llu '%.*s', field 'input'",
                      (unsigned long long)i, (int)L->name.n, L->name.s);
             if ((rc = rd_u32(&r, field, &v)))
                 return rc;
-            L->input[k] = (int32_t)v;
-            if (L->input[k] < -1 || (int64_t)L->input[k] >= (int64_t)i)
-                return rd_fail(&r, field, "expected -1..%lld (an earlier layer), found %d",
-                               (long long)i - 1, L->input[k]);
+            if ((int32_t)v < -f->ninputs || (int64_t)(int32_t)v >= (int64_t)i)
+                return rd_fail(&r, field, "expected %d..%lld (a model input or an earlier "
+                               "layer), found %d", -f->ninputs, (long long)i - 1, (int32_t)v);
         }
         snprintf(field, sizeof field, "layer %llu '%.*s', field 'ni'", (unsigned long long)i,
                  (int)L->name.n, L->name.s);
@@ -807,7 +848,8 @@ static int ck_parse_all(ck_file *f, const char *fn, const void *data, size_t len
                 return tl_fail(TLEARN_EFORMAT, "%s: section %s: present in an inference-only "
                                "file (header flag bit 0)", fn, SEC_NAME[training[i]]);
     }
-    if ((rc = parse_model(f)) || (rc = parse_layers(f)) || (rc = parse_meta(f)))
+    if ((rc = parse_model(f)) || (rc = parse_inputs(f)) || (rc = parse_layers(f)) ||
+        (rc = parse_meta(f)))
         return rc;
     if (f->sec[S_OPTIMIZER].present && (rc = parse_optimizer(f)))
         return rc;
@@ -837,7 +879,7 @@ static int build_layers(ck_file *f, tlearn_model *m)
                            "unknown layer kind '%s'", f->fn, (unsigned long long)i, name, kind);
         int inputs[TL_MAX_INPUTS];
         for (uint32_t k = 0; k < L->ninputs; k++)
-            inputs[k] = L->input[k];
+            inputs[k] = (int32_t)tl_get_u32(L->input + 4 * k);
         tl_layer_set_param_budget(&budget);
         int rc = tl_model_add(m, f->fn, ops, name, inputs, (int)L->ninputs, L->ia, (int)L->ni,
                               L->fa, (int)L->nf);
@@ -913,10 +955,12 @@ static int load_settings(ck_file *f, tlearn_model *m)
     m->seed = f->seed;
     m->training = (int)f->training;
     m->loss_kind = (int)f->loss;
-    if (f->next_input < -2 || (int64_t)f->next_input >= (int64_t)f->nlayers)
+    if (f->next_input < -1 - f->ninputs || (int64_t)f->next_input >= (int64_t)f->nlayers)
         return tl_fail(TLEARN_EFORMAT, "%s: section MODEL, field 'next_input': expected "
-                       "-2..%lld, found %d", f->fn, (long long)f->nlayers - 1, f->next_input);
-    m->next_input = f->next_input;
+                       "%d..%lld, found %d", f->fn, -1 - f->ninputs, (long long)f->nlayers - 1,
+                       f->next_input);
+    m->next_input = f->next_input == -2 ? TL_NEXT_DEFAULT
+                    : f->next_input >= -1 ? f->next_input : f->next_input + 1;
     if (!f->sec[S_FREEZE].present)
         return TLEARN_OK;
     m->bn_stats_frozen = (int)f->bn_stats_frozen;
@@ -1052,6 +1096,20 @@ static int make_optim(ck_file *f, tlearn_optim **optim)
     return TLEARN_OK;
 }
 
+/* The model with the file's inputs and no layers. */
+static int create_model(const ck_file *f, tlearn_model **m)
+{
+    if (!f->sec[S_INPUTS].present)
+        return tlearn_model_create(m, (int)f->c, (int)f->h, (int)f->w);
+    const tl_model_input *in = f->inputs;
+    int rc = tlearn_model_create_input(m, in[0].name, in[0].dtype, in[0].shape.rank,
+                                       in[0].shape.d);
+    for (int k = 1; !rc && k < f->ninputs; k++)
+        rc = tlearn_model_add_input(*m, in[k].name, in[k].dtype, in[k].shape.rank,
+                                    in[k].shape.d);
+    return rc;
+}
+
 int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlearn_model **out,
                               tlearn_optim **optim)
 {
@@ -1062,9 +1120,9 @@ int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlea
     tlearn_model *m = NULL;
     tlearn_optim *o = NULL;
     int rc = ck_parse_all(&f, fn, data, len);
-    if (!rc && (rc = tlearn_model_create(&m, (int)f.c, (int)f.h, (int)f.w)))
-        rc = tl_fail_prefix(rc == TLEARN_ENOMEM ? rc : TLEARN_EFORMAT, "%s: section MODEL: ",
-                            fn);
+    if (!rc && (rc = create_model(&f, &m)))
+        rc = tl_fail_prefix(rc == TLEARN_ENOMEM ? rc : TLEARN_EFORMAT, "%s: section %s: ", fn,
+                            f.sec[S_INPUTS].present ? "INPUTS" : "MODEL");
     if (!rc)
         rc = build_layers(&f, m);
     if (!rc)

@@ -3,6 +3,7 @@
 #ifndef TL_IO_CHECKPOINT_H
 #define TL_IO_CHECKPOINT_H
 
+#include <limits.h>
 #include <stdio.h>
 
 #include "io.h"
@@ -18,7 +19,14 @@ static const unsigned char TL_CK_MAGIC[8] = {0x89, 'T', 'L', 'C', 'K', 'P', '\r'
 #define CK_MAX_META 4096
 
 enum { S_MODEL = 1, S_LAYERS, S_TENSORS, S_DATA, S_OPTIMIZER, S_OPTSTATE, S_FREEZE, S_EWC,
-       S_METADATA, S_KINDS };
+       S_METADATA, S_INPUTS, S_KINDS };
+
+/* MODEL's next_input field: -2 is "the previous layer" (round 1's value), -1 the first
+ * model input, >= 0 a layer; the other model inputs k >= 1 are -2-k. */
+static inline int32_t tl_ck_next_input_to_file(int next)
+{
+    return next == INT_MIN ? -2 : next >= -1 ? next : next - 1;
+}
 
 /* "layer.param", as files and the public API name tensors. */
 static inline void tl_ck_tensor_name(char *buf, size_t cap, const tl_layer *L, int p)

@@ -26,9 +26,11 @@ static int add_setup(tl_layer *L, tl_rng *rng)
 {
     (void)rng;
     tl_shape a = L->in[0], b = L->in[1];
-    if (a.c != b.c || a.h != b.h || a.w != b.w)
-        return tl_fail(TLEARN_ESHAPE, "add '%s': input shapes (%d, %d, %d) and (%d, %d, %d) differ",
-                       L->name, a.c, a.h, a.w, b.c, b.h, b.w);
+    if (memcmp(a.d, b.d, sizeof a.d) != 0) {
+        char sa[TL_SHAPE_STR], sb[TL_SHAPE_STR];
+        return tl_fail(TLEARN_ESHAPE, "add '%s': input shapes %s and %s differ", L->name,
+                       tl_shape_str(a, sa), tl_shape_str(b, sb));
+    }
     L->out = a;
     return TLEARN_OK;
 }

@@ -130,7 +130,7 @@ static int conv_setup(tl_layer *L, tl_rng *rng)
     tl_init_uniform(&L->param[0].t, rng, bound);
     if (c->bias)
         tl_init_uniform(&L->param[1].t, rng, bound);
-    L->out = (tl_shape){c->filters, c->hout, c->wout};
+    L->out = tl_shape3(c->filters, c->hout, c->wout);
     return TLEARN_OK;
 }
 

@@ -21,7 +21,7 @@ static void flatten_arguments(const tl_layer *L, int *ia, int *ni, float *fa, in
 static int flatten_setup(tl_layer *L, tl_rng *rng)
 {
     (void)rng;
-    L->out = (tl_shape){(int)tl_shape_size(L->in[0]), 1, 1};
+    L->out = tl_shape1((int)tl_shape_size(L->in[0]));
     return TLEARN_OK;
 }
 

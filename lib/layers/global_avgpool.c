@@ -22,7 +22,7 @@ static void gap_arguments(const tl_layer *L, int *ia, int *ni, float *fa, int *n
 static int gap_setup(tl_layer *L, tl_rng *rng)
 {
     (void)rng;
-    L->out = (tl_shape){L->in[0].c, 1, 1};
+    L->out = tl_shape3(L->in[0].c, 1, 1);
     return TLEARN_OK;
 }
 

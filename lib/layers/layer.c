@@ -1,4 +1,5 @@
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "layer.h"
@@ -51,4 +52,30 @@ int tl_layer_config(tl_layer *L, const void *cfg, size_t size)
         return tl_fail(TLEARN_ENOMEM, "layer '%s': out of memory", L->name);
     memcpy(L->cfg, cfg, size);
     return TLEARN_OK;
+}
+
+tl_layer *tl_layer_new(const tl_layer_ops *ops, const char *name, int ninputs)
+{
+    if (ninputs < 0 || ninputs > TL_MAX_INPUTS)
+        return NULL;
+    /* The input arrays follow the struct in the same block (shapes first: alignment). */
+    size_t k = ninputs ? (size_t)ninputs : 1;
+    tl_layer *L = tl_alloc_zero(sizeof *L + k * (sizeof(tl_shape) + sizeof(int)));
+    if (!L)
+        return NULL;
+    L->ops = ops;
+    snprintf(L->name, sizeof L->name, "%s", name);
+    L->ninputs = ninputs;
+    L->in = (tl_shape *)(L + 1);
+    L->input = (int *)(L->in + k);
+    return L;
+}
+
+const char *tl_shape_str(tl_shape s, char *buf)
+{
+    int len = snprintf(buf, TL_SHAPE_STR, "(");
+    for (int i = 0; i < s.rank && i < TL_MAX_RANK; i++)
+        len += snprintf(buf + len, (size_t)(TL_SHAPE_STR - len), i ? ", %d" : "%d", s.d[i]);
+    snprintf(buf + len, (size_t)(TL_SHAPE_STR - len), ")");
+    return buf;
 }

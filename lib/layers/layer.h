@@ -6,17 +6,69 @@
 
 #include "../tensor/tensor.h"
 
+/* The shape of one example: up to TL_MAX_RANK dimensions after the batch. The layout is
+ * declared by the rank and the op that reads it: images are (C, H, W), sequences (T, D),
+ * vectors (D). Unused trailing entries of d[] are 1, so image ops read s.c, s.h, s.w and a
+ * vector (D) reads as (D, 1, 1), as in round 1. */
+#define TL_MAX_RANK 4
+
 typedef struct tl_shape {
-    int c, h, w;
+    int rank; /* 1 .. TL_MAX_RANK */
+    union {
+        int d[TL_MAX_RANK];
+        struct {
+            int c, h, w;
+        };
+    };
 } tl_shape;
+
+static inline tl_shape tl_shape3(int c, int h, int w)
+{
+    tl_shape s = {3, {{c, h, w, 1}}};
+    return s;
+}
+
+static inline tl_shape tl_shape1(int d)
+{
+    tl_shape s = {1, {{d, 1, 1, 1}}};
+    return s;
+}
+
+/* A shape of @p rank dims from @p dims (1 <= rank <= TL_MAX_RANK, checked by the caller). */
+static inline tl_shape tl_shape_of(int rank, const int *dims)
+{
+    tl_shape s = {rank, {{1, 1, 1, 1}}};
+    for (int i = 0; i < rank; i++)
+        s.d[i] = dims[i];
+    return s;
+}
 
 static inline size_t tl_shape_size(tl_shape s)
 {
-    return (size_t)s.c * (size_t)s.h * (size_t)s.w;
+    size_t n = 1;
+    for (int i = 0; i < TL_MAX_RANK; i++)
+        n *= (size_t)s.d[i];
+    return n;
 }
 
+static inline int tl_shape_equal(tl_shape a, tl_shape b)
+{
+    if (a.rank != b.rank)
+        return 0;
+    for (int i = 0; i < TL_MAX_RANK; i++)
+        if (a.d[i] != b.d[i])
+            return 0;
+    return 1;
+}
+
+/* "(2, 3, 4)" for messages; @p buf holds at least TL_SHAPE_STR bytes. */
+#define TL_SHAPE_STR 64
+const char *tl_shape_str(tl_shape s, char *buf);
+
 #define TL_MAX_PARAMS 4
-#define TL_MAX_INPUTS 2
+/* Inputs of one layer (concat over DenseNet's blocks takes dozens): the layer keeps them in
+ * arrays sized to its count; the runtime uses stack arrays of this size. */
+#define TL_MAX_INPUTS 256
 
 typedef struct tl_param {
     char name[24];  /* "weight", "bias", "running_mean", ... */
@@ -78,6 +130,7 @@ typedef struct tl_layer_ops {
     int kind;              /* enum tlearn_layer_kind */
     const char *kind_name; /* "dense", "conv2d", ... as stored in checkpoints */
     int epilogues;         /* TL_EPILOGUE_* that forward can fold in */
+    int int_inputs;        /* reads int32 model inputs (token ids) through its float pointers */
     /* Validate the numeric arguments of the kind (see each layer file) and keep them in
      * L->cfg (allocated here, freed by destroy_cfg). The public tlearn_model_add_* calls,
      * checkpoints and the ONNX importer all build layers through this one door. */
@@ -119,8 +172,8 @@ struct tl_layer {
     const tl_layer_ops *ops;
     char name[TL_NAME_MAX];
     int ninputs;
-    int input[TL_MAX_INPUTS]; /* indexes of producing layers; -1 is the model input */
-    tl_shape in[TL_MAX_INPUTS];
+    int *input;  /* [ninputs] producing layers; -1 is the model input (allocated with L) */
+    tl_shape *in; /* [ninputs] their shapes */
     tl_shape out;
     int nparam;
     tl_param param[TL_MAX_PARAMS];
@@ -128,6 +181,11 @@ struct tl_layer {
     void *cfg;             /* kind-specific configuration, owned through ops->destroy_cfg */
     float *prepared;       /* what ops->prepare derived from the parameters; owned */
 };
+
+/* A zeroed layer of @p ops with room for @p ninputs inputs (L->input, L->in), freed with
+ * tl_free(L) after its parameters and cfg; NULL when out of memory or ninputs is out of
+ * 0..TL_MAX_INPUTS. */
+tl_layer *tl_layer_new(const tl_layer_ops *ops, const char *name, int ninputs);
 
 /* Helpers for layer files. */
 int tl_layer_add_param(tl_layer *L, const char *name, int ndim, const int *dims, int is_buffer);

@@ -55,7 +55,7 @@ static int maxpool_setup(tl_layer *L, tl_rng *rng)
                        "maxpool2d '%s': kernel %dx%d is larger than the padded input %ldx%ld "
                        "(empty output)", L->name, c->kh, c->kw, (long)in.h + 2L * c->ph,
                        (long)in.w + 2L * c->pw);
-    L->out = (tl_shape){in.c, (int)(h / c->sh + 1), (int)(w / c->sw + 1)};
+    L->out = tl_shape3(in.c, (int)(h / c->sh + 1), (int)(w / c->sw + 1));
     return TLEARN_OK;
 }
 

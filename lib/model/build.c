@@ -13,6 +13,13 @@ int tlearn_model_add_dense(tlearn_model *m, const char *name, int units)
                         NULL, 0);
 }
 
+int tlearn_model_add_linear(tlearn_model *m, const char *name, int units, int bias)
+{
+    int ia[3] = {units, 1, bias};
+    return tl_model_add(m, "tlearn_model_add_linear", &tl_dense_ops, name, NULL, 0, ia, 3,
+                        NULL, 0);
+}
+
 int tlearn_model_add_flatten(tlearn_model *m, const char *name)
 {
     return tl_model_add(m, "tlearn_model_add_flatten", &tl_flatten_ops, name, NULL, 0, NULL, 0,
@@ -84,7 +91,7 @@ int tlearn_model_add_dropout(tlearn_model *m, const char *name, float p)
 /* Name of the producer of index @p i for messages: a layer or the model input. */
 static const char *producer_name(const tlearn_model *m, int i)
 {
-    return i < 0 ? "(model input)" : m->layers[i]->name;
+    return i < 0 ? m->inputs[-1 - i].name : m->layers[i]->name;
 }
 
 int tlearn_model_add_add(tlearn_model *m, const char *name, const char *other)
@@ -96,18 +103,19 @@ int tlearn_model_add_add(tlearn_model *m, const char *name, const char *other)
         return rc;
     if (!other)
         return tl_fail(TLEARN_EINVAL, "%s: other is NULL", fn);
-    int b = tl_model_find(m, other);
-    if (b < 0)
-        return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, other);
+    int b;
+    if (!tl_model_find_producer(m, other, &b))
+        return tl_fail(TLEARN_ENOTFOUND, "%s: no layer or model input named '%s'", fn, other);
     /* The first input is what the next layer would read: the previous layer, or the one
      * chosen with tlearn_model_set_next_input(). */
-    int a = m->next_input == -2 ? m->nlayers - 1 : m->next_input;
-    tl_shape sa = a < 0 ? m->input : m->layers[a]->out, sb = m->layers[b]->out;
-    if (sa.c != sb.c || sa.h != sb.h || sa.w != sb.w)
-        return tl_fail(TLEARN_ESHAPE,
-                       "%s: '%s' has shape (%d, %d, %d) but '%s' has shape (%d, %d, %d); a "
-                       "residual sum needs equal shapes", fn, producer_name(m, a), sa.c, sa.h,
-                       sa.w, producer_name(m, b), sb.c, sb.h, sb.w);
+    int a = m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input;
+    tl_shape sa = tl_model_producer_shape(m, a), sb = tl_model_producer_shape(m, b);
+    if (memcmp(sa.d, sb.d, sizeof sa.d) != 0) {
+        char ta[TL_SHAPE_STR], tb[TL_SHAPE_STR];
+        return tl_fail(TLEARN_ESHAPE, "%s: '%s' has shape %s but '%s' has shape %s; a residual "
+                       "sum needs equal shapes", fn, producer_name(m, a), tl_shape_str(sa, ta),
+                       producer_name(m, b), tl_shape_str(sb, tb));
+    }
     int inputs[2] = {a, b};
     return tl_model_add(m, fn, &tl_add_ops, name, inputs, 2, NULL, 0, NULL, 0);
 }

@@ -21,8 +21,11 @@ int tlearn_model_create(tlearn_model **out, int channels, int height, int width)
     tlearn_model *m = tl_alloc_zero(sizeof *m);
     if (!m)
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
-    m->input = (tl_shape){channels, height, width};
-    m->next_input = -2;
+    m->ninputs = 1;
+    strcpy(m->inputs[0].name, "input");
+    m->inputs[0].dtype = TLEARN_DTYPE_FLOAT32;
+    m->inputs[0].shape = tl_shape3(channels, height, width);
+    m->next_input = TL_NEXT_DEFAULT;
     m->threads = 1;
     m->training = 1;
     m->loss_kind = TLEARN_LOSS_SOFTMAX_CE;
@@ -134,6 +137,39 @@ int tl_model_find(const tlearn_model *m, const char *name)
     return -1;
 }
 
+int tl_model_find_producer(const tlearn_model *m, const char *name, int *producer)
+{
+    for (int k = 0; k < m->ninputs; k++)
+        if (strcmp(m->inputs[k].name, name) == 0) {
+            *producer = tl_input_producer(k);
+            return 1;
+        }
+    int i = tl_model_find(m, name);
+    if (i >= 0)
+        *producer = i;
+    return i >= 0;
+}
+
+tl_shape tl_model_producer_shape(const tlearn_model *m, int producer)
+{
+    return producer < 0 ? m->inputs[-1 - producer].shape : m->layers[producer]->out;
+}
+
+int tl_model_check_single_input(const char *fn, const tlearn_model *m)
+{
+    if (m->ninputs != 1 || m->inputs[0].dtype != TLEARN_DTYPE_FLOAT32)
+        return tl_fail(TLEARN_ESTATE, "%s: takes one float32 array, but the model has %d "
+                       "inputs (first: %s '%s'); use the calls that take several inputs", fn,
+                       m->ninputs, m->inputs[0].dtype == TLEARN_DTYPE_INT32 ? "int32" : "float32",
+                       m->inputs[0].name);
+    return TLEARN_OK;
+}
+
+tl_feed tl_model_feed(const tlearn_model *m, const float *x)
+{
+    return tl_feed_one(x, tl_shape_size(m->inputs[0].shape));
+}
+
 int tlearn_model_set_next_input(tlearn_model *m, const char *layer)
 {
     static const char fn[] = "tlearn_model_set_next_input";
@@ -142,9 +178,9 @@ int tlearn_model_set_next_input(tlearn_model *m, const char *layer)
         m->next_input = -1;
         return TLEARN_OK;
     }
-    int i = tl_model_find(m, layer);
-    if (i < 0)
-        return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, layer);
+    int i;
+    if (!tl_model_find_producer(m, layer, &i))
+        return tl_fail(TLEARN_ENOTFOUND, "%s: no layer or model input named '%s'", fn, layer);
     m->next_input = i;
     return TLEARN_OK;
 }
@@ -159,10 +195,6 @@ void tl_model_structure_changed(tlearn_model *m)
     m->tensor_names = NULL;
 }
 
-static tl_shape shape_of(const tlearn_model *m, int index)
-{
-    return index < 0 ? m->input : m->layers[index]->out;
-}
 
 int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const char *name,
                  const int *inputs, int ninputs, const int *ia, int ni, const float *fa, int nf)
@@ -171,8 +203,10 @@ int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const
     int rc = tl_check_name(fn, name);
     if (rc)
         return rc;
-    if (tl_model_find(m, name) >= 0)
-        return tl_fail(TLEARN_EINVAL, "%s: a layer named '%s' already exists", fn, name);
+    int dup;
+    if (tl_model_find_producer(m, name, &dup))
+        return tl_fail(TLEARN_EINVAL, "%s: a %s named '%s' already exists", fn,
+                       dup < 0 ? "model input" : "layer", name);
     if (m->nlayers == m->cap_layers) {
         int cap = m->cap_layers ? 2 * m->cap_layers : 16;
         tl_layer **layers = tl_alloc_array((size_t)cap, sizeof *layers);
@@ -192,20 +226,26 @@ int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const
         m->lstate = ls;
         m->cap_layers = cap;
     }
-    tl_layer *L = tl_alloc_zero(sizeof *L);
-    if (!L)
-        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
-    L->ops = ops;
-    strcpy(L->name, name);
-    int default_input = m->next_input == -2 ? m->nlayers - 1 : m->next_input;
+    int default_input = m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input;
     if (!inputs) {
         inputs = &default_input;
         ninputs = 1;
     }
-    L->ninputs = ninputs;
+    if (ninputs < 1 || ninputs > TL_MAX_INPUTS)
+        return tl_fail(TLEARN_EINVAL, "%s: layer '%s' has %d inputs, must be 1..%d", fn, name,
+                       ninputs, TL_MAX_INPUTS);
+    tl_layer *L = tl_layer_new(ops, name, ninputs);
+    if (!L)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
     for (int i = 0; i < ninputs; i++) {
         L->input[i] = inputs[i];
-        L->in[i] = shape_of(m, inputs[i]);
+        L->in[i] = tl_model_producer_shape(m, inputs[i]);
+        if (inputs[i] < 0 && m->inputs[-1 - inputs[i]].dtype != TLEARN_DTYPE_FLOAT32 &&
+            !ops->int_inputs) {
+            tl_free(L);
+            return tl_fail(TLEARN_EINVAL, "%s: a %s layer reads float32, but model input '%s' "
+                           "holds int32", fn, ops->kind_name, m->inputs[-1 - inputs[i]].name);
+        }
     }
     rc = ops->configure(L, ia, ni, fa, nf);
     if (!rc)
@@ -220,7 +260,7 @@ int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const
     memset(st, 0, sizeof *st);
     st->lr_scale = 1.0f;
     m->layers[m->nlayers++] = L;
-    m->next_input = -2;
+    m->next_input = TL_NEXT_DEFAULT;
     tl_model_structure_changed(m);
     return TLEARN_OK;
 }
@@ -277,20 +317,114 @@ int tlearn_model_layer_kind(const tlearn_model *m, int index, int *kind)
     return TLEARN_OK;
 }
 
+static int check_producer(const char *fn, const tlearn_model *m, int index)
+{
+    TL_CHECK_MODEL(fn, m);
+    if (index < -m->ninputs || index >= m->nlayers)
+        return tl_fail(TLEARN_EINVAL, "%s: index %d is not in %d..%d (layers from 0, model "
+                       "inputs from -1 down)", fn, index, -m->ninputs, m->nlayers - 1);
+    return TLEARN_OK;
+}
+
 int tlearn_model_layer_shape(const tlearn_model *m, int index, int *c, int *h, int *w)
 {
     static const char fn[] = "tlearn_model_layer_shape";
-    TL_CHECK_MODEL(fn, m);
-    if (index < -1 || index >= m->nlayers)
-        return tl_fail(TLEARN_EINVAL, "%s: layer index %d is not in -1..%d", fn, index,
-                       m->nlayers - 1);
-    tl_shape s = shape_of(m, index);
+    int rc = check_producer(fn, m, index);
+    if (rc)
+        return rc;
+    tl_shape s = tl_model_producer_shape(m, index);
+    if (s.rank > 3)
+        return tl_fail(TLEARN_ESHAPE, "%s: the shape has %d dimensions; use "
+                       "tlearn_model_layer_shape_nd", fn, s.rank);
     if (c)
         *c = s.c;
     if (h)
         *h = s.h;
     if (w)
         *w = s.w;
+    return TLEARN_OK;
+}
+
+int tlearn_model_layer_shape_nd(const tlearn_model *m, int index, int *rank, int *dims, int cap)
+{
+    static const char fn[] = "tlearn_model_layer_shape_nd";
+    int rc = check_producer(fn, m, index);
+    if (rc)
+        return rc;
+    if (!rank || (!dims && cap > 0) || cap < 0)
+        return tl_fail(TLEARN_EINVAL, "%s: %s", fn,
+                       !rank ? "rank is NULL" : cap < 0 ? "cap is negative" : "dims is NULL");
+    tl_shape s = tl_model_producer_shape(m, index);
+    *rank = s.rank;
+    for (int i = 0; i < s.rank && i < cap; i++)
+        dims[i] = s.d[i];
+    return TLEARN_OK;
+}
+
+/* Validate one model input's description; fills @p in. */
+static int make_input(const char *fn, tl_model_input *in, const char *name, int dtype, int rank,
+                      const int *dims)
+{
+    int rc = tl_check_name(fn, name);
+    if (rc)
+        return rc;
+    if (dtype != TLEARN_DTYPE_FLOAT32 && dtype != TLEARN_DTYPE_INT32)
+        return tl_fail(TLEARN_EINVAL, "%s: dtype is %d, must be TLEARN_DTYPE_FLOAT32 or "
+                       "TLEARN_DTYPE_INT32", fn, dtype);
+    if (rank < 1 || rank > TL_MAX_RANK)
+        return tl_fail(TLEARN_EINVAL, "%s: rank is %d, must be 1..%d", fn, rank, TL_MAX_RANK);
+    if (!dims)
+        return tl_fail(TLEARN_EINVAL, "%s: dims is NULL", fn);
+    double total = 1.0;
+    for (int i = 0; i < rank; i++) {
+        if (dims[i] < 1)
+            return tl_fail(TLEARN_EINVAL, "%s: dims[%d] is %d, must be >= 1", fn, i, dims[i]);
+        total *= dims[i];
+    }
+    if (total > (double)INT32_MAX)
+        return tl_fail(TLEARN_EINVAL, "%s: an example of input '%s' has over 2^31 elements", fn,
+                       name);
+    memset(in, 0, sizeof *in);
+    strcpy(in->name, name);
+    in->dtype = dtype;
+    in->shape = tl_shape_of(rank, dims);
+    return TLEARN_OK;
+}
+
+int tlearn_model_create_input(tlearn_model **out, const char *name, int dtype, int rank,
+                              const int *dims)
+{
+    static const char fn[] = "tlearn_model_create_input";
+    if (!out)
+        return tl_fail(TLEARN_EINVAL, "%s: out is NULL", fn);
+    *out = NULL;
+    tl_model_input in;
+    int rc = make_input(fn, &in, name, dtype, rank, dims);
+    if (!rc)
+        rc = tlearn_model_create(out, 1, 1, 1);
+    if (rc)
+        return rc == TLEARN_ENOMEM ? tl_fail(rc, "%s: out of memory", fn) : rc;
+    (*out)->inputs[0] = in;
+    return TLEARN_OK;
+}
+
+int tlearn_model_add_input(tlearn_model *m, const char *name, int dtype, int rank,
+                           const int *dims)
+{
+    static const char fn[] = "tlearn_model_add_input";
+    TL_CHECK_MODEL(fn, m);
+    tl_model_input in;
+    int rc = make_input(fn, &in, name, dtype, rank, dims);
+    if (rc)
+        return rc;
+    int dup;
+    if (tl_model_find_producer(m, name, &dup))
+        return tl_fail(TLEARN_EINVAL, "%s: a %s named '%s' already exists", fn,
+                       dup < 0 ? "model input" : "layer", name);
+    if (m->ninputs == TL_MAX_MODEL_INPUTS)
+        return tl_fail(TLEARN_ESTATE, "%s: the model has %d inputs already", fn, m->ninputs);
+    m->inputs[m->ninputs++] = in;
+    tl_model_structure_changed(m);
     return TLEARN_OK;
 }
 
@@ -507,7 +641,7 @@ int tlearn_model_truncate(tlearn_model *m, const char *layer)
     for (int i = keep; i < m->nlayers; i++)
         destroy_layer(m->layers[i], &m->lstate[i]);
     m->nlayers = keep;
-    m->next_input = -2;
+    m->next_input = TL_NEXT_DEFAULT;
     tl_model_structure_changed(m);
     return TLEARN_OK;
 }

@@ -3,6 +3,8 @@
 #ifndef TL_MODEL_H
 #define TL_MODEL_H
 
+#include <limits.h>
+
 #include "../layers/layer.h"
 
 /* Training state of one trainable tensor (a parameter, not a buffer). */
@@ -48,14 +50,51 @@ typedef struct tl_worker {
 
 struct tl_ewc; /* train/ewc.c */
 
+/* A graph input of the model: producers -1, -2, ... are inputs 0, 1, ... */
+#define TL_MAX_MODEL_INPUTS 8
+typedef struct tl_model_input {
+    char name[TL_NAME_MAX];
+    int dtype;      /* TLEARN_DTYPE_*: int32 arrives in the same 4 bytes per element */
+    tl_shape shape; /* one example */
+} tl_model_input;
+
+static inline int tl_input_producer(int k)
+{
+    return -1 - k;
+}
+
+/* The arrays of one call: per model input, n examples of size[k] 4-byte elements. From a
+ * cut (predict_from, cached features) x[0] holds the activations of the layer before. */
+typedef struct tl_feed {
+    int count;
+    const float *x[TL_MAX_MODEL_INPUTS];
+    size_t size[TL_MAX_MODEL_INPUTS];
+} tl_feed;
+
+static inline tl_feed tl_feed_one(const float *x, size_t size)
+{
+    tl_feed f = {1, {x}, {size}};
+    return f;
+}
+
+/* The feed moved on by @p start examples. */
+static inline tl_feed tl_feed_at(const tl_feed *f, size_t start)
+{
+    tl_feed g = *f;
+    for (int k = 0; k < f->count; k++)
+        g.x[k] = f->x[k] + start * f->size[k];
+    return g;
+}
+
 #define TL_TENSOR_NAME_MAX (TL_NAME_MAX + 24) /* layer name '.' tl_param name */
 
 struct tlearn_model {
-    tl_shape input;
+    int ninputs;
+    tl_model_input inputs[TL_MAX_MODEL_INPUTS];
     int nlayers, cap_layers;
     tl_layer **layers;
     tl_layer_state *lstate;
-    int next_input;       /* -2: the previous layer; else index (-1: model input) */
+    int next_input;       /* TL_NEXT_DEFAULT: the previous layer; else a producer */
     int threads;
     uint64_t seed;
     tl_rng rng;
@@ -74,6 +113,8 @@ struct tlearn_model {
                            * each; built on demand, dropped when the layers change */
 };
 
+#define TL_NEXT_DEFAULT INT_MIN
+
 #define TL_CHECK_MODEL(fn, m)                                                                 \
     do {                                                                                      \
         if (!(m))                                                                             \
@@ -85,6 +126,14 @@ struct tlearn_model {
 int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const char *name,
                  const int *inputs, int ninputs, const int *ia, int ni, const float *fa, int nf);
 int tl_model_find(const tlearn_model *m, const char *name); /* index or -1 */
+/* A layer (its index) or a model input (tl_input_producer(k)) by name; 0 when none. */
+int tl_model_find_producer(const tlearn_model *m, const char *name, int *producer);
+/* The shape a producer (layer index, or a model input) gives one example. */
+tl_shape tl_model_producer_shape(const tlearn_model *m, int producer);
+/* Calls that take one array x: ESTATE for a model of several inputs or an int32 input. */
+int tl_model_check_single_input(const char *fn, const tlearn_model *m);
+/* The model's inputs as one feed of @p x (a model with one input). */
+tl_feed tl_model_feed(const tlearn_model *m, const float *x);
 /* As tl_model_find, failing with a message (EINVAL for NULL, ENOTFOUND). */
 int tl_model_find_checked(const char *fn, const tlearn_model *m, const char *layer, int *index);
 /* Layers after @p i read only from i or later, so i's activations stand for the prefix. */
@@ -106,8 +155,8 @@ typedef void (*tl_chunk_fn)(void *ctx, int worker, size_t start, size_t k, const
 /* Layers [from, to] without backward over n inputs of @p in_size floats, in chunks of
  * tl_model_infer_chunk; with several threads and enough chunks, each thread runs whole
  * chunks with its own workspace and one-thread BLIS. */
-int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, int from, int to,
-                   int training, tl_chunk_fn fn, void *ctx);
+int tl_model_infer(tlearn_model *m, const tl_feed *x, size_t n, int from, int to, int training,
+                   tl_chunk_fn fn, void *ctx);
 void tl_model_free_workers(tlearn_model *m);
 /* A tl_chunk_fn that copies each chunk to out + start * size. */
 typedef struct tl_chunk_dest {
@@ -125,13 +174,13 @@ int tl_model_epilogue(const tlearn_model *m, int first_bwd, int i, int to, int *
 int tl_model_first_trainable(const tlearn_model *m); /* nlayers when everything is frozen */
 int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want_dx);
 void tl_plan_free(tl_plan *p);
-/* Run layers [from, to] forward. Layer `from` reads @p x if it is > 0 (the activations of
- * layer from-1 given by the caller) or the model input when from == 0. */
-void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int training,
+/* Run layers [from, to] forward. From 0 the layers read the model inputs in @p x; from a
+ * later layer, a layer reading before `from` reads x->x[0] (the activations of from-1). */
+void tl_model_forward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, int training,
                       int from, int to);
 /* Backward from the last layer down to p->first_bwd, after dout of the last layer is set.
  * @p dx receives the input gradient when p->want_dx. */
-void tl_model_backward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int from,
+void tl_model_backward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, int from,
                        float *dx);
 /* Fold saved batch statistics into running buffers after an accepted step. */
 void tl_model_commit(tlearn_model *m, tl_plan *p, size_t n, int from);

@@ -6,11 +6,12 @@
 
 #include "model.h"
 
-static const float *input_of(tlearn_model *m, tl_plan *p, const float *x, int src, int from)
+static const float *input_of(const tl_plan *p, const tl_feed *x, int src, int from)
 {
-    (void)m;
-    if (src < 0 || src < from)
-        return x; /* the model input, or the caller's activations of layer from-1 */
+    if (from > 0 && src < from)
+        return x->x[0]; /* the caller's activations of layer from-1 */
+    if (src < 0)
+        return x->x[-1 - src]; /* a model input */
     return p->out[src];
 }
 
@@ -60,7 +61,7 @@ int tl_model_epilogue(const tlearn_model *m, int first_bwd, int i, int to, int *
     return e;
 }
 
-static void forward_on(tlearn_model *m, tl_plan *p, const tl_blas *blas, const float *x,
+static void forward_on(tlearn_model *m, tl_plan *p, const tl_blas *blas, const tl_feed *x,
                        size_t n, int training, int from, int to, int prepared)
 {
     tl_exec ex = {blas, &m->rng, training, 0, p->scratch, 0, prepared};
@@ -69,7 +70,7 @@ static void forward_on(tlearn_model *m, tl_plan *p, const tl_blas *blas, const f
         tl_layer *L = m->layers[i];
         const float *in[TL_MAX_INPUTS];
         for (int k = 0; k < L->ninputs; k++)
-            in[k] = input_of(m, p, x, L->input[k], from);
+            in[k] = input_of(p, x, L->input[k], from);
         int folded;
         ex.epilogue = tl_model_epilogue(m, p->first_bwd, i, to, &folded);
         ex.backward = i >= p->first_bwd;
@@ -78,30 +79,32 @@ static void forward_on(tlearn_model *m, tl_plan *p, const tl_blas *blas, const f
     }
 }
 
-void tl_model_forward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int training,
+void tl_model_forward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, int training,
                       int from, int to)
 {
     forward_on(m, p, m->blas, x, n, training, from, to, 0);
 }
 
 /* Where the gradient w.r.t. the output of producer @p src goes during a backward that
- * stops at @p stop; NULL when nobody needs it. src -1 is the network input. */
+ * stops at @p stop; NULL when nobody needs it. src -1 is the first model input (the only
+ * one whose gradient can be asked for). */
 static float *grad_buffer(const tl_plan *p, int src, int stop, int from, float *dx)
 {
     if (src >= stop && src >= from)
         return p->dout[src];
-    if (src < 0 && p->want_dx)
+    if (src == -1 && p->want_dx)
         return dx;
     return NULL;
 }
 
-void tl_model_backward(tlearn_model *m, tl_plan *p, const float *x, size_t n, int from,
+void tl_model_backward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, int from,
                        float *dx)
 {
     int last = m->nlayers - 1;
     tl_exec ex = {m->blas, &m->rng, p->fwd_training, 1, p->scratch, 0, 0};
     int stop = p->first_bwd > from ? p->first_bwd : from;
-    int *written = p->dout_written + 1; /* written[-1]: the network input's gradient */
+    /* written[-1]: the first model input's gradient; other inputs get none (grad_buffer) */
+    int *written = p->dout_written + 1;
     memset(p->dout_written, 0, sizeof(int) * (size_t)(m->nlayers + 1));
     written[last] = 1;
     for (int i = last; i >= stop; i--) {
@@ -109,13 +112,13 @@ void tl_model_backward(tlearn_model *m, tl_plan *p, const float *x, size_t n, in
         if (!written[i]) /* a dead branch: nothing flows back into it */
             memset(p->dout[i], 0, sizeof(float) * n * tl_shape_size(L->out));
         const float *in[TL_MAX_INPUTS];
-        float *din[TL_MAX_INPUTS] = {NULL, NULL};
+        float *din[TL_MAX_INPUTS];
         /* Layers take one accum flag: when any input's gradient already holds a
          * contribution (fan-out), or one producer feeds two inputs (add(x, x)), every
          * input accumulates, into buffers zeroed first where nothing was written yet. */
         int accum = 0;
         for (int k = 0; k < L->ninputs; k++) {
-            in[k] = input_of(m, p, x, L->input[k], from);
+            in[k] = input_of(p, x, L->input[k], from);
             din[k] = grad_buffer(p, L->input[k], stop, from, dx);
             if (din[k] && written[L->input[k]])
                 accum = 1;
@@ -161,6 +164,9 @@ static int check_io(const char *fn, const tlearn_model *m, const void *x, size_t
     TL_CHECK_MODEL(fn, m);
     if (m->nlayers == 0)
         return tl_fail(TLEARN_ESHAPE, "%s: the model has no layers", fn);
+    int rc = tl_model_check_single_input(fn, m);
+    if (rc)
+        return rc;
     if (!x || !out)
         return tl_fail(TLEARN_EINVAL, "%s: %s is NULL", fn, !x ? "x" : "out");
     if (n == 0)
@@ -229,8 +235,8 @@ static int plan_workers(tlearn_model *m, int nw, size_t cap)
     return TLEARN_OK;
 }
 
-int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, int from, int to,
-                   int training, tl_chunk_fn fn, void *ctx)
+int tl_model_infer(tlearn_model *m, const tl_feed *x, size_t n, int from, int to, int training,
+                   tl_chunk_fn fn, void *ctx)
 {
     size_t chunk = tl_model_infer_chunk(m, from, to);
     size_t cap = n < chunk ? n : chunk, nchunks = (n + cap - 1) / cap;
@@ -250,7 +256,8 @@ int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, in
             return rc;
         for (size_t s = 0; s < n; s += cap) {
             size_t k = n - s < cap ? n - s : cap;
-            forward_on(m, &m->plan_infer, m->blas, x + s * in_size, k, training, from, to, 1);
+            tl_feed xs = tl_feed_at(x, s);
+            forward_on(m, &m->plan_infer, m->blas, &xs, k, training, from, to, 1);
             fn(ctx, 0, s, k, m->plan_infer.out[to]);
         }
         return TLEARN_OK;
@@ -274,7 +281,8 @@ int tl_model_infer(tlearn_model *m, const float *x, size_t in_size, size_t n, in
             size_t len = n * (size_t)(w + 1) / (size_t)nw - lo, parts = (len + cap - 1) / cap;
             for (size_t q = 0; q < parts; q++) {
                 size_t s = lo + len * q / parts, k = lo + len * (q + 1) / parts - s;
-                forward_on(m, &wk->plan, wk->blas, x + s * in_size, k, training, from, to, 1);
+                tl_feed xs = tl_feed_at(x, s);
+                forward_on(m, &wk->plan, wk->blas, &xs, k, training, from, to, 1);
                 fn(ctx, w, s, k, wk->plan.out[to]);
             }
         }
@@ -290,11 +298,10 @@ void tl_chunk_copy(void *ctx, int worker, size_t start, size_t k, const float *o
 }
 
 /* Forward in evaluation mode from layer `from` to `to`, copying layer `to`'s output. */
-static int infer(tlearn_model *m, const float *x, size_t in_size, size_t n, int from, int to,
-                 float *out)
+static int infer(tlearn_model *m, const tl_feed *x, size_t n, int from, int to, float *out)
 {
     tl_chunk_dest c = {out, tl_shape_size(m->layers[to]->out)};
-    return tl_model_infer(m, x, in_size, n, from, to, 0, tl_chunk_copy, &c);
+    return tl_model_infer(m, x, n, from, to, 0, tl_chunk_copy, &c);
 }
 
 int tlearn_model_predict(tlearn_model *m, const float *x, size_t n, float *out, size_t out_len)
@@ -303,7 +310,8 @@ int tlearn_model_predict(tlearn_model *m, const float *x, size_t n, float *out, 
     int rc = check_io(fn, m, x, n, out, out_len, m ? tl_model_output_size(m) : 1);
     if (rc)
         return rc;
-    rc = infer(m, x, tl_shape_size(m->input), n, 0, m->nlayers - 1, out);
+    tl_feed f = tl_model_feed(m, x);
+    rc = infer(m, &f, n, 0, m->nlayers - 1, out);
     return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
 }
 
@@ -329,7 +337,8 @@ int tlearn_model_features(tlearn_model *m, const char *layer, const float *x, si
     rc = check_io(fn, m, x, n, out, out_len, tl_shape_size(m->layers[i]->out));
     if (rc)
         return rc;
-    rc = infer(m, x, tl_shape_size(m->input), n, 0, i, out);
+    tl_feed f = tl_model_feed(m, x);
+    rc = infer(m, &f, n, 0, i, out);
     return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
 }
 
@@ -371,6 +380,7 @@ int tlearn_model_predict_from(tlearn_model *m, const char *layer, const float *f
         rc = tl_model_check_cut(fn, m, i);
     if (rc)
         return rc;
-    rc = infer(m, features, tl_shape_size(m->layers[i]->out), n, i + 1, m->nlayers - 1, out);
+    tl_feed f = tl_feed_one(features, tl_shape_size(m->layers[i]->out));
+    rc = infer(m, &f, n, i + 1, m->nlayers - 1, out);
     return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
 }

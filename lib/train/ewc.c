@@ -379,7 +379,7 @@ static int estimate_fisher(const char *fn, tlearn_model *m, const float *x,
 {
     int last = m->nlayers - 1;
     int classes = (int)tl_model_output_size(m);
-    size_t in = tl_shape_size(m->input);
+    size_t in = tl_shape_size(m->inputs[0].shape);
     tl_plan plan;
     memset(&plan, 0, sizeof plan);
     int rc = tl_model_plan(m, &plan, 1, first, 0);
@@ -392,7 +392,8 @@ static int estimate_fisher(const char *fn, tlearn_model *m, const float *x,
     }
     for (size_t e = 0; e < n; e++) {
         const float *xe = x + e * in;
-        tl_model_forward(m, &plan, xe, 1, 0, 0, last);
+        tl_feed fe = tl_model_feed(m, xe);
+        tl_model_forward(m, &plan, &fe, 1, 0, 0, last);
         softmax(plan.out[last], classes, prob);
         int c0 = 0, c1 = classes; /* EXACT: every class, weighted by its probability */
         if (estimator == TLEARN_FISHER_EMPIRICAL) {
@@ -417,7 +418,7 @@ static int estimate_fisher(const char *fn, tlearn_model *m, const float *x,
             int32_t y = c;
             /* Gradient of -log p(y|x) w.r.t. the logits: softmax - onehot(y). */
             tl_loss_softmax_ce(plan.out[last], &y, 1, classes, plan.dout[last], NULL);
-            tl_model_backward(m, &plan, xe, 1, 0, NULL);
+            tl_model_backward(m, &plan, &fe, 1, 0, NULL);
             for (int i = first; i < m->nlayers; i++)
                 for (int p = 0; p < TL_MAX_PARAMS; p++) {
                     double *a = acc[i][p];
@@ -452,13 +453,15 @@ int tlearn_ewc_consolidate(tlearn_model *m, const float *x, const int32_t *label
                        (double)lambda);
     if (m->nlayers == 0)
         return tl_fail(TLEARN_ESHAPE, "%s: the model has no layers", fn);
+    if (tl_model_check_single_input(fn, m))
+        return TLEARN_ESTATE;
     if (m->loss_kind != TLEARN_LOSS_SOFTMAX_CE)
         return tl_fail(TLEARN_ESTATE, "%s: the Fisher needs the softmax cross-entropy loss", fn);
     size_t classes = tl_model_output_size(m);
     if (classes < 2)
         return tl_fail(TLEARN_ESHAPE, "%s: the model has %zu output; a softmax needs >= 2", fn,
                        classes);
-    if (n > (size_t)INT32_MAX / tl_shape_size(m->input))
+    if (n > (size_t)INT32_MAX / tl_shape_size(m->inputs[0].shape))
         return tl_fail(TLEARN_EINVAL, "%s: n is %zu, too large", fn, n);
     int rc = tl_check_labels(fn, labels, n, (int)classes);
     if (rc)

@@ -38,13 +38,16 @@ static int check_batch(const char *fn, tlearn_model *m, const void *x, const voi
     TL_CHECK_MODEL(fn, m);
     if (m->nlayers == 0)
         return tl_fail(TLEARN_ESHAPE, "%s: the model has no layers", fn);
+    int rc = tl_model_check_single_input(fn, m);
+    if (rc)
+        return rc;
     if (!x)
         return tl_fail(TLEARN_EINVAL, "%s: x is NULL", fn);
     if (!targets)
         return tl_fail(TLEARN_EINVAL, "%s: labels/targets is NULL", fn);
     if (n == 0)
         return tl_fail(TLEARN_EINVAL, "%s: n is 0", fn);
-    if (n > (size_t)INT32_MAX / tl_shape_size(m->input))
+    if (n > (size_t)INT32_MAX / tl_shape_size(m->inputs[0].shape))
         return tl_fail(TLEARN_EINVAL, "%s: n is %zu, too large", fn, n);
     return TLEARN_OK;
 }
@@ -74,7 +77,7 @@ static int batch_independent(const tl_layer *L)
  * reads. Same results as one forward over the batch, for a fraction of the memory traffic.
  * Returns the layer the ordinary forward starts from (`from` when the prefix does not
  * qualify), or -1 when the inference workspace cannot be allocated (the message is set). */
-static int frozen_prefix_chunked(tlearn_model *m, const float *x, size_t n, int from,
+static int frozen_prefix_chunked(tlearn_model *m, const tl_feed *x, size_t n, int from,
                                  int first, int want_dx)
 {
     if (want_dx || first <= from || first >= m->nlayers)
@@ -86,9 +89,8 @@ static int frozen_prefix_chunked(tlearn_model *m, const float *x, size_t n, int 
         return from;
     if (tl_model_infer_chunk(m, from, first - 1) >= n)
         return from;
-    size_t in_size = tl_shape_size(from ? m->layers[from - 1]->out : m->input);
     tl_chunk_dest c = {m->plan_train.out[first - 1], tl_shape_size(m->layers[first - 1]->out)};
-    if (tl_model_infer(m, x, in_size, n, from, first - 1, m->training, tl_chunk_copy, &c))
+    if (tl_model_infer(m, x, n, from, first - 1, m->training, tl_chunk_copy, &c))
         return -1;
     return first;
 }
@@ -109,10 +111,14 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
     if (rc)
         return tl_fail_prefix(rc, "%s: ", fn);
     tl_plan *p = &m->plan_train;
-    int start = frozen_prefix_chunked(m, x, n, from, first, dx != NULL);
+    /* Layers from `from` read the model inputs, or the activations of layer from-1. */
+    tl_feed in = from ? tl_feed_one(x, tl_shape_size(m->layers[from - 1]->out))
+                      : tl_model_feed(m, x);
+    int start = frozen_prefix_chunked(m, &in, n, from, first, dx != NULL);
     if (start < 0)
         return tl_fail_prefix(TLEARN_ENOMEM, "%s: ", fn);
-    tl_model_forward(m, p, start > from ? p->out[start - 1] : x, n, m->training, start, last);
+    tl_feed mid = start > from ? tl_feed_one(p->out[start - 1], 0) : in;
+    tl_model_forward(m, p, &mid, n, m->training, start, last);
     float *logits = p->out[last];
     float *dlogits = p->dout[last];
     size_t osz = tl_shape_size(m->layers[last]->out);
@@ -124,7 +130,7 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
     if (!isfinite((float)l)) /* also a loss that overflows the float it is reported in */
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is %g; weights left unchanged", fn, l);
     if (dlogits)
-        tl_model_backward(m, p, x, n, from, dx);
+        tl_model_backward(m, p, &in, n, from, dx);
     *loss = l;
     return TLEARN_OK;
 }
@@ -265,9 +271,9 @@ int tlearn_model_compute_gradients(tlearn_model *m, const float *x, const int32_
     int rc = check_batch(fn, m, x, labels, n);
     if (rc)
         return rc;
-    if (dx && dx_len != n * tl_shape_size(m->input))
+    if (dx && dx_len != n * tl_shape_size(m->inputs[0].shape))
         return tl_fail(TLEARN_EINVAL, "%s: dx_len is %zu, expected %zu", fn, dx_len,
-                       n * tl_shape_size(m->input));
+                       n * tl_shape_size(m->inputs[0].shape));
     rc = validate_targets(fn, m, labels, NULL, n);
     if (rc)
         return rc;
@@ -312,7 +318,8 @@ int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels
     /* Per worker sums, added in worker order: the result does not depend on timing. */
     eval_sums sums[TL_MAX_WORKERS] = {{0.0, 0}};
     eval_ctx c = {labels, tl_model_output_size(m), sums};
-    rc = tl_model_infer(m, x, tl_shape_size(m->input), n, 0, m->nlayers - 1, 0, eval_chunk, &c);
+    tl_feed f = tl_model_feed(m, x);
+    rc = tl_model_infer(m, &f, n, 0, m->nlayers - 1, 0, eval_chunk, &c);
     double total = 0.0;
     size_t hits = 0;
     for (int w = 0; w < TL_MAX_WORKERS; w++) {
@@ -351,7 +358,7 @@ int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int
         return rc;
     if (batch > n)
         batch = n;
-    size_t in = tl_shape_size(m->input);
+    size_t in = tl_shape_size(m->inputs[0].shape);
     size_t *order = tl_alloc_array(n, sizeof *order);
     float *bx = tl_alloc_array(batch * in, sizeof *bx);
     int32_t *by = tl_alloc_array(batch, sizeof *by);

@@ -17,6 +17,8 @@
 
 #include "layers/layer.h"
 
+#define LH_MAX_INPUTS 8
+
 typedef struct lh {
     tl_layer *L;
     tl_blas *blas;
@@ -24,8 +26,8 @@ typedef struct lh {
     tl_rng rng0;
     size_t n;
     int training;
-    float *x[TL_MAX_INPUTS];
-    size_t in_len[TL_MAX_INPUTS];
+    float *x[LH_MAX_INPUTS];
+    size_t in_len[LH_MAX_INPUTS];
     float *out, *r, *saved, *scratch;
     size_t out_len, saved_len, scratch_len;
 } lh;
@@ -44,20 +46,18 @@ static float lh_rand(uint64_t *s)
     return (float)((double)(*s >> 40) / 8388608.0 - 1.0);
 }
 
-/* Create a layer of @p ops over inputs of shape @p in (both inputs for two-input kinds).
+/* Create a layer of @p ops over @p ninputs inputs of shapes @p ins (at most LH_MAX_INPUTS).
  * Returns the status of configure/setup; on success the harness is ready. */
-static int lh_make(lh *h, const tl_layer_ops *ops, int ninputs, tl_shape in, const int *ia,
-                   int ni, const float *fa, int nf, size_t n, int training)
+static int lh_make_shapes(lh *h, const tl_layer_ops *ops, int ninputs, const tl_shape *ins,
+                          const int *ia, int ni, const float *fa, int nf, size_t n, int training)
 {
     memset(h, 0, sizeof *h);
-    tl_layer *L = calloc(1, sizeof *L);
+    assert_true(ninputs >= 1 && ninputs <= LH_MAX_INPUTS);
+    tl_layer *L = tl_layer_new(ops, "t", ninputs);
     assert_non_null(L);
-    L->ops = ops;
-    strcpy(L->name, "t");
-    L->ninputs = ninputs;
     for (int k = 0; k < ninputs; k++) {
         L->input[k] = -1;
-        L->in[k] = in;
+        L->in[k] = ins[k];
     }
     h->L = L;
     int rc = ops->configure(L, ia, ni, fa, nf);
@@ -72,7 +72,7 @@ static int lh_make(lh *h, const tl_layer_ops *ops, int ninputs, tl_shape in, con
     h->training = training;
     uint64_t s = 12345;
     for (int k = 0; k < ninputs; k++) {
-        h->in_len[k] = n * tl_shape_size(in);
+        h->in_len[k] = n * tl_shape_size(ins[k]);
         h->x[k] = lh_alloc(h->in_len[k]);
         /* distinct values (a shuffled grid) keep max-pool windows free of near ties */
         size_t len = h->in_len[k];
@@ -101,6 +101,16 @@ static int lh_make(lh *h, const tl_layer_ops *ops, int ninputs, tl_shape in, con
     return TLEARN_OK;
 }
 
+/* lh_make_shapes with every input of shape @p in. */
+static int lh_make(lh *h, const tl_layer_ops *ops, int ninputs, tl_shape in, const int *ia,
+                   int ni, const float *fa, int nf, size_t n, int training)
+{
+    tl_shape ins[LH_MAX_INPUTS];
+    for (int k = 0; k < ninputs && k < LH_MAX_INPUTS; k++)
+        ins[k] = in;
+    return lh_make_shapes(h, ops, ninputs, ins, ia, ni, fa, nf, n, training);
+}
+
 static void lh_free(lh *h)
 {
     tl_layer *L = h->L;
@@ -110,8 +120,8 @@ static void lh_free(lh *h)
         L->ops->destroy_cfg(L->cfg);
     else
         tl_free(L->cfg);
-    free(L);
-    for (int k = 0; k < TL_MAX_INPUTS; k++)
+    tl_free(L);
+    for (int k = 0; k < LH_MAX_INPUTS; k++)
         free(h->x[k]);
     free(h->out);
     free(h->r);
@@ -131,7 +141,9 @@ static double lh_loss(lh *h)
 {
     h->rng = h->rng0;
     tl_exec ex = lh_exec(h, 1);
-    const float *in[TL_MAX_INPUTS] = {h->x[0], h->x[1]};
+    const float *in[LH_MAX_INPUTS];
+    for (int k = 0; k < LH_MAX_INPUTS; k++)
+        in[k] = h->x[k];
     h->L->ops->forward(h->L, &ex, in, h->out, h->n, h->training ? h->saved : NULL);
     double l = 0.0;
     for (size_t i = 0; i < h->out_len; i++)
@@ -145,7 +157,9 @@ static void lh_backward(lh *h, float *const *din, int accum, float *const *pgrad
 {
     lh_loss(h);
     tl_exec ex = lh_exec(h, 1);
-    const float *in[TL_MAX_INPUTS] = {h->x[0], h->x[1]};
+    const float *in[LH_MAX_INPUTS];
+    for (int k = 0; k < LH_MAX_INPUTS; k++)
+        in[k] = h->x[k];
     h->L->ops->backward(h->L, &ex, in, h->out, h->r, din, accum, h->n,
                         h->training ? h->saved : NULL, pgrad);
 }
@@ -178,7 +192,7 @@ static void lh_check(lh *h, float *v, size_t len, const float *grad, float step,
 static void lh_gradcheck(lh *h, float step, double atol, double rtol)
 {
     tl_layer *L = h->L;
-    float *din[TL_MAX_INPUTS] = {NULL, NULL};
+    float *din[LH_MAX_INPUTS] = {NULL};
     float *pg[TL_MAX_PARAMS] = {NULL};
     for (int k = 0; k < L->ninputs; k++)
         din[k] = lh_alloc(h->in_len[k]);
@@ -186,7 +200,11 @@ static void lh_gradcheck(lh *h, float step, double atol, double rtol)
         pg[p] = lh_alloc(L->param[p].t.numel);
     lh_backward(h, din, 0, pg);
     for (int k = 0; k < L->ninputs; k++)
-        lh_check(h, h->x[k], h->in_len[k], din[k], step, atol, rtol, k ? "dx1" : "dx0");
+        {
+        char what[16];
+        snprintf(what, sizeof what, "dx%d", k);
+        lh_check(h, h->x[k], h->in_len[k], din[k], step, atol, rtol, what);
+    }
     for (int p = 0; p < L->nparam; p++)
         if (!L->param[p].is_buffer)
             lh_check(h, L->param[p].t.data, L->param[p].t.numel, pg[p], step, atol, rtol,

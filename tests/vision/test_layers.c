@@ -24,45 +24,45 @@ static void conv_case(tl_shape in, size_t n, int f, int kh, int kw, int sh, int 
 static void test_conv_basic(void **state)
 {
     (void)state;
-    conv_case((tl_shape){3, 6, 6}, 2, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 6);
+    conv_case(tl_shape3(3, 6, 6), 2, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 6);
 }
 
 static void test_conv_stride_pad_nonsquare(void **state)
 {
     (void)state;
     /* 5x7 input, 3x3 kernel, stride 2, pad 1: (5+2-3)/2+1 = 3, (7+2-3)/2+1 = 4 */
-    conv_case((tl_shape){2, 5, 7}, 3, 3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 3, 4);
+    conv_case(tl_shape3(2, 5, 7), 3, 3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 3, 4);
     /* asymmetric 2x3 kernel, stride (2,1), pad (1,0): (6+2-2)/2+1 = 4, (5-3)+1 = 3 */
-    conv_case((tl_shape){2, 6, 5}, 1, 3, 2, 3, 2, 1, 1, 0, 1, 1, 1, 0, 4, 3);
+    conv_case(tl_shape3(2, 6, 5), 1, 3, 2, 3, 2, 1, 1, 0, 1, 1, 1, 0, 4, 3);
     /* stride (1,2): the strided gather along rows; (6+2-3)+1 = 6, (9+2-3)/2+1 = 5 */
-    conv_case((tl_shape){2, 6, 9}, 2, 3, 3, 3, 1, 2, 1, 1, 1, 1, 1, 1, 6, 5);
+    conv_case(tl_shape3(2, 6, 9), 2, 3, 3, 3, 1, 2, 1, 1, 1, 1, 1, 1, 6, 5);
 }
 
 static void test_conv_dilation(void **state)
 {
     (void)state;
     /* dilation 2 makes a 3x3 kernel span 5: (7+2-5)/1+1 = 5, (6+0-5)+1 = 2 */
-    conv_case((tl_shape){2, 7, 6}, 2, 3, 3, 3, 1, 1, 1, 0, 2, 2, 1, 1, 5, 2);
+    conv_case(tl_shape3(2, 7, 6), 2, 3, 3, 3, 1, 1, 1, 0, 2, 2, 1, 1, 5, 2);
     /* dilation (1,3) with stride 2 */
-    conv_case((tl_shape){1, 6, 9}, 2, 2, 2, 2, 2, 2, 0, 1, 1, 3, 1, 1, 3, 4);
+    conv_case(tl_shape3(1, 6, 9), 2, 2, 2, 2, 2, 2, 0, 1, 1, 3, 1, 1, 3, 4);
 }
 
 static void test_conv_groups(void **state)
 {
     (void)state;
     /* 4 channels in 2 groups, 6 filters, no bias */
-    conv_case((tl_shape){4, 5, 5}, 2, 6, 3, 3, 1, 1, 1, 1, 1, 1, 2, 0, 5, 5);
+    conv_case(tl_shape3(4, 5, 5), 2, 6, 3, 3, 1, 1, 1, 1, 1, 1, 2, 0, 5, 5);
     /* depthwise with multiplier 2: groups = channels = 3, 6 filters, stride 2 */
-    conv_case((tl_shape){3, 7, 7}, 2, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3, 1, 4, 4);
+    conv_case(tl_shape3(3, 7, 7), 2, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3, 1, 4, 4);
 }
 
 static void test_conv_tiles(void **state)
 {
     (void)state;
     /* 20 images of a small conv: more than one 16-image tile, last tile partial */
-    conv_case((tl_shape){2, 4, 4}, 20, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4);
+    conv_case(tl_shape3(2, 4, 4), 20, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4);
     /* a 1x1 strided projection, as on a ResNet skip path */
-    conv_case((tl_shape){4, 6, 6}, 3, 8, 1, 1, 2, 2, 0, 0, 1, 1, 1, 0, 3, 3);
+    conv_case(tl_shape3(4, 6, 6), 3, 8, 1, 1, 2, 2, 0, 0, 1, 1, 1, 0, 3, 3);
 }
 
 /* Forward of a 3x3, stride-1 conv with 16 input channels against a direct convolution in
@@ -131,15 +131,15 @@ static void wino_case(tl_shape in, size_t n, int pad, int bias)
 static void test_conv_winograd(void **state)
 {
     (void)state;
-    wino_case((tl_shape){16, 9, 11}, 10, 1, 1); /* 9x11 out: half tiles at the edges */
-    wino_case((tl_shape){16, 9, 11}, 13, 0, 0); /* 7x9 */
-    wino_case((tl_shape){16, 8, 8}, 11, 2, 1);  /* 10x10 */
+    wino_case(tl_shape3(16, 9, 11), 10, 1, 1); /* 9x11 out: half tiles at the edges */
+    wino_case(tl_shape3(16, 9, 11), 13, 0, 0); /* 7x9 */
+    wino_case(tl_shape3(16, 8, 8), 11, 2, 1);  /* 10x10 */
     /* backward against central differences of the Winograd forward; with 16 filters the
      * input gradient is by Winograd too (flipped filters, padding 2 - pad) */
-    conv_case((tl_shape){16, 6, 7}, 22, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 7);
-    conv_case((tl_shape){16, 6, 7}, 22, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 7);
-    conv_case((tl_shape){16, 7, 6}, 26, 16, 3, 3, 1, 1, 0, 0, 1, 1, 1, 0, 5, 4);
-    conv_case((tl_shape){16, 5, 5}, 30, 16, 3, 3, 1, 1, 2, 2, 1, 1, 1, 1, 7, 7);
+    conv_case(tl_shape3(16, 6, 7), 22, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 7);
+    conv_case(tl_shape3(16, 6, 7), 22, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 7);
+    conv_case(tl_shape3(16, 7, 6), 26, 16, 3, 3, 1, 1, 0, 0, 1, 1, 1, 0, 5, 4);
+    conv_case(tl_shape3(16, 5, 5), 30, 16, 3, 3, 1, 1, 2, 2, 1, 1, 1, 1, 7, 7);
 }
 
 /* Input gradient accumulates with accum = 1; din NULL leaves parameter gradients intact. */
@@ -171,9 +171,9 @@ static void accum_case(tl_shape in, size_t n, const int ia[11])
 static void test_conv_accum_and_no_dx(void **state)
 {
     (void)state;
-    accum_case((tl_shape){2, 5, 5}, 3, (const int[11]){3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1});
+    accum_case(tl_shape3(2, 5, 5), 3, (const int[11]){3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1});
     /* the input gradient by Winograd (16 filters, 3x3, stride 1, >= 256 tiles) */
-    accum_case((tl_shape){3, 8, 8}, 20, (const int[11]){16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1});
+    accum_case(tl_shape3(3, 8, 8), 20, (const int[11]){16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1});
 }
 
 /* PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = Cin/groups*kh*kw. */
@@ -182,7 +182,7 @@ static void test_conv_init(void **state)
     (void)state;
     lh h;
     int ia[11] = {64, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1}; /* fan_in = 8/2*9 = 36: bound 1/6 */
-    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, (tl_shape){8, 5, 5}, ia, 11, NULL, 0, 1, 1),
+    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, tl_shape3(8, 5, 5), ia, 11, NULL, 0, 1, 1),
                      TLEARN_OK);
     const tl_tensor *w = &h.L->param[0].t, *b = &h.L->param[1].t;
     assert_int_equal(w->ndim, 4);
@@ -209,28 +209,28 @@ static void test_conv_bad_geometry(void **state)
     lh h;
     /* kernel 5 on a 3x3 input with padding 0 */
     int big[11] = {2, 5, 5, 1, 1, 0, 0, 1, 1, 1, 1};
-    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, (tl_shape){1, 3, 3}, big, 11, NULL, 0, 1, 1),
+    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, tl_shape3(1, 3, 3), big, 11, NULL, 0, 1, 1),
                      TLEARN_ESHAPE);
     assert_non_null(strstr(tlearn_errmsg(), "larger than the padded input"));
     lh_free(&h);
     /* dilation makes a 3x3 kernel span 7 > 4 + 2 */
     int dil[11] = {2, 3, 3, 1, 1, 1, 1, 3, 3, 1, 1};
-    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, (tl_shape){1, 4, 4}, dil, 11, NULL, 0, 1, 1),
+    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, tl_shape3(1, 4, 4), dil, 11, NULL, 0, 1, 1),
                      TLEARN_ESHAPE);
     lh_free(&h);
     /* groups 2 with 3 input channels, and with 3 filters */
     int g1[11] = {4, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1};
-    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, (tl_shape){3, 4, 4}, g1, 11, NULL, 0, 1, 1),
+    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, tl_shape3(3, 4, 4), g1, 11, NULL, 0, 1, 1),
                      TLEARN_ESHAPE);
     assert_non_null(strstr(tlearn_errmsg(), "groups"));
     lh_free(&h);
     int g2[11] = {3, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1};
-    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, (tl_shape){4, 4, 4}, g2, 11, NULL, 0, 1, 1),
+    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, tl_shape3(4, 4, 4), g2, 11, NULL, 0, 1, 1),
                      TLEARN_ESHAPE);
     lh_free(&h);
     /* zero channels */
     int ok[11] = {2, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1};
-    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, (tl_shape){0, 4, 4}, ok, 11, NULL, 0, 1, 1),
+    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, tl_shape3(0, 4, 4), ok, 11, NULL, 0, 1, 1),
                      TLEARN_ESHAPE);
     lh_free(&h);
     /* numbers that are simply invalid: EINVAL */
@@ -238,7 +238,7 @@ static void test_conv_bad_geometry(void **state)
                      {2, 3, 3, 1, 1, -1, 1, 1, 1, 1, 1}, {2, 3, 3, 1, 1, 1, 1, 0, 1, 1, 1},
                      {2, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1}, {2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 2}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, (tl_shape){2, 4, 4}, bad[i], 11, NULL, 0,
+        assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, tl_shape3(2, 4, 4), bad[i], 11, NULL, 0,
                                  1, 1), TLEARN_EINVAL);
         lh_free(&h);
     }
@@ -259,10 +259,10 @@ static void maxpool_case(tl_shape in, size_t n, int k, int s, int p, int oh, int
 static void test_maxpool(void **state)
 {
     (void)state;
-    maxpool_case((tl_shape){2, 6, 6}, 2, 2, 2, 0, 3, 3);
-    maxpool_case((tl_shape){3, 7, 6}, 2, 3, 2, 1, 4, 3); /* (7+2-3)/2+1, (6+2-3)/2+1 */
-    maxpool_case((tl_shape){1, 5, 4}, 3, 3, 1, 1, 5, 4); /* overlapping windows */
-    maxpool_case((tl_shape){2, 7, 7}, 1, 2, 2, 0, 3, 3); /* floor mode drops the last row */
+    maxpool_case(tl_shape3(2, 6, 6), 2, 2, 2, 0, 3, 3);
+    maxpool_case(tl_shape3(3, 7, 6), 2, 3, 2, 1, 4, 3); /* (7+2-3)/2+1, (6+2-3)/2+1 */
+    maxpool_case(tl_shape3(1, 5, 4), 3, 3, 1, 1, 5, 4); /* overlapping windows */
+    maxpool_case(tl_shape3(2, 7, 7), 1, 2, 2, 0, 3, 3); /* floor mode drops the last row */
 }
 
 /* Values: the maximum of each window, padding never wins even when all inputs are < 0. */
@@ -271,7 +271,7 @@ static void test_maxpool_values(void **state)
     (void)state;
     lh h;
     int ia[6] = {3, 3, 2, 2, 1, 1};
-    assert_int_equal(lh_make(&h, &tl_maxpool2d_ops, 1, (tl_shape){1, 4, 4}, ia, 6, NULL, 0, 1, 0),
+    assert_int_equal(lh_make(&h, &tl_maxpool2d_ops, 1, tl_shape3(1, 4, 4), ia, 6, NULL, 0, 1, 0),
                      TLEARN_OK);
     for (int i = 0; i < 16; i++)
         h.x[0][i] = -100.0f + (float)((i * 7) % 16);
@@ -295,19 +295,19 @@ static void test_pool_bad_geometry(void **state)
     (void)state;
     lh h;
     int pad[6] = {3, 3, 1, 1, 2, 2}; /* pad 2 > 3/2 */
-    assert_int_equal(lh_make(&h, &tl_maxpool2d_ops, 1, (tl_shape){1, 6, 6}, pad, 6, NULL, 0, 1, 1),
+    assert_int_equal(lh_make(&h, &tl_maxpool2d_ops, 1, tl_shape3(1, 6, 6), pad, 6, NULL, 0, 1, 1),
                      TLEARN_ESHAPE);
     lh_free(&h);
     int big[6] = {5, 5, 1, 1, 0, 0}; /* kernel 5 on 4x4 */
-    assert_int_equal(lh_make(&h, &tl_maxpool2d_ops, 1, (tl_shape){1, 4, 4}, big, 6, NULL, 0, 1, 1),
+    assert_int_equal(lh_make(&h, &tl_maxpool2d_ops, 1, tl_shape3(1, 4, 4), big, 6, NULL, 0, 1, 1),
                      TLEARN_ESHAPE);
     lh_free(&h);
     int apad[7] = {2, 2, 2, 2, 2, 2, 1};
-    assert_int_equal(lh_make(&h, &tl_avgpool2d_ops, 1, (tl_shape){1, 6, 6}, apad, 7, NULL, 0, 1,
+    assert_int_equal(lh_make(&h, &tl_avgpool2d_ops, 1, tl_shape3(1, 6, 6), apad, 7, NULL, 0, 1,
                              1), TLEARN_ESHAPE);
     lh_free(&h);
     int zero[6] = {0, 0, 1, 1, 0, 0};
-    assert_int_equal(lh_make(&h, &tl_maxpool2d_ops, 1, (tl_shape){1, 4, 4}, zero, 6, NULL, 0, 1,
+    assert_int_equal(lh_make(&h, &tl_maxpool2d_ops, 1, tl_shape3(1, 4, 4), zero, 6, NULL, 0, 1,
                              1), TLEARN_EINVAL);
     lh_free(&h);
 }
@@ -326,9 +326,9 @@ static void avgpool_case(tl_shape in, size_t n, int k, int s, int p, int cip, in
 static void test_avgpool(void **state)
 {
     (void)state;
-    avgpool_case((tl_shape){2, 6, 6}, 2, 2, 2, 0, 1, 3, 3);
-    avgpool_case((tl_shape){2, 7, 5}, 2, 3, 2, 1, 1, 4, 3);
-    avgpool_case((tl_shape){2, 7, 5}, 2, 3, 2, 1, 0, 4, 3);
+    avgpool_case(tl_shape3(2, 6, 6), 2, 2, 2, 0, 1, 3, 3);
+    avgpool_case(tl_shape3(2, 7, 5), 2, 3, 2, 1, 1, 4, 3);
+    avgpool_case(tl_shape3(2, 7, 5), 2, 3, 2, 1, 0, 4, 3);
 }
 
 /* count_include_pad: a corner window of a 3x3/pad-1 pool holds 4 real values; the
@@ -339,7 +339,7 @@ static void test_avgpool_divisor(void **state)
     for (int cip = 0; cip <= 1; cip++) {
         lh h;
         int ia[7] = {3, 3, 2, 2, 1, 1, cip};
-        assert_int_equal(lh_make(&h, &tl_avgpool2d_ops, 1, (tl_shape){1, 4, 4}, ia, 7, NULL, 0,
+        assert_int_equal(lh_make(&h, &tl_avgpool2d_ops, 1, tl_shape3(1, 4, 4), ia, 7, NULL, 0,
                                  1, 0), TLEARN_OK);
         for (int i = 0; i < 16; i++)
             h.x[0][i] = 1.0f;
@@ -355,7 +355,7 @@ static void test_global_avgpool(void **state)
 {
     (void)state;
     lh h;
-    assert_int_equal(lh_make(&h, &tl_global_avgpool_ops, 1, (tl_shape){3, 4, 5}, NULL, 0, NULL, 0,
+    assert_int_equal(lh_make(&h, &tl_global_avgpool_ops, 1, tl_shape3(3, 4, 5), NULL, 0, NULL, 0,
                              2, 1), TLEARN_OK);
     assert_int_equal(h.L->out.c, 3);
     assert_int_equal(h.L->out.h, 1);
@@ -392,10 +392,10 @@ static void bn_gradcheck(tl_shape in, size_t n, int training, int use_running)
 static void test_batchnorm_grad(void **state)
 {
     (void)state;
-    bn_gradcheck((tl_shape){3, 4, 5}, 4, 1, 0); /* after a conv, training */
-    bn_gradcheck((tl_shape){5, 1, 1}, 7, 1, 0); /* after a dense, training */
-    bn_gradcheck((tl_shape){3, 4, 5}, 2, 0, 0); /* evaluation: running statistics */
-    bn_gradcheck((tl_shape){3, 2, 3}, 3, 1, 1); /* training with frozen statistics */
+    bn_gradcheck(tl_shape3(3, 4, 5), 4, 1, 0); /* after a conv, training */
+    bn_gradcheck(tl_shape3(5, 1, 1), 7, 1, 0); /* after a dense, training */
+    bn_gradcheck(tl_shape3(3, 4, 5), 2, 0, 0); /* evaluation: running statistics */
+    bn_gradcheck(tl_shape3(3, 2, 3), 3, 1, 1); /* training with frozen statistics */
 }
 
 /* Training mode normalises with batch statistics and leaves the running buffers alone
@@ -408,7 +408,7 @@ static void test_batchnorm_train_eval(void **state)
     const int C = 2;
     const size_t n = 3, S = 6;
     float fa[2] = {1e-5f, 0.25f};
-    assert_int_equal(lh_make(&h, &tl_batchnorm_ops, 1, (tl_shape){C, 2, 3}, NULL, 0, fa, 2, n, 1),
+    assert_int_equal(lh_make(&h, &tl_batchnorm_ops, 1, tl_shape3(C, 2, 3), NULL, 0, fa, 2, n, 1),
                      TLEARN_OK);
     assert_int_equal(h.L->nparam, 4);
     assert_string_equal(h.L->param[2].name, "running_mean");
@@ -480,7 +480,7 @@ static void test_batchnorm_bad_args(void **state)
     lh h;
     float bad[][2] = {{0.0f, 0.1f}, {-1e-5f, 0.1f}, {1e-5f, -0.1f}, {1e-5f, 1.5f}, {NAN, 0.1f}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        assert_int_equal(lh_make(&h, &tl_batchnorm_ops, 1, (tl_shape){2, 2, 2}, NULL, 0, bad[i],
+        assert_int_equal(lh_make(&h, &tl_batchnorm_ops, 1, tl_shape3(2, 2, 2), NULL, 0, bad[i],
                                  2, 1, 1), TLEARN_EINVAL);
         lh_free(&h);
     }
@@ -492,7 +492,7 @@ static void test_dropout_grad(void **state)
     (void)state;
     lh h;
     float p = 0.3f;
-    assert_int_equal(lh_make(&h, &tl_dropout_ops, 1, (tl_shape){4, 3, 3}, NULL, 0, &p, 1, 3, 1),
+    assert_int_equal(lh_make(&h, &tl_dropout_ops, 1, tl_shape3(4, 3, 3), NULL, 0, &p, 1, 3, 1),
                      TLEARN_OK);
     lh_gradcheck(&h, 1e-2f, 2e-3, 2e-3);
     lh_free(&h);
@@ -504,7 +504,7 @@ static void test_dropout_train_eval(void **state)
     lh h;
     float p = 0.25f;
     const size_t n = 10;
-    assert_int_equal(lh_make(&h, &tl_dropout_ops, 1, (tl_shape){1000, 1, 1}, NULL, 0, &p, 1, n,
+    assert_int_equal(lh_make(&h, &tl_dropout_ops, 1, tl_shape3(1000, 1, 1), NULL, 0, &p, 1, n,
                              1), TLEARN_OK);
     for (size_t i = 0; i < h.in_len[0]; i++)
         h.x[0][i] = 1.0f + (float)(i % 7);
@@ -536,7 +536,7 @@ static void test_dropout_train_eval(void **state)
     lh_free(&h);
     float bad[] = {-0.1f, 1.0f, 1.5f, NAN};
     for (size_t i = 0; i < 4; i++) {
-        assert_int_equal(lh_make(&h, &tl_dropout_ops, 1, (tl_shape){2, 1, 1}, NULL, 0, &bad[i], 1,
+        assert_int_equal(lh_make(&h, &tl_dropout_ops, 1, tl_shape3(2, 1, 1), NULL, 0, &bad[i], 1,
                                  1, 1), TLEARN_EINVAL);
         lh_free(&h);
     }
@@ -546,7 +546,7 @@ static void test_add(void **state)
 {
     (void)state;
     lh h;
-    assert_int_equal(lh_make(&h, &tl_add_ops, 2, (tl_shape){2, 3, 4}, NULL, 0, NULL, 0, 2, 1),
+    assert_int_equal(lh_make(&h, &tl_add_ops, 2, tl_shape3(2, 3, 4), NULL, 0, NULL, 0, 2, 1),
                      TLEARN_OK);
     lh_loss(&h);
     for (size_t i = 0; i < h.out_len; i++)
@@ -560,15 +560,12 @@ static void test_add(void **state)
     free(d);
     lh_free(&h);
     /* different shapes: refused */
-    tl_layer L;
-    memset(&L, 0, sizeof L);
-    L.ops = &tl_add_ops;
-    strcpy(L.name, "sum");
-    L.ninputs = 2;
-    L.in[0] = (tl_shape){2, 3, 4};
-    L.in[1] = (tl_shape){2, 4, 3};
-    assert_int_equal(tl_add_ops.configure(&L, NULL, 0, NULL, 0), TLEARN_OK);
-    assert_int_equal(tl_add_ops.setup(&L, NULL), TLEARN_ESHAPE);
+    tl_shape ins[2] = {tl_shape3(2, 3, 4), tl_shape3(2, 4, 3)};
+    assert_int_equal(lh_make_shapes(&h, &tl_add_ops, 2, ins, NULL, 0, NULL, 0, 1, 1),
+                     TLEARN_ESHAPE);
+    tl_layer *L = h.L;
+    tl_free(L->cfg);
+    tl_free(L);
 }
 
 /* Every kind is registered under its name and number, and its arguments rebuild it. */
@@ -599,7 +596,7 @@ static void test_registry(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         lh h;
-        assert_int_equal(lh_make(&h, cases[i].ops, cases[i].ninputs, (tl_shape){3, 8, 8},
+        assert_int_equal(lh_make(&h, cases[i].ops, cases[i].ninputs, tl_shape3(3, 8, 8),
                                  cases[i].ia, cases[i].ni, cases[i].fa, cases[i].nf, 1, 1),
                          TLEARN_OK);
         int ia2[TL_MAX_IARGS], ni = -1, nf = -1;

@@ -293,6 +293,18 @@ class _Callback:
             raise err
 
 
+
+def _dims(dims):
+    dims = [int(d) for d in dims]
+    return (ctypes.c_int * max(len(dims), 1))(*dims)
+
+
+def _dtype(dtype):
+    kinds = {"float32": 1, "int32": 2}
+    if str(dtype) not in kinds:
+        raise ValueError(f"dtype must be 'float32' or 'int32', not {dtype!r}")
+    return kinds[str(dtype)]
+
 class Model(_Handle):
     """A network, its weights and training state (tlearn_model).
 
@@ -312,6 +324,24 @@ class Model(_Handle):
         _Handle.__init__(m)
         m._h = ptr
         return m
+
+    @classmethod
+    def with_input(cls, name, dims, dtype="float32"):
+        """An empty model whose first input ``name`` holds examples of shape ``dims``
+        (1 to 4 sizes): ``("tokens", (128,), "int32")``, ``("x", (16, 64))``."""
+        m = cls.__new__(cls)
+        _Handle.__init__(m)
+        d = _dims(dims)
+        _check(_C.tlearn_model_create_input(ctypes.byref(m._h), _enc(name, "name"),
+                                            _dtype(dtype), len(d), d))
+        return m
+
+    def add_input(self, name, dims, dtype="float32"):
+        """Another graph input (a mask, a second image); layers read it by name."""
+        d = _dims(dims)
+        _check(_C.tlearn_model_add_input(self.handle, _enc(name, "name"), _dtype(dtype),
+                                         len(d), d))
+        return self
 
     # -- making a model ---------------------------------------------------------------
     @classmethod
@@ -362,6 +392,12 @@ class Model(_Handle):
         return self
 
     # -- layers -------------------------------------------------------------------------
+    def add_linear(self, name, units, bias=True):
+        """torch.nn.Linear over the last axis: (..., K) -> (..., units)."""
+        _check(_C.tlearn_model_add_linear(self.handle, _enc(name, "name"), int(units),
+                                          int(bool(bias))))
+        return self
+
     def add_dense(self, name, units):
         _check(_C.tlearn_model_add_dense(self.handle, _enc(name, "name"), int(units)))
         return self
@@ -452,6 +488,14 @@ class Model(_Handle):
         _check(_C.tlearn_model_layer_shape(self.handle, int(index), ctypes.byref(c),
                                            ctypes.byref(h), ctypes.byref(w)))
         return (c.value, h.value, w.value)
+
+    def layer_shape_nd(self, index):
+        """Output shape of layer ``index`` as a tuple of 1 to 4 sizes; -1-k gives model
+        input k."""
+        rank, dims = ctypes.c_int(), (ctypes.c_int * 4)()
+        _check(_C.tlearn_model_layer_shape_nd(self.handle, int(index), ctypes.byref(rank),
+                                              dims, 4))
+        return tuple(dims[:rank.value])
 
     def layer_param_count(self, index):
         n = ctypes.c_size_t()

@@ -102,6 +102,11 @@ _SIGNATURES = {
     "tlearn_model_add_batchnorm": (c_int, [_M, c_char_p, c_float, c_float]),
     "tlearn_model_add_dropout": (c_int, [_M, c_char_p, c_float]),
     "tlearn_model_add_add": (c_int, [_M, c_char_p, c_char_p]),
+    # general graphs (1.1)
+    "tlearn_model_create_input": (c_int, [_PM, c_char_p, c_int, c_int, P(c_int)]),
+    "tlearn_model_add_input": (c_int, [_M, c_char_p, c_int, c_int, P(c_int)]),
+    "tlearn_model_layer_shape_nd": (c_int, [_M, c_int, P(c_int), P(c_int), c_int]),
+    "tlearn_model_add_linear": (c_int, [_M, c_char_p, c_int, c_int]),
     # introspection
     "tlearn_model_layer_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_layer_index": (c_int, [_M, c_char_p, P(c_int)]),

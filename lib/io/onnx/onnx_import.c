@@ -172,7 +172,7 @@ static int read_input(ox_ctx *c)
     v->kind = OX_ACT;
     v->layer = -1;
     v->rank = (int)rank;
-    v->shape = c->m->input;
+    v->shape = c->m->inputs[0].shape;
     return TLEARN_OK;
 }
 

@@ -30,6 +30,8 @@ pub const TLEARN_LAYER_GLOBAL_AVGPOOL: c_int = 7;
 pub const TLEARN_LAYER_BATCHNORM: c_int = 8;
 pub const TLEARN_LAYER_DROPOUT: c_int = 9;
 pub const TLEARN_LAYER_ADD: c_int = 10;
+pub const TLEARN_DTYPE_FLOAT32: c_int = 1;
+pub const TLEARN_DTYPE_INT32: c_int = 2;
 
 // enum tlearn_activation
 pub const TLEARN_ACT_RELU: c_int = 1;
@@ -130,6 +132,14 @@ extern "C" {
     pub fn tlearn_model_add_dense(m: *mut tlearn_model, name: *const c_char, units: c_int)
         -> c_int;
     pub fn tlearn_model_add_flatten(m: *mut tlearn_model, name: *const c_char) -> c_int;
+    pub fn tlearn_model_add_linear(m: *mut tlearn_model, name: *const c_char, units: c_int,
+                                   bias: c_int) -> c_int;
+    pub fn tlearn_model_create_input(out: *mut *mut tlearn_model, name: *const c_char,
+                                     dtype: c_int, rank: c_int, dims: *const c_int) -> c_int;
+    pub fn tlearn_model_add_input(m: *mut tlearn_model, name: *const c_char, dtype: c_int,
+                                  rank: c_int, dims: *const c_int) -> c_int;
+    pub fn tlearn_model_layer_shape_nd(m: *const tlearn_model, index: c_int, rank: *mut c_int,
+                                       dims: *mut c_int, cap: c_int) -> c_int;
     pub fn tlearn_model_add_activation(m: *mut tlearn_model, name: *const c_char,
                                        activation: c_int, param: f32) -> c_int;
     pub fn tlearn_model_add_conv2d(m: *mut tlearn_model, name: *const c_char, filters: c_int,

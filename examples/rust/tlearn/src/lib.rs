@@ -515,6 +515,30 @@ impl Model {
         Ok(Model::from_raw(p))
     }
 
+    /// An empty model whose first input @p name holds examples of shape @p dims (1 to 4
+    /// sizes); @p int32 for token ids.
+    pub fn with_input(name: &str, dims: &[i32], int32: bool) -> Result<Model> {
+        let c = cstring(name, "name")?;
+        let mut p = ptr::null_mut();
+        let dtype = if int32 { sys::TLEARN_DTYPE_INT32 } else { sys::TLEARN_DTYPE_FLOAT32 };
+        check(unsafe {
+            sys::tlearn_model_create_input(&mut p, c.as_ptr(), dtype, dims.len() as c_int,
+                                           dims.as_ptr())
+        })?;
+        Ok(Model::from_raw(p))
+    }
+
+    /// Another graph input (a mask, a second image); layers read it by name.
+    pub fn add_input(&mut self, name: &str, dims: &[i32], int32: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let dtype = if int32 { sys::TLEARN_DTYPE_INT32 } else { sys::TLEARN_DTYPE_FLOAT32 };
+        check(unsafe {
+            sys::tlearn_model_add_input(self.raw(), c.as_ptr(), dtype, dims.len() as c_int,
+                                        dims.as_ptr())
+        })?;
+        Ok(self)
+    }
+
     /// Load a libtlearn checkpoint.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let c = cpath(path.as_ref())?;
@@ -584,6 +608,12 @@ impl Model {
     pub fn add_dense(&mut self, name: &str, units: i32) -> Result<&mut Self> {
         let c = cstring(name, "name")?;
         check(unsafe { sys::tlearn_model_add_dense(self.raw(), c.as_ptr(), units) })?;
+        Ok(self)
+    }
+    /// torch.nn.Linear over the last axis: (..., K) -> (..., units).
+    pub fn add_linear(&mut self, name: &str, units: i32, bias: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_linear(self.raw(), c.as_ptr(), units, bias as c_int) })?;
         Ok(self)
     }
     pub fn add_flatten(&mut self, name: &str) -> Result<&mut Self> {
@@ -693,6 +723,15 @@ impl Model {
         let (mut c, mut h, mut w) = (0, 0, 0);
         check(unsafe { sys::tlearn_model_layer_shape(self.raw(), index, &mut c, &mut h, &mut w) })?;
         Ok(Shape { c: c as usize, h: h as usize, w: w as usize })
+    }
+    /// Output shape of layer @p index as 1 to 4 sizes (any rank).
+    pub fn layer_shape_nd(&self, index: usize) -> Result<Vec<usize>> {
+        let (mut rank, mut dims) = (0, [0 as c_int; 4]);
+        check(unsafe {
+            sys::tlearn_model_layer_shape_nd(self.raw(), index as c_int, &mut rank,
+                                             dims.as_mut_ptr(), 4)
+        })?;
+        Ok(dims[..rank as usize].iter().map(|&d| d as usize).collect())
     }
     /// Output shape of layer @p index.
     pub fn layer_shape(&self, index: usize) -> Result<Shape> {

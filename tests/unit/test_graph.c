@@ -1,0 +1,316 @@
+/* The general graph core: inputs of any rank and type, several model inputs, layers with
+ * many inputs, linear over the last axis, and checkpoints that keep all of it. */
+#include <unistd.h>
+
+#include "common.h"
+#include "model/model.h"
+
+static float urand(test_rng *r)
+{
+    return (float)((double)(test_next(r) >> 40) / 8388608.0 - 1.0);
+}
+
+/* linear over (T, D): each of the T rows is x W^T + b, computed here in double. */
+static void test_linear_last_axis(void **state)
+{
+    (void)state;
+    enum { T = 5, D = 7, U = 3, N = 4 };
+    tlearn_model *m;
+    OK(tlearn_model_create_input(&m, "seq", TLEARN_DTYPE_FLOAT32, 2, (const int[]){T, D}));
+    OK(tlearn_model_add_linear(m, "proj", U, 1));
+    int rank, dims[4];
+    OK(tlearn_model_layer_shape_nd(m, 0, &rank, dims, 4));
+    assert_int_equal(rank, 2);
+    assert_int_equal(dims[0], T);
+    assert_int_equal(dims[1], U);
+    OK(tlearn_model_layer_shape_nd(m, -1, &rank, dims, 4));
+    assert_int_equal(rank, 2);
+    assert_int_equal(dims[1], D);
+    float w[U * D], b[U], x[N * T * D], y[N * T * U];
+    OK(tlearn_model_get_tensor(m, "proj.weight", w, U * D));
+    OK(tlearn_model_get_tensor(m, "proj.bias", b, U));
+    test_rng r = {7};
+    for (int i = 0; i < N * T * D; i++)
+        x[i] = urand(&r);
+    OK(tlearn_model_predict(m, x, N, y, N * T * U));
+    for (int row = 0; row < N * T; row++)
+        for (int u = 0; u < U; u++) {
+            double s = b[u];
+            for (int k = 0; k < D; k++)
+                s += (double)x[row * D + k] * w[u * D + k];
+            assert_float_equal(y[row * U + u], (float)s, 1e-5f);
+        }
+    /* without a bias there is no bias tensor */
+    OK(tlearn_model_add_linear(m, "nobias", 2, 0));
+    size_t count;
+    OK(tlearn_model_layer_param_count(m, 1, &count));
+    assert_int_equal(count, 2 * U);
+    /* round 1's (C, H, W) query refuses nothing of rank <= 3 and pads with 1 */
+    int c, h, wd;
+    OK(tlearn_model_layer_shape(m, 1, &c, &h, &wd));
+    assert_int_equal(c, T);
+    assert_int_equal(h, 2);
+    assert_int_equal(wd, 1);
+    tlearn_model_destroy(&m);
+}
+
+/* Model inputs: names share the layers' namespace, int32 inputs are refused by float
+ * layers, and calls that take one array refuse models of several inputs. */
+static void test_inputs(void **state)
+{
+    (void)state;
+    tlearn_model *m;
+    assert_int_equal(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 5,
+                                               (const int[]){1, 1, 1, 1, 1}), TLEARN_EINVAL);
+    assert_null(m);
+    assert_int_equal(tlearn_model_create_input(&m, "x", 3, 1, (const int[]){4}), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 2,
+                                               (const int[]){4, 0}), TLEARN_EINVAL);
+    OK(tlearn_model_create_input(&m, "tokens", TLEARN_DTYPE_INT32, 1, (const int[]){6}));
+    assert_int_equal(tlearn_model_add_dense(m, "fc", 2), TLEARN_EINVAL); /* reads float */
+    assert_non_null(strstr(tlearn_errmsg(), "int32"));
+    OK(tlearn_model_add_input(m, "feat", TLEARN_DTYPE_FLOAT32, 1, (const int[]){4}));
+    assert_int_equal(tlearn_model_add_input(m, "feat", TLEARN_DTYPE_FLOAT32, 1,
+                                            (const int[]){4}), TLEARN_EINVAL);
+    OK(tlearn_model_set_next_input(m, "feat"));
+    OK(tlearn_model_add_dense(m, "fc", 2));
+    /* a layer may not take an input's name, nor an input a layer's */
+    assert_int_equal(tlearn_model_add_dense(m, "feat", 2), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_add_input(m, "fc", TLEARN_DTYPE_FLOAT32, 1, (const int[]){1}),
+                     TLEARN_EINVAL);
+    int rank, dims[4];
+    OK(tlearn_model_layer_shape_nd(m, -2, &rank, dims, 4));
+    assert_int_equal(rank, 1);
+    assert_int_equal(dims[0], 4);
+    assert_int_equal(tlearn_model_layer_shape_nd(m, -3, &rank, dims, 4), TLEARN_EINVAL);
+    float x[6] = {0}, y[2];
+    assert_int_equal(tlearn_model_predict(m, x, 1, y, 2), TLEARN_ESTATE);
+    for (int k = 2; k < 8; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "in%d", k);
+        OK(tlearn_model_add_input(m, name, TLEARN_DTYPE_FLOAT32, 1, (const int[]){1}));
+    }
+    assert_int_equal(tlearn_model_add_input(m, "in8", TLEARN_DTYPE_FLOAT32, 1,
+                                            (const int[]){1}), TLEARN_ESTATE);
+    tlearn_model_destroy(&m);
+}
+
+/* A test kind that sums any number of inputs of one shape. */
+static int sumk_configure(tl_layer *L, const int *ia, int ni, const float *fa, int nf)
+{
+    (void)L, (void)ia, (void)fa;
+    return ni == 0 && nf == 0 ? TLEARN_OK : TLEARN_EINVAL;
+}
+
+static void sumk_arguments(const tl_layer *L, int *ia, int *ni, float *fa, int *nf)
+{
+    (void)L, (void)ia, (void)fa;
+    *ni = *nf = 0;
+}
+
+static int sumk_setup(tl_layer *L, tl_rng *rng)
+{
+    (void)rng;
+    for (int k = 1; k < L->ninputs; k++)
+        if (!tl_shape_equal(L->in[k], L->in[0]))
+            return tl_fail(TLEARN_ESHAPE, "sumk: shapes differ");
+    L->out = L->in[0];
+    return TLEARN_OK;
+}
+
+static void sumk_forward(tl_layer *L, const tl_exec *ex, const float *const *in, float *out,
+                         size_t n, float *saved)
+{
+    (void)ex, (void)saved;
+    size_t len = n * tl_shape_size(L->out);
+    memset(out, 0, sizeof(float) * len);
+    for (int k = 0; k < L->ninputs; k++)
+        for (size_t i = 0; i < len; i++)
+            out[i] += in[k][i];
+}
+
+static void sumk_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
+                          const float *out, const float *dout, float *const *din, int accum,
+                          size_t n, const float *saved, float *const *pgrad)
+{
+    (void)ex, (void)in, (void)out, (void)saved, (void)pgrad;
+    size_t len = n * tl_shape_size(L->out);
+    for (int k = 0; k < L->ninputs; k++) {
+        if (!din[k])
+            continue;
+        int add = accum;
+        for (int j = 0; j < k; j++)
+            add |= din[j] == din[k]; /* the same producer twice */
+        for (size_t i = 0; i < len; i++)
+            din[k][i] = add ? din[k][i] + dout[i] : dout[i];
+    }
+}
+
+static const tl_layer_ops sumk_ops = {
+    .kind = 999,
+    .kind_name = "sumk",
+    .configure = sumk_configure,
+    .arguments = sumk_arguments,
+    .setup = sumk_setup,
+    .forward = sumk_forward,
+    .backward = sumk_backward,
+};
+
+/* 40 dense branches off one input summed by one layer (DenseNet-like fan-in): forward is
+ * the sum, and each branch's weight gradient is what its own branch alone gives. */
+static void test_many_inputs(void **state)
+{
+    (void)state;
+    enum { K = 40, D = 3, N = 2 };
+    tlearn_model *m;
+    OK(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 1, (const int[]){D}));
+    int idx[K + 1];
+    for (int k = 0; k < K; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "b%d", k);
+        OK(tlearn_model_set_next_input(m, "x"));
+        OK(tlearn_model_add_linear(m, name, D, 0));
+        idx[k] = k;
+    }
+    idx[K] = 3; /* one producer twice */
+    OK(tl_model_add(m, "test", &sumk_ops, "sum", idx, K + 1, NULL, 0, NULL, 0));
+    float x[N * D] = {0.5f, -1.0f, 2.0f, 1.5f, 0.25f, -0.75f}, y[N * D];
+    OK(tlearn_model_set_loss(m, TLEARN_LOSS_MSE));
+    OK(tlearn_model_predict(m, x, N, y, N * D));
+    float wsum[D * D] = {0}, w[D * D];
+    for (int k = 0; k <= K; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "b%d.weight", idx[k]);
+        OK(tlearn_model_get_tensor(m, name, w, D * D));
+        for (int i = 0; i < D * D; i++)
+            wsum[i] += w[i];
+    }
+    for (int e = 0; e < N; e++)
+        for (int u = 0; u < D; u++) {
+            double s = 0;
+            for (int k = 0; k < D; k++)
+                s += (double)x[e * D + k] * wsum[u * D + k];
+            assert_float_equal(y[e * D + u], (float)s, 1e-4f);
+        }
+    /* gradients: d(loss)/dW_k = dy^T x for every branch, twice for branch 3 */
+    float t[N * D] = {0}, loss, g0[D * D], g3[D * D];
+    tlearn_optim *o;
+    OK(tlearn_optim_create(&o, TLEARN_SGD));
+    OK(tlearn_optim_set(o, TLEARN_OPT_LR, 1e-30)); /* the gradient is what is checked */
+    OK(tlearn_model_train_step_mse(m, o, x, t, N, &loss));
+    OK(tlearn_model_get_grad(m, "b0.weight", g0, D * D));
+    OK(tlearn_model_get_grad(m, "b3.weight", g3, D * D));
+    for (int i = 0; i < D * D; i++) {
+        assert_true(g0[i] != 0.0f);
+        assert_float_equal(g3[i], 2.0f * g0[i], 1e-5f * fabsf(g0[i]) + 1e-7f);
+    }
+    /* MSE over N*D elements: dy = 2 (y - 0) / (N D); dW[u][k] = sum_e dy[e][u] x[e][k] */
+    for (int u = 0; u < D; u++)
+        for (int k = 0; k < D; k++) {
+            double s = 0;
+            for (int e = 0; e < N; e++)
+                s += 2.0 * y[e * D + u] / (N * D) * x[e * D + k];
+            assert_float_equal(g0[u * D + k], (float)s, 1e-4f);
+        }
+    tlearn_optim_destroy(&o);
+    tlearn_model_destroy(&m);
+}
+
+/* Several inputs through the internal feed: two inputs summed by the residual add. */
+static void test_two_inputs_feed(void **state)
+{
+    (void)state;
+    tlearn_model *m;
+    OK(tlearn_model_create_input(&m, "a", TLEARN_DTYPE_FLOAT32, 2, (const int[]){2, 3}));
+    OK(tlearn_model_add_input(m, "b", TLEARN_DTYPE_FLOAT32, 2, (const int[]){2, 3}));
+    OK(tlearn_model_set_next_input(m, "a"));
+    OK(tlearn_model_add_add(m, "sum", "b"));
+    float a[3 * 6], b[3 * 6], out[3 * 6];
+    for (int i = 0; i < 18; i++) {
+        a[i] = (float)i;
+        b[i] = 100.0f * (float)i;
+    }
+    tl_feed f = {2, {a, b}, {6, 6}};
+    tl_chunk_dest d = {out, 6};
+    OK(tl_model_infer(m, &f, 3, 0, 0, 0, tl_chunk_copy, &d));
+    for (int i = 0; i < 18; i++)
+        assert_float_equal(out[i], 101.0f * (float)i, 0.0f);
+    tlearn_model_destroy(&m);
+}
+
+/* A checkpoint keeps names, types and ranks of every input, which inputs layers read, and
+ * the pending next input; round 1's single image input is written as before. */
+static void test_checkpoint_inputs(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/tlearn-graph-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    tlearn_model *m, *l;
+    OK(tlearn_model_create_input(&m, "ids", TLEARN_DTYPE_INT32, 1, (const int[]){9}));
+    OK(tlearn_model_add_input(m, "seq", TLEARN_DTYPE_FLOAT32, 2, (const int[]){4, 5}));
+    OK(tlearn_model_add_input(m, "img", TLEARN_DTYPE_FLOAT32, 3, (const int[]){3, 2, 2}));
+    OK(tlearn_model_set_next_input(m, "seq"));
+    OK(tlearn_model_add_linear(m, "proj", 6, 1));
+    OK(tlearn_model_set_next_input(m, "img"));
+    OK(tlearn_model_save(m, NULL, path, TLEARN_SAVE_FULL));
+    OK(tlearn_model_load(&l, NULL, path));
+    int rank, dims[4];
+    OK(tlearn_model_layer_shape_nd(l, -1, &rank, dims, 4));
+    assert_int_equal(rank, 1);
+    assert_int_equal(dims[0], 9);
+    OK(tlearn_model_layer_shape_nd(l, -2, &rank, dims, 4));
+    assert_int_equal(rank, 2);
+    assert_int_equal(dims[1], 5);
+    OK(tlearn_model_layer_shape_nd(l, 0, &rank, dims, 4));
+    assert_int_equal(rank, 2);
+    assert_int_equal(dims[0], 4);
+    assert_int_equal(dims[1], 6);
+    assert_int_equal(l->inputs[0].dtype, TLEARN_DTYPE_INT32);
+    assert_string_equal(l->inputs[2].name, "img");
+    assert_int_equal(l->layers[0]->input[0], -2);
+    assert_int_equal(l->next_input, -3); /* "img" stays the next layer's input */
+    float w1[30], w2[30];
+    OK(tlearn_model_get_tensor(m, "proj.weight", w1, 30));
+    OK(tlearn_model_get_tensor(l, "proj.weight", w2, 30));
+    assert_memory_equal(w1, w2, sizeof w1);
+    tlearn_model_destroy(&l);
+    tlearn_model_destroy(&m);
+    /* round 1's model: no INPUTS section, readable by a 1.0 reader */
+    OK(tlearn_model_create(&m, 1, 4, 4));
+    OK(tlearn_model_add_flatten(m, "flat"));
+    OK(tlearn_model_save(m, NULL, path, TLEARN_SAVE_INFERENCE));
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    unsigned char head[64 + 32 * 16];
+    size_t got = fread(head, 1, sizeof head, fp);
+    fclose(fp);
+    assert_true(got > 64);
+    uint64_t nsec = 0;
+    memcpy(&nsec, head + 24, 8);
+    for (uint64_t s = 0; s < nsec && 64 + 32 * (s + 1) <= got; s++) {
+        uint32_t kind;
+        memcpy(&kind, head + 64 + 32 * s, 4);
+        assert_int_not_equal(kind, 10); /* INPUTS */
+    }
+    OK(tlearn_model_load(&l, NULL, path));
+    int c, h, w;
+    OK(tlearn_model_layer_shape(l, -1, &c, &h, &w));
+    assert_int_equal(c * 100 + h * 10 + w, 144);
+    tlearn_model_destroy(&l);
+    tlearn_model_destroy(&m);
+    unlink(path);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_linear_last_axis),
+        cmocka_unit_test(test_inputs),
+        cmocka_unit_test(test_many_inputs),
+        cmocka_unit_test(test_two_inputs_feed),
+        cmocka_unit_test(test_checkpoint_inputs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
