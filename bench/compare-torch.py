@@ -18,7 +18,14 @@ ratio > 1 means libtlearn is better (throughput: tlearn/torch; latency and memor
 torch/tlearn). cpu_ratio is the same comparison over process CPU time instead of wall time:
 at 1 thread it is what an idle machine would show, which matters on a shared machine (at 2
 threads it counts spinning threads, so read the wall-time ratio there). ceiling_frac is libtlearn's useful GFLOP/s over BLIS's own sgemm rate at the
-same thread count, measured at the start of the run.
+same thread count, measured at the start of the run with the best BLIS kernels for this CPU
+(not the sub-configuration BLIS may have fallen back to).
+
+The header says what the run ran on: the CPU (vendor, family, model, name), the BLIS
+sub-configuration the workloads run (tlearn_blas_info: version, `arch`, and why), and the
+1- and 2-thread sgemm ceilings of every sub-configuration considered (the one the workloads
+run, libtlearn's default choice, BLIS's own choice), the best of which is the ceiling.
+--header-only prints just that.
 """
 import argparse
 import os
@@ -193,10 +200,68 @@ def tlearn_run(exe, name, threads, rounds, round_s, ceiling):
     return parse_fields(line)
 
 
-def blis_ceiling(exe, threads):
-    out = subprocess.run([exe, "--threads", str(threads)], check=True, capture_output=True,
-                         text=True).stdout
-    return float(parse_fields(out.strip().splitlines()[-1])["gflops"])
+def blis_ceilings(exe, threads, env, size=2000):
+    """Run blis-ceiling in @p env: (tlearn_blas_info fields, {threads: GFLOP/s})."""
+    blas, gflops = {}, {}
+    for t in threads:
+        out = subprocess.run([exe, "--threads", str(t), "--size", str(size)], check=True,
+                             capture_output=True, text=True, env=env).stdout
+        for line in out.splitlines():
+            if line.startswith("blas "):
+                blas = parse_fields(line)
+            elif line.startswith("ceiling "):
+                gflops[t] = float(parse_fields(line)["gflops"])
+    return blas, gflops
+
+
+def cpu_description():
+    """Vendor, family, model and name from /proc/cpuinfo (first processor), and CPU count."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                info[k.strip()] = v.strip()
+    except OSError:
+        pass
+    return (f"cpu vendor={info.get('vendor_id', '?')} family={info.get('cpu family', '?')} "
+            f"model={info.get('model', '?')} name=\"{info.get('model name', '?')}\" "
+            f"cpus={os.cpu_count()}")
+
+
+def machine_header(ceil_exe, thread_list):
+    """Print what the run runs on; returns the ceiling per thread count: the best sgemm rate
+    among the sub-configurations the workloads run, libtlearn's default choice and BLIS's
+    own choice."""
+    print(f"# {cpu_description()}", flush=True)
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("BLIS_ARCH_TYPE", "TLEARN_BLIS_ARCH")}
+    runs = [("workloads", dict(os.environ)), ("libtlearn-default", clean),
+            ("blis-own", dict(clean, TLEARN_BLIS_ARCH="keep"))]
+    measured = {}  # arch -> {threads: gflops}
+    run_blas = None
+    for label, env in runs:
+        blas, _ = blis_ceilings(ceil_exe, [1], env, size=64)  # which arch, cheaply
+        if run_blas is None:
+            run_blas = blas
+            print("# blas " + " ".join(f"{k}={v}" for k, v in blas.items()), flush=True)
+        arch = blas.get("arch", "?")
+        if arch in measured:
+            continue
+        _, measured[arch] = blis_ceilings(ceil_exe, thread_list, env)
+        for t, g in measured[arch].items():
+            print(f"# sgemm arch={arch} threads={t} gflops={g:.4g} ({label})", flush=True)
+    best = {t: max(m[t] for m in measured.values()) for t in thread_list}
+    best_arch = {t: max(measured, key=lambda a: measured[a][t]) for t in thread_list}
+    for t in thread_list:
+        print(f"ceiling threads={t} gflops={best[t]:.4g} arch={best_arch[t]}", flush=True)
+    if any(best_arch[t] != run_blas.get("arch") for t in thread_list):
+        print(f"# note: the workloads run arch={run_blas.get('arch')} "
+              f"(reason={run_blas.get('reason')}), slower than the best kernels; "
+              f"ceiling_frac is against the best", flush=True)
+    return best
 
 
 # --------------------------------------------------------------------------------------
@@ -210,6 +275,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds inside each run")
     ap.add_argument("--round-seconds", type=float, default=0.3)
     ap.add_argument("--quick", action="store_true", help="1 repeat, 2 short rounds")
+    ap.add_argument("--header-only", action="store_true",
+                    help="print the machine header (CPU, BLIS, ceilings) and stop")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     thread_list = [int(t) for t in args.threads.split(",")]
@@ -235,9 +302,9 @@ def main():
     print(f"# torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} at start, "
           f"repeats={args.repeats} rounds={args.rounds} round_seconds={args.round_seconds}",
           flush=True)
-    ceilings = {t: blis_ceiling(ceil_exe, t) for t in thread_list}
-    for t, g in ceilings.items():
-        print(f"ceiling threads={t} gflops={g:.4g}", flush=True)
+    ceilings = machine_header(ceil_exe, thread_list)
+    if args.header_only:
+        return 0
 
     results = {}  # (workload, threads) -> dict
     for w in workloads:

@@ -52,6 +52,9 @@ long bench_peak_rss_kib(void)
 
 double bench_blis_ceiling(int threads, int size, int reps)
 {
+    /* BLIS runs what libtlearn runs: its one-time choice of sub-configuration comes before
+     * this process's first BLIS call (tlearn_blas_info). */
+    tlearn_blas_info(NULL, 0, NULL);
     size_t nn = (size_t)size * (size_t)size;
     float *a = malloc(nn * sizeof *a), *b = malloc(nn * sizeof *b), *c = malloc(nn * sizeof *c);
     if (!a || !b || !c) {
@@ -83,6 +86,13 @@ double bench_blis_ceiling(int threads, int size, int reps)
     free(b);
     free(c);
     return best;
+}
+
+void bench_print_blas(void)
+{
+    char line[TLEARN_BLAS_INFO_MAX];
+    if (tlearn_blas_info(line, sizeof line, NULL) == TLEARN_OK)
+        printf("blas %s\n", line);
 }
 
 double bench_blis_ceiling_forked(int threads, int size, int reps)

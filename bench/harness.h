@@ -23,13 +23,16 @@ long bench_peak_rss_kib(void);
 
 /* BLIS's own sgemm rate in GFLOP/s on a square problem of side @p size at @p threads
  * (per-call rntm_t, as the library uses it): the best of @p reps timed calls after one
- * warm-up call. */
+ * warm-up call, with the sub-configuration libtlearn runs (tlearn_blas_info() first). */
 double bench_blis_ceiling(int threads, int size, int reps);
 
 /* As bench_blis_ceiling(), measured in a forked child so that its matrices never count
  * towards this process's peak RSS. Call before anything has started OpenMP threads.
  * Returns <= 0 on failure. */
 double bench_blis_ceiling_forked(int threads, int size, int reps);
+
+/* Print `blas <tlearn_blas_info line>` on stdout: what BLIS runs in this process. */
+void bench_print_blas(void);
 
 /* The workloads. */
 enum bench_workload {

@@ -182,6 +182,7 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    bench_print_blas(); /* the BLIS sub-configuration the figures below ran on */
     if (strcmp(argv[1], "all") == 0) {
         int status = 0;
         double ceil_t[3] = {0, 0, 0};

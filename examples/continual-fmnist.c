@@ -191,6 +191,7 @@ int main(int argc, char **argv)
 {
     options opt = parse(argc, argv);
     setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows up line by line in logs too */
+    print_blas_info();
     char err[256];
     fmnist train, test;
     if (fmnist_load(&train, NULL, "train", opt.train_limit, err, sizeof err) ||

@@ -23,6 +23,7 @@ enum { FEATURES = 64, PER_CLASS = 20, TEST = 2000, CLASSES = 10, BATCH = 16 };
 
 int main(int argc, char **argv)
 {
+    print_blas_info();
     char err[256];
     fmnist train, test;
     if (fmnist_load(&train, NULL, "train", 0, err, sizeof err) != 0 ||

@@ -53,6 +53,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: load-pytorch FILE.safetensors\n");
         return 2;
     }
+    print_blas_info();
     tlearn_model *m;
     CHECK(tlearn_model_create(&m, 1, 28, 28));
     CHECK(tlearn_model_add_conv2d(m, "conv1", 8, 3, 1, 1, 1));

@@ -11,6 +11,7 @@
 
 int main(int argc, char **argv)
 {
+    print_blas_info();
     int epochs = argc > 1 ? atoi(argv[1]) : 1;
     char err[256];
     fmnist train, test;

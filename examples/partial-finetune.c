@@ -42,6 +42,7 @@ static void report(tlearn_model *m, const fmnist *test, const char *stage)
 
 int main(int argc, char **argv)
 {
+    print_blas_info();
     char err[256];
     fmnist train, test;
     if (fmnist_load(&train, NULL, "train", 0, err, sizeof err) != 0 ||

@@ -896,6 +896,53 @@ TLEARN_API int tlearn_model_layer_shape_nd(const tlearn_model *m, int index, int
 TLEARN_API int tlearn_model_add_linear(tlearn_model *m, const char *name, int units, int bias);
 /** @} */
 
+/* ------------------------------------------------------------------------------------ */
+/** @name The BLAS underneath */
+/** @{ */
+/** Why BLIS runs the sub-configuration it runs, as reported by tlearn_blas_info().
+ *  Values are fixed. @since 1.1 */
+enum tlearn_blas_reason {
+    TLEARN_BLAS_BLIS_CHOICE = 1, /**< BLIS's own choice from cpuid, left alone */
+    TLEARN_BLAS_HOST = 2,        /**< the environment sets BLIS_ARCH_TYPE: never overridden */
+    TLEARN_BLAS_STEERED = 3,     /**< BLIS would have fallen back to `generic`; libtlearn
+                                      selected the sub-configuration the CPU supports */
+    TLEARN_BLAS_OPT_OUT = 4,     /**< TLEARN_BLIS_ARCH=keep: BLIS's own choice, not examined */
+    TLEARN_BLAS_ALREADY_INIT = 5 /**< BLIS would have used `generic` and had been initialised
+                                      before libtlearn first used it: could not steer */
+};
+
+/** Bytes that always hold the line of tlearn_blas_info(). @since 1.1 */
+#define TLEARN_BLAS_INFO_MAX 256
+
+/**
+ * Which BLIS runs libtlearn's matrix products, and why, as one line of `key=value` fields:
+ * "blis=0.9.0 arch=skx reason=steered blis_choice=generic cpu=AuthenticAMD family=26
+ * model=2 isa=avx512". `arch` is the sub-configuration in use (BLIS's bli_arch_query_id()),
+ * `reason` one of blis, host, steered, opt-out, already-initialised (enum
+ * tlearn_blas_reason), `blis_choice` what BLIS chose or would choose by itself ("-" when not
+ * asked), `isa` the vector extensions the CPU and OS offer (avx512, avx2-fma, none). Fields
+ * may be appended in later versions.
+ *
+ * At its first BLIS use (the first model created, or this call) libtlearn checks, once per
+ * process, whether BLIS would fall back to its slow `generic` kernels on a CPU that one of
+ * its configured sub-configurations supports (AVX-512F/DQ/BW/VL: skx; AVX2 and FMA:
+ * zen3/zen2/zen on AMD, haswell), and then selects that one by setting BLIS_ARCH_TYPE just
+ * while BLIS initialises (the variable is removed again). A BLIS_ARCH_TYPE set by the host
+ * is never overridden; TLEARN_BLIS_ARCH=keep (any value but "auto") opts out. The choice
+ * is process-wide: BLIS has one sub-configuration per process, used by the host's own BLIS
+ * calls too. To avoid the brief setenv() racing with getenv() on other threads, call this
+ * function (or create a model) before starting threads, or set either variable.
+ * @param buf     receives the NUL-terminated line; may be NULL when @p cap is 0.
+ * @param cap     capacity of @p buf in bytes; TLEARN_BLAS_INFO_MAX always suffices.
+ * @param reason  receives an enum tlearn_blas_reason value; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL buf with cap > 0), TLEARN_ESHAPE (cap too small:
+ *         buf holds the start of the line, NUL-terminated; *reason is set).
+ * @note Thread-safe; the one-time choice runs under pthread_once().
+ * @since 1.1
+ */
+TLEARN_API int tlearn_blas_info(char *buf, size_t cap, int *reason);
+/** @} */
+
 #ifdef __cplusplus
 }
 #endif

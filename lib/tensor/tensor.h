@@ -53,6 +53,9 @@ int tl_all_finite(const float *x, size_t n, int threads);
 
 /* Per-model GEMM context: its own thread count, never BLIS's global setting. */
 typedef struct tl_blas tl_blas;
+/* The one-time choice of BLIS's sub-configuration (blas.c; tlearn_blas_info()). Runs
+ * before BLIS is first used: tl_blas_create calls it. Thread-safe. */
+void tl_blas_init(void);
 tl_blas *tl_blas_create(int threads);
 void tl_blas_destroy(tl_blas *b);
 void tl_blas_set_threads(tl_blas *b, int threads);

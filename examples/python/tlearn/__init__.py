@@ -73,6 +73,14 @@ def version():
     return _C.tlearn_version_string().decode()
 
 
+def blas_info():
+    """Which BLIS sub-configuration runs the matrix products and why, as one line of
+    ``key=value`` fields (tlearn_blas_info)."""
+    buf = ctypes.create_string_buffer(256)
+    _check(_C.tlearn_blas_info(buf, len(buf), None))
+    return buf.value.decode()
+
+
 def version_hex():
     """Version of the loaded library as 0xMMmmpp00 (compare with a minimum you need)."""
     return _C.tlearn_version_hex()

@@ -83,6 +83,7 @@ _SIGNATURES = {
     "tlearn_errmsg": (c_char_p, []),
     "tlearn_version_hex": (c_uint, []),
     "tlearn_version_string": (c_char_p, []),
+    "tlearn_blas_info": (c_int, [c_char_p, c_size_t, P(c_int)]),
     # building
     "tlearn_model_create": (c_int, [_PM, c_int, c_int, c_int]),
     "tlearn_model_destroy": (None, [_PM]),

@@ -119,6 +119,7 @@ extern "C" {
     pub fn tlearn_errmsg() -> *const c_char;
     pub fn tlearn_version_hex() -> c_uint;
     pub fn tlearn_version_string() -> *const c_char;
+    pub fn tlearn_blas_info(buf: *mut c_char, cap: usize, reason: *mut c_int) -> c_int;
 
     // Building a model.
     pub fn tlearn_model_create(out: *mut *mut tlearn_model, channels: c_int, height: c_int,

@@ -135,6 +135,13 @@ pub fn version() -> String {
     cstr_to_string(unsafe { sys::tlearn_version_string() })
 }
 
+/// Which BLIS sub-configuration runs the matrix products and why (tlearn_blas_info).
+pub fn blas_info() -> Result<String> {
+    let mut buf = [0 as c_char; 256];
+    check(unsafe { sys::tlearn_blas_info(buf.as_mut_ptr(), buf.len(), ptr::null_mut()) })?;
+    Ok(cstr_to_string(buf.as_ptr()))
+}
+
 /// Version of the linked library as 0xMMmmpp00.
 pub fn version_hex() -> u32 {
     unsafe { sys::tlearn_version_hex() }
