@@ -196,17 +196,23 @@ void tl_model_structure_changed(tlearn_model *m)
 }
 
 
+/* A valid name that no layer or model input has yet. */
+static int check_new_name(const char *fn, const tlearn_model *m, const char *name)
+{
+    int rc = tl_check_name(fn, name), dup;
+    if (!rc && tl_model_find_producer(m, name, &dup))
+        rc = tl_fail(TLEARN_EINVAL, "%s: a %s named '%s' already exists", fn,
+                     dup < 0 ? "model input" : "layer", name);
+    return rc;
+}
+
 int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const char *name,
                  const int *inputs, int ninputs, const int *ia, int ni, const float *fa, int nf)
 {
     TL_CHECK_MODEL(fn, m);
-    int rc = tl_check_name(fn, name);
+    int rc = check_new_name(fn, m, name);
     if (rc)
         return rc;
-    int dup;
-    if (tl_model_find_producer(m, name, &dup))
-        return tl_fail(TLEARN_EINVAL, "%s: a %s named '%s' already exists", fn,
-                       dup < 0 ? "model input" : "layer", name);
     if (m->nlayers == m->cap_layers) {
         int cap = m->cap_layers ? 2 * m->cap_layers : 16;
         tl_layer **layers = tl_alloc_array((size_t)cap, sizeof *layers);
@@ -415,12 +421,10 @@ int tlearn_model_add_input(tlearn_model *m, const char *name, int dtype, int ran
     TL_CHECK_MODEL(fn, m);
     tl_model_input in;
     int rc = make_input(fn, &in, name, dtype, rank, dims);
+    if (!rc)
+        rc = check_new_name(fn, m, name);
     if (rc)
         return rc;
-    int dup;
-    if (tl_model_find_producer(m, name, &dup))
-        return tl_fail(TLEARN_EINVAL, "%s: a %s named '%s' already exists", fn,
-                       dup < 0 ? "model input" : "layer", name);
     if (m->ninputs == TL_MAX_MODEL_INPUTS)
         return tl_fail(TLEARN_ESTATE, "%s: the model has %d inputs already", fn, m->ninputs);
     m->inputs[m->ninputs++] = in;
