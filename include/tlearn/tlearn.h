@@ -622,8 +622,10 @@ TLEARN_API int tlearn_model_predict_from(tlearn_model *m, const char *layer,
 /**
  * Drop every layer after @p from_layer and append a fresh dense head named "head" with
  * @p classes outputs (use tlearn_model_add_* afterwards to append more layers). EWC state
- * of removed layers is dropped; the new head is not anchored.
- * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ENOMEM. @since 1.0
+ * of removed layers is dropped; the new head is not anchored. Atomic: when the head cannot
+ * be built, nothing is removed.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE (the head's weights
+ *         would exceed 2^31 elements), TLEARN_ENOMEM. @since 1.0
  */
 TLEARN_API int tlearn_model_replace_head(tlearn_model *m, const char *from_layer, int classes);
 

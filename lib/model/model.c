@@ -73,6 +73,7 @@ void tlearn_model_destroy(tlearn_model **mp)
         destroy_layer(m->layers[i], &m->lstate[i]);
     tl_free(m->layers);
     tl_free(m->lstate);
+    tl_free(m->name_index);
     tl_plan_free(&m->plan_train);
     tl_plan_free(&m->plan_infer);
     tl_model_free_workers(m);
@@ -127,14 +128,6 @@ int tlearn_model_set_loss(tlearn_model *m, int loss)
         return tl_fail(TLEARN_EINVAL, "tlearn_model_set_loss: unknown loss %d", loss);
     m->loss_kind = loss;
     return TLEARN_OK;
-}
-
-int tl_model_find(const tlearn_model *m, const char *name)
-{
-    for (int i = 0; i < m->nlayers; i++)
-        if (strcmp(m->layers[i]->name, name) == 0)
-            return i;
-    return -1;
 }
 
 int tl_model_find_producer(const tlearn_model *m, const char *name, int *producer)
@@ -206,13 +199,48 @@ static int check_new_name(const char *fn, const tlearn_model *m, const char *nam
     return rc;
 }
 
-int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const char *name,
-                 const int *inputs, int ninputs, const int *ia, int ni, const float *fa, int nf)
+/* ---- the name index: layer names -> indexes in an open-addressing table, so that
+ * building or loading n layers costs O(n), not O(n^2) ---- */
+
+static size_t name_hash(const char *s)
 {
-    TL_CHECK_MODEL(fn, m);
-    int rc = check_new_name(fn, m, name);
-    if (rc)
-        return rc;
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return (size_t)h;
+}
+
+static void index_insert(tlearn_model *m, int i)
+{
+    size_t mask = m->name_cap - 1, k = name_hash(m->layers[i]->name) & mask;
+    while (m->name_index[k])
+        k = (k + 1) & mask;
+    m->name_index[k] = i + 1;
+}
+
+static void index_rebuild(tlearn_model *m)
+{
+    memset(m->name_index, 0, sizeof *m->name_index * m->name_cap);
+    for (int i = 0; i < m->nlayers; i++)
+        index_insert(m, i);
+}
+
+int tl_model_find(const tlearn_model *m, const char *name)
+{
+    if (!m->name_cap)
+        return -1;
+    size_t mask = m->name_cap - 1;
+    for (size_t k = name_hash(name) & mask; m->name_index[k]; k = (k + 1) & mask) {
+        int i = m->name_index[k] - 1;
+        if (strcmp(m->layers[i]->name, name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Room for one more layer, in the arrays and in the name index (at most half full). */
+static int reserve_layer(tlearn_model *m, const char *fn)
+{
     if (m->nlayers == m->cap_layers) {
         int cap = m->cap_layers ? 2 * m->cap_layers : 16;
         tl_layer **layers = tl_alloc_array((size_t)cap, sizeof *layers);
@@ -232,6 +260,25 @@ int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const
         m->lstate = ls;
         m->cap_layers = cap;
     }
+    if (2 * ((size_t)m->nlayers + 1) > m->name_cap) {
+        size_t cap = m->name_cap ? 2 * m->name_cap : 64;
+        int *index = tl_alloc_array(cap, sizeof *index);
+        if (!index)
+            return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+        tl_free(m->name_index);
+        m->name_index = index;
+        m->name_cap = cap;
+        index_rebuild(m);
+    }
+    return TLEARN_OK;
+}
+
+/* A configured and set-up layer of @p ops over the producers @p inputs (NULL: the model's
+ * next input), not yet part of the model; nothing in the model changes. */
+static int build_layer(tlearn_model *m, const char *fn, const tl_layer_ops *ops,
+                       const char *name, const int *inputs, int ninputs, const int *ia, int ni,
+                       const float *fa, int nf, tl_layer **out)
+{
     int default_input = m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input;
     if (!inputs) {
         inputs = &default_input;
@@ -240,6 +287,10 @@ int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const
     if (ninputs < 1 || ninputs > TL_MAX_INPUTS)
         return tl_fail(TLEARN_EINVAL, "%s: layer '%s' has %d inputs, must be 1..%d", fn, name,
                        ninputs, TL_MAX_INPUTS);
+    for (int i = 0; i < ninputs; i++)
+        if (inputs[i] < -m->ninputs || inputs[i] >= m->nlayers)
+            return tl_fail(TLEARN_EINVAL, "%s: layer '%s', input %d: producer %d is not a "
+                           "model input or an earlier layer", fn, name, i, inputs[i]);
     tl_layer *L = tl_layer_new(ops, name, ninputs);
     if (!L)
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
@@ -253,7 +304,7 @@ int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const
                            "holds int32", fn, ops->kind_name, m->inputs[-1 - inputs[i]].name);
         }
     }
-    rc = ops->configure(L, ia, ni, fa, nf);
+    int rc = ops->configure(L, ia, ni, fa, nf);
     if (!rc)
         rc = ops->setup(L, &m->rng);
     if (rc) {
@@ -262,12 +313,35 @@ int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const
         destroy_layer(L, &scratch);
         return tl_fail_prefix(rc, "%s: ", fn);
     }
+    *out = L;
+    return TLEARN_OK;
+}
+
+/* Append @p L after reserve_layer(); cannot fail. */
+static void attach_layer(tlearn_model *m, tl_layer *L)
+{
     tl_layer_state *st = &m->lstate[m->nlayers];
     memset(st, 0, sizeof *st);
     st->lr_scale = 1.0f;
     m->layers[m->nlayers++] = L;
+    index_insert(m, m->nlayers - 1);
     m->next_input = TL_NEXT_DEFAULT;
     tl_model_structure_changed(m);
+}
+
+int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const char *name,
+                 const int *inputs, int ninputs, const int *ia, int ni, const float *fa, int nf)
+{
+    TL_CHECK_MODEL(fn, m);
+    tl_layer *L;
+    int rc = check_new_name(fn, m, name);
+    if (!rc)
+        rc = reserve_layer(m, fn);
+    if (!rc)
+        rc = build_layer(m, fn, ops, name, inputs, ninputs, ia, ni, fa, nf, &L);
+    if (rc)
+        return rc;
+    attach_layer(m, L);
     return TLEARN_OK;
 }
 
@@ -645,6 +719,8 @@ int tlearn_model_truncate(tlearn_model *m, const char *layer)
     for (int i = keep; i < m->nlayers; i++)
         destroy_layer(m->layers[i], &m->lstate[i]);
     m->nlayers = keep;
+    if (m->name_cap)
+        index_rebuild(m);
     m->next_input = TL_NEXT_DEFAULT;
     tl_model_structure_changed(m);
     return TLEARN_OK;
@@ -663,14 +739,31 @@ int tlearn_model_replace_head(tlearn_model *m, const char *from_layer, int class
         return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, from_layer);
     /* Refuse before truncating: a kept layer called "head" would make the add fail after
      * the old head is already gone. */
-    int kept_head = tl_model_find(m, "head");
-    if (kept_head >= 0 && kept_head <= i)
+    int kept_head;
+    if (tl_model_find_producer(m, "head", &kept_head) && kept_head <= i)
         return tl_fail(TLEARN_EINVAL, "%s: layer %d is already named 'head' and would stay; "
                        "the new head needs that name", fn, kept_head);
-    int rc = tlearn_model_truncate(m, from_layer);
+    /* Build the head first and truncate only once it exists: a head that cannot be built
+     * (ESHAPE, ENOMEM) leaves the model as it was. */
+    int producer = i;
+    tl_layer *head;
+    int rc = tl_check_name(fn, "head");
+    if (!rc)
+        rc = reserve_layer(m, fn);
+    if (!rc)
+        rc = build_layer(m, fn, &tl_dense_ops, "head", &producer, 1, &classes, 1, NULL, 0,
+                         &head);
     if (rc)
+        return rc;
+    rc = tlearn_model_truncate(m, from_layer);
+    if (rc) { /* cannot happen: from_layer exists */
+        tl_layer_state scratch;
+        memset(&scratch, 0, sizeof scratch);
+        destroy_layer(head, &scratch);
         return tl_fail_prefix(rc, "%s: ", fn);
-    return tl_model_add(m, fn, &tl_dense_ops, "head", NULL, 0, &classes, 1, NULL, 0);
+    }
+    attach_layer(m, head);
+    return TLEARN_OK;
 }
 
 /* ---- metadata ---- */

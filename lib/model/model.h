@@ -93,6 +93,8 @@ struct tlearn_model {
     tl_model_input inputs[TL_MAX_MODEL_INPUTS];
     int nlayers, cap_layers;
     tl_layer **layers;
+    int *name_index;      /* open addressing: 1 + layer index by name hash, 0 empty */
+    size_t name_cap;      /* slots, a power of two, at least twice nlayers */
     tl_layer_state *lstate;
     int next_input;       /* TL_NEXT_DEFAULT: the previous layer; else a producer */
     int threads;

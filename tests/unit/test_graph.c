@@ -1,5 +1,6 @@
 /* The general graph core: inputs of any rank and type, several model inputs, layers with
  * many inputs, linear over the last axis, and checkpoints that keep all of it. */
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -303,6 +304,79 @@ static void test_checkpoint_inputs(void **state)
     unlink(path);
 }
 
+/* A head that cannot be built leaves the model as it was (issue: replace_head removed the
+ * layers first). 16 x 2^30 weights exceed the 2^31 elements a tensor may have. */
+static void test_replace_head_atomic(void **state)
+{
+    (void)state;
+    tlearn_model *m;
+    OK(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 1, (const int[]){1 << 30}));
+    OK(tlearn_model_add_flatten(m, "flat"));
+    OK(tlearn_model_set_next_input(m, "x"));
+    OK(tlearn_model_add_activation(m, "act", TLEARN_ACT_RELU, 0.0f));
+    OK(tlearn_model_add_activation(m, "act2", TLEARN_ACT_RELU, 0.0f));
+    assert_int_equal(tlearn_model_replace_head(m, "act", 16), TLEARN_ESHAPE);
+    int count;
+    OK(tlearn_model_layer_count(m, &count));
+    assert_int_equal(count, 3);
+    int i;
+    OK(tlearn_model_layer_index(m, "act2", &i));
+    assert_int_equal(i, 2);
+    /* and a head that can be built replaces the tail */
+    tlearn_model_destroy(&m);
+    OK(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 1, (const int[]){8}));
+    OK(tlearn_model_add_dense(m, "fc1", 4));
+    OK(tlearn_model_add_dense(m, "head", 3));
+    OK(tlearn_model_replace_head(m, "fc1", 5));
+    OK(tlearn_model_layer_count(m, &count));
+    assert_int_equal(count, 2);
+    OK(tlearn_model_layer_index(m, "head", &i));
+    assert_int_equal(i, 1);
+    int c;
+    OK(tlearn_model_layer_shape(m, 1, &c, NULL, NULL));
+    assert_int_equal(c, 5);
+    tlearn_model_destroy(&m);
+}
+
+/* CPU seconds to build a chain of n layers, save it and load it back. */
+static double chain_seconds(int n, const char *path)
+{
+    clock_t t0 = clock();
+    tlearn_model *m, *l;
+    OK(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 1, (const int[]){2}));
+    for (int i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "relu.%d", i);
+        OK(tlearn_model_add_activation(m, name, TLEARN_ACT_RELU, 0.0f));
+    }
+    OK(tlearn_model_save(m, NULL, path, TLEARN_SAVE_INFERENCE));
+    OK(tlearn_model_load(&l, NULL, path));
+    int idx;
+    OK(tlearn_model_layer_index(l, "relu.7", &idx));
+    assert_int_equal(idx, 7);
+    tlearn_model_destroy(&l);
+    tlearn_model_destroy(&m);
+    return (double)(clock() - t0) / CLOCKS_PER_SEC;
+}
+
+/* Building and loading n layers is linear in n (names are found through a hash index, not
+ * a scan): four times the layers may cost about four times the time, where a quadratic
+ * build costs sixteen. The bound of 10 leaves room for noise. */
+static void test_many_layers_linear(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/tlearn-chain-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    chain_seconds(2000, path); /* warm up */
+    double small = chain_seconds(10000, path), big = chain_seconds(40000, path);
+    unlink(path);
+    print_message("10000 layers: %.3f s, 40000 layers: %.3f s (ratio %.1f)\n", small, big,
+                  big / small);
+    assert_true(big < 10.0 * small + 0.05);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -311,6 +385,8 @@ int main(void)
         cmocka_unit_test(test_many_inputs),
         cmocka_unit_test(test_two_inputs_feed),
         cmocka_unit_test(test_checkpoint_inputs),
+        cmocka_unit_test(test_replace_head_atomic),
+        cmocka_unit_test(test_many_layers_linear),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
