@@ -405,8 +405,10 @@ TLEARN_API int tlearn_model_evaluate(tlearn_model *m, const float *x, const int3
  * @param labels  n class indices in [0, classes).
  * @param loss    receives data loss + penalty; may be NULL.
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE, TLEARN_ENOMEM, TLEARN_ENONFINITE (the loss,
- *         the penalty or, with gradient clipping, the gradient norm is not finite: no weight,
- *         optimizer state or batchnorm statistic changed).
+ *         the penalty (as a float), a gradient, a new weight or optimizer moment, or a
+ *         batchnorm running statistic the step would commit is not finite). On
+ *         TLEARN_ENONFINITE and TLEARN_ENOMEM no weight, optimizer state or batchnorm
+ *         statistic changed.
  * @since 1.0
  */
 TLEARN_API int tlearn_model_train_step(tlearn_model *m, tlearn_optim *o, const float *x,
@@ -464,7 +466,7 @@ enum tlearn_optim_kind {
 
 /** Hyperparameters for tlearn_optim_set(). Values are fixed; new ones are appended. */
 enum tlearn_optim_param {
-    TLEARN_OPT_LR = 1,           /**< > 0; default 0.01 (SGD), 0.001 (Adam, AdamW) */
+    TLEARN_OPT_LR = 1,           /**< > 0 and <= FLT_MAX; default 0.01 (SGD), 0.001 (Adam) */
     TLEARN_OPT_MOMENTUM = 2,     /**< SGD, in [0, 1); default 0 */
     TLEARN_OPT_DAMPENING = 3,    /**< SGD, in [0, 1]; default 0 */
     TLEARN_OPT_NESTEROV = 4,     /**< SGD, 0 or 1 (needs momentum > 0, dampening 0) */

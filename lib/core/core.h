@@ -30,6 +30,10 @@ char *tl_strdup(const char *s);
 /* How many allocations the library has made in this process (tests prove that steady
  * state steps make none). */
 uint64_t tl_alloc_calls(void);
+/* Tests: blocks allocated and not yet freed, and a failure injected into the n-th
+ * allocation from now (one allocation fails; 0 cancels). */
+int64_t tl_alloc_live(void);
+void tl_alloc_fail_nth(uint64_t n);
 
 /* Overflow-checked size arithmetic: return 0 on overflow. */
 int tl_mul_size(size_t a, size_t b, size_t *out);
