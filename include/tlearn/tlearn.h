@@ -549,7 +549,10 @@ TLEARN_API int tlearn_freeze_lr_scale(tlearn_freeze *f, const char *glob, float 
 
 /**
  * ULMFiT discriminative learning rates: the layers with parameters, from the head back,
- * get scales 1, 1/factor, 1/factor^2, ... (factor 2.6 in the paper; 0 means 2.6).
+ * get scales 1, 1/factor, 1/factor^2, ... (factor 2.6 in the paper; 0 means 2.6), held
+ * within the normal floats: a scale below FLT_MIN (1.2e-38; 2.6 over more than about 90
+ * layers) becomes FLT_MIN, one above FLT_MAX (a factor below 1) becomes FLT_MAX, so every
+ * scale is positive and finite and a saved model always loads.
  * Applied where the policy is applied; later lr_scale rules override it.
  * @return TLEARN_OK, TLEARN_EINVAL (factor < 0 or not finite). @since 1.0
  */

@@ -1,6 +1,7 @@
 /* Reading checkpoints (doc/checkpoint-format.md): load, load_weights and metadata.
  * Loading parses and checks the whole file into a description first (every count, offset
  * and size bounded by the file), then builds the model; any failure frees everything. */
+#include <float.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -714,7 +715,7 @@ static int parse_freeze(ck_file *f)
         snprintf(field, sizeof field, "layer %llu, field 'lr_scale'", (unsigned long long)i);
         if ((rc = rd_f32(&r, field, &z->lr_scale)))
             return rc;
-        if (!(z->lr_scale > 0.0f && z->lr_scale <= 3.4e38f))
+        if (!(z->lr_scale > 0.0f && z->lr_scale <= FLT_MAX))
             return rd_fail(&r, field, "expected > 0 and finite, found %g", (double)z->lr_scale);
         snprintf(field, sizeof field, "layer %llu, field 'from_pretrained'",
                  (unsigned long long)i);

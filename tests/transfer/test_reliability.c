@@ -1,4 +1,5 @@
-/* Steps that must be refused with nothing changed (issue 12): a penalty or an update that overflows float, running statistics that
+/* Steps that must be refused with nothing changed (issue 12): learning-rate scales beyond
+ * the float range, a penalty or an update that overflows float, running statistics that
  * would become infinite, and running out of memory in the middle of the optimizer. */
 #include <float.h>
 #include <unistd.h>
@@ -74,6 +75,75 @@ static void refused_then_recovers(tlearn_model *m, tlearn_optim *o, const float 
         fail_msg("%s", tlearn_errmsg());
     assert_true(isfinite(loss));
     assert_all_finite(m);
+}
+
+static void test_ulmfit_scales_stay_floats(void **state)
+{
+    (void)state;
+    /* 120 parameterised layers: 2.6^-119 is far below the smallest float. */
+    tlearn_model *m = NULL;
+    OK(tlearn_model_create(&m, 2, 1, 1));
+    char name[16];
+    for (int i = 0; i < 120; i++) {
+        snprintf(name, sizeof name, "fc%d", i);
+        OK(tlearn_model_add_dense(m, name, 2));
+    }
+    tlearn_freeze *f = NULL;
+    OK(tlearn_freeze_create(&f));
+    OK(tlearn_freeze_ulmfit(f, 2.6f));
+    OK(tlearn_model_apply_freeze(m, f));
+    for (int i = 0; i < 120; i++) {
+        float s;
+        snprintf(name, sizeof name, "fc%d", i);
+        OK(tlearn_model_layer_lr_scale(m, name, &s));
+        assert_true(s > 0 && s <= FLT_MAX);
+    }
+    char path[] = "/tmp/tlearn-ulmfit-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    OK(tlearn_model_save(m, NULL, path, TLEARN_SAVE_FULL));
+    tlearn_model *back = NULL;
+    OK(tlearn_model_load(&back, NULL, path));
+    tlearn_model_destroy(&back);
+    unlink(path);
+    tlearn_model_destroy(&m);
+    tlearn_freeze_destroy(&f);
+
+    /* Factor 1e-30: scales grow beyond float; clamped, and a step that would overflow is
+     * refused instead of filling the weights with Inf. */
+    m = mlp(4, 3, 3, 2, 7);
+    OK(tlearn_freeze_create(&f));
+    OK(tlearn_freeze_ulmfit(f, 1e-30f));
+    OK(tlearn_model_apply_freeze(m, f));
+    float s;
+    OK(tlearn_model_layer_lr_scale(m, "fc1", &s));
+    assert_true(s > 0 && s <= FLT_MAX);
+    OK(tlearn_model_save(m, NULL, path, TLEARN_SAVE_FULL));
+    OK(tlearn_model_load(&back, NULL, path));
+    tlearn_model_destroy(&back);
+    unlink(path);
+    tlearn_optim *o = NULL;
+    OK(tlearn_optim_create(&o, TLEARN_SGD));
+    float x[8];
+    int32_t y[2];
+    fill_data(x, 8, y, 2, 2, 3);
+    for (int i = 0; i < 8; i++)
+        x[i] *= 1e6f;
+    /* The first layer's rate is 0.01 * FLT_MAX: finite weights or a refused step. */
+    snapshot before = take(m);
+    float loss;
+    int rc = tlearn_model_train_step(m, o, x, y, 2, &loss);
+    if (rc == TLEARN_OK) {
+        assert_all_finite(m);
+        free(before.v);
+    } else {
+        assert_int_equal(rc, TLEARN_ENONFINITE);
+        assert_unchanged(m, &before);
+    }
+    tlearn_optim_destroy(&o);
+    tlearn_freeze_destroy(&f);
+    tlearn_model_destroy(&m);
 }
 
 static void test_penalty_overflowing_float_is_refused(void **state)
@@ -202,6 +272,7 @@ static void test_out_of_memory_in_step_changes_nothing(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ulmfit_scales_stay_floats),
         cmocka_unit_test(test_penalty_overflowing_float_is_refused),
         cmocka_unit_test(test_update_overflow_is_refused),
         cmocka_unit_test(test_running_var_overflow_is_refused),
