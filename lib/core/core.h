@@ -56,4 +56,14 @@ int tl_check_name(const char *fn, const char *name);
 
 #define TL_NAME_MAX 64
 
+/* CPUs this process may run on (sched_getaffinity), at least 1. */
+int tl_cpu_limit(void);
+
+/* Values a tensor may hold: finite, and >= 0 for @p nonneg (a variance). Fails with
+ * @p status naming "fn: what" and the first bad element. */
+int tl_check_values(int status, const char *fn, const char *what, const float *v, size_t n,
+                    int nonneg);
+/* Parameters that hold a variance and so must be >= 0 (batchnorm's running_var). */
+int tl_param_nonneg(const char *param);
+
 #endif
