@@ -153,7 +153,8 @@ TLEARN_API void tlearn_model_destroy(tlearn_model **m);
 
 /**
  * Number of threads the model's GEMMs and parallel loops may use (default 1). This is a
- * per-model setting: it never changes BLIS's or OpenMP's global state.
+ * per-model setting: it never changes BLIS's or OpenMP's global state. More threads than
+ * the CPUs the process may run on (sched_getaffinity) are clamped to that number.
  * @return TLEARN_OK, TLEARN_EINVAL (NULL model, threads < 1 or > 1024).
  * @since 1.0
  */
@@ -359,7 +360,8 @@ TLEARN_API int tlearn_model_get_tensor(const tlearn_model *m, const char *name, 
 
 /**
  * Overwrite the tensor called @p name with @p len floats from @p data (copied).
- * @return TLEARN_OK, TLEARN_EINVAL (NaN/Inf values included), TLEARN_ENOTFOUND,
+ * @return TLEARN_OK, TLEARN_EINVAL (NaN/Inf values included, or a negative value in a
+ *         batchnorm running_var), TLEARN_ENOTFOUND,
  *         TLEARN_ESHAPE. @since 1.0
  */
 TLEARN_API int tlearn_model_set_tensor(tlearn_model *m, const char *name, const float *data,
@@ -415,8 +417,10 @@ TLEARN_API int tlearn_model_evaluate(tlearn_model *m, const float *x, const int3
  * @param labels  n class indices in [0, classes).
  * @param loss    receives data loss + penalty; may be NULL.
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE, TLEARN_ENOMEM, TLEARN_ENONFINITE (the loss,
- *         the penalty or, with gradient clipping, the gradient norm is not finite: no weight,
- *         optimizer state or batchnorm statistic changed).
+ *         the penalty (as a float), a gradient, a new weight or optimizer moment, or a
+ *         batchnorm running statistic the step would commit is not finite). On
+ *         TLEARN_ENONFINITE and TLEARN_ENOMEM no weight, optimizer state or batchnorm
+ *         statistic changed.
  * @since 1.0
  */
 TLEARN_API int tlearn_model_train_step(tlearn_model *m, tlearn_optim *o, const float *x,
@@ -474,7 +478,7 @@ enum tlearn_optim_kind {
 
 /** Hyperparameters for tlearn_optim_set(). Values are fixed; new ones are appended. */
 enum tlearn_optim_param {
-    TLEARN_OPT_LR = 1,           /**< > 0; default 0.01 (SGD), 0.001 (Adam, AdamW) */
+    TLEARN_OPT_LR = 1,           /**< > 0 and <= FLT_MAX; default 0.01 (SGD), 0.001 (Adam) */
     TLEARN_OPT_MOMENTUM = 2,     /**< SGD, in [0, 1); default 0 */
     TLEARN_OPT_DAMPENING = 3,    /**< SGD, in [0, 1]; default 0 */
     TLEARN_OPT_NESTEROV = 4,     /**< SGD, 0 or 1 (needs momentum > 0, dampening 0) */
@@ -557,7 +561,10 @@ TLEARN_API int tlearn_freeze_lr_scale(tlearn_freeze *f, const char *glob, float 
 
 /**
  * ULMFiT discriminative learning rates: the layers with parameters, from the head back,
- * get scales 1, 1/factor, 1/factor^2, ... (factor 2.6 in the paper; 0 means 2.6).
+ * get scales 1, 1/factor, 1/factor^2, ... (factor 2.6 in the paper; 0 means 2.6), held
+ * within the normal floats: a scale below FLT_MIN (1.2e-38; 2.6 over more than about 90
+ * layers) becomes FLT_MIN, one above FLT_MAX (a factor below 1) becomes FLT_MAX, so every
+ * scale is positive and finite and a saved model always loads.
  * Applied where the policy is applied; later lr_scale rules override it.
  * @return TLEARN_OK, TLEARN_EINVAL (factor < 0 or not finite). @since 1.0
  */
@@ -728,11 +735,16 @@ TLEARN_API int tlearn_ewc_get_fisher(const tlearn_model *m, int task, const char
  * written, fsync'ed and renamed over @p path. On failure @p path is untouched and the
  * temporary file removed (a process killed during the save may leave "PATH.tmp-XXXXXX"
  * behind, never a partial @p path). Format: doc/checkpoint-format.md.
+ * @p path may be a new name (created with 0666 less the umask), a regular file (replaced,
+ * keeping its permission bits) or a symbolic link (followed: its target is replaced, the
+ * link stays); a directory, device, FIFO, socket or dangling link is refused (TLEARN_EIO)
+ * and left as it is.
  * @param o      optimizer whose hyperparameters are stored with the state; may be NULL.
  *               The per-parameter optimizer state lives in the model and is saved anyway.
  * @param flags  TLEARN_SAVE_* or'ed together (compression level 0..9).
  * @return TLEARN_OK, TLEARN_EINVAL (NULL or empty path, unknown flags), TLEARN_EIO (message
- *         has the OS error), TLEARN_ENOMEM.
+ *         has the OS error, or the target is not a file), TLEARN_ENOMEM, TLEARN_ENONFINITE
+ *         (a tensor holds NaN/Inf; nothing is written).
  * @note   Builds the file in memory first: needs about the model's size in extra memory.
  * @since 1.0
  */
@@ -743,7 +755,10 @@ TLEARN_API int tlearn_model_save(const tlearn_model *m, const tlearn_optim *o, c
  * Load a checkpoint into a new model (and a new optimizer, when @p optim is not NULL and
  * the file holds one; otherwise *optim is set to NULL). Training resumes exactly where the
  * saved model stopped: optimizer state, freeze state, EWC / L2-SP state and the random
- * generator are restored.
+ * generator are restored. The thread count is not (it is the host's: 1 as for a new
+ * model). A full file must have its OPTSTATE and FREEZE sections; NaN/Inf tensor values
+ * and negative running variances are refused; a file that is not a regular file (a FIFO,
+ * a device) is refused without blocking.
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT (corrupt; the message names
  *         the section, tensor and field, expected and found), TLEARN_EVERSION (another
  *         major format version), TLEARN_ENOMEM. On failure *out (and *optim) are NULL.
@@ -814,9 +829,11 @@ TLEARN_API int tlearn_model_import_safetensors(tlearn_model *m, const char *path
 
 /**
  * Export parameters and buffers to a safetensors file torch can read (F32, names
- * "layer.param", metadata {"format": "pt"}), crash-safely as tlearn_model_save().
+ * "layer.param", metadata {"format": "pt"}), crash-safely and with the same rules for
+ * @p path as tlearn_model_save().
  * BatchNorm's num_batches_tracked is not written (libtlearn keeps no such counter).
- * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_ENOMEM. @since 1.0
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_ENOMEM, TLEARN_ENONFINITE (a tensor
+ *         holds NaN/Inf, which import would refuse; nothing is written). @since 1.0
  */
 TLEARN_API int tlearn_model_export_safetensors(const tlearn_model *m, const char *path);
 

@@ -7,10 +7,22 @@
 #include "core.h"
 
 static atomic_uint_fast64_t alloc_calls;
+static atomic_uint_fast64_t fail_call; /* the call number that fails; 0: none */
+static atomic_int_fast64_t live;
 
 uint64_t tl_alloc_calls(void)
 {
     return atomic_load(&alloc_calls);
+}
+
+int64_t tl_alloc_live(void)
+{
+    return atomic_load(&live);
+}
+
+void tl_alloc_fail_nth(uint64_t n)
+{
+    atomic_store(&fail_call, n ? atomic_load(&alloc_calls) + n : 0);
 }
 
 int tl_mul_size(size_t a, size_t b, size_t *out)
@@ -27,9 +39,14 @@ void *tl_alloc(size_t bytes)
         bytes = 1;
     if (bytes > SIZE_MAX - 64)
         return NULL;
-    atomic_fetch_add(&alloc_calls, 1);
+    uint64_t call = atomic_fetch_add(&alloc_calls, 1) + 1;
+    if (call == atomic_load(&fail_call))
+        return NULL;
     size_t rounded = (bytes + 63) & ~(size_t)63;
-    return aligned_alloc(64, rounded);
+    void *p = aligned_alloc(64, rounded);
+    if (p)
+        atomic_fetch_add(&live, 1);
+    return p;
 }
 
 void *tl_alloc_zero(size_t bytes)
@@ -50,6 +67,8 @@ void *tl_alloc_array(size_t count, size_t size)
 
 void tl_free(void *p)
 {
+    if (p)
+        atomic_fetch_sub(&live, 1);
     free(p);
 }
 

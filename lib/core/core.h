@@ -30,6 +30,10 @@ char *tl_strdup(const char *s);
 /* How many allocations the library has made in this process (tests prove that steady
  * state steps make none). */
 uint64_t tl_alloc_calls(void);
+/* Tests: blocks allocated and not yet freed, and a failure injected into the n-th
+ * allocation from now (one allocation fails; 0 cancels). */
+int64_t tl_alloc_live(void);
+void tl_alloc_fail_nth(uint64_t n);
 
 /* Overflow-checked size arithmetic: return 0 on overflow. */
 int tl_mul_size(size_t a, size_t b, size_t *out);
@@ -51,5 +55,15 @@ int tl_glob_match(const char *pattern, const char *name);
 int tl_check_name(const char *fn, const char *name);
 
 #define TL_NAME_MAX 64
+
+/* CPUs this process may run on (sched_getaffinity), at least 1. */
+int tl_cpu_limit(void);
+
+/* Values a tensor may hold: finite, and >= 0 for @p nonneg (a variance). Fails with
+ * @p status naming "fn: what" and the first bad element. */
+int tl_check_values(int status, const char *fn, const char *what, const float *v, size_t n,
+                    int nonneg);
+/* Parameters that hold a variance and so must be >= 0 (batchnorm's running_var). */
+int tl_param_nonneg(const char *param);
 
 #endif

@@ -1,4 +1,5 @@
 /* Status codes and the thread-local detail message behind tlearn_errmsg(). */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,6 +25,25 @@ const char *tlearn_strerror(int status)
     case TLEARN_ECANCELED: return "canceled";
     default: return "unknown status";
     }
+}
+
+int tl_check_values(int status, const char *fn, const char *what, const float *v, size_t n,
+                    int nonneg)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(v[i]))
+            return tl_fail(status, "%s: %s: element %zu is %g (not finite)", fn, what, i,
+                           (double)v[i]);
+        if (nonneg && v[i] < 0)
+            return tl_fail(status, "%s: %s: element %zu is %g (a variance must be >= 0)", fn,
+                           what, i, (double)v[i]);
+    }
+    return TLEARN_OK;
+}
+
+int tl_param_nonneg(const char *param)
+{
+    return strcmp(param, "running_var") == 0;
 }
 
 const char *tlearn_errmsg(void)

@@ -1,6 +1,7 @@
 /* Reading checkpoints (doc/checkpoint-format.md): load, load_weights and metadata.
  * Loading parses and checks the whole file into a description first (every count, offset
  * and size bounded by the file), then builds the model; any failure frees everything. */
+#include <float.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -755,7 +756,7 @@ static int parse_freeze(ck_file *f)
         snprintf(field, sizeof field, "layer %llu, field 'lr_scale'", (unsigned long long)i);
         if ((rc = rd_f32(&r, field, &z->lr_scale)))
             return rc;
-        if (!(z->lr_scale > 0.0f && z->lr_scale <= 3.4e38f))
+        if (!(z->lr_scale > 0.0f && z->lr_scale <= FLT_MAX))
             return rd_fail(&r, field, "expected > 0 and finite, found %g", (double)z->lr_scale);
         snprintf(field, sizeof field, "layer %llu, field 'from_pretrained'",
                  (unsigned long long)i);
@@ -841,6 +842,14 @@ static int ck_parse_all(ck_file *f, const char *fn, const void *data, size_t len
     for (size_t i = 0; i < sizeof required / sizeof required[0]; i++)
         if ((rc = require(f, required[i])))
             return rc;
+    /* A full checkpoint always has its optimizer state and freeze state (maybe empty):
+     * without them (a table entry of an unknown kind) exact resume would silently not
+     * happen. */
+    static const int resume[] = {S_OPTSTATE, S_FREEZE};
+    for (size_t i = 0; !(f->flags & CK_FLAG_INFERENCE) && i < 2; i++)
+        if (!f->sec[resume[i]].present)
+            return tl_fail(TLEARN_EFORMAT, "%s: section %s: missing (required in a full "
+                           "checkpoint: header flag bit 0 is clear)", fn, SEC_NAME[resume[i]]);
     if (f->flags & CK_FLAG_INFERENCE) {
         static const int training[] = {S_OPTIMIZER, S_OPTSTATE, S_FREEZE, S_EWC};
         for (size_t i = 0; i < sizeof training / sizeof training[0]; i++)
@@ -910,6 +919,15 @@ static int same_shape(const ck_tensor *t, const tl_tensor *x)
     return 1;
 }
 
+/* Decoded values of a tensor: finite, and a variance not negative. */
+static int check_decoded(const char *fn, const char *what, const float *v, size_t n,
+                         const char *param)
+{
+    char where[2 * TL_NAME_MAX + 64];
+    snprintf(where, sizeof where, "section TENSORS, %s", what);
+    return tl_check_values(TLEARN_EFORMAT, fn, where, v, n, tl_param_nonneg(param));
+}
+
 static int load_tensors(ck_file *f, tlearn_model *m)
 {
     for (int i = 0; i < m->nlayers; i++) {
@@ -935,6 +953,8 @@ static int load_tensors(ck_file *f, tlearn_model *m)
             char what[2 * TL_NAME_MAX + 16];
             snprintf(what, sizeof what, "tensor '%s'", name);
             int rc = blob_decode(f->fn, "TENSORS", what, f->data, &t->data, x->data);
+            if (!rc)
+                rc = check_decoded(f->fn, what, x->data, x->numel, L->param[p].name);
             if (rc)
                 return rc;
             t->used = 1;
@@ -950,8 +970,8 @@ static int load_tensors(ck_file *f, tlearn_model *m)
 
 static int load_settings(ck_file *f, tlearn_model *m)
 {
-    m->threads = (int)f->threads;
-    tl_blas_set_threads(m->blas, m->threads);
+    /* f->threads (the saving host's count) is not applied: how many threads to use is the
+     * loading host's choice (tlearn_model_set_threads), never a file's. */
     m->seed = f->seed;
     m->training = (int)f->training;
     m->loss_kind = (int)f->loss;
@@ -1221,6 +1241,8 @@ int tl_checkpoint_load_weights_buffer(const char *fn, tlearn_model *m, const voi
             char what[2 * TL_NAME_MAX + 16];
             snprintf(what, sizeof what, "tensor '%s'", name);
             rc = blob_decode(fn, "TENSORS", what, f.data, &t->data, staged[k]);
+            if (!rc)
+                rc = check_decoded(fn, what, staged[k], x->numel, L->param[p].name);
             nmatched++;
         }
     }

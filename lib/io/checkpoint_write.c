@@ -230,6 +230,20 @@ static int build(writer *w, const tlearn_model *m, const tlearn_optim *o, unsign
     return TLEARN_OK;
 }
 
+int tl_io_check_model_values(const char *fn, const tlearn_model *m)
+{
+    for (int i = 0; i < m->nlayers; i++)
+        for (int p = 0; p < m->layers[i]->nparam; p++) {
+            const tl_param *P = &m->layers[i]->param[p];
+            char what[2 * TL_NAME_MAX + 16];
+            snprintf(what, sizeof what, "tensor '%s.%s'", m->layers[i]->name, P->name);
+            int rc = tl_check_values(TLEARN_ENONFINITE, fn, what, P->t.data, P->t.numel, 0);
+            if (rc)
+                return rc;
+        }
+    return TLEARN_OK;
+}
+
 static const int WRITE_ORDER[] = {S_MODEL, S_INPUTS, S_LAYERS, S_TENSORS, S_OPTIMIZER,
                                   S_OPTSTATE, S_FREEZE, S_EWC, S_METADATA, S_DATA};
 
@@ -289,10 +303,13 @@ int tl_checkpoint_save_buffer(const char *fn, const tlearn_model *m, const tlear
     if ((flags & ~(TLEARN_SAVE_INFERENCE | (15u << 8))) || level > 9)
         return tl_fail(TLEARN_EINVAL, "%s: flags 0x%x: expected TLEARN_SAVE_* bits and a "
                        "compression level 0..9", fn, flags);
+    int rc = tl_io_check_model_values(fn, m);
+    if (rc)
+        return rc;
     writer w;
     memset(&w, 0, sizeof w);
     w.level = (int)level;
-    int rc = build(&w, m, o, flags);
+    rc = build(&w, m, o, flags);
     for (int k = 0; !rc && k < S_KINDS; k++)
         if (w.sec[k].oom || w.data.oom)
             rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);

@@ -1,5 +1,8 @@
 /* Files and byte buffers for io/: whole-file reads and crash-safe writes. */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
@@ -10,11 +13,23 @@
 
 #include "io.h"
 
+static const char *file_kind(mode_t mode)
+{
+    return S_ISDIR(mode)    ? "a directory"
+           : S_ISFIFO(mode) ? "a FIFO"
+           : S_ISCHR(mode)  ? "a character device"
+           : S_ISBLK(mode)  ? "a block device"
+           : S_ISSOCK(mode) ? "a socket"
+                            : "not a regular file";
+}
+
 int tl_file_read(const char *fn, const char *path, unsigned char **data, size_t *len)
 {
     *data = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the
+     * open descriptor, then reads block as usual. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return tl_fail(TLEARN_EIO, "%s: cannot open '%s': %s", fn, path, strerror(errno));
     struct stat st;
@@ -25,7 +40,14 @@ int tl_file_read(const char *fn, const char *path, unsigned char **data, size_t 
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return tl_fail(TLEARN_EIO, "%s: '%s' is not a regular file", fn, path);
+        return tl_fail(TLEARN_EIO, "%s: '%s' is not a regular file (%s)", fn, path,
+                       file_kind(st.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        int e = errno;
+        close(fd);
+        return tl_fail(TLEARN_EIO, "%s: cannot read '%s': %s", fn, path, strerror(e));
     }
     if ((uintmax_t)st.st_size > (uintmax_t)SIZE_MAX - 64) {
         close(fd);
@@ -76,11 +98,77 @@ static int write_all(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
+/* Create "PATH.tmp-XXXXXX" exclusively with @p mode (the kernel applies the umask, which
+ * mkstemp's fixed 0600 would not). Returns the descriptor, or -1 with errno. */
+static int create_temp(char *tmp, size_t plen, mode_t mode)
+{
+    static const char digits[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    static atomic_uint_fast64_t counter;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t x = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30 ^ (uint64_t)getpid() << 40 ^
+                     (atomic_fetch_add(&counter, 1) + 1) * 0x9e3779b97f4a7c15ULL;
+        x = (x ^ (x >> 31)) * 0xbf58476d1ce4e5b9ULL;
+        for (int i = 0; i < 6; i++, x /= 62)
+            tmp[plen + 5 + i] = digits[x % 62];
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
+    errno = EEXIST;
+    return -1;
+}
+
+/* Where a save writes, decided before anything is created: a regular file is replaced
+ * and keeps its permission bits; a symlink is followed (the link stays, its target is
+ * replaced, as editors do); a missing file is created with 0666 less the umask; anything
+ * else (directory, device, FIFO, socket, dangling link) is refused. *target is path or a
+ * tl_alloc'ed resolved path; *mode is the existing file's bits or -1. */
+static int save_target(const char *fn, const char *path, char **target, int *mode)
+{
+    struct stat st;
+    *target = NULL;
+    *mode = -1;
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT)
+            return TLEARN_OK;
+        return tl_fail(TLEARN_EIO, "%s: cannot stat '%s': %s", fn, path, strerror(errno));
+    }
+    if (S_ISLNK(st.st_mode)) {
+        char *real = realpath(path, NULL); /* malloc'ed by libc */
+        if (!real || stat(real, &st) != 0) {
+            int e = errno;
+            free(real);
+            return tl_fail(TLEARN_EIO, "%s: '%s' is a symbolic link whose target cannot be "
+                           "resolved (%s); refusing to replace the link", fn, path, strerror(e));
+        }
+        *target = tl_strdup(real);
+        free(real);
+        if (!*target)
+            return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        tl_free(*target);
+        *target = NULL;
+        return tl_fail(TLEARN_EIO, "%s: '%s' is %s; refusing to replace it with a file", fn,
+                       path, file_kind(st.st_mode));
+    }
+    *mode = (int)(st.st_mode & 07777);
+    return TLEARN_OK;
+}
+
 int tl_file_write_atomic(const char *fn, const char *path, const void *data, size_t len)
 {
-    size_t plen = strlen(path);
-    if (plen == 0)
+    if (strlen(path) == 0)
         return tl_fail(TLEARN_EINVAL, "%s: path is empty", fn);
+    char *resolved;
+    int mode;
+    int rc = save_target(fn, path, &resolved, &mode);
+    if (rc)
+        return rc;
+    const char *dest = resolved ? resolved : path;
+    size_t plen = strlen(dest);
     static const char suffix[] = ".tmp-XXXXXX";
     char *tmp = tl_alloc(plen + sizeof suffix);
     /* the directory, for the fsync that makes the rename durable */
@@ -88,26 +176,27 @@ int tl_file_write_atomic(const char *fn, const char *path, const void *data, siz
     if (!tmp || !dir) {
         tl_free(tmp);
         tl_free(dir);
+        tl_free(resolved);
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
     }
-    memcpy(tmp, path, plen);
+    memcpy(tmp, dest, plen);
     memcpy(tmp + plen, suffix, sizeof suffix);
-    const char *slash = strrchr(path, '/');
+    const char *slash = strrchr(dest, '/');
     if (!slash)
         strcpy(dir, ".");
-    else if (slash == path)
+    else if (slash == dest)
         strcpy(dir, "/");
     else {
-        memcpy(dir, path, (size_t)(slash - path));
-        dir[slash - path] = '\0';
+        memcpy(dir, dest, (size_t)(slash - dest));
+        dir[slash - dest] = '\0';
     }
 
     const char *step = "create a temporary file";
-    int fd = mkstemp(tmp);
+    int fd = create_temp(tmp, plen, mode >= 0 ? 0600 : 0666);
     if (fd < 0)
         goto fail_noclose;
     step = "set permissions of";
-    if (fchmod(fd, 0644) != 0)
+    if (mode >= 0 && fchmod(fd, (mode_t)mode) != 0)
         goto fail;
     step = "write";
     if (write_all(fd, data, len) != 0)
@@ -122,7 +211,7 @@ int tl_file_write_atomic(const char *fn, const char *path, const void *data, siz
     }
     fd = -1;
     step = "rename the temporary file over";
-    if (rename(tmp, path) != 0)
+    if (rename(tmp, dest) != 0)
         goto fail;
     /* Durability of the rename; the file is complete either way, so a directory that
      * cannot be opened or synced (some filesystems refuse) is not an error. */
@@ -131,23 +220,23 @@ int tl_file_write_atomic(const char *fn, const char *path, const void *data, siz
         (void)fsync(dfd);
         close(dfd);
     }
-    tl_free(tmp);
-    tl_free(dir);
-    return TLEARN_OK;
+    rc = TLEARN_OK;
+    goto done;
 
 fail:;
     int e = errno;
     if (fd >= 0)
         close(fd);
     unlink(tmp);
-    tl_free(tmp);
-    tl_free(dir);
-    return tl_fail(TLEARN_EIO, "%s: cannot %s '%s': %s", fn, step, path, strerror(e));
+    rc = tl_fail(TLEARN_EIO, "%s: cannot %s '%s': %s", fn, step, dest, strerror(e));
+    goto done;
 fail_noclose:
-    e = errno;
+    rc = tl_fail(TLEARN_EIO, "%s: cannot %s for '%s': %s", fn, step, dest, strerror(errno));
+done:
     tl_free(tmp);
     tl_free(dir);
-    return tl_fail(TLEARN_EIO, "%s: cannot %s for '%s': %s", fn, step, path, strerror(e));
+    tl_free(resolved);
+    return rc;
 }
 
 /* ---- byte buffer ---- */

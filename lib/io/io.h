@@ -17,6 +17,10 @@ int tl_file_read(const char *fn, const char *path, unsigned char **data, size_t 
  * removed; returns TLEARN_EIO with the OS error (or TLEARN_ENOMEM). */
 int tl_file_write_atomic(const char *fn, const char *path, const void *data, size_t len);
 
+/* Every tensor of @p m finite, or TLEARN_ENONFINITE naming the first bad one (checkpoint
+ * and safetensors writers: never write what the loaders refuse). */
+int tl_io_check_model_values(const char *fn, const tlearn_model *m);
+
 /* ---- growable little-endian byte buffer (file.c) ---- */
 typedef struct tl_wbuf {
     unsigned char *p;

@@ -137,6 +137,8 @@ static int st_parse(const char *fn, const unsigned char *p, size_t len, tl_json 
     if (!e || !order) {
         tl_free(e);
         tl_free(order);
+        tl_json_free(*root);
+        *root = NULL;
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
     }
     size_t k = 0;
@@ -375,6 +377,9 @@ int tlearn_model_export_safetensors(const tlearn_model *m, const char *path)
     TL_CHECK_MODEL(fn, m);
     if (!path || !*path)
         return tl_fail(TLEARN_EINVAL, "%s: path is %s", fn, !path ? "NULL" : "empty");
+    int rc = tl_io_check_model_values(fn, m);
+    if (rc)
+        return rc;
     tl_wbuf h = {0}, out = {0};
     char tmp[160];
     tl_wb_zeros(&h, 8); /* the header length, patched below */
@@ -404,7 +409,6 @@ int tlearn_model_export_safetensors(const tlearn_model *m, const char *path)
      * writer does. */
     while (h.len % 8)
         tl_wb_bytes(&h, " ", 1);
-    int rc = TLEARN_OK;
     if (!h.oom)
         tl_put_u64(h.p, h.len - 8);
     tl_wb_bytes(&out, h.p, h.len);

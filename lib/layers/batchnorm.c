@@ -187,20 +187,35 @@ static void bn_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
 /* Fold the batch statistics of an accepted training step into the running buffers. The
  * variance is made unbiased with M/(M-1), M = n*H*W values per channel; with M == 1 (which
  * PyTorch refuses in training) the biased value 0 is used. */
-static void bn_commit(tl_layer *L, const float *saved, size_t n)
+static int bn_fold(const tl_layer *L, const float *saved, size_t n, int write)
 {
-    if (L->use_running_stats)
-        return;
     const bn_cfg *cfg = L->cfg;
-    int C = L->in[0].c;
+    int C = L->in[0].c, finite = 1;
     double M = (double)n * L->in[0].h * L->in[0].w;
     double unbias = M > 1.0 ? M / (M - 1.0) : 1.0;
     double mom = cfg->momentum;
     float *rmean = L->param[2].t.data, *rvar = L->param[3].t.data;
     for (int c = 0; c < C; c++) {
-        rmean[c] = (float)(mom * saved[c] + (1.0 - mom) * rmean[c]);
-        rvar[c] = (float)(mom * (saved[C + c] * unbias) + (1.0 - mom) * rvar[c]);
+        float mean = (float)(mom * saved[c] + (1.0 - mom) * rmean[c]);
+        float var = (float)(mom * (saved[C + c] * unbias) + (1.0 - mom) * rvar[c]);
+        finite &= isfinite(mean) && isfinite(var);
+        if (write) {
+            rmean[c] = mean;
+            rvar[c] = var;
+        }
     }
+    return finite;
+}
+
+static void bn_commit(tl_layer *L, const float *saved, size_t n)
+{
+    if (!L->use_running_stats)
+        bn_fold(L, saved, n, 1);
+}
+
+static int bn_commit_finite(const tl_layer *L, const float *saved, size_t n)
+{
+    return L->use_running_stats || bn_fold(L, saved, n, 0);
 }
 
 const tl_layer_ops tl_batchnorm_ops = {
@@ -214,4 +229,5 @@ const tl_layer_ops tl_batchnorm_ops = {
     .forward = bn_forward,
     .backward = bn_backward,
     .commit = bn_commit,
+    .commit_finite = bn_commit_finite,
 };

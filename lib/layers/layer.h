@@ -165,6 +165,9 @@ typedef struct tl_layer_ops {
     /* After a train step is accepted: fold batch statistics kept in @p saved into the
      * running buffers. NULL: nothing to commit. */
     void (*commit)(tl_layer *L, const float *saved, size_t n);
+    /* 1 when commit() would leave every running buffer finite (checked before a step
+     * changes anything). NULL: commit always does. */
+    int (*commit_finite)(const tl_layer *L, const float *saved, size_t n);
     void (*destroy_cfg)(void *cfg); /* NULL: tl_free */
 } tl_layer_ops;
 

@@ -96,6 +96,8 @@ int tlearn_model_set_threads(tlearn_model *m, int threads)
     if (threads < 1 || threads > 1024)
         return tl_fail(TLEARN_EINVAL, "tlearn_model_set_threads: threads is %d, must be 1..1024",
                        threads);
+    if (threads > tl_cpu_limit()) /* never more than the process may run on */
+        threads = tl_cpu_limit();
     if (threads < m->nworkers)
         tl_model_free_workers(m);
     m->threads = threads;
@@ -661,9 +663,10 @@ int tlearn_model_set_tensor(tlearn_model *m, const char *name, const float *data
     int rc = lookup(m, fn, name, len, data, &l, &p);
     if (rc)
         return rc;
-    for (size_t i = 0; i < len; i++)
-        if (!isfinite(data[i]))
-            return tl_fail(TLEARN_EINVAL, "%s: value %zu for '%s' is not finite", fn, i, name);
+    rc = tl_check_values(TLEARN_EINVAL, fn, name, data, len,
+                         tl_param_nonneg(m->layers[l]->param[p].name));
+    if (rc)
+        return rc;
     memcpy(m->layers[l]->param[p].t.data, data, sizeof(float) * len);
     return TLEARN_OK;
 }

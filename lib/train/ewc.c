@@ -766,7 +766,15 @@ int tl_ewc_visit(const tlearn_model *m, tl_ewc_array_fn fn, void *user)
     return each_array(m, fn, user);
 }
 
-/* Any restore failure: drop the half-built state. */
+/* Any restore failure: drop the half-built state. A bad file is EFORMAT; running out of
+ * memory is ENOMEM (restore_oom), not a corrupt file. */
+static void restore_drop(tlearn_model *m)
+{
+    tl_ewc_free(m->ewc);
+    m->ewc = NULL;
+    free_reg(m);
+}
+
 static int restore_fail(tlearn_model *m, const char *fmt, ...) TL_PRINTF(2, 3);
 static int restore_fail(tlearn_model *m, const char *fmt, ...)
 {
@@ -775,10 +783,14 @@ static int restore_fail(tlearn_model *m, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    tl_ewc_free(m->ewc);
-    m->ewc = NULL;
-    free_reg(m);
+    restore_drop(m);
     return tl_fail(TLEARN_EFORMAT, "EWC state: %s", msg);
+}
+
+static int restore_oom(tlearn_model *m)
+{
+    restore_drop(m);
+    return tl_fail(TLEARN_ENOMEM, "EWC state: out of memory");
 }
 
 /* Parse "key=value" lines into a small table; returns the number of lines or -1. */
@@ -898,7 +910,7 @@ int tl_ewc_restore_begin(tlearn_model *m, const char *text, size_t len)
         BAD("tasks");
     if (v > 0 && !(e->tasks = tl_alloc_array((size_t)v, sizeof *e->tasks))) {
         tl_free(lines);
-        return restore_fail(m, "out of memory");
+        return restore_oom(m);
     }
     e->ntasks = (int)v;
     for (int t = 0; t < e->ntasks; t++) {
@@ -911,7 +923,7 @@ int tl_ewc_restore_begin(tlearn_model *m, const char *text, size_t len)
             BAD(key);
         if (set_init(&e->tasks[t].fisher, (int)v) || set_init(&e->tasks[t].anchor, (int)v)) {
             tl_free(lines);
-            return restore_fail(m, "out of memory");
+            return restore_oom(m);
         }
     }
     if (!(p = line(lines, nl, &k, "l2sp")) || parse_long(p, 0, 1, &v))
@@ -926,7 +938,7 @@ int tl_ewc_restore_begin(tlearn_model *m, const char *text, size_t len)
             BAD("l2sp.layers");
         if (set_init(&e->l2sp_anchor, (int)v)) {
             tl_free(lines);
-            return restore_fail(m, "out of memory");
+            return restore_oom(m);
         }
     }
     if (!(p = line(lines, nl, &k, "arrays")) || parse_long(p, 0, INT32_MAX / 2, &v))
@@ -938,7 +950,7 @@ int tl_ewc_restore_begin(tlearn_model *m, const char *text, size_t len)
     e->got = tl_alloc_array((size_t)v + 1, 1);
     if (!e->expect || !e->got) {
         tl_free(lines);
-        return restore_fail(m, "out of memory");
+        return restore_oom(m);
     }
     for (long a = 0; a < v; a++) {
         if (!(p = line(lines, nl, &k, "array")) || p->vlen == 0 || p->vlen > 4 * TL_NAME_MAX)
@@ -946,7 +958,7 @@ int tl_ewc_restore_begin(tlearn_model *m, const char *text, size_t len)
         char *name = tl_alloc(p->vlen + 1);
         if (!name) {
             tl_free(lines);
-            return restore_fail(m, "out of memory");
+            return restore_oom(m);
         }
         memcpy(name, p->val, p->vlen);
         name[p->vlen] = 0;
@@ -1002,7 +1014,7 @@ int tl_ewc_restore_array(tlearn_model *m, const char *name, const float *data, s
         if (!isfinite(data[k]))
             return restore_fail(m, "array '%s': value %zu is not finite", name, k);
     if (!(set->v[i][p] = copy_floats(data, numel)))
-        return restore_fail(m, "out of memory");
+        return restore_oom(m);
     e->got[idx] = 1;
     return TLEARN_OK;
 }
@@ -1026,11 +1038,7 @@ int tl_ewc_restore_end(tlearn_model *m)
     e->restoring = 0;
     e->dirty = 1;
     int rc = sync(m);
-    if (rc) {
-        tl_ewc_free(m->ewc);
-        m->ewc = NULL;
-        free_reg(m);
-        return rc;
-    }
-    return TLEARN_OK;
+    if (rc)
+        restore_drop(m);
+    return rc;
 }

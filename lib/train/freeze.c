@@ -3,6 +3,7 @@
  * writes the outcome into the model (frozen flags, LR scales, batchnorm statistics mode)
  * and syncs the training slots: frozen parameters lose gradient and optimizer state, newly
  * trainable ones get a zeroed gradient and start their optimizer state fresh. */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -202,11 +203,13 @@ static int replay(const char *fn, const tlearn_model *m, const tlearn_freeze *f,
                 frozen[i] = R->flag;
             break;
         case RULE_ULMFIT: {
-            /* From the head back: 1, 1/factor, 1/factor^2, ... over layers with parameters. */
+            /* From the head back: 1, 1/factor, 1/factor^2, ... over layers with parameters,
+             * held within the normal floats: a deep model must not get scale 0 (or, with
+             * a factor below 1, Inf). */
             double s = 1.0;
             for (int i = nl - 1; i >= 0; i--)
                 if (has_params(m->layers[i])) {
-                    scale[i] = (float)s;
+                    scale[i] = (float)fmin(fmax(s, FLT_MIN), FLT_MAX);
                     s /= R->value;
                 }
             break;

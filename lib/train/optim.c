@@ -1,6 +1,7 @@
 /* Optimizers with PyTorch 1.13's single-tensor formulas (torch/optim/sgd.py, adam.py,
  * adamw.py). Scalars such as bias corrections are computed in double as Python does, then
  * applied in float. The per-parameter state lives in the model's slots. */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -71,8 +72,9 @@ int tlearn_optim_set(tlearn_optim *o, int param, double v)
     int sgd = o->kind == TLEARN_SGD;
     switch (param) {
     case TLEARN_OPT_LR:
-        if (!(v > 0))
-            return tl_fail(TLEARN_EINVAL, "%s: learning rate %g must be > 0", fn, v);
+        if (!(v > 0) || v > FLT_MAX) /* the update is computed in float */
+            return tl_fail(TLEARN_EINVAL, "%s: learning rate %g must be > 0 and at most %g",
+                           fn, v, (double)FLT_MAX);
         break;
     case TLEARN_OPT_MOMENTUM:
     case TLEARN_OPT_DAMPENING:
@@ -139,36 +141,55 @@ int tlearn_optim_get(const tlearn_optim *o, int param, double *value)
     return TLEARN_OK;
 }
 
-/* Ensure momentum/moment buffers exist for this optimizer; another kind starts fresh. */
-static int ensure_state(const tlearn_optim *o, tl_slot *s, size_t numel, int moments)
+/* Which state buffers the next update of @p s creates (bit 0: m1, bit 1: m2): the
+ * optimizer's moments that the slot lacks, or all of them when another rule made its state
+ * (it starts fresh). */
+static unsigned state_needed(const tlearn_optim *o, const tl_slot *s)
 {
-    if (s->opt_kind != o->kind) {
-        tl_free(s->m1);
-        tl_free(s->m2);
-        s->m1 = s->m2 = NULL;
-        s->step = 0;
-        s->opt_kind = o->kind;
+    int moments = o->kind == TLEARN_SGD ? (float)o->momentum != 0.0f : 2;
+    int fresh = s->opt_kind != o->kind;
+    unsigned need = 0;
+    if (moments >= 1 && (fresh || !s->m1))
+        need |= 1u;
+    if (moments >= 2 && (fresh || !s->m2))
+        need |= 2u;
+    return need;
+}
+
+/* Allocate the buffers of @p need (zeroed) into fresh[0..1]; all or nothing. */
+static int state_alloc(unsigned need, size_t numel, float *fresh[2])
+{
+    for (int k = 0; k < 2; k++) {
+        fresh[k] = NULL;
+        if ((need >> k & 1u) && !(fresh[k] = tl_alloc_array(numel, sizeof(float)))) {
+            tl_free(fresh[0]);
+            fresh[0] = NULL;
+            return tl_fail(TLEARN_ENOMEM, "optimizer state: out of memory");
+        }
     }
-    if (moments >= 1 && !s->m1 && !(s->m1 = tl_alloc_array(numel, sizeof(float))))
-        return tl_fail(TLEARN_ENOMEM, "optimizer state: out of memory");
-    if (moments >= 2 && !s->m2 && !(s->m2 = tl_alloc_array(numel, sizeof(float))))
-        return tl_fail(TLEARN_ENOMEM, "optimizer state: out of memory");
     return TLEARN_OK;
 }
 
 /* The update loops. Every element gets exactly the arithmetic of PyTorch's single-tensor
  * formula, in the same order; the options are hoisted out of the loops (the macros are
  * instantiated with constant flags for the common cases) so that each loop is simple enough
- * to vectorise, and large tensors are split across the model's threads. */
+ * to vectorise, and large tensors are split across the model's threads. A dry run (DRY)
+ * computes the same values without storing them and reports whether any would be NaN or
+ * infinite, so that a step whose result overflows is refused before anything changes. */
 typedef struct upd_args {
     float *theta, *m1, *m2;
     const float *grad, *ra, *rb;
     float gs, lr, wd, mom, damp;              /* SGD */
     float b1, b2, c1, c2, step_size, bc2_sqrt, eps, decay; /* Adam, AdamW */
-    int first, nesterov, adamw;
+    int first, nesterov, adamw, dry;
 } upd_args;
 
-#define SGD_LOOP(REG, WD, BUF, FIRST, NEST)                                                  \
+#define NONFINITE(v) (!(fabsf(v) <= FLT_MAX))
+/* Elementwise IEEE arithmetic, so SIMD lanes give the scalar results bit for bit. */
+#define UPD_SIMD _Pragma("omp simd reduction(| : bad)")
+
+#define SGD_LOOP(REG, WD, BUF, FIRST, NEST, DRY)                                             \
+    UPD_SIMD                                                                                 \
     for (size_t i = lo; i < hi; i++) {                                                       \
         float g = grad[i] * a->gs;                                                           \
         if (REG)                                                                             \
@@ -177,57 +198,86 @@ typedef struct upd_args {
             g += a->wd * theta[i];                                                           \
         if (BUF) {                                                                           \
             float b = (FIRST) ? g : a->mom * buf[i] + a->damp * g;                           \
-            buf[i] = b;                                                                      \
+            if (DRY)                                                                         \
+                bad |= NONFINITE(b);                                                         \
+            else                                                                             \
+                buf[i] = b;                                                                  \
             g = (NEST) ? g + a->mom * b : b;                                                 \
         }                                                                                    \
-        theta[i] -= a->lr * g;                                                               \
+        float t = theta[i] - a->lr * g;                                                      \
+        if (DRY)                                                                             \
+            bad |= NONFINITE(t);                                                             \
+        else                                                                                 \
+            theta[i] = t;                                                                    \
     }
 
-static void sgd_range(const upd_args *a, size_t lo, size_t hi)
+#define SGD_VARIANTS(DRY)                                                                    \
+    if (buf && !a->first && !a->nesterov && !wd) { /* momentum, with or without EWC */       \
+        if (reg)                                                                             \
+            SGD_LOOP(1, 0, 1, 0, 0, DRY)                                                     \
+        else                                                                                 \
+            SGD_LOOP(0, 0, 1, 0, 0, DRY)                                                     \
+    } else if (!buf && !wd && !reg) {                                                        \
+        SGD_LOOP(0, 0, 0, 0, 0, DRY)                                                         \
+    } else {                                                                                 \
+        SGD_LOOP(reg, wd, buf != NULL, a->first, a->nesterov, DRY)                           \
+    }
+
+static int sgd_range(const upd_args *args, size_t lo, size_t hi)
 {
+    const upd_args copy = *args, *a = &copy; /* loop invariants, not reloaded */
     float *restrict theta = a->theta, *restrict buf = a->m1;
     const float *restrict grad = a->grad, *restrict ra = a->ra, *restrict rb = a->rb;
-    int reg = ra != NULL, wd = a->wd != 0.0f;
-    if (buf && !a->first && !a->nesterov && !wd) { /* momentum, with or without EWC */
-        if (reg)
-            SGD_LOOP(1, 0, 1, 0, 0)
-        else
-            SGD_LOOP(0, 0, 1, 0, 0)
-    } else if (!buf && !wd && !reg) {
-        SGD_LOOP(0, 0, 0, 0, 0)
-    } else {
-        SGD_LOOP(reg, wd, buf != NULL, a->first, a->nesterov)
-    }
+    int reg = ra != NULL, wd = a->wd != 0.0f, bad = 0;
+    if (a->dry)
+        SGD_VARIANTS(1)
+    else
+        SGD_VARIANTS(0)
+    return bad;
 }
 
-#define ADAM_LOOP(REG, ADAMW, WD)                                                            \
+#define ADAM_LOOP(REG, ADAMW, WD, DRY)                                                       \
+    UPD_SIMD                                                                                 \
     for (size_t i = lo; i < hi; i++) {                                                       \
-        float g = grad[i] * a->gs;                                                           \
+        float g = grad[i] * a->gs, t = theta[i];                                             \
         if (REG)                                                                             \
-            g += ra[i] * theta[i] - rb[i];                                                   \
+            g += ra[i] * t - rb[i];                                                          \
         if (ADAMW)                                                                           \
-            theta[i] *= a->decay;                                                            \
+            t *= a->decay;                                                                   \
         else if (WD)                                                                         \
-            g += a->wd * theta[i];                                                           \
+            g += a->wd * t;                                                                  \
         float v1 = m1[i] * a->b1 + a->c1 * g;                                                \
         float v2 = m2[i] * a->b2 + a->c2 * g * g;                                            \
-        m1[i] = v1;                                                                          \
-        m2[i] = v2;                                                                          \
         float denom = sqrtf(v2) / a->bc2_sqrt + a->eps;                                      \
-        theta[i] -= a->step_size * (v1 / denom);                                             \
+        t -= a->step_size * (v1 / denom);                                                    \
+        if (DRY) {                                                                           \
+            bad |= NONFINITE(v1) | NONFINITE(v2) | NONFINITE(t);                             \
+        } else {                                                                             \
+            m1[i] = v1;                                                                      \
+            m2[i] = v2;                                                                      \
+            theta[i] = t;                                                                    \
+        }                                                                                    \
     }
 
-static void adam_range(const upd_args *a, size_t lo, size_t hi)
+#define ADAM_VARIANTS(DRY)                                                                   \
+    if (!reg && !a->adamw && !wd)                                                            \
+        ADAM_LOOP(0, 0, 0, DRY)                                                              \
+    else if (!reg && a->adamw)                                                               \
+        ADAM_LOOP(0, 1, 0, DRY)                                                              \
+    else                                                                                     \
+        ADAM_LOOP(reg, a->adamw, wd, DRY)
+
+static int adam_range(const upd_args *args, size_t lo, size_t hi)
 {
+    const upd_args copy = *args, *a = &copy; /* loop invariants, not reloaded */
     float *restrict theta = a->theta, *restrict m1 = a->m1, *restrict m2 = a->m2;
     const float *restrict grad = a->grad, *restrict ra = a->ra, *restrict rb = a->rb;
-    int reg = ra != NULL, wd = a->wd != 0.0f;
-    if (!reg && !a->adamw && !wd)
-        ADAM_LOOP(0, 0, 0)
-    else if (!reg && a->adamw)
-        ADAM_LOOP(0, 1, 0)
+    int reg = ra != NULL, wd = a->wd != 0.0f, bad = 0;
+    if (a->dry)
+        ADAM_VARIANTS(1)
     else
-        ADAM_LOOP(reg, a->adamw, wd)
+        ADAM_VARIANTS(0)
+    return bad;
 }
 
 /* Momentum and moment buffers of parameters whose gradient stays 0 (dead ReLU units, a
@@ -258,24 +308,22 @@ static void ftz_end(unsigned old)
 }
 #endif
 
-static void update_range(const upd_args *a, size_t lo, size_t hi, int sgd)
+static int update_range(const upd_args *a, size_t lo, size_t hi, int sgd)
 {
     unsigned mode = ftz_begin();
-    if (sgd)
-        sgd_range(a, lo, hi);
-    else
-        adam_range(a, lo, hi);
+    int bad = sgd ? sgd_range(a, lo, hi) : adam_range(a, lo, hi);
     ftz_end(mode);
+    return bad;
 }
 
-static void run_update(const upd_args *a, size_t numel, int threads, int sgd)
+/* Returns non-zero when a dry run found a value that would not be finite. */
+static int run_update(const upd_args *a, size_t numel, int threads, int sgd)
 {
     int nt = tl_par_threads(threads, numel);
-    if (nt == 1) {
-        update_range(a, 0, numel, sgd);
-        return;
-    }
-#pragma omp parallel num_threads(nt)
+    if (nt == 1)
+        return update_range(a, 0, numel, sgd);
+    int bad = 0;
+#pragma omp parallel num_threads(nt) reduction(| : bad)
     {
 #ifdef _OPENMP
         size_t lo, hi;
@@ -283,8 +331,70 @@ static void run_update(const upd_args *a, size_t numel, int threads, int sgd)
 #else
         size_t lo = 0, hi = numel;
 #endif
-        update_range(a, lo, hi, sgd);
+        bad |= update_range(a, lo, hi, sgd);
     }
+    return bad;
+}
+
+/* One tensor's update with the state buffers @p fresh from state_alloc(state_needed()):
+ * a dry run (returns 1 when a new value would not be finite; nothing is written), or the
+ * update itself, which installs the fresh buffers (returns 0). */
+static int update_slot(const tlearn_optim *o, tl_slot *s, float *theta, size_t numel,
+                       float lr_scale, float grad_scale, int threads, float *fresh[2], int dry)
+{
+    int restart = s->opt_kind != o->kind;
+    float *m1 = fresh[0] ? fresh[0] : restart ? NULL : s->m1;
+    float *m2 = fresh[1] ? fresh[1] : restart ? NULL : s->m2;
+    int64_t step = (restart ? 0 : s->step) + 1;
+    upd_args a;
+    memset(&a, 0, sizeof a);
+    a.theta = theta;
+    a.grad = s->grad;
+    a.ra = s->reg_a;
+    a.rb = s->reg_b;
+    a.gs = grad_scale;
+    a.dry = dry;
+    a.m1 = m1;
+    a.m2 = m2;
+    int sgd = o->kind == TLEARN_SGD;
+    if (sgd) {
+        a.lr = (float)(o->lr * lr_scale);
+        a.wd = (float)o->weight_decay;
+        a.mom = (float)o->momentum;
+        a.damp = (float)(1.0 - o->dampening);
+        a.nesterov = o->nesterov;
+        /* PyTorch clones d into a new momentum buffer the first time it needs one: also
+         * when momentum is switched on after plain steps or after another rule. */
+        a.first = fresh[0] != NULL;
+    } else {
+        /* (1 - beta) is formed in double and rounded once, as PyTorch's scalar alpha is. */
+        a.b1 = (float)o->beta1;
+        a.b2 = (float)o->beta2;
+        a.eps = (float)o->eps;
+        a.c1 = (float)(1.0 - o->beta1);
+        a.c2 = (float)(1.0 - o->beta2);
+        const double bc1 = 1.0 - pow(o->beta1, (double)step);
+        const double bc2 = 1.0 - pow(o->beta2, (double)step);
+        a.step_size = (float)(o->lr * lr_scale / bc1);
+        a.bc2_sqrt = (float)sqrt(bc2);
+        a.wd = (float)o->weight_decay;
+        a.adamw = o->kind == TLEARN_ADAMW;
+        a.decay = (float)(1.0 - o->lr * lr_scale * o->weight_decay);
+    }
+    if (dry)
+        return run_update(&a, numel, threads, sgd);
+    if (restart || fresh[0] || fresh[1]) {
+        if (restart || fresh[0])
+            tl_free(s->m1);
+        if (restart || fresh[1])
+            tl_free(s->m2);
+        s->m1 = m1;
+        s->m2 = m2;
+        s->opt_kind = o->kind;
+    }
+    run_update(&a, numel, threads, sgd);
+    s->step = step;
+    return 0;
 }
 
 int tl_optim_update(const tlearn_optim *o, tl_slot *s, float *theta, size_t numel,
@@ -296,49 +406,77 @@ int tl_optim_update(const tlearn_optim *o, tl_slot *s, float *theta, size_t nume
 int tl_optim_update_mt(const tlearn_optim *o, tl_slot *s, float *theta, size_t numel,
                        float lr_scale, float grad_scale, int threads)
 {
-    upd_args a;
-    memset(&a, 0, sizeof a);
-    a.theta = theta;
-    a.grad = s->grad;
-    a.ra = s->reg_a;
-    a.rb = s->reg_b;
-    a.gs = grad_scale;
-    if (o->kind == TLEARN_SGD) {
-        a.lr = (float)(o->lr * lr_scale);
-        a.wd = (float)o->weight_decay;
-        a.mom = (float)o->momentum;
-        a.damp = (float)(1.0 - o->dampening);
-        a.nesterov = o->nesterov;
-        /* PyTorch clones d into a new momentum buffer the first time it needs one: also
-         * when momentum is switched on after plain steps or after another rule. */
-        a.first = s->opt_kind != o->kind || !s->m1;
-        int rc = ensure_state(o, s, numel, a.mom != 0.0f);
-        if (rc)
-            return rc;
-        a.m1 = s->m1;
-        run_update(&a, numel, threads, 1);
-        s->step++;
-        return TLEARN_OK;
-    }
-    int rc = ensure_state(o, s, numel, 2);
+    float *fresh[2];
+    int rc = state_alloc(state_needed(o, s), numel, fresh);
     if (rc)
         return rc;
-    s->step++;
-    /* (1 - beta) is formed in double and rounded once, as PyTorch's scalar alpha is. */
-    a.b1 = (float)o->beta1;
-    a.b2 = (float)o->beta2;
-    a.eps = (float)o->eps;
-    a.c1 = (float)(1.0 - o->beta1);
-    a.c2 = (float)(1.0 - o->beta2);
-    const double bc1 = 1.0 - pow(o->beta1, (double)s->step);
-    const double bc2 = 1.0 - pow(o->beta2, (double)s->step);
-    a.step_size = (float)(o->lr * lr_scale / bc1);
-    a.bc2_sqrt = (float)sqrt(bc2);
-    a.wd = (float)o->weight_decay;
-    a.adamw = o->kind == TLEARN_ADAMW;
-    a.decay = (float)(1.0 - o->lr * lr_scale * o->weight_decay);
-    a.m1 = s->m1;
-    a.m2 = s->m2;
-    run_update(&a, numel, threads, 0);
+    if (update_slot(o, s, theta, numel, lr_scale, grad_scale, threads, fresh, 1)) {
+        tl_free(fresh[0]);
+        tl_free(fresh[1]);
+        return tl_fail(TLEARN_ENONFINITE, "the update would make a value non-finite");
+    }
+    update_slot(o, s, theta, numel, lr_scale, grad_scale, threads, fresh, 0);
+    return TLEARN_OK;
+}
+
+/* The model's trainable tensors in order: advances *it (start at 0) and returns the next
+ * slot, with its layer and parameter index, or NULL at the end. */
+static tl_slot *next_trainable(tlearn_model *m, int *it, int *layer, int *param)
+{
+    for (; *it < m->nlayers * TL_MAX_PARAMS; (*it)++) {
+        int i = *it / TL_MAX_PARAMS, p = *it % TL_MAX_PARAMS;
+        tl_slot *s = &m->lstate[i].slot[p];
+        if (p < m->layers[i]->nparam && !m->lstate[i].frozen &&
+            !m->layers[i]->param[p].is_buffer && s->grad) {
+            (*it)++;
+            *layer = i;
+            *param = p;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+int tl_optim_step(const char *fn, const tlearn_optim *o, tlearn_model *m, float grad_scale)
+{
+    /* 1. State buffers for every tensor that lacks them, before anything changes; a step
+     * that needs none (the steady state) allocates nothing. */
+    int n = 0, nfresh = 0, it = 0, i, p, rc = TLEARN_OK;
+    tl_slot *s;
+    while ((s = next_trainable(m, &it, &i, &p))) {
+        n++;
+        nfresh += state_needed(o, s) != 0;
+    }
+    float **fresh = NULL, *none[2] = {NULL, NULL};
+    if (nfresh && !(fresh = tl_alloc_array(2 * (size_t)n, sizeof *fresh)))
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory for optimizer state", fn);
+    for (int k = 0, it2 = 0; fresh && (s = next_trainable(m, &it2, &i, &p)); k++)
+        if ((rc = state_alloc(state_needed(o, s), m->layers[i]->param[p].t.numel,
+                              fresh + 2 * k)))
+            break;
+    /* 2. A dry run of every update: a value that would become NaN or infinite (a huge
+     * learning rate, a penalty gradient or moment that overflows float) refuses the step. */
+    for (int k = 0, it2 = 0; !rc && (s = next_trainable(m, &it2, &i, &p)); k++) {
+        tl_param *P = &m->layers[i]->param[p];
+        if (update_slot(o, s, P->t.data, P->t.numel, m->lstate[i].lr_scale, grad_scale,
+                        m->threads, fresh ? fresh + 2 * k : none, 1))
+            rc = tl_fail(TLEARN_ENONFINITE, "%s: the update of '%s.%s' would make it or its "
+                         "optimizer state non-finite (learning rate %g x scale %g); weights "
+                         "unchanged", fn, m->layers[i]->name, P->name, o->lr,
+                         (double)m->lstate[i].lr_scale);
+    }
+    if (rc) {
+        for (int k = 0; fresh && k < 2 * n; k++)
+            tl_free(fresh[k]);
+        tl_free(fresh);
+        return rc == TLEARN_ENOMEM ? tl_fail_prefix(rc, "%s: ", fn) : rc;
+    }
+    /* 3. The updates. */
+    for (int k = 0, it2 = 0; (s = next_trainable(m, &it2, &i, &p)); k++) {
+        tl_param *P = &m->layers[i]->param[p];
+        update_slot(o, s, P->t.data, P->t.numel, m->lstate[i].lr_scale, grad_scale,
+                    m->threads, fresh ? fresh + 2 * k : none, 0);
+    }
+    tl_free(fresh);
     return TLEARN_OK;
 }

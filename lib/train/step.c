@@ -185,19 +185,20 @@ static int apply_update(const char *fn, tlearn_model *m, tlearn_optim *o)
         if (coef < 1.0)
             scale = (float)coef;
     }
-    for (int i = 0; i < m->nlayers; i++) {
-        tl_layer_state *st = &m->lstate[i];
-        if (st->frozen)
-            continue;
-        tl_layer *L = m->layers[i];
-        for (int p = 0; p < L->nparam; p++) {
-            if (L->param[p].is_buffer || !st->slot[p].grad)
-                continue;
-            int rc = tl_optim_update_mt(o, &st->slot[p], L->param[p].t.data,
-                                        L->param[p].t.numel, st->lr_scale, scale, m->threads);
-            if (rc)
-                return tl_fail_prefix(rc, "%s: ", fn);
-        }
+    return tl_optim_step(fn, o, m, scale);
+}
+
+/* Running statistics the step would commit (batchnorm) must stay finite: inputs near the
+ * float limit give a finite loss but an infinite batch variance. Checked before the update,
+ * so that a refused step changes nothing. */
+static int check_commit(const char *fn, const tlearn_model *m, size_t n, int from)
+{
+    for (int i = from; i < m->nlayers; i++) {
+        const tl_layer *L = m->layers[i];
+        const float *saved = m->plan_train.saved[i];
+        if (L->ops->commit_finite && saved && !L->ops->commit_finite(L, saved, n))
+            return tl_fail(TLEARN_ENONFINITE, "%s: the running statistics of '%s' would become "
+                           "non-finite; weights and statistics unchanged", fn, L->name);
     }
     return TLEARN_OK;
 }
@@ -216,8 +217,11 @@ static int train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const fl
     if (rc)
         return rc;
     double penalty = tl_ewc_active(m) ? tl_ewc_penalty(m) : 0.0;
-    if (!isfinite(penalty))
-        return tl_fail(TLEARN_ENONFINITE, "%s: the EWC/L2-SP penalty is %g", fn, penalty);
+    if (!isfinite((float)penalty) || !isfinite((float)(l + penalty))) /* as reported */
+        return tl_fail(TLEARN_ENONFINITE, "%s: the EWC/L2-SP penalty is %g (loss %g); weights "
+                       "unchanged", fn, penalty, l + penalty);
+    if (m->training && (rc = check_commit(fn, m, n, from)))
+        return rc;
     rc = apply_update(fn, m, o);
     if (rc)
         return rc;

@@ -23,9 +23,15 @@ int tl_check_labels(const char *fn, const int32_t *labels, size_t n, int classes
  * (reg_a*theta - reg_b), learning-rate scale, and the optimizer. */
 int tl_optim_update(const tlearn_optim *o, tl_slot *s, float *theta, size_t numel,
                     float lr_scale, float grad_scale);
-/* The same with up to @p threads threads (the model's count); identical results. */
+/* The same with up to @p threads threads (the model's count); identical results. Both
+ * return TLEARN_ENOMEM or TLEARN_ENONFINITE (a new value would be NaN/Inf) with nothing
+ * changed. */
 int tl_optim_update_mt(const tlearn_optim *o, tl_slot *s, float *theta, size_t numel,
                        float lr_scale, float grad_scale, int threads);
+/* The update of every trainable tensor of @p m, all or nothing: state buffers are allocated
+ * and a dry run proves every new value finite before the first weight changes
+ * (TLEARN_ENOMEM, TLEARN_ENONFINITE otherwise). */
+int tl_optim_step(const char *fn, const tlearn_optim *o, tlearn_model *m, float grad_scale);
 
 #include "ewc.h"
 
