@@ -4,7 +4,6 @@
 #include <string.h>
 
 #include "model.h"
-#include "../train/ewc.h"
 
 int tlearn_model_create(tlearn_model **out, int channels, int height, int width)
 {
@@ -77,7 +76,8 @@ void tlearn_model_destroy(tlearn_model **mp)
     tl_plan_free(&m->plan_train);
     tl_plan_free(&m->plan_infer);
     tl_model_free_workers(m);
-    tl_ewc_free(m->ewc);
+    if (m->ewc)
+        m->ewc_ops->destroy(m->ewc);
     tl_free(m->tensor_names);
     for (int i = 0; i < m->nmeta; i++) {
         tl_free(m->meta_keys[i]);
@@ -718,7 +718,8 @@ int tlearn_model_truncate(tlearn_model *m, const char *layer)
             return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, layer);
         keep = i + 1;
     }
-    tl_ewc_drop_layers(m, keep);
+    if (m->ewc)
+        m->ewc_ops->drop_layers(m, keep);
     for (int i = keep; i < m->nlayers; i++)
         destroy_layer(m->layers[i], &m->lstate[i]);
     m->nlayers = keep;

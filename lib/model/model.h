@@ -50,6 +50,13 @@ typedef struct tl_worker {
 
 struct tl_ewc; /* train/ewc.c */
 
+/* How model/ handles state that train/ hangs on a model (EWC and L2-SP) without knowing
+ * it: the dependency runs one way, train/ -> model/. */
+typedef struct tl_attachment_ops {
+    void (*destroy)(struct tl_ewc *state);
+    void (*drop_layers)(tlearn_model *m, int keep); /* layers keep.. are being removed */
+} tl_attachment_ops;
+
 /* A graph input of the model: producers -1, -2, ... are inputs 0, 1, ... */
 #define TL_MAX_MODEL_INPUTS 8
 typedef struct tl_model_input {
@@ -108,6 +115,7 @@ struct tlearn_model {
     tl_worker *workers; /* inference chunks side by side (run.c); NULL until used */
     int nworkers;
     struct tl_ewc *ewc;   /* EWC tasks and L2-SP anchor; NULL when none */
+    const tl_attachment_ops *ewc_ops; /* set by train/ewc.c with ewc */
     int nmeta;
     char **meta_keys, **meta_values;
     int has_grads;        /* a backward has filled the gradients */

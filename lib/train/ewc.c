@@ -321,6 +321,13 @@ double tl_ewc_penalty(const tlearn_model *m)
     return total;
 }
 
+static void drop_layers_hook(tlearn_model *m, int keep)
+{
+    tl_ewc_drop_layers(m, keep);
+}
+
+static const tl_attachment_ops ewc_ops = {tl_ewc_free, drop_layers_hook};
+
 static int ensure_state(const char *fn, tlearn_model *m)
 {
     if (m->ewc)
@@ -328,6 +335,7 @@ static int ensure_state(const char *fn, tlearn_model *m)
     m->ewc = tl_alloc_zero(sizeof *m->ewc);
     if (!m->ewc)
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    m->ewc_ops = &ewc_ops;
     m->ewc->mode = TLEARN_EWC_SEPARATE;
     m->ewc->gamma = 1.0f;
     m->ewc->dirty = 1;
