@@ -894,6 +894,17 @@ TLEARN_API int tlearn_model_create_input(tlearn_model **out, const char *name, i
 TLEARN_API int tlearn_model_add_input(tlearn_model *m, const char *name, int dtype, int rank,
                                       const int *dims);
 
+/** Number of model inputs (1..8). @return TLEARN_OK, TLEARN_EINVAL. @since 1.1 */
+TLEARN_API int tlearn_model_input_count(const tlearn_model *m, int *count);
+
+/**
+ * Name and element type of model input @p k (its shape: tlearn_model_layer_shape_nd() at
+ * index -1-k). Either output pointer may be NULL; *name is owned by the model.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, k out of range). @since 1.1
+ */
+TLEARN_API int tlearn_model_input_info(const tlearn_model *m, int k, const char **name,
+                                       int *dtype);
+
 /**
  * Output shape of layer @p index, or of model input k for index -1-k.
  * @param rank  receives the number of dimensions after the batch (1..TLEARN_MAX_RANK).
@@ -913,6 +924,47 @@ TLEARN_API int tlearn_model_layer_shape_nd(const tlearn_model *m, int index, int
  * @since 1.1
  */
 TLEARN_API int tlearn_model_add_linear(tlearn_model *m, const char *name, int units, int bias);
+
+/**
+ * Declare the graph outputs: the layers named in @p layers, in that order (a class head and
+ * a domain head, features and logits). Output 0 is what the single-output calls
+ * (tlearn_model_predict(), train_step, evaluate, fit, EWC) read and train; other outputs
+ * then contribute nothing to their gradients. @p count 0 restores the default: the last
+ * layer alone. Removing layers (truncate, replace_head) drops the outputs among them;
+ * layers added later are not outputs unless declared.
+ * @param layers  @p count layer names; borrowed.  @param count  0..8.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, a name twice, count out of range),
+ *         TLEARN_ENOTFOUND. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_set_outputs(tlearn_model *m, const char *const *layers, int count);
+
+/** Number of graph outputs (1 for a model with layers and no declared outputs, 0 for an
+ *  empty one). @return TLEARN_OK, TLEARN_EINVAL. @since 1.1 */
+TLEARN_API int tlearn_model_output_count(const tlearn_model *m, int *count);
+
+/** Layer index of graph output @p k. @return TLEARN_OK, TLEARN_EINVAL. @since 1.1 */
+TLEARN_API int tlearn_model_output_layer(const tlearn_model *m, int k, int *index);
+
+/**
+ * Inference with every model input and every graph output: the general form of
+ * tlearn_model_predict(). Evaluation mode (dropout off, BatchNorm on running statistics),
+ * chunked and threaded like predict.
+ * @param inputs    one array per model input, in the order the inputs were added, each n
+ *                  examples of that input's shape: float32, or int32 for
+ *                  TLEARN_DTYPE_INT32 inputs; borrowed.
+ * @param ninputs   the model's input count.  @param n  examples, >= 1.
+ * @param outputs   one buffer per graph output (tlearn_model_output_count()); filled.
+ * @param out_lens  their capacities in floats: each exactly n x that output's size.
+ * @param noutputs  the model's output count.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, counts or sizes that differ, values an input's
+ *         layer refuses such as token ids out of range), TLEARN_ESHAPE (no layers),
+ *         TLEARN_ENOMEM. Outputs are unspecified on failure; the model is unchanged.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_run(tlearn_model *m, const void *const *inputs, int ninputs,
+                                size_t n, float *const *outputs, const size_t *out_lens,
+                                int noutputs);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

@@ -21,7 +21,7 @@ void tl_checkpoint_fuzz_skip_crc(int skip)
 
 static const char *const SEC_NAME[S_KINDS] = {"?", "MODEL", "LAYERS", "TENSORS", "DATA",
                                              "OPTIMIZER", "OPTSTATE", "FREEZE", "EWC",
-                                             "METADATA", "INPUTS"};
+                                             "METADATA", "GRAPH"};
 
 /* ------------------------------------------------------------------------------------ */
 /* Reading: a cursor over one section that fails with the section and field named. */
@@ -288,11 +288,12 @@ typedef struct ck_file {
     const unsigned char *data; /* the DATA section */
     uint64_t data_size;
     uint32_t data_crc;
-    /* MODEL; INPUTS (absent: one float32 input "input" of shape (c, h, w)) */
+    /* MODEL; GRAPH (absent: one float32 input "input" of shape (c, h, w)) */
     uint32_t c, h, w, threads, training, loss;
     int32_t next_input;
-    int ninputs;
+    int ninputs, noutputs;
     tl_model_input inputs[TL_MAX_MODEL_INPUTS];
+    int outputs[TL_MAX_MODEL_OUTPUTS];
     uint64_t seed, rng[4];
     /* LAYERS, TENSORS */
     uint64_t nlayers, ntensors;
@@ -473,8 +474,8 @@ static int parse_model(ck_file *f)
     rd r = section(f, S_MODEL);
     int rc;
     uint32_t nin;
-    /* 0 when INPUTS describes the inputs: a 1.0 reader then refuses the file */
-    uint32_t lo = f->sec[S_INPUTS].present ? 0 : 1;
+    /* 0 when GRAPH describes the inputs: a 1.0 reader then refuses the file */
+    uint32_t lo = f->sec[S_GRAPH].present ? 0 : 1;
     if ((rc = rd_range(&r, "field 'channels'", lo, INT32_MAX, &f->c)) ||
         (rc = rd_range(&r, "field 'height'", lo, INT32_MAX, &f->h)) ||
         (rc = rd_range(&r, "field 'width'", lo, INT32_MAX, &f->w)) ||
@@ -495,9 +496,9 @@ static int parse_model(ck_file *f)
 static int parse_inputs(ck_file *f)
 {
     f->ninputs = 1;
-    if (!f->sec[S_INPUTS].present)
+    if (!f->sec[S_GRAPH].present)
         return TLEARN_OK;
-    rd r = section(f, S_INPUTS);
+    rd r = section(f, S_GRAPH);
     uint32_t count;
     int rc = rd_range(&r, "field 'count'", 1, TL_MAX_MODEL_INPUTS, &count);
     for (uint32_t k = 0; !rc && k < count; k++) {
@@ -526,6 +527,15 @@ static int parse_inputs(ck_file *f)
     if (rc)
         return rc;
     f->ninputs = (int)count;
+    if ((rc = rd_range(&r, "field 'noutputs'", 0, TL_MAX_MODEL_OUTPUTS, &count)))
+        return rc;
+    for (uint32_t k = 0; k < count; k++) {
+        uint32_t v;
+        if ((rc = rd_range(&r, "field 'outputs'", 0, INT32_MAX, &v)))
+            return rc;
+        f->outputs[k] = (int)v; /* checked against the layers when they are built */
+    }
+    f->noutputs = (int)count;
     return rd_end(&r);
 }
 
@@ -1119,7 +1129,7 @@ static int make_optim(ck_file *f, tlearn_optim **optim)
 /* The model with the file's inputs and no layers. */
 static int create_model(const ck_file *f, tlearn_model **m)
 {
-    if (!f->sec[S_INPUTS].present)
+    if (!f->sec[S_GRAPH].present)
         return tlearn_model_create(m, (int)f->c, (int)f->h, (int)f->w);
     const tl_model_input *in = f->inputs;
     int rc = tlearn_model_create_input(m, in[0].name, in[0].dtype, in[0].shape.rank,
@@ -1128,6 +1138,20 @@ static int create_model(const ck_file *f, tlearn_model **m)
         rc = tlearn_model_add_input(*m, in[k].name, in[k].dtype, in[k].shape.rank,
                                     in[k].shape.d);
     return rc;
+}
+
+/* The declared graph outputs, once the layers exist. */
+static int set_outputs(const ck_file *f, tlearn_model *m)
+{
+    const char *names[TL_MAX_MODEL_OUTPUTS];
+    for (int k = 0; k < f->noutputs; k++) {
+        if (f->outputs[k] >= m->nlayers)
+            return tl_fail(TLEARN_EFORMAT, "%s: section GRAPH, field 'outputs': layer %d of "
+                           "%d", f->fn, f->outputs[k], m->nlayers);
+        names[k] = m->layers[f->outputs[k]]->name;
+    }
+    int rc = f->noutputs ? tlearn_model_set_outputs(m, names, f->noutputs) : TLEARN_OK;
+    return rc ? tl_fail_prefix(TLEARN_EFORMAT, "%s: section GRAPH: ", f->fn) : TLEARN_OK;
 }
 
 int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlearn_model **out,
@@ -1142,9 +1166,11 @@ int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlea
     int rc = ck_parse_all(&f, fn, data, len);
     if (!rc && (rc = create_model(&f, &m)))
         rc = tl_fail_prefix(rc == TLEARN_ENOMEM ? rc : TLEARN_EFORMAT, "%s: section %s: ", fn,
-                            f.sec[S_INPUTS].present ? "INPUTS" : "MODEL");
+                            f.sec[S_GRAPH].present ? "GRAPH" : "MODEL");
     if (!rc)
         rc = build_layers(&f, m);
+    if (!rc)
+        rc = set_outputs(&f, m);
     if (!rc)
         rc = load_tensors(&f, m);
     if (!rc)

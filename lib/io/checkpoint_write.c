@@ -107,23 +107,27 @@ static int build(writer *w, const tlearn_model *m, const tlearn_optim *o, unsign
     int inference = flags & TLEARN_SAVE_INFERENCE;
     /* MODEL */
     tl_wbuf *b = &w->sec[S_MODEL];
-    /* Round 1's single image input stays in MODEL alone; other inputs go to INPUTS, and
-     * MODEL's shape is then 0, which a 1.0 reader refuses instead of misreading. */
+    /* Round 1's graph (one float32 image input named "input", the last layer as output)
+     * stays in MODEL alone; anything else goes to GRAPH, and MODEL's shape is then 0,
+     * which a 1.0 reader refuses instead of misreading. */
     const tl_model_input *in = m->inputs;
     int round1 = m->ninputs == 1 && in->dtype == TLEARN_DTYPE_FLOAT32 && in->shape.rank == 3 &&
-                 strcmp(in->name, "input") == 0;
+                 strcmp(in->name, "input") == 0 && m->noutputs == 0;
     for (int i = 0; i < 3; i++)
         tl_wb_u32(b, round1 ? (uint32_t)in->shape.d[i] : 0);
     if (!round1) {
-        tl_wbuf *bi = &w->sec[S_INPUTS];
-        tl_wb_u32(bi, (uint32_t)m->ninputs);
+        tl_wbuf *g = &w->sec[S_GRAPH];
+        tl_wb_u32(g, (uint32_t)m->ninputs);
         for (int k = 0; k < m->ninputs; k++) {
-            tl_wb_str(bi, in[k].name);
-            tl_wb_u32(bi, (uint32_t)in[k].dtype);
-            tl_wb_u32(bi, (uint32_t)in[k].shape.rank);
+            tl_wb_str(g, in[k].name);
+            tl_wb_u32(g, (uint32_t)in[k].dtype);
+            tl_wb_u32(g, (uint32_t)in[k].shape.rank);
             for (int i = 0; i < in[k].shape.rank; i++)
-                tl_wb_u32(bi, (uint32_t)in[k].shape.d[i]);
+                tl_wb_u32(g, (uint32_t)in[k].shape.d[i]);
         }
+        tl_wb_u32(g, (uint32_t)m->noutputs);
+        for (int k = 0; k < m->noutputs; k++)
+            tl_wb_u32(g, (uint32_t)m->outputs[k]);
     }
     tl_wb_u32(b, (uint32_t)m->threads);
     tl_wb_u64(b, m->seed);
@@ -244,7 +248,7 @@ int tl_io_check_model_values(const char *fn, const tlearn_model *m)
     return TLEARN_OK;
 }
 
-static const int WRITE_ORDER[] = {S_MODEL, S_INPUTS, S_LAYERS, S_TENSORS, S_OPTIMIZER,
+static const int WRITE_ORDER[] = {S_MODEL, S_GRAPH, S_LAYERS, S_TENSORS, S_OPTIMIZER,
                                   S_OPTSTATE, S_FREEZE, S_EWC, S_METADATA, S_DATA};
 
 static int assemble(writer *w, unsigned flags, tl_wbuf *out)

@@ -131,6 +131,10 @@ typedef struct tl_layer_ops {
     const char *kind_name; /* "dense", "conv2d", ... as stored in checkpoints */
     int epilogues;         /* TL_EPILOGUE_* that forward can fold in */
     int int_inputs;        /* reads int32 model inputs (token ids) through its float pointers */
+    /* Check the n examples of model input @p x that input @p k reads directly (token ids in
+     * range), before any forward: entry points call it and return its status (EINVAL
+     * with a message). NULL: every value is acceptable. */
+    int (*validate)(const tl_layer *L, int k, const void *x, size_t n);
     /* Validate the numeric arguments of the kind (see each layer file) and keep them in
      * L->cfg (allocated here, freed by destroy_cfg). The public tlearn_model_add_* calls,
      * checkpoints and the ONNX importer all build layers through this one door. */

@@ -160,6 +160,19 @@ int tl_model_check_single_input(const char *fn, const tlearn_model *m)
     return TLEARN_OK;
 }
 
+int tl_model_validate_feed(const char *fn, const tlearn_model *m, const tl_feed *x, size_t n)
+{
+    for (int i = 0; i < m->nlayers; i++) {
+        const tl_layer *L = m->layers[i];
+        for (int k = 0; L->ops->validate && k < L->ninputs; k++) {
+            int rc = L->input[k] < 0 ? L->ops->validate(L, k, x->x[-1 - L->input[k]], n) : 0;
+            if (rc)
+                return tl_fail_prefix(rc, "%s: layer '%s': ", fn, L->name);
+        }
+    }
+    return TLEARN_OK;
+}
+
 tl_feed tl_model_feed(const tlearn_model *m, const float *x)
 {
     return tl_feed_one(x, tl_shape_size(m->inputs[0].shape));
@@ -424,6 +437,28 @@ int tlearn_model_layer_shape(const tlearn_model *m, int index, int *c, int *h, i
         *h = s.h;
     if (w)
         *w = s.w;
+    return TLEARN_OK;
+}
+
+int tlearn_model_input_count(const tlearn_model *m, int *count)
+{
+    TL_CHECK_MODEL("tlearn_model_input_count", m);
+    if (!count)
+        return tl_fail(TLEARN_EINVAL, "tlearn_model_input_count: count is NULL");
+    *count = m->ninputs;
+    return TLEARN_OK;
+}
+
+int tlearn_model_input_info(const tlearn_model *m, int k, const char **name, int *dtype)
+{
+    static const char fn[] = "tlearn_model_input_info";
+    TL_CHECK_MODEL(fn, m);
+    if (k < 0 || k >= m->ninputs)
+        return tl_fail(TLEARN_EINVAL, "%s: input %d is not in 0..%d", fn, k, m->ninputs - 1);
+    if (name)
+        *name = m->inputs[k].name;
+    if (dtype)
+        *dtype = m->inputs[k].dtype;
     return TLEARN_OK;
 }
 
@@ -699,9 +734,80 @@ int tlearn_model_workspace_bytes(const tlearn_model *m, size_t *bytes)
     return TLEARN_OK;
 }
 
+int tl_model_output_count(const tlearn_model *m)
+{
+    return m->noutputs ? m->noutputs : m->nlayers > 0;
+}
+
+int tl_model_output(const tlearn_model *m, int k)
+{
+    return m->noutputs ? m->outputs[k] : m->nlayers - 1;
+}
+
+int tl_model_is_output(const tlearn_model *m, int layer)
+{
+    for (int k = 0; k < tl_model_output_count(m); k++)
+        if (tl_model_output(m, k) == layer)
+            return 1;
+    return 0;
+}
+
+int tl_model_last_output(const tlearn_model *m)
+{
+    int last = -1;
+    for (int k = 0; k < tl_model_output_count(m); k++)
+        if (tl_model_output(m, k) > last)
+            last = tl_model_output(m, k);
+    return last;
+}
+
 size_t tl_model_output_size(const tlearn_model *m)
 {
-    return m->nlayers ? tl_shape_size(m->layers[m->nlayers - 1]->out) : 0;
+    return m->nlayers ? tl_shape_size(m->layers[tl_model_output(m, 0)]->out) : 0;
+}
+
+int tlearn_model_set_outputs(tlearn_model *m, const char *const *layers, int count)
+{
+    static const char fn[] = "tlearn_model_set_outputs";
+    TL_CHECK_MODEL(fn, m);
+    if (count < 0 || count > TL_MAX_MODEL_OUTPUTS || (count > 0 && !layers))
+        return tl_fail(TLEARN_EINVAL, "%s: count is %d%s, must be 0..%d", fn, count,
+                       count > 0 && !layers ? " with layers NULL" : "", TL_MAX_MODEL_OUTPUTS);
+    int idx[TL_MAX_MODEL_OUTPUTS];
+    for (int k = 0; k < count; k++) {
+        int rc = tl_model_find_checked(fn, m, layers[k], &idx[k]);
+        if (rc)
+            return rc;
+        for (int j = 0; j < k; j++)
+            if (idx[j] == idx[k])
+                return tl_fail(TLEARN_EINVAL, "%s: '%s' is named twice", fn, layers[k]);
+    }
+    memcpy(m->outputs, idx, sizeof(int) * (size_t)count);
+    m->noutputs = count;
+    tl_model_structure_changed(m);
+    return TLEARN_OK;
+}
+
+int tlearn_model_output_count(const tlearn_model *m, int *count)
+{
+    TL_CHECK_MODEL("tlearn_model_output_count", m);
+    if (!count)
+        return tl_fail(TLEARN_EINVAL, "tlearn_model_output_count: count is NULL");
+    *count = tl_model_output_count(m);
+    return TLEARN_OK;
+}
+
+int tlearn_model_output_layer(const tlearn_model *m, int k, int *index)
+{
+    static const char fn[] = "tlearn_model_output_layer";
+    TL_CHECK_MODEL(fn, m);
+    if (!index)
+        return tl_fail(TLEARN_EINVAL, "%s: index is NULL", fn);
+    if (k < 0 || k >= tl_model_output_count(m))
+        return tl_fail(TLEARN_EINVAL, "%s: output %d is not in 0..%d", fn, k,
+                       tl_model_output_count(m) - 1);
+    *index = tl_model_output(m, k);
+    return TLEARN_OK;
 }
 
 /* ---- removing layers ---- */
@@ -725,6 +831,11 @@ int tlearn_model_truncate(tlearn_model *m, const char *layer)
     m->nlayers = keep;
     if (m->name_cap)
         index_rebuild(m);
+    int kept = 0; /* outputs among the removed layers go; none left means the last layer */
+    for (int k = 0; k < m->noutputs; k++)
+        if (m->outputs[k] < keep)
+            m->outputs[kept++] = m->outputs[k];
+    m->noutputs = kept;
     m->next_input = TL_NEXT_DEFAULT;
     tl_model_structure_changed(m);
     return TLEARN_OK;

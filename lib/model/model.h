@@ -59,6 +59,7 @@ typedef struct tl_attachment_ops {
 
 /* A graph input of the model: producers -1, -2, ... are inputs 0, 1, ... */
 #define TL_MAX_MODEL_INPUTS 8
+#define TL_MAX_MODEL_OUTPUTS 8
 typedef struct tl_model_input {
     char name[TL_NAME_MAX];
     int dtype;      /* TLEARN_DTYPE_*: int32 arrives in the same 4 bytes per element */
@@ -98,6 +99,8 @@ static inline tl_feed tl_feed_at(const tl_feed *f, size_t start)
 struct tlearn_model {
     int ninputs;
     tl_model_input inputs[TL_MAX_MODEL_INPUTS];
+    int noutputs;         /* graph outputs (layer indexes); 0: the last layer alone */
+    int outputs[TL_MAX_MODEL_OUTPUTS];
     int nlayers, cap_layers;
     tl_layer **layers;
     int *name_index;      /* open addressing: 1 + layer index by name hash, 0 empty */
@@ -142,6 +145,12 @@ int tl_model_find_producer(const tlearn_model *m, const char *name, int *produce
 tl_shape tl_model_producer_shape(const tlearn_model *m, int producer);
 /* Calls that take one array x: ESTATE for a model of several inputs or an int32 input. */
 int tl_model_check_single_input(const char *fn, const tlearn_model *m);
+/* The arrays of a call with one array per model input (public multi-input calls): checks
+ * them (count, NULL, size, each layer's validate()) and fills @p feed. */
+int tl_model_check_feed(const char *fn, const tlearn_model *m, const void *const *inputs,
+                        int ninputs, size_t n, tl_feed *feed);
+/* Every layer's validate() on the model inputs it reads directly (see tl_layer_ops). */
+int tl_model_validate_feed(const char *fn, const tlearn_model *m, const tl_feed *x, size_t n);
 /* The model's inputs as one feed of @p x (a model with one input). */
 tl_feed tl_model_feed(const tlearn_model *m, const float *x);
 /* As tl_model_find, failing with a message (EINVAL for NULL, ENOTFOUND). */
@@ -153,27 +162,37 @@ int tl_model_reader_across(const tlearn_model *m, int i);
 /* Find "layer.param" in the model; returns 0 and sets *layer, *param on success. */
 int tl_model_find_tensor(const tlearn_model *m, const char *name, int *layer, int *param);
 void tl_model_structure_changed(tlearn_model *m); /* drops plans */
-size_t tl_model_output_size(const tlearn_model *m);
+/* Graph output k (0 .. tl_model_output_count-1) as a layer index; output 0 is what the
+ * single-output calls (predict, train_step, evaluate, EWC) read and train. */
+int tl_model_output_count(const tlearn_model *m);
+int tl_model_output(const tlearn_model *m, int k);
+int tl_model_is_output(const tlearn_model *m, int layer);
+/* The highest layer index of any output: forward need not run further. */
+int tl_model_last_output(const tlearn_model *m);
+size_t tl_model_output_size(const tlearn_model *m); /* of output 0 */
 /* Images per chunk for inference through layers [from, to] (cache-sized; run.c). */
 size_t tl_model_infer_chunk(const tlearn_model *m, int from, int to);
 /* Chunked inference runs on at most this many threads (more rarely pays for the
  * workspace each one needs). */
 #define TL_MAX_WORKERS 64
-/* Receives the output of layer `to` for inputs [start, start+k) from worker @p worker
- * (0 .. TL_MAX_WORKERS-1); different chunks may arrive at the same time on different threads. */
-typedef void (*tl_chunk_fn)(void *ctx, int worker, size_t start, size_t k, const float *out);
+/* Receives, for inputs [start, start+k) from worker @p worker (0 .. TL_MAX_WORKERS-1),
+ * the outputs of the chunk's layers (outs[i]: layer i; written are layer `to` and the graph
+ * outputs up to it); different chunks may arrive at the same time on different threads. */
+typedef void (*tl_chunk_fn)(void *ctx, int worker, size_t start, size_t k,
+                            float *const *outs);
 /* Layers [from, to] without backward over n inputs of @p in_size floats, in chunks of
  * tl_model_infer_chunk; with several threads and enough chunks, each thread runs whole
  * chunks with its own workspace and one-thread BLIS. */
 int tl_model_infer(tlearn_model *m, const tl_feed *x, size_t n, int from, int to, int training,
                    tl_chunk_fn fn, void *ctx);
 void tl_model_free_workers(tlearn_model *m);
-/* A tl_chunk_fn that copies each chunk to out + start * size. */
+/* A tl_chunk_fn that copies each chunk of layer `layer` to out + start * size. */
 typedef struct tl_chunk_dest {
     float *out;
     size_t size; /* floats per input */
+    int layer;
 } tl_chunk_dest;
-void tl_chunk_copy(void *ctx, int worker, size_t start, size_t k, const float *out);
+void tl_chunk_copy(void *ctx, int worker, size_t start, size_t k, float *const *outs);
 
 /* The epilogues (TL_EPILOGUE_*) layer i folds in when running up to layer `to`, and in
  * *folded the number of layers after i they stand for. A folded ReLU's output is still
@@ -188,10 +207,11 @@ void tl_plan_free(tl_plan *p);
  * later layer, a layer reading before `from` reads x->x[0] (the activations of from-1). */
 void tl_model_forward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, int training,
                       int from, int to);
-/* Backward from the last layer down to p->first_bwd, after dout of the last layer is set.
- * @p dx receives the input gradient when p->want_dx. */
+/* Backward down to p->first_bwd, after the caller set dout of the @p nseeded layers in
+ * @p seeded (graph outputs with a loss); other branches contribute nothing. @p dx
+ * receives the input gradient when p->want_dx. */
 void tl_model_backward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, int from,
-                       float *dx);
+                       const int *seeded, int nseeded, float *dx);
 /* Fold saved batch statistics into running buffers after an accepted step. */
 void tl_model_commit(tlearn_model *m, tl_plan *p, size_t n, int from);
 /* Allocate gradient buffers for trainable slots, free those of frozen ones. */

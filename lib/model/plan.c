@@ -59,7 +59,8 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
                     keep[src] = 1;
             }
         }
-    keep[L - 1] = 1;
+    for (int k = 0; k < tl_model_output_count(m); k++)
+        keep[tl_model_output(m, k)] = 1;
     for (int i = first_bwd; i < L; i++)
         keep[i] = 1;
     /* A layer that folds the next ones in (epilogues) writes their output while it reads

@@ -48,12 +48,15 @@ int tl_model_epilogue(const tlearn_model *m, int first_bwd, int i, int to, int *
 {
     int can = m->layers[i]->ops->epilogues, e = 0;
     *folded = 0;
+    /* A folding layer leaves its own output unwritten (and a folded pool its ReLU's), so
+     * graph outputs are never folded over. */
     if ((can & TL_EPILOGUE_RELU) && i + 1 <= to && sole_reader(m, i, i + 1) &&
-        is_epilogue(m->layers[i + 1], TL_EPILOGUE_RELU)) {
+        is_epilogue(m->layers[i + 1], TL_EPILOGUE_RELU) && !tl_model_is_output(m, i)) {
         e = TL_EPILOGUE_RELU;
         *folded = 1;
         if ((can & TL_EPILOGUE_POOL2) && i + 2 <= to && i + 2 < first_bwd &&
-            sole_reader(m, i + 1, i + 2) && is_epilogue(m->layers[i + 2], TL_EPILOGUE_POOL2)) {
+            sole_reader(m, i + 1, i + 2) && is_epilogue(m->layers[i + 2], TL_EPILOGUE_POOL2) &&
+            !tl_model_is_output(m, i + 1)) {
             e |= TL_EPILOGUE_POOL2;
             *folded = 2;
         }
@@ -98,15 +101,18 @@ static float *grad_buffer(const tl_plan *p, int src, int stop, int from, float *
 }
 
 void tl_model_backward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, int from,
-                       float *dx)
+                       const int *seeded, int nseeded, float *dx)
 {
-    int last = m->nlayers - 1;
+    int last = -1;
+    for (int k = 0; k < nseeded; k++)
+        last = seeded[k] > last ? seeded[k] : last;
     tl_exec ex = {m->blas, &m->rng, p->fwd_training, 1, p->scratch, 0, 0};
     int stop = p->first_bwd > from ? p->first_bwd : from;
     /* written[-1]: the first model input's gradient; other inputs get none (grad_buffer) */
     int *written = p->dout_written + 1;
     memset(p->dout_written, 0, sizeof(int) * (size_t)(m->nlayers + 1));
-    written[last] = 1;
+    for (int k = 0; k < nseeded; k++)
+        written[seeded[k]] = 1;
     for (int i = last; i >= stop; i--) {
         tl_layer *L = m->layers[i];
         if (!written[i]) /* a dead branch: nothing flows back into it */
@@ -258,7 +264,7 @@ int tl_model_infer(tlearn_model *m, const tl_feed *x, size_t n, int from, int to
             size_t k = n - s < cap ? n - s : cap;
             tl_feed xs = tl_feed_at(x, s);
             forward_on(m, &m->plan_infer, m->blas, &xs, k, training, from, to, 1);
-            fn(ctx, 0, s, k, m->plan_infer.out[to]);
+            fn(ctx, 0, s, k, m->plan_infer.out);
         }
         return TLEARN_OK;
     }
@@ -283,24 +289,24 @@ int tl_model_infer(tlearn_model *m, const tl_feed *x, size_t n, int from, int to
                 size_t s = lo + len * q / parts, k = lo + len * (q + 1) / parts - s;
                 tl_feed xs = tl_feed_at(x, s);
                 forward_on(m, &wk->plan, wk->blas, &xs, k, training, from, to, 1);
-                fn(ctx, w, s, k, wk->plan.out[to]);
+                fn(ctx, w, s, k, wk->plan.out);
             }
         }
     }
     return TLEARN_OK;
 }
 
-void tl_chunk_copy(void *ctx, int worker, size_t start, size_t k, const float *out)
+void tl_chunk_copy(void *ctx, int worker, size_t start, size_t k, float *const *outs)
 {
     (void)worker;
     const tl_chunk_dest *c = ctx;
-    memcpy(c->out + start * c->size, out, sizeof(float) * k * c->size);
+    memcpy(c->out + start * c->size, outs[c->layer], sizeof(float) * k * c->size);
 }
 
 /* Forward in evaluation mode from layer `from` to `to`, copying layer `to`'s output. */
 static int infer(tlearn_model *m, const tl_feed *x, size_t n, int from, int to, float *out)
 {
-    tl_chunk_dest c = {out, tl_shape_size(m->layers[to]->out)};
+    tl_chunk_dest c = {out, tl_shape_size(m->layers[to]->out), to};
     return tl_model_infer(m, x, n, from, to, 0, tl_chunk_copy, &c);
 }
 
@@ -311,7 +317,7 @@ int tlearn_model_predict(tlearn_model *m, const float *x, size_t n, float *out, 
     if (rc)
         return rc;
     tl_feed f = tl_model_feed(m, x);
-    rc = infer(m, &f, n, 0, m->nlayers - 1, out);
+    rc = infer(m, &f, n, 0, tl_model_output(m, 0), out);
     return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
 }
 
@@ -360,9 +366,9 @@ int tl_model_check_cut(const char *fn, const tlearn_model *m, int i)
         return tl_fail(TLEARN_ESTATE,
                        "%s: layer '%s' reads from before '%s', so its activations do not "
                        "stand for the prefix", fn, m->layers[j]->name, m->layers[i]->name);
-    if (i == m->nlayers - 1)
-        return tl_fail(TLEARN_ESTATE, "%s: '%s' is the last layer; nothing follows it", fn,
-                       m->layers[i]->name);
+    if (i >= tl_model_output(m, 0))
+        return tl_fail(TLEARN_ESTATE, "%s: nothing follows '%s': it is output 0 (by default "
+                       "the last layer) or after it", fn, m->layers[i]->name);
     return TLEARN_OK;
 }
 
@@ -381,6 +387,72 @@ int tlearn_model_predict_from(tlearn_model *m, const char *layer, const float *f
     if (rc)
         return rc;
     tl_feed f = tl_feed_one(features, tl_shape_size(m->layers[i]->out));
-    rc = infer(m, &f, n, i + 1, m->nlayers - 1, out);
+    rc = infer(m, &f, n, i + 1, tl_model_output(m, 0), out);
+    return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
+}
+
+/* ---- several inputs and outputs ---- */
+
+typedef struct run_dest {
+    int count;
+    int layer[TL_MAX_MODEL_OUTPUTS];
+    float *const *out;
+    size_t size[TL_MAX_MODEL_OUTPUTS];
+} run_dest;
+
+static void run_copy(void *ctx, int worker, size_t start, size_t k, float *const *outs)
+{
+    (void)worker;
+    const run_dest *d = ctx;
+    for (int j = 0; j < d->count; j++)
+        memcpy(d->out[j] + start * d->size[j], outs[d->layer[j]], sizeof(float) * k * d->size[j]);
+}
+
+int tl_model_check_feed(const char *fn, const tlearn_model *m, const void *const *inputs,
+                        int ninputs, size_t n, tl_feed *feed)
+{
+    TL_CHECK_MODEL(fn, m);
+    if (m->nlayers == 0)
+        return tl_fail(TLEARN_ESHAPE, "%s: the model has no layers", fn);
+    if (!inputs || ninputs != m->ninputs)
+        return tl_fail(TLEARN_EINVAL, "%s: %s, the model has %d inputs", fn,
+                       !inputs ? "inputs is NULL" : "ninputs differs", m->ninputs);
+    if (n == 0)
+        return tl_fail(TLEARN_EINVAL, "%s: n is 0", fn);
+    feed->count = ninputs;
+    for (int k = 0; k < ninputs; k++) {
+        if (!inputs[k])
+            return tl_fail(TLEARN_EINVAL, "%s: inputs[%d] ('%s') is NULL", fn, k,
+                           m->inputs[k].name);
+        feed->x[k] = inputs[k];
+        feed->size[k] = tl_shape_size(m->inputs[k].shape);
+        if (n > (size_t)INT32_MAX / feed->size[k])
+            return tl_fail(TLEARN_EINVAL, "%s: n is %zu, too large", fn, n);
+    }
+    return tl_model_validate_feed(fn, m, feed, n);
+}
+
+int tlearn_model_run(tlearn_model *m, const void *const *inputs, int ninputs, size_t n,
+                     float *const *outputs, const size_t *out_lens, int noutputs)
+{
+    static const char fn[] = "tlearn_model_run";
+    tl_feed feed;
+    int rc = tl_model_check_feed(fn, m, inputs, ninputs, n, &feed);
+    if (rc)
+        return rc;
+    if (!outputs || !out_lens || noutputs != tl_model_output_count(m))
+        return tl_fail(TLEARN_EINVAL, "%s: %s, the model has %d outputs", fn,
+                       !outputs || !out_lens ? "outputs or out_lens is NULL"
+                                             : "noutputs differs", tl_model_output_count(m));
+    run_dest d = {noutputs, {0}, outputs, {0}};
+    for (int j = 0; j < noutputs; j++) {
+        d.layer[j] = tl_model_output(m, j);
+        d.size[j] = tl_shape_size(m->layers[d.layer[j]]->out);
+        if (!outputs[j] || out_lens[j] / d.size[j] != n || out_lens[j] % d.size[j])
+            return tl_fail(TLEARN_EINVAL, "%s: output %d ('%s'): %s", fn, j,
+                           m->layers[d.layer[j]]->name,
+                           !outputs[j] ? "the buffer is NULL" : "out_len is not n x its size");
+    }
+    rc = tl_model_infer(m, &feed, n, 0, tl_model_last_output(m), 0, run_copy, &d);
     return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
 }

@@ -385,7 +385,7 @@ static int estimate_fisher(const char *fn, tlearn_model *m, const float *x,
                            const int32_t *labels, size_t n, int estimator, int first,
                            double *(*acc)[TL_MAX_PARAMS])
 {
-    int last = m->nlayers - 1;
+    int last = tl_model_output(m, 0);
     int classes = (int)tl_model_output_size(m);
     size_t in = tl_shape_size(m->inputs[0].shape);
     tl_plan plan;
@@ -426,7 +426,7 @@ static int estimate_fisher(const char *fn, tlearn_model *m, const float *x,
             int32_t y = c;
             /* Gradient of -log p(y|x) w.r.t. the logits: softmax - onehot(y). */
             tl_loss_softmax_ce(plan.out[last], &y, 1, classes, plan.dout[last], NULL);
-            tl_model_backward(m, &plan, &fe, 1, 0, NULL);
+            tl_model_backward(m, &plan, &fe, 1, 0, &last, 1, NULL);
             for (int i = first; i < m->nlayers; i++)
                 for (int p = 0; p < TL_MAX_PARAMS; p++) {
                     double *a = acc[i][p];

@@ -89,7 +89,8 @@ static int frozen_prefix_chunked(tlearn_model *m, const tl_feed *x, size_t n, in
         return from;
     if (tl_model_infer_chunk(m, from, first - 1) >= n)
         return from;
-    tl_chunk_dest c = {m->plan_train.out[first - 1], tl_shape_size(m->layers[first - 1]->out)};
+    tl_chunk_dest c = {m->plan_train.out[first - 1], tl_shape_size(m->layers[first - 1]->out),
+                       first - 1};
     if (tl_model_infer(m, x, n, from, first - 1, m->training, tl_chunk_copy, &c))
         return -1;
     return first;
@@ -101,7 +102,7 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
                             const int32_t *labels, const float *targets, size_t n, int from,
                             float *dx, double *loss)
 {
-    int last = m->nlayers - 1;
+    int last = tl_model_output(m, 0);
     int rc = tl_model_sync_slots(m);
     int first = tl_model_first_trainable(m);
     if (first < from)
@@ -130,7 +131,7 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
     if (!isfinite((float)l)) /* also a loss that overflows the float it is reported in */
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is %g; weights left unchanged", fn, l);
     if (dlogits)
-        tl_model_backward(m, p, &in, n, from, dx);
+        tl_model_backward(m, p, &in, n, from, &last, 1, dx);
     *loss = l;
     return TLEARN_OK;
 }
@@ -299,11 +300,13 @@ typedef struct eval_ctx {
     const int32_t *labels;
     size_t classes;
     eval_sums *sums; /* per worker */
+    int output;      /* layer */
 } eval_ctx;
 
-static void eval_chunk(void *ctx, int worker, size_t start, size_t k, const float *logits)
+static void eval_chunk(void *ctx, int worker, size_t start, size_t k, float *const *outs)
 {
     const eval_ctx *c = ctx;
+    const float *logits = outs[c->output];
     size_t hits;
     c->sums[worker].loss += tl_loss_softmax_ce(logits, c->labels + start, k, (int)c->classes,
                                                NULL, &hits) * (double)k;
@@ -321,9 +324,9 @@ int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels
         return rc;
     /* Per worker sums, added in worker order: the result does not depend on timing. */
     eval_sums sums[TL_MAX_WORKERS] = {{0.0, 0}};
-    eval_ctx c = {labels, tl_model_output_size(m), sums};
+    eval_ctx c = {labels, tl_model_output_size(m), sums, tl_model_output(m, 0)};
     tl_feed f = tl_model_feed(m, x);
-    rc = tl_model_infer(m, &f, n, 0, m->nlayers - 1, 0, eval_chunk, &c);
+    rc = tl_model_infer(m, &f, n, 0, tl_model_output(m, 0), 0, eval_chunk, &c);
     double total = 0.0;
     size_t hits = 0;
     for (int w = 0; w < TL_MAX_WORKERS; w++) {

@@ -232,7 +232,7 @@ static void test_two_inputs_feed(void **state)
         b[i] = 100.0f * (float)i;
     }
     tl_feed f = {2, {a, b}, {6, 6}};
-    tl_chunk_dest d = {out, 6};
+    tl_chunk_dest d = {out, 6, 0};
     OK(tl_model_infer(m, &f, 3, 0, 0, 0, tl_chunk_copy, &d));
     for (int i = 0; i < 18; i++)
         assert_float_equal(out[i], 101.0f * (float)i, 0.0f);
@@ -278,7 +278,7 @@ static void test_checkpoint_inputs(void **state)
     assert_memory_equal(w1, w2, sizeof w1);
     tlearn_model_destroy(&l);
     tlearn_model_destroy(&m);
-    /* round 1's model: no INPUTS section, readable by a 1.0 reader */
+    /* round 1's model: no GRAPH section, readable by a 1.0 reader */
     OK(tlearn_model_create(&m, 1, 4, 4));
     OK(tlearn_model_add_flatten(m, "flat"));
     OK(tlearn_model_save(m, NULL, path, TLEARN_SAVE_INFERENCE));
@@ -293,7 +293,7 @@ static void test_checkpoint_inputs(void **state)
     for (uint64_t s = 0; s < nsec && 64 + 32 * (s + 1) <= got; s++) {
         uint32_t kind;
         memcpy(&kind, head + 64 + 32 * s, 4);
-        assert_int_not_equal(kind, 10); /* INPUTS */
+        assert_int_not_equal(kind, 10); /* GRAPH */
     }
     OK(tlearn_model_load(&l, NULL, path));
     int c, h, w;
@@ -302,6 +302,119 @@ static void test_checkpoint_inputs(void **state)
     tlearn_model_destroy(&l);
     tlearn_model_destroy(&m);
     unlink(path);
+}
+
+/* Graph outputs: run() gives every output for every input; the single-output calls use
+ * output 0 and train it alone; checkpoints keep the outputs; truncate drops removed ones. */
+static void test_outputs(void **state)
+{
+    (void)state;
+    enum { D = 4, N = 3 };
+    tlearn_model *m, *l;
+    OK(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 1, (const int[]){D}));
+    OK(tlearn_model_add_input(m, "bias", TLEARN_DTYPE_FLOAT32, 1, (const int[]){D}));
+    OK(tlearn_model_set_next_input(m, "x"));
+    OK(tlearn_model_add_add(m, "sum", "bias"));
+    OK(tlearn_model_add_linear(m, "cls", 3, 1));
+    OK(tlearn_model_set_next_input(m, "sum"));
+    OK(tlearn_model_add_linear(m, "dom", 2, 1));
+    int count;
+    OK(tlearn_model_output_count(m, &count));
+    assert_int_equal(count, 1); /* the last layer */
+    const char *outs[] = {"cls", "dom", "sum"};
+    OK(tlearn_model_set_outputs(m, outs, 3));
+    assert_int_equal(tlearn_model_set_outputs(m, (const char *[]){"cls", "cls"}, 2),
+                     TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_set_outputs(m, (const char *[]){"nope"}, 1),
+                     TLEARN_ENOTFOUND);
+    OK(tlearn_model_output_count(m, &count));
+    assert_int_equal(count, 3);
+    float x[N * D], bias[N * D], cls[N * 3], dom[N * 2], sum[N * D], want[N * 3];
+    test_rng r = {3};
+    for (int i = 0; i < N * D; i++) {
+        x[i] = urand(&r);
+        bias[i] = urand(&r);
+    }
+    const void *ins[2] = {x, bias};
+    float *o[3] = {cls, dom, sum};
+    size_t lens[3] = {N * 3, N * 2, N * D};
+    OK(tlearn_model_run(m, ins, 2, N, o, lens, 3));
+    lens[1] = N * 2 + 1;
+    assert_int_equal(tlearn_model_run(m, ins, 2, N, o, lens, 3), TLEARN_EINVAL);
+    lens[1] = N * 2;
+    assert_int_equal(tlearn_model_run(m, ins, 1, N, o, lens, 3), TLEARN_EINVAL);
+    float w[3 * D], b[3];
+    OK(tlearn_model_get_tensor(m, "cls.weight", w, 3 * D));
+    OK(tlearn_model_get_tensor(m, "cls.bias", b, 3));
+    for (int e = 0; e < N; e++) {
+        for (int i = 0; i < D; i++)
+            assert_float_equal(sum[e * D + i], x[e * D + i] + bias[e * D + i], 0.0f);
+        for (int u = 0; u < 3; u++) {
+            double v = b[u];
+            for (int i = 0; i < D; i++)
+                v += (double)w[u * D + i] * (x[e * D + i] + bias[e * D + i]);
+            want[e * 3 + u] = (float)v;
+            assert_float_equal(cls[e * 3 + u], (float)v, 1e-5f);
+        }
+    }
+    /* the saved model keeps inputs and outputs and computes the same */
+    char path[] = "/tmp/tlearn-outputs-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    OK(tlearn_model_save(m, NULL, path, TLEARN_SAVE_INFERENCE));
+    OK(tlearn_model_load(&l, NULL, path));
+    unlink(path);
+    int idx;
+    OK(tlearn_model_output_count(l, &count));
+    assert_int_equal(count, 3);
+    OK(tlearn_model_output_layer(l, 1, &idx));
+    assert_int_equal(idx, 2);
+    float cls2[N * 3], dom2[N * 2], sum2[N * D];
+    float *o2[3] = {cls2, dom2, sum2};
+    OK(tlearn_model_run(l, ins, 2, N, o2, lens, 3));
+    assert_memory_equal(cls, cls2, sizeof cls);
+    assert_memory_equal(dom, dom2, sizeof dom);
+    tlearn_model_destroy(&l);
+    /* with one input and output 0 = cls, predict gives cls and a step trains cls alone */
+    tlearn_model_destroy(&m);
+    OK(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 1, (const int[]){D}));
+    OK(tlearn_model_add_linear(m, "cls", 3, 1));
+    OK(tlearn_model_set_next_input(m, "x"));
+    OK(tlearn_model_add_linear(m, "dom", 2, 1));
+    OK(tlearn_model_set_outputs(m, (const char *[]){"cls", "dom"}, 2));
+    float y[N * 3];
+    OK(tlearn_model_predict(m, x, N, y, N * 3));
+    OK(tlearn_model_get_tensor(m, "cls.weight", w, 3 * D));
+    OK(tlearn_model_get_tensor(m, "cls.bias", b, 3));
+    for (int e = 0; e < N; e++)
+        for (int u = 0; u < 3; u++) {
+            double v = b[u];
+            for (int i = 0; i < D; i++)
+                v += (double)w[u * D + i] * x[e * D + i];
+            assert_float_equal(y[e * 3 + u], (float)v, 1e-5f);
+        }
+    (void)want;
+    int32_t labels[N] = {0, 2, 1};
+    tlearn_optim *opt;
+    OK(tlearn_optim_create(&opt, TLEARN_SGD));
+    OK(tlearn_optim_set(opt, TLEARN_OPT_LR, 0.5));
+    float dw0[2 * D], dw1[2 * D], loss;
+    OK(tlearn_model_get_tensor(m, "dom.weight", dw0, 2 * D));
+    OK(tlearn_model_train_step(m, opt, x, labels, N, &loss));
+    OK(tlearn_model_get_tensor(m, "dom.weight", dw1, 2 * D));
+    assert_memory_equal(dw0, dw1, sizeof dw0); /* no loss reaches dom */
+    float cw[3 * D];
+    OK(tlearn_model_get_tensor(m, "cls.weight", cw, 3 * D));
+    assert_memory_not_equal(cw, w, sizeof w);
+    /* truncating "dom" away leaves cls alone as output */
+    OK(tlearn_model_truncate(m, "cls"));
+    OK(tlearn_model_output_count(m, &count));
+    assert_int_equal(count, 1);
+    OK(tlearn_model_output_layer(m, 0, &idx));
+    assert_int_equal(idx, 0);
+    tlearn_optim_destroy(&opt);
+    tlearn_model_destroy(&m);
 }
 
 /* A head that cannot be built leaves the model as it was (issue: replace_head removed the
@@ -385,6 +498,7 @@ int main(void)
         cmocka_unit_test(test_many_inputs),
         cmocka_unit_test(test_two_inputs_feed),
         cmocka_unit_test(test_checkpoint_inputs),
+        cmocka_unit_test(test_outputs),
         cmocka_unit_test(test_replace_head_atomic),
         cmocka_unit_test(test_many_layers_linear),
     };

@@ -703,6 +703,65 @@ class Model(_Handle):
                                                _iptr(labels), n, ctypes.byref(loss)))
         return loss.value
 
+    @property
+    def inputs(self):
+        """(name, dtype, shape) of each model input, in order."""
+        count, name, dtype = ctypes.c_int(), ctypes.c_char_p(), ctypes.c_int()
+        _check(_C.tlearn_model_input_count(self.handle, ctypes.byref(count)))
+        out = []
+        for k in range(count.value):
+            _check(_C.tlearn_model_input_info(self.handle, k, ctypes.byref(name),
+                                              ctypes.byref(dtype)))
+            out.append((name.value.decode(), "int32" if dtype.value == 2 else "float32",
+                        self.layer_shape_nd(-1 - k)))
+        return out
+
+    def set_outputs(self, layers):
+        """Declare the graph outputs (layer names, in order); ``[]`` restores the default,
+        the last layer alone. Output 0 is what predict/train_step/evaluate use."""
+        names = [_enc(l, "layer") for l in layers]
+        arr = (ctypes.c_char_p * max(len(names), 1))(*names)
+        _check(_C.tlearn_model_set_outputs(self.handle, arr, len(names)))
+        return self
+
+    @property
+    def outputs(self):
+        """Names of the graph outputs, in order."""
+        n, i = ctypes.c_int(), ctypes.c_int()
+        _check(_C.tlearn_model_output_count(self.handle, ctypes.byref(n)))
+        names = []
+        for k in range(n.value):
+            _check(_C.tlearn_model_output_layer(self.handle, k, ctypes.byref(i)))
+            names.append(self.layer_name(i.value))
+        return names
+
+    def run(self, *inputs):
+        """Inference with one array per model input (float32, or int32 for int32 inputs;
+        shape (n, *input shape)); returns one array per graph output, shape (n, *shape)."""
+        count = ctypes.c_int()
+        _check(_C.tlearn_model_input_count(self.handle, ctypes.byref(count)))
+        shapes = [self.layer_shape_nd(-1 - k) for k in range(count.value)]
+        if len(inputs) != len(shapes):
+            raise ValueError("the model has %d inputs, %d arrays given" % (len(shapes), len(inputs)))
+        n = None
+        for j, (x, shape) in enumerate(zip(inputs, shapes)):
+            if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.int32):
+                raise TypeError("input %d must be a float32 or int32 numpy array" % j)
+            _require(x, x.dtype, "input %d" % j)
+            if x.ndim < 1 or x.shape[0] < 1 or int(np.prod(x.shape[1:])) != int(np.prod(shape)):
+                raise ValueError("input %d has shape %s; expected (n, %s)"
+                                 % (j, x.shape, ", ".join(map(str, shape))))
+            if n is not None and x.shape[0] != n:
+                raise ValueError("inputs hold different numbers of examples")
+            n = x.shape[0]
+        outs = [np.empty((n,) + self.layer_shape_nd(self.layer_index(name)), np.float32)
+                for name in self.outputs]
+        ins = (ctypes.c_void_p * len(inputs))(*[x.ctypes.data for x in inputs])
+        optr = (L.f32p * len(outs))(*[_fptr(o) for o in outs])
+        lens = (ctypes.c_size_t * len(outs))(*[o.size for o in outs])
+        _check(_C.tlearn_model_run(self.handle, ins, len(inputs), n, optr, lens, len(outs)))
+        return outs
+
     def predict_from(self, layer, features):
         """Outputs from cached features of @p layer."""
         n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")

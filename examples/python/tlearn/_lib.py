@@ -108,6 +108,13 @@ _SIGNATURES = {
     "tlearn_model_add_input": (c_int, [_M, c_char_p, c_int, c_int, P(c_int)]),
     "tlearn_model_layer_shape_nd": (c_int, [_M, c_int, P(c_int), P(c_int), c_int]),
     "tlearn_model_add_linear": (c_int, [_M, c_char_p, c_int, c_int]),
+    "tlearn_model_set_outputs": (c_int, [_M, P(c_char_p), c_int]),
+    "tlearn_model_output_count": (c_int, [_M, P(c_int)]),
+    "tlearn_model_input_count": (c_int, [_M, P(c_int)]),
+    "tlearn_model_input_info": (c_int, [_M, c_int, P(c_char_p), P(c_int)]),
+    "tlearn_model_output_layer": (c_int, [_M, c_int, P(c_int)]),
+    "tlearn_model_run": (c_int, [_M, P(c_void_p), c_int, c_size_t, P(f32p), P(c_size_t),
+                                 c_int]),
     # introspection
     "tlearn_model_layer_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_layer_index": (c_int, [_M, c_char_p, P(c_int)]),

@@ -139,6 +139,17 @@ extern "C" {
                                      dtype: c_int, rank: c_int, dims: *const c_int) -> c_int;
     pub fn tlearn_model_add_input(m: *mut tlearn_model, name: *const c_char, dtype: c_int,
                                   rank: c_int, dims: *const c_int) -> c_int;
+    pub fn tlearn_model_input_count(m: *const tlearn_model, count: *mut c_int) -> c_int;
+    pub fn tlearn_model_input_info(m: *const tlearn_model, k: c_int, name: *mut *const c_char,
+                                   dtype: *mut c_int) -> c_int;
+    pub fn tlearn_model_set_outputs(m: *mut tlearn_model, layers: *const *const c_char,
+                                    count: c_int) -> c_int;
+    pub fn tlearn_model_output_count(m: *const tlearn_model, count: *mut c_int) -> c_int;
+    pub fn tlearn_model_output_layer(m: *const tlearn_model, k: c_int, index: *mut c_int)
+        -> c_int;
+    pub fn tlearn_model_run(m: *mut tlearn_model, inputs: *const *const c_void, ninputs: c_int,
+                            n: usize, outputs: *const *mut f32, out_lens: *const usize,
+                            noutputs: c_int) -> c_int;
     pub fn tlearn_model_layer_shape_nd(m: *const tlearn_model, index: c_int, rank: *mut c_int,
                                        dims: *mut c_int, cap: c_int) -> c_int;
     pub fn tlearn_model_add_activation(m: *mut tlearn_model, name: *const c_char,

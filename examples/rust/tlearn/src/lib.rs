@@ -406,6 +406,12 @@ impl Drop for FreezePolicy {
 
 // ------------------------------------------------------------------------------------------
 
+/// The array of one model input for Model::run.
+pub enum Input<'a> {
+    F32(&'a [f32]),
+    I32(&'a [i32]),
+}
+
 /// A network, its weights and its training state (tlearn_model).
 pub struct Model {
     ptr: NonNull<sys::tlearn_model>,
@@ -731,14 +737,16 @@ impl Model {
         check(unsafe { sys::tlearn_model_layer_shape(self.raw(), index, &mut c, &mut h, &mut w) })?;
         Ok(Shape { c: c as usize, h: h as usize, w: w as usize })
     }
-    /// Output shape of layer @p index as 1 to 4 sizes (any rank).
-    pub fn layer_shape_nd(&self, index: usize) -> Result<Vec<usize>> {
+    fn shape_nd_at(&self, index: c_int) -> Result<Vec<usize>> {
         let (mut rank, mut dims) = (0, [0 as c_int; 4]);
         check(unsafe {
-            sys::tlearn_model_layer_shape_nd(self.raw(), index as c_int, &mut rank,
-                                             dims.as_mut_ptr(), 4)
+            sys::tlearn_model_layer_shape_nd(self.raw(), index, &mut rank, dims.as_mut_ptr(), 4)
         })?;
         Ok(dims[..rank as usize].iter().map(|&d| d as usize).collect())
+    }
+    /// Output shape of layer @p index as 1 to 4 sizes (any rank).
+    pub fn layer_shape_nd(&self, index: usize) -> Result<Vec<usize>> {
+        self.shape_nd_at(index as c_int)
     }
     /// Output shape of layer @p index.
     pub fn layer_shape(&self, index: usize) -> Result<Shape> {
@@ -824,6 +832,62 @@ impl Model {
         let mut out = vec![0.0f32; n * self.output_shape()?.size()];
         check(unsafe { sys::tlearn_model_predict(self.raw(), x.as_ptr(), n, out.as_mut_ptr(), out.len()) })?;
         Ok(out)
+    }
+    /// Number of model inputs.
+    pub fn input_count(&self) -> Result<usize> {
+        let mut n = 0;
+        check(unsafe { sys::tlearn_model_input_count(self.raw(), &mut n) })?;
+        Ok(n as usize)
+    }
+    /// Name and whether model input @p k holds int32 (token ids).
+    pub fn input_info(&self, k: usize) -> Result<(String, bool)> {
+        let (mut name, mut dtype) = (ptr::null(), 0);
+        check(unsafe { sys::tlearn_model_input_info(self.raw(), k as c_int, &mut name, &mut dtype) })?;
+        Ok((cstr_to_string(name), dtype == sys::TLEARN_DTYPE_INT32))
+    }
+    /// Declare the graph outputs by layer name; an empty slice restores the last layer.
+    pub fn set_outputs(&mut self, layers: &[&str]) -> Result<&mut Self> {
+        let names = layers.iter().map(|l| cstring(l, "layer")).collect::<Result<Vec<_>>>()?;
+        let ptrs: Vec<*const c_char> = names.iter().map(|c| c.as_ptr()).collect();
+        check(unsafe { sys::tlearn_model_set_outputs(self.raw(), ptrs.as_ptr(), ptrs.len() as c_int) })?;
+        Ok(self)
+    }
+    /// Layer index of every graph output, in order.
+    pub fn outputs(&self) -> Result<Vec<usize>> {
+        let mut n = 0;
+        check(unsafe { sys::tlearn_model_output_count(self.raw(), &mut n) })?;
+        (0..n).map(|k| {
+            let mut i = 0;
+            check(unsafe { sys::tlearn_model_output_layer(self.raw(), k, &mut i) })?;
+            Ok(i as usize)
+        }).collect()
+    }
+    /// Inference with one array per model input (n examples each); one Vec per output.
+    pub fn run(&mut self, inputs: &[Input], n: usize) -> Result<Vec<Vec<f32>>> {
+        let ptrs: Vec<*const c_void> = inputs.iter().map(|i| match i {
+            Input::F32(x) => x.as_ptr() as *const c_void,
+            Input::I32(x) => x.as_ptr() as *const c_void,
+        }).collect();
+        for (k, i) in inputs.iter().enumerate() {
+            let size: usize = self.shape_nd_at(-1 - k as c_int)?.iter().product();
+            let len = match i { Input::F32(x) => x.len(), Input::I32(x) => x.len() };
+            if len != n * size {
+                return Err(Error { code: status::EINVAL,
+                                   message: format!("input {} holds {} values, expected {}", k, len, n * size) });
+            }
+        }
+        let mut outs = Vec::new();
+        for layer in self.outputs()? {
+            let size: usize = self.layer_shape_nd(layer)?.iter().product();
+            outs.push(vec![0.0f32; n * size]);
+        }
+        let optrs: Vec<*mut f32> = outs.iter_mut().map(|o| o.as_mut_ptr()).collect();
+        let lens: Vec<usize> = outs.iter().map(|o| o.len()).collect();
+        check(unsafe {
+            sys::tlearn_model_run(self.raw(), ptrs.as_ptr(), ptrs.len() as c_int, n, optrs.as_ptr(),
+                                  lens.as_ptr(), optrs.len() as c_int)
+        })?;
+        Ok(outs)
     }
     /// (mean loss, accuracy) over a labelled set.
     pub fn evaluate(&mut self, x: &[f32], labels: &[i32]) -> Result<(f32, f32)> {
