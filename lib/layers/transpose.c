@@ -116,9 +116,18 @@ static void tp_build(tp_plan *p, size_t n, tl_shape in, const int *perm)
         p->ost[i] = p->ost[i + 1] * p->dim[i + 1];
 }
 
-static inline void put(float *d, float v, int accum)
+/* One tile: d[a*dq + b] = s[a + b*sl] (or +=) for a < na, b < nb. */
+static void tile(float *restrict d, size_t dq, const float *restrict s, size_t sl, size_t na,
+                 size_t nb, int accum)
 {
-    *d = accum ? *d + v : v;
+    if (accum)
+        for (size_t a = 0; a < na; a++)
+            for (size_t b = 0; b < nb; b++)
+                d[a * dq + b] += s[a + b * sl];
+    else
+        for (size_t a = 0; a < na; a++)
+            for (size_t b = 0; b < nb; b++)
+                d[a * dq + b] = s[a + b * sl];
 }
 
 /* dst (output order, contiguous) = src permuted by the plan, or += with @p accum. */
@@ -145,13 +154,10 @@ static void tp_run(const tp_plan *p, const float *src, float *dst, int accum)
         } else { /* tiles of the (q, last) plane: reads along q, writes along last */
             size_t nq = p->dim[q], dq = p->ost[q];
             for (size_t a0 = 0; a0 < nq; a0 += TILE)
-                for (size_t b0 = 0; b0 < len; b0 += TILE) {
-                    size_t a1 = a0 + TILE < nq ? a0 + TILE : nq;
-                    size_t b1 = b0 + TILE < len ? b0 + TILE : len;
-                    for (size_t a = a0; a < a1; a++)
-                        for (size_t b = b0; b < b1; b++)
-                            put(d + a * dq + b, s[a + b * sl], accum);
-                }
+                for (size_t b0 = 0; b0 < len; b0 += TILE)
+                    tile(d + a0 * dq + b0, dq, s + a0 + b0 * sl, sl,
+                         nq - a0 < TILE ? nq - a0 : TILE, len - b0 < TILE ? len - b0 : TILE,
+                         accum);
         }
         for (int k = no - 1; k >= 0; k--) {
             int a = other[k];
