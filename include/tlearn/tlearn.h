@@ -101,7 +101,11 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_GLOBAL_AVGPOOL = 7,
     TLEARN_LAYER_BATCHNORM = 8,
     TLEARN_LAYER_DROPOUT = 9,
-    TLEARN_LAYER_ADD = 10
+    TLEARN_LAYER_ADD = 10,
+    TLEARN_LAYER_CONCAT = 14,    /**< tlearn_model_add_concat() @since 1.1 */
+    TLEARN_LAYER_SLICE = 15,     /**< tlearn_model_add_slice() @since 1.1 */
+    TLEARN_LAYER_RESHAPE = 16,   /**< tlearn_model_add_reshape() @since 1.1 */
+    TLEARN_LAYER_TRANSPOSE = 17  /**< tlearn_model_add_transpose() @since 1.1 */
     /* 1.1: 11-29 general graph ops, 30-39 transformer layers, 40-49 adapters, 50-59
      * domain adaptation; each value is added here when its kind lands. */
 };
@@ -965,6 +969,76 @@ TLEARN_API int tlearn_model_output_layer(const tlearn_model *m, int k, int *inde
 TLEARN_API int tlearn_model_run(tlearn_model *m, const void *const *inputs, int ninputs,
                                 size_t n, float *const *outputs, const size_t *out_lens,
                                 int noutputs);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Data movement (1.1): concat, slice, reshape, transpose
+ *  Axes count over the dims of one example (the batch is not an axis): 0 is the channel
+ *  axis of (C, H, W); negative axes count from the end (-1 is the last). None of these
+ *  layers has parameters. */
+/** @{ */
+
+/**
+ * Add a concatenation of @p ninputs outputs along @p axis, as torch.cat (DenseNet's
+ * feature concatenation, Inception's branches, SqueezeNet's fire modules). The inputs
+ * have the same rank and equal dims except along @p axis, where the output's size is the
+ * sum of theirs. The same layer may appear more than once.
+ * The layer does not read the previous layer unless it is named in @p inputs, and
+ * tlearn_model_set_next_input() does not apply to it (it is reset, as by any add call).
+ * @param inputs   @p ninputs names of earlier layers or model inputs; borrowed.
+ * @param ninputs  2..256.  @param axis  -rank..rank-1.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, name, inputs or entry, bad name, ninputs out
+ *         of range), TLEARN_ENOTFOUND (an unknown input name), TLEARN_ESHAPE (axis out of
+ *         range, ranks or other dims differ: the message names the input and shapes),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @note As every call on a model: one thread at a time per model.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_concat(tlearn_model *m, const char *name,
+                                       const char *const *inputs, int ninputs, int axis);
+
+/**
+ * Add a slice of the next input along @p axis, as x[..., start:end:step, ...] in NumPy and
+ * ONNX Slice on one axis: a negative start or end counts from the end (adds the axis size),
+ * then both are clamped to 0..size, so INT_MAX as @p end means "to the end". The output has
+ * ceil((end - start) / step) entries along @p axis. A split into parts (ShuffleNetV2) is one
+ * slice per part, each after tlearn_model_set_next_input() on the same layer.
+ * @param step  >= 1 (negative steps are not supported).
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model or name, bad name, step < 1), TLEARN_ESHAPE
+ *         (axis out of range, empty slice), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_slice(tlearn_model *m, const char *name, int axis, int start,
+                                      int end, int step);
+
+/**
+ * Add a reshape of the next input to a per-example shape of @p rank dims holding the same
+ * number of elements (torch.reshape / ONNX Reshape without the batch dim). A 0 in @p dims
+ * copies the input's dim at that index; one -1 is inferred from the others.
+ * Data keep their order; the layer copies them (one pass over memory).
+ * @param rank  1..TLEARN_MAX_RANK.  @param dims  @p rank entries >= -1; borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, name or dims, bad name, rank out of range,
+ *         an entry < -1, two -1), TLEARN_ESHAPE (the element counts differ, or a 0 beyond
+ *         the input's rank), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_reshape(tlearn_model *m, const char *name, int rank,
+                                        const int *dims);
+
+/**
+ * Add a permutation of the next input's axes (torch.permute without the batch dim): output
+ * axis i is input axis @p perm[i], e.g. {1, 2, 0} turns (C, H, W) into channels-last
+ * (H, W, C). ShuffleNet's channel shuffle of g groups is reshape (g, C/g, H, W), transpose
+ * {1, 0, 2, 3}, reshape (C, H, W).
+ * @param rank  the input's rank (1..TLEARN_MAX_RANK).  @param perm  a permutation of
+ *              0..rank-1; borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, name or perm, bad name, rank out of range,
+ *         perm not a permutation), TLEARN_ESHAPE (rank differs from the input's),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_transpose(tlearn_model *m, const char *name, int rank,
+                                          const int *perm);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

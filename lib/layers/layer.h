@@ -61,6 +61,32 @@ static inline int tl_shape_equal(tl_shape a, tl_shape b)
     return 1;
 }
 
+/* Axis @p axis of a rank-@p rank shape, negative counting from the end (ONNX, NumPy): the
+ * index 0..rank-1, or -1 when out of range. */
+static inline int tl_shape_axis(int axis, int rank)
+{
+    int a = axis < 0 ? axis + rank : axis;
+    return a >= 0 && a < rank ? a : -1;
+}
+
+/* Elements of one example before axis @p a (outer) and after it (inner): the example is
+ * outer x d[a] x inner in memory. */
+static inline size_t tl_shape_outer(tl_shape s, int a)
+{
+    size_t n = 1;
+    for (int i = 0; i < a; i++)
+        n *= (size_t)s.d[i];
+    return n;
+}
+
+static inline size_t tl_shape_inner(tl_shape s, int a)
+{
+    size_t n = 1;
+    for (int i = a + 1; i < TL_MAX_RANK; i++)
+        n *= (size_t)s.d[i];
+    return n;
+}
+
 /* "(2, 3, 4)" for messages; @p buf holds at least TL_SHAPE_STR bytes. */
 #define TL_SHAPE_STR 64
 const char *tl_shape_str(tl_shape s, char *buf);
@@ -204,6 +230,11 @@ void tl_layer_set_param_budget(size_t *floats);
 /* PyTorch's default init for weights of fan-in @p fan_in: U(-1/sqrt(fan_in), +...). */
 void tl_init_uniform(tl_tensor *t, tl_rng *rng, float bound);
 
+/* Data movement of concat, slice and reshape: @p rows x @p count blocks of @p len floats,
+ * dst[r*dr + j*dj + i] = src[r*sr + j*sj + i], or += with @p accum. */
+void tl_copy_blocks(float *dst, size_t dr, size_t dj, const float *src, size_t sr, size_t sj,
+                    size_t rows, size_t count, size_t len, int accum);
+
 #define TL_MAX_IARGS 12
 #define TL_MAX_FARGS 4
 /* For configure(): check the argument count and copy @p size bytes of config. */
@@ -223,5 +254,16 @@ extern const tl_layer_ops tl_global_avgpool_ops; /* no arguments */
 extern const tl_layer_ops tl_batchnorm_ops;  /* fa: eps momentum */
 extern const tl_layer_ops tl_dropout_ops;    /* fa: p */
 extern const tl_layer_ops tl_add_ops;        /* no arguments; two inputs */
+/* Data movement (1.1). Axes count over the example's dims (the batch is not an axis; an
+ * ONNX importer subtracts 1 from ONNX axes and refuses axis 0); negative axes count from
+ * the end. */
+extern const tl_layer_ops tl_concat_ops;     /* ia: axis; 2..TL_MAX_INPUTS inputs */
+extern const tl_layer_ops tl_slice_ops;      /* ia: axis start end step (ONNX Slice on one
+                                              * axis: negative start/end add the size, then
+                                              * clamp to 0..size; step >= 1; not empty) */
+extern const tl_layer_ops tl_reshape_ops;    /* ia: rank d0 .. d{rank-1} (rank 1..4; 0 copies
+                                              * the input's dim, one -1 is inferred) */
+extern const tl_layer_ops tl_transpose_ops;  /* ia: rank p0 .. p{rank-1}: output axis i is
+                                              * input axis p[i] (ONNX perm without the batch) */
 
 #endif

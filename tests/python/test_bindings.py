@@ -487,6 +487,30 @@ def test_residual_block_and_other_layers():
         assert m.workspace_bytes() > 0
 
 
+def test_data_movement_layers():
+    """concat, slice, reshape, transpose against numpy on the same arrays."""
+    with tlearn.Model(4, 3, 2) as m:
+        m.add_slice("lo", 0, 0, 1).set_next_input(None).add_slice("odd", -3, 1, None, 2)
+        m.add_concat("cat", ["lo", "input", "odd", "lo"], axis=0)      # (8, 3, 2)
+        m.add_reshape("g", [2, 4, 0, -1]).add_transpose("sh", [1, 0, 2, 3])
+        m.add_reshape("back", [8, 3, 2]).add_transpose("cl", (1, 2, 0))
+        assert m.layer_shape_nd(m.layer_index("g")) == (2, 4, 2, 3)  # 0: the input's dim 2
+        assert m.layer_shape_nd(m.layer_index("cl")) == (3, 2, 8)
+        assert [m.layer_kind(m.layer_index(n)) for n in ("lo", "cat", "g", "sh")] == [
+            "slice", "concat", "reshape", "transpose"]
+        x = np.random.default_rng(2).normal(size=(3, 4, 3, 2)).astype(np.float32)
+        cat = np.concatenate([x[:, :1], x, x[:, 1::2], x[:, :1]], axis=1)
+        shuffled = cat.reshape(3, 2, 4, 3, 2).transpose(0, 2, 1, 3, 4).reshape(3, 8, 3, 2)
+        want = shuffled.transpose(0, 2, 3, 1).reshape(3, -1)
+        np.testing.assert_array_equal(m.predict(x).reshape(3, -1), want)
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_concat("bad", ["cat", "nope"])
+        assert info.value.code == tlearn.ENOTFOUND
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_transpose("bad", [0, 0, 1])
+        assert info.value.code == tlearn.EINVAL
+
+
 def test_online_ewc_and_bn_stats_policy():
     x, y = blobs()
     with small_mlp() as m:

@@ -115,6 +115,10 @@ _SIGNATURES = {
     "tlearn_model_output_layer": (c_int, [_M, c_int, P(c_int)]),
     "tlearn_model_run": (c_int, [_M, P(c_void_p), c_int, c_size_t, P(f32p), P(c_size_t),
                                  c_int]),
+    "tlearn_model_add_concat": (c_int, [_M, c_char_p, P(c_char_p), c_int, c_int]),
+    "tlearn_model_add_slice": (c_int, [_M, c_char_p, c_int, c_int, c_int, c_int]),
+    "tlearn_model_add_reshape": (c_int, [_M, c_char_p, c_int, P(c_int)]),
+    "tlearn_model_add_transpose": (c_int, [_M, c_char_p, c_int, P(c_int)]),
     # introspection
     "tlearn_model_layer_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_layer_index": (c_int, [_M, c_char_p, P(c_int)]),

@@ -30,6 +30,10 @@ pub const TLEARN_LAYER_GLOBAL_AVGPOOL: c_int = 7;
 pub const TLEARN_LAYER_BATCHNORM: c_int = 8;
 pub const TLEARN_LAYER_DROPOUT: c_int = 9;
 pub const TLEARN_LAYER_ADD: c_int = 10;
+pub const TLEARN_LAYER_CONCAT: c_int = 14;
+pub const TLEARN_LAYER_SLICE: c_int = 15;
+pub const TLEARN_LAYER_RESHAPE: c_int = 16;
+pub const TLEARN_LAYER_TRANSPOSE: c_int = 17;
 pub const TLEARN_DTYPE_FLOAT32: c_int = 1;
 pub const TLEARN_DTYPE_INT32: c_int = 2;
 
@@ -152,6 +156,15 @@ extern "C" {
                             noutputs: c_int) -> c_int;
     pub fn tlearn_model_layer_shape_nd(m: *const tlearn_model, index: c_int, rank: *mut c_int,
                                        dims: *mut c_int, cap: c_int) -> c_int;
+    pub fn tlearn_model_add_concat(m: *mut tlearn_model, name: *const c_char,
+                                   inputs: *const *const c_char, ninputs: c_int, axis: c_int)
+        -> c_int;
+    pub fn tlearn_model_add_slice(m: *mut tlearn_model, name: *const c_char, axis: c_int,
+                                  start: c_int, end: c_int, step: c_int) -> c_int;
+    pub fn tlearn_model_add_reshape(m: *mut tlearn_model, name: *const c_char, rank: c_int,
+                                    dims: *const c_int) -> c_int;
+    pub fn tlearn_model_add_transpose(m: *mut tlearn_model, name: *const c_char, rank: c_int,
+                                      perm: *const c_int) -> c_int;
     pub fn tlearn_model_add_activation(m: *mut tlearn_model, name: *const c_char,
                                        activation: c_int, param: f32) -> c_int;
     pub fn tlearn_model_add_conv2d(m: *mut tlearn_model, name: *const c_char, filters: c_int,

@@ -195,6 +195,10 @@ pub enum LayerKind {
     BatchNorm,
     Dropout,
     Add,
+    Concat,
+    Slice,
+    Reshape,
+    Transpose,
     /// A kind newer than these bindings.
     Other(i32),
 }
@@ -212,6 +216,10 @@ impl LayerKind {
             8 => LayerKind::BatchNorm,
             9 => LayerKind::Dropout,
             10 => LayerKind::Add,
+            14 => LayerKind::Concat,
+            15 => LayerKind::Slice,
+            16 => LayerKind::Reshape,
+            17 => LayerKind::Transpose,
             other => LayerKind::Other(other),
         }
     }
@@ -703,6 +711,43 @@ impl Model {
     pub fn add_add(&mut self, name: &str, other: &str) -> Result<&mut Self> {
         let (c, o) = (cstring(name, "name")?, cstring(other, "other")?);
         check(unsafe { sys::tlearn_model_add_add(self.raw(), c.as_ptr(), o.as_ptr()) })?;
+        Ok(self)
+    }
+
+    // -- data movement (axes count over one example's dims; the batch is not an axis) ---
+    /// Concatenation of the outputs of @p inputs (2 to 256 names of layers or model
+    /// inputs; a name may repeat) along @p axis (0: channels of (C, H, W); negative counts
+    /// from the end), as torch.cat.
+    pub fn add_concat(&mut self, name: &str, inputs: &[&str], axis: i32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let owned = inputs.iter().map(|s| cstring(s, "inputs")).collect::<Result<Vec<_>>>()?;
+        let ptrs: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
+        let n = c_int::try_from(ptrs.len()).unwrap_or(c_int::MAX);
+        check(unsafe { sys::tlearn_model_add_concat(self.raw(), c.as_ptr(), ptrs.as_ptr(), n, axis) })?;
+        Ok(self)
+    }
+    /// x[..., start:end:step, ...] on one axis with ONNX Slice's (Python's) rules for
+    /// negative and out-of-range bounds (i32::MAX as @p end: to the end); step >= 1.
+    pub fn add_slice(&mut self, name: &str, axis: i32, start: i32, end: i32, step: i32)
+                     -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_slice(self.raw(), c.as_ptr(), axis, start, end, step) })?;
+        Ok(self)
+    }
+    /// Reshape each example to @p dims (1 to 4 sizes; 0 keeps the input's size at that
+    /// index, one -1 is inferred).
+    pub fn add_reshape(&mut self, name: &str, dims: &[i32]) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let rank = c_int::try_from(dims.len()).unwrap_or(c_int::MAX);
+        check(unsafe { sys::tlearn_model_add_reshape(self.raw(), c.as_ptr(), rank, dims.as_ptr()) })?;
+        Ok(self)
+    }
+    /// Permute each example's axes: output axis i is input axis perm[i] (torch.permute
+    /// without the batch dim).
+    pub fn add_transpose(&mut self, name: &str, perm: &[i32]) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let rank = c_int::try_from(perm.len()).unwrap_or(c_int::MAX);
+        check(unsafe { sys::tlearn_model_add_transpose(self.raw(), c.as_ptr(), rank, perm.as_ptr()) })?;
         Ok(self)
     }
 

@@ -73,6 +73,31 @@ fn build_and_inspect() {
 }
 
 #[test]
+fn data_movement_layers() {
+    let mut m = Model::new(2, 2, 3).unwrap();
+    m.add_slice("s", 0, 1, i32::MAX, 1).unwrap()
+        .set_next_input(None).unwrap()
+        .add_concat("cat", &["s", "input", "s"], 0).unwrap()   // channels 1, 0, 1, 1
+        .add_transpose("t", &[1, 2, 0]).unwrap()               // (2, 3, 4): channels last
+        .add_reshape("r", &[-1]).unwrap();
+    assert_eq!(m.layer_kind(1).unwrap(), LayerKind::Concat);
+    assert_eq!(m.layer_kind(2).unwrap(), LayerKind::Transpose);
+    assert_eq!(m.layer_shape_nd(3).unwrap(), vec![24]);
+    let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+    let out = m.predict(&x).unwrap();
+    let src = [1, 0, 1, 1];
+    for p in 0..6 {
+        for c in 0..4 {
+            assert_eq!(out[p * 4 + c], x[src[c] * 6 + p]);
+        }
+    }
+    assert!(m.add_concat("bad", &["cat"], 0).is_err()); // one input
+    assert!(m.add_transpose("bad", &[0, 0]).is_err());
+    assert!(m.add_reshape("bad", &[5, -1]).is_err());
+    assert!(m.add_slice("bad", 0, 3, 1, 1).is_err());
+}
+
+#[test]
 fn predict_is_the_dense_formula() {
     let mut m = Model::new(2, 1, 1).unwrap();
     m.add_dense("fc", 2).unwrap();
