@@ -962,7 +962,8 @@ TLEARN_API int tlearn_model_add_scale(tlearn_model *m, const char *name, int ran
  * lo <= hi, infinities allowed. The others take no parameter (one value is accepted and
  * ignored, as tlearn_model_add_activation() passes it).
  * Gradients at the kinks are torch's: clip passes the gradient for lo <= x <= hi,
- * hard-sigmoid only strictly inside (0, 1), hard-swish is (x/3 + 0.5) on [-3, 3].
+ * hard-sigmoid only strictly inside (0, 1), hard-swish is (x/3 + 0.5) on [-3, 3) and 1 from
+ * 3 on (torch's vectorised kernel; its scalar loop gives 1.5 at exactly 3).
  * @param params  @p nparams floats (0..2), borrowed; may be NULL when @p nparams is 0.
  * @return TLEARN_OK, TLEARN_EINVAL (unknown activation, a parameter count the activation
  *         does not take, a NaN, an infinity other than clip's bounds, lo > hi, bad name),

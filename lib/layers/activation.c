@@ -216,9 +216,10 @@ static void backward_range(const activation_cfg *cfg, const float *restrict x,
             EMIT(x[i], p0 * xi + p1, (yi > 0.0f && yi < 1.0f) ? d * p0 : 0.0f)
         }
         break;
-    /* torch: 0 below -3, d * (x/3 + 1/2) on [-3, 3] (both ends included), d above */
+    /* torch's vectorised kernel: 0 below -3, d * (x/3 + 1/2) on [-3, 3), d from 3 on (its
+     * scalar tail loop gives 1.5 d at exactly 3; the vector loop covers nearly everything) */
     case TLEARN_ACT_HARDSWISH:
-        EMIT(x[i], 0.0f, xi < -3.0f ? 0.0f : (xi <= 3.0f ? d * (xi / 3.0f + 0.5f) : d)) break;
+        EMIT(x[i], 0.0f, xi < -3.0f ? 0.0f : (xi < 3.0f ? d * (xi / 3.0f + 0.5f) : d)) break;
     /* torch: d * s * (1 + x * (1 - s)) with s = sigmoid(x) */
     case TLEARN_ACT_SILU:
         EMIT(x[i], 1.0f / (1.0f + expf(-xi)), d * yi * (1.0f + xi * (1.0f - yi))) break;
