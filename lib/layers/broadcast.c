@@ -236,14 +236,19 @@ static void backward_range(const tl_bcast *p, int op, int k, const float *dout, 
         double acc = 0.0; /* a row summed into one element (sk == 0) */
         for (size_t j = 0; j < len; j += BC_BLOCK) {
             size_t m = len - j < BC_BLOCK ? len - j : BC_BLOCK;
+            /* written in place when the gradient simply overwrites its own elements */
+            float *gb = sk && overwrite ? dst + j : g;
             const float *gv = grad_segment(op, k, dout + pos + j, pa + j * ia, ia, pb + j * ib,
-                                           ib, out ? out + pos + j : NULL, m, g);
+                                           ib, out ? out + pos + j : NULL, m, gb);
             if (sk == 0) {
-#pragma omp simd reduction(+ : acc)
+                float part = 0.0f; /* a block in float, the row in double */
+#pragma omp simd reduction(+ : part)
                 for (size_t i = 0; i < m; i++)
-                    acc += gv[i];
+                    part += gv[i];
+                acc += part;
             } else if (overwrite) {
-                memcpy(dst + j, gv, sizeof(float) * m);
+                if (gv != dst + j)
+                    memcpy(dst + j, gv, sizeof(float) * m);
             } else {
                 float *dj = dst + j;
 #pragma omp simd

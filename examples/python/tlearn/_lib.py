@@ -108,6 +108,10 @@ _SIGNATURES = {
     "tlearn_model_add_input": (c_int, [_M, c_char_p, c_int, c_int, P(c_int)]),
     "tlearn_model_layer_shape_nd": (c_int, [_M, c_int, P(c_int), P(c_int), c_int]),
     "tlearn_model_add_linear": (c_int, [_M, c_char_p, c_int, c_int]),
+    "tlearn_model_add_binary": (c_int, [_M, c_char_p, c_int, c_char_p, c_char_p]),
+    "tlearn_model_add_scale": (c_int, [_M, c_char_p, c_int, P(c_int), c_int]),
+    "tlearn_model_add_activation_ex": (c_int, [_M, c_char_p, c_int, P(c_float), c_int]),
+    "tlearn_model_add_softmax": (c_int, [_M, c_char_p, c_int]),
     # introspection
     "tlearn_model_layer_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_layer_index": (c_int, [_M, c_char_p, P(c_int)]),
