@@ -246,7 +246,8 @@ const tl_layer_ops *tl_layer_ops_by_kind(int kind);
 
 extern const tl_layer_ops tl_dense_ops;      /* ia: units */
 extern const tl_layer_ops tl_flatten_ops;    /* no arguments */
-extern const tl_layer_ops tl_activation_ops; /* ia: activation; fa: parameter */
+/* ia: activation; fa: parameter (round 1), or alpha beta (hard-sigmoid), or min max (clip) */
+extern const tl_layer_ops tl_activation_ops;
 extern const tl_layer_ops tl_conv2d_ops;     /* ia: filters kh kw sh sw ph pw dh dw groups bias */
 extern const tl_layer_ops tl_maxpool2d_ops;  /* ia: kh kw sh sw ph pw */
 extern const tl_layer_ops tl_avgpool2d_ops;  /* ia: kh kw sh sw ph pw count_include_pad */
@@ -265,5 +266,11 @@ extern const tl_layer_ops tl_reshape_ops;    /* ia: rank d0 .. d{rank-1} (rank 1
                                               * the input's dim, one -1 is inferred) */
 extern const tl_layer_ops tl_transpose_ops;  /* ia: rank p0 .. p{rank-1}: output axis i is
                                               * input axis p[i] (ONNX perm without the batch) */
+/* ia: op (enum tlearn_binary_op: 1 add, 2 sub, 3 mul, 4 div); two inputs, NumPy broadcast */
+extern const tl_layer_ops tl_binary_ops;
+/* ia: rank d0 .. d(rank-1) bias: y = x * weight (+ bias), weight/bias of shape (d...)
+ * broadcast to the input (NumPy, right-aligned), weight starts at 1, bias at 0 */
+extern const tl_layer_ops tl_scale_ops;
+extern const tl_layer_ops tl_softmax_ops;    /* ia: axis over the example, -1 = last */
 
 #endif

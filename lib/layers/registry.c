@@ -18,6 +18,9 @@ static const tl_layer_ops *const all_kinds[] = {
     &tl_slice_ops,
     &tl_reshape_ops,
     &tl_transpose_ops,
+    &tl_binary_ops,
+    &tl_scale_ops,
+    &tl_softmax_ops,
 };
 
 const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)

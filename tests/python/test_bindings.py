@@ -509,6 +509,34 @@ def test_data_movement_layers():
         with pytest.raises(tlearn.TlearnError) as info:
             m.add_transpose("bad", [0, 0, 1])
         assert info.value.code == tlearn.EINVAL
+def test_elementwise_layers():
+    """Squeeze-excitation with broadcasting, a layer scale, the 1.1 activations, softmax."""
+    with tlearn.Model(3, 4, 5) as m:
+        m.add_conv2d("c", 4, 3, 1, 1, 1).add_activation_ex("hsw", "hardswish")
+        m.add_global_avgpool("gap").add_activation_ex("gate", "hardsigmoid", (0.2, 0.5))
+        m.add_binary("se", "mul", "hsw", "gate")
+        assert m.layer_shape(m.layer_index("se")) == (4, 4, 5)
+        m.add_scale("ls", (4, 1, 1), bias=True).add_activation_ex("clip", "clip", (-1, 1))
+        m.add_softmax("sm", 0)
+        assert m.layer_kind(m.layer_index("se")) == "binary"
+        assert m.layer_kind(m.layer_index("ls")) == "scale"
+        assert m.get_tensor("ls.weight").shape == (4, 1, 1)
+        x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+        y = m.predict(x).reshape(2, 4, 4, 5)
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)
+        # a new scale is the identity: softmax over channels of the clipped gated map
+        z = np.clip(m.features("se", x), -1, 1)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(y, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_binary("bad", "add", "gap", "x")     # no layer or input named x
+        assert info.value.code == tlearn.ENOTFOUND
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_scale("bad", (3,))                   # the last axis is 5
+        assert info.value.code == tlearn.ESHAPE
+        with pytest.raises(ValueError):
+            m.add_binary("bad", "pow", None, "c")
+        assert len(m) == 8
 
 
 def test_online_ewc_and_bn_stats_policy():

@@ -41,8 +41,11 @@ _STATUS_NAMES = {0: "TLEARN_OK", -1: "TLEARN_EINVAL", -2: "TLEARN_ENOMEM",
 
 LAYER_KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpool2d",
                6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add",
-               14: "concat", 15: "slice", 16: "reshape", 17: "transpose"}
-ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6}
+               11: "binary", 12: "scale", 13: "softmax", 14: "concat", 15: "slice",
+               16: "reshape", 17: "transpose"}
+ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6,
+               "hardsigmoid": 7, "hardswish": 8, "silu": 9, "clip": 10, "gelu_tanh": 11}
+BINARY_OPS = {"add": 1, "sub": 2, "mul": 3, "div": 4}
 LOSSES = {"softmax_ce": 1, "mse": 2}
 OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
 OPTIM_PARAMS = {"lr": 1, "momentum": 2, "dampening": 3, "nesterov": 4, "weight_decay": 5,
@@ -424,6 +427,41 @@ class Model(_Handle):
 
     def add_relu(self, name):
         return self.add_activation(name, "relu")
+
+    def add_activation_ex(self, name, activation, params=()):
+        """Activation with up to two parameters: "hardsigmoid" (alpha, beta) -- none for
+        torch's (1/6, 0.5), (0.2, 0.5) for ONNX's; "clip" (lo, hi); "leaky_relu" (slope,).
+        Also "hardswish", "silu", "gelu_tanh" (no parameters)."""
+        p = [float(v) for v in params]
+        arr = (ctypes.c_float * max(len(p), 1))(*p)
+        _check(_C.tlearn_model_add_activation_ex(self.handle, _enc(name, "name"),
+                                                 _enum(ACTIVATIONS, activation, "activation"),
+                                                 arr, len(p)))
+        return self
+
+    def add_binary(self, name, op, a, b):
+        """Elementwise ``a op b`` ("add", "sub", "mul", "div") of two layers or inputs by
+        name, with NumPy broadcasting of the example shapes (aligned on the right; a size
+        of 1 stretches): a (C, 1, 1) gate times a (C, H, W) map is squeeze-excitation.
+        ``a=None`` reads what the next layer would (the previous layer)."""
+        _check(_C.tlearn_model_add_binary(self.handle, _enc(name, "name"),
+                                          _enum(BINARY_OPS, op, "op"), _enc(a, "a"),
+                                          _enc(b, "b")))
+        return self
+
+    def add_scale(self, name, dims, bias=False):
+        """``x * weight (+ bias)`` with a learned weight of shape ``dims`` (starting at 1)
+        broadcast to the input: ``(C, 1, 1)`` per channel, ``(D,)`` over the last axis
+        (ConvNeXt's layer scale)."""
+        dims = list(dims)
+        _check(_C.tlearn_model_add_scale(self.handle, _enc(name, "name"), len(dims),
+                                         _dims(dims), int(bool(bias))))
+        return self
+
+    def add_softmax(self, name, axis=-1):
+        """Softmax over axis ``axis`` of each example (0 = first, -1 = last)."""
+        _check(_C.tlearn_model_add_softmax(self.handle, _enc(name, "name"), int(axis)))
+        return self
 
     def add_conv2d(self, name, filters, kernel, stride=1, pad=0, groups=1):
         _check(_C.tlearn_model_add_conv2d(self.handle, _enc(name, "name"), int(filters),

@@ -119,6 +119,10 @@ _SIGNATURES = {
     "tlearn_model_add_slice": (c_int, [_M, c_char_p, c_int, c_int, c_int, c_int]),
     "tlearn_model_add_reshape": (c_int, [_M, c_char_p, c_int, P(c_int)]),
     "tlearn_model_add_transpose": (c_int, [_M, c_char_p, c_int, P(c_int)]),
+    "tlearn_model_add_binary": (c_int, [_M, c_char_p, c_int, c_char_p, c_char_p]),
+    "tlearn_model_add_scale": (c_int, [_M, c_char_p, c_int, P(c_int), c_int]),
+    "tlearn_model_add_activation_ex": (c_int, [_M, c_char_p, c_int, P(c_float), c_int]),
+    "tlearn_model_add_softmax": (c_int, [_M, c_char_p, c_int]),
     # introspection
     "tlearn_model_layer_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_layer_index": (c_int, [_M, c_char_p, P(c_int)]),

@@ -173,6 +173,25 @@ pub enum Activation {
     Relu6,
     /// Leaky ReLU with this negative slope (PyTorch's default is 0.01).
     LeakyRelu(f32),
+    /// max(0, min(1, alpha * x + beta)): torch's (1/6, 0.5), ONNX's (0.2, 0.5).
+    HardSigmoid(f32, f32),
+    /// x * relu6(x + 3) / 6.
+    HardSwish,
+    /// x * sigmoid(x).
+    Silu,
+    /// min(max(x, lo), hi) as torch.clamp; bounds may be infinite.
+    Clip(f32, f32),
+    /// GELU's tanh approximation (torch's approximate='tanh').
+    GeluTanh,
+}
+
+/// Operations of [`Model::add_binary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add = 1,
+    Sub = 2,
+    Mul = 3,
+    Div = 4,
 }
 
 /// Loss functions.
@@ -195,6 +214,9 @@ pub enum LayerKind {
     BatchNorm,
     Dropout,
     Add,
+    Binary,
+    Scale,
+    Softmax,
     Concat,
     Slice,
     Reshape,
@@ -216,6 +238,9 @@ impl LayerKind {
             8 => LayerKind::BatchNorm,
             9 => LayerKind::Dropout,
             10 => LayerKind::Add,
+            11 => LayerKind::Binary,
+            12 => LayerKind::Scale,
+            13 => LayerKind::Softmax,
             14 => LayerKind::Concat,
             15 => LayerKind::Slice,
             16 => LayerKind::Reshape,
@@ -651,8 +676,56 @@ impl Model {
             Activation::Gelu => (sys::TLEARN_ACT_GELU, 0.0),
             Activation::Relu6 => (sys::TLEARN_ACT_RELU6, 0.0),
             Activation::LeakyRelu(slope) => (sys::TLEARN_ACT_LEAKY_RELU, slope),
+            // the 1.1 activations take their parameters through add_activation_ex
+            Activation::HardSigmoid(alpha, beta) => {
+                return self.add_activation_ex(c, sys::TLEARN_ACT_HARDSIGMOID, &[alpha, beta]);
+            }
+            Activation::HardSwish => return self.add_activation_ex(c, sys::TLEARN_ACT_HARDSWISH, &[]),
+            Activation::Silu => return self.add_activation_ex(c, sys::TLEARN_ACT_SILU, &[]),
+            Activation::Clip(lo, hi) => {
+                return self.add_activation_ex(c, sys::TLEARN_ACT_CLIP, &[lo, hi]);
+            }
+            Activation::GeluTanh => return self.add_activation_ex(c, sys::TLEARN_ACT_GELU_TANH, &[]),
         };
         check(unsafe { sys::tlearn_model_add_activation(self.raw(), c.as_ptr(), kind, param) })?;
+        Ok(self)
+    }
+    fn add_activation_ex(&mut self, name: CString, kind: c_int, params: &[f32])
+                         -> Result<&mut Self> {
+        check(unsafe {
+            sys::tlearn_model_add_activation_ex(self.raw(), name.as_ptr(), kind,
+                                                params.as_ptr(), params.len() as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Elementwise `a op b` of two layers or model inputs by name, with NumPy broadcasting
+    /// of the example shapes (aligned on the right, a size of 1 stretches): a (C, 1, 1)
+    /// gate times a (C, H, W) map is squeeze-excitation. `a` None reads what the next
+    /// layer would (the previous layer).
+    pub fn add_binary(&mut self, name: &str, op: BinaryOp, a: Option<&str>, b: &str)
+                      -> Result<&mut Self> {
+        let (c, cb) = (cstring(name, "name")?, cstring(b, "b")?);
+        let ca = a.map(|a| cstring(a, "a")).transpose()?;
+        let pa = ca.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe {
+            sys::tlearn_model_add_binary(self.raw(), c.as_ptr(), op as c_int, pa, cb.as_ptr())
+        })?;
+        Ok(self)
+    }
+    /// `x * weight (+ bias)` with a learned weight of shape @p dims (starting at 1)
+    /// broadcast to the input: (C, 1, 1) per channel, (D) over the last axis.
+    pub fn add_scale(&mut self, name: &str, dims: &[i32], bias: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_scale(self.raw(), c.as_ptr(), dims.len() as c_int,
+                                        dims.as_ptr(), bias as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Softmax over axis @p axis of each example (0 = first, -1 = last).
+    pub fn add_softmax(&mut self, name: &str, axis: i32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_softmax(self.raw(), c.as_ptr(), axis) })?;
         Ok(self)
     }
     pub fn add_conv2d(&mut self, name: &str, filters: i32, kernel: i32, stride: i32, pad: i32,
