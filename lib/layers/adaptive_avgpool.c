@@ -41,6 +41,11 @@ static int adaptive_setup(tl_layer *L, tl_rng *rng)
     if (L->ninputs != 1)
         return tl_fail(TLEARN_EINVAL, "adaptive_avgpool '%s': needs 1 input, has %d", L->name,
                        L->ninputs);
+    if (L->in[0].rank > 3) {
+        char b[TL_SHAPE_STR];
+        return tl_fail(TLEARN_ESHAPE, "adaptive_avgpool '%s': pools a (C, H, W) map, not %s",
+                       L->name, tl_shape_str(L->in[0], b));
+    }
     if ((double)L->in[0].c * c->oh * c->ow > (double)INT32_MAX)
         return tl_fail(TLEARN_ESHAPE, "adaptive_avgpool '%s': output has over 2^31 elements",
                        L->name);

@@ -90,6 +90,11 @@ static void dropout_backward(tl_layer *L, const tl_exec *ex, const float *const 
     size_t total = n * tl_shape_size(L->out), u = unit(L);
     /* no mask: the forward was the identity (evaluation mode, or p == 0) */
     const float *mask = ex->training ? saved : NULL;
+    if (mask && u == 1) { /* dropout: one flat loop that vectorises */
+        for (size_t i = 0; i < total; i++)
+            dx[i] = accum ? dx[i] + dout[i] * mask[i] : dout[i] * mask[i];
+        return;
+    }
     for (size_t d = 0; d < total / u; d++) {
         float k = mask ? mask[d] : 1.0f;
         for (size_t i = d * u; i < (d + 1) * u; i++) {

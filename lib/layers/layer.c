@@ -117,6 +117,11 @@ static long pool_extent(int in, int k, int s, int p0, int p1, int ceil_mode)
 int tl_pool_setup(tl_layer *L, const char *kind, const tl_pool_geom *g)
 {
     tl_shape in = L->in[0];
+    if (in.rank > 3) {
+        char b[TL_SHAPE_STR];
+        return tl_fail(TLEARN_ESHAPE, "%s '%s': pools a (C, H, W) map, not %s", kind, L->name,
+                       tl_shape_str(in, b));
+    }
     long kh = (long)g->dh * (g->kh - 1) + 1, kw = (long)g->dw * (g->kw - 1) + 1;
     if (2 * g->pt > kh || 2 * g->pb > kh || 2 * g->pl > kw || 2 * g->pr > kw)
         return tl_fail(TLEARN_ESHAPE,

@@ -352,6 +352,17 @@ static void test_pool_bad(void **state)
             fail_msg("bad pool %zu: %d, expected %d (%s)", i, rc, bad[i].rc, tlearn_errmsg());
         lh_free(&h);
     }
+    /* pools read (C, H, W): a rank-4 input is refused, not misread */
+    int d4[4] = {2, 3, 8, 8}, plain[7] = {2, 2, 2, 2, 0, 0, 1}, out[2] = {2, 2};
+    assert_int_equal(lh_make(&h, &tl_maxpool2d_ops, 1, tl_shape_of(4, d4), plain, 6, NULL, 0, 1,
+                             1), TLEARN_ESHAPE);
+    lh_free(&h);
+    assert_int_equal(lh_make(&h, &tl_avgpool2d_ops, 1, tl_shape_of(4, d4), plain, 7, NULL, 0, 1,
+                             1), TLEARN_ESHAPE);
+    lh_free(&h);
+    assert_int_equal(lh_make(&h, &tl_adaptive_avgpool_ops, 1, tl_shape_of(4, d4), out, 2, NULL,
+                             0, 1, 1), TLEARN_ESHAPE);
+    lh_free(&h);
 }
 
 /* The conv epilogue folds exactly the plain 2x2/stride-2 pool, not one that only looks like
