@@ -7,7 +7,8 @@
  * y = (x - mean) * rstd * weight + bias, rstd = 1 / sqrt(var + eps). Forward keeps mean and
  * rstd per normalised group for backward when it runs in training mode; backward after an
  * evaluation-mode forward recomputes them. No scratch: the channel mode works on tiles of
- * positions with its statistics on the stack. */
+ * positions with its statistics on the stack. Loops carry `omp simd` because the default
+ * -O2 cost model does not vectorise loops of unknown length. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -105,31 +106,17 @@ static size_t layernorm_saved_floats(const tl_layer *L, size_t n, int backward)
     return backward ? 2 * n * ln_groups(L, &len) : 0; /* mean, rstd per group */
 }
 
-/* Sums in eight independent lanes (double), so that the loops vectorise without
- * reassociation. The mean and the centred second moment of x[0..n). */
-static void row_moments(const float *x, int n, float *mean, float *rstd, float eps)
+/* The mean and 1/sqrt(var + eps) of x[0..n), summed in double; OpenMP simd reductions
+ * let the sums vectorise (the library is built without -ffast-math). */
+static void row_moments(const float *restrict x, int n, float *mean, float *rstd, float eps)
 {
-    double a[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++)
-            a[l] += x[i + l];
-    double s = 0.0;
-    for (int l = 0; l < 8; l++)
-        s += a[l];
-    for (; i < n; i++)
+    double s = 0.0, q = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++)
         s += x[i];
     float m = (float)(s / n);
-    double v[8] = {0};
-    for (i = 0; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) {
-            float d = x[i + l] - m;
-            v[l] += (double)d * d;
-        }
-    double q = 0.0;
-    for (int l = 0; l < 8; l++)
-        q += v[l];
-    for (; i < n; i++) {
+#pragma omp simd reduction(+ : q)
+    for (int i = 0; i < n; i++) {
         float d = x[i] - m;
         q += (double)d * d;
     }
@@ -150,12 +137,15 @@ static void rows_forward(const layernorm_cfg *c, const float *w, const float *b,
             mean[r] = m;
             rstd[r] = s;
         }
-        if (w)
+        if (w) {
+#pragma omp simd
             for (int i = 0; i < d; i++)
                 yr[i] = (xr[i] - m) * s * w[i] + b[i];
-        else
+        } else {
+#pragma omp simd
             for (int i = 0; i < d; i++)
                 yr[i] = (xr[i] - m) * s;
+        }
     }
 }
 
@@ -165,24 +155,29 @@ static void tile_moments(const float *x, int C, size_t P, size_t p0, int t, floa
                          float *s)
 {
     float acc[LN_TILE];
+#pragma omp simd
     for (int j = 0; j < t; j++)
         acc[j] = 0.0f;
     for (int ch = 0; ch < C; ch++) {
         const float *xc = x + (size_t)ch * P + p0;
+#pragma omp simd
         for (int j = 0; j < t; j++)
             acc[j] += xc[j];
     }
+#pragma omp simd
     for (int j = 0; j < t; j++) {
         m[j] = acc[j] / (float)C;
         acc[j] = 0.0f;
     }
     for (int ch = 0; ch < C; ch++) {
         const float *xc = x + (size_t)ch * P + p0;
+#pragma omp simd
         for (int j = 0; j < t; j++) {
             float d = xc[j] - m[j];
             acc[j] += d * d;
         }
     }
+#pragma omp simd
     for (int j = 0; j < t; j++)
         s[j] = 1.0f / sqrtf(acc[j] / (float)C + eps);
 }
@@ -200,6 +195,7 @@ static void tile_forward(const layernorm_cfg *c, const float *w, const float *b,
         const float *xc = x + (size_t)ch * P + p0;
         float *restrict yc = y + (size_t)ch * P + p0;
         float wc = w ? w[ch] : 1.0f, bc = w ? b[ch] : 0.0f;
+#pragma omp simd
         for (int j = 0; j < t; j++)
             yc[j] = (xc[j] - m[j]) * s[j] * wc + bc;
     }
@@ -248,34 +244,26 @@ static void rows_backward(const layernorm_cfg *c, const float *w, const float *x
         } else {
             row_moments(xr, d, &m, &s, c->eps);
         }
-        if (dw)
+        if (dw) {
+#pragma omp simd
             for (int i = 0; i < d; i++) {
                 dw[i] += gr[i] * ((xr[i] - m) * s);
                 db[i] += gr[i];
             }
+        }
         if (!dx)
             continue;
-        double a[8] = {0}, q[8] = {0};
-        int i = 0;
-        for (; i + 8 <= d; i += 8)
-            for (int l = 0; l < 8; l++) {
-                float g = w ? gr[i + l] * w[i + l] : gr[i + l];
-                a[l] += g;
-                q[l] += (double)g * ((xr[i + l] - m) * s);
-            }
         double sa = 0.0, sq = 0.0;
-        for (int l = 0; l < 8; l++) {
-            sa += a[l];
-            sq += q[l];
-        }
-        for (; i < d; i++) {
+#pragma omp simd reduction(+ : sa, sq)
+        for (int i = 0; i < d; i++) {
             float g = w ? gr[i] * w[i] : gr[i];
             sa += g;
             sq += (double)g * ((xr[i] - m) * s);
         }
         float ga = (float)(sa / d), gq = (float)(sq / d);
         float *restrict dr = dx + r * d;
-        for (i = 0; i < d; i++) {
+#pragma omp simd
+        for (int i = 0; i < d; i++) {
             float g = w ? gr[i] * w[i] : gr[i];
             float v = s * (g - ga - (xr[i] - m) * s * gq);
             dr[i] = accum ? dr[i] + v : v;
@@ -294,12 +282,14 @@ static void tile_backward(const layernorm_cfg *c, const float *w, const float *x
     } else {
         tile_moments(x, C, P, p0, t, c->eps, m, s);
     }
+#pragma omp simd
     for (int j = 0; j < t; j++)
         ga[j] = gq[j] = 0.0f;
     for (int ch = 0; ch < C; ch++) {
         const float *xc = x + (size_t)ch * P + p0, *gc = dy + (size_t)ch * P + p0;
         float wc = w ? w[ch] : 1.0f;
         float sw = 0.0f, sb = 0.0f;
+#pragma omp simd reduction(+ : sw, sb)
         for (int j = 0; j < t; j++) {
             float xh = (xc[j] - m[j]) * s[j], g = gc[j] * wc;
             ga[j] += g;
@@ -314,6 +304,7 @@ static void tile_backward(const layernorm_cfg *c, const float *w, const float *x
     }
     if (!dx)
         return;
+#pragma omp simd
     for (int j = 0; j < t; j++) {
         ga[j] /= (float)C;
         gq[j] /= (float)C;
@@ -322,6 +313,7 @@ static void tile_backward(const layernorm_cfg *c, const float *w, const float *x
         const float *xc = x + (size_t)ch * P + p0, *gc = dy + (size_t)ch * P + p0;
         float *restrict dc = dx + (size_t)ch * P + p0;
         float wc = w ? w[ch] : 1.0f;
+#pragma omp simd
         for (int j = 0; j < t; j++) {
             float v = s[j] * (gc[j] * wc - ga[j] - (xc[j] - m[j]) * s[j] * gq[j]);
             dc[j] = accum ? dc[j] + v : v;

@@ -852,6 +852,35 @@ static void test_matmul_same_producer(void **state)
     tlearn_model_destroy(&m);
 }
 
+/* Forwards split across threads (rows, or tiles of positions) give the one-thread result
+ * bit for bit: each output depends on its own group only. */
+static void test_layernorm_threads(void **state)
+{
+    (void)state;
+    const size_t n = 4, size = 16 * 24 * 24; /* 36864 floats per example: above the threshold */
+    uint64_t s = 17;
+    float *x = lh_alloc(n * size), *y[2] = {lh_alloc(n * size), lh_alloc(n * size)};
+    for (size_t i = 0; i < n * size; i++)
+        x[i] = lh_rand(&s);
+    for (int channels = 0; channels <= 1; channels++) {
+        for (int t = 0; t < 2; t++) {
+            tlearn_model *m = NULL;
+            OK(tlearn_model_create(&m, 16, 24, 24));
+            OK(tlearn_model_set_threads(m, t ? 2 : 1));
+            if (channels)
+                OK(tlearn_model_add_layernorm_channels(m, "ln", 1e-5f, 1));
+            else
+                OK(tlearn_model_add_layernorm(m, "ln", 1, 1e-5f, 1));
+            OK(tlearn_model_predict(m, x, n, y[t], n * size));
+            tlearn_model_destroy(&m);
+        }
+        assert_memory_equal(y[0], y[1], sizeof(float) * n * size);
+    }
+    free(x);
+    free(y[0]);
+    free(y[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -859,6 +888,7 @@ int main(void)
         cmocka_unit_test(test_layernorm_grad),
         cmocka_unit_test(test_layernorm_accum),
         cmocka_unit_test(test_layernorm_bad),
+        cmocka_unit_test(test_layernorm_threads),
         cmocka_unit_test(test_pool_values),
         cmocka_unit_test(test_pool_grad),
         cmocka_unit_test(test_pool_arguments),
