@@ -21,6 +21,11 @@ static const tl_layer_ops *const all_kinds[] = {
     &tl_binary_ops,
     &tl_scale_ops,
     &tl_softmax_ops,
+    &tl_layernorm_ops,
+    &tl_adaptive_avgpool_ops,
+    &tl_pad_ops,
+    &tl_matmul_ops,
+    &tl_drop_path_ops,
 };
 
 const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)
