@@ -450,7 +450,7 @@ static void test_unsupported(void **state)
     mlp_opts o = mlp_default();
     o.op2 = "Gelu";
     pb m = mlp_model(&o);
-    import_expect(&m, TLEARN_EUNSUPPORTED, "node '/relu/Relu' (Gelu): operator Gelu");
+    import_expect(&m, TLEARN_EUNSUPPORTED, "Gelu (operator not supported): 1 node '/relu/Relu'");
 
     o = mlp_default();
     o.opset = 9;

@@ -9,9 +9,6 @@
 
 #include "onnx_internal.h"
 
-/* Opsets whose operator semantics the importer implements. */
-#define OX_OPSET_MIN 11
-#define OX_OPSET_MAX 17
 /* Protobuf messages cannot exceed 2 GiB. */
 #define OX_MAX_FILE ((size_t)INT32_MAX)
 
@@ -117,8 +114,27 @@ static int read_opset(ox_ctx *c, const Tlonnx__ModelProto *mp)
     return TLEARN_OK;
 }
 
-/* The single graph input that is not an initializer gives the model's input shape:
- * (N, C, H, W) or (N, F); N may be symbolic, the others must be fixed. */
+/* The model input's name: the graph input's, made a valid layer name (printable, no glob
+ * characters, short enough). */
+static void input_name(const char *src, char *out)
+{
+    size_t n = strlen(src);
+    if (n >= TL_NAME_MAX)
+        n = TL_NAME_MAX - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        out[i] = ch <= ' ' || ch >= 127 || ch == '*' || ch == '?' || ch == '[' || ch == ']'
+                     ? '_' : (char)ch;
+    }
+    out[n] = '\0';
+    if (!n)
+        strcpy(out, "input");
+}
+
+/* The single graph input that is not an initializer gives the model's input: ONNX rank 2
+ * to 1 + TL_MAX_RANK of FLOAT ((N, F), (N, T, D), (N, C, H, W), ...), or INT64/INT32 token
+ * ids (an int32 model input). Dim 0 is the batch and may be symbolic; the others must be
+ * fixed. */
 static int read_input(ox_ctx *c)
 {
     const Tlonnx__GraphProto *g = c->g;
@@ -142,14 +158,18 @@ static int read_input(ox_ctx *c)
     if (!tt || !tt->shape)
         return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' is not a tensor of known "
                        "rank", c->fn, in->name);
-    if (tt->has_elem_type && tt->elem_type != 1)
-        return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has element type %d; "
-                       "FLOAT (1) is supported", c->fn, in->name, (int)tt->elem_type);
+    int32_t et = tt->has_elem_type ? tt->elem_type : 1;
+    int dtype = et == 1 ? TLEARN_DTYPE_FLOAT32 : et == 6 || et == 7 ? TLEARN_DTYPE_INT32 : 0;
+    if (!dtype)
+        return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has element type %s; "
+                       "FLOAT, and INT64 or INT32 token ids, are supported", c->fn, in->name,
+                       ox_type_name(et));
     size_t rank = tt->shape->n_dim;
-    if (rank != 2 && rank != 4)
-        return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has rank %zu; (N, C, H, W) "
-                       "or (N, F) are supported", c->fn, in->name, rank);
-    int64_t d[4] = {0, 1, 1, 1};
+    if (rank < 2 || rank > 1 + TL_MAX_RANK)
+        return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has rank %zu; ranks 2 "
+                       "to %d (the batch, then 1 to %d dimensions) are supported", c->fn,
+                       in->name, rank, 1 + TL_MAX_RANK, TL_MAX_RANK);
+    int d[TL_MAX_RANK];
     for (size_t i = 0; i < rank; i++) {
         const Tlonnx__TensorShapeProto__Dimension *dim = tt->shape->dim[i];
         int fixed = dim->has_dim_value && dim->dim_value > 0;
@@ -162,16 +182,18 @@ static int read_input(ox_ctx *c)
                            "%s: dimension %zu of graph input '%.100s' is not a fixed positive "
                            "size; export with a fixed input size (only the batch may be "
                            "dynamic)", c->fn, i, in->name);
-        d[i] = dim->dim_value;
+        d[i - 1] = (int)dim->dim_value;
     }
-    int rc = tlearn_model_create(&c->m, (int)d[1], (int)d[2], (int)d[3]);
+    char name[TL_NAME_MAX];
+    input_name(in->name, name);
+    int rc = tlearn_model_create_input(&c->m, name, dtype, (int)rank - 1, d);
     if (rc)
         return tl_fail(rc == TLEARN_EINVAL ? TLEARN_EUNSUPPORTED : rc,
                        "%s: graph input '%.100s': %s", c->fn, in->name, tlearn_errmsg());
     ox_value *v = intern(c, in->name);
     v->kind = OX_ACT;
-    v->layer = -1;
-    v->rank = (int)rank;
+    v->layer = tl_input_producer(0);
+    v->dtype = dtype;
     v->shape = c->m->inputs[0].shape;
     return TLEARN_OK;
 }
@@ -184,18 +206,32 @@ static int check_output_shape(ox_ctx *c, const Tlonnx__ValueInfoProto *vi, const
     if (!tt || !tt->shape)
         return TLEARN_OK;
     size_t rank = tt->shape->n_dim;
-    if (rank != (size_t)v->rank)
+    if (rank != (size_t)(1 + v->shape.rank))
         return tl_fail(TLEARN_EFORMAT, "%s: the graph output '%.100s' has rank %zu, the layers "
-                       "compute rank %d", c->fn, vi->name, rank, v->rank);
-    const int have[4] = {0, v->shape.c, v->shape.h, v->shape.w};
+                       "compute rank %d", c->fn, vi->name, rank, 1 + v->shape.rank);
     for (size_t i = 1; i < rank; i++) {
         const Tlonnx__TensorShapeProto__Dimension *d = tt->shape->dim[i];
-        if (d->has_dim_value && d->dim_value != have[i])
+        if (d->has_dim_value && d->dim_value != v->shape.d[i - 1])
             return tl_fail(TLEARN_EFORMAT, "%s: dimension %zu of the graph output '%.100s' is "
                            "%lld, the layers compute %d", c->fn, i, vi->name,
-                           (long long)d->dim_value, have[i]);
+                           (long long)d->dim_value, v->shape.d[i - 1]);
     }
     return TLEARN_OK;
+}
+
+/* An initializer converted for its last reader is freed at once: the layers hold their
+ * own copy, and the peak then holds one weight at a time beyond the layers. */
+static void release_consumed(ox_ctx *c, const Tlonnx__NodeProto *nd)
+{
+    for (size_t k = 0; k < nd->n_input; k++) {
+        if (!nd->input[k] || !*nd->input[k])
+            continue;
+        ox_value *v = ox_find(c, nd->input[k]);
+        if (--v->pending == 0 && v->kind == OX_CONST && v->tp && v->c && !v->shared) {
+            ox_const_release(c, v->c);
+            v->c = NULL;
+        }
+    }
 }
 
 static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
@@ -253,6 +289,12 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
                 intern(c, nd->output[k]);
     }
 
+    for (size_t i = 0; i < c->nvals; i++)
+        c->vals[i].pending = c->vals[i].uses;
+    /* Every node the importer cannot map, in one message, before building anything. */
+    if ((rc = ox_check_graph(c)))
+        return rc;
+
     for (size_t i = 0; i < g->n_node; i++) {
         const Tlonnx__NodeProto *nd = g->node[i];
         c->node = nd;
@@ -274,6 +316,7 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
         rc = ox_node(c, nd);
         if (rc)
             return rc;
+        release_consumed(c, nd);
         /* Outputs the mapping did not produce (a MaxPool's indices, a Dropout's mask) must
          * have no readers. */
         for (size_t k = 0; k < nd->n_output; k++) {
