@@ -1,11 +1,15 @@
 /* ONNX import: the public entry points, parsing, the value table and the graph walk.
  * Operators are mapped in onnx_ops.c, tensors converted in onnx_tensor.c. Whatever fails,
  * the half-built model is destroyed and *out stays NULL. */
+#define _DEFAULT_SOURCE /* mmap, O_CLOEXEC */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "onnx_internal.h"
 
@@ -360,24 +364,212 @@ static void printable_message(int rc)
     tl_fail(rc, "%s", msg);
 }
 
-static int unpack(const char *fn, const void *data, size_t len, Tlonnx__ModelProto **mp)
+/* ---- unpacking without copying the weights ----
+ *
+ * protobuf-c copies every bytes field it unpacks: the raw data of the initializers (all of
+ * a model's weights) would be held twice. The wire format is walked first: a copy of the
+ * message without the initializers' raw_data fields is unpacked (a few kilobytes), and each
+ * initializer's raw_data is pointed back at its bytes where they lie (the caller's buffer
+ * or the file mapping) until the message is freed. */
+
+typedef struct ox_buf {
+    uint8_t *p;
+    size_t n, cap;
+    int oom;
+} ox_buf;
+
+static void buf_put(ox_buf *b, const void *data, size_t len)
 {
+    if (b->oom || !len)
+        return;
+    if (b->n + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + len)
+            cap *= 2;
+        uint8_t *p = tl_alloc(cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        if (b->n)
+            memcpy(p, b->p, b->n);
+        tl_free(b->p);
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, data, len);
+    b->n += len;
+}
+
+static void buf_varint(ox_buf *b, uint64_t v)
+{
+    uint8_t t[10];
+    size_t k = 0;
+    do {
+        t[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    buf_put(b, t, k);
+}
+
+static int rd_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*p >= end)
+            return 0;
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return 1;
+    }
+    return 0;
+}
+
+typedef struct ox_strip {
+    ox_raw *raw; /* per initializer, in order: its raw_data (data NULL: none) */
+    size_t nraw, capraw;
+    int oom;
+} ox_strip;
+
+/* Copy the fields of a message of @p level (0 ModelProto, 1 GraphProto, 2 TensorProto of
+ * an initializer) from [p, end) to @p out, leaving out raw_data at level 2. 0: malformed. */
+static int strip(ox_buf *out, const uint8_t *p, const uint8_t *end, int level, ox_strip *s)
+{
+    while (p < end) {
+        const uint8_t *field = p;
+        uint64_t tag, len = 0;
+        if (!rd_varint(&p, end, &tag))
+            return 0;
+        unsigned wire = (unsigned)(tag & 7);
+        uint64_t num = tag >> 3;
+        switch (wire) {
+        case 0:
+            if (!rd_varint(&p, end, &len))
+                return 0;
+            break;
+        case 1:
+            if (end - p < 8)
+                return 0;
+            p += 8;
+            break;
+        case 5:
+            if (end - p < 4)
+                return 0;
+            p += 4;
+            break;
+        case 2:
+            if (!rd_varint(&p, end, &len) || len > (uint64_t)(end - p))
+                return 0;
+            break;
+        default:
+            return 0; /* groups: not in ONNX */
+        }
+        if (wire != 2) {
+            buf_put(out, field, (size_t)(p - field));
+            continue;
+        }
+        const uint8_t *body = p, *body_end = p + len;
+        p = body_end;
+        int nested = (level == 0 && num == 7) || (level == 1 && num == 5);
+        if (level == 2 && num == 9) {
+            s->raw[s->nraw - 1].data = body;
+            s->raw[s->nraw - 1].len = (size_t)len;
+            continue;
+        }
+        if (!nested) {
+            buf_put(out, field, (size_t)(p - field));
+            continue;
+        }
+        if (level == 1) { /* a new initializer */
+            if (s->nraw == s->capraw) {
+                size_t cap = s->capraw ? 2 * s->capraw : 64;
+                ox_raw *r = tl_alloc_array(cap, sizeof *r);
+                if (!r) {
+                    s->oom = 1;
+                    return 1;
+                }
+                if (s->nraw)
+                    memcpy(r, s->raw, s->nraw * sizeof *r);
+                tl_free(s->raw);
+                s->raw = r;
+                s->capraw = cap;
+            }
+            s->raw[s->nraw].data = NULL;
+            s->raw[s->nraw++].len = 0;
+        }
+        ox_buf sub = {0};
+        int ok = strip(&sub, body, body_end, level + 1, s);
+        if (ok) {
+            buf_varint(out, tag);
+            buf_varint(out, sub.n);
+            buf_put(out, sub.p, sub.n);
+        }
+        out->oom |= sub.oom;
+        tl_free(sub.p);
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+/* Point the initializers back at their raw bytes (@p undo 0), or forget them again before
+ * protobuf-c frees the message (@p undo 1). */
+static void attach_raw(Tlonnx__ModelProto *mp, const ox_strip *s, int undo)
+{
+    Tlonnx__GraphProto *g = mp->graph;
+    for (size_t i = 0; g && i < g->n_initializer && i < s->nraw; i++) {
+        if (!s->raw[i].data)
+            continue;
+        Tlonnx__TensorProto *t = g->initializer[i];
+        t->has_raw_data = !undo;
+        t->raw_data.data = undo ? NULL : (uint8_t *)(uintptr_t)s->raw[i].data;
+        t->raw_data.len = undo ? 0 : s->raw[i].len;
+    }
+}
+
+static int unpack(const char *fn, const void *data, size_t len, Tlonnx__ModelProto **mp,
+                  ox_strip *s)
+{
+    memset(s, 0, sizeof *s);
+    *mp = NULL;
     if (len > OX_MAX_FILE)
         return tl_fail(TLEARN_EFORMAT, "%s: %zu bytes is over the 2 GiB protobuf limit", fn, len);
-    /* protobuf-c copies what it keeps: @p data may be freed afterwards. */
-    *mp = tlonnx__model_proto__unpack(NULL, len, data);
-    if (!*mp)
+    ox_buf b = {0};
+    int ok = strip(&b, data, (const uint8_t *)data + len, 0, s);
+    if (b.oom || s->oom) {
+        tl_free(b.p);
+        tl_free(s->raw);
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    }
+    if (ok) {
+        *mp = tlonnx__model_proto__unpack(NULL, b.n, b.p ? b.p : (const uint8_t *)"");
+        if (*mp && (!(*mp)->graph ? s->nraw != 0 : (*mp)->graph->n_initializer != s->nraw)) {
+            tlonnx__model_proto__free_unpacked(*mp, NULL);
+            *mp = NULL;
+        }
+    }
+    tl_free(b.p);
+    if (!*mp) {
+        tl_free(s->raw);
+        s->raw = NULL;
         return tl_fail(TLEARN_EFORMAT, "%s: not a valid ONNX protobuf (truncated, corrupt or "
                        "not ONNX)", fn);
+    }
+    attach_raw(*mp, s, 0);
     return TLEARN_OK;
 }
 
-/* Build the model from an unpacked message, which is freed. */
-static int import(const char *fn, tlearn_model **out, Tlonnx__ModelProto *mp)
+/* Build the model from an unpacked message, which is freed with @p s. The raw bytes stay
+ * where they are until then; pages of @p map may be dropped once read. */
+static int import(const char *fn, tlearn_model **out, Tlonnx__ModelProto *mp, ox_strip *s,
+                  const uint8_t *map, size_t map_len)
 {
     ox_ctx c;
     memset(&c, 0, sizeof c);
     c.fn = fn;
+    c.map = map;
+    c.map_len = map_len;
     int rc = walk(&c, mp);
     if (rc) {
         tlearn_model_destroy(&c.m);
@@ -387,6 +579,8 @@ static int import(const char *fn, tlearn_model **out, Tlonnx__ModelProto *mp)
         tl_clear_error();
     }
     ctx_free(&c);
+    attach_raw(mp, s, 1);
+    tl_free(s->raw);
     tlonnx__model_proto__free_unpacked(mp, NULL);
     return rc;
 }
@@ -402,10 +596,13 @@ int tlearn_model_import_onnx_buffer(tlearn_model **out, const void *data, size_t
     if (len == 0)
         return tl_fail(TLEARN_EINVAL, "%s: len is 0", fn);
     Tlonnx__ModelProto *mp;
-    int rc = unpack(fn, data, len, &mp);
-    return rc ? rc : import(fn, out, mp);
+    ox_strip s;
+    int rc = unpack(fn, data, len, &mp, &s);
+    return rc ? rc : import(fn, out, mp, &s, NULL, 0);
 }
 
+/* The file is mapped, not read: its pages come in as the weights are converted and go
+ * again right after (ox_tensor_read_floats), so the peak is about the layers' size. */
 int tlearn_model_import_onnx(tlearn_model **out, const char *path)
 {
     static const char fn[] = "tlearn_model_import_onnx";
@@ -414,41 +611,35 @@ int tlearn_model_import_onnx(tlearn_model **out, const char *path)
     *out = NULL;
     if (!path)
         return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return tl_fail(TLEARN_EIO, "%s: cannot open '%s': %s", fn, path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(f), &st) != 0) {
+    if (fstat(fd, &st) != 0) {
         int e = errno;
-        fclose(f);
+        close(fd);
         return tl_fail(TLEARN_EIO, "%s: cannot stat '%s': %s", fn, path, strerror(e));
     }
     if (!S_ISREG(st.st_mode)) {
-        fclose(f);
+        close(fd);
         return tl_fail(TLEARN_EIO, "%s: '%s' is not a regular file", fn, path);
     }
     if (st.st_size <= 0 || (uint64_t)st.st_size > OX_MAX_FILE) {
-        fclose(f);
+        close(fd);
         return tl_fail(TLEARN_EFORMAT, "%s: '%s' has %lld bytes; an ONNX model has 1 byte to "
                        "2 GiB", fn, path, (long long)st.st_size);
     }
     size_t len = (size_t)st.st_size;
-    void *buf = tl_alloc(len);
-    if (!buf) {
-        fclose(f);
-        return tl_fail(TLEARN_ENOMEM, "%s: out of memory reading %zu bytes", fn, len);
-    }
-    size_t got = fread(buf, 1, len, f);
-    int err = ferror(f) ? errno : 0;
-    fclose(f);
-    if (got != len) {
-        tl_free(buf);
-        return tl_fail(TLEARN_EIO, "%s: reading '%s' stopped at byte %zu of %zu%s%s", fn, path,
-                       got, len, err ? ": " : "", err ? strerror(err) : "");
-    }
-    /* Free the file's bytes before building: the peak holds one copy fewer. */
+    void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (map == MAP_FAILED)
+        return tl_fail(TLEARN_EIO, "%s: cannot map '%s': %s", fn, path, strerror(e));
     Tlonnx__ModelProto *mp;
-    int rc = unpack(fn, buf, len, &mp);
-    tl_free(buf);
-    return rc ? rc : import(fn, out, mp);
+    ox_strip s;
+    int rc = unpack(fn, map, len, &mp, &s);
+    if (!rc)
+        rc = import(fn, out, mp, &s, map, len);
+    munmap(map, len);
+    return rc;
 }
