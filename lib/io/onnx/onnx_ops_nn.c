@@ -484,11 +484,11 @@ const ox_op ox_ops_nn[] = {
      "A an activation (N, K); B, C constant; transA=0; C per output or scalar"},
     {"MatMul", op_matmul, 0, 0, 0, NULL, "A an activation (N, K), B a constant (K, M)"},
     {"MaxPool", op_maxpool, 0, 0, 0, check_pool,
-     "2-D; no dilation; symmetric pads; ceil_mode only without a partial window; no "
-     "indices output"},
+     "2-D; no dilation; symmetric pads of at most half the kernel; ceil_mode only without "
+     "a partial window; no indices output"},
     {"AveragePool", op_avgpool, 0, 0, 0, check_pool,
-     "2-D; symmetric pads (a zero Pad before it folds in); ceil_mode only without a partial "
-     "window"},
+     "2-D; symmetric pads of at most half the kernel (a zero Pad before it folds in); "
+     "ceil_mode only without a partial window"},
     {"GlobalAveragePool", op_global_avgpool, 0, 0, 0, NULL, "(N, C, H, W)"},
     {"ReduceMean", op_reduce_mean, 0, 0, 17, NULL, "axes [2, 3] of (N, C, H, W)"},
     {"Pad", op_pad, 0, 0, 0, check_pad,
