@@ -864,15 +864,18 @@ TLEARN_API int tlearn_model_export_safetensors(const tlearn_model *m, const char
  * Build a model from an ONNX file (architecture and weights). Layer names follow the
  * graph ("0.weight" -> layer "0"; weightless nodes take PyTorch's module scope,
  * "/layer1/layer1.0/relu/Relu" -> "layer1.0.relu").
- * Opsets 11 to 17; one graph input (N, C, H, W) or (N, F) with only N dynamic; operators
+ * Opsets 11 to 17; one graph input of rank 2 to 5 (float, or int64/int32 token ids) with
+ * only the batch dynamic (doc/onnx.md lists operators and limits); operators
  * Conv, Gemm, MatMul(+Add), Add (residual), Relu, Clip(0, 6), LeakyRelu, Sigmoid, Tanh,
  * MaxPool, AveragePool (with a zero Pad folded in), GlobalAveragePool,
  * BatchNormalization, Flatten, Reshape (flattening), Identity, Dropout (identity),
  * Constant and the Shape arithmetic before a Reshape. A final Softmax is dropped: the
  * model outputs logits. The model starts in training mode like tlearn_model_create().
+ * The file is mapped, not read into memory; the peak is about the model's size.
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_EUNSUPPORTED (an
  *         operator, attribute or feature not handled, or a build without ONNX support; the
- *         message names node and operator), TLEARN_ENOMEM. *out is NULL on failure.
+ *         message lists every node that cannot be imported), TLEARN_ENOMEM. *out is NULL
+ *         on failure.
  * @since 1.0
  */
 TLEARN_API int tlearn_model_import_onnx(tlearn_model **out, const char *path);
