@@ -1,0 +1,119 @@
+"""One torchvision classification architecture, exported to ONNX as a user would
+(random weights, model.eval(), torch.onnx.export with only opset_version set), imported by
+libtlearn, compared with torch on logits, then fine-tuned: the head replaced, everything up
+to the last block frozen, a few SGD steps with a finite loss and frozen tensors unchanged
+bit for bit.
+
+Usage: zoo.py ARCH OPSET SIZE      (ARCH: a torchvision.models builder name)
+Runs through meson (TLEARN_LIBRARY names the built library); a missing torchvision fails
+with the package name, never skips."""
+import ctypes
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+try:
+    import torch
+    import torchvision
+except ImportError as e:
+    sys.exit("zoo: %s: install the Debian packages python3-torch and python3-torchvision" % e)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "onnx"))
+import tl  # noqa: E402  (ctypes on the built library)
+
+def build(arch, size):
+    """The architecture with random weights, BatchNorm statistics taken from a few random
+    batches (a freshly built network's unit statistics make many networks' logits vanish,
+    which would make any comparison pass), in evaluation mode."""
+    kwargs = {"weights": None}
+    if arch in ("googlenet", "inception_v3"):
+        kwargs.update(aux_logits=False, init_weights=True)
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(**kwargs)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, size, size))
+    return model.eval()
+
+
+def last_frozen(m):
+    """The last layer to freeze: the one before the last block, where a block is the group
+    of layers whose names share their first two components ("layer4.1", "features.18",
+    "features.denseblock4"), taken among the layers with parameters before the head."""
+    params = {t.rsplit(".", 1)[0] for t in m.tensors()}
+    names = [n for n, _ in m.layers()][:-1]
+    with_params = [i for i, n in enumerate(names) if n in params]
+    group = ".".join(names[with_params[-1]].split(".")[:2])
+    first = next(i for i, n in enumerate(names) if ".".join(n.split(".")[:2]) == group)
+    return names[max(first - 1, 0)]
+
+
+def main():
+    arch, opset, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    model = build(arch, size)
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        want = model(x).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(model, x, path, opset_version=opset)
+        m = tl.Model.import_onnx(path)
+    try:
+        got = m.predict(x.numpy())
+        err = np.abs(got - want).max()
+        print("%s opset %d size %d: %d layers, max |tlearn - torch| = %.3g (logits up to %.3g)"
+              % (arch, opset, size, len(m.layers()), err, np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+        # Fine-tune: a new 5-class head after the layer before the classifier, the
+        # backbone frozen up to the last block.
+        names = [n for n, _ in m.layers()]
+        cut = names[-2] if len(names) > 1 else names[-1]
+        tl.check(tl.lib.tlearn_model_replace_head(m.h, cut.encode(), 5), "replace_head")
+        freeze_to = last_frozen(m)
+        f = tl.P()
+        tl.check(tl.lib.tlearn_freeze_create(ctypes.byref(f)), "freeze_create")
+        tl.check(tl.lib.tlearn_freeze_until(f, freeze_to.encode()), "freeze_until")
+        tl.check(tl.lib.tlearn_model_apply_freeze(m.h, f), "apply_freeze")
+        tl.lib.tlearn_freeze_destroy(ctypes.byref(f))
+        frozen = {}
+        for name in m.tensors():
+            layer = name.rsplit(".", 1)[0]
+            flag = ctypes.c_int()
+            tl.check(tl.lib.tlearn_model_layer_frozen(m.h, layer.encode(), ctypes.byref(flag)),
+                     "layer_frozen")
+            if flag.value:
+                frozen[name] = m.get(name).copy()
+        assert frozen, "nothing frozen up to %s" % freeze_to
+        o = tl.P()
+        tl.check(tl.lib.tlearn_optim_create(ctypes.byref(o), tl.TLEARN_SGD), "optim_create")
+        tl.check(tl.lib.tlearn_optim_set(o, tl.TLEARN_OPT_LR, 1e-3), "optim_set")
+        xs = np.ascontiguousarray(torch.randn(4, 3, size, size).numpy())
+        ys = np.array([0, 1, 2, 3], np.int32)
+        losses = []
+        for _ in range(3):
+            loss = ctypes.c_float()
+            tl.check(tl.lib.tlearn_model_train_step(m.h, o, tl.fptr(xs),
+                                                    ys.ctypes.data_as(tl.i32p), 4,
+                                                    ctypes.byref(loss)), "train_step")
+            losses.append(loss.value)
+        tl.lib.tlearn_optim_destroy(ctypes.byref(o))
+        assert all(np.isfinite(losses)), losses
+        # frozen tensors bit for bit (BatchNorm running statistics are buffers that
+        # training-mode steps may update unless frozen: compare parameters only)
+        changed = [k for k, v in frozen.items()
+                   if not k.endswith(("running_mean", "running_var"))
+                   and not np.array_equal(m.get(k), v)]
+        assert not changed, "frozen tensors changed: %s" % changed[:5]
+        print("fine-tune: head after %s, frozen up to %s (%d tensors), losses %s"
+              % (cut, freeze_to, len(frozen), ["%.4f" % l for l in losses]))
+    finally:
+        m.close()
+
+
+if __name__ == "__main__":
+    main()
