@@ -5,9 +5,10 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
 #include "onnx_internal.h"
+#include "../io.h"
 
 /* Opsets whose operator semantics the importer implements. */
 #define OX_OPSET_MIN 11
@@ -371,25 +372,23 @@ int tlearn_model_import_onnx(tlearn_model **out, const char *path)
     *out = NULL;
     if (!path)
         return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tl_fail(TLEARN_EIO, "%s: cannot open '%s': %s", fn, path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0) {
-        int e = errno;
-        fclose(f);
-        return tl_fail(TLEARN_EIO, "%s: cannot stat '%s': %s", fn, path, strerror(e));
+    /* The checkpoint readers' open: a FIFO or device is refused instead of blocking. */
+    int fd;
+    uint64_t size;
+    int rc = tl_file_open(fn, path, &fd, &size);
+    if (rc)
+        return rc;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory opening '%s'", fn, path);
     }
-    if (!S_ISREG(st.st_mode)) {
-        fclose(f);
-        return tl_fail(TLEARN_EIO, "%s: '%s' is not a regular file", fn, path);
-    }
-    if (st.st_size <= 0 || (uint64_t)st.st_size > OX_MAX_FILE) {
+    if (size == 0 || size > OX_MAX_FILE) {
         fclose(f);
         return tl_fail(TLEARN_EFORMAT, "%s: '%s' has %lld bytes; an ONNX model has 1 byte to "
-                       "2 GiB", fn, path, (long long)st.st_size);
+                       "2 GiB", fn, path, (long long)size);
     }
-    size_t len = (size_t)st.st_size;
+    size_t len = (size_t)size;
     void *buf = tl_alloc(len);
     if (!buf) {
         fclose(f);
@@ -405,7 +404,7 @@ int tlearn_model_import_onnx(tlearn_model **out, const char *path)
     }
     /* Free the file's bytes before building: the peak holds one copy fewer. */
     Tlonnx__ModelProto *mp;
-    int rc = unpack(fn, buf, len, &mp);
+    rc = unpack(fn, buf, len, &mp);
     tl_free(buf);
     return rc ? rc : import(fn, out, mp);
 }
