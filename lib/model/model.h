@@ -214,7 +214,10 @@ void tl_model_backward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, 
                        const int *seeded, int nseeded, float *dx);
 /* Fold saved batch statistics into running buffers after an accepted step. */
 void tl_model_commit(tlearn_model *m, tl_plan *p, size_t n, int from);
-/* Allocate gradient buffers for trainable slots, free those of frozen ones. */
-int tl_model_sync_slots(tlearn_model *m);
+/* Free the gradients and optimizer state of frozen layers; with @p alloc_grads, also
+ * allocate the gradient buffers of trainable ones. Gradients are allocated on first
+ * training use (a step, an input gradient, EWC consolidation), never at load or freeze:
+ * a model only used for inference holds its parameters alone. */
+int tl_model_sync_slots(tlearn_model *m, int alloc_grads);
 
 #endif

@@ -5,7 +5,7 @@
 
 #include "train.h"
 
-int tl_model_sync_slots(tlearn_model *m)
+int tl_model_sync_slots(tlearn_model *m, int alloc_grads)
 {
     for (int i = 0; i < m->nlayers; i++) {
         tl_layer *L = m->layers[i];
@@ -21,7 +21,7 @@ int tl_model_sync_slots(tlearn_model *m)
                 s->grad = s->m1 = s->m2 = NULL;
                 s->step = 0;
                 s->opt_kind = 0;
-            } else if (!s->grad) {
+            } else if (alloc_grads && !s->grad) {
                 s->grad = tl_alloc_array(L->param[p].t.numel, sizeof(float));
                 if (!s->grad)
                     return tl_fail(TLEARN_ENOMEM, "out of memory for gradients of '%s.%s'",
@@ -103,7 +103,7 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
                             float *dx, double *loss)
 {
     int last = tl_model_output(m, 0);
-    int rc = tl_model_sync_slots(m);
+    int rc = tl_model_sync_slots(m, 1);
     int first = tl_model_first_trainable(m);
     if (first < from)
         first = from;
