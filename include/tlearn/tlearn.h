@@ -101,9 +101,14 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_GLOBAL_AVGPOOL = 7,
     TLEARN_LAYER_BATCHNORM = 8,
     TLEARN_LAYER_DROPOUT = 9,
-    TLEARN_LAYER_ADD = 10
+    TLEARN_LAYER_ADD = 10,
     /* 1.1: 11-29 general graph ops, 30-39 transformer layers, 40-49 adapters, 50-59
      * domain adaptation; each value is added here when its kind lands. */
+    TLEARN_LAYER_EMBEDDING = 30,          /**< token ids -> vectors @since 1.1 */
+    TLEARN_LAYER_POSITION_EMBEDDING = 31, /**< learned or sinusoidal positions @since 1.1 */
+    TLEARN_LAYER_ATTENTION = 32,          /**< fused multi-head self-attention @since 1.1 */
+    TLEARN_LAYER_TOKEN_POOL = 33,         /**< first token or masked mean @since 1.1 */
+    TLEARN_LAYER_PATCH_EMBED = 34         /**< ViT patches + class token @since 1.1 */
 };
 
 /** Element types of model inputs (tlearn_model_create_input()). Values are fixed. @since 1.1 */
@@ -965,6 +970,133 @@ TLEARN_API int tlearn_model_output_layer(const tlearn_model *m, int k, int *inde
 TLEARN_API int tlearn_model_run(tlearn_model *m, const void *const *inputs, int ninputs,
                                 size_t n, float *const *outputs, const size_t *out_lens,
                                 int noutputs);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Transformers (1.1): token and patch inputs, attention, pooling */
+/** @{ */
+
+/**
+ * Append a token embedding, as torch.nn.Embedding(vocab, dim, padding_idx): int32 token ids
+ * (T) -> (T, dim), parameter `weight` (vocab, dim), initialised N(0, 1) with the padding row
+ * zero. The layer reads the next input, which must be an int32 model input
+ * (tlearn_model_create_input() with TLEARN_DTYPE_INT32, rank 1). Calls that run the model
+ * refuse ids outside 0..vocab-1 with TLEARN_EINVAL naming the layer and the input, before
+ * anything runs.
+ * @param vocab        number of rows, >= 1.  @param dim  vector size, >= 1.
+ * @param padding_idx  a row that gets no gradient (and starts at zero), or -1 for none.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad name or numbers, the next input is not an int32
+ *         model input), TLEARN_ESHAPE (input not (T)), TLEARN_ENOMEM. Nothing changes on
+ *         failure.
+ * @note Kind TLEARN_LAYER_EMBEDDING. One thread per model, as every add call.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_embedding(tlearn_model *m, const char *name, int vocab, int dim,
+                                          int padding_idx);
+
+/**
+ * Append position embeddings added to a sequence (T, D): out[t] = x[t] + weight[t], weight
+ * (max_len, D). Learned (a parameter, initialised N(0, 0.02^2)) or sinusoidal (fixed, a
+ * buffer: sin(t / 10000^(2i/D)) in column 2i, cos in column 2i+1).
+ * @param max_len     rows of the table, >= T of the input.
+ * @param sinusoidal  0 learned, 1 sinusoidal.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (input not (T, D), or T > max_len),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @note Kind TLEARN_LAYER_POSITION_EMBEDDING.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_position_embedding(tlearn_model *m, const char *name,
+                                                   int max_len, int sinusoidal);
+
+/**
+ * Append multi-head self-attention over a sequence (T, D) as one layer, with the parameters
+ * of torch.nn.MultiheadAttention(D, heads, batch_first=True): `in_proj_weight` (3D, D) and
+ * `in_proj_bias` (3D) (Q, K, V stacked), `out_proj.weight` (D, D), `out_proj.bias` (D), so a
+ * layer named "enc.self_attn" has tensors named as that module's state_dict. Scaled
+ * dot-product attention per head (D / heads each), softmax over the keys.
+ * @param heads   divides D.
+ * @param causal  1: position t attends to positions <= t only; 0: to all.
+ * @param mask    NULL, or the name of a key-padding mask (T) per example: a model input
+ *                (int32, as a tokenizer's attention_mask, or float32) or a layer, 1 keep,
+ *                0 pad (model inputs with other values are refused when the model runs).
+ *                Padded positions receive no attention; a query with no position to attend
+ *                to gets zero weights (PyTorch gives NaN). Borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND (no such mask), TLEARN_ESHAPE (input not
+ *         (T, D), D not a multiple of heads, mask not (T)), TLEARN_ENOMEM. Nothing changes on
+ *         failure.
+ * @note Kind TLEARN_LAYER_ATTENTION. Attention weights are not dropped out. Training keeps
+ *       4 x T x D floats per example; no more than one head's T x T scores exist at a time.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_attention(tlearn_model *m, const char *name, int heads,
+                                          int causal, const char *mask);
+
+/**
+ * Append pooling of a sequence (T, D) into a vector (D): the first token (BERT's [CLS], ViT's
+ * class token) or the mean over the positions (those the mask keeps, with a mask).
+ * @param mean  0 first token, 1 mean.
+ * @param mask  NULL, or a mask (T) as for tlearn_model_add_attention(); mean pooling only.
+ *              An example whose mask keeps nothing pools to zeros.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE, TLEARN_ENOMEM. Nothing
+ *         changes on failure.
+ * @note Kind TLEARN_LAYER_TOKEN_POOL.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_token_pool(tlearn_model *m, const char *name, int mean,
+                                           const char *mask);
+
+/**
+ * Append ViT's patch embedding, laid out as torchvision's VisionTransformer: an image
+ * (C, H, W) cut into patch x patch squares (row-major order), each projected to @p dim by
+ * `conv_proj.weight` (dim, C, patch, patch) and `conv_proj.bias` (dim), then the learned
+ * `class_token` (1, 1, dim) prepended and the learned `pos_embedding` (1, T, dim) added
+ * (torchvision's encoder.pos_embedding). Output (T, dim), T = (H/patch)(W/patch) + 1 (no +1
+ * without a class token).
+ * @param class_token  1 to prepend it, 0 not.  @param positions  1 to add them, 0 not.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (input not (C, H, W), H or W not a multiple
+ *         of patch), TLEARN_ENOMEM. Nothing changes on failure.
+ * @note Kind TLEARN_LAYER_PATCH_EMBED.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_patch_embed(tlearn_model *m, const char *name, int dim,
+                                            int patch, int class_token, int positions);
+
+/**
+ * One training step over a model of several inputs (token ids and a mask, an image and
+ * metadata): the general form of tlearn_model_train_step(), with the same loss
+ * (TLEARN_LOSS_SOFTMAX_CE on graph output 0), optimizer, checks and all-or-nothing update.
+ * @param inputs   one array per model input, in the order the inputs were added, each n
+ *                 examples of that input's shape (float32, or int32 for TLEARN_DTYPE_INT32
+ *                 inputs); borrowed.
+ * @param ninputs  the model's input count.
+ * @param labels   n class indexes in 0..classes-1.  @param loss  receives the loss; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, counts that differ, values a layer refuses such as
+ *         token ids out of range or a mask that is not 0/1, labels out of range),
+ *         TLEARN_ESTATE (the loss is MSE), TLEARN_ESHAPE, TLEARN_ENONFINITE, TLEARN_ENOMEM.
+ *         A failed step changes nothing.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_train_step_inputs(tlearn_model *m, tlearn_optim *o,
+                                              const void *const *inputs, int ninputs,
+                                              const int32_t *labels, size_t n, float *loss);
+
+/**
+ * Gradients without an update over a model of several inputs: the general form of
+ * tlearn_model_compute_gradients(). Parameter gradients are read with
+ * tlearn_model_get_grad().
+ * @param inputs, ninputs, labels, n  as tlearn_model_train_step_inputs().
+ * @param loss    receives the loss; may be NULL.
+ * @param dx      receives the gradient w.r.t. the first model input (n x its size floats),
+ *                which must then be float32; NULL when not wanted.
+ * @param dx_len  capacity of @p dx in floats.
+ * @return TLEARN_OK, TLEARN_EINVAL (as train_step_inputs, dx for an int32 first input, a
+ *         dx_len that differs), TLEARN_ESTATE, TLEARN_ESHAPE, TLEARN_ENONFINITE, TLEARN_ENOMEM.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_compute_gradients_inputs(tlearn_model *m, const void *const *inputs,
+                                                     int ninputs, const int32_t *labels,
+                                                     size_t n, float *loss, float *dx,
+                                                     size_t dx_len);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

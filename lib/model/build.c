@@ -119,3 +119,72 @@ int tlearn_model_add_add(tlearn_model *m, const char *name, const char *other)
     int inputs[2] = {a, b};
     return tl_model_add(m, fn, &tl_add_ops, name, inputs, 2, NULL, 0, NULL, 0);
 }
+
+/* ---- transformer layers ---- */
+
+int tlearn_model_add_embedding(tlearn_model *m, const char *name, int vocab, int dim,
+                               int padding_idx)
+{
+    static const char fn[] = "tlearn_model_add_embedding";
+    TL_CHECK_MODEL(fn, m);
+    int src = m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input;
+    if (src >= 0 || m->inputs[-1 - src].dtype != TLEARN_DTYPE_INT32)
+        return tl_fail(TLEARN_EINVAL, "%s: layer '%s' must read an int32 model input of token "
+                       "ids, not '%s'", fn, name ? name : "(null)", producer_name(m, src));
+    int ia[3] = {vocab, dim, padding_idx};
+    return tl_model_add(m, fn, &tl_embedding_ops, name, &src, 1, ia, 3, NULL, 0);
+}
+
+int tlearn_model_add_position_embedding(tlearn_model *m, const char *name, int max_len,
+                                        int sinusoidal)
+{
+    int ia[2] = {max_len, sinusoidal};
+    return tl_model_add(m, "tlearn_model_add_position_embedding", &tl_position_embedding_ops,
+                        name, NULL, 0, ia, 2, NULL, 0);
+}
+
+/* The next input and, when @p mask names one, a mask producer: the inputs of attention and
+ * token_pool. Returns the count (1 or 2), or -1 with the message set. */
+static int with_mask(const char *fn, const tlearn_model *m, const char *mask, int inputs[2])
+{
+    inputs[0] = m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input;
+    if (!mask)
+        return 1;
+    if (!tl_model_find_producer(m, mask, &inputs[1])) {
+        tl_fail(TLEARN_ENOTFOUND, "%s: no layer or model input named '%s' for the mask", fn,
+                mask);
+        return -1;
+    }
+    return 2;
+}
+
+int tlearn_model_add_attention(tlearn_model *m, const char *name, int heads, int causal,
+                               const char *mask)
+{
+    static const char fn[] = "tlearn_model_add_attention";
+    TL_CHECK_MODEL(fn, m);
+    int inputs[2], k = with_mask(fn, m, mask, inputs), ia[2] = {heads, causal};
+    if (k < 0)
+        return TLEARN_ENOTFOUND;
+    return tl_model_add(m, fn, &tl_attention_ops, name, inputs, k, ia, 2, NULL, 0);
+}
+
+int tlearn_model_add_token_pool(tlearn_model *m, const char *name, int mean, const char *mask)
+{
+    static const char fn[] = "tlearn_model_add_token_pool";
+    TL_CHECK_MODEL(fn, m);
+    int inputs[2], k = with_mask(fn, m, mask, inputs);
+    if (k < 0)
+        return TLEARN_ENOTFOUND;
+    if (k == 2 && !mean)
+        return tl_fail(TLEARN_EINVAL, "%s: a mask only applies to mean pooling", fn);
+    return tl_model_add(m, fn, &tl_token_pool_ops, name, inputs, k, &mean, 1, NULL, 0);
+}
+
+int tlearn_model_add_patch_embed(tlearn_model *m, const char *name, int dim, int patch,
+                                 int class_token, int positions)
+{
+    int ia[4] = {dim, patch, class_token, positions};
+    return tl_model_add(m, "tlearn_model_add_patch_embed", &tl_patch_embed_ops, name, NULL, 0,
+                        ia, 4, NULL, 0);
+}

@@ -167,7 +167,8 @@ int tl_model_validate_feed(const char *fn, const tlearn_model *m, const tl_feed 
         for (int k = 0; L->ops->validate && k < L->ninputs; k++) {
             int rc = L->input[k] < 0 ? L->ops->validate(L, k, x->x[-1 - L->input[k]], n) : 0;
             if (rc)
-                return tl_fail_prefix(rc, "%s: layer '%s': ", fn, L->name);
+                return tl_fail_prefix(rc, "%s: layer '%s', model input '%s': ", fn, L->name,
+                                      m->inputs[-1 - L->input[k]].name);
         }
     }
     return TLEARN_OK;
@@ -313,10 +314,11 @@ static int build_layer(tlearn_model *m, const char *fn, const tl_layer_ops *ops,
         L->input[i] = inputs[i];
         L->in[i] = tl_model_producer_shape(m, inputs[i]);
         if (inputs[i] < 0 && m->inputs[-1 - inputs[i]].dtype != TLEARN_DTYPE_FLOAT32 &&
-            !ops->int_inputs) {
+            !(i < 31 && (ops->int_inputs >> i & 1))) {
             tl_free(L);
-            return tl_fail(TLEARN_EINVAL, "%s: a %s layer reads float32, but model input '%s' "
-                           "holds int32", fn, ops->kind_name, m->inputs[-1 - inputs[i]].name);
+            return tl_fail(TLEARN_EINVAL, "%s: input %d of a %s layer reads float32, but model "
+                           "input '%s' holds int32", fn, i, ops->kind_name,
+                           m->inputs[-1 - inputs[i]].name);
         }
     }
     int rc = ops->configure(L, ia, ni, fa, nf);

@@ -65,6 +65,11 @@ static int batch_independent(const tl_layer *L)
     case TLEARN_LAYER_GLOBAL_AVGPOOL:
     case TLEARN_LAYER_FLATTEN:
     case TLEARN_LAYER_ADD:
+    case TLEARN_LAYER_EMBEDDING:
+    case TLEARN_LAYER_POSITION_EMBEDDING:
+    case TLEARN_LAYER_ATTENTION:
+    case TLEARN_LAYER_TOKEN_POOL:
+    case TLEARN_LAYER_PATCH_EMBED:
         return 1;
     default:
         return 0;
@@ -96,9 +101,10 @@ static int frozen_prefix_chunked(tlearn_model *m, const tl_feed *x, size_t n, in
     return first;
 }
 
-/* Forward + loss + backward from layer `from` (0, or i+1 for cached features of layer i).
- * Leaves gradients in the slots and the data loss in *loss. */
-static int forward_backward(const char *fn, tlearn_model *m, const float *x,
+/* Forward + loss + backward from layer `from` (0, or i+1 for cached features of layer i;
+ * @p in then holds those features). Leaves gradients in the slots and the data loss in
+ * *loss. */
+static int forward_backward(const char *fn, tlearn_model *m, const tl_feed *in,
                             const int32_t *labels, const float *targets, size_t n, int from,
                             float *dx, double *loss)
 {
@@ -112,13 +118,10 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
     if (rc)
         return tl_fail_prefix(rc, "%s: ", fn);
     tl_plan *p = &m->plan_train;
-    /* Layers from `from` read the model inputs, or the activations of layer from-1. */
-    tl_feed in = from ? tl_feed_one(x, tl_shape_size(m->layers[from - 1]->out))
-                      : tl_model_feed(m, x);
-    int start = frozen_prefix_chunked(m, &in, n, from, first, dx != NULL);
+    int start = frozen_prefix_chunked(m, in, n, from, first, dx != NULL);
     if (start < 0)
         return tl_fail_prefix(TLEARN_ENOMEM, "%s: ", fn);
-    tl_feed mid = start > from ? tl_feed_one(p->out[start - 1], 0) : in;
+    tl_feed mid = start > from ? tl_feed_one(p->out[start - 1], 0) : *in;
     tl_model_forward(m, p, &mid, n, m->training, start, last);
     float *logits = p->out[last];
     float *dlogits = p->dout[last];
@@ -131,7 +134,7 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
     if (!isfinite((float)l)) /* also a loss that overflows the float it is reported in */
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is %g; weights left unchanged", fn, l);
     if (dlogits)
-        tl_model_backward(m, p, &in, n, from, &last, 1, dx);
+        tl_model_backward(m, p, in, n, from, &last, 1, dx);
     *loss = l;
     return TLEARN_OK;
 }
@@ -204,7 +207,7 @@ static int check_commit(const char *fn, const tlearn_model *m, size_t n, int fro
     return TLEARN_OK;
 }
 
-static int train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const float *x,
+static int train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const tl_feed *x,
                       const int32_t *labels, const float *targets, size_t n, int from,
                       float *loss)
 {
@@ -238,7 +241,8 @@ int tlearn_model_train_step(tlearn_model *m, tlearn_optim *o, const float *x,
 {
     static const char fn[] = "tlearn_model_train_step";
     int rc = check_batch(fn, m, x, labels, n);
-    return rc ? rc : train_step(fn, m, o, x, labels, NULL, n, 0, loss);
+    tl_feed f = rc ? (tl_feed){0} : tl_model_feed(m, x);
+    return rc ? rc : train_step(fn, m, o, &f, labels, NULL, n, 0, loss);
 }
 
 int tlearn_model_train_step_mse(tlearn_model *m, tlearn_optim *o, const float *x,
@@ -246,7 +250,8 @@ int tlearn_model_train_step_mse(tlearn_model *m, tlearn_optim *o, const float *x
 {
     static const char fn[] = "tlearn_model_train_step_mse";
     int rc = check_batch(fn, m, x, targets, n);
-    return rc ? rc : train_step(fn, m, o, x, NULL, targets, n, 0, loss);
+    tl_feed f = rc ? (tl_feed){0} : tl_model_feed(m, x);
+    return rc ? rc : train_step(fn, m, o, &f, NULL, targets, n, 0, loss);
 }
 
 int tlearn_model_train_step_from(tlearn_model *m, tlearn_optim *o, const char *layer,
@@ -266,7 +271,24 @@ int tlearn_model_train_step_from(tlearn_model *m, tlearn_optim *o, const char *l
         if (!m->lstate[j].frozen && m->layers[j]->nparam > 0)
             return tl_fail(TLEARN_ESTATE, "%s: layer '%s' is not frozen; cached features of "
                            "'%s' need everything up to it frozen", fn, m->layers[j]->name, layer);
-    return train_step(fn, m, o, features, labels, NULL, n, i + 1, loss);
+    tl_feed f = tl_feed_one(features, tl_shape_size(m->layers[i]->out));
+    return train_step(fn, m, o, &f, labels, NULL, n, i + 1, loss);
+}
+
+/* The shared part of the compute_gradients calls, after their checks of x and dx. */
+static int compute_gradients(const char *fn, tlearn_model *m, const tl_feed *x,
+                             const int32_t *labels, size_t n, float *loss, float *dx)
+{
+    int rc = validate_targets(fn, m, labels, NULL, n);
+    if (rc)
+        return rc;
+    double l;
+    rc = forward_backward(fn, m, x, labels, NULL, n, 0, dx, &l);
+    if (rc)
+        return rc;
+    if (loss)
+        *loss = (float)(l + (tl_ewc_active(m) ? tl_ewc_penalty(m) : 0.0));
+    return TLEARN_OK;
 }
 
 int tlearn_model_compute_gradients(tlearn_model *m, const float *x, const int32_t *labels,
@@ -279,16 +301,8 @@ int tlearn_model_compute_gradients(tlearn_model *m, const float *x, const int32_
     if (dx && dx_len != n * tl_shape_size(m->inputs[0].shape))
         return tl_fail(TLEARN_EINVAL, "%s: dx_len is %zu, expected %zu", fn, dx_len,
                        n * tl_shape_size(m->inputs[0].shape));
-    rc = validate_targets(fn, m, labels, NULL, n);
-    if (rc)
-        return rc;
-    double l;
-    rc = forward_backward(fn, m, x, labels, NULL, n, 0, dx, &l);
-    if (rc)
-        return rc;
-    if (loss)
-        *loss = (float)(l + (tl_ewc_active(m) ? tl_ewc_penalty(m) : 0.0));
-    return TLEARN_OK;
+    tl_feed f = tl_model_feed(m, x);
+    return compute_gradients(fn, m, &f, labels, n, loss, dx);
 }
 
 typedef struct eval_sums {
@@ -393,7 +407,8 @@ int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int
                 by[i] = labels[src];
             }
             float loss;
-            rc = train_step(fn, m, o, bx, by, NULL, k, 0, &loss);
+            tl_feed f = tl_model_feed(m, bx);
+            rc = train_step(fn, m, o, &f, by, NULL, k, 0, &loss);
             if (!rc && progress && progress(e, epochs, s, steps, loss, user))
                 rc = tl_fail(TLEARN_ECANCELED, "%s: stopped by the progress callback at epoch "
                              "%d, step %zu", fn, e, s);
@@ -403,4 +418,44 @@ int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int
     tl_free(bx);
     tl_free(by);
     return rc;
+}
+
+/* ---- several model inputs ---- */
+
+/* tl_model_check_feed and the labels. */
+static int check_inputs(const char *fn, tlearn_model *m, const void *const *inputs, int ninputs,
+                        const int32_t *labels, size_t n, tl_feed *feed)
+{
+    int rc = tl_model_check_feed(fn, m, inputs, ninputs, n, feed);
+    if (!rc && !labels)
+        rc = tl_fail(TLEARN_EINVAL, "%s: labels is NULL", fn);
+    return rc;
+}
+
+int tlearn_model_train_step_inputs(tlearn_model *m, tlearn_optim *o, const void *const *inputs,
+                                   int ninputs, const int32_t *labels, size_t n, float *loss)
+{
+    static const char fn[] = "tlearn_model_train_step_inputs";
+    tl_feed f;
+    int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
+    return rc ? rc : train_step(fn, m, o, &f, labels, NULL, n, 0, loss);
+}
+
+int tlearn_model_compute_gradients_inputs(tlearn_model *m, const void *const *inputs,
+                                          int ninputs, const int32_t *labels, size_t n,
+                                          float *loss, float *dx, size_t dx_len)
+{
+    static const char fn[] = "tlearn_model_compute_gradients_inputs";
+    tl_feed f;
+    int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
+    if (rc)
+        return rc;
+    if (dx && m->inputs[0].dtype != TLEARN_DTYPE_FLOAT32)
+        return tl_fail(TLEARN_EINVAL, "%s: dx is the gradient of the first model input, but "
+                       "'%s' holds int32 (token ids have no gradient): pass NULL", fn,
+                       m->inputs[0].name);
+    if (dx && dx_len != n * f.size[0])
+        return tl_fail(TLEARN_EINVAL, "%s: dx_len is %zu, expected %zu", fn, dx_len,
+                       n * f.size[0]);
+    return compute_gradients(fn, m, &f, labels, n, loss, dx);
 }
