@@ -584,21 +584,25 @@ int tlearn_model_param_count(const tlearn_model *m, size_t *total, size_t *train
 
 int tl_model_find_tensor(const tlearn_model *m, const char *name, int *layer, int *param)
 {
-    const char *dot = strrchr(name, '.');
-    if (!dot || dot == name)
-        return -1;
-    size_t len = (size_t)(dot - name);
-    for (int i = 0; i < m->nlayers; i++) {
-        const tl_layer *L = m->layers[i];
-        if (strlen(L->name) != len || memcmp(L->name, name, len) != 0)
+    /* Layer and parameter names may both hold dots ("enc.self_attn" + "out_proj.weight"):
+     * try each split, the layer found by name. */
+    char buf[TL_NAME_MAX];
+    for (const char *dot = strchr(name, '.'); dot; dot = strchr(dot + 1, '.')) {
+        size_t len = (size_t)(dot - name);
+        if (len == 0 || len >= sizeof buf)
             continue;
+        memcpy(buf, name, len);
+        buf[len] = '\0';
+        int i = tl_model_find(m, buf);
+        if (i < 0)
+            continue;
+        const tl_layer *L = m->layers[i];
         for (int p = 0; p < L->nparam; p++)
             if (strcmp(L->param[p].name, dot + 1) == 0) {
                 *layer = i;
                 *param = p;
                 return 0;
             }
-        return -1;
     }
     return -1;
 }
