@@ -115,6 +115,16 @@ _SIGNATURES = {
     "tlearn_model_output_layer": (c_int, [_M, c_int, P(c_int)]),
     "tlearn_model_run": (c_int, [_M, P(c_void_p), c_int, c_size_t, P(f32p), P(c_size_t),
                                  c_int]),
+    # transformers (1.1)
+    "tlearn_model_add_embedding": (c_int, [_M, c_char_p, c_int, c_int, c_int]),
+    "tlearn_model_add_position_embedding": (c_int, [_M, c_char_p, c_int, c_int]),
+    "tlearn_model_add_attention": (c_int, [_M, c_char_p, c_int, c_int, c_char_p]),
+    "tlearn_model_add_token_pool": (c_int, [_M, c_char_p, c_int, c_char_p]),
+    "tlearn_model_add_patch_embed": (c_int, [_M, c_char_p, c_int, c_int, c_int, c_int]),
+    "tlearn_model_train_step_inputs": (c_int, [_M, c_void_p, P(c_void_p), c_int, i32p,
+                                               c_size_t, P(c_float)]),
+    "tlearn_model_compute_gradients_inputs": (c_int, [_M, P(c_void_p), c_int, i32p, c_size_t,
+                                                      P(c_float), f32p, c_size_t]),
     # introspection
     "tlearn_model_layer_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_layer_index": (c_int, [_M, c_char_p, P(c_int)]),
