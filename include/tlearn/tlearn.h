@@ -102,6 +102,13 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_BATCHNORM = 8,
     TLEARN_LAYER_DROPOUT = 9,
     TLEARN_LAYER_ADD = 10,
+    TLEARN_LAYER_BINARY = 11,  /**< add/sub/mul/div of two values, broadcast. @since 1.1 */
+    TLEARN_LAYER_SCALE = 12,   /**< x * learned weight (+ bias), broadcast. @since 1.1 */
+    TLEARN_LAYER_SOFTMAX = 13, /**< softmax over one axis. @since 1.1 */
+    TLEARN_LAYER_CONCAT = 14,    /**< tlearn_model_add_concat() @since 1.1 */
+    TLEARN_LAYER_SLICE = 15,     /**< tlearn_model_add_slice() @since 1.1 */
+    TLEARN_LAYER_RESHAPE = 16,   /**< tlearn_model_add_reshape() @since 1.1 */
+    TLEARN_LAYER_TRANSPOSE = 17, /**< tlearn_model_add_transpose() @since 1.1 */
     /* 1.1: 11-29 general graph ops, 30-39 transformer layers, 40-49 adapters, 50-59
      * domain adaptation; each value is added here when its kind lands. */
     TLEARN_LAYER_EMBEDDING = 30,          /**< token ids -> vectors @since 1.1 */
@@ -124,7 +131,16 @@ enum tlearn_activation {
     TLEARN_ACT_SIGMOID = 3,
     TLEARN_ACT_GELU = 4,       /**< exact (erf) form, as torch.nn.GELU() */
     TLEARN_ACT_RELU6 = 5,
-    TLEARN_ACT_LEAKY_RELU = 6  /**< param = negative slope (PyTorch default 0.01) */
+    TLEARN_ACT_LEAKY_RELU = 6, /**< param = negative slope (PyTorch default 0.01) */
+    TLEARN_ACT_HARDSIGMOID = 7, /**< max(0, min(1, alpha*x + beta)); params alpha, beta
+                                     (torch: 1/6, 0.5, the default; ONNX: 0.2, 0.5).
+                                     @since 1.1 */
+    TLEARN_ACT_HARDSWISH = 8,  /**< x * relu6(x + 3) / 6, as torch.nn.Hardswish. @since 1.1 */
+    TLEARN_ACT_SILU = 9,       /**< x * sigmoid(x) (swish), as torch.nn.SiLU. @since 1.1 */
+    TLEARN_ACT_CLIP = 10,      /**< min(max(x, lo), hi); params lo, hi (may be infinite), as
+                                    torch.clamp. @since 1.1 */
+    TLEARN_ACT_GELU_TANH = 11  /**< tanh approximation, torch.nn.GELU(approximate='tanh').
+                                    @since 1.1 */
 };
 
 /** Loss functions for tlearn_model_set_loss(). Values are fixed. */
@@ -216,8 +232,10 @@ TLEARN_API int tlearn_model_add_flatten(tlearn_model *m, const char *name);
 
 /**
  * Append an elementwise activation (enum tlearn_activation).
- * @param param  negative slope for TLEARN_ACT_LEAKY_RELU; ignored otherwise.
- * @return TLEARN_OK, TLEARN_EINVAL (unknown activation, bad name), TLEARN_ENOMEM.
+ * @param param  negative slope for TLEARN_ACT_LEAKY_RELU; ignored otherwise
+ *               (TLEARN_ACT_HARDSIGMOID takes torch's alpha 1/6, beta 0.5).
+ * @return TLEARN_OK, TLEARN_EINVAL (unknown activation, bad name, TLEARN_ACT_CLIP: its
+ *         bounds need tlearn_model_add_activation_ex()), TLEARN_ENOMEM.
  * @since 1.0
  */
 TLEARN_API int tlearn_model_add_activation(tlearn_model *m, const char *name, int activation,
@@ -973,6 +991,148 @@ TLEARN_API int tlearn_model_run(tlearn_model *m, const void *const *inputs, int 
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */
+/** @name Data movement (1.1): concat, slice, reshape, transpose
+ *  Axes count over the dims of one example (the batch is not an axis): 0 is the channel
+ *  axis of (C, H, W); negative axes count from the end (-1 is the last). None of these
+ *  layers has parameters. */
+/** @{ */
+
+/**
+ * Add a concatenation of @p ninputs outputs along @p axis, as torch.cat (DenseNet's
+ * feature concatenation, Inception's branches, SqueezeNet's fire modules). The inputs
+ * have the same rank and equal dims except along @p axis, where the output's size is the
+ * sum of theirs. The same layer may appear more than once.
+ * The layer does not read the previous layer unless it is named in @p inputs, and
+ * tlearn_model_set_next_input() does not apply to it (it is reset, as by any add call).
+ * @param inputs   @p ninputs names of earlier layers or model inputs; borrowed.
+ * @param ninputs  2..256.  @param axis  -rank..rank-1.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, name, inputs or entry, bad name, ninputs out
+ *         of range), TLEARN_ENOTFOUND (an unknown input name), TLEARN_ESHAPE (axis out of
+ *         range, ranks or other dims differ: the message names the input and shapes),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @note As every call on a model: one thread at a time per model.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_concat(tlearn_model *m, const char *name,
+                                       const char *const *inputs, int ninputs, int axis);
+
+/**
+ * Add a slice of the next input along @p axis, as x[..., start:end:step, ...] in NumPy and
+ * ONNX Slice on one axis: a negative start or end counts from the end (adds the axis size),
+ * then both are clamped to 0..size, so INT_MAX as @p end means "to the end". The output has
+ * ceil((end - start) / step) entries along @p axis. A split into parts (ShuffleNetV2) is one
+ * slice per part, each after tlearn_model_set_next_input() on the same layer.
+ * @param step  >= 1 (negative steps are not supported).
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model or name, bad name, step < 1), TLEARN_ESHAPE
+ *         (axis out of range, empty slice), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_slice(tlearn_model *m, const char *name, int axis, int start,
+                                      int end, int step);
+
+/**
+ * Add a reshape of the next input to a per-example shape of @p rank dims holding the same
+ * number of elements (torch.reshape / ONNX Reshape without the batch dim). A 0 in @p dims
+ * copies the input's dim at that index; one -1 is inferred from the others.
+ * Data keep their order; the layer copies them (one pass over memory).
+ * @param rank  1..TLEARN_MAX_RANK.  @param dims  @p rank entries >= -1; borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, name or dims, bad name, rank out of range,
+ *         an entry < -1, two -1), TLEARN_ESHAPE (the element counts differ, or a 0 beyond
+ *         the input's rank), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_reshape(tlearn_model *m, const char *name, int rank,
+                                        const int *dims);
+
+/**
+ * Add a permutation of the next input's axes (torch.permute without the batch dim): output
+ * axis i is input axis @p perm[i], e.g. {1, 2, 0} turns (C, H, W) into channels-last
+ * (H, W, C). ShuffleNet's channel shuffle of g groups is reshape (g, C/g, H, W), transpose
+ * {1, 0, 2, 3}, reshape (C, H, W).
+ * @param rank  the input's rank (1..TLEARN_MAX_RANK).  @param perm  a permutation of
+ *              0..rank-1; borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, name or perm, bad name, rank out of range,
+ *         perm not a permutation), TLEARN_ESHAPE (rank differs from the input's),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_transpose(tlearn_model *m, const char *name, int rank,
+                                          const int *perm);
+/** Operations of tlearn_model_add_binary(). Values are fixed. @since 1.1 */
+enum tlearn_binary_op {
+    TLEARN_BINARY_ADD = 1,
+    TLEARN_BINARY_SUB = 2, /**< a - b */
+    TLEARN_BINARY_MUL = 3,
+    TLEARN_BINARY_DIV = 4  /**< a / b, IEEE division (b = 0 gives an infinity or NaN) */
+};
+
+/**
+ * Add an elementwise a op b of two values (layers or model inputs) with NumPy/ONNX
+ * broadcasting of the example shapes; the batch is shared. Shapes align on the right,
+ * and along each dimension the sizes are equal or one of them is 1, which stretches:
+ * (C, 1, 1) x (C, H, W) gates channels (squeeze-excitation), (1, H, W) + (C, H, W) adds a
+ * map to every channel, (C, H, 1) - (1, H, W) gives (C, H, W), and a vector (W) applies along
+ * the LAST axis of (C, H, W), as in NumPy; a per-channel vector must be given as (C, 1, 1).
+ * The output has the broadcast shape; each input's gradient is summed over the dimensions
+ * it was stretched along. Unlike tlearn_model_add_add(), shapes need not be equal.
+ * @param op  enum tlearn_binary_op.
+ * @param a   the left operand by name, or NULL for the value the next layer would read
+ *            (the previous layer, or the one set by tlearn_model_set_next_input()).
+ * @param b   the right operand by name; may equal @p a (x * x). Names are borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model or b, bad name, unknown op),
+ *         TLEARN_ENOTFOUND (no layer or input named a or b), TLEARN_ESHAPE (shapes do not
+ *         broadcast), TLEARN_ENOMEM. Nothing changes on failure.
+ * @note Same thread rules as every call on a model: one thread at a time.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_binary(tlearn_model *m, const char *name, int op,
+                                       const char *a, const char *b);
+
+/**
+ * Add y = x * weight (+ bias) with a learned weight (initialised to 1) and optional bias
+ * (initialised to 0) of shape @p dims, broadcast to the input as in tlearn_model_add_binary()
+ * and never larger than it: (C, 1, 1) scales the channels of a (C, H, W) map, (D) the last
+ * axis of a sequence (T, D) or channels-last map (H, W, C) (ConvNeXt's layer scale). Tensors
+ * "NAME.weight", "NAME.bias" have the shape @p dims.
+ * @param rank  1..TLEARN_MAX_RANK, at most the input's rank.
+ * @param dims  @p rank sizes >= 1; borrowed.  @param bias  1 for a bias, 0 for none.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model or dims, bad name, rank, size or bias flag),
+ *         TLEARN_ESHAPE (the weight does not broadcast to the input's shape), TLEARN_ENOMEM.
+ *         Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_scale(tlearn_model *m, const char *name, int rank,
+                                      const int *dims, int bias);
+
+/**
+ * Add an activation with its parameters (enum tlearn_activation):
+ * TLEARN_ACT_LEAKY_RELU {slope} (none: 0.01); TLEARN_ACT_HARDSIGMOID {alpha, beta} (none:
+ * torch's 1/6, 0.5; one: alpha with beta 0.5); TLEARN_ACT_CLIP {lo, hi}, both required,
+ * lo <= hi, infinities allowed. The others take no parameter (one value is accepted and
+ * ignored, as tlearn_model_add_activation() passes it).
+ * Gradients at the kinks are torch's: clip passes the gradient for lo <= x <= hi,
+ * hard-sigmoid only strictly inside (0, 1), hard-swish is (x/3 + 0.5) on [-3, 3) and 1 from
+ * 3 on (torch's vectorised kernel; its scalar loop gives 1.5 at exactly 3).
+ * @param params  @p nparams floats (0..2), borrowed; may be NULL when @p nparams is 0.
+ * @return TLEARN_OK, TLEARN_EINVAL (unknown activation, a parameter count the activation
+ *         does not take, a NaN, an infinity other than clip's bounds, lo > hi, bad name),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_activation_ex(tlearn_model *m, const char *name,
+                                              int activation, const float *params,
+                                              int nparams);
+
+/**
+ * Add a softmax over axis @p axis of each example, as torch.softmax(x, dim) on the example
+ * dimensions (the batch is not counted): 0 is the first dimension, -1 the last. Numerically
+ * stable (the maximum is subtracted first); the output has the input's shape.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, bad name, axis outside
+ *         -TLEARN_MAX_RANK..TLEARN_MAX_RANK-1), TLEARN_ESHAPE (axis beyond the input's rank),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_softmax(tlearn_model *m, const char *name, int axis);
 /** @name Transformers (1.1): token and patch inputs, attention, pooling */
 /** @{ */
 

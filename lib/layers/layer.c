@@ -105,3 +105,20 @@ const char *tl_shape_str(tl_shape s, char *buf)
     snprintf(buf + len, (size_t)(TL_SHAPE_STR - len), ")");
     return buf;
 }
+
+void tl_copy_blocks(float *dst, size_t dr, size_t dj, const float *src, size_t sr, size_t sj,
+                    size_t rows, size_t count, size_t len, int accum)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (size_t j = 0; j < count; j++) {
+            float *restrict d = dst + r * dr + j * dj;
+            const float *restrict s = src + r * sr + j * sj;
+            if (accum)
+                for (size_t i = 0; i < len; i++)
+                    d[i] += s[i];
+            else if (len == 1) /* strided gathers (slice with a step on the last axis) */
+                d[0] = s[0];
+            else
+                memcpy(d, s, sizeof(float) * len);
+        }
+}

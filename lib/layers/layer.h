@@ -61,6 +61,32 @@ static inline int tl_shape_equal(tl_shape a, tl_shape b)
     return 1;
 }
 
+/* Axis @p axis of a rank-@p rank shape, negative counting from the end (ONNX, NumPy): the
+ * index 0..rank-1, or -1 when out of range. */
+static inline int tl_shape_axis(int axis, int rank)
+{
+    int a = axis < 0 ? axis + rank : axis;
+    return a >= 0 && a < rank ? a : -1;
+}
+
+/* Elements of one example before axis @p a (outer) and after it (inner): the example is
+ * outer x d[a] x inner in memory. */
+static inline size_t tl_shape_outer(tl_shape s, int a)
+{
+    size_t n = 1;
+    for (int i = 0; i < a; i++)
+        n *= (size_t)s.d[i];
+    return n;
+}
+
+static inline size_t tl_shape_inner(tl_shape s, int a)
+{
+    size_t n = 1;
+    for (int i = a + 1; i < TL_MAX_RANK; i++)
+        n *= (size_t)s.d[i];
+    return n;
+}
+
 /* "(2, 3, 4)" for messages; @p buf holds at least TL_SHAPE_STR bytes. */
 #define TL_SHAPE_STR 64
 const char *tl_shape_str(tl_shape s, char *buf);
@@ -220,6 +246,11 @@ static inline int tl_mask_keep(const float *mask, size_t i)
 /* validate() for a mask: every value of the n x @p len is int32 0/1 or float 0.0/1.0. */
 int tl_validate_mask(const tl_layer *L, const void *x, size_t n, size_t len);
 
+/* Data movement of concat, slice and reshape: @p rows x @p count blocks of @p len floats,
+ * dst[r*dr + j*dj + i] = src[r*sr + j*sj + i], or += with @p accum. */
+void tl_copy_blocks(float *dst, size_t dr, size_t dj, const float *src, size_t sr, size_t sj,
+                    size_t rows, size_t count, size_t len, int accum);
+
 #define TL_MAX_IARGS 12
 #define TL_MAX_FARGS 4
 /* For configure(): check the argument count and copy @p size bytes of config. */
@@ -231,7 +262,8 @@ const tl_layer_ops *tl_layer_ops_by_kind(int kind);
 
 extern const tl_layer_ops tl_dense_ops;      /* ia: units */
 extern const tl_layer_ops tl_flatten_ops;    /* no arguments */
-extern const tl_layer_ops tl_activation_ops; /* ia: activation; fa: parameter */
+/* ia: activation; fa: parameter (round 1), or alpha beta (hard-sigmoid), or min max (clip) */
+extern const tl_layer_ops tl_activation_ops;
 extern const tl_layer_ops tl_conv2d_ops;     /* ia: filters kh kw sh sw ph pw dh dw groups bias */
 extern const tl_layer_ops tl_maxpool2d_ops;  /* ia: kh kw sh sw ph pw */
 extern const tl_layer_ops tl_avgpool2d_ops;  /* ia: kh kw sh sw ph pw count_include_pad */
@@ -239,6 +271,23 @@ extern const tl_layer_ops tl_global_avgpool_ops; /* no arguments */
 extern const tl_layer_ops tl_batchnorm_ops;  /* fa: eps momentum */
 extern const tl_layer_ops tl_dropout_ops;    /* fa: p */
 extern const tl_layer_ops tl_add_ops;        /* no arguments; two inputs */
+/* Data movement (1.1). Axes count over the example's dims (the batch is not an axis; an
+ * ONNX importer subtracts 1 from ONNX axes and refuses axis 0); negative axes count from
+ * the end. */
+extern const tl_layer_ops tl_concat_ops;     /* ia: axis; 2..TL_MAX_INPUTS inputs */
+extern const tl_layer_ops tl_slice_ops;      /* ia: axis start end step (ONNX Slice on one
+                                              * axis: negative start/end add the size, then
+                                              * clamp to 0..size; step >= 1; not empty) */
+extern const tl_layer_ops tl_reshape_ops;    /* ia: rank d0 .. d{rank-1} (rank 1..4; 0 copies
+                                              * the input's dim, one -1 is inferred) */
+extern const tl_layer_ops tl_transpose_ops;  /* ia: rank p0 .. p{rank-1}: output axis i is
+                                              * input axis p[i] (ONNX perm without the batch) */
+/* ia: op (enum tlearn_binary_op: 1 add, 2 sub, 3 mul, 4 div); two inputs, NumPy broadcast */
+extern const tl_layer_ops tl_binary_ops;
+/* ia: rank d0 .. d(rank-1) bias: y = x * weight (+ bias), weight/bias of shape (d...)
+ * broadcast to the input (NumPy, right-aligned), weight starts at 1, bias at 0 */
+extern const tl_layer_ops tl_scale_ops;
+extern const tl_layer_ops tl_softmax_ops;    /* ia: axis over the example, -1 = last */
 extern const tl_layer_ops tl_embedding_ops;  /* ia: vocab dim padding_idx (-1 none) */
 extern const tl_layer_ops tl_position_embedding_ops; /* ia: max_len sinusoidal */
 extern const tl_layer_ops tl_attention_ops;  /* ia: heads causal; inputs: x (T, D) [, mask] */

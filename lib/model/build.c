@@ -28,8 +28,13 @@ int tlearn_model_add_flatten(tlearn_model *m, const char *name)
 
 int tlearn_model_add_activation(tlearn_model *m, const char *name, int activation, float param)
 {
-    return tl_model_add(m, "tlearn_model_add_activation", &tl_activation_ops, name, NULL, 0,
-                        &activation, 1, &param, 1);
+    static const char fn[] = "tlearn_model_add_activation";
+    if (activation == TLEARN_ACT_CLIP)
+        return tl_fail(TLEARN_EINVAL, "%s: clip needs its bounds: use "
+                       "tlearn_model_add_activation_ex()", fn);
+    /* the one param is leaky's slope: hard-sigmoid keeps torch's alpha and beta */
+    return tl_model_add(m, fn, &tl_activation_ops, name, NULL, 0, &activation, 1, &param,
+                        activation == TLEARN_ACT_HARDSIGMOID ? 0 : 1);
 }
 
 int tlearn_model_add_conv2d(tlearn_model *m, const char *name, int filters, int kernel,
@@ -118,6 +123,118 @@ int tlearn_model_add_add(tlearn_model *m, const char *name, const char *other)
     }
     int inputs[2] = {a, b};
     return tl_model_add(m, fn, &tl_add_ops, name, inputs, 2, NULL, 0, NULL, 0);
+}
+
+int tlearn_model_add_concat(tlearn_model *m, const char *name, const char *const *inputs,
+                            int ninputs, int axis)
+{
+    static const char fn[] = "tlearn_model_add_concat";
+    TL_CHECK_MODEL(fn, m);
+    if (!inputs)
+        return tl_fail(TLEARN_EINVAL, "%s: inputs is NULL", fn);
+    if (ninputs < 2 || ninputs > TL_MAX_INPUTS)
+        return tl_fail(TLEARN_EINVAL, "%s: ninputs is %d, must be 2..%d", fn, ninputs,
+                       TL_MAX_INPUTS);
+    int src[TL_MAX_INPUTS];
+    for (int k = 0; k < ninputs; k++) {
+        if (!inputs[k])
+            return tl_fail(TLEARN_EINVAL, "%s: inputs[%d] is NULL", fn, k);
+        if (!tl_model_find_producer(m, inputs[k], &src[k]))
+            return tl_fail(TLEARN_ENOTFOUND, "%s: inputs[%d]: no layer or model input named "
+                           "'%s'", fn, k, inputs[k]);
+    }
+    return tl_model_add(m, fn, &tl_concat_ops, name, src, ninputs, &axis, 1, NULL, 0);
+}
+
+int tlearn_model_add_slice(tlearn_model *m, const char *name, int axis, int start, int end,
+                           int step)
+{
+    int ia[4] = {axis, start, end, step};
+    return tl_model_add(m, "tlearn_model_add_slice", &tl_slice_ops, name, NULL, 0, ia, 4, NULL,
+                        0);
+}
+
+/* rank and an array of rank ints, as the argument vector {rank, v0 .. v{rank-1}}. */
+static int rank_vector(const char *fn, const char *what, int rank, const int *v, int *ia)
+{
+    if (rank < 1 || rank > TL_MAX_RANK)
+        return tl_fail(TLEARN_EINVAL, "%s: rank is %d, must be 1..%d", fn, rank, TL_MAX_RANK);
+    if (!v)
+        return tl_fail(TLEARN_EINVAL, "%s: %s is NULL", fn, what);
+    ia[0] = rank;
+    memcpy(ia + 1, v, sizeof(int) * (size_t)rank);
+    return TLEARN_OK;
+}
+
+int tlearn_model_add_reshape(tlearn_model *m, const char *name, int rank, const int *dims)
+{
+    static const char fn[] = "tlearn_model_add_reshape";
+    TL_CHECK_MODEL(fn, m);
+    int ia[1 + TL_MAX_RANK], rc = rank_vector(fn, "dims", rank, dims, ia);
+    return rc ? rc : tl_model_add(m, fn, &tl_reshape_ops, name, NULL, 0, ia, 1 + rank, NULL, 0);
+}
+
+int tlearn_model_add_transpose(tlearn_model *m, const char *name, int rank, const int *perm)
+{
+    static const char fn[] = "tlearn_model_add_transpose";
+    TL_CHECK_MODEL(fn, m);
+    int ia[1 + TL_MAX_RANK], rc = rank_vector(fn, "perm", rank, perm, ia);
+    return rc ? rc : tl_model_add(m, fn, &tl_transpose_ops, name, NULL, 0, ia, 1 + rank, NULL,
+                                  0);
+}
+
+int tlearn_model_add_binary(tlearn_model *m, const char *name, int op, const char *a,
+                            const char *b)
+{
+    static const char fn[] = "tlearn_model_add_binary";
+    TL_CHECK_MODEL(fn, m);
+    int rc = tl_check_name(fn, name);
+    if (rc)
+        return rc;
+    if (!b)
+        return tl_fail(TLEARN_EINVAL, "%s: b is NULL", fn);
+    /* a NULL: what the next layer would read, as tlearn_model_add_add() */
+    int inputs[2] = {m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input, 0};
+    const char *names[2] = {a, b};
+    for (int k = 0; k < 2; k++)
+        if (names[k] && !tl_model_find_producer(m, names[k], &inputs[k]))
+            return tl_fail(TLEARN_ENOTFOUND, "%s: no layer or model input named '%s'", fn,
+                           names[k]);
+    return tl_model_add(m, fn, &tl_binary_ops, name, inputs, 2, &op, 1, NULL, 0);
+}
+
+int tlearn_model_add_scale(tlearn_model *m, const char *name, int rank, const int *dims,
+                           int bias)
+{
+    static const char fn[] = "tlearn_model_add_scale";
+    TL_CHECK_MODEL(fn, m);
+    if (!dims)
+        return tl_fail(TLEARN_EINVAL, "%s: dims is NULL", fn);
+    if (rank < 1 || rank > TL_MAX_RANK)
+        return tl_fail(TLEARN_EINVAL, "%s: rank %d is not in 1..%d", fn, rank, TL_MAX_RANK);
+    int ia[TL_MAX_RANK + 2];
+    ia[0] = rank;
+    memcpy(ia + 1, dims, sizeof(int) * (size_t)rank);
+    ia[rank + 1] = bias;
+    return tl_model_add(m, fn, &tl_scale_ops, name, NULL, 0, ia, rank + 2, NULL, 0);
+}
+
+int tlearn_model_add_activation_ex(tlearn_model *m, const char *name, int activation,
+                                   const float *params, int nparams)
+{
+    static const char fn[] = "tlearn_model_add_activation_ex";
+    TL_CHECK_MODEL(fn, m);
+    if (nparams < 0 || nparams > 2 || (nparams > 0 && !params))
+        return tl_fail(TLEARN_EINVAL, "%s: %d parameters at %p: expected 0 to 2", fn, nparams,
+                       (const void *)params);
+    return tl_model_add(m, fn, &tl_activation_ops, name, NULL, 0, &activation, 1, params,
+                        nparams);
+}
+
+int tlearn_model_add_softmax(tlearn_model *m, const char *name, int axis)
+{
+    return tl_model_add(m, "tlearn_model_add_softmax", &tl_softmax_ops, name, NULL, 0, &axis, 1,
+                        NULL, 0);
 }
 
 /* ---- transformer layers ---- */

@@ -487,6 +487,58 @@ def test_residual_block_and_other_layers():
         assert m.workspace_bytes() > 0
 
 
+def test_data_movement_layers():
+    """concat, slice, reshape, transpose against numpy on the same arrays."""
+    with tlearn.Model(4, 3, 2) as m:
+        m.add_slice("lo", 0, 0, 1).set_next_input(None).add_slice("odd", -3, 1, None, 2)
+        m.add_concat("cat", ["lo", "input", "odd", "lo"], axis=0)      # (8, 3, 2)
+        m.add_reshape("g", [2, 4, 0, -1]).add_transpose("sh", [1, 0, 2, 3])
+        m.add_reshape("back", [8, 3, 2]).add_transpose("cl", (1, 2, 0))
+        assert m.layer_shape_nd(m.layer_index("g")) == (2, 4, 2, 3)  # 0: the input's dim 2
+        assert m.layer_shape_nd(m.layer_index("cl")) == (3, 2, 8)
+        assert [m.layer_kind(m.layer_index(n)) for n in ("lo", "cat", "g", "sh")] == [
+            "slice", "concat", "reshape", "transpose"]
+        x = np.random.default_rng(2).normal(size=(3, 4, 3, 2)).astype(np.float32)
+        cat = np.concatenate([x[:, :1], x, x[:, 1::2], x[:, :1]], axis=1)
+        shuffled = cat.reshape(3, 2, 4, 3, 2).transpose(0, 2, 1, 3, 4).reshape(3, 8, 3, 2)
+        want = shuffled.transpose(0, 2, 3, 1).reshape(3, -1)
+        np.testing.assert_array_equal(m.predict(x).reshape(3, -1), want)
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_concat("bad", ["cat", "nope"])
+        assert info.value.code == tlearn.ENOTFOUND
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_transpose("bad", [0, 0, 1])
+        assert info.value.code == tlearn.EINVAL
+def test_elementwise_layers():
+    """Squeeze-excitation with broadcasting, a layer scale, the 1.1 activations, softmax."""
+    with tlearn.Model(3, 4, 5) as m:
+        m.add_conv2d("c", 4, 3, 1, 1, 1).add_activation_ex("hsw", "hardswish")
+        m.add_global_avgpool("gap").add_activation_ex("gate", "hardsigmoid", (0.2, 0.5))
+        m.add_binary("se", "mul", "hsw", "gate")
+        assert m.layer_shape(m.layer_index("se")) == (4, 4, 5)
+        m.add_scale("ls", (4, 1, 1), bias=True).add_activation_ex("clip", "clip", (-1, 1))
+        m.add_softmax("sm", 0)
+        assert m.layer_kind(m.layer_index("se")) == "binary"
+        assert m.layer_kind(m.layer_index("ls")) == "scale"
+        assert m.get_tensor("ls.weight").shape == (4, 1, 1)
+        x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+        y = m.predict(x).reshape(2, 4, 4, 5)
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)
+        # a new scale is the identity: softmax over channels of the clipped gated map
+        z = np.clip(m.features("se", x), -1, 1)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(y, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_binary("bad", "add", "gap", "x")     # no layer or input named x
+        assert info.value.code == tlearn.ENOTFOUND
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_scale("bad", (3,))                   # the last axis is 5
+        assert info.value.code == tlearn.ESHAPE
+        with pytest.raises(ValueError):
+            m.add_binary("bad", "pow", None, "c")
+        assert len(m) == 8
+
+
 def test_online_ewc_and_bn_stats_policy():
     x, y = blobs()
     with small_mlp() as m:

@@ -40,8 +40,12 @@ _STATUS_NAMES = {0: "TLEARN_OK", -1: "TLEARN_EINVAL", -2: "TLEARN_ENOMEM",
                  -9: "TLEARN_ESTATE", -10: "TLEARN_EVERSION", -11: "TLEARN_ECANCELED"}
 
 LAYER_KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpool2d",
-               6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add"}
-ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6}
+               6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add",
+               11: "binary", 12: "scale", 13: "softmax", 14: "concat", 15: "slice",
+               16: "reshape", 17: "transpose"}
+ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6,
+               "hardsigmoid": 7, "hardswish": 8, "silu": 9, "clip": 10, "gelu_tanh": 11}
+BINARY_OPS = {"add": 1, "sub": 2, "mul": 3, "div": 4}
 LOSSES = {"softmax_ce": 1, "mse": 2}
 OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
 OPTIM_PARAMS = {"lr": 1, "momentum": 2, "dampening": 3, "nesterov": 4, "weight_decay": 5,
@@ -461,6 +465,41 @@ class Model(_Handle):
     def add_relu(self, name):
         return self.add_activation(name, "relu")
 
+    def add_activation_ex(self, name, activation, params=()):
+        """Activation with up to two parameters: "hardsigmoid" (alpha, beta) -- none for
+        torch's (1/6, 0.5), (0.2, 0.5) for ONNX's; "clip" (lo, hi); "leaky_relu" (slope,).
+        Also "hardswish", "silu", "gelu_tanh" (no parameters)."""
+        p = [float(v) for v in params]
+        arr = (ctypes.c_float * max(len(p), 1))(*p)
+        _check(_C.tlearn_model_add_activation_ex(self.handle, _enc(name, "name"),
+                                                 _enum(ACTIVATIONS, activation, "activation"),
+                                                 arr, len(p)))
+        return self
+
+    def add_binary(self, name, op, a, b):
+        """Elementwise ``a op b`` ("add", "sub", "mul", "div") of two layers or inputs by
+        name, with NumPy broadcasting of the example shapes (aligned on the right; a size
+        of 1 stretches): a (C, 1, 1) gate times a (C, H, W) map is squeeze-excitation.
+        ``a=None`` reads what the next layer would (the previous layer)."""
+        _check(_C.tlearn_model_add_binary(self.handle, _enc(name, "name"),
+                                          _enum(BINARY_OPS, op, "op"), _enc(a, "a"),
+                                          _enc(b, "b")))
+        return self
+
+    def add_scale(self, name, dims, bias=False):
+        """``x * weight (+ bias)`` with a learned weight of shape ``dims`` (starting at 1)
+        broadcast to the input: ``(C, 1, 1)`` per channel, ``(D,)`` over the last axis
+        (ConvNeXt's layer scale)."""
+        dims = list(dims)
+        _check(_C.tlearn_model_add_scale(self.handle, _enc(name, "name"), len(dims),
+                                         _dims(dims), int(bool(bias))))
+        return self
+
+    def add_softmax(self, name, axis=-1):
+        """Softmax over axis ``axis`` of each example (0 = first, -1 = last)."""
+        _check(_C.tlearn_model_add_softmax(self.handle, _enc(name, "name"), int(axis)))
+        return self
+
     def add_conv2d(self, name, filters, kernel, stride=1, pad=0, groups=1):
         _check(_C.tlearn_model_add_conv2d(self.handle, _enc(name, "name"), int(filters),
                                           int(kernel), int(stride), int(pad), int(groups)))
@@ -503,6 +542,42 @@ class Model(_Handle):
     def add_add(self, name, other):
         """Residual sum of the previous layer's output and layer @p other's."""
         _check(_C.tlearn_model_add_add(self.handle, _enc(name, "name"), _enc(other, "other")))
+        return self
+
+    # -- data movement (axes count over one example's dims; the batch is not an axis) ---
+    def add_concat(self, name, inputs, axis=0):
+        """Concatenate the outputs of ``inputs`` (2 to 256 names of layers or model inputs;
+        a name may repeat) along axis ``axis`` (0: the channels of (C, H, W); negative
+        counts from the end), as torch.cat. The other dims must match."""
+        names = [_enc(s, "inputs") for s in inputs]
+        arr = (ctypes.c_char_p * max(len(names), 1))(*names)
+        _check(_C.tlearn_model_add_concat(self.handle, _enc(name, "name"), arr, len(names),
+                                          int(axis)))
+        return self
+
+    def add_slice(self, name, axis, start=0, end=None, step=1):
+        """x[..., start:end:step, ...] on one axis, with Python's (ONNX Slice's) rules for
+        negative and out-of-range bounds; ``end=None`` runs to the end; step >= 1."""
+        clamp = lambda v: max(-2**31, min(2**31 - 1, int(v)))
+        end = 2**31 - 1 if end is None else end
+        _check(_C.tlearn_model_add_slice(self.handle, _enc(name, "name"), int(axis),
+                                         clamp(start), clamp(end), int(step)))
+        return self
+
+    def add_reshape(self, name, dims):
+        """Reshape each example to ``dims`` (1 to 4 sizes; 0 keeps the input's size at that
+        index, one -1 is inferred), as torch.reshape without the batch dim."""
+        d = [int(v) for v in dims]
+        _check(_C.tlearn_model_add_reshape(self.handle, _enc(name, "name"), len(d),
+                                           (ctypes.c_int * max(len(d), 1))(*d)))
+        return self
+
+    def add_transpose(self, name, perm):
+        """Permute each example's axes: output axis i is input axis ``perm[i]``, as
+        torch.permute without the batch dim; (1, 2, 0) makes (C, H, W) channels-last."""
+        p = [int(v) for v in perm]
+        _check(_C.tlearn_model_add_transpose(self.handle, _enc(name, "name"), len(p),
+                                             (ctypes.c_int * max(len(p), 1))(*p)))
         return self
 
     # -- introspection ------------------------------------------------------------------

@@ -30,6 +30,13 @@ pub const TLEARN_LAYER_GLOBAL_AVGPOOL: c_int = 7;
 pub const TLEARN_LAYER_BATCHNORM: c_int = 8;
 pub const TLEARN_LAYER_DROPOUT: c_int = 9;
 pub const TLEARN_LAYER_ADD: c_int = 10;
+pub const TLEARN_LAYER_CONCAT: c_int = 14;
+pub const TLEARN_LAYER_SLICE: c_int = 15;
+pub const TLEARN_LAYER_RESHAPE: c_int = 16;
+pub const TLEARN_LAYER_TRANSPOSE: c_int = 17;
+pub const TLEARN_LAYER_BINARY: c_int = 11;
+pub const TLEARN_LAYER_SCALE: c_int = 12;
+pub const TLEARN_LAYER_SOFTMAX: c_int = 13;
 pub const TLEARN_LAYER_EMBEDDING: c_int = 30;
 pub const TLEARN_LAYER_POSITION_EMBEDDING: c_int = 31;
 pub const TLEARN_LAYER_ATTENTION: c_int = 32;
@@ -45,6 +52,17 @@ pub const TLEARN_ACT_SIGMOID: c_int = 3;
 pub const TLEARN_ACT_GELU: c_int = 4;
 pub const TLEARN_ACT_RELU6: c_int = 5;
 pub const TLEARN_ACT_LEAKY_RELU: c_int = 6;
+pub const TLEARN_ACT_HARDSIGMOID: c_int = 7;
+pub const TLEARN_ACT_HARDSWISH: c_int = 8;
+pub const TLEARN_ACT_SILU: c_int = 9;
+pub const TLEARN_ACT_CLIP: c_int = 10;
+pub const TLEARN_ACT_GELU_TANH: c_int = 11;
+
+// enum tlearn_binary_op
+pub const TLEARN_BINARY_ADD: c_int = 1;
+pub const TLEARN_BINARY_SUB: c_int = 2;
+pub const TLEARN_BINARY_MUL: c_int = 3;
+pub const TLEARN_BINARY_DIV: c_int = 4;
 
 // enum tlearn_loss
 pub const TLEARN_LOSS_SOFTMAX_CE: c_int = 1;
@@ -157,6 +175,24 @@ extern "C" {
                             noutputs: c_int) -> c_int;
     pub fn tlearn_model_layer_shape_nd(m: *const tlearn_model, index: c_int, rank: *mut c_int,
                                        dims: *mut c_int, cap: c_int) -> c_int;
+    pub fn tlearn_model_add_concat(m: *mut tlearn_model, name: *const c_char,
+                                   inputs: *const *const c_char, ninputs: c_int, axis: c_int)
+        -> c_int;
+    pub fn tlearn_model_add_slice(m: *mut tlearn_model, name: *const c_char, axis: c_int,
+                                  start: c_int, end: c_int, step: c_int) -> c_int;
+    pub fn tlearn_model_add_reshape(m: *mut tlearn_model, name: *const c_char, rank: c_int,
+                                    dims: *const c_int) -> c_int;
+    pub fn tlearn_model_add_transpose(m: *mut tlearn_model, name: *const c_char, rank: c_int,
+                                      perm: *const c_int) -> c_int;
+    pub fn tlearn_model_add_binary(m: *mut tlearn_model, name: *const c_char, op: c_int,
+                                   a: *const c_char, b: *const c_char) -> c_int;
+    pub fn tlearn_model_add_scale(m: *mut tlearn_model, name: *const c_char, rank: c_int,
+                                  dims: *const c_int, bias: c_int) -> c_int;
+    pub fn tlearn_model_add_activation_ex(m: *mut tlearn_model, name: *const c_char,
+                                          activation: c_int, params: *const f32,
+                                          nparams: c_int) -> c_int;
+    pub fn tlearn_model_add_softmax(m: *mut tlearn_model, name: *const c_char, axis: c_int)
+        -> c_int;
     pub fn tlearn_model_add_embedding(m: *mut tlearn_model, name: *const c_char, vocab: c_int,
                                       dim: c_int, padding_idx: c_int) -> c_int;
     pub fn tlearn_model_add_position_embedding(m: *mut tlearn_model, name: *const c_char,

@@ -173,6 +173,25 @@ pub enum Activation {
     Relu6,
     /// Leaky ReLU with this negative slope (PyTorch's default is 0.01).
     LeakyRelu(f32),
+    /// max(0, min(1, alpha * x + beta)): torch's (1/6, 0.5), ONNX's (0.2, 0.5).
+    HardSigmoid(f32, f32),
+    /// x * relu6(x + 3) / 6.
+    HardSwish,
+    /// x * sigmoid(x).
+    Silu,
+    /// min(max(x, lo), hi) as torch.clamp; bounds may be infinite.
+    Clip(f32, f32),
+    /// GELU's tanh approximation (torch's approximate='tanh').
+    GeluTanh,
+}
+
+/// Operations of [`Model::add_binary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add = 1,
+    Sub = 2,
+    Mul = 3,
+    Div = 4,
 }
 
 /// Loss functions.
@@ -195,6 +214,13 @@ pub enum LayerKind {
     BatchNorm,
     Dropout,
     Add,
+    Binary,
+    Scale,
+    Softmax,
+    Concat,
+    Slice,
+    Reshape,
+    Transpose,
     /// A kind newer than these bindings.
     Other(i32),
 }
@@ -212,6 +238,13 @@ impl LayerKind {
             8 => LayerKind::BatchNorm,
             9 => LayerKind::Dropout,
             10 => LayerKind::Add,
+            11 => LayerKind::Binary,
+            12 => LayerKind::Scale,
+            13 => LayerKind::Softmax,
+            14 => LayerKind::Concat,
+            15 => LayerKind::Slice,
+            16 => LayerKind::Reshape,
+            17 => LayerKind::Transpose,
             other => LayerKind::Other(other),
         }
     }
@@ -689,8 +722,56 @@ impl Model {
             Activation::Gelu => (sys::TLEARN_ACT_GELU, 0.0),
             Activation::Relu6 => (sys::TLEARN_ACT_RELU6, 0.0),
             Activation::LeakyRelu(slope) => (sys::TLEARN_ACT_LEAKY_RELU, slope),
+            // the 1.1 activations take their parameters through add_activation_ex
+            Activation::HardSigmoid(alpha, beta) => {
+                return self.add_activation_ex(c, sys::TLEARN_ACT_HARDSIGMOID, &[alpha, beta]);
+            }
+            Activation::HardSwish => return self.add_activation_ex(c, sys::TLEARN_ACT_HARDSWISH, &[]),
+            Activation::Silu => return self.add_activation_ex(c, sys::TLEARN_ACT_SILU, &[]),
+            Activation::Clip(lo, hi) => {
+                return self.add_activation_ex(c, sys::TLEARN_ACT_CLIP, &[lo, hi]);
+            }
+            Activation::GeluTanh => return self.add_activation_ex(c, sys::TLEARN_ACT_GELU_TANH, &[]),
         };
         check(unsafe { sys::tlearn_model_add_activation(self.raw(), c.as_ptr(), kind, param) })?;
+        Ok(self)
+    }
+    fn add_activation_ex(&mut self, name: CString, kind: c_int, params: &[f32])
+                         -> Result<&mut Self> {
+        check(unsafe {
+            sys::tlearn_model_add_activation_ex(self.raw(), name.as_ptr(), kind,
+                                                params.as_ptr(), params.len() as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Elementwise `a op b` of two layers or model inputs by name, with NumPy broadcasting
+    /// of the example shapes (aligned on the right, a size of 1 stretches): a (C, 1, 1)
+    /// gate times a (C, H, W) map is squeeze-excitation. `a` None reads what the next
+    /// layer would (the previous layer).
+    pub fn add_binary(&mut self, name: &str, op: BinaryOp, a: Option<&str>, b: &str)
+                      -> Result<&mut Self> {
+        let (c, cb) = (cstring(name, "name")?, cstring(b, "b")?);
+        let ca = a.map(|a| cstring(a, "a")).transpose()?;
+        let pa = ca.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe {
+            sys::tlearn_model_add_binary(self.raw(), c.as_ptr(), op as c_int, pa, cb.as_ptr())
+        })?;
+        Ok(self)
+    }
+    /// `x * weight (+ bias)` with a learned weight of shape @p dims (starting at 1)
+    /// broadcast to the input: (C, 1, 1) per channel, (D) over the last axis.
+    pub fn add_scale(&mut self, name: &str, dims: &[i32], bias: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_scale(self.raw(), c.as_ptr(), dims.len() as c_int,
+                                        dims.as_ptr(), bias as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Softmax over axis @p axis of each example (0 = first, -1 = last).
+    pub fn add_softmax(&mut self, name: &str, axis: i32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_softmax(self.raw(), c.as_ptr(), axis) })?;
         Ok(self)
     }
     pub fn add_conv2d(&mut self, name: &str, filters: i32, kernel: i32, stride: i32, pad: i32,
@@ -749,6 +830,43 @@ impl Model {
     pub fn add_add(&mut self, name: &str, other: &str) -> Result<&mut Self> {
         let (c, o) = (cstring(name, "name")?, cstring(other, "other")?);
         check(unsafe { sys::tlearn_model_add_add(self.raw(), c.as_ptr(), o.as_ptr()) })?;
+        Ok(self)
+    }
+
+    // -- data movement (axes count over one example's dims; the batch is not an axis) ---
+    /// Concatenation of the outputs of @p inputs (2 to 256 names of layers or model
+    /// inputs; a name may repeat) along @p axis (0: channels of (C, H, W); negative counts
+    /// from the end), as torch.cat.
+    pub fn add_concat(&mut self, name: &str, inputs: &[&str], axis: i32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let owned = inputs.iter().map(|s| cstring(s, "inputs")).collect::<Result<Vec<_>>>()?;
+        let ptrs: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
+        let n = c_int::try_from(ptrs.len()).unwrap_or(c_int::MAX);
+        check(unsafe { sys::tlearn_model_add_concat(self.raw(), c.as_ptr(), ptrs.as_ptr(), n, axis) })?;
+        Ok(self)
+    }
+    /// x[..., start:end:step, ...] on one axis with ONNX Slice's (Python's) rules for
+    /// negative and out-of-range bounds (i32::MAX as @p end: to the end); step >= 1.
+    pub fn add_slice(&mut self, name: &str, axis: i32, start: i32, end: i32, step: i32)
+                     -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_slice(self.raw(), c.as_ptr(), axis, start, end, step) })?;
+        Ok(self)
+    }
+    /// Reshape each example to @p dims (1 to 4 sizes; 0 keeps the input's size at that
+    /// index, one -1 is inferred).
+    pub fn add_reshape(&mut self, name: &str, dims: &[i32]) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let rank = c_int::try_from(dims.len()).unwrap_or(c_int::MAX);
+        check(unsafe { sys::tlearn_model_add_reshape(self.raw(), c.as_ptr(), rank, dims.as_ptr()) })?;
+        Ok(self)
+    }
+    /// Permute each example's axes: output axis i is input axis perm[i] (torch.permute
+    /// without the batch dim).
+    pub fn add_transpose(&mut self, name: &str, perm: &[i32]) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let rank = c_int::try_from(perm.len()).unwrap_or(c_int::MAX);
+        check(unsafe { sys::tlearn_model_add_transpose(self.raw(), c.as_ptr(), rank, perm.as_ptr()) })?;
         Ok(self)
     }
 

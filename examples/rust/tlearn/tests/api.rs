@@ -2,7 +2,7 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use tlearn::{status, Activation, Fisher, FreezePolicy, LayerKind, Loss, Model, OptimKind,
+use tlearn::{status, Activation, BinaryOp, Fisher, FreezePolicy, LayerKind, Loss, Model, OptimKind,
              OptimParam, Optimizer, SaveOptions, Shape};
 
 fn tmpdir(name: &str) -> PathBuf {
@@ -70,6 +70,64 @@ fn build_and_inspect() {
     assert!(tensors.contains(&("conv1.weight".to_string(), vec![4, 1, 3, 3])));
     assert!(tensors.iter().any(|(n, _)| n == "bn1.running_var"));
     assert_eq!(m.predict(&vec![0.5; 2 * 64]).unwrap().len(), 6);
+}
+
+#[test]
+fn data_movement_layers() {
+    let mut m = Model::new(2, 2, 3).unwrap();
+    m.add_slice("s", 0, 1, i32::MAX, 1).unwrap()
+        .set_next_input(None).unwrap()
+        .add_concat("cat", &["s", "input", "s"], 0).unwrap()   // channels 1, 0, 1, 1
+        .add_transpose("t", &[1, 2, 0]).unwrap()               // (2, 3, 4): channels last
+        .add_reshape("r", &[-1]).unwrap();
+    assert_eq!(m.layer_kind(1).unwrap(), LayerKind::Concat);
+    assert_eq!(m.layer_kind(2).unwrap(), LayerKind::Transpose);
+    assert_eq!(m.layer_shape_nd(3).unwrap(), vec![24]);
+    let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+    let out = m.predict(&x).unwrap();
+    let src = [1, 0, 1, 1];
+    for p in 0..6 {
+        for c in 0..4 {
+            assert_eq!(out[p * 4 + c], x[src[c] * 6 + p]);
+        }
+    }
+    assert!(m.add_concat("bad", &["cat"], 0).is_err()); // one input
+    assert!(m.add_transpose("bad", &[0, 0]).is_err());
+    assert!(m.add_reshape("bad", &[5, -1]).is_err());
+    assert!(m.add_slice("bad", 0, 3, 1, 1).is_err());
+}
+
+#[test]
+fn elementwise_layers() {
+    // squeeze-excitation: a (4, 1, 1) gate times the (4, 3, 3) map, then a layer scale
+    // and a softmax over the channels
+    let mut m = Model::new(2, 3, 3).unwrap();
+    m.add_conv2d("c", 4, 3, 1, 1, 1).unwrap()
+        .add_activation("hsw", Activation::HardSwish).unwrap()
+        .add_global_avgpool("gap").unwrap()
+        .add_activation("gate", Activation::HardSigmoid(0.2, 0.5)).unwrap()
+        .add_binary("se", BinaryOp::Mul, Some("hsw"), "gate").unwrap()
+        .add_scale("ls", &[4, 1, 1], true).unwrap()
+        .add_activation("clip", Activation::Clip(-1.0, 1.0)).unwrap()
+        .add_activation("silu", Activation::Silu).unwrap()
+        .add_activation("gt", Activation::GeluTanh).unwrap()
+        .add_softmax("sm", 0).unwrap();
+    assert_eq!(m.layer_kind(4).unwrap(), LayerKind::Binary);
+    assert_eq!(m.layer_kind(5).unwrap(), LayerKind::Scale);
+    assert_eq!(m.layer_kind(9).unwrap(), LayerKind::Softmax);
+    assert_eq!(m.layer_shape_nd(4).unwrap(), [4, 3, 3]);
+    assert_eq!(m.get_tensor("ls.weight").unwrap(), [1.0; 4]);
+    let y = m.predict(&vec![0.3; 2 * 18]).unwrap();
+    for p in 0..9 {
+        let s: f32 = (0..4).map(|c| y[c * 9 + p]).sum();
+        assert!((s - 1.0).abs() < 1e-5);
+    }
+    let e = m.add_binary("bad", BinaryOp::Add, None, "nope").unwrap_err();
+    assert_eq!(e.code(), status::ENOTFOUND);
+    let e = m.add_scale("bad", &[2], false).unwrap_err(); // the last axis is 3
+    assert_eq!(e.code(), status::ESHAPE);
+    let e = m.add_activation("bad", Activation::Clip(1.0, -1.0)).unwrap_err();
+    assert_eq!(e.code(), status::EINVAL);
 }
 
 #[test]
