@@ -1257,6 +1257,37 @@ TLEARN_API int tlearn_model_compute_gradients_inputs(tlearn_model *m, const void
                                                      int ninputs, const int32_t *labels,
                                                      size_t n, float *loss, float *dx,
                                                      size_t dx_len);
+
+/**
+ * One training step with cross-entropy at every position (masked-token prediction): graph
+ * output 0 of shape (..., classes), e.g. (T, vocab) logits, is compared position by position
+ * with @p labels, as torch.nn.functional.cross_entropy(logits.reshape(-1, classes),
+ * labels.reshape(-1), ignore_index=ignore_index): the mean over the positions whose label is
+ * not @p ignore_index. The model's loss must be TLEARN_LOSS_SOFTMAX_CE (the default).
+ * @param inputs, ninputs  one array per model input, as tlearn_model_train_step_inputs().
+ * @param labels        n x positions labels (positions = output size / classes), each in
+ *                      0..classes-1 or equal to @p ignore_index; borrowed.
+ * @param ignore_index  the label of positions that count for nothing (-100 as in PyTorch).
+ * @param loss          receives the loss; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (as train_step_inputs; a label out of range; every label
+ *         ignored), TLEARN_ESTATE (the loss is MSE), TLEARN_ESHAPE (fewer than 2 classes),
+ *         TLEARN_ENONFINITE, TLEARN_ENOMEM. A failed step changes nothing.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_train_step_tokens(tlearn_model *m, tlearn_optim *o,
+                                              const void *const *inputs, int ninputs,
+                                              const int32_t *labels, int32_t ignore_index,
+                                              size_t n, float *loss);
+
+/**
+ * The gradients of tlearn_model_train_step_tokens()'s loss without an update (read them with
+ * tlearn_model_get_grad()). Arguments and return codes as that call.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_compute_gradients_tokens(tlearn_model *m, const void *const *inputs,
+                                                     int ninputs, const int32_t *labels,
+                                                     int32_t ignore_index, size_t n,
+                                                     float *loss);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

@@ -37,6 +37,7 @@ lib.tlearn_model_add_patch_embed.argtypes = [vp, cp, ci, ci, ci, ci]
 lib.tlearn_model_add_linear.argtypes = [vp, cp, ci, ci]
 lib.tlearn_model_add_activation.argtypes = [vp, cp, ci, ctypes.c_float]
 lib.tlearn_model_add_add.argtypes = [vp, cp, cp]
+lib.tlearn_model_compute_gradients_tokens.argtypes = [vp, vp, ci, vp, ctypes.c_int32, sz, vp]
 lib.tlearn_model_set_training.argtypes = [vp, ci]
 lib.tlearn_model_destroy.argtypes = [vp]
 
@@ -286,11 +287,49 @@ def test_toy_encoder(rng):
     check('toy encoder', tm, net, [ids, m], params, float_x=False, tol=(1e-4, 1e-6))
 
 
+def test_masked_token_loss(rng):
+    """A masked-language-model head: per-position cross-entropy with ignore_index -100."""
+    n, t, v, d, heads = 4, 6, 11, 8, 2
+    ids = rng.integers(1, v, (n, t)).astype(np.int32)
+    m = masks(n, t, rng)
+    ids[m == 0] = 0
+    labels = np.full((n, t), -100, np.int32)
+    pick = (rng.random((n, t)) < 0.4) & (m == 1)
+    pick[0, 0] = True
+    labels[pick] = rng.integers(0, v, pick.sum())
+    emb = nn.Embedding(v, d, padding_idx=0)
+    mha = nn.MultiheadAttention(d, heads, batch_first=True)
+    out = nn.Linear(d, v)
+    tm = TModel([('ids', INT32, [t]), ('mask', INT32, [t])])
+    tm.add('set_next_input', 'ids')
+    tm.add('add_embedding', 'emb', v, d, 0)
+    tm.add('add_attention', 'att', heads, 0, 'mask')
+    tm.add('add_linear', 'out', v, 1)
+    params = {'emb.weight': emb.weight, 'att.in_proj_weight': mha.in_proj_weight,
+              'att.in_proj_bias': mha.in_proj_bias, 'att.out_proj.weight': mha.out_proj.weight,
+              'att.out_proj.bias': mha.out_proj.bias, 'out.weight': out.weight,
+              'out.bias': out.bias}
+    for k, p in params.items():
+        tm.set(k, p)
+    h = emb(torch.tensor(ids).long())
+    h = mha(h, h, h, key_padding_mask=torch.tensor(m == 0), need_weights=False)[0]
+    loss = F.cross_entropy(out(h).reshape(-1, v), torch.tensor(labels).long().reshape(-1),
+                           ignore_index=-100)
+    loss.backward()
+    got = ctypes.c_float()
+    y = np.ascontiguousarray(labels)
+    ok(lib.tlearn_model_compute_gradients_tokens(tm.h, tm._inputs([ids, m]), 2, ptr(y), -100, n,
+                                                 ctypes.byref(got)), 'gradients_tokens')
+    close('token loss', [got.value], [loss.item()])
+    for name, p in params.items():
+        close('token loss d' + name, tm.grad(name, p.numel()), p.grad.numpy(), 1e-5, 1e-6)
+
+
 def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     for f in (test_embedding, test_positions, test_attention, test_token_pool,
-              test_patch_embed, test_toy_encoder):
+              test_patch_embed, test_toy_encoder, test_masked_token_loss):
         f(rng)
     if failures:
         print('%d mismatches' % len(failures))

@@ -528,6 +528,71 @@ static void test_checkpoints(void **state)
     tlearn_model_destroy(&m);
 }
 
+/* Per-position cross-entropy with an ignore index, computed here in double. */
+static void test_token_loss(void **state)
+{
+    (void)state;
+    enum { TT = 4, VV = 5, NN = 2 };
+    tlearn_model *m;
+    OK(tlearn_model_create_input(&m, "ids", TLEARN_DTYPE_INT32, 1, (const int[]){TT}));
+    OK(tlearn_model_add_embedding(m, "logits", VV, VV, -1)); /* rows are logits */
+    float w[VV * VV];
+    for (int i = 0; i < VV * VV; i++)
+        w[i] = 0.3f * (float)((i * 7) % 11) - 1.2f;
+    OK(tlearn_model_set_tensor(m, "logits.weight", w, VV * VV));
+    const int32_t ids[NN * TT] = {0, 1, 2, 3, 4, 4, 1, 0};
+    int32_t labels[NN * TT] = {2, -100, 0, 4, -100, 1, -100, 3};
+    const void *in[1] = {ids};
+    double want = 0.0, grad[VV * VV] = {0};
+    int counted = 0;
+    for (int i = 0; i < NN * TT; i++)
+        counted += labels[i] != -100;
+    for (int i = 0; i < NN * TT; i++) {
+        if (labels[i] == -100)
+            continue;
+        const float *z = w + ids[i] * VV;
+        double sum = 0.0;
+        for (int j = 0; j < VV; j++)
+            sum += exp((double)z[j]);
+        want += (log(sum) - z[labels[i]]) / counted;
+        for (int j = 0; j < VV; j++)
+            grad[ids[i] * VV + j] += (exp((double)z[j]) / sum - (j == labels[i])) / counted;
+    }
+    float loss, g[VV * VV];
+    OK(tlearn_model_compute_gradients_tokens(m, in, 1, labels, -100, NN, &loss));
+    assert_true(fabs(loss - want) < 1e-5);
+    OK(tlearn_model_get_grad(m, "logits.weight", g, VV * VV));
+    for (int i = 0; i < VV * VV; i++)
+        assert_true(fabs(g[i] - grad[i]) < 1e-6);
+    /* refused: a label out of range, every label ignored, an MSE model; nothing changes */
+    tlearn_optim *o;
+    OK(tlearn_optim_create(&o, TLEARN_SGD));
+    labels[3] = VV;
+    assert_int_equal(tlearn_model_train_step_tokens(m, o, in, 1, labels, -100, NN, &loss),
+                     TLEARN_EINVAL);
+    assert_non_null(strstr(tlearn_errmsg(), "position 3"));
+    int32_t none[NN * TT];
+    for (int i = 0; i < NN * TT; i++)
+        none[i] = -1;
+    assert_int_equal(tlearn_model_train_step_tokens(m, o, in, 1, none, -1, NN, &loss),
+                     TLEARN_EINVAL);
+    OK(tlearn_model_set_loss(m, TLEARN_LOSS_MSE));
+    labels[3] = 4;
+    assert_int_equal(tlearn_model_train_step_tokens(m, o, in, 1, labels, -100, NN, &loss),
+                     TLEARN_ESTATE);
+    float w2[VV * VV];
+    OK(tlearn_model_get_tensor(m, "logits.weight", w2, VV * VV));
+    assert_memory_equal(w, w2, sizeof w);
+    /* an SGD step moves the weights by -lr * gradient */
+    OK(tlearn_model_set_loss(m, TLEARN_LOSS_SOFTMAX_CE));
+    OK(tlearn_model_train_step_tokens(m, o, in, 1, labels, -100, NN, &loss));
+    OK(tlearn_model_get_tensor(m, "logits.weight", w2, VV * VV));
+    for (int i = 0; i < VV * VV; i++)
+        assert_true(fabs(w2[i] - (w[i] - 0.01 * grad[i])) < 1e-6);
+    tlearn_optim_destroy(&o);
+    tlearn_model_destroy(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -539,6 +604,7 @@ int main(void)
         cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_model_calls),
         cmocka_unit_test(test_checkpoints),
+        cmocka_unit_test(test_token_loss),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -894,6 +894,38 @@ class Model(_Handle):
                                                  _iptr(labels), n, ctypes.byref(loss)))
         return loss.value
 
+    def _token_labels(self, labels, n):
+        out = self.layer_shape_nd(self.layer_index(self.outputs[0]))
+        positions = int(np.prod(out[:-1])) if len(out) > 1 else 1
+        labels = np.asarray(labels)
+        if labels.dtype == np.int64:
+            labels = labels.astype(np.int32)
+        if labels.dtype != np.int32 or labels.size != n * positions:
+            raise ValueError("labels must be int32 with n x %d values" % positions)
+        return np.ascontiguousarray(labels)
+
+    def train_step_tokens(self, optimizer, inputs, labels, ignore_index=-100):
+        """One step of cross-entropy at every position of output 0 (..., classes), e.g.
+        masked-token prediction: ``labels`` (n, positions), ``ignore_index`` where no token is
+        predicted. Returns the mean loss over the counted positions."""
+        n, ins, keep = self._feed(list(inputs))
+        labels = self._token_labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_tokens(self.handle, optimizer.handle, ins, len(keep),
+                                                 _iptr(labels), int(ignore_index), n,
+                                                 ctypes.byref(loss)))
+        return loss.value
+
+    def compute_gradients_tokens(self, inputs, labels, ignore_index=-100):
+        """The gradients of train_step_tokens()'s loss without an update; returns the loss."""
+        n, ins, keep = self._feed(list(inputs))
+        labels = self._token_labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_compute_gradients_tokens(self.handle, ins, len(keep),
+                                                        _iptr(labels), int(ignore_index), n,
+                                                        ctypes.byref(loss)))
+        return loss.value
+
     def compute_gradients_inputs(self, inputs, labels, input_grad=False):
         """compute_gradients() for a model of several inputs. Returns the loss, or (loss,
         dL/d first input) with ``input_grad=True`` (the first input must be float32)."""

@@ -133,6 +133,10 @@ _SIGNATURES = {
                                                c_size_t, P(c_float)]),
     "tlearn_model_compute_gradients_inputs": (c_int, [_M, P(c_void_p), c_int, i32p, c_size_t,
                                                       P(c_float), f32p, c_size_t]),
+    "tlearn_model_train_step_tokens": (c_int, [_M, c_void_p, P(c_void_p), c_int, i32p,
+                                               ctypes.c_int32, c_size_t, P(c_float)]),
+    "tlearn_model_compute_gradients_tokens": (c_int, [_M, P(c_void_p), c_int, i32p,
+                                                      ctypes.c_int32, c_size_t, P(c_float)]),
     # introspection
     "tlearn_model_layer_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_layer_index": (c_int, [_M, c_char_p, P(c_int)]),

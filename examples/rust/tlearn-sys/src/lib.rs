@@ -211,6 +211,14 @@ extern "C" {
                                                  inputs: *const *const c_void, ninputs: c_int,
                                                  labels: *const i32, n: usize, loss: *mut f32,
                                                  dx: *mut f32, dx_len: usize) -> c_int;
+    pub fn tlearn_model_train_step_tokens(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                          inputs: *const *const c_void, ninputs: c_int,
+                                          labels: *const i32, ignore_index: i32, n: usize,
+                                          loss: *mut f32) -> c_int;
+    pub fn tlearn_model_compute_gradients_tokens(m: *mut tlearn_model,
+                                                 inputs: *const *const c_void, ninputs: c_int,
+                                                 labels: *const i32, ignore_index: i32, n: usize,
+                                                 loss: *mut f32) -> c_int;
     pub fn tlearn_model_add_activation(m: *mut tlearn_model, name: *const c_char,
                                        activation: c_int, param: f32) -> c_int;
     pub fn tlearn_model_add_conv2d(m: *mut tlearn_model, name: *const c_char, filters: c_int,

@@ -1070,6 +1070,43 @@ impl Model {
         })?;
         Ok(loss)
     }
+    /// n x (positions of output 0) labels for per-position cross-entropy?
+    fn check_token_labels(&self, labels: &[i32], n: usize) -> Result<()> {
+        let out: Vec<usize> = self.layer_shape_nd(*self.outputs()?.first().unwrap_or(&0))?;
+        let positions: usize = out[..out.len().saturating_sub(1)].iter().product();
+        if labels.len() != n * positions {
+            return Err(Error::invalid(format!("labels has {} values; expected {}", labels.len(),
+                                              n * positions)));
+        }
+        Ok(())
+    }
+    /// One step of cross-entropy at every position of output 0 (..., classes): @p labels
+    /// holds n x positions labels, @p ignore_index marks positions that count for nothing.
+    pub fn train_step_tokens(&mut self, opt: &mut Optimizer, inputs: &[Input], labels: &[i32],
+                             ignore_index: i32, n: usize) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        self.check_token_labels(labels, n)?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_tokens(self.raw(), opt.as_ptr(), ptrs.as_ptr(),
+                                                ptrs.len() as c_int, labels.as_ptr(),
+                                                ignore_index, n, &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// The gradients of [`Model::train_step_tokens`]'s loss without an update; the loss.
+    pub fn compute_gradients_tokens(&mut self, inputs: &[Input], labels: &[i32],
+                                    ignore_index: i32, n: usize) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        self.check_token_labels(labels, n)?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_compute_gradients_tokens(self.raw(), ptrs.as_ptr(),
+                                                       ptrs.len() as c_int, labels.as_ptr(),
+                                                       ignore_index, n, &mut loss)
+        })?;
+        Ok(loss)
+    }
     /// Gradients without an update on a model of several inputs; returns the loss, and
     /// dL/d(first input) when @p input_grad (the first input must be float32).
     pub fn compute_gradients_inputs(&mut self, inputs: &[Input], labels: &[i32],
