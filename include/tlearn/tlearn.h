@@ -109,6 +109,11 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_SLICE = 15,     /**< tlearn_model_add_slice() @since 1.1 */
     TLEARN_LAYER_RESHAPE = 16,   /**< tlearn_model_add_reshape() @since 1.1 */
     TLEARN_LAYER_TRANSPOSE = 17, /**< tlearn_model_add_transpose() @since 1.1 */
+    TLEARN_LAYER_LAYERNORM = 18,        /**< @since 1.1 */
+    TLEARN_LAYER_ADAPTIVE_AVGPOOL = 19, /**< @since 1.1 */
+    TLEARN_LAYER_PAD = 20,              /**< @since 1.1 */
+    TLEARN_LAYER_MATMUL = 21,           /**< @since 1.1 */
+    TLEARN_LAYER_DROP_PATH = 22,        /**< @since 1.1 */
     /* 1.1: 11-29 general graph ops, 30-39 transformer layers, 40-49 adapters, 50-59
      * domain adaptation; each value is added here when its kind lands. */
     TLEARN_LAYER_EMBEDDING = 30,          /**< token ids -> vectors @since 1.1 */
@@ -864,15 +869,18 @@ TLEARN_API int tlearn_model_export_safetensors(const tlearn_model *m, const char
  * Build a model from an ONNX file (architecture and weights). Layer names follow the
  * graph ("0.weight" -> layer "0"; weightless nodes take PyTorch's module scope,
  * "/layer1/layer1.0/relu/Relu" -> "layer1.0.relu").
- * Opsets 11 to 17; one graph input (N, C, H, W) or (N, F) with only N dynamic; operators
+ * Opsets 11 to 17; one graph input of rank 2 to 5 (float, or int64/int32 token ids) with
+ * only the batch dynamic (doc/onnx.md lists operators and limits); operators
  * Conv, Gemm, MatMul(+Add), Add (residual), Relu, Clip(0, 6), LeakyRelu, Sigmoid, Tanh,
  * MaxPool, AveragePool (with a zero Pad folded in), GlobalAveragePool,
  * BatchNormalization, Flatten, Reshape (flattening), Identity, Dropout (identity),
  * Constant and the Shape arithmetic before a Reshape. A final Softmax is dropped: the
  * model outputs logits. The model starts in training mode like tlearn_model_create().
+ * The file is mapped, not read into memory; the peak is about the model's size.
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT, TLEARN_EUNSUPPORTED (an
  *         operator, attribute or feature not handled, or a build without ONNX support; the
- *         message names node and operator), TLEARN_ENOMEM. *out is NULL on failure.
+ *         message lists every node that cannot be imported), TLEARN_ENOMEM. *out is NULL
+ *         on failure.
  * @since 1.0
  */
 TLEARN_API int tlearn_model_import_onnx(tlearn_model **out, const char *path);
@@ -1288,6 +1296,131 @@ TLEARN_API int tlearn_model_compute_gradients_tokens(tlearn_model *m, const void
                                                      int ninputs, const int32_t *labels,
                                                      int32_t ignore_index, size_t n,
                                                      float *loss);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Normalisation, pooling, padding, matmul, stochastic depth (1.1) */
+/** @{ */
+
+/**
+ * Append layer normalisation over the last @p naxes axes of each example, as
+ * torch.nn.LayerNorm(normalized_shape) with normalized_shape those axes: every group of
+ * them is normalised by its own mean and biased variance, y = (x - mean) / sqrt(var + eps)
+ * * weight + bias. For the channels of a (C, H, W) map see
+ * tlearn_model_add_layernorm_channels().
+ * @param naxes   1..rank of the input.
+ * @param eps     > 0 and finite (PyTorch default 1e-5).
+ * @param affine  1: learned `weight` (initialised to 1) and `bias` (0) of the normalised
+ *                shape, as elementwise_affine=True; 0: none.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad name or numbers, naxes < 1), TLEARN_ESHAPE (naxes
+ *         larger than the input's rank), TLEARN_ENOMEM. Nothing changes on failure.
+ * @note The layer's kind is TLEARN_LAYER_LAYERNORM; thread-safety as every add call (one
+ *       thread per model).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_layernorm(tlearn_model *m, const char *name, int naxes,
+                                          float eps, int affine);
+
+/**
+ * Append layer normalisation over the channel axis: for an input (C, ...) each position is
+ * normalised over its C values, as ConvNeXt's LayerNorm2d (torch.nn.LayerNorm(C) applied to
+ * the channels-last permutation, "channels_first"). `weight` and `bias` have shape (C).
+ * Same kind as tlearn_model_add_layernorm() (argument naxes 0 in checkpoints).
+ * @param eps > 0 and finite.  @param affine 1: weight and bias; 0: none.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_layernorm_channels(tlearn_model *m, const char *name, float eps,
+                                                   int affine);
+
+/**
+ * Append 2-D max pooling with ONNX MaxPool's geometry: kernel @p kh x @p kw, stride
+ * @p sh x @p sw (0: the kernel size), padding @p pt (top), @p pl (left), @p pb (bottom),
+ * @p pr (right), dilation @p dh x @p dw, and @p ceil_mode. Padding never wins (it acts as
+ * -inf). In ceil mode the output size rounds up, as torch.nn.MaxPool2d(ceil_mode=True),
+ * but a last window that would start in the bottom/right padding is dropped.
+ * @param pt, pl, pb, pr  >= 0, each at most half the dilated kernel extent.
+ * @param dh, dw          dilation >= 1.  @param ceil_mode 0 or 1.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad numbers or name), TLEARN_ESHAPE (padding over half
+ *         the kernel, empty output), TLEARN_ENOMEM. Nothing changes on failure.
+ * @note With symmetric padding, no dilation and floor mode the layer equals
+ *       tlearn_model_add_maxpool2d() and is saved in round 1's form.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_maxpool2d_ex(tlearn_model *m, const char *name, int kh, int kw,
+                                             int sh, int sw, int pt, int pl, int pb, int pr,
+                                             int dh, int dw, int ceil_mode);
+
+/**
+ * Append 2-D average pooling with ONNX AveragePool's geometry (arguments as
+ * tlearn_model_add_maxpool2d_ex(), without dilation). With @p count_include_pad the divisor
+ * counts the padded positions inside the padded input, never those a ceil-mode window
+ * reaches beyond it (as PyTorch); without it only real input positions.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_avgpool2d_ex(tlearn_model *m, const char *name, int kh, int kw,
+                                             int sh, int sw, int pt, int pl, int pb, int pr,
+                                             int ceil_mode, int count_include_pad);
+
+/**
+ * Append adaptive average pooling of a (C, H, W) input to (C, @p oh, @p ow), as
+ * torch.nn.AdaptiveAvgPool2d((oh, ow)): output row i averages input rows
+ * floor(i*H/oh) .. ceil((i+1)*H/oh)-1, columns likewise (bins overlap when the sizes do not
+ * divide; oh > H repeats rows).
+ * @param oh, ow  1..65536.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_adaptive_avgpool(tlearn_model *m, const char *name, int oh,
+                                                 int ow);
+
+/** Padding modes for tlearn_model_add_pad(). Values are fixed. @since 1.1 */
+enum tlearn_pad_mode {
+    TLEARN_PAD_CONSTANT = 1, /**< the new positions hold the value */
+    TLEARN_PAD_REFLECT = 2,  /**< mirror without repeating the edge (torch "reflect") */
+    TLEARN_PAD_EDGE = 3      /**< repeat the edge (torch "replicate", ONNX "edge") */
+};
+
+/**
+ * Append padding of the last two axes (H and W of a (C, H, W) image) by @p top, @p left,
+ * @p bottom, @p right positions, as torch.nn.functional.pad(x, (left, right, top, bottom),
+ * mode) and ONNX Pad over the spatial axes.
+ * @param mode   enum tlearn_pad_mode.  @param value the constant (TLEARN_PAD_CONSTANT only).
+ * @return TLEARN_OK, TLEARN_EINVAL (negative or over 65536 padding, bad mode or name),
+ *         TLEARN_ESHAPE (input of rank 1, reflect padding not smaller than the axis, output
+ *         over 2^31 elements), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_pad(tlearn_model *m, const char *name, int top, int left,
+                                    int bottom, int right, int mode, float value);
+
+/**
+ * Append the product of two activations, as torch.matmul: per example @p a of shape
+ * (..., M, K) times @p b of shape (..., K, N) gives (..., M, N), one matrix product per
+ * leading index (the leading axes of a and b must be equal; ranks 2 to 4). With
+ * @p transpose_b, b is (..., N, K) and the product is a b^T (attention scores q k^T).
+ * @param a, b  names of layers or model inputs (the same name twice multiplies x by
+ *              itself); copied.
+ * @param transpose_b 0 or 1.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND (no such layer or input),
+ *         TLEARN_ESHAPE (the shapes do not multiply; the message gives both), TLEARN_ENOMEM.
+ *         Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_matmul(tlearn_model *m, const char *name, const char *a,
+                                       const char *b, int transpose_b);
+
+/**
+ * Append stochastic depth, as torchvision.ops.StochasticDepth(p, mode="row"): in training
+ * mode each example's whole input is zeroed with probability @p p and the others are
+ * scaled by 1/(1-p) (draws from the model's seed, tlearn_model_set_seed()); evaluation
+ * mode is the identity. Put it on a residual branch before the sum.
+ * @param p in [0, 1).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_drop_path(tlearn_model *m, const char *name, float p);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

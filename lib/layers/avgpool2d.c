@@ -1,7 +1,8 @@
-/* 2-D average pooling with PyTorch's semantics (torch.nn.AvgPool2d, floor mode, no
- * divisor override). The window of output (oh, ow) starts at oh*s - pad; with
- * count_include_pad the divisor counts the padded positions inside the padded input (but
- * not beyond it), without it only the real input positions. Nothing is saved: backward
+/* 2-D average pooling with PyTorch's semantics (torch.nn.AvgPool2d, no divisor override),
+ * with ONNX AveragePool's asymmetric padding and ceil_mode (tl_pool_geom, layer.h). The
+ * window of output (oh, ow) starts at oh*s - pad_top; with count_include_pad the divisor
+ * counts the padded positions inside the padded input (but not beyond it, where a ceil-mode
+ * window may reach), without it only the real input positions. Nothing is saved: backward
  * spreads each output gradient evenly over its window. */
 #include <stdio.h>
 #include <string.h>
@@ -9,20 +10,25 @@
 #include "layer.h"
 
 typedef struct avgpool_cfg {
-    int kh, kw, sh, sw, ph, pw, count_include_pad;
+    tl_pool_geom g; /* dilation 1 */
+    int count_include_pad;
 } avgpool_cfg;
 
 static int avgpool_configure(tl_layer *L, const int *ia, int ni, const float *fa, int nf)
 {
     (void)fa;
-    if (ni != 7 || nf != 0)
-        return tl_fail(TLEARN_EINVAL, "avgpool2d '%s': expected 7 arguments", L->name);
-    avgpool_cfg c = {ia[0], ia[1], ia[2], ia[3], ia[4], ia[5], ia[6]};
-    if (c.kh < 1 || c.kw < 1 || c.sh < 1 || c.sw < 1 || c.ph < 0 || c.pw < 0 ||
-        c.kh > 65536 || c.kw > 65536 || c.ph > 65536 || c.pw > 65536)
-        return tl_fail(TLEARN_EINVAL,
-                       "avgpool2d '%s': kernel %dx%d and stride %dx%d must be >= 1, padding "
-                       "%dx%d >= 0", L->name, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw);
+    /* kh kw sh sw pt pl count_include_pad [pb pr ceil_mode]: round 1's 7 pad symmetrically */
+    if ((ni != 7 && ni != 10) || nf != 0)
+        return tl_fail(TLEARN_EINVAL, "avgpool2d '%s': expected 7 or 10 arguments", L->name);
+    avgpool_cfg c = {{ia[0], ia[1], ia[2], ia[3], ia[4], ia[5], ia[4], ia[5], 1, 1, 0}, ia[6]};
+    if (ni == 10) {
+        c.g.pb = ia[7];
+        c.g.pr = ia[8];
+        c.g.ceil_mode = ia[9];
+    }
+    int rc = tl_pool_check(L, "avgpool2d", &c.g);
+    if (rc)
+        return rc;
     if (c.count_include_pad != 0 && c.count_include_pad != 1)
         return tl_fail(TLEARN_EINVAL, "avgpool2d '%s': count_include_pad is %d, must be 0 or 1",
                        L->name, c.count_include_pad);
@@ -33,9 +39,11 @@ static void avgpool_arguments(const tl_layer *L, int *ia, int *ni, float *fa, in
 {
     (void)fa;
     const avgpool_cfg *c = L->cfg;
-    int v[7] = {c->kh, c->kw, c->sh, c->sw, c->ph, c->pw, c->count_include_pad};
+    const tl_pool_geom *g = &c->g;
+    int v[10] = {g->kh, g->kw, g->sh, g->sw, g->pt, g->pl, c->count_include_pad, g->pb, g->pr,
+                 g->ceil_mode};
     memcpy(ia, v, sizeof v);
-    *ni = 7;
+    *ni = tl_pool_plain(g) ? 7 : 10; /* round 1's form when it says everything */
     *nf = 0;
 }
 
@@ -43,31 +51,21 @@ static int avgpool_setup(tl_layer *L, tl_rng *rng)
 {
     (void)rng;
     const avgpool_cfg *c = L->cfg;
-    tl_shape in = L->in[0];
-    if (c->ph > c->kh / 2 || c->pw > c->kw / 2)
-        return tl_fail(TLEARN_ESHAPE, "avgpool2d '%s': padding %dx%d exceeds half the kernel %dx%d",
-                       L->name, c->ph, c->pw, c->kh, c->kw);
-    long h = (long)in.h + 2L * c->ph - c->kh, w = (long)in.w + 2L * c->pw - c->kw;
-    if (h < 0 || w < 0)
-        return tl_fail(TLEARN_ESHAPE,
-                       "avgpool2d '%s': kernel %dx%d is larger than the padded input %ldx%ld "
-                       "(empty output)", L->name, c->kh, c->kw, (long)in.h + 2L * c->ph,
-                       (long)in.w + 2L * c->pw);
-    L->out = tl_shape3(in.c, (int)(h / c->sh + 1), (int)(w / c->sw + 1));
-    return TLEARN_OK;
+    return tl_pool_setup(L, "avgpool2d", &c->g);
 }
 
 /* The real-input window [*h0,*h1) x [*w0,*w1) of output (oh, ow) and its divisor. */
 static float window(const avgpool_cfg *c, tl_shape is, int oh, int ow, int *h0, int *h1, int *w0,
                     int *w1)
 {
-    int a0 = oh * c->sh - c->ph, a1 = a0 + c->kh, b0 = ow * c->sw - c->pw, b1 = b0 + c->kw;
+    const tl_pool_geom *g = &c->g;
+    int a0 = oh * g->sh - g->pt, a1 = a0 + g->kh, b0 = ow * g->sw - g->pl, b1 = b0 + g->kw;
     /* PyTorch clips the padded window to the padded input first: that size is the divisor
      * with count_include_pad */
-    if (a1 > is.h + c->ph)
-        a1 = is.h + c->ph;
-    if (b1 > is.w + c->pw)
-        b1 = is.w + c->pw;
+    if (a1 > is.h + g->pb)
+        a1 = is.h + g->pb;
+    if (b1 > is.w + g->pr)
+        b1 = is.w + g->pr;
     int padded = (a1 - a0) * (b1 - b0);
     *h0 = a0 < 0 ? 0 : a0;
     *w0 = b0 < 0 ? 0 : b0;

@@ -122,3 +122,60 @@ void tl_copy_blocks(float *dst, size_t dr, size_t dj, const float *src, size_t s
                 memcpy(d, s, sizeof(float) * len);
         }
 }
+
+int tl_pool_check(const tl_layer *L, const char *kind, const tl_pool_geom *g)
+{
+    const int v[] = {g->kh, g->kw, g->sh, g->sw, g->dh, g->dw};
+    const int pad[] = {g->pt, g->pl, g->pb, g->pr};
+    for (int i = 0; i < 6; i++)
+        if (v[i] < 1 || v[i] > 65536)
+            return tl_fail(TLEARN_EINVAL,
+                           "%s '%s': kernel %dx%d, stride %dx%d and dilation %dx%d must be in "
+                           "1..65536", kind, L->name, g->kh, g->kw, g->sh, g->sw, g->dh, g->dw);
+    for (int i = 0; i < 4; i++)
+        if (pad[i] < 0 || pad[i] > 65536)
+            return tl_fail(TLEARN_EINVAL,
+                           "%s '%s': padding (top %d, left %d, bottom %d, right %d) must be in "
+                           "0..65536", kind, L->name, g->pt, g->pl, g->pb, g->pr);
+    if (g->ceil_mode != 0 && g->ceil_mode != 1)
+        return tl_fail(TLEARN_EINVAL, "%s '%s': ceil_mode is %d, must be 0 or 1", kind, L->name,
+                       g->ceil_mode);
+    return TLEARN_OK;
+}
+
+/* Output length along one axis, or -1 when the padded input is shorter than the window. */
+static long pool_extent(int in, int k, int s, int p0, int p1, int ceil_mode)
+{
+    long span = (long)in + p0 + p1 - k;
+    if (span < 0)
+        return -1;
+    long out = (span + (ceil_mode ? s - 1 : 0)) / s + 1;
+    /* PyTorch: the last window must start inside the input or its leading padding */
+    if (ceil_mode && (out - 1) * s >= (long)in + p0)
+        out--;
+    return out;
+}
+
+int tl_pool_setup(tl_layer *L, const char *kind, const tl_pool_geom *g)
+{
+    tl_shape in = L->in[0];
+    if (in.rank > 3) {
+        char b[TL_SHAPE_STR];
+        return tl_fail(TLEARN_ESHAPE, "%s '%s': pools a (C, H, W) map, not %s", kind, L->name,
+                       tl_shape_str(in, b));
+    }
+    long kh = (long)g->dh * (g->kh - 1) + 1, kw = (long)g->dw * (g->kw - 1) + 1;
+    if (2 * g->pt > kh || 2 * g->pb > kh || 2 * g->pl > kw || 2 * g->pr > kw)
+        return tl_fail(TLEARN_ESHAPE,
+                       "%s '%s': padding (top %d, left %d, bottom %d, right %d) exceeds half the "
+                       "kernel extent %ldx%ld", kind, L->name, g->pt, g->pl, g->pb, g->pr, kh, kw);
+    long oh = kh > INT32_MAX ? -1 : pool_extent(in.h, (int)kh, g->sh, g->pt, g->pb, g->ceil_mode);
+    long ow = kw > INT32_MAX ? -1 : pool_extent(in.w, (int)kw, g->sw, g->pl, g->pr, g->ceil_mode);
+    if (oh < 1 || ow < 1)
+        return tl_fail(TLEARN_ESHAPE,
+                       "%s '%s': kernel extent %ldx%ld is larger than the padded input %ldx%ld "
+                       "(empty output)", kind, L->name, kh, kw, (long)in.h + g->pt + g->pb,
+                       (long)in.w + g->pl + g->pr);
+    L->out = tl_shape3(in.c, (int)oh, (int)ow);
+    return TLEARN_OK;
+}

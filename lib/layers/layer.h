@@ -250,6 +250,26 @@ int tl_validate_mask(const tl_layer *L, const void *x, size_t n, size_t len);
  * dst[r*dr + j*dj + i] = src[r*sr + j*sj + i], or += with @p accum. */
 void tl_copy_blocks(float *dst, size_t dr, size_t dj, const float *src, size_t sr, size_t sj,
                     size_t rows, size_t count, size_t len, int accum);
+/* Pooling geometry shared by max and average pooling: kernel kh x kw, stride, padding top,
+ * left, bottom, right, dilation (1 for average pooling) and ceil_mode, as ONNX's MaxPool /
+ * AveragePool and PyTorch (which pads symmetrically). */
+typedef struct tl_pool_geom {
+    int kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, ceil_mode;
+} tl_pool_geom;
+
+/* For configure(): every field in range (EINVAL with a message naming @p kind and L). */
+int tl_pool_check(const tl_layer *L, const char *kind, const tl_pool_geom *g);
+/* For setup(): L->out = (C, oh, ow) from L->in[0] with PyTorch's rule
+ * out = (in + p0 + p1 - extent [+ stride - 1 in ceil mode]) / stride + 1, where in ceil
+ * mode a last window that would start in the bottom/right padding is dropped. Each padding
+ * is at most half the dilated kernel, so every window meets the input (ESHAPE otherwise,
+ * and for an empty output). */
+int tl_pool_setup(tl_layer *L, const char *kind, const tl_pool_geom *g);
+/* Round 1's geometry: symmetric padding, no dilation, floor mode (its 6-argument form). */
+static inline int tl_pool_plain(const tl_pool_geom *g)
+{
+    return g->pb == g->pt && g->pr == g->pl && g->dh == 1 && g->dw == 1 && !g->ceil_mode;
+}
 
 #define TL_MAX_IARGS 12
 #define TL_MAX_FARGS 4
@@ -265,8 +285,11 @@ extern const tl_layer_ops tl_flatten_ops;    /* no arguments */
 /* ia: activation; fa: parameter (round 1), or alpha beta (hard-sigmoid), or min max (clip) */
 extern const tl_layer_ops tl_activation_ops;
 extern const tl_layer_ops tl_conv2d_ops;     /* ia: filters kh kw sh sw ph pw dh dw groups bias */
-extern const tl_layer_ops tl_maxpool2d_ops;  /* ia: kh kw sh sw ph pw */
-extern const tl_layer_ops tl_avgpool2d_ops;  /* ia: kh kw sh sw ph pw count_include_pad */
+/* maxpool2d ia: kh kw sh sw pt pl [pb pr dh dw ceil_mode]; round 1's 6 pad symmetrically
+ * (pb = pt, pr = pl), and arguments() writes that form when the rest are at defaults. */
+extern const tl_layer_ops tl_maxpool2d_ops;
+/* avgpool2d ia: kh kw sh sw pt pl count_include_pad [pb pr ceil_mode]; 7 as round 1. */
+extern const tl_layer_ops tl_avgpool2d_ops;
 extern const tl_layer_ops tl_global_avgpool_ops; /* no arguments */
 extern const tl_layer_ops tl_batchnorm_ops;  /* fa: eps momentum */
 extern const tl_layer_ops tl_dropout_ops;    /* fa: p */
@@ -288,6 +311,17 @@ extern const tl_layer_ops tl_binary_ops;
  * broadcast to the input (NumPy, right-aligned), weight starts at 1, bias at 0 */
 extern const tl_layer_ops tl_scale_ops;
 extern const tl_layer_ops tl_softmax_ops;    /* ia: axis over the example, -1 = last */
+/* layernorm ia: naxes affine; fa: eps. naxes 1..rank normalises over the last naxes axes
+ * (torch.nn.LayerNorm, weight/bias of their shape); 0 over the channel axis d[0] at every
+ * position (ConvNeXt's LayerNorm2d, weight/bias (C)). */
+extern const tl_layer_ops tl_layernorm_ops;
+extern const tl_layer_ops tl_adaptive_avgpool_ops; /* ia: oh ow */
+/* pad ia: top left bottom right mode (enum tlearn_pad_mode: 1 constant, 2 reflect, 3 edge);
+ * fa: value. Pads the last two axes. */
+extern const tl_layer_ops tl_pad_ops;
+/* matmul ia: transpose_b; two inputs a (.., M, K), b (.., K, N) or (.., N, K) transposed */
+extern const tl_layer_ops tl_matmul_ops;
+extern const tl_layer_ops tl_drop_path_ops;  /* fa: p */
 extern const tl_layer_ops tl_embedding_ops;  /* ia: vocab dim padding_idx (-1 none) */
 extern const tl_layer_ops tl_position_embedding_ops; /* ia: max_len sinusoidal */
 extern const tl_layer_ops tl_attention_ops;  /* ia: heads causal; inputs: x (T, D) [, mask] */

@@ -1,8 +1,9 @@
-/* 2-D max pooling with PyTorch's semantics (torch.nn.MaxPool2d, floor mode, no dilation):
- * implicit padding never wins (it acts as -inf), ties go to the first maximum in row-major
- * window order, NaN propagates. In training with a backward pass the flat index of each
- * maximum within its input plane is saved (as int32 in the saved floats) and backward routes
- * the gradient there. */
+/* 2-D max pooling with PyTorch's semantics (torch.nn.MaxPool2d): implicit padding never
+ * wins (it acts as -inf), ties go to the first maximum in row-major window order, NaN
+ * propagates. Beyond round 1's kernel, stride and symmetric padding it takes ONNX MaxPool's
+ * asymmetric padding, dilation and ceil_mode (tl_pool_geom, layer.h). In training with a
+ * backward pass the flat index of each maximum within its input plane is saved (as int32
+ * in the saved floats) and backward routes the gradient there. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,50 +14,41 @@
 
 #include "layer.h"
 
-typedef struct maxpool_cfg {
-    int kh, kw, sh, sw, ph, pw;
-} maxpool_cfg;
+typedef tl_pool_geom maxpool_cfg;
 
 static int maxpool_configure(tl_layer *L, const int *ia, int ni, const float *fa, int nf)
 {
     (void)fa;
-    if (ni != 6 || nf != 0)
-        return tl_fail(TLEARN_EINVAL, "maxpool2d '%s': expected 6 arguments", L->name);
-    maxpool_cfg c = {ia[0], ia[1], ia[2], ia[3], ia[4], ia[5]};
-    if (c.kh < 1 || c.kw < 1 || c.sh < 1 || c.sw < 1 || c.ph < 0 || c.pw < 0 ||
-        c.kh > 65536 || c.kw > 65536 || c.ph > 65536 || c.pw > 65536)
-        return tl_fail(TLEARN_EINVAL,
-                       "maxpool2d '%s': kernel %dx%d and stride %dx%d must be >= 1, padding "
-                       "%dx%d >= 0", L->name, c.kh, c.kw, c.sh, c.sw, c.ph, c.pw);
-    return tl_layer_config(L, &c, sizeof c);
+    /* kh kw sh sw pt pl [pb pr dh dw ceil_mode]: round 1's six pad symmetrically */
+    if ((ni != 6 && ni != 11) || nf != 0)
+        return tl_fail(TLEARN_EINVAL, "maxpool2d '%s': expected 6 or 11 arguments", L->name);
+    maxpool_cfg c = {ia[0], ia[1], ia[2], ia[3], ia[4], ia[5], ia[4], ia[5], 1, 1, 0};
+    if (ni == 11) {
+        c.pb = ia[6];
+        c.pr = ia[7];
+        c.dh = ia[8];
+        c.dw = ia[9];
+        c.ceil_mode = ia[10];
+    }
+    int rc = tl_pool_check(L, "maxpool2d", &c);
+    return rc ? rc : tl_layer_config(L, &c, sizeof c);
 }
 
 static void maxpool_arguments(const tl_layer *L, int *ia, int *ni, float *fa, int *nf)
 {
     (void)fa;
     const maxpool_cfg *c = L->cfg;
-    int v[6] = {c->kh, c->kw, c->sh, c->sw, c->ph, c->pw};
+    int v[11] = {c->kh, c->kw, c->sh, c->sw, c->pt, c->pl, c->pb, c->pr, c->dh, c->dw,
+                 c->ceil_mode};
     memcpy(ia, v, sizeof v);
-    *ni = 6;
+    *ni = tl_pool_plain(c) ? 6 : 11; /* round 1's form when it says everything */
     *nf = 0;
 }
 
 static int maxpool_setup(tl_layer *L, tl_rng *rng)
 {
     (void)rng;
-    const maxpool_cfg *c = L->cfg;
-    tl_shape in = L->in[0];
-    if (c->ph > c->kh / 2 || c->pw > c->kw / 2)
-        return tl_fail(TLEARN_ESHAPE, "maxpool2d '%s': padding %dx%d exceeds half the kernel %dx%d",
-                       L->name, c->ph, c->pw, c->kh, c->kw);
-    long h = (long)in.h + 2L * c->ph - c->kh, w = (long)in.w + 2L * c->pw - c->kw;
-    if (h < 0 || w < 0)
-        return tl_fail(TLEARN_ESHAPE,
-                       "maxpool2d '%s': kernel %dx%d is larger than the padded input %ldx%ld "
-                       "(empty output)", L->name, c->kh, c->kw, (long)in.h + 2L * c->ph,
-                       (long)in.w + 2L * c->pw);
-    L->out = tl_shape3(in.c, (int)(h / c->sh + 1), (int)(w / c->sw + 1));
-    return TLEARN_OK;
+    return tl_pool_setup(L, "maxpool2d", L->cfg);
 }
 
 static size_t maxpool_saved_floats(const tl_layer *L, size_t n, int backward)
@@ -64,25 +56,32 @@ static size_t maxpool_saved_floats(const tl_layer *L, size_t n, int backward)
     return backward ? n * tl_shape_size(L->out) : 0;
 }
 
+/* The first and one-past-last tap k of a window starting at @p p0 with taps p0 + k*d,
+ * k < kernel, that fall inside [0, len). */
+static inline void taps(int p0, int d, int kernel, int len, int *k0, int *k1)
+{
+    *k0 = p0 < 0 ? (-p0 + d - 1) / d : 0;
+    int inside = len - p0 <= 0 ? 0 : (len - p0 + d - 1) / d;
+    *k1 = inside < kernel ? inside : kernel;
+}
+
 /* Maximum of the window of output (oh, ow) in plane x; its flat index into *at. */
 static float window_max(const maxpool_cfg *c, tl_shape is, const float *x, int oh, int ow,
                         int *at)
 {
-    int h0 = oh * c->sh - c->ph, h1 = h0 + c->kh;
-    int w0 = ow * c->sw - c->pw, w1 = w0 + c->kw;
-    h0 = h0 < 0 ? 0 : h0;
-    w0 = w0 < 0 ? 0 : w0;
-    h1 = h1 > is.h ? is.h : h1;
-    w1 = w1 > is.w ? is.w : w1;
+    int h0 = oh * c->sh - c->pt, w0 = ow * c->sw - c->pl, i0, i1, j0, j1;
+    taps(h0, c->dh, c->kh, is.h, &i0, &i1);
+    taps(w0, c->dw, c->kw, is.w, &j0, &j1);
     /* as PyTorch: start at the window's first element with -inf; NaN wins and stops */
     float best = -INFINITY;
-    int bi = h0 * is.w + w0;
-    for (int ih = h0; ih < h1; ih++)
-        for (int iw = w0; iw < w1; iw++) {
-            float v = x[ih * is.w + iw];
+    int bi = (h0 + i0 * c->dh) * is.w + w0 + j0 * c->dw;
+    for (int i = i0; i < i1; i++)
+        for (int j = j0; j < j1; j++) {
+            int k = (h0 + i * c->dh) * is.w + w0 + j * c->dw;
+            float v = x[k];
             if (v > best || isnan(v)) {
                 best = v;
-                bi = ih * is.w + iw;
+                bi = k;
                 if (isnan(v)) {
                     *at = bi;
                     return v;
@@ -102,6 +101,13 @@ static inline uint32_t bits(float f)
     uint32_t u;
     memcpy(&u, &f, sizeof u);
     return u;
+}
+
+/* The plain 2x2, stride 2, unpadded pool (floor mode: an odd last row/column is unread). */
+static int is_pool2(const maxpool_cfg *c)
+{
+    return c->kh == 2 && c->kw == 2 && c->sh == 2 && c->sw == 2 && c->pt == 0 && c->pl == 0 &&
+           tl_pool_plain(c);
 }
 
 static void pool2x2_planes(tl_shape is, tl_shape os, const float *in, float *out, int32_t *arg,
@@ -160,7 +166,7 @@ static void maxpool_forward(tl_layer *L, const tl_exec *ex, const float *const *
     tl_shape is = L->in[0], os = L->out;
     int32_t *arg = ex->backward && saved ? (int32_t *)saved : NULL;
     size_t planes = n * (size_t)is.c;
-    int fast = c->kh == 2 && c->kw == 2 && c->sh == 2 && c->sw == 2 && c->ph == 0 && c->pw == 0;
+    int fast = is_pool2(c);
     /* planes are independent: split them across the model's threads */
     int nt = tl_par_threads(tl_blas_threads(ex->blas), planes * (size_t)is.h * is.w);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -191,8 +197,7 @@ static void maxpool_backward(tl_layer *L, const tl_exec *ex, const float *const 
     tl_shape is = L->in[0], os = L->out;
     const int32_t *arg = ex->training ? (const int32_t *)saved : NULL;
     size_t planes = n * (size_t)is.c, ip = (size_t)is.h * is.w, op = (size_t)os.h * os.w;
-    if (arg && c->kh == 2 && c->kw == 2 && c->sh == 2 && c->sw == 2 && c->ph == 0 &&
-        c->pw == 0) {
+    if (arg && is_pool2(c)) {
         /* 2x2 windows tile the input (up to a last odd row/column that no window reads):
          * every covered element is written once, no clearing pass. */
         int nt = tl_par_threads(tl_blas_threads(ex->blas), planes * ip);

@@ -237,6 +237,83 @@ int tlearn_model_add_softmax(tlearn_model *m, const char *name, int axis)
                         NULL, 0);
 }
 
+int tlearn_model_add_layernorm(tlearn_model *m, const char *name, int naxes, float eps,
+                               int affine)
+{
+    static const char fn[] = "tlearn_model_add_layernorm";
+    if (naxes < 1) /* 0 is the channel mode, which has its own call */
+        return tl_fail(TLEARN_EINVAL, "%s: naxes is %d, must be >= 1 (the channel axis: "
+                       "tlearn_model_add_layernorm_channels)", fn, naxes);
+    int ia[2] = {naxes, affine};
+    return tl_model_add(m, fn, &tl_layernorm_ops, name, NULL, 0, ia, 2, &eps, 1);
+}
+
+int tlearn_model_add_layernorm_channels(tlearn_model *m, const char *name, float eps, int affine)
+{
+    int ia[2] = {0, affine};
+    return tl_model_add(m, "tlearn_model_add_layernorm_channels", &tl_layernorm_ops, name, NULL,
+                        0, ia, 2, &eps, 1);
+}
+
+int tlearn_model_add_maxpool2d_ex(tlearn_model *m, const char *name, int kh, int kw, int sh,
+                                  int sw, int pt, int pl, int pb, int pr, int dh, int dw,
+                                  int ceil_mode)
+{
+    int ia[11] = {kh, kw, sh ? sh : kh, sw ? sw : kw, pt, pl, pb, pr, dh, dw, ceil_mode};
+    return tl_model_add(m, "tlearn_model_add_maxpool2d_ex", &tl_maxpool2d_ops, name, NULL, 0, ia,
+                        11, NULL, 0);
+}
+
+int tlearn_model_add_avgpool2d_ex(tlearn_model *m, const char *name, int kh, int kw, int sh,
+                                  int sw, int pt, int pl, int pb, int pr, int ceil_mode,
+                                  int count_include_pad)
+{
+    int ia[10] = {kh, kw, sh ? sh : kh, sw ? sw : kw, pt, pl, count_include_pad, pb, pr,
+                  ceil_mode};
+    return tl_model_add(m, "tlearn_model_add_avgpool2d_ex", &tl_avgpool2d_ops, name, NULL, 0, ia,
+                        10, NULL, 0);
+}
+
+int tlearn_model_add_adaptive_avgpool(tlearn_model *m, const char *name, int oh, int ow)
+{
+    int ia[2] = {oh, ow};
+    return tl_model_add(m, "tlearn_model_add_adaptive_avgpool", &tl_adaptive_avgpool_ops, name,
+                        NULL, 0, ia, 2, NULL, 0);
+}
+
+int tlearn_model_add_pad(tlearn_model *m, const char *name, int top, int left, int bottom,
+                         int right, int mode, float value)
+{
+    int ia[5] = {top, left, bottom, right, mode};
+    return tl_model_add(m, "tlearn_model_add_pad", &tl_pad_ops, name, NULL, 0, ia, 5, &value, 1);
+}
+
+int tlearn_model_add_matmul(tlearn_model *m, const char *name, const char *a, const char *b,
+                            int transpose_b)
+{
+    static const char fn[] = "tlearn_model_add_matmul";
+    TL_CHECK_MODEL(fn, m);
+    int rc = tl_check_name(fn, name);
+    if (rc)
+        return rc;
+    const char *names[2] = {a, b};
+    int inputs[2];
+    for (int k = 0; k < 2; k++) {
+        if (!names[k])
+            return tl_fail(TLEARN_EINVAL, "%s: input %s is NULL", fn, k ? "b" : "a");
+        if (!tl_model_find_producer(m, names[k], &inputs[k]))
+            return tl_fail(TLEARN_ENOTFOUND, "%s: no layer or model input named '%s'", fn,
+                           names[k]);
+    }
+    return tl_model_add(m, fn, &tl_matmul_ops, name, inputs, 2, &transpose_b, 1, NULL, 0);
+}
+
+int tlearn_model_add_drop_path(tlearn_model *m, const char *name, float p)
+{
+    return tl_model_add(m, "tlearn_model_add_drop_path", &tl_drop_path_ops, name, NULL, 0, NULL,
+                        0, &p, 1);
+}
+
 /* ---- transformer layers ---- */
 
 int tlearn_model_add_embedding(tlearn_model *m, const char *name, int vocab, int dim,

@@ -39,7 +39,7 @@ static int is_epilogue(const tl_layer *L, int epilogue)
     if (L->ops->kind == TLEARN_LAYER_MAXPOOL2D && epilogue == TL_EPILOGUE_POOL2) {
         L->ops->arguments(L, ia, &ni, fa, &nf);
         static const int pool2[6] = {2, 2, 2, 2, 0, 0}; /* kernel, stride, padding */
-        return memcmp(ia, pool2, sizeof pool2) == 0;
+        return ni == 6 && memcmp(ia, pool2, sizeof pool2) == 0;
     }
     return 0;
 }

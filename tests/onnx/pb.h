@@ -134,7 +134,7 @@ static pb onnx_tensor_i64(const char *name, int ndim, const int64_t *dims, const
 }
 
 /* ValueInfoProto of a FLOAT tensor; a dimension of 0 is symbolic ("N"). */
-static pb onnx_value_info(const char *name, int ndim, const int64_t *dims)
+static pb onnx_value_info_typed(const char *name, int elem_type, int ndim, const int64_t *dims)
 {
     pb shape = {0};
     for (int d = 0; d < ndim; d++) {
@@ -146,7 +146,7 @@ static pb onnx_value_info(const char *name, int ndim, const int64_t *dims)
         pb_msg(&shape, 1, &dim);
     }
     pb tt = {0};
-    pb_int(&tt, 1, ONNX_FLOAT);
+    pb_int(&tt, 1, elem_type);
     pb_msg(&tt, 2, &shape);
     pb type = {0};
     pb_msg(&type, 1, &tt);
@@ -154,6 +154,11 @@ static pb onnx_value_info(const char *name, int ndim, const int64_t *dims)
     pb_str(&vi, 1, name);
     pb_msg(&vi, 2, &type);
     return vi;
+}
+
+static pb onnx_value_info(const char *name, int ndim, const int64_t *dims)
+{
+    return onnx_value_info_typed(name, ONNX_FLOAT, ndim, dims);
 }
 
 static pb onnx_attr_int(const char *name, int64_t v)

@@ -450,7 +450,7 @@ static void test_unsupported(void **state)
     mlp_opts o = mlp_default();
     o.op2 = "Gelu";
     pb m = mlp_model(&o);
-    import_expect(&m, TLEARN_EUNSUPPORTED, "node '/relu/Relu' (Gelu): operator Gelu");
+    import_expect(&m, TLEARN_EUNSUPPORTED, "Gelu (operator not supported): 1 node '/relu/Relu'");
 
     o = mlp_default();
     o.opset = 9;
@@ -479,6 +479,102 @@ static void test_unsupported(void **state)
     assert_int_equal(tlearn_model_layer_shape(model, 0, &c, &h, &w), TLEARN_OK);
     assert_int_equal(h, 2);
     assert_int_equal(w, 2);
+    tlearn_model_destroy(&model);
+}
+
+/* The pre-pass names every node it cannot map, grouped by operator and reason, in one
+ * message: unknown operators, and attributes it refuses on sight. */
+static void test_lists_every_unsupported_node(void **state)
+{
+    (void)state;
+    static const int64_t in_dims[4] = {0, 1, 4, 4}, wd[4] = {1, 1, 3, 3}, k3[3] = {2, 2, 2};
+    float w[9];
+    for (int i = 0; i < 9; i++)
+        w[i] = 1.0f;
+    pb g = {0};
+    pb n = onnx_node("Conv", "/c1/Conv", L2("x", "c.weight"), L1("h1"),
+                     ATTRS(onnx_attr_str("auto_pad", "SAME_UPPER")));
+    pb_msg(&g, 1, &n);
+    n = onnx_node("Gelu", "/a/Gelu", L1("h1"), L1("h2"), NULL);
+    pb_msg(&g, 1, &n);
+    n = onnx_node("Mul", "/b/Mul", L2("h2", "h2"), L1("h3"), NULL);
+    pb_msg(&g, 1, &n);
+    n = onnx_node("Mul", "/c/Mul", L2("h3", "h3"), L1("h4"), NULL);
+    pb_msg(&g, 1, &n);
+    n = onnx_node("MaxPool", "/p/MaxPool", L1("h4"), L1("h5"),
+                  ATTRS(onnx_attr_ints("kernel_shape", 3, k3)));
+    pb_msg(&g, 1, &n);
+    n = onnx_node("Relu", "/r/Relu", L1("h5"), L1("y"), NULL);
+    pb_msg(&g, 1, &n);
+    pb_str(&g, 2, "many");
+    pb t = onnx_tensor_f32("c.weight", 4, wd, w, 9);
+    pb_msg(&g, 5, &t);
+    pb vi = onnx_value_info("x", 4, in_dims);
+    pb_msg(&g, 11, &vi);
+    vi = onnx_value_info("y", 4, in_dims);
+    pb_msg(&g, 12, &vi);
+    pb m = onnx_model(13, &g);
+    tlearn_model *out = (tlearn_model *)(uintptr_t)1;
+    assert_int_equal(tlearn_model_import_onnx_buffer(&out, m.p, m.n), TLEARN_EUNSUPPORTED);
+    assert_null(out);
+    pb_free(&m);
+    const char *msg = tlearn_errmsg();
+    static const char *const want[] = {
+        "5 of 6 nodes cannot be imported",
+        "Conv (auto_pad SAME_UPPER/SAME_LOWER): 1 node '/c1/Conv'",
+        "Gelu (operator not supported): 1 node '/a/Gelu'",
+        "Mul (operator not supported): 2 nodes '/b/Mul', '/c/Mul'",
+        "MaxPool (3-D kernel): 1 node '/p/MaxPool'"};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        if (!strstr(msg, want[i]))
+            fail_msg("message '%s' lacks '%s'", msg, want[i]);
+    assert_null(strstr(msg, "Relu"));
+}
+
+/* Graph inputs: element types are named, int64 token ids become an int32 model input
+ * (refused by a float operator, not at the input), and a (N, T, D) input keeps its rank. */
+static void test_input_types_and_ranks(void **state)
+{
+    (void)state;
+    static const int64_t d3[3] = {0, 3, 4}, d2[2] = {0, 12};
+    for (int type = 0; type < 2; type++) {
+        pb g = {0};
+        pb n = onnx_node("Relu", "/r/Relu", L1("x"), L1("y"), NULL);
+        pb_msg(&g, 1, &n);
+        pb_str(&g, 2, "typed");
+        pb vi = onnx_value_info_typed("x", type ? ONNX_INT64 : ONNX_FLOAT16, 3, d3);
+        pb_msg(&g, 11, &vi);
+        vi = onnx_value_info("y", 3, d3);
+        pb_msg(&g, 12, &vi);
+        pb m = onnx_model(13, &g);
+        import_expect(&m, TLEARN_EUNSUPPORTED, type ? "holds integers (token ids)" : "FLOAT16");
+    }
+    /* (N, 3, 4) -> Relu -> Flatten: y = max(x, 0) flattened, computed here by hand. */
+    pb g = {0};
+    pb n = onnx_node("Relu", "/r/Relu", L1("x"), L1("h"), NULL);
+    pb_msg(&g, 1, &n);
+    n = onnx_node("Flatten", "/f/Flatten", L1("h"), L1("y"), NULL);
+    pb_msg(&g, 1, &n);
+    pb_str(&g, 2, "seq");
+    pb vi = onnx_value_info("x", 3, d3);
+    pb_msg(&g, 11, &vi);
+    vi = onnx_value_info("y", 2, d2);
+    pb_msg(&g, 12, &vi);
+    pb m = onnx_model(13, &g);
+    tlearn_model *model = import_expect(&m, TLEARN_OK, NULL);
+    int rank, dims[4];
+    assert_int_equal(tlearn_model_layer_shape_nd(model, -1, &rank, dims, 4), TLEARN_OK);
+    assert_int_equal(rank, 2);
+    assert_int_equal(dims[0], 3);
+    assert_int_equal(dims[1], 4);
+    assert_int_equal(tlearn_model_layer_shape_nd(model, 0, &rank, dims, 4), TLEARN_OK);
+    assert_int_equal(rank, 2); /* the ReLU keeps (T, D) */
+    float x[24], y[24];
+    for (int i = 0; i < 24; i++)
+        x[i] = (float)(i % 7) - 3.0f;
+    assert_int_equal(tlearn_model_predict(model, x, 2, y, 24), TLEARN_OK);
+    for (int i = 0; i < 24; i++)
+        assert_true(y[i] == (x[i] > 0.0f ? x[i] : 0.0f));
     tlearn_model_destroy(&model);
 }
 
@@ -658,6 +754,8 @@ int main(void)
         cmocka_unit_test(test_pad_folds_into_avgpool),
         cmocka_unit_test(test_shape_arithmetic),
         cmocka_unit_test(test_unsupported),
+        cmocka_unit_test(test_lists_every_unsupported_node),
+        cmocka_unit_test(test_input_types_and_ranks),
         cmocka_unit_test(test_inconsistent_files),
         cmocka_unit_test(test_every_truncation),
         cmocka_unit_test(test_malformed_wire),

@@ -570,6 +570,35 @@ def test_loader_rules(tmp_path):
     assert proc.returncode != 0 and "TLEARN_LIBRARY" in proc.stderr
 
 
+def test_norm_pool_pad_matmul_layers():
+    with tlearn.Model(3, 9, 9) as m:
+        m.add_pad("pad", (1, 0, 0, 1), "reflect")                      # 3x10x10
+        m.add_maxpool2d_ex("max", 3, 2, ceil_mode=True)                 # 3x5x5
+        m.add_avgpool2d_ex("avg", 2, 1, pads=(1, 1, 0, 0))             # 3x5x5
+        m.add_layernorm_channels("ln2d", 1e-6).add_drop_path("dp", 0.1)
+        m.add_adaptive_avgpool("ap", (2, 3)).add_pad("pad2", (0, 0, 1, 0), value=0.5)
+        m.add_layernorm("ln", naxes=2, affine=False)
+        assert [m.layer_kind(i) for i in range(len(m))] == [
+            "pad", "maxpool2d", "avgpool2d", "layernorm", "drop_path", "adaptive_avgpool",
+            "pad", "layernorm"]
+        assert m.layer_shape(1) == (3, 5, 5)
+        assert m.output_shape == (3, 3, 3)
+        assert np.isfinite(m.predict(np.full((2, 3, 9, 9), 0.25, np.float32))).all()
+        with pytest.raises(ValueError):
+            m.add_pad("bad", 1, mode="wrap")
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.add_layernorm("bad", naxes=0)
+        assert info.value.code == tlearn.EINVAL
+    with tlearn.Model.with_input("x", (5, 6)) as s:
+        s.add_linear("q", 4).set_next_input("x").add_linear("k", 4, bias=False)
+        s.add_matmul("scores", "q", "k", transpose_b=True)
+        assert s.layer_shape_nd(2) == (5, 5)
+        assert s.layer_kind(2) == "matmul"
+        with pytest.raises(tlearn.TlearnError) as info:
+            s.add_matmul("bad", "q", "nothere")
+        assert info.value.code == tlearn.ENOTFOUND
+
+
 # -- transformers ----------------------------------------------------------------------------
 
 def test_text_encoder_with_mask_trains_and_refuses_bad_ids():

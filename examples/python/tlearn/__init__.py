@@ -42,11 +42,13 @@ _STATUS_NAMES = {0: "TLEARN_OK", -1: "TLEARN_EINVAL", -2: "TLEARN_ENOMEM",
 LAYER_KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpool2d",
                6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add",
                11: "binary", 12: "scale", 13: "softmax", 14: "concat", 15: "slice",
-               16: "reshape", 17: "transpose"}
+               16: "reshape", 17: "transpose", 18: "layernorm", 19: "adaptive_avgpool",
+               20: "pad", 21: "matmul", 22: "drop_path"}
 ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6,
                "hardsigmoid": 7, "hardswish": 8, "silu": 9, "clip": 10, "gelu_tanh": 11}
 BINARY_OPS = {"add": 1, "sub": 2, "mul": 3, "div": 4}
 LOSSES = {"softmax_ce": 1, "mse": 2}
+PAD_MODES = {"constant": 1, "reflect": 2, "edge": 3}
 OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
 OPTIM_PARAMS = {"lr": 1, "momentum": 2, "dampening": 3, "nesterov": 4, "weight_decay": 5,
                 "beta1": 6, "beta2": 7, "eps": 8, "clip_norm": 9}
@@ -102,6 +104,23 @@ def _enc(s, what):
     if not isinstance(s, str):
         raise TypeError("%s must be a str, not %s" % (what, type(s).__name__))
     return s.encode()
+
+
+def _pair(v):
+    """(h, w) from one number or a pair."""
+    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
+
+
+def _pads(pads):
+    """(top, left, bottom, right) from one number, a (h, w) pair or four numbers."""
+    if np.isscalar(pads):
+        return (int(pads),) * 4
+    pads = [int(p) for p in pads]
+    if len(pads) == 2:
+        return (pads[0], pads[1], pads[0], pads[1])
+    if len(pads) != 4:
+        raise ValueError("pads must be one number, (h, w) or (top, left, bottom, right)")
+    return tuple(pads)
 
 
 def _path(p):
@@ -410,6 +429,67 @@ class Model(_Handle):
                                           int(bool(bias))))
         return self
 
+    def add_layernorm(self, name, naxes=1, eps=1e-5, affine=True):
+        """torch.nn.LayerNorm over the last ``naxes`` axes (weight/bias of their shape when
+        ``affine``)."""
+        _check(_C.tlearn_model_add_layernorm(self.handle, _enc(name, "name"), int(naxes),
+                                             float(eps), int(bool(affine))))
+        return self
+
+    def add_layernorm_channels(self, name, eps=1e-5, affine=True):
+        """Layer norm over the channels of a (C, ...) input at every position (ConvNeXt's
+        LayerNorm2d); weight/bias of shape (C)."""
+        _check(_C.tlearn_model_add_layernorm_channels(self.handle, _enc(name, "name"),
+                                                      float(eps), int(bool(affine))))
+        return self
+
+    def add_maxpool2d_ex(self, name, kernel, stride=None, pads=0, dilation=1, ceil_mode=False):
+        """Max pooling as ONNX MaxPool: ``kernel``, ``stride`` (None: the kernel) and
+        ``dilation`` as a number or (h, w); ``pads`` a number, (h, w) or (top, left, bottom,
+        right); ``ceil_mode`` rounds the output size up (a window starting in the padding is
+        dropped, as torch)."""
+        (kh, kw), (dh, dw) = _pair(kernel), _pair(dilation)
+        sh, sw = _pair(kernel if stride is None else stride)
+        _check(_C.tlearn_model_add_maxpool2d_ex(self.handle, _enc(name, "name"), kh, kw, sh, sw,
+                                                *_pads(pads), dh, dw, int(bool(ceil_mode))))
+        return self
+
+    def add_avgpool2d_ex(self, name, kernel, stride=None, pads=0, ceil_mode=False,
+                         count_include_pad=True):
+        """Average pooling as ONNX AveragePool; arguments as :meth:`add_maxpool2d_ex`."""
+        kh, kw = _pair(kernel)
+        sh, sw = _pair(kernel if stride is None else stride)
+        _check(_C.tlearn_model_add_avgpool2d_ex(self.handle, _enc(name, "name"), kh, kw, sh, sw,
+                                                *_pads(pads), int(bool(ceil_mode)),
+                                                int(bool(count_include_pad))))
+        return self
+
+    def add_adaptive_avgpool(self, name, output_size):
+        """torch.nn.AdaptiveAvgPool2d(output_size): a number or (oh, ow)."""
+        oh, ow = _pair(output_size)
+        _check(_C.tlearn_model_add_adaptive_avgpool(self.handle, _enc(name, "name"), oh, ow))
+        return self
+
+    def add_pad(self, name, pads, mode="constant", value=0.0):
+        """Pad the last two axes by ``pads`` (a number, (h, w) or (top, left, bottom,
+        right)); ``mode`` "constant" (with ``value``), "reflect" or "edge"."""
+        _check(_C.tlearn_model_add_pad(self.handle, _enc(name, "name"), *_pads(pads),
+                                       _enum(PAD_MODES, mode, "mode"), float(value)))
+        return self
+
+    def add_matmul(self, name, a, b, transpose_b=False):
+        """torch.matmul of layers (or inputs) ``a`` and ``b``: (..., M, K) x (..., K, N);
+        with ``transpose_b``, a b^T for b of shape (..., N, K)."""
+        _check(_C.tlearn_model_add_matmul(self.handle, _enc(name, "name"), _enc(a, "a"),
+                                          _enc(b, "b"), int(bool(transpose_b))))
+        return self
+
+    def add_drop_path(self, name, p):
+        """Stochastic depth (torchvision.ops.StochasticDepth(p, "row")): in training each
+        example is zeroed with probability ``p``, the rest scaled by 1/(1-p)."""
+        _check(_C.tlearn_model_add_drop_path(self.handle, _enc(name, "name"), float(p)))
+        return self
+
     def add_embedding(self, name, vocab, dim, padding_idx=-1):
         """torch.nn.Embedding over the next input, an int32 model input of token ids (T):
         -> (T, dim). ``padding_idx`` (-1: none) names a row that gets no gradient."""
@@ -508,8 +588,7 @@ class Model(_Handle):
     def add_conv2d_ex(self, name, filters, kernel, stride=(1, 1), pad=(0, 0),
                       dilation=(1, 1), groups=1, bias=True):
         """2-D convolution with (h, w) pairs for kernel, stride, padding and dilation."""
-        pair = lambda v: (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(pair, (kernel, stride, pad, dilation))
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel, stride, pad, dilation))
         _check(_C.tlearn_model_add_conv2d_ex(self.handle, _enc(name, "name"), int(filters),
                                              kh, kw, sh, sw, ph, pw, dh, dw, int(groups),
                                              int(bool(bias))))

@@ -1,17 +1,18 @@
 /* ONNX import: the public entry points, parsing, the value table and the graph walk.
  * Operators are mapped in onnx_ops.c, tensors converted in onnx_tensor.c. Whatever fails,
  * the half-built model is destroyed and *out stays NULL. */
+#define _DEFAULT_SOURCE /* mmap, O_CLOEXEC */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "onnx_internal.h"
 
-/* Opsets whose operator semantics the importer implements. */
-#define OX_OPSET_MIN 11
-#define OX_OPSET_MAX 17
 /* Protobuf messages cannot exceed 2 GiB. */
 #define OX_MAX_FILE ((size_t)INT32_MAX)
 
@@ -117,8 +118,27 @@ static int read_opset(ox_ctx *c, const Tlonnx__ModelProto *mp)
     return TLEARN_OK;
 }
 
-/* The single graph input that is not an initializer gives the model's input shape:
- * (N, C, H, W) or (N, F); N may be symbolic, the others must be fixed. */
+/* The model input's name: the graph input's, made a valid layer name (printable, no glob
+ * characters, short enough). */
+static void input_name(const char *src, char *out)
+{
+    size_t n = strlen(src);
+    if (n >= TL_NAME_MAX)
+        n = TL_NAME_MAX - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        out[i] = ch <= ' ' || ch >= 127 || ch == '*' || ch == '?' || ch == '[' || ch == ']'
+                     ? '_' : (char)ch;
+    }
+    out[n] = '\0';
+    if (!n)
+        strcpy(out, "input");
+}
+
+/* The single graph input that is not an initializer gives the model's input: ONNX rank 2
+ * to 1 + TL_MAX_RANK of FLOAT ((N, F), (N, T, D), (N, C, H, W), ...), or INT64/INT32 token
+ * ids (an int32 model input). Dim 0 is the batch and may be symbolic; the others must be
+ * fixed. */
 static int read_input(ox_ctx *c)
 {
     const Tlonnx__GraphProto *g = c->g;
@@ -142,14 +162,18 @@ static int read_input(ox_ctx *c)
     if (!tt || !tt->shape)
         return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' is not a tensor of known "
                        "rank", c->fn, in->name);
-    if (tt->has_elem_type && tt->elem_type != 1)
-        return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has element type %d; "
-                       "FLOAT (1) is supported", c->fn, in->name, (int)tt->elem_type);
+    int32_t et = tt->has_elem_type ? tt->elem_type : 1;
+    int dtype = et == 1 ? TLEARN_DTYPE_FLOAT32 : et == 6 || et == 7 ? TLEARN_DTYPE_INT32 : 0;
+    if (!dtype)
+        return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has element type %s; "
+                       "FLOAT, and INT64 or INT32 token ids, are supported", c->fn, in->name,
+                       ox_type_name(et));
     size_t rank = tt->shape->n_dim;
-    if (rank != 2 && rank != 4)
-        return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has rank %zu; (N, C, H, W) "
-                       "or (N, F) are supported", c->fn, in->name, rank);
-    int64_t d[4] = {0, 1, 1, 1};
+    if (rank < 2 || rank > 1 + TL_MAX_RANK)
+        return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has rank %zu; ranks 2 "
+                       "to %d (the batch, then 1 to %d dimensions) are supported", c->fn,
+                       in->name, rank, 1 + TL_MAX_RANK, TL_MAX_RANK);
+    int d[TL_MAX_RANK];
     for (size_t i = 0; i < rank; i++) {
         const Tlonnx__TensorShapeProto__Dimension *dim = tt->shape->dim[i];
         int fixed = dim->has_dim_value && dim->dim_value > 0;
@@ -162,16 +186,18 @@ static int read_input(ox_ctx *c)
                            "%s: dimension %zu of graph input '%.100s' is not a fixed positive "
                            "size; export with a fixed input size (only the batch may be "
                            "dynamic)", c->fn, i, in->name);
-        d[i] = dim->dim_value;
+        d[i - 1] = (int)dim->dim_value;
     }
-    int rc = tlearn_model_create(&c->m, (int)d[1], (int)d[2], (int)d[3]);
+    char name[TL_NAME_MAX];
+    input_name(in->name, name);
+    int rc = tlearn_model_create_input(&c->m, name, dtype, (int)rank - 1, d);
     if (rc)
         return tl_fail(rc == TLEARN_EINVAL ? TLEARN_EUNSUPPORTED : rc,
                        "%s: graph input '%.100s': %s", c->fn, in->name, tlearn_errmsg());
     ox_value *v = intern(c, in->name);
     v->kind = OX_ACT;
-    v->layer = -1;
-    v->rank = (int)rank;
+    v->layer = tl_input_producer(0);
+    v->dtype = dtype;
     v->shape = c->m->inputs[0].shape;
     return TLEARN_OK;
 }
@@ -184,18 +210,32 @@ static int check_output_shape(ox_ctx *c, const Tlonnx__ValueInfoProto *vi, const
     if (!tt || !tt->shape)
         return TLEARN_OK;
     size_t rank = tt->shape->n_dim;
-    if (rank != (size_t)v->rank)
+    if (rank != (size_t)(1 + v->shape.rank))
         return tl_fail(TLEARN_EFORMAT, "%s: the graph output '%.100s' has rank %zu, the layers "
-                       "compute rank %d", c->fn, vi->name, rank, v->rank);
-    const int have[4] = {0, v->shape.c, v->shape.h, v->shape.w};
+                       "compute rank %d", c->fn, vi->name, rank, 1 + v->shape.rank);
     for (size_t i = 1; i < rank; i++) {
         const Tlonnx__TensorShapeProto__Dimension *d = tt->shape->dim[i];
-        if (d->has_dim_value && d->dim_value != have[i])
+        if (d->has_dim_value && d->dim_value != v->shape.d[i - 1])
             return tl_fail(TLEARN_EFORMAT, "%s: dimension %zu of the graph output '%.100s' is "
                            "%lld, the layers compute %d", c->fn, i, vi->name,
-                           (long long)d->dim_value, have[i]);
+                           (long long)d->dim_value, v->shape.d[i - 1]);
     }
     return TLEARN_OK;
+}
+
+/* An initializer converted for its last reader is freed at once: the layers hold their
+ * own copy, and the peak then holds one weight at a time beyond the layers. */
+static void release_consumed(ox_ctx *c, const Tlonnx__NodeProto *nd)
+{
+    for (size_t k = 0; k < nd->n_input; k++) {
+        if (!nd->input[k] || !*nd->input[k])
+            continue;
+        ox_value *v = ox_find(c, nd->input[k]);
+        if (--v->pending == 0 && v->kind == OX_CONST && v->tp && v->c && !v->shared) {
+            ox_const_release(c, v->c);
+            v->c = NULL;
+        }
+    }
 }
 
 static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
@@ -253,6 +293,12 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
                 intern(c, nd->output[k]);
     }
 
+    for (size_t i = 0; i < c->nvals; i++)
+        c->vals[i].pending = c->vals[i].uses;
+    /* Every node the importer cannot map, in one message, before building anything. */
+    if ((rc = ox_check_graph(c)))
+        return rc;
+
     for (size_t i = 0; i < g->n_node; i++) {
         const Tlonnx__NodeProto *nd = g->node[i];
         c->node = nd;
@@ -274,6 +320,7 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
         rc = ox_node(c, nd);
         if (rc)
             return rc;
+        release_consumed(c, nd);
         /* Outputs the mapping did not produce (a MaxPool's indices, a Dropout's mask) must
          * have no readers. */
         for (size_t k = 0; k < nd->n_output; k++) {
@@ -317,24 +364,212 @@ static void printable_message(int rc)
     tl_fail(rc, "%s", msg);
 }
 
-static int unpack(const char *fn, const void *data, size_t len, Tlonnx__ModelProto **mp)
+/* ---- unpacking without copying the weights ----
+ *
+ * protobuf-c copies every bytes field it unpacks: the raw data of the initializers (all of
+ * a model's weights) would be held twice. The wire format is walked first: a copy of the
+ * message without the initializers' raw_data fields is unpacked (a few kilobytes), and each
+ * initializer's raw_data is pointed back at its bytes where they lie (the caller's buffer
+ * or the file mapping) until the message is freed. */
+
+typedef struct ox_buf {
+    uint8_t *p;
+    size_t n, cap;
+    int oom;
+} ox_buf;
+
+static void buf_put(ox_buf *b, const void *data, size_t len)
 {
+    if (b->oom || !len)
+        return;
+    if (b->n + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + len)
+            cap *= 2;
+        uint8_t *p = tl_alloc(cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        if (b->n)
+            memcpy(p, b->p, b->n);
+        tl_free(b->p);
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, data, len);
+    b->n += len;
+}
+
+static void buf_varint(ox_buf *b, uint64_t v)
+{
+    uint8_t t[10];
+    size_t k = 0;
+    do {
+        t[k++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    buf_put(b, t, k);
+}
+
+static int rd_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (*p >= end)
+            return 0;
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return 1;
+    }
+    return 0;
+}
+
+typedef struct ox_strip {
+    ox_raw *raw; /* per initializer, in order: its raw_data (data NULL: none) */
+    size_t nraw, capraw;
+    int oom;
+} ox_strip;
+
+/* Copy the fields of a message of @p level (0 ModelProto, 1 GraphProto, 2 TensorProto of
+ * an initializer) from [p, end) to @p out, leaving out raw_data at level 2. 0: malformed. */
+static int strip(ox_buf *out, const uint8_t *p, const uint8_t *end, int level, ox_strip *s)
+{
+    while (p < end) {
+        const uint8_t *field = p;
+        uint64_t tag, len = 0;
+        if (!rd_varint(&p, end, &tag))
+            return 0;
+        unsigned wire = (unsigned)(tag & 7);
+        uint64_t num = tag >> 3;
+        switch (wire) {
+        case 0:
+            if (!rd_varint(&p, end, &len))
+                return 0;
+            break;
+        case 1:
+            if (end - p < 8)
+                return 0;
+            p += 8;
+            break;
+        case 5:
+            if (end - p < 4)
+                return 0;
+            p += 4;
+            break;
+        case 2:
+            if (!rd_varint(&p, end, &len) || len > (uint64_t)(end - p))
+                return 0;
+            break;
+        default:
+            return 0; /* groups: not in ONNX */
+        }
+        if (wire != 2) {
+            buf_put(out, field, (size_t)(p - field));
+            continue;
+        }
+        const uint8_t *body = p, *body_end = p + len;
+        p = body_end;
+        int nested = (level == 0 && num == 7) || (level == 1 && num == 5);
+        if (level == 2 && num == 9) {
+            s->raw[s->nraw - 1].data = body;
+            s->raw[s->nraw - 1].len = (size_t)len;
+            continue;
+        }
+        if (!nested) {
+            buf_put(out, field, (size_t)(p - field));
+            continue;
+        }
+        if (level == 1) { /* a new initializer */
+            if (s->nraw == s->capraw) {
+                size_t cap = s->capraw ? 2 * s->capraw : 64;
+                ox_raw *r = tl_alloc_array(cap, sizeof *r);
+                if (!r) {
+                    s->oom = 1;
+                    return 1;
+                }
+                if (s->nraw)
+                    memcpy(r, s->raw, s->nraw * sizeof *r);
+                tl_free(s->raw);
+                s->raw = r;
+                s->capraw = cap;
+            }
+            s->raw[s->nraw].data = NULL;
+            s->raw[s->nraw++].len = 0;
+        }
+        ox_buf sub = {0};
+        int ok = strip(&sub, body, body_end, level + 1, s);
+        if (ok) {
+            buf_varint(out, tag);
+            buf_varint(out, sub.n);
+            buf_put(out, sub.p, sub.n);
+        }
+        out->oom |= sub.oom;
+        tl_free(sub.p);
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+/* Point the initializers back at their raw bytes (@p undo 0), or forget them again before
+ * protobuf-c frees the message (@p undo 1). */
+static void attach_raw(Tlonnx__ModelProto *mp, const ox_strip *s, int undo)
+{
+    Tlonnx__GraphProto *g = mp->graph;
+    for (size_t i = 0; g && i < g->n_initializer && i < s->nraw; i++) {
+        if (!s->raw[i].data)
+            continue;
+        Tlonnx__TensorProto *t = g->initializer[i];
+        t->has_raw_data = !undo;
+        t->raw_data.data = undo ? NULL : (uint8_t *)(uintptr_t)s->raw[i].data;
+        t->raw_data.len = undo ? 0 : s->raw[i].len;
+    }
+}
+
+static int unpack(const char *fn, const void *data, size_t len, Tlonnx__ModelProto **mp,
+                  ox_strip *s)
+{
+    memset(s, 0, sizeof *s);
+    *mp = NULL;
     if (len > OX_MAX_FILE)
         return tl_fail(TLEARN_EFORMAT, "%s: %zu bytes is over the 2 GiB protobuf limit", fn, len);
-    /* protobuf-c copies what it keeps: @p data may be freed afterwards. */
-    *mp = tlonnx__model_proto__unpack(NULL, len, data);
-    if (!*mp)
+    ox_buf b = {0};
+    int ok = strip(&b, data, (const uint8_t *)data + len, 0, s);
+    if (b.oom || s->oom) {
+        tl_free(b.p);
+        tl_free(s->raw);
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    }
+    if (ok) {
+        *mp = tlonnx__model_proto__unpack(NULL, b.n, b.p ? b.p : (const uint8_t *)"");
+        if (*mp && (!(*mp)->graph ? s->nraw != 0 : (*mp)->graph->n_initializer != s->nraw)) {
+            tlonnx__model_proto__free_unpacked(*mp, NULL);
+            *mp = NULL;
+        }
+    }
+    tl_free(b.p);
+    if (!*mp) {
+        tl_free(s->raw);
+        s->raw = NULL;
         return tl_fail(TLEARN_EFORMAT, "%s: not a valid ONNX protobuf (truncated, corrupt or "
                        "not ONNX)", fn);
+    }
+    attach_raw(*mp, s, 0);
     return TLEARN_OK;
 }
 
-/* Build the model from an unpacked message, which is freed. */
-static int import(const char *fn, tlearn_model **out, Tlonnx__ModelProto *mp)
+/* Build the model from an unpacked message, which is freed with @p s. The raw bytes stay
+ * where they are until then; pages of @p map may be dropped once read. */
+static int import(const char *fn, tlearn_model **out, Tlonnx__ModelProto *mp, ox_strip *s,
+                  const uint8_t *map, size_t map_len)
 {
     ox_ctx c;
     memset(&c, 0, sizeof c);
     c.fn = fn;
+    c.map = map;
+    c.map_len = map_len;
     int rc = walk(&c, mp);
     if (rc) {
         tlearn_model_destroy(&c.m);
@@ -344,6 +579,8 @@ static int import(const char *fn, tlearn_model **out, Tlonnx__ModelProto *mp)
         tl_clear_error();
     }
     ctx_free(&c);
+    attach_raw(mp, s, 1);
+    tl_free(s->raw);
     tlonnx__model_proto__free_unpacked(mp, NULL);
     return rc;
 }
@@ -359,10 +596,13 @@ int tlearn_model_import_onnx_buffer(tlearn_model **out, const void *data, size_t
     if (len == 0)
         return tl_fail(TLEARN_EINVAL, "%s: len is 0", fn);
     Tlonnx__ModelProto *mp;
-    int rc = unpack(fn, data, len, &mp);
-    return rc ? rc : import(fn, out, mp);
+    ox_strip s;
+    int rc = unpack(fn, data, len, &mp, &s);
+    return rc ? rc : import(fn, out, mp, &s, NULL, 0);
 }
 
+/* The file is mapped, not read: its pages come in as the weights are converted and go
+ * again right after (ox_tensor_read_floats), so the peak is about the layers' size. */
 int tlearn_model_import_onnx(tlearn_model **out, const char *path)
 {
     static const char fn[] = "tlearn_model_import_onnx";
@@ -371,41 +611,35 @@ int tlearn_model_import_onnx(tlearn_model **out, const char *path)
     *out = NULL;
     if (!path)
         return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return tl_fail(TLEARN_EIO, "%s: cannot open '%s': %s", fn, path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(f), &st) != 0) {
+    if (fstat(fd, &st) != 0) {
         int e = errno;
-        fclose(f);
+        close(fd);
         return tl_fail(TLEARN_EIO, "%s: cannot stat '%s': %s", fn, path, strerror(e));
     }
     if (!S_ISREG(st.st_mode)) {
-        fclose(f);
+        close(fd);
         return tl_fail(TLEARN_EIO, "%s: '%s' is not a regular file", fn, path);
     }
     if (st.st_size <= 0 || (uint64_t)st.st_size > OX_MAX_FILE) {
-        fclose(f);
+        close(fd);
         return tl_fail(TLEARN_EFORMAT, "%s: '%s' has %lld bytes; an ONNX model has 1 byte to "
                        "2 GiB", fn, path, (long long)st.st_size);
     }
     size_t len = (size_t)st.st_size;
-    void *buf = tl_alloc(len);
-    if (!buf) {
-        fclose(f);
-        return tl_fail(TLEARN_ENOMEM, "%s: out of memory reading %zu bytes", fn, len);
-    }
-    size_t got = fread(buf, 1, len, f);
-    int err = ferror(f) ? errno : 0;
-    fclose(f);
-    if (got != len) {
-        tl_free(buf);
-        return tl_fail(TLEARN_EIO, "%s: reading '%s' stopped at byte %zu of %zu%s%s", fn, path,
-                       got, len, err ? ": " : "", err ? strerror(err) : "");
-    }
-    /* Free the file's bytes before building: the peak holds one copy fewer. */
+    void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (map == MAP_FAILED)
+        return tl_fail(TLEARN_EIO, "%s: cannot map '%s': %s", fn, path, strerror(e));
     Tlonnx__ModelProto *mp;
-    int rc = unpack(fn, buf, len, &mp);
-    tl_free(buf);
-    return rc ? rc : import(fn, out, mp);
+    ox_strip s;
+    int rc = unpack(fn, map, len, &mp, &s);
+    if (!rc)
+        rc = import(fn, out, mp, &s, map, len);
+    munmap(map, len);
+    return rc;
 }

@@ -1,8 +1,11 @@
 /* ONNX TensorProto -> constants: float (FLOAT, FLOAT16, BFLOAT16, DOUBLE) or int64 (INT64,
  * INT32), from raw_data (little-endian) or the typed repeated fields. Every count in the
  * file is checked against the bytes actually present before anything is allocated. */
+#define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "onnx_internal.h"
 
@@ -42,8 +45,17 @@ static int keep(ox_ctx *c, ox_const *k)
         c->consts = a;
         c->capconsts = cap;
     }
+    k->slot = c->nconsts;
     c->consts[c->nconsts++] = k;
     return TLEARN_OK;
+}
+
+void ox_const_release(ox_ctx *c, ox_const *k)
+{
+    if (k && k->slot < c->nconsts && c->consts[k->slot] == k) {
+        c->consts[k->slot] = NULL;
+        ox_const_free(k);
+    }
 }
 
 /* Element count of a shape from the file, checked. */
@@ -137,7 +149,7 @@ static uint64_t rd_le(const uint8_t *p, int bytes)
     return v;
 }
 
-static const char *type_name(int32_t t)
+const char *ox_type_name(int32_t t)
 {
     static const char *const names[] = {"UNDEFINED", "FLOAT", "UINT8", "INT8", "UINT16",
                                         "INT16", "INT32", "INT64", "STRING", "BOOL",
@@ -146,9 +158,11 @@ static const char *type_name(int32_t t)
     return t >= 0 && t <= 16 ? names[t] : "unknown";
 }
 
-int ox_tensor_convert(ox_ctx *c, const Tlonnx__TensorProto *t, ox_const **out)
+/* The checks every tensor passes before its data is read: storage, type, dimensions and
+ * the data present against them. */
+static int header(ox_ctx *c, const Tlonnx__TensorProto *t, int32_t *dt_out, int *elsize_out,
+                  int *is_int_out, size_t *n_out)
 {
-    *out = NULL;
     const char *name = t->name ? t->name : "";
     if ((t->has_data_location && t->data_location == 1) || t->n_external_data)
         return ox_fail(c, TLEARN_EUNSUPPORTED,
@@ -169,7 +183,7 @@ int ox_tensor_convert(ox_ctx *c, const Tlonnx__TensorProto *t, ox_const **out)
     default:
         return ox_fail(c, TLEARN_EUNSUPPORTED,
                        "tensor '%.100s' has data type %s (%d); FLOAT, FLOAT16, BFLOAT16, "
-                       "DOUBLE, INT32 and INT64 are supported", name, type_name(dt), (int)dt);
+                       "DOUBLE, INT32 and INT64 are supported", name, ox_type_name(dt), (int)dt);
     }
     if (t->n_dims > OX_MAX_RANK)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "tensor '%.100s' has rank %zu (at most %d)", name,
@@ -186,7 +200,7 @@ int ox_tensor_convert(ox_ctx *c, const Tlonnx__TensorProto *t, ox_const **out)
             return ox_fail(c, TLEARN_EFORMAT,
                            "tensor '%.100s' has %zu bytes of raw data, expected %zu "
                            "(%zu elements of %s)", name, t->raw_data.len, n * (size_t)elsize, n,
-                           type_name(dt));
+                           ox_type_name(dt));
     } else {
         /* The typed field ONNX uses for each data type: FLOAT16/BFLOAT16 bits travel in
          * int32_data. */
@@ -201,51 +215,124 @@ int ox_tensor_convert(ox_ctx *c, const Tlonnx__TensorProto *t, ox_const **out)
                            "tensor '%.100s' holds %zu values, its dimensions need %zu", name,
                            have, n);
     }
-    ox_const *k;
-    rc = ox_const_new(c, is_int, (int)t->n_dims, t->dims, &k);
+    *dt_out = dt;
+    *elsize_out = elsize;
+    *is_int_out = is_int;
+    *n_out = n;
+    return TLEARN_OK;
+}
+
+int ox_tensor_header(ox_ctx *c, const Tlonnx__TensorProto *t, int *is_int, int *ndim,
+                     int64_t *dims, size_t *numel)
+{
+    int32_t dt;
+    int elsize;
+    int rc = header(c, t, &dt, &elsize, is_int, numel);
     if (rc)
         return rc;
+    *ndim = (int)t->n_dims;
+    for (size_t d = 0; d < t->n_dims; d++)
+        dims[d] = t->dims[d];
+    return TLEARN_OK;
+}
+
+/* Elements [j0, j1) of tensor @p t (checked by header()) into f[j] or i[j]. */
+static void fill(const Tlonnx__TensorProto *t, int32_t dt, int elsize, float *f, int64_t *ii,
+                 size_t j0, size_t j1)
+{
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     if (t->has_raw_data && dt == OX_FLOAT) {
         /* The common case (every PyTorch weight): the bytes are already our floats. */
-        if (n)
-            memcpy(k->f, t->raw_data.data, n * sizeof(float));
-    } else
+        if (j1 > j0)
+            memcpy(f + j0, t->raw_data.data + j0 * sizeof(float), (j1 - j0) * sizeof(float));
+        return;
+    }
 #endif
     if (t->has_raw_data) {
-        const uint8_t *p = t->raw_data.data;
-        for (size_t j = 0; j < n; j++, p += elsize) {
+        const uint8_t *p = t->raw_data.data + j0 * (size_t)elsize;
+        for (size_t j = j0; j < j1; j++, p += elsize) {
             uint64_t v = rd_le(p, elsize);
             switch (dt) {
             case OX_FLOAT: {
                 uint32_t b = (uint32_t)v;
-                memcpy(&k->f[j], &b, sizeof b);
+                memcpy(&f[j], &b, sizeof b);
                 break;
             }
-            case OX_FLOAT16: k->f[j] = ox_half_to_float((uint16_t)v); break;
-            case OX_BFLOAT16: k->f[j] = bf16_to_float((uint16_t)v); break;
+            case OX_FLOAT16: f[j] = ox_half_to_float((uint16_t)v); break;
+            case OX_BFLOAT16: f[j] = bf16_to_float((uint16_t)v); break;
             case OX_DOUBLE: {
                 double d;
                 memcpy(&d, &v, sizeof d);
-                k->f[j] = (float)d;
+                f[j] = (float)d;
                 break;
             }
-            case OX_INT32: k->i[j] = (int32_t)(uint32_t)v; break;
-            default: k->i[j] = (int64_t)v; break;
+            case OX_INT32: ii[j] = (int32_t)(uint32_t)v; break;
+            default: ii[j] = (int64_t)v; break;
             }
         }
-    } else {
-        for (size_t j = 0; j < n; j++) {
-            switch (dt) {
-            case OX_FLOAT: k->f[j] = t->float_data[j]; break;
-            case OX_DOUBLE: k->f[j] = (float)t->double_data[j]; break;
-            case OX_FLOAT16: k->f[j] = ox_half_to_float((uint16_t)t->int32_data[j]); break;
-            case OX_BFLOAT16: k->f[j] = bf16_to_float((uint16_t)t->int32_data[j]); break;
-            case OX_INT32: k->i[j] = t->int32_data[j]; break;
-            default: k->i[j] = t->int64_data[j]; break;
-            }
+        return;
+    }
+    for (size_t j = j0; j < j1; j++) {
+        switch (dt) {
+        case OX_FLOAT: f[j] = t->float_data[j]; break;
+        case OX_DOUBLE: f[j] = (float)t->double_data[j]; break;
+        case OX_FLOAT16: f[j] = ox_half_to_float((uint16_t)t->int32_data[j]); break;
+        case OX_BFLOAT16: f[j] = bf16_to_float((uint16_t)t->int32_data[j]); break;
+        case OX_INT32: ii[j] = t->int32_data[j]; break;
+        default: ii[j] = t->int64_data[j]; break;
         }
     }
+}
+
+int ox_tensor_convert(ox_ctx *c, const Tlonnx__TensorProto *t, ox_const **out)
+{
+    *out = NULL;
+    int32_t dt;
+    int elsize, is_int;
+    size_t n;
+    int rc = header(c, t, &dt, &elsize, &is_int, &n);
+    if (rc)
+        return rc;
+    ox_const *k;
+    rc = ox_const_new(c, is_int, (int)t->n_dims, t->dims, &k);
+    if (rc)
+        return rc;
+    fill(t, dt, elsize, k->f, k->i, 0, n);
     *out = k;
+    return TLEARN_OK;
+}
+
+/* Give back the whole pages of [p, p + len) that lie in the file mapping: they were read
+ * once and will not be read again, so they need not count in the process's memory. */
+static void drop_pages(const ox_ctx *c, const uint8_t *p, size_t len)
+{
+    if (!c->map || p < c->map || p + len > c->map + c->map_len)
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + len) & ~(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+int ox_tensor_read_floats(ox_ctx *c, const Tlonnx__TensorProto *t, float *dst, size_t n)
+{
+    int32_t dt;
+    int elsize, is_int;
+    size_t have;
+    int rc = header(c, t, &dt, &elsize, &is_int, &have);
+    if (rc)
+        return rc;
+    if (is_int || have != n)
+        return ox_fail(c, TLEARN_EFORMAT, "tensor '%.100s' does not hold %zu floats",
+                       t->name ? t->name : "", n);
+    /* In chunks of 4 MiB, so that at most one chunk of the file is resident beyond what
+     * the layers hold. */
+    const size_t chunk = ((size_t)4 << 20) / (size_t)elsize;
+    for (size_t j = 0; j < n; j += chunk) {
+        size_t e = n - j < chunk ? n : j + chunk;
+        fill(t, dt, elsize, dst, NULL, j, e);
+        if (t->has_raw_data)
+            drop_pages(c, t->raw_data.data + j * (size_t)elsize, (e - j) * (size_t)elsize);
+    }
     return TLEARN_OK;
 }

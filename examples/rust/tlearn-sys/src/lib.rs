@@ -37,6 +37,16 @@ pub const TLEARN_LAYER_TRANSPOSE: c_int = 17;
 pub const TLEARN_LAYER_BINARY: c_int = 11;
 pub const TLEARN_LAYER_SCALE: c_int = 12;
 pub const TLEARN_LAYER_SOFTMAX: c_int = 13;
+pub const TLEARN_LAYER_LAYERNORM: c_int = 18;
+pub const TLEARN_LAYER_ADAPTIVE_AVGPOOL: c_int = 19;
+pub const TLEARN_LAYER_PAD: c_int = 20;
+pub const TLEARN_LAYER_MATMUL: c_int = 21;
+pub const TLEARN_LAYER_DROP_PATH: c_int = 22;
+
+// enum tlearn_pad_mode
+pub const TLEARN_PAD_CONSTANT: c_int = 1;
+pub const TLEARN_PAD_REFLECT: c_int = 2;
+pub const TLEARN_PAD_EDGE: c_int = 3;
 pub const TLEARN_LAYER_EMBEDDING: c_int = 30;
 pub const TLEARN_LAYER_POSITION_EMBEDDING: c_int = 31;
 pub const TLEARN_LAYER_ATTENTION: c_int = 32;
@@ -241,6 +251,28 @@ extern "C" {
         -> c_int;
     pub fn tlearn_model_add_add(m: *mut tlearn_model, name: *const c_char,
                                 other: *const c_char) -> c_int;
+    pub fn tlearn_model_add_layernorm(m: *mut tlearn_model, name: *const c_char, naxes: c_int,
+                                      eps: f32, affine: c_int) -> c_int;
+    pub fn tlearn_model_add_layernorm_channels(m: *mut tlearn_model, name: *const c_char,
+                                               eps: f32, affine: c_int) -> c_int;
+    pub fn tlearn_model_add_maxpool2d_ex(m: *mut tlearn_model, name: *const c_char, kh: c_int,
+                                         kw: c_int, sh: c_int, sw: c_int, pt: c_int,
+                                         pl: c_int, pb: c_int, pr: c_int, dh: c_int,
+                                         dw: c_int, ceil_mode: c_int) -> c_int;
+    pub fn tlearn_model_add_avgpool2d_ex(m: *mut tlearn_model, name: *const c_char, kh: c_int,
+                                         kw: c_int, sh: c_int, sw: c_int, pt: c_int,
+                                         pl: c_int, pb: c_int, pr: c_int, ceil_mode: c_int,
+                                         count_include_pad: c_int) -> c_int;
+    pub fn tlearn_model_add_adaptive_avgpool(m: *mut tlearn_model, name: *const c_char,
+                                             oh: c_int, ow: c_int) -> c_int;
+    pub fn tlearn_model_add_pad(m: *mut tlearn_model, name: *const c_char, top: c_int,
+                                left: c_int, bottom: c_int, right: c_int, mode: c_int,
+                                value: f32) -> c_int;
+    pub fn tlearn_model_add_matmul(m: *mut tlearn_model, name: *const c_char,
+                                   a: *const c_char, b: *const c_char, transpose_b: c_int)
+        -> c_int;
+    pub fn tlearn_model_add_drop_path(m: *mut tlearn_model, name: *const c_char, p: f32)
+        -> c_int;
 
     // Introspection.
     pub fn tlearn_model_layer_count(m: *const tlearn_model, count: *mut c_int) -> c_int;

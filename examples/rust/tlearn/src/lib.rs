@@ -221,6 +221,11 @@ pub enum LayerKind {
     Slice,
     Reshape,
     Transpose,
+    LayerNorm,
+    AdaptiveAvgPool,
+    Pad,
+    MatMul,
+    DropPath,
     /// A kind newer than these bindings.
     Other(i32),
 }
@@ -245,10 +250,29 @@ impl LayerKind {
             15 => LayerKind::Slice,
             16 => LayerKind::Reshape,
             17 => LayerKind::Transpose,
+            18 => LayerKind::LayerNorm,
+            19 => LayerKind::AdaptiveAvgPool,
+            20 => LayerKind::Pad,
+            21 => LayerKind::MatMul,
+            22 => LayerKind::DropPath,
             other => LayerKind::Other(other),
         }
     }
 }
+
+/// How [`Model::add_pad`] fills the new positions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PadMode {
+    /// This value.
+    Constant(f32),
+    /// Mirrored without repeating the edge (torch "reflect").
+    Reflect,
+    /// The edge repeated (torch "replicate", ONNX "edge").
+    Edge,
+}
+
+/// Padding (top, left, bottom, right) for [`Model::add_pad`] and the `_ex` pools.
+pub type Pads = (i32, i32, i32, i32);
 
 /// Update rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -867,6 +891,89 @@ impl Model {
         let c = cstring(name, "name")?;
         let rank = c_int::try_from(perm.len()).unwrap_or(c_int::MAX);
         check(unsafe { sys::tlearn_model_add_transpose(self.raw(), c.as_ptr(), rank, perm.as_ptr()) })?;
+        Ok(self)
+    }
+    /// torch.nn.LayerNorm over the last `naxes` axes (weight/bias of their shape when
+    /// `affine`).
+    pub fn add_layernorm(&mut self, name: &str, naxes: i32, eps: f32, affine: bool)
+                         -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_layernorm(self.raw(), c.as_ptr(), naxes, eps, affine as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Layer norm over the channels of a (C, ...) input at every position (ConvNeXt's
+    /// LayerNorm2d); weight/bias of shape (C).
+    pub fn add_layernorm_channels(&mut self, name: &str, eps: f32, affine: bool)
+                                  -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_layernorm_channels(self.raw(), c.as_ptr(), eps, affine as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Max pooling as ONNX MaxPool: (h, w) kernel, stride (0: the kernel) and dilation,
+    /// padding (top, left, bottom, right), ceil mode.
+    pub fn add_maxpool2d_ex(&mut self, name: &str, kernel: (i32, i32), stride: (i32, i32),
+                            pads: Pads, dilation: (i32, i32), ceil_mode: bool)
+                            -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_maxpool2d_ex(self.raw(), c.as_ptr(), kernel.0, kernel.1,
+                                               stride.0, stride.1, pads.0, pads.1, pads.2,
+                                               pads.3, dilation.0, dilation.1,
+                                               ceil_mode as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Average pooling as ONNX AveragePool; arguments as [`Model::add_maxpool2d_ex`].
+    pub fn add_avgpool2d_ex(&mut self, name: &str, kernel: (i32, i32), stride: (i32, i32),
+                            pads: Pads, ceil_mode: bool, count_include_pad: bool)
+                            -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_avgpool2d_ex(self.raw(), c.as_ptr(), kernel.0, kernel.1,
+                                               stride.0, stride.1, pads.0, pads.1, pads.2,
+                                               pads.3, ceil_mode as c_int,
+                                               count_include_pad as c_int)
+        })?;
+        Ok(self)
+    }
+    /// torch.nn.AdaptiveAvgPool2d((oh, ow)).
+    pub fn add_adaptive_avgpool(&mut self, name: &str, oh: i32, ow: i32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_adaptive_avgpool(self.raw(), c.as_ptr(), oh, ow) })?;
+        Ok(self)
+    }
+    /// Pad the last two axes by (top, left, bottom, right).
+    pub fn add_pad(&mut self, name: &str, pads: Pads, mode: PadMode) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let (m, v) = match mode {
+            PadMode::Constant(v) => (sys::TLEARN_PAD_CONSTANT, v),
+            PadMode::Reflect => (sys::TLEARN_PAD_REFLECT, 0.0),
+            PadMode::Edge => (sys::TLEARN_PAD_EDGE, 0.0),
+        };
+        check(unsafe {
+            sys::tlearn_model_add_pad(self.raw(), c.as_ptr(), pads.0, pads.1, pads.2, pads.3, m, v)
+        })?;
+        Ok(self)
+    }
+    /// torch.matmul of layers (or inputs) `a` and `b`: (.., M, K) x (.., K, N); with
+    /// `transpose_b`, a b^T for b of shape (.., N, K).
+    pub fn add_matmul(&mut self, name: &str, a: &str, b: &str, transpose_b: bool)
+                      -> Result<&mut Self> {
+        let (c, ca, cb) = (cstring(name, "name")?, cstring(a, "a")?, cstring(b, "b")?);
+        check(unsafe {
+            sys::tlearn_model_add_matmul(self.raw(), c.as_ptr(), ca.as_ptr(), cb.as_ptr(),
+                                         transpose_b as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Stochastic depth (torchvision StochasticDepth(p, "row")), active in training mode.
+    pub fn add_drop_path(&mut self, name: &str, p: f32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_drop_path(self.raw(), c.as_ptr(), p) })?;
         Ok(self)
     }
 

@@ -376,3 +376,35 @@ fn onnx_import_then_finetune_the_head() {
     assert_eq!(m.get_tensor("conv.weight").unwrap(), w_conv);
     assert_eq!(m.predict(&x).unwrap().len(), 6 * 4);
 }
+
+#[test]
+fn norm_pool_pad_matmul_layers() {
+    use tlearn::PadMode;
+    let mut m = Model::new(3, 9, 9).unwrap();
+    m.add_pad("pad", (1, 0, 0, 1), PadMode::Reflect).unwrap()            // 3x10x10
+        .add_maxpool2d_ex("max", (3, 3), (2, 2), (0, 0, 0, 0), (1, 1), true).unwrap() // 3x5x5
+        .add_avgpool2d_ex("avg", (2, 2), (1, 1), (1, 1, 0, 0), false, true).unwrap()  // 3x5x5
+        .add_layernorm_channels("ln2d", 1e-6, true).unwrap()
+        .add_drop_path("dp", 0.1).unwrap()
+        .add_adaptive_avgpool("ap", 2, 3).unwrap()
+        .add_pad("pad2", (0, 0, 1, 0), PadMode::Constant(0.5)).unwrap()    // 3x3x3
+        .add_layernorm("ln", 2, 1e-5, false).unwrap();
+    let kinds: Vec<_> = (0..m.layer_count().unwrap()).map(|i| m.layer_kind(i).unwrap()).collect();
+    assert_eq!(kinds, [LayerKind::Pad, LayerKind::MaxPool2d, LayerKind::AvgPool2d,
+                       LayerKind::LayerNorm, LayerKind::DropPath, LayerKind::AdaptiveAvgPool,
+                       LayerKind::Pad, LayerKind::LayerNorm]);
+    assert_eq!(m.layer_shape(1).unwrap(), Shape { c: 3, h: 5, w: 5 });
+    assert_eq!(m.output_shape().unwrap(), Shape { c: 3, h: 3, w: 3 });
+    let out = m.predict(&vec![0.25f32; 2 * 243]).unwrap();
+    assert!(out.iter().all(|v| v.is_finite()));
+    assert_eq!(m.add_layernorm("bad", 0, 1e-5, true).err().unwrap().code(), status::EINVAL);
+
+    let mut s = Model::with_input("x", &[5, 6], false).unwrap();
+    s.add_linear("q", 4, true).unwrap().set_next_input(Some("x")).unwrap()
+        .add_linear("k", 4, false).unwrap()
+        .add_matmul("scores", "q", "k", true).unwrap();
+    assert_eq!(s.layer_shape_nd(2).unwrap(), vec![5, 5]);
+    assert_eq!(s.layer_kind(2).unwrap(), LayerKind::MatMul);
+    assert_eq!(s.add_matmul("bad", "q", "nothere", false).err().unwrap().code(),
+               status::ENOTFOUND);
+}

@@ -1,0 +1,500 @@
+/* ONNX operators of neural-network layers: Gemm and MatMul (dense), Conv, pooling, Pad
+ * (folded into the next Conv or AveragePool), BatchNormalization. Large weights are read
+ * from the file straight into the layers' parameters (ox_load_param). */
+#include <math.h>
+#include <string.h>
+
+#include "onnx_internal.h"
+
+/* ---- dense ---- */
+
+/* A dense layer of @p units over the flat activation @p x, with W[n][k] = w(n, k). */
+static int dense(ox_ctx *c, ox_value *x, const char *wname, int units, int *layer)
+{
+    return ox_add_layer(c, &tl_dense_ops, wname, &x->layer, 1, &units, 1, NULL, 0, layer);
+}
+
+static int flat_input(ox_ctx *c, ox_value **x)
+{
+    int rc = ox_in_act(c, 0, 0, x);
+    if (rc)
+        return rc;
+    if ((*x)->shape.rank != 1)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "input must be 2-D (N, F); flatten the "
+                       "activation first");
+    return TLEARN_OK;
+}
+
+/* Gemm: Y = alpha * A op(B) + beta * C. alpha, beta and transB fold into the weights. */
+static int op_gemm(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 2, 3);
+    int64_t ta, tb;
+    float alpha, beta;
+    if (!rc)
+        rc = ox_attr_int(c, "transA", 0, &ta);
+    if (!rc)
+        rc = ox_attr_int(c, "transB", 0, &tb);
+    if (!rc)
+        rc = ox_attr_float(c, "alpha", 1.0f, &alpha);
+    if (!rc)
+        rc = ox_attr_float(c, "beta", 1.0f, &beta);
+    if (rc)
+        return rc;
+    if (ta != 0)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "transA=%lld is not supported: the input must be "
+                       "(N, F)", (long long)ta);
+    ox_value *x, *wv;
+    ox_const Bh, *B = &Bh, *C = NULL;
+    /* PyTorch's Linear (transB=1, alpha=1) has the dense layer's layout: the weight is read
+     * from the file straight into the layer. */
+    if ((rc = flat_input(c, &x)) ||
+        (rc = tb && alpha == 1.0f ? ox_float_const_lazy(c, 1, &Bh, &wv)
+                                  : ox_float_const(c, 1, &B, &wv)))
+        return rc;
+    if (ox_in_name(c, 2) && (rc = ox_float_const(c, 2, &C, NULL)))
+        return rc;
+    if (B->ndim != 2)
+        return ox_fail(c, TLEARN_EFORMAT, "B has rank %d, expected 2", B->ndim);
+    int64_t units = tb ? B->dims[0] : B->dims[1], k = tb ? B->dims[1] : B->dims[0];
+    size_t in = tl_shape_size(x->shape);
+    if ((size_t)k != in)
+        return ox_fail(c, TLEARN_EFORMAT, "B has %lld input features, the input has %zu",
+                       (long long)k, in);
+    if (units < 1 || units > INT32_MAX)
+        return ox_fail(c, TLEARN_EFORMAT, "B has %lld outputs", (long long)units);
+    if (C && !ox_is_vector_of(C, (size_t)units) && C->numel != 1)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "C must broadcast as a per-output bias of %lld "
+                       "values", (long long)units);
+    int layer;
+    if ((rc = dense(c, x, wv->name, (int)units, &layer)))
+        return rc;
+    float *w = ox_param_data(c, layer, "weight"), *b = ox_param_data(c, layer, "bias");
+    for (int64_t n = 0; n < units; n++) {
+        for (int64_t j = 0; B->f && j < k; j++)
+            w[n * k + j] = alpha * (tb ? B->f[n * k + j] : B->f[j * units + n]);
+        b[n] = C ? beta * C->f[C->numel == 1 ? 0 : n] : 0.0f;
+    }
+    if ((rc = B->f ? ox_set_param(c, layer, "weight", w, (size_t)(units * k))
+                   : ox_load_param(c, layer, "weight", wv, B)) ||
+        (rc = ox_set_param(c, layer, "bias", b, (size_t)units)))
+        return rc;
+    ox_def_act(c, layer);
+    ox_out(c)->bias_layer = layer;
+    return TLEARN_OK;
+}
+
+/* MatMul(A, B) with a constant B [K, N]: a dense layer with a zero bias, which an Add of a
+ * constant right after fills in. */
+static int op_matmul(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 2, 2);
+    ox_value *x, *wv;
+    ox_const *B;
+    if (rc || (rc = flat_input(c, &x)) || (rc = ox_float_const(c, 1, &B, &wv)))
+        return rc;
+    if (B->ndim != 2)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "B has rank %d; a 2-D weight is supported",
+                       B->ndim);
+    int64_t k = B->dims[0], units = B->dims[1];
+    if ((size_t)k != tl_shape_size(x->shape) || units < 1 || units > INT32_MAX)
+        return ox_fail(c, TLEARN_EFORMAT, "B is %lld x %lld, the input has %zu features",
+                       (long long)k, (long long)units, tl_shape_size(x->shape));
+    int layer;
+    if ((rc = dense(c, x, wv->name, (int)units, &layer)))
+        return rc;
+    float *w = ox_param_data(c, layer, "weight"), *b = ox_param_data(c, layer, "bias");
+    for (int64_t n = 0; n < units; n++) {
+        for (int64_t j = 0; j < k; j++)
+            w[n * k + j] = B->f[j * units + n];
+        b[n] = 0.0f;
+    }
+    if ((rc = ox_set_param(c, layer, "weight", w, (size_t)(units * k))))
+        return rc;
+    ox_def_act(c, layer);
+    ox_out(c)->bias_layer = layer;
+    return TLEARN_OK;
+}
+
+/* ---- convolution and pooling ---- */
+
+/* auto_pad must be NOTSET (or VALID, which means no padding). */
+static int check_auto_pad(ox_ctx *c, int *valid)
+{
+    int is_notset, present, rc = ox_attr_string_is(c, "auto_pad", "NOTSET", &is_notset, &present);
+    if (rc)
+        return rc;
+    *valid = 0;
+    if (!present || is_notset)
+        return TLEARN_OK;
+    if ((rc = ox_attr_string_is(c, "auto_pad", "VALID", valid, &present)))
+        return rc;
+    if (*valid)
+        return TLEARN_OK;
+    return ox_fail(c, TLEARN_EUNSUPPORTED, "auto_pad SAME_UPPER/SAME_LOWER is not supported; "
+                   "export with explicit padding (auto_pad NOTSET)");
+}
+
+/* Symmetric pads [top, left, bottom, right] -> ph, pw. */
+static int sym_pads(ox_ctx *c, int valid, int64_t *ph, int64_t *pw)
+{
+    static const int64_t zero[4] = {0, 0, 0, 0};
+    int64_t p[4];
+    int rc = ox_attr_ints(c, "pads", 4, zero, 0, OX_MAX_ATTR, p);
+    if (rc)
+        return rc;
+    if (valid && (p[0] || p[1] || p[2] || p[3]))
+        return ox_fail(c, TLEARN_EFORMAT, "auto_pad VALID with non-zero pads");
+    if (p[0] != p[2] || p[1] != p[3])
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "asymmetric pads [%lld, %lld, %lld, %lld] are not "
+                       "supported", (long long)p[0], (long long)p[1], (long long)p[2],
+                       (long long)p[3]);
+    *ph = p[0];
+    *pw = p[1];
+    return TLEARN_OK;
+}
+
+static int spatial_input(ox_ctx *c, int pad_ok, ox_value **x)
+{
+    int rc = ox_in_act(c, 0, pad_ok, x);
+    if (rc)
+        return rc;
+    if ((*x)->shape.rank != 3)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "input must be 4-D (N, C, H, W)");
+    return TLEARN_OK;
+}
+
+static int op_conv(ox_ctx *c, int arg)
+{
+    (void)arg;
+    static const int64_t ones[2] = {1, 1};
+    int rc = ox_need_inputs(c, 2, 3);
+    ox_value *x, *wv;
+    ox_const Wh, *W = &Wh, *B = NULL;
+    const tl_layer_ops *ops;
+    int valid;
+    if (rc || (rc = spatial_input(c, 1, &x)) || (rc = ox_float_const_lazy(c, 1, &Wh, &wv)) ||
+        (rc = ox_need_ops(c, TLEARN_LAYER_CONV2D, "conv2d", &ops)) || (rc = check_auto_pad(c, &valid)))
+        return rc;
+    if (ox_in_name(c, 2) && (rc = ox_float_const(c, 2, &B, NULL)))
+        return rc;
+    if (W->ndim != 4)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "weight has rank %d; 2-D convolution (rank 4) is "
+                       "supported", W->ndim);
+    int64_t st[2], dl[2], ks[2], group, ph, pw;
+    if ((rc = ox_attr_ints(c, "strides", 2, ones, 1, OX_MAX_ATTR, st)) ||
+        (rc = ox_attr_ints(c, "dilations", 2, ones, 1, OX_MAX_ATTR, dl)) ||
+        (rc = ox_attr_ints(c, "kernel_shape", 2, W->dims + 2, 1, OX_MAX_ATTR, ks)) ||
+        (rc = ox_attr_int(c, "group", 1, &group)) || (rc = sym_pads(c, valid, &ph, &pw)))
+        return rc;
+    int64_t M = W->dims[0], cg = W->dims[1];
+    if (ks[0] != W->dims[2] || ks[1] != W->dims[3])
+        return ox_fail(c, TLEARN_EFORMAT, "kernel_shape differs from the weight's shape");
+    if (group < 1 || group > x->shape.c || M < 1 || M > OX_MAX_ATTR || cg * group != x->shape.c ||
+        M % group != 0)
+        return ox_fail(c, TLEARN_EFORMAT, "weight [%lld, %lld, ...] with group %lld does not fit "
+                       "%d input channels", (long long)M, (long long)cg, (long long)group,
+                       x->shape.c);
+    if (B && !ox_is_vector_of(B, (size_t)M))
+        return ox_fail(c, TLEARN_EFORMAT, "bias has %zu values for %lld filters", B->numel,
+                       (long long)M);
+    /* A zero Pad node before the convolution is the convolution's own padding. */
+    ph += x->pad_h;
+    pw += x->pad_w;
+    int ia[11] = {(int)M, (int)ks[0], (int)ks[1], (int)st[0], (int)st[1], (int)ph, (int)pw,
+                  (int)dl[0], (int)dl[1], (int)group, B != NULL};
+    int layer;
+    if ((rc = ox_add_layer(c, ops, wv->name, &x->layer, 1, ia, 11, NULL, 0, &layer)) ||
+        (rc = ox_load_param(c, layer, "weight", wv, W)) ||
+        (B && (rc = ox_set_param(c, layer, "bias", B->f, B->numel))))
+        return rc;
+    ox_def_act(c, layer);
+    if (B)
+        ox_out(c)->bias_layer = layer;
+    return TLEARN_OK;
+}
+
+/* Common attributes of MaxPool and AveragePool. ceil_mode=1 is accepted when it changes
+ * nothing: when every window fits, rounding the output size up or down agrees. @p x is
+ * the input, with any pending Pad (pad_h/pad_w) that the caller will fold in. */
+static int pool_attrs(ox_ctx *c, const ox_value *x, int64_t ks[2], int64_t st[2], int64_t *ph,
+                      int64_t *pw)
+{
+    static const int64_t ones[2] = {1, 1};
+    int valid, rc = check_auto_pad(c, &valid);
+    int64_t ceil_mode, dl[2];
+    const Tlonnx__AttributeProto *k = ox_attr(c, "kernel_shape");
+    if (!rc && !k)
+        return ox_fail(c, TLEARN_EFORMAT, "kernel_shape is missing");
+    if (rc || (rc = ox_attr_ints(c, "kernel_shape", 2, ones, 1, OX_MAX_ATTR, ks)) ||
+        (rc = ox_attr_ints(c, "strides", 2, ones, 1, OX_MAX_ATTR, st)) ||
+        (rc = ox_attr_ints(c, "dilations", 2, ones, 1, 1, dl)) ||
+        (rc = ox_attr_int(c, "ceil_mode", 0, &ceil_mode)) || (rc = sym_pads(c, valid, ph, pw)))
+        return rc;
+    if (ceil_mode != 0) {
+        int64_t span_h = x->shape.h + 2 * (*ph + x->pad_h) - ks[0];
+        int64_t span_w = x->shape.w + 2 * (*pw + x->pad_w) - ks[1];
+        if (span_h < 0 || span_w < 0 || span_h % st[0] || span_w % st[1])
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "ceil_mode=1 is only supported where it "
+                           "gives the same output size as ceil_mode=0 (here it adds a partial "
+                           "window)");
+    }
+    return TLEARN_OK;
+}
+
+static int op_maxpool(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 1, 1);
+    ox_value *x;
+    const tl_layer_ops *ops;
+    int64_t ks[2], st[2], ph, pw, order;
+    if (rc || (rc = spatial_input(c, 0, &x)) ||
+        (rc = ox_need_ops(c, TLEARN_LAYER_MAXPOOL2D, "maxpool2d", &ops)) ||
+        (rc = pool_attrs(c, x, ks, st, &ph, &pw)) ||
+        (rc = ox_attr_int(c, "storage_order", 0, &order)))
+        return rc;
+    int ia[6] = {(int)ks[0], (int)ks[1], (int)st[0], (int)st[1], (int)ph, (int)pw}, layer;
+    if ((rc = ox_add_layer(c, ops, NULL, &x->layer, 1, ia, 6, NULL, 0, &layer)))
+        return rc;
+    ox_def_act(c, layer);
+    return TLEARN_OK;
+}
+
+/* AveragePool; a zero Pad before it becomes its padding, counted in the average
+ * (count_include_pad), which is what the padded tensor means. */
+static int op_avgpool(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 1, 1);
+    ox_value *x;
+    const tl_layer_ops *ops;
+    int64_t ks[2], st[2], ph, pw, cip;
+    if (rc || (rc = spatial_input(c, 1, &x)) ||
+        (rc = ox_need_ops(c, TLEARN_LAYER_AVGPOOL2D, "avgpool2d", &ops)) ||
+        (rc = pool_attrs(c, x, ks, st, &ph, &pw)) ||
+        (rc = ox_attr_int(c, "count_include_pad", 0, &cip)))
+        return rc;
+    if (x->pad_h || x->pad_w) {
+        if ((ph || pw) && !cip)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "a Pad before an AveragePool that pads "
+                           "again without count_include_pad cannot be one pooling layer");
+        ph += x->pad_h;
+        pw += x->pad_w;
+        cip = 1;
+    }
+    int ia[7] = {(int)ks[0], (int)ks[1], (int)st[0], (int)st[1], (int)ph, (int)pw, cip != 0};
+    int layer;
+    if ((rc = ox_add_layer(c, ops, NULL, &x->layer, 1, ia, 7, NULL, 0, &layer)))
+        return rc;
+    ox_def_act(c, layer);
+    return TLEARN_OK;
+}
+
+static int op_global_avgpool(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 1, 1);
+    ox_value *x;
+    const tl_layer_ops *ops;
+    int layer;
+    if (rc || (rc = spatial_input(c, 0, &x)) ||
+        (rc = ox_need_ops(c, TLEARN_LAYER_GLOBAL_AVGPOOL, "global_avgpool", &ops)) ||
+        (rc = ox_add_layer(c, ops, NULL, &x->layer, 1, NULL, 0, NULL, 0, &layer)))
+        return rc;
+    ox_def_act(c, layer);
+    return TLEARN_OK;
+}
+
+/* ReduceMean over H and W (x.mean([2, 3]) in PyTorch) is a global average pool; without
+ * keepdims its (N, C) result has the same memory layout as the pool's (N, C, 1, 1). */
+static int op_reduce_mean(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 1, 1);
+    ox_value *x;
+    const tl_layer_ops *ops;
+    int64_t keep, axes[2];
+    const Tlonnx__AttributeProto *a = ox_attr(c, "axes");
+    if (rc || (rc = spatial_input(c, 0, &x)) || (rc = ox_attr_int(c, "keepdims", 1, &keep)))
+        return rc;
+    if (!a || a->n_ints != 2)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "only a mean over axes [2, 3] (H and W) is "
+                       "supported");
+    for (int i = 0; i < 2; i++)
+        axes[i] = a->ints[i] < 0 ? a->ints[i] + 4 : a->ints[i];
+    if (!((axes[0] == 2 && axes[1] == 3) || (axes[0] == 3 && axes[1] == 2)))
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "only a mean over axes [2, 3] (H and W) is "
+                       "supported");
+    int layer;
+    if ((rc = ox_need_ops(c, TLEARN_LAYER_GLOBAL_AVGPOOL, "global_avgpool", &ops)) ||
+        (rc = ox_add_layer(c, ops, NULL, &x->layer, 1, NULL, 0, NULL, 0, &layer)))
+        return rc;
+    if (keep)
+        ox_def_act(c, layer);
+    else
+        ox_def_view(c, layer, tl_shape1(x->shape.c));
+    return TLEARN_OK;
+}
+
+/* Pad with zeros on H and W only, the same before and after: kept pending for the consumer. */
+static int op_pad(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 2, 3);
+    ox_value *x;
+    ox_const *p;
+    int is_const, present;
+    if (rc || (rc = spatial_input(c, 1, &x)) || (rc = ox_in_const(c, 1, &p, NULL)) ||
+        (rc = ox_attr_string_is(c, "mode", "constant", &is_const, &present)))
+        return rc;
+    if (present && !is_const)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "only mode 'constant' is supported");
+    if (ox_in_name(c, 2)) {
+        float v;
+        if ((rc = ox_scalar_float(c, 2, &v)))
+            return rc;
+        if (v != 0.0f)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "padding with %g is not supported (only 0)",
+                           (double)v);
+    }
+    if (!p->is_int || p->numel != 8)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "pads must be 8 integers for a 4-D input");
+    const int64_t *q = p->i;
+    if (q[0] || q[1] || q[4] || q[5])
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "padding the batch or channel dimension is not "
+                       "supported");
+    if (q[2] != q[6] || q[3] != q[7] || q[2] < 0 || q[3] < 0 || q[2] > OX_MAX_ATTR ||
+        q[3] > OX_MAX_ATTR)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "only symmetric, non-negative H/W padding is "
+                       "supported");
+    ox_def_alias(c, x);
+    ox_value *o = ox_out(c);
+    o->pad_h += (int)q[2];
+    o->pad_w += (int)q[3];
+    if (o->pad_h > OX_MAX_ATTR || o->pad_w > OX_MAX_ATTR)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "padding is too large");
+    if (o->pad_h || o->pad_w)
+        o->bias_layer = -1;
+    return TLEARN_OK;
+}
+
+/* ---- normalisation ---- */
+
+static int op_batchnorm(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 5, 5);
+    ox_value *x, *sv;
+    ox_const *s, *b, *mean, *var;
+    const tl_layer_ops *ops;
+    float eps, mom;
+    int64_t training;
+    if (rc || (rc = ox_in_act(c, 0, 0, &x)) || (rc = ox_float_const(c, 1, &s, &sv)) ||
+        (rc = ox_float_const(c, 2, &b, NULL)) || (rc = ox_float_const(c, 3, &mean, NULL)) ||
+        (rc = ox_float_const(c, 4, &var, NULL)) ||
+        (rc = ox_need_ops(c, TLEARN_LAYER_BATCHNORM, "batchnorm", &ops)) ||
+        (rc = ox_attr_float(c, "epsilon", 1e-5f, &eps)) ||
+        (rc = ox_attr_float(c, "momentum", 0.9f, &mom)) ||
+        (rc = ox_attr_int(c, "training_mode", 0, &training)))
+        return rc;
+    if (training)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "training_mode=1 is not supported; export the "
+                       "model in eval() mode");
+    size_t ch = (size_t)x->shape.c;
+    if (x->shape.rank > 3)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "input of rank %d; (N, C), (N, C, L) and "
+                       "(N, C, H, W) are supported", 1 + x->shape.rank);
+    if (!ox_is_vector_of(s, ch) || !ox_is_vector_of(b, ch) || !ox_is_vector_of(mean, ch) ||
+        !ox_is_vector_of(var, ch))
+        return ox_fail(c, TLEARN_EFORMAT, "scale, B, mean and var must have %zu values", ch);
+    for (size_t i = 0; i < ch; i++)
+        if (!(var->f[i] >= 0.0f))
+            return ox_fail(c, TLEARN_EFORMAT, "var[%zu] is negative or NaN", i);
+    if (!(eps > 0.0f) || !(mom >= 0.0f && mom <= 1.0f))
+        return ox_fail(c, TLEARN_EFORMAT, "epsilon %g or momentum %g is out of range",
+                       (double)eps, (double)mom);
+    /* ONNX: running = running * momentum + batch * (1 - momentum); PyTorch's momentum is
+     * the weight of the batch statistic. */
+    float fa[2] = {eps, 1.0f - mom};
+    int layer;
+    if ((rc = ox_add_layer(c, ops, sv->name, &x->layer, 1, NULL, 0, fa, 2, &layer)) ||
+        (rc = ox_set_param(c, layer, "weight", s->f, ch)) ||
+        (rc = ox_set_param(c, layer, "bias", b->f, ch)) ||
+        (rc = ox_set_param(c, layer, "running_mean", mean->f, ch)) ||
+        (rc = ox_set_param(c, layer, "running_var", var->f, ch)))
+        return rc;
+    ox_def_view(c, layer, x->shape);
+    return TLEARN_OK;
+}
+
+/* ---- pre-pass checks: attributes alone ---- */
+
+static const char *check_auto_pad_only(ox_ctx *c)
+{
+    if (ox_peek_string_is(c, "auto_pad", "SAME_UPPER", 0) ||
+        ox_peek_string_is(c, "auto_pad", "SAME_LOWER", 0))
+        return "auto_pad SAME_UPPER/SAME_LOWER";
+    return NULL;
+}
+
+/* Spatial attributes of 2 values (2-D kernels); a longer list is 3-D. */
+static const char *check_2d(ox_ctx *c)
+{
+    const Tlonnx__AttributeProto *k = ox_attr(c, "kernel_shape");
+    if (k && k->n_ints != 2)
+        return k->n_ints == 3 ? "3-D kernel" : "not a 2-D kernel";
+    return check_auto_pad_only(c);
+}
+
+static const char *check_pool(ox_ctx *c)
+{
+    const Tlonnx__AttributeProto *d = ox_attr(c, "dilations");
+    for (size_t i = 0; d && i < d->n_ints; i++)
+        if (d->ints[i] != 1)
+            return "dilated pooling";
+    if (c->node->n_output > 1 && c->node->output[1] && *c->node->output[1])
+        return "the indices output";
+    return check_2d(c);
+}
+
+static const char *check_gemm(ox_ctx *c)
+{
+    return ox_peek_int(c, "transA", 0) ? "transA=1" : NULL;
+}
+
+static const char *check_batchnorm(ox_ctx *c)
+{
+    if (ox_peek_int(c, "training_mode", 0) || c->node->n_output > 1)
+        return "training-mode graph";
+    return NULL;
+}
+
+static const char *check_pad(ox_ctx *c)
+{
+    return ox_peek_string_is(c, "mode", "constant", 1) ? NULL : "mode other than constant";
+}
+
+const ox_op ox_ops_nn[] = {
+    {"Conv", op_conv, 0, 0, 0, check_2d,
+     "2-D; constant weight and bias; auto_pad NOTSET or VALID; symmetric pads"},
+    {"Gemm", op_gemm, 0, 0, 0, check_gemm,
+     "A an activation (N, K); B, C constant; transA=0; C per output or scalar"},
+    {"MatMul", op_matmul, 0, 0, 0, NULL, "A an activation (N, K), B a constant (K, M)"},
+    {"MaxPool", op_maxpool, 0, 0, 0, check_pool,
+     "2-D; no dilation; symmetric pads of at most half the kernel; ceil_mode only without "
+     "a partial window; no indices output"},
+    {"AveragePool", op_avgpool, 0, 0, 0, check_pool,
+     "2-D; symmetric pads of at most half the kernel (a zero Pad before it folds in); "
+     "ceil_mode only without a partial window"},
+    {"GlobalAveragePool", op_global_avgpool, 0, 0, 0, NULL, "(N, C, H, W)"},
+    {"ReduceMean", op_reduce_mean, 0, 0, 17, NULL, "axes [2, 3] of (N, C, H, W)"},
+    {"Pad", op_pad, 0, 0, 0, check_pad,
+     "constant 0, symmetric on H and W, read by a Conv or AveragePool"},
+    {"BatchNormalization", op_batchnorm, 0, 0, 0, check_batchnorm,
+     "inference (training_mode=0, one output); constant statistics; (N, C), (N, C, L) or "
+     "(N, C, H, W)"},
+    {NULL, NULL, 0, 0, 0, NULL, NULL},
+};
