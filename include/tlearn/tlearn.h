@@ -1230,6 +1230,35 @@ TLEARN_API int tlearn_model_add_patch_embed(tlearn_model *m, const char *name, i
                                             int patch, int class_token, int positions);
 
 /**
+ * Append the layers of torch.nn.TransformerEncoderLayer(D, heads, ff_dim, dropout,
+ * activation, batch_first=True, norm_first) over the next input, a sequence (T, D), named
+ * after its state_dict: `name.self_attn` (tlearn_model_add_attention()), `name.linear1`,
+ * `name.linear2`, `name.norm1`, `name.norm2` (layer norm over D, eps 1e-5), so tensors are
+ * `name.self_attn.in_proj_weight`, `name.linear1.weight`, `name.norm1.bias`, ... as in
+ * PyTorch. Post-norm (norm_first 0): x = norm1(x + dropout1(self_attn(x))), then
+ * x = norm2(x + dropout2(linear2(dropout(activation(linear1(x)))))); pre-norm (1):
+ * x = x + dropout1(self_attn(norm1(x))), then x = x + dropout2(linear2(dropout(activation(
+ * linear1(norm2(x)))))). Also added: `name.activation`, the residual sums `name.add1`,
+ * `name.add2`, and, when dropout > 0, `name.dropout`, `name.dropout1`, `name.dropout2`. The
+ * last layer is the block's output. Attention weights are not dropped out.
+ * @param heads       divides D.  @param ff_dim  the feed-forward width, >= 1.
+ * @param activation  enum tlearn_activation: TLEARN_ACT_RELU (PyTorch's default),
+ *                    TLEARN_ACT_GELU, or another kind.
+ * @param norm_first  0 post-norm (PyTorch's default), 1 pre-norm.
+ * @param dropout     in [0, 1) (PyTorch's default 0.1); active in training mode only.
+ * @param mask        NULL, or a key-padding mask (T) for the attention, as in
+ *                    tlearn_model_add_attention(); borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad name, a layer name already used, bad numbers),
+ *         TLEARN_ENOTFOUND (no such mask), TLEARN_ESHAPE (input not (T, D), heads do not
+ *         divide D), TLEARN_ENOMEM. Nothing changes on failure (layers added before the
+ *         failure are removed).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_transformer_block(tlearn_model *m, const char *name, int heads,
+                                                  int ff_dim, int activation, int norm_first,
+                                                  float dropout, const char *mask);
+
+/**
  * One training step over a model of several inputs (token ids and a mask, an image and
  * metadata): the general form of tlearn_model_train_step(), with the same loss
  * (TLEARN_LOSS_SOFTMAX_CE on graph output 0), optimizer, checks and all-or-nothing update.

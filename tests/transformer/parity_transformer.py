@@ -38,6 +38,7 @@ lib.tlearn_model_add_linear.argtypes = [vp, cp, ci, ci]
 lib.tlearn_model_add_activation.argtypes = [vp, cp, ci, ctypes.c_float]
 lib.tlearn_model_add_add.argtypes = [vp, cp, cp]
 lib.tlearn_model_compute_gradients_tokens.argtypes = [vp, vp, ci, vp, ctypes.c_int32, sz, vp]
+lib.tlearn_model_add_transformer_block.argtypes = [vp, cp, ci, ci, ci, ci, ctypes.c_float, cp]
 lib.tlearn_model_set_training.argtypes = [vp, ci]
 lib.tlearn_model_destroy.argtypes = [vp]
 
@@ -284,7 +285,7 @@ def test_toy_encoder(rng):
         h = h + l2(F.gelu(l1(h)))
         f = mk.float().unsqueeze(-1)
         return head((h * f).sum(1) / f.sum(1))
-    check('toy encoder', tm, net, [ids, m], params, float_x=False, tol=(1e-4, 1e-6))
+    check('toy encoder', tm, net, [ids, m], params, float_x=False, tol=(1e-5, 1e-6))
 
 
 def test_masked_token_loss(rng):
@@ -325,11 +326,71 @@ def test_masked_token_loss(rng):
         close('token loss d' + name, tm.grad(name, p.numel()), p.grad.numpy(), 1e-5, 1e-6)
 
 
+def test_encoder_layer(rng):
+    """torch.nn.TransformerEncoderLayer, post- and pre-norm, ReLU and GELU, with a key-padding
+    mask: the block's tensors take the layer's state_dict by name."""
+    n, t, d, heads, ff = 4, 6, 8, 2, 16
+    for norm_first, act in ((0, 'relu'), (1, 'gelu'), (0, 'gelu'), (1, 'relu')):
+        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, activation=act,
+                                           batch_first=True, norm_first=bool(norm_first))
+        with torch.no_grad():  # non-trivial norms and biases
+            for k, v in layer.named_parameters():
+                if 'norm' in k or 'bias' in k:
+                    v.add_(0.2 * torch.randn_like(v))
+        x = rng.standard_normal((n, t, d)).astype(np.float32)
+        m = masks(n, t, rng)
+        tm = TModel([('x', FLOAT32, [t, d]), ('mask', INT32, [t])])
+        tm.add('set_next_input', 'x')
+        tm.add('add_transformer_block', 'enc', heads, ff, ACT_GELU if act == 'gelu' else ACT_RELU,
+               norm_first, 0.0, 'mask')
+        params = {'enc.' + k: v for k, v in layer.named_parameters()}
+        for k, v in params.items():
+            tm.set(k, v)
+        check('encoder layer norm_first=%d %s' % (norm_first, act), tm,
+              lambda a, mk: layer(a, src_key_padding_mask=(mk == 0)), [x, m], params,
+              tol=(1e-5, 1e-6))
+
+
+def test_bert_toy(rng):
+    """Embedding + learned positions + 2 encoder layers + first-token pooling + linear, with
+    key-padding masks."""
+    n, t, v, d, heads, ff, classes = 5, 7, 17, 8, 2, 16, 3
+    ids = rng.integers(1, v, (n, t)).astype(np.int32)
+    m = masks(n, t, rng)
+    ids[m == 0] = 0
+    emb = nn.Embedding(v, d, padding_idx=0)
+    pos = nn.Parameter(torch.randn(t, d) * 0.1)
+    layers = [nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, activation='gelu',
+                                         batch_first=True) for _ in range(2)]
+    head = nn.Linear(d, classes)
+    tm = TModel([('ids', INT32, [t]), ('mask', INT32, [t])])
+    tm.add('set_next_input', 'ids')
+    tm.add('add_embedding', 'emb', v, d, 0)
+    tm.add('add_position_embedding', 'pos', t, 0)
+    params = {'emb.weight': emb.weight, 'pos.weight': pos, 'head.weight': head.weight,
+              'head.bias': head.bias}
+    for i, layer in enumerate(layers):
+        tm.add('add_transformer_block', 'layers.%d' % i, heads, ff, ACT_GELU, 0, 0.0, 'mask')
+        params.update({'layers.%d.%s' % (i, k): p for k, p in layer.named_parameters()})
+    tm.add('add_token_pool', 'pool', 0, None)
+    tm.add('add_linear', 'head', classes, 1)
+    for k, p in params.items():
+        tm.set(k, p)
+
+    def net(i, mk):
+        h = emb(i.long()) + pos
+        for layer in layers:
+            h = layer(h, src_key_padding_mask=(mk == 0))
+        return head(h[:, 0])
+    check('bert toy', tm, net, [ids, m], params, float_x=False, tol=(1e-5, 1e-6))
+
+
 def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     for f in (test_embedding, test_positions, test_attention, test_token_pool,
-              test_patch_embed, test_toy_encoder, test_masked_token_loss):
+              test_patch_embed, test_toy_encoder, test_masked_token_loss, test_encoder_layer,
+              test_bert_toy):
         f(rng)
     if failures:
         print('%d mismatches' % len(failures))

@@ -593,6 +593,110 @@ static void test_token_loss(void **state)
     tlearn_model_destroy(&m);
 }
 
+static void expect_layers(tlearn_model *m, int from, const char *const *names, const int *kinds,
+                          int count)
+{
+    int total;
+    OK(tlearn_model_layer_count(m, &total));
+    assert_int_equal(total, from + count);
+    for (int i = 0; i < count; i++) {
+        const char *name;
+        int kind;
+        OK(tlearn_model_layer_name(m, from + i, &name));
+        OK(tlearn_model_layer_kind(m, from + i, &kind));
+        if (strcmp(name, names[i]) || kind != kinds[i])
+            fail_msg("layer %d is '%s' (kind %d), expected '%s' (kind %d)", from + i, name, kind,
+                     names[i], kinds[i]);
+    }
+}
+
+static void test_transformer_block(void **state)
+{
+    (void)state;
+    tlearn_model *m;
+    OK(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 2, (const int[]){T, D}));
+    OK(tlearn_model_add_input(m, "mask", TLEARN_DTYPE_INT32, 1, (const int[]){T}));
+    OK(tlearn_model_set_next_input(m, "x"));
+    OK(tlearn_model_add_transformer_block(m, "enc", 2, 16, TLEARN_ACT_RELU, 0, 0.0f, "mask"));
+    static const char *const post[] = {"enc.self_attn", "enc.add1", "enc.norm1", "enc.linear1",
+                                       "enc.activation", "enc.linear2", "enc.add2", "enc.norm2"};
+    static const int post_k[] = {TLEARN_LAYER_ATTENTION, TLEARN_LAYER_ADD,
+                                 TLEARN_LAYER_LAYERNORM, TLEARN_LAYER_DENSE,
+                                 TLEARN_LAYER_ACTIVATION, TLEARN_LAYER_DENSE, TLEARN_LAYER_ADD,
+                                 TLEARN_LAYER_LAYERNORM};
+    expect_layers(m, 0, post, post_k, 8);
+    /* the residuals read what TransformerEncoderLayer adds back */
+    assert_int_equal(m->layers[1]->input[1], -1);                   /* x */
+    assert_int_equal(m->layers[6]->input[1], 2);                    /* norm1 */
+    assert_int_equal(m->layers[0]->input[1], -2);                   /* the mask */
+    OK(tlearn_model_add_transformer_block(m, "pre", 4, 8, TLEARN_ACT_GELU, 1, 0.1f, NULL));
+    static const char *const pre[] = {"pre.norm1", "pre.self_attn", "pre.dropout1", "pre.add1",
+                                      "pre.norm2", "pre.linear1", "pre.activation",
+                                      "pre.dropout", "pre.linear2", "pre.dropout2", "pre.add2"};
+    static const int pre_k[] = {TLEARN_LAYER_LAYERNORM, TLEARN_LAYER_ATTENTION,
+                                TLEARN_LAYER_DROPOUT, TLEARN_LAYER_ADD, TLEARN_LAYER_LAYERNORM,
+                                TLEARN_LAYER_DENSE, TLEARN_LAYER_ACTIVATION,
+                                TLEARN_LAYER_DROPOUT, TLEARN_LAYER_DENSE, TLEARN_LAYER_DROPOUT,
+                                TLEARN_LAYER_ADD};
+    expect_layers(m, 8, pre, pre_k, 11);
+    assert_int_equal(m->layers[8 + 3]->input[1], 7);      /* the block's input, enc.norm2 */
+    assert_int_equal(m->layers[8 + 10]->input[1], 8 + 3); /* pre.add1 */
+    float w[16 * D];
+    OK(tlearn_model_get_tensor(m, "enc.linear1.weight", w, 16 * D));
+    OK(tlearn_model_get_tensor(m, "pre.norm2.bias", w, D));
+    /* refused, and nothing changes: names taken, bad numbers, shapes, a missing mask */
+    int before;
+    OK(tlearn_model_layer_count(m, &before));
+    assert_int_equal(tlearn_model_add_transformer_block(m, "enc", 2, 16, 1, 0, 0.0f, NULL),
+                     TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_add_transformer_block(m, "b", 3, 16, 1, 0, 0.0f, NULL),
+                     TLEARN_ESHAPE);
+    assert_int_equal(tlearn_model_add_transformer_block(m, "b", 2, 0, 1, 0, 0.0f, NULL),
+                     TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_add_transformer_block(m, "b", 2, 16, 1, 2, 0.0f, NULL),
+                     TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_add_transformer_block(m, "b", 2, 16, 1, 0, 1.0f, NULL),
+                     TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_add_transformer_block(m, "b", 2, 16, 1, 0, 0.0f, "nope"),
+                     TLEARN_ENOTFOUND);
+    assert_int_equal(tlearn_model_add_transformer_block(m, "b", 2, 16, 99, 0, 0.0f, NULL),
+                     TLEARN_EINVAL); /* a bad activation fails half-way: removed again */
+    char longname[TL_NAME_MAX];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    longname[TL_NAME_MAX - 8] = '\0';
+    assert_int_equal(tlearn_model_add_transformer_block(m, longname, 2, 16, 1, 0, 0.0f, NULL),
+                     TLEARN_EINVAL);
+    /* out of memory at every allocation of the call: the model stays as it was */
+    for (uint64_t k = 1; k < 400; k++) {
+        tl_alloc_fail_nth(k);
+        int rc = tlearn_model_add_transformer_block(m, "oom", 2, 16, 1, 1, 0.0f, "mask");
+        tl_alloc_fail_nth(0);
+        int after;
+        OK(tlearn_model_layer_count(m, &after));
+        if (rc == TLEARN_OK) {
+            assert_int_equal(after, before + 8);
+            break;
+        }
+        assert_int_equal(rc, TLEARN_ENOMEM);
+        assert_int_equal(after, before);
+        assert_int_equal(m->next_input, TL_NEXT_DEFAULT);
+    }
+    OK(tlearn_model_layer_count(m, &before));
+    OK(tlearn_model_truncate(m, "pre.add2"));
+    /* a checkpoint round trip with the mask and dropout layers */
+    enum { N = 3 };
+    float x[N * T * D];
+    int32_t mask[N * T];
+    test_rng r = {5};
+    test_fill(&r, x, N * T * D, -1, 1);
+    for (int i = 0; i < N * T; i++)
+        mask[i] = i % T < 4 + i / T % 3;
+    const void *in[2] = {x, mask};
+    round_trip(m, in, 2, N, T * D);
+    tlearn_model_destroy(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -605,6 +709,7 @@ int main(void)
         cmocka_unit_test(test_model_calls),
         cmocka_unit_test(test_checkpoints),
         cmocka_unit_test(test_token_loss),
+        cmocka_unit_test(test_transformer_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

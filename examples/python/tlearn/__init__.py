@@ -519,6 +519,16 @@ class Model(_Handle):
                                               None if mask is None else _enc(mask, "mask")))
         return self
 
+    def add_transformer_block(self, name, heads, ff_dim, activation="relu", norm_first=False,
+                              dropout=0.1, mask=None):
+        """The layers of torch.nn.TransformerEncoderLayer(batch_first=True) over a sequence
+        (T, D), named after its state_dict (``name.self_attn``, ``name.linear1``,
+        ``name.norm1``, ...); ``mask`` names a key-padding mask input."""
+        _check(_C.tlearn_model_add_transformer_block(
+            self.handle, _enc(name, "name"), int(heads), int(ff_dim), _enum(ACTIVATIONS, activation, "activation"),
+            int(bool(norm_first)), float(dropout), None if mask is None else _enc(mask, "mask")))
+        return self
+
     def add_patch_embed(self, name, dim, patch, class_token=True, positions=True):
         """ViT patch embedding of an image (C, H, W) -> (T, dim), torchvision's layout
         (conv_proj, class_token, pos_embedding)."""

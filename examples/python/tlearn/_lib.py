@@ -137,6 +137,8 @@ _SIGNATURES = {
     "tlearn_model_add_attention": (c_int, [_M, c_char_p, c_int, c_int, c_char_p]),
     "tlearn_model_add_token_pool": (c_int, [_M, c_char_p, c_int, c_char_p]),
     "tlearn_model_add_patch_embed": (c_int, [_M, c_char_p, c_int, c_int, c_int, c_int]),
+    "tlearn_model_add_transformer_block": (c_int, [_M, c_char_p, c_int, c_int, c_int, c_int,
+                                                   c_float, c_char_p]),
     "tlearn_model_train_step_inputs": (c_int, [_M, c_void_p, P(c_void_p), c_int, i32p,
                                                c_size_t, P(c_float)]),
     "tlearn_model_compute_gradients_inputs": (c_int, [_M, P(c_void_p), c_int, i32p, c_size_t,

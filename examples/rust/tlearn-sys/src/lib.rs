@@ -214,6 +214,10 @@ extern "C" {
     pub fn tlearn_model_add_patch_embed(m: *mut tlearn_model, name: *const c_char, dim: c_int,
                                         patch: c_int, class_token: c_int, positions: c_int)
         -> c_int;
+    pub fn tlearn_model_add_transformer_block(m: *mut tlearn_model, name: *const c_char,
+                                              heads: c_int, ff_dim: c_int, activation: c_int,
+                                              norm_first: c_int, dropout: f32,
+                                              mask: *const c_char) -> c_int;
     pub fn tlearn_model_train_step_inputs(m: *mut tlearn_model, o: *mut tlearn_optim,
                                           inputs: *const *const c_void, ninputs: c_int,
                                           labels: *const i32, n: usize, loss: *mut f32) -> c_int;

@@ -722,6 +722,28 @@ impl Model {
         check(unsafe { sys::tlearn_model_add_token_pool(self.raw(), c.as_ptr(), mean as c_int, mp) })?;
         Ok(self)
     }
+    /// The layers of torch.nn.TransformerEncoderLayer(batch_first=True) over (T, D), named
+    /// after its state_dict (`name.self_attn`, `name.linear1`, `name.norm1`, ...).
+    /// @p activation: Relu, Gelu or GeluTanh.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_transformer_block(&mut self, name: &str, heads: i32, ff_dim: i32,
+                                 activation: Activation, norm_first: bool, dropout: f32,
+                                 mask: Option<&str>) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let kind = match activation {
+            Activation::Relu => sys::TLEARN_ACT_RELU,
+            Activation::Gelu => sys::TLEARN_ACT_GELU,
+            Activation::GeluTanh => sys::TLEARN_ACT_GELU_TANH,
+            _ => return Err(Error::invalid("a transformer block takes Relu, Gelu or GeluTanh".into())),
+        };
+        let mk = mask.map(|s| cstring(s, "mask")).transpose()?;
+        let mp = mk.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe {
+            sys::tlearn_model_add_transformer_block(self.raw(), c.as_ptr(), heads, ff_dim, kind,
+                                                    norm_first as c_int, dropout, mp)
+        })?;
+        Ok(self)
+    }
     /// ViT patch embedding (C, H, W) -> (T, dim) in torchvision's layout.
     pub fn add_patch_embed(&mut self, name: &str, dim: i32, patch: i32, class_token: bool,
                            positions: bool) -> Result<&mut Self> {
