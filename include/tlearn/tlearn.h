@@ -116,6 +116,11 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_DROP_PATH = 22,        /**< @since 1.1 */
     /* 1.1: 11-29 general graph ops, 30-39 transformer layers, 40-49 adapters, 50-59
      * domain adaptation; each value is added here when its kind lands. */
+    TLEARN_LAYER_EMBEDDING = 30,          /**< token ids -> vectors @since 1.1 */
+    TLEARN_LAYER_POSITION_EMBEDDING = 31, /**< learned or sinusoidal positions @since 1.1 */
+    TLEARN_LAYER_ATTENTION = 32,          /**< fused multi-head self-attention @since 1.1 */
+    TLEARN_LAYER_TOKEN_POOL = 33,         /**< first token or masked mean @since 1.1 */
+    TLEARN_LAYER_PATCH_EMBED = 34         /**< ViT patches + class token @since 1.1 */
 };
 
 /** Element types of model inputs (tlearn_model_create_input()). Values are fixed. @since 1.1 */
@@ -1136,6 +1141,193 @@ TLEARN_API int tlearn_model_add_activation_ex(tlearn_model *m, const char *name,
  * @since 1.1
  */
 TLEARN_API int tlearn_model_add_softmax(tlearn_model *m, const char *name, int axis);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Transformers (1.1): token and patch inputs, attention, pooling */
+/** @{ */
+
+/**
+ * Append a token embedding, as torch.nn.Embedding(vocab, dim, padding_idx): int32 token ids
+ * (T) -> (T, dim), parameter `weight` (vocab, dim), initialised N(0, 1) with the padding row
+ * zero. The layer reads the next input, which must be an int32 model input
+ * (tlearn_model_create_input() with TLEARN_DTYPE_INT32, rank 1). Calls that run the model
+ * refuse ids outside 0..vocab-1 with TLEARN_EINVAL naming the layer and the input, before
+ * anything runs.
+ * @param vocab        number of rows, >= 1.  @param dim  vector size, >= 1.
+ * @param padding_idx  a row that gets no gradient (and starts at zero), or -1 for none.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad name or numbers, the next input is not an int32
+ *         model input), TLEARN_ESHAPE (input not (T)), TLEARN_ENOMEM. Nothing changes on
+ *         failure.
+ * @note Kind TLEARN_LAYER_EMBEDDING. One thread per model, as every add call.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_embedding(tlearn_model *m, const char *name, int vocab, int dim,
+                                          int padding_idx);
+
+/**
+ * Append position embeddings added to a sequence (T, D): out[t] = x[t] + weight[t], weight
+ * (max_len, D). Learned (a parameter, initialised N(0, 0.02^2)) or sinusoidal (fixed, a
+ * buffer: sin(t / 10000^(2i/D)) in column 2i, cos in column 2i+1).
+ * @param max_len     rows of the table, >= T of the input.
+ * @param sinusoidal  0 learned, 1 sinusoidal.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (input not (T, D), or T > max_len),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @note Kind TLEARN_LAYER_POSITION_EMBEDDING.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_position_embedding(tlearn_model *m, const char *name,
+                                                   int max_len, int sinusoidal);
+
+/**
+ * Append multi-head self-attention over a sequence (T, D) as one layer, with the parameters
+ * of torch.nn.MultiheadAttention(D, heads, batch_first=True): `in_proj_weight` (3D, D) and
+ * `in_proj_bias` (3D) (Q, K, V stacked), `out_proj.weight` (D, D), `out_proj.bias` (D), so a
+ * layer named "enc.self_attn" has tensors named as that module's state_dict. Scaled
+ * dot-product attention per head (D / heads each), softmax over the keys.
+ * @param heads   divides D.
+ * @param causal  1: position t attends to positions <= t only; 0: to all.
+ * @param mask    NULL, or the name of a key-padding mask (T) per example: a model input
+ *                (int32, as a tokenizer's attention_mask, or float32) or a layer, 1 keep,
+ *                0 pad (model inputs with other values are refused when the model runs).
+ *                Padded positions receive no attention; a query with no position to attend
+ *                to gets zero weights (PyTorch gives NaN). Borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND (no such mask), TLEARN_ESHAPE (input not
+ *         (T, D), D not a multiple of heads, mask not (T)), TLEARN_ENOMEM. Nothing changes on
+ *         failure.
+ * @note Kind TLEARN_LAYER_ATTENTION. Attention weights are not dropped out. Training keeps
+ *       4 x T x D floats per example; no more than one head's T x T scores exist at a time.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_attention(tlearn_model *m, const char *name, int heads,
+                                          int causal, const char *mask);
+
+/**
+ * Append pooling of a sequence (T, D) into a vector (D): the first token (BERT's [CLS], ViT's
+ * class token) or the mean over the positions (those the mask keeps, with a mask).
+ * @param mean  0 first token, 1 mean.
+ * @param mask  NULL, or a mask (T) as for tlearn_model_add_attention(); mean pooling only.
+ *              An example whose mask keeps nothing pools to zeros.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE, TLEARN_ENOMEM. Nothing
+ *         changes on failure.
+ * @note Kind TLEARN_LAYER_TOKEN_POOL.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_token_pool(tlearn_model *m, const char *name, int mean,
+                                           const char *mask);
+
+/**
+ * Append ViT's patch embedding, laid out as torchvision's VisionTransformer: an image
+ * (C, H, W) cut into patch x patch squares (row-major order), each projected to @p dim by
+ * `conv_proj.weight` (dim, C, patch, patch) and `conv_proj.bias` (dim), then the learned
+ * `class_token` (1, 1, dim) prepended and the learned `pos_embedding` (1, T, dim) added
+ * (torchvision's encoder.pos_embedding). Output (T, dim), T = (H/patch)(W/patch) + 1 (no +1
+ * without a class token).
+ * @param class_token  1 to prepend it, 0 not.  @param positions  1 to add them, 0 not.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (input not (C, H, W), H or W not a multiple
+ *         of patch), TLEARN_ENOMEM. Nothing changes on failure.
+ * @note Kind TLEARN_LAYER_PATCH_EMBED.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_patch_embed(tlearn_model *m, const char *name, int dim,
+                                            int patch, int class_token, int positions);
+
+/**
+ * Append the layers of torch.nn.TransformerEncoderLayer(D, heads, ff_dim, dropout,
+ * activation, batch_first=True, norm_first) over the next input, a sequence (T, D), named
+ * after its state_dict: `name.self_attn` (tlearn_model_add_attention()), `name.linear1`,
+ * `name.linear2`, `name.norm1`, `name.norm2` (layer norm over D, eps 1e-5), so tensors are
+ * `name.self_attn.in_proj_weight`, `name.linear1.weight`, `name.norm1.bias`, ... as in
+ * PyTorch. Post-norm (norm_first 0): x = norm1(x + dropout1(self_attn(x))), then
+ * x = norm2(x + dropout2(linear2(dropout(activation(linear1(x)))))); pre-norm (1):
+ * x = x + dropout1(self_attn(norm1(x))), then x = x + dropout2(linear2(dropout(activation(
+ * linear1(norm2(x)))))). Also added: `name.activation`, the residual sums `name.add1`,
+ * `name.add2`, and, when dropout > 0, `name.dropout`, `name.dropout1`, `name.dropout2`. The
+ * last layer is the block's output. Attention weights are not dropped out.
+ * @param heads       divides D.  @param ff_dim  the feed-forward width, >= 1.
+ * @param activation  enum tlearn_activation: TLEARN_ACT_RELU (PyTorch's default),
+ *                    TLEARN_ACT_GELU, or another kind.
+ * @param norm_first  0 post-norm (PyTorch's default), 1 pre-norm.
+ * @param dropout     in [0, 1) (PyTorch's default 0.1); active in training mode only.
+ * @param mask        NULL, or a key-padding mask (T) for the attention, as in
+ *                    tlearn_model_add_attention(); borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad name, a layer name already used, bad numbers),
+ *         TLEARN_ENOTFOUND (no such mask), TLEARN_ESHAPE (input not (T, D), heads do not
+ *         divide D), TLEARN_ENOMEM. Nothing changes on failure (layers added before the
+ *         failure are removed).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_transformer_block(tlearn_model *m, const char *name, int heads,
+                                                  int ff_dim, int activation, int norm_first,
+                                                  float dropout, const char *mask);
+
+/**
+ * One training step over a model of several inputs (token ids and a mask, an image and
+ * metadata): the general form of tlearn_model_train_step(), with the same loss
+ * (TLEARN_LOSS_SOFTMAX_CE on graph output 0), optimizer, checks and all-or-nothing update.
+ * @param inputs   one array per model input, in the order the inputs were added, each n
+ *                 examples of that input's shape (float32, or int32 for TLEARN_DTYPE_INT32
+ *                 inputs); borrowed.
+ * @param ninputs  the model's input count.
+ * @param labels   n class indexes in 0..classes-1.  @param loss  receives the loss; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, counts that differ, values a layer refuses such as
+ *         token ids out of range or a mask that is not 0/1, labels out of range),
+ *         TLEARN_ESTATE (the loss is MSE), TLEARN_ESHAPE, TLEARN_ENONFINITE, TLEARN_ENOMEM.
+ *         A failed step changes nothing.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_train_step_inputs(tlearn_model *m, tlearn_optim *o,
+                                              const void *const *inputs, int ninputs,
+                                              const int32_t *labels, size_t n, float *loss);
+
+/**
+ * Gradients without an update over a model of several inputs: the general form of
+ * tlearn_model_compute_gradients(). Parameter gradients are read with
+ * tlearn_model_get_grad().
+ * @param inputs, ninputs, labels, n  as tlearn_model_train_step_inputs().
+ * @param loss    receives the loss; may be NULL.
+ * @param dx      receives the gradient w.r.t. the first model input (n x its size floats),
+ *                which must then be float32; NULL when not wanted.
+ * @param dx_len  capacity of @p dx in floats.
+ * @return TLEARN_OK, TLEARN_EINVAL (as train_step_inputs, dx for an int32 first input, a
+ *         dx_len that differs), TLEARN_ESTATE, TLEARN_ESHAPE, TLEARN_ENONFINITE, TLEARN_ENOMEM.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_compute_gradients_inputs(tlearn_model *m, const void *const *inputs,
+                                                     int ninputs, const int32_t *labels,
+                                                     size_t n, float *loss, float *dx,
+                                                     size_t dx_len);
+
+/**
+ * One training step with cross-entropy at every position (masked-token prediction): graph
+ * output 0 of shape (..., classes), e.g. (T, vocab) logits, is compared position by position
+ * with @p labels, as torch.nn.functional.cross_entropy(logits.reshape(-1, classes),
+ * labels.reshape(-1), ignore_index=ignore_index): the mean over the positions whose label is
+ * not @p ignore_index. The model's loss must be TLEARN_LOSS_SOFTMAX_CE (the default).
+ * @param inputs, ninputs  one array per model input, as tlearn_model_train_step_inputs().
+ * @param labels        n x positions labels (positions = output size / classes), each in
+ *                      0..classes-1 or equal to @p ignore_index; borrowed.
+ * @param ignore_index  the label of positions that count for nothing (-100 as in PyTorch).
+ * @param loss          receives the loss; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (as train_step_inputs; a label out of range; every label
+ *         ignored), TLEARN_ESTATE (the loss is MSE), TLEARN_ESHAPE (fewer than 2 classes),
+ *         TLEARN_ENONFINITE, TLEARN_ENOMEM. A failed step changes nothing.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_train_step_tokens(tlearn_model *m, tlearn_optim *o,
+                                              const void *const *inputs, int ninputs,
+                                              const int32_t *labels, int32_t ignore_index,
+                                              size_t n, float *loss);
+
+/**
+ * The gradients of tlearn_model_train_step_tokens()'s loss without an update (read them with
+ * tlearn_model_get_grad()). Arguments and return codes as that call.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_compute_gradients_tokens(tlearn_model *m, const void *const *inputs,
+                                                     int ninputs, const int32_t *labels,
+                                                     int32_t ignore_index, size_t n,
+                                                     float *loss);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

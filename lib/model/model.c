@@ -167,7 +167,8 @@ int tl_model_validate_feed(const char *fn, const tlearn_model *m, const tl_feed 
         for (int k = 0; L->ops->validate && k < L->ninputs; k++) {
             int rc = L->input[k] < 0 ? L->ops->validate(L, k, x->x[-1 - L->input[k]], n) : 0;
             if (rc)
-                return tl_fail_prefix(rc, "%s: layer '%s': ", fn, L->name);
+                return tl_fail_prefix(rc, "%s: layer '%s', model input '%s': ", fn, L->name,
+                                      m->inputs[-1 - L->input[k]].name);
         }
     }
     return TLEARN_OK;
@@ -313,10 +314,11 @@ static int build_layer(tlearn_model *m, const char *fn, const tl_layer_ops *ops,
         L->input[i] = inputs[i];
         L->in[i] = tl_model_producer_shape(m, inputs[i]);
         if (inputs[i] < 0 && m->inputs[-1 - inputs[i]].dtype != TLEARN_DTYPE_FLOAT32 &&
-            !ops->int_inputs) {
+            !(i < 31 && (ops->int_inputs >> i & 1))) {
             tl_free(L);
-            return tl_fail(TLEARN_EINVAL, "%s: a %s layer reads float32, but model input '%s' "
-                           "holds int32", fn, ops->kind_name, m->inputs[-1 - inputs[i]].name);
+            return tl_fail(TLEARN_EINVAL, "%s: input %d of a %s layer reads float32, but model "
+                           "input '%s' holds int32", fn, i, ops->kind_name,
+                           m->inputs[-1 - inputs[i]].name);
         }
     }
     int rc = ops->configure(L, ia, ni, fa, nf);
@@ -582,21 +584,25 @@ int tlearn_model_param_count(const tlearn_model *m, size_t *total, size_t *train
 
 int tl_model_find_tensor(const tlearn_model *m, const char *name, int *layer, int *param)
 {
-    const char *dot = strrchr(name, '.');
-    if (!dot || dot == name)
-        return -1;
-    size_t len = (size_t)(dot - name);
-    for (int i = 0; i < m->nlayers; i++) {
-        const tl_layer *L = m->layers[i];
-        if (strlen(L->name) != len || memcmp(L->name, name, len) != 0)
+    /* Layer and parameter names may both hold dots ("enc.self_attn" + "out_proj.weight"):
+     * try each split, the layer found by name. */
+    char buf[TL_NAME_MAX];
+    for (const char *dot = strchr(name, '.'); dot; dot = strchr(dot + 1, '.')) {
+        size_t len = (size_t)(dot - name);
+        if (len == 0 || len >= sizeof buf)
             continue;
+        memcpy(buf, name, len);
+        buf[len] = '\0';
+        int i = tl_model_find(m, buf);
+        if (i < 0)
+            continue;
+        const tl_layer *L = m->layers[i];
         for (int p = 0; p < L->nparam; p++)
             if (strcmp(L->param[p].name, dot + 1) == 0) {
                 *layer = i;
                 *param = p;
                 return 0;
             }
-        return -1;
     }
     return -1;
 }

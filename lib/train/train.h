@@ -14,6 +14,11 @@ struct tlearn_optim {
  * and returns the loss in double precision. @p correct counts argmax hits (may be NULL). */
 double tl_loss_softmax_ce(const float *logits, const int32_t *labels, size_t n, int classes,
                           float *dlogits, size_t *correct);
+/* Cross-entropy at each of @p rows positions (rows of @p classes logits) against its label,
+ * mean over the positions whose label is not @p ignore (at least one: the caller checks),
+ * as torch's cross_entropy(ignore_index=...); ignored rows get a zero gradient. */
+double tl_loss_token_ce(const float *logits, const int32_t *labels, size_t rows, int classes,
+                        int32_t ignore, float *dlogits);
 /* Mean squared error over all n*size elements; gradient into @p dout (may be NULL). */
 double tl_loss_mse(const float *out, const float *targets, size_t n, size_t size, float *dout);
 /* Labels in [0, classes)? Returns status naming the first bad one. */

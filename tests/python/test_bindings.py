@@ -597,3 +597,53 @@ def test_norm_pool_pad_matmul_layers():
         with pytest.raises(tlearn.TlearnError) as info:
             s.add_matmul("bad", "q", "nothere")
         assert info.value.code == tlearn.ENOTFOUND
+
+
+# -- transformers ----------------------------------------------------------------------------
+
+def test_text_encoder_with_mask_trains_and_refuses_bad_ids():
+    t, v = 6, 12
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, v, size=(16, t))  # int64, as numpy makes them
+    mask = np.ones((16, t), np.int32)
+    mask[::2, 4:] = 0
+    ids[mask == 0] = 0
+    y = (ids[:, 0] % 2).astype(np.int32)
+    with tlearn.Model.with_input("ids", (t,), "int32") as m, \
+            tlearn.Optimizer("adam", lr=0.01) as o:
+        m.add_input("mask", (t,), "int32").set_next_input("ids")
+        m.add_embedding("tok", v, 8, padding_idx=0).add_position_embedding("pos", t)
+        m.add_attention("att", 2, mask="mask").add_token_pool("pool", mean=True, mask="mask")
+        m.add_linear("head", 2)
+        first = m.compute_gradients_inputs([ids, mask], y)
+        for _ in range(40):
+            m.train_step_inputs(o, [ids, mask], y)
+        assert m.compute_gradients_inputs([ids, mask], y) < first
+        (out,) = m.run(ids, mask)
+        assert out.shape == (16, 2)
+        bad = ids.copy()
+        bad[0, 0] = 2**40
+        with pytest.raises(ValueError, match="do not fit int32"):
+            m.run(bad, mask)
+        bad[0, 0] = v
+        with pytest.raises(tlearn.TlearnError, match="token id 12"):
+            m.train_step_inputs(o, [bad, mask], y)
+        with pytest.raises(tlearn.TlearnError):
+            m.compute_gradients_inputs([ids, mask], y, input_grad=True)  # int32 first input
+
+
+def test_vit_patch_embedding_input_gradient():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    y = np.array([0, 1], np.int32)
+    with tlearn.Model(3, 8, 8) as m:
+        m.set_seed(1).add_patch_embed("patch", 8, 4).add_attention("att", 2, causal=True)
+        m.add_token_pool("pool").add_linear("head", 2)
+        loss, dx = m.compute_gradients_inputs([x], y, input_grad=True)
+        assert dx.shape == x.shape
+        h = 1e-2
+        xp, xm = x.copy(), x.copy()
+        xp[1, 2, 5, 6] += h
+        xm[1, 2, 5, 6] -= h
+        fd = (m.compute_gradients_inputs([xp], y) - m.compute_gradients_inputs([xm], y)) / (2 * h)
+        assert dx[1, 2, 5, 6] == pytest.approx(fd, rel=2e-2, abs=1e-3)

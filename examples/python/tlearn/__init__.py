@@ -490,6 +490,53 @@ class Model(_Handle):
         _check(_C.tlearn_model_add_drop_path(self.handle, _enc(name, "name"), float(p)))
         return self
 
+    def add_embedding(self, name, vocab, dim, padding_idx=-1):
+        """torch.nn.Embedding over the next input, an int32 model input of token ids (T):
+        -> (T, dim). ``padding_idx`` (-1: none) names a row that gets no gradient."""
+        _check(_C.tlearn_model_add_embedding(self.handle, _enc(name, "name"), int(vocab),
+                                             int(dim), int(padding_idx)))
+        return self
+
+    def add_position_embedding(self, name, max_len, sinusoidal=False):
+        """Add position vectors to a sequence (T, D), T <= max_len: learned, or fixed
+        sinusoidal ones."""
+        _check(_C.tlearn_model_add_position_embedding(self.handle, _enc(name, "name"),
+                                                      int(max_len), int(bool(sinusoidal))))
+        return self
+
+    def add_attention(self, name, heads, causal=False, mask=None):
+        """Multi-head self-attention over a sequence (T, D) with torch.nn.MultiheadAttention's
+        parameters; ``mask`` names a key-padding mask (T) input (1 keep, 0 pad)."""
+        _check(_C.tlearn_model_add_attention(self.handle, _enc(name, "name"), int(heads),
+                                             int(bool(causal)),
+                                             None if mask is None else _enc(mask, "mask")))
+        return self
+
+    def add_token_pool(self, name, mean=False, mask=None):
+        """Pool a sequence (T, D) into (D): the first token, or (``mean=True``) the mean over
+        the positions ``mask`` keeps (all positions without a mask)."""
+        _check(_C.tlearn_model_add_token_pool(self.handle, _enc(name, "name"), int(bool(mean)),
+                                              None if mask is None else _enc(mask, "mask")))
+        return self
+
+    def add_transformer_block(self, name, heads, ff_dim, activation="relu", norm_first=False,
+                              dropout=0.1, mask=None):
+        """The layers of torch.nn.TransformerEncoderLayer(batch_first=True) over a sequence
+        (T, D), named after its state_dict (``name.self_attn``, ``name.linear1``,
+        ``name.norm1``, ...); ``mask`` names a key-padding mask input."""
+        _check(_C.tlearn_model_add_transformer_block(
+            self.handle, _enc(name, "name"), int(heads), int(ff_dim), _enum(ACTIVATIONS, activation, "activation"),
+            int(bool(norm_first)), float(dropout), None if mask is None else _enc(mask, "mask")))
+        return self
+
+    def add_patch_embed(self, name, dim, patch, class_token=True, positions=True):
+        """ViT patch embedding of an image (C, H, W) -> (T, dim), torchvision's layout
+        (conv_proj, class_token, pos_embedding)."""
+        _check(_C.tlearn_model_add_patch_embed(self.handle, _enc(name, "name"), int(dim),
+                                               int(patch), int(bool(class_token)),
+                                               int(bool(positions))))
+        return self
+
     def add_dense(self, name, units):
         _check(_C.tlearn_model_add_dense(self.handle, _enc(name, "name"), int(units)))
         return self
@@ -889,32 +936,96 @@ class Model(_Handle):
             names.append(self.layer_name(i.value))
         return names
 
-    def run(self, *inputs):
-        """Inference with one array per model input (float32, or int32 for int32 inputs;
-        shape (n, *input shape)); returns one array per graph output, shape (n, *shape)."""
-        count = ctypes.c_int()
-        _check(_C.tlearn_model_input_count(self.handle, ctypes.byref(count)))
-        shapes = [self.layer_shape_nd(-1 - k) for k in range(count.value)]
-        if len(inputs) != len(shapes):
-            raise ValueError("the model has %d inputs, %d arrays given" % (len(shapes), len(inputs)))
-        n = None
-        for j, (x, shape) in enumerate(zip(inputs, shapes)):
+    def _feed(self, inputs):
+        """(n, C array of pointers, arrays kept alive) for one array per model input. int64
+        token ids are converted to int32 when every value fits, else ValueError."""
+        info = self.inputs
+        if len(inputs) != len(info):
+            raise ValueError("the model has %d inputs, %d arrays given" % (len(info), len(inputs)))
+        n, keep = None, []
+        for j, (x, (name, dtype, shape)) in enumerate(zip(inputs, info)):
+            if isinstance(x, np.ndarray) and x.dtype == np.int64 and dtype == "int32":
+                if x.size and (x.min() < -2**31 or x.max() >= 2**31):
+                    raise ValueError("input %d ('%s'): int64 values do not fit int32" % (j, name))
+                x = np.ascontiguousarray(x, dtype=np.int32)
             if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.int32):
-                raise TypeError("input %d must be a float32 or int32 numpy array" % j)
+                raise TypeError("input %d ('%s') must be a float32 or int32 numpy array"
+                                % (j, name))
             _require(x, x.dtype, "input %d" % j)
             if x.ndim < 1 or x.shape[0] < 1 or int(np.prod(x.shape[1:])) != int(np.prod(shape)):
-                raise ValueError("input %d has shape %s; expected (n, %s)"
-                                 % (j, x.shape, ", ".join(map(str, shape))))
+                raise ValueError("input %d ('%s') has shape %s; expected (n, %s)"
+                                 % (j, name, x.shape, ", ".join(map(str, shape))))
             if n is not None and x.shape[0] != n:
                 raise ValueError("inputs hold different numbers of examples")
             n = x.shape[0]
+            keep.append(x)
+        ins = (ctypes.c_void_p * len(keep))(*[x.ctypes.data for x in keep])
+        return n, ins, keep
+
+    def run(self, *inputs):
+        """Inference with one array per model input (float32, or int32 for int32 inputs;
+        shape (n, *input shape)); returns one array per graph output, shape (n, *shape)."""
+        n, ins, keep = self._feed(inputs)
         outs = [np.empty((n,) + self.layer_shape_nd(self.layer_index(name)), np.float32)
                 for name in self.outputs]
-        ins = (ctypes.c_void_p * len(inputs))(*[x.ctypes.data for x in inputs])
         optr = (L.f32p * len(outs))(*[_fptr(o) for o in outs])
         lens = (ctypes.c_size_t * len(outs))(*[o.size for o in outs])
-        _check(_C.tlearn_model_run(self.handle, ins, len(inputs), n, optr, lens, len(outs)))
+        _check(_C.tlearn_model_run(self.handle, ins, len(keep), n, optr, lens, len(outs)))
         return outs
+
+    def train_step_inputs(self, optimizer, inputs, labels):
+        """One optimisation step (cross-entropy) on a model of several inputs: @p inputs is
+        a sequence of one array per model input (token ids, masks, images). Returns the loss."""
+        n, ins, keep = self._feed(list(inputs))
+        _labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_inputs(self.handle, optimizer.handle, ins, len(keep),
+                                                 _iptr(labels), n, ctypes.byref(loss)))
+        return loss.value
+
+    def _token_labels(self, labels, n):
+        out = self.layer_shape_nd(self.layer_index(self.outputs[0]))
+        positions = int(np.prod(out[:-1])) if len(out) > 1 else 1
+        labels = np.asarray(labels)
+        if labels.dtype == np.int64:
+            labels = labels.astype(np.int32)
+        if labels.dtype != np.int32 or labels.size != n * positions:
+            raise ValueError("labels must be int32 with n x %d values" % positions)
+        return np.ascontiguousarray(labels)
+
+    def train_step_tokens(self, optimizer, inputs, labels, ignore_index=-100):
+        """One step of cross-entropy at every position of output 0 (..., classes), e.g.
+        masked-token prediction: ``labels`` (n, positions), ``ignore_index`` where no token is
+        predicted. Returns the mean loss over the counted positions."""
+        n, ins, keep = self._feed(list(inputs))
+        labels = self._token_labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_tokens(self.handle, optimizer.handle, ins, len(keep),
+                                                 _iptr(labels), int(ignore_index), n,
+                                                 ctypes.byref(loss)))
+        return loss.value
+
+    def compute_gradients_tokens(self, inputs, labels, ignore_index=-100):
+        """The gradients of train_step_tokens()'s loss without an update; returns the loss."""
+        n, ins, keep = self._feed(list(inputs))
+        labels = self._token_labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_compute_gradients_tokens(self.handle, ins, len(keep),
+                                                        _iptr(labels), int(ignore_index), n,
+                                                        ctypes.byref(loss)))
+        return loss.value
+
+    def compute_gradients_inputs(self, inputs, labels, input_grad=False):
+        """compute_gradients() for a model of several inputs. Returns the loss, or (loss,
+        dL/d first input) with ``input_grad=True`` (the first input must be float32)."""
+        n, ins, keep = self._feed(list(inputs))
+        _labels(labels, n)
+        loss = ctypes.c_float()
+        dx = np.empty(keep[0].shape, np.float32) if input_grad else None
+        _check(_C.tlearn_model_compute_gradients_inputs(
+            self.handle, ins, len(keep), _iptr(labels), n, ctypes.byref(loss),
+            _fptr(dx) if input_grad else None, dx.size if input_grad else 0))
+        return (loss.value, dx) if input_grad else loss.value
 
     def predict_from(self, layer, features):
         """Outputs from cached features of @p layer."""

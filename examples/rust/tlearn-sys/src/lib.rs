@@ -47,6 +47,11 @@ pub const TLEARN_LAYER_DROP_PATH: c_int = 22;
 pub const TLEARN_PAD_CONSTANT: c_int = 1;
 pub const TLEARN_PAD_REFLECT: c_int = 2;
 pub const TLEARN_PAD_EDGE: c_int = 3;
+pub const TLEARN_LAYER_EMBEDDING: c_int = 30;
+pub const TLEARN_LAYER_POSITION_EMBEDDING: c_int = 31;
+pub const TLEARN_LAYER_ATTENTION: c_int = 32;
+pub const TLEARN_LAYER_TOKEN_POOL: c_int = 33;
+pub const TLEARN_LAYER_PATCH_EMBED: c_int = 34;
 pub const TLEARN_DTYPE_FLOAT32: c_int = 1;
 pub const TLEARN_DTYPE_INT32: c_int = 2;
 
@@ -198,6 +203,36 @@ extern "C" {
                                           nparams: c_int) -> c_int;
     pub fn tlearn_model_add_softmax(m: *mut tlearn_model, name: *const c_char, axis: c_int)
         -> c_int;
+    pub fn tlearn_model_add_embedding(m: *mut tlearn_model, name: *const c_char, vocab: c_int,
+                                      dim: c_int, padding_idx: c_int) -> c_int;
+    pub fn tlearn_model_add_position_embedding(m: *mut tlearn_model, name: *const c_char,
+                                               max_len: c_int, sinusoidal: c_int) -> c_int;
+    pub fn tlearn_model_add_attention(m: *mut tlearn_model, name: *const c_char, heads: c_int,
+                                      causal: c_int, mask: *const c_char) -> c_int;
+    pub fn tlearn_model_add_token_pool(m: *mut tlearn_model, name: *const c_char, mean: c_int,
+                                       mask: *const c_char) -> c_int;
+    pub fn tlearn_model_add_patch_embed(m: *mut tlearn_model, name: *const c_char, dim: c_int,
+                                        patch: c_int, class_token: c_int, positions: c_int)
+        -> c_int;
+    pub fn tlearn_model_add_transformer_block(m: *mut tlearn_model, name: *const c_char,
+                                              heads: c_int, ff_dim: c_int, activation: c_int,
+                                              norm_first: c_int, dropout: f32,
+                                              mask: *const c_char) -> c_int;
+    pub fn tlearn_model_train_step_inputs(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                          inputs: *const *const c_void, ninputs: c_int,
+                                          labels: *const i32, n: usize, loss: *mut f32) -> c_int;
+    pub fn tlearn_model_compute_gradients_inputs(m: *mut tlearn_model,
+                                                 inputs: *const *const c_void, ninputs: c_int,
+                                                 labels: *const i32, n: usize, loss: *mut f32,
+                                                 dx: *mut f32, dx_len: usize) -> c_int;
+    pub fn tlearn_model_train_step_tokens(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                          inputs: *const *const c_void, ninputs: c_int,
+                                          labels: *const i32, ignore_index: i32, n: usize,
+                                          loss: *mut f32) -> c_int;
+    pub fn tlearn_model_compute_gradients_tokens(m: *mut tlearn_model,
+                                                 inputs: *const *const c_void, ninputs: c_int,
+                                                 labels: *const i32, ignore_index: i32, n: usize,
+                                                 loss: *mut f32) -> c_int;
     pub fn tlearn_model_add_activation(m: *mut tlearn_model, name: *const c_char,
                                        activation: c_int, param: f32) -> c_int;
     pub fn tlearn_model_add_conv2d(m: *mut tlearn_model, name: *const c_char, filters: c_int,

@@ -686,6 +686,74 @@ impl Model {
         check(unsafe { sys::tlearn_model_add_linear(self.raw(), c.as_ptr(), units, bias as c_int) })?;
         Ok(self)
     }
+    /// torch.nn.Embedding over the next input, an int32 model input of token ids (T):
+    /// -> (T, dim). @p padding_idx (-1: none) names a row that gets no gradient.
+    pub fn add_embedding(&mut self, name: &str, vocab: i32, dim: i32, padding_idx: i32)
+                         -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_embedding(self.raw(), c.as_ptr(), vocab, dim, padding_idx) })?;
+        Ok(self)
+    }
+    /// Position vectors added to a sequence (T, D), T <= max_len: learned or sinusoidal.
+    pub fn add_position_embedding(&mut self, name: &str, max_len: i32, sinusoidal: bool)
+                                  -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_position_embedding(self.raw(), c.as_ptr(), max_len, sinusoidal as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Multi-head self-attention over (T, D) with torch.nn.MultiheadAttention's parameters;
+    /// @p mask names a key-padding mask (T) input (1 keep, 0 pad).
+    pub fn add_attention(&mut self, name: &str, heads: i32, causal: bool, mask: Option<&str>)
+                         -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let mk = mask.map(|s| cstring(s, "mask")).transpose()?;
+        let mp = mk.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_model_add_attention(self.raw(), c.as_ptr(), heads, causal as c_int, mp) })?;
+        Ok(self)
+    }
+    /// Pool (T, D) into (D): the first token, or the mean over the positions @p mask keeps.
+    pub fn add_token_pool(&mut self, name: &str, mean: bool, mask: Option<&str>)
+                          -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let mk = mask.map(|s| cstring(s, "mask")).transpose()?;
+        let mp = mk.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_model_add_token_pool(self.raw(), c.as_ptr(), mean as c_int, mp) })?;
+        Ok(self)
+    }
+    /// The layers of torch.nn.TransformerEncoderLayer(batch_first=True) over (T, D), named
+    /// after its state_dict (`name.self_attn`, `name.linear1`, `name.norm1`, ...).
+    /// @p activation: Relu, Gelu or GeluTanh.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_transformer_block(&mut self, name: &str, heads: i32, ff_dim: i32,
+                                 activation: Activation, norm_first: bool, dropout: f32,
+                                 mask: Option<&str>) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let kind = match activation {
+            Activation::Relu => sys::TLEARN_ACT_RELU,
+            Activation::Gelu => sys::TLEARN_ACT_GELU,
+            Activation::GeluTanh => sys::TLEARN_ACT_GELU_TANH,
+            _ => return Err(Error::invalid("a transformer block takes Relu, Gelu or GeluTanh".into())),
+        };
+        let mk = mask.map(|s| cstring(s, "mask")).transpose()?;
+        let mp = mk.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe {
+            sys::tlearn_model_add_transformer_block(self.raw(), c.as_ptr(), heads, ff_dim, kind,
+                                                    norm_first as c_int, dropout, mp)
+        })?;
+        Ok(self)
+    }
+    /// ViT patch embedding (C, H, W) -> (T, dim) in torchvision's layout.
+    pub fn add_patch_embed(&mut self, name: &str, dim: i32, patch: i32, class_token: bool,
+                           positions: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_patch_embed(self.raw(), c.as_ptr(), dim, patch,
+                                              class_token as c_int, positions as c_int)
+        })?;
+        Ok(self)
+    }
     pub fn add_flatten(&mut self, name: &str) -> Result<&mut Self> {
         let c = cstring(name, "name")?;
         check(unsafe { sys::tlearn_model_add_flatten(self.raw(), c.as_ptr()) })?;
@@ -1087,12 +1155,8 @@ impl Model {
             Ok(i as usize)
         }).collect()
     }
-    /// Inference with one array per model input (n examples each); one Vec per output.
-    pub fn run(&mut self, inputs: &[Input], n: usize) -> Result<Vec<Vec<f32>>> {
-        let ptrs: Vec<*const c_void> = inputs.iter().map(|i| match i {
-            Input::F32(x) => x.as_ptr() as *const c_void,
-            Input::I32(x) => x.as_ptr() as *const c_void,
-        }).collect();
+    /// Pointers to one array per model input of n examples each, their sizes checked.
+    fn feed(&self, inputs: &[Input], n: usize) -> Result<Vec<*const c_void>> {
         for (k, i) in inputs.iter().enumerate() {
             let size: usize = self.shape_nd_at(-1 - k as c_int)?.iter().product();
             let len = match i { Input::F32(x) => x.len(), Input::I32(x) => x.len() };
@@ -1101,6 +1165,14 @@ impl Model {
                                    message: format!("input {} holds {} values, expected {}", k, len, n * size) });
             }
         }
+        Ok(inputs.iter().map(|i| match i {
+            Input::F32(x) => x.as_ptr() as *const c_void,
+            Input::I32(x) => x.as_ptr() as *const c_void,
+        }).collect())
+    }
+    /// Inference with one array per model input (n examples each); one Vec per output.
+    pub fn run(&mut self, inputs: &[Input], n: usize) -> Result<Vec<Vec<f32>>> {
+        let ptrs = self.feed(inputs, n)?;
         let mut outs = Vec::new();
         for layer in self.outputs()? {
             let size: usize = self.layer_shape_nd(layer)?.iter().product();
@@ -1113,6 +1185,76 @@ impl Model {
                                   lens.as_ptr(), optrs.len() as c_int)
         })?;
         Ok(outs)
+    }
+    /// One training step (cross-entropy) on a model of several inputs (token ids, masks):
+    /// one array per model input, n = labels.len() examples. Returns the loss.
+    pub fn train_step_inputs(&mut self, opt: &mut Optimizer, inputs: &[Input], labels: &[i32])
+                             -> Result<f32> {
+        let ptrs = self.feed(inputs, labels.len())?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_inputs(self.raw(), opt.as_ptr(), ptrs.as_ptr(),
+                                                ptrs.len() as c_int, labels.as_ptr(),
+                                                labels.len(), &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// n x (positions of output 0) labels for per-position cross-entropy?
+    fn check_token_labels(&self, labels: &[i32], n: usize) -> Result<()> {
+        let out: Vec<usize> = self.layer_shape_nd(*self.outputs()?.first().unwrap_or(&0))?;
+        let positions: usize = out[..out.len().saturating_sub(1)].iter().product();
+        if labels.len() != n * positions {
+            return Err(Error::invalid(format!("labels has {} values; expected {}", labels.len(),
+                                              n * positions)));
+        }
+        Ok(())
+    }
+    /// One step of cross-entropy at every position of output 0 (..., classes): @p labels
+    /// holds n x positions labels, @p ignore_index marks positions that count for nothing.
+    pub fn train_step_tokens(&mut self, opt: &mut Optimizer, inputs: &[Input], labels: &[i32],
+                             ignore_index: i32, n: usize) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        self.check_token_labels(labels, n)?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_tokens(self.raw(), opt.as_ptr(), ptrs.as_ptr(),
+                                                ptrs.len() as c_int, labels.as_ptr(),
+                                                ignore_index, n, &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// The gradients of [`Model::train_step_tokens`]'s loss without an update; the loss.
+    pub fn compute_gradients_tokens(&mut self, inputs: &[Input], labels: &[i32],
+                                    ignore_index: i32, n: usize) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        self.check_token_labels(labels, n)?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_compute_gradients_tokens(self.raw(), ptrs.as_ptr(),
+                                                       ptrs.len() as c_int, labels.as_ptr(),
+                                                       ignore_index, n, &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// Gradients without an update on a model of several inputs; returns the loss, and
+    /// dL/d(first input) when @p input_grad (the first input must be float32).
+    pub fn compute_gradients_inputs(&mut self, inputs: &[Input], labels: &[i32],
+                                    input_grad: bool) -> Result<(f32, Option<Vec<f32>>)> {
+        let n = labels.len();
+        let ptrs = self.feed(inputs, n)?;
+        let mut loss = 0.0f32;
+        let mut dx = if input_grad {
+            Some(vec![0.0f32; n * self.shape_nd_at(-1)?.iter().product::<usize>()])
+        } else {
+            None
+        };
+        let (p, len) = dx.as_mut().map_or((ptr::null_mut(), 0), |d| (d.as_mut_ptr(), d.len()));
+        check(unsafe {
+            sys::tlearn_model_compute_gradients_inputs(self.raw(), ptrs.as_ptr(),
+                                                       ptrs.len() as c_int, labels.as_ptr(), n,
+                                                       &mut loss, p, len)
+        })?;
+        Ok((loss, dx))
     }
     /// (mean loss, accuracy) over a labelled set.
     pub fn evaluate(&mut self, x: &[f32], labels: &[i32]) -> Result<(f32, f32)> {
