@@ -223,5 +223,19 @@ extern const tl_layer_ops tl_global_avgpool_ops; /* no arguments */
 extern const tl_layer_ops tl_batchnorm_ops;  /* fa: eps momentum */
 extern const tl_layer_ops tl_dropout_ops;    /* fa: p */
 extern const tl_layer_ops tl_add_ops;        /* no arguments; two inputs */
+extern const tl_layer_ops tl_prototype_ops;  /* ia: classes learn_temperature; fa: temperature */
+
+/* The prototype head's class table (layers/prototype.c), changed by lib/fewshot/ between
+ * runs. Norms below TL_PROTO_EPS count as TL_PROTO_EPS (torch's F.normalize). */
+#define TL_PROTO_EPS 1e-12f
+int tl_prototype_classes(const tl_layer *L);
+/* max(||row||, TL_PROTO_EPS) of @p rows rows of length d, summed in float in order. */
+void tl_row_norms(const float *x, size_t rows, size_t d, float *norm);
+/* Append @p add empty classes, or (remove >= 0) drop class @p remove, later ones moving up
+ * by one. All or nothing: ESHAPE (no class would be left), ENOMEM. The caller drops plans. */
+int tl_prototype_resize(tl_layer *L, int add, int remove);
+/* Fold per-class sums of normalised features (classes x D) and example counts into the
+ * running means. */
+void tl_prototype_accumulate(tl_layer *L, const double *sums, const double *counts);
 
 #endif

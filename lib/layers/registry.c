@@ -14,6 +14,7 @@ static const tl_layer_ops *const all_kinds[] = {
     &tl_batchnorm_ops,
     &tl_dropout_ops,
     &tl_add_ops,
+    &tl_prototype_ops,
 };
 
 const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)

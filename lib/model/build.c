@@ -119,3 +119,11 @@ int tlearn_model_add_add(tlearn_model *m, const char *name, const char *other)
     int inputs[2] = {a, b};
     return tl_model_add(m, fn, &tl_add_ops, name, inputs, 2, NULL, 0, NULL, 0);
 }
+
+int tlearn_model_add_prototype(tlearn_model *m, const char *name, int classes,
+                               float temperature, int learn_temperature)
+{
+    int ia[2] = {classes, learn_temperature};
+    return tl_model_add(m, "tlearn_model_add_prototype", &tl_prototype_ops, name, NULL, 0, ia, 2,
+                        &temperature, 1);
+}
