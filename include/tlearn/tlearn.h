@@ -120,7 +120,8 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_POSITION_EMBEDDING = 31, /**< learned or sinusoidal positions @since 1.1 */
     TLEARN_LAYER_ATTENTION = 32,          /**< fused multi-head self-attention @since 1.1 */
     TLEARN_LAYER_TOKEN_POOL = 33,         /**< first token or masked mean @since 1.1 */
-    TLEARN_LAYER_PATCH_EMBED = 34         /**< ViT patches + class token @since 1.1 */
+    TLEARN_LAYER_PATCH_EMBED = 34,        /**< ViT patches + class token @since 1.1 */
+    TLEARN_LAYER_PROTOTYPE = 60, /**< prototype head (cosine to class means); @since 1.1 */
 };
 
 /** Element types of model inputs (tlearn_model_create_input()). Values are fixed. @since 1.1 */
@@ -1453,6 +1454,164 @@ TLEARN_API int tlearn_model_add_matmul(tlearn_model *m, const char *name, const 
  * @since 1.1
  */
 TLEARN_API int tlearn_model_add_drop_path(tlearn_model *m, const char *name, float p);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Few-shot without training, and transferability (1.1)
+ *  Prototype heads, normalised embeddings and similarity search, transferability scores. */
+/** @{ */
+
+/** Flags of the prototype calls. @since 1.1 */
+#define TLEARN_PROTO_FEATURES 1u          /**< x holds the activations the head reads (the
+                                               named layer's), not model inputs */
+#define TLEARN_PROTO_LEARN_TEMPERATURE 2u /**< the temperature is a trained parameter */
+
+/**
+ * Append a prototype head (layer kind TLEARN_LAYER_PROTOTYPE): @p classes prototypes over
+ * the flattened input, logits = temperature * cos(x, prototype_c). Tensors: `prototypes`
+ * (classes, D) and `counts` (classes) are buffers (saved, never trained); `temperature` (1)
+ * is trained when @p learn_temperature is 1, a buffer otherwise. New prototypes are empty
+ * (zero, count 0) and score 0; fill them with tlearn_prototype_update().
+ * @param temperature  > 0, finite (10 to 20 suits softmax cross-entropy training).
+ * @return TLEARN_OK, TLEARN_EINVAL (bad name, classes < 1, temperature, flag), TLEARN_ESHAPE,
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_prototype(tlearn_model *m, const char *name, int classes,
+                                          float temperature, int learn_temperature);
+
+/**
+ * Few-shot classification in one call: drop every layer after @p from_layer and append a
+ * prototype head called @p name whose prototype c is the mean of the L2-normalised
+ * activations of @p from_layer over the examples labelled c (counts kept for later
+ * updates). No gradient step; the model then predicts by cosine similarity.
+ * @param from_layer  the feature layer; NULL or "" reads the model input itself.
+ * @param x        n examples: model inputs (a model with one input), or with
+ *                 TLEARN_PROTO_FEATURES the activations of @p from_layer; borrowed.
+ * @param labels   n class indices in [0, classes). Classes without examples stay empty.
+ * @param flags    TLEARN_PROTO_FEATURES, TLEARN_PROTO_LEARN_TEMPERATURE.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, n 0, a label out of range, bad name or
+ *         temperature, unknown flags), TLEARN_ENOTFOUND, TLEARN_ESTATE (several model
+ *         inputs), TLEARN_ESHAPE, TLEARN_ENOMEM. Atomic: on failure nothing changes.
+ * @note Features are computed in blocks of 1024 examples (memory 1024 x feature size).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_head(tlearn_model *m, const char *from_layer, const char *name,
+                                     const float *x, const int32_t *labels, size_t n,
+                                     int classes, float temperature, unsigned flags);
+
+/**
+ * Update prototypes incrementally with more labelled examples: prototype_c becomes the
+ * running mean (count_c * p_c + sum of the new normalised features) / (count_c + new);
+ * classes without new examples are untouched. Same result as building from all examples
+ * at once (up to rounding).
+ * @param layer  a prototype head.  @param x  model inputs, or with TLEARN_PROTO_FEATURES
+ *               the activations the head reads.  @param labels  n indices in [0, classes).
+ * @return TLEARN_OK, TLEARN_EINVAL (not a prototype head, label out of range, ...),
+ *         TLEARN_ENOTFOUND, TLEARN_ESTATE, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_update(tlearn_model *m, const char *layer, const float *x,
+                                       const int32_t *labels, size_t n, unsigned flags);
+
+/**
+ * Append @p count empty classes (indices classes .. classes+count-1) to a prototype head;
+ * the other prototypes and counts stay as they are. The head's output grows.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (a layer reads the head),
+ *         TLEARN_ESHAPE, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_add_classes(tlearn_model *m, const char *layer, int count);
+
+/**
+ * Remove class @p cls from a prototype head: the classes after it move down by one index
+ * (keep your label map in step); their prototypes and counts are unchanged. At least one
+ * class stays.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (a layer reads the head),
+ *         TLEARN_ESHAPE (it is the last class), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_remove_class(tlearn_model *m, const char *layer, int cls);
+
+/**
+ * Replace the prototype head (the last layer) by an ordinary dense head of the same name
+ * for fine-tuning: weight = temperature * normalised prototypes, bias 0. Its logits are
+ * the prototype head's times |x|, so it predicts the same classes before any training.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (not the last layer),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_to_dense(tlearn_model *m, const char *layer);
+
+/**
+ * L2-normalised activations of layer @p layer (embeddings for similarity search and
+ * zero-shot classification), evaluation mode. A zero activation stays zero.
+ * @param out_len  must be n * (size of the layer's output).
+ * @return as tlearn_model_features(). @since 1.1
+ */
+TLEARN_API int tlearn_model_embed(tlearn_model *m, const char *layer, const float *x, size_t n,
+                                  float *out, size_t out_len);
+
+/**
+ * Cosine similarities of @p nq queries against @p nkeys keys (rows of @p dim floats; norms
+ * below 1e-12 count as 1e-12), by GEMM.
+ * @param threads  GEMM threads, 1..1024.
+ * @param out      receives nq x nkeys scores, row q for query q; out_len must be nq * nkeys.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, a count 0, NaN/Inf values, sizes over 2^31
+ *         floats), TLEARN_ENOMEM. Thread-safe (no shared state).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_similarity_scores(const float *queries, size_t nq, const float *keys,
+                                        size_t nkeys, int dim, int threads, float *out,
+                                        size_t out_len);
+
+/**
+ * Exact top-@p k nearest keys by cosine similarity for each query (brute force, GEMM in
+ * blocks of 256 queries x 4096 keys; memory independent of nkeys). Rows best first; equal
+ * scores in increasing key index.
+ * @param index   receives nq x k key indices.  @param scores  receives nq x k cosines; may
+ *                be NULL.  @param k  1..nkeys.
+ * @return as tlearn_similarity_scores(). Thread-safe. @since 1.1
+ */
+TLEARN_API int tlearn_similarity_topk(const float *queries, size_t nq, const float *keys,
+                                      size_t nkeys, int dim, int k, int threads,
+                                      int32_t *index, float *scores);
+
+/** Transferability metrics. Values are fixed. @since 1.1 */
+enum tlearn_transfer_metric {
+    TLEARN_TRANSFER_LOGME = 1, /**< You et al. 2021: log evidence per example, mean over classes */
+    TLEARN_TRANSFER_LEEP = 2,  /**< Nguyen et al. 2020: the features are the source logits */
+    TLEARN_TRANSFER_HSCORE = 3 /**< Bao et al. 2019: tr(cov(f)^+ cov(E[f|y])), pseudo-inverse */
+};
+
+/**
+ * Score how well the activations @p features (n x @p dim) suit the labels, without
+ * training: higher is better for each metric (compare layers or models on the same data
+ * with the same metric). LEEP reads the features as the source head's logits and takes
+ * their softmax. Computed in double; LogME and H-score through an eigen-decomposition of
+ * the min(n, dim)-square Gram matrix (Jacobi): measured 0.1 s at min(n, dim) = 128, 1 s at
+ * 200, 5 s at 256, 70 s at 512. H-score saturates at classes - 1 when n - 1 <= dim; LogME
+ * stops its fixed point after 11 updates (or when alpha and beta move < 1e-3), which
+ * matters only when n <= dim, where the evidence has no finite optimum.
+ * @param labels   n indices in [0, classes); LogME and H-score need every class present.
+ * @param metric   enum tlearn_transfer_metric.  @param score  receives the score.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, n or classes < 2, a label out of range, a class
+ *         without examples, NaN/Inf features, unknown metric), TLEARN_ENOMEM.
+ *         Thread-safe. @since 1.1
+ */
+TLEARN_API int tlearn_transferability_features(const float *features, size_t n, int dim,
+                                               const int32_t *labels, int classes, int metric,
+                                               double *score);
+
+/**
+ * tlearn_transferability_features() on the activations of layer @p layer for @p n model
+ * inputs @p x (evaluation mode; for LEEP, name the source head's logits layer).
+ * @return as tlearn_transferability_features(), TLEARN_ENOTFOUND, TLEARN_ESTATE (several
+ *         model inputs). The model is unchanged. @since 1.1
+ */
+TLEARN_API int tlearn_transferability(tlearn_model *m, const char *layer, const float *x,
+                                      const int32_t *labels, size_t n, int classes, int metric,
+                                      double *score);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

@@ -327,5 +327,19 @@ extern const tl_layer_ops tl_position_embedding_ops; /* ia: max_len sinusoidal *
 extern const tl_layer_ops tl_attention_ops;  /* ia: heads causal; inputs: x (T, D) [, mask] */
 extern const tl_layer_ops tl_token_pool_ops; /* ia: mode (0 first, 1 mean); x [, mask] */
 extern const tl_layer_ops tl_patch_embed_ops; /* ia: dim patch class_token positions */
+extern const tl_layer_ops tl_prototype_ops;  /* ia: classes learn_temperature; fa: temperature */
+
+/* The prototype head's class table (layers/prototype.c), changed by lib/fewshot/ between
+ * runs. Norms below TL_PROTO_EPS count as TL_PROTO_EPS (torch's F.normalize). */
+#define TL_PROTO_EPS 1e-12f
+int tl_prototype_classes(const tl_layer *L);
+/* max(||row||, TL_PROTO_EPS) of @p rows rows of length d, summed in float in order. */
+void tl_row_norms(const float *x, size_t rows, size_t d, float *norm);
+/* Append @p add empty classes, or (remove >= 0) drop class @p remove, later ones moving up
+ * by one. All or nothing: ESHAPE (no class would be left), ENOMEM. The caller drops plans. */
+int tl_prototype_resize(tl_layer *L, int add, int remove);
+/* Fold per-class sums of normalised features (classes x D) and example counts into the
+ * running means. */
+void tl_prototype_accumulate(tl_layer *L, const double *sums, const double *counts);
 
 #endif

@@ -497,3 +497,11 @@ int tlearn_model_add_transformer_block(tlearn_model *m, const char *name, int he
     }
     return TLEARN_OK;
 }
+
+int tlearn_model_add_prototype(tlearn_model *m, const char *name, int classes,
+                               float temperature, int learn_temperature)
+{
+    int ia[2] = {classes, learn_temperature};
+    return tl_model_add(m, "tlearn_model_add_prototype", &tl_prototype_ops, name, NULL, 0, ia, 2,
+                        &temperature, 1);
+}

@@ -819,17 +819,9 @@ int tlearn_model_output_layer(const tlearn_model *m, int k, int *index)
 /* ---- removing layers ---- */
 
 
-int tlearn_model_truncate(tlearn_model *m, const char *layer)
+/* Drop layers keep.. (their EWC state, outputs among them). */
+static void drop_from(tlearn_model *m, int keep)
 {
-    static const char fn[] = "tlearn_model_truncate";
-    TL_CHECK_MODEL(fn, m);
-    int keep = 0;
-    if (layer && *layer) {
-        int i = tl_model_find(m, layer);
-        if (i < 0)
-            return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, layer);
-        keep = i + 1;
-    }
     if (m->ewc)
         m->ewc_ops->drop_layers(m, keep);
     for (int i = keep; i < m->nlayers; i++)
@@ -844,6 +836,48 @@ int tlearn_model_truncate(tlearn_model *m, const char *layer)
     m->noutputs = kept;
     m->next_input = TL_NEXT_DEFAULT;
     tl_model_structure_changed(m);
+}
+
+int tlearn_model_truncate(tlearn_model *m, const char *layer)
+{
+    static const char fn[] = "tlearn_model_truncate";
+    TL_CHECK_MODEL(fn, m);
+    int keep = 0;
+    if (layer && *layer) {
+        int i = tl_model_find(m, layer);
+        if (i < 0)
+            return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, layer);
+        keep = i + 1;
+    }
+    drop_from(m, keep);
+    return TLEARN_OK;
+}
+
+int tl_model_replace_tail(tlearn_model *m, const char *fn, int keep, int producer,
+                          const tl_layer_ops *ops, const char *name, const int *ia, int ni,
+                          const float *fa, int nf, tl_layer **out)
+{
+    /* Refuse before dropping anything: a kept layer (or an input) of that name would make
+     * the add fail after the old layers are already gone. */
+    int kept;
+    int rc = tl_check_name(fn, name);
+    if (rc)
+        return rc;
+    if (tl_model_find_producer(m, name, &kept) && kept < keep)
+        return tl_fail(TLEARN_EINVAL, "%s: %s is already named '%s' and would stay", fn,
+                       kept < 0 ? "a model input" : "an earlier layer", name);
+    /* Build the layer first and drop the tail only once it exists: a layer that cannot be
+     * built (ESHAPE, ENOMEM) leaves the model as it was. */
+    tl_layer *L;
+    rc = reserve_layer(m, fn);
+    if (!rc)
+        rc = build_layer(m, fn, ops, name, &producer, 1, ia, ni, fa, nf, &L);
+    if (rc)
+        return rc;
+    drop_from(m, keep);
+    attach_layer(m, L);
+    if (out)
+        *out = L;
     return TLEARN_OK;
 }
 
@@ -858,33 +892,8 @@ int tlearn_model_replace_head(tlearn_model *m, const char *from_layer, int class
     int i = tl_model_find(m, from_layer);
     if (i < 0)
         return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, from_layer);
-    /* Refuse before truncating: a kept layer called "head" would make the add fail after
-     * the old head is already gone. */
-    int kept_head;
-    if (tl_model_find_producer(m, "head", &kept_head) && kept_head <= i)
-        return tl_fail(TLEARN_EINVAL, "%s: layer %d is already named 'head' and would stay; "
-                       "the new head needs that name", fn, kept_head);
-    /* Build the head first and truncate only once it exists: a head that cannot be built
-     * (ESHAPE, ENOMEM) leaves the model as it was. */
-    int producer = i;
-    tl_layer *head;
-    int rc = tl_check_name(fn, "head");
-    if (!rc)
-        rc = reserve_layer(m, fn);
-    if (!rc)
-        rc = build_layer(m, fn, &tl_dense_ops, "head", &producer, 1, &classes, 1, NULL, 0,
-                         &head);
-    if (rc)
-        return rc;
-    rc = tlearn_model_truncate(m, from_layer);
-    if (rc) { /* cannot happen: from_layer exists */
-        tl_layer_state scratch;
-        memset(&scratch, 0, sizeof scratch);
-        destroy_layer(head, &scratch);
-        return tl_fail_prefix(rc, "%s: ", fn);
-    }
-    attach_layer(m, head);
-    return TLEARN_OK;
+    return tl_model_replace_tail(m, fn, i + 1, i, &tl_dense_ops, "head", &classes, 1, NULL, 0,
+                                 NULL);
 }
 
 /* ---- metadata ---- */

@@ -139,6 +139,12 @@ struct tlearn_model {
 int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const char *name,
                  const int *inputs, int ninputs, const int *ia, int ni, const float *fa, int nf);
 int tl_model_find(const tlearn_model *m, const char *name); /* index or -1 */
+/* Replace layers keep.. by one new layer of @p ops reading @p producer (< keep), named
+ * @p name (no kept layer or input may have it); the layer is built before anything is
+ * dropped, so a failure changes nothing. *out (may be NULL) receives the new layer. */
+int tl_model_replace_tail(tlearn_model *m, const char *fn, int keep, int producer,
+                          const tl_layer_ops *ops, const char *name, const int *ia, int ni,
+                          const float *fa, int nf, tl_layer **out);
 /* A layer (its index) or a model input (tl_input_producer(k)) by name; 0 when none. */
 int tl_model_find_producer(const tlearn_model *m, const char *name, int *producer);
 /* The shape a producer (layer index, or a model input) gives one example. */

@@ -647,3 +647,31 @@ def test_vit_patch_embedding_input_gradient():
         xm[1, 2, 5, 6] -= h
         fd = (m.compute_gradients_inputs([xp], y) - m.compute_gradients_inputs([xm], y)) / (2 * h)
         assert dx[1, 2, 5, 6] == pytest.approx(fd, rel=2e-2, abs=1e-3)
+
+
+def test_fewshot_prototypes_similarity_transferability():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 6)).astype(np.float32)
+    y = (np.arange(30) % 3).astype(np.int32)
+    x[np.arange(30), y] += 3
+    with tlearn.Model(6, 1, 1) as m:
+        m.add_dense("fc", 6).add_activation("act", "tanh")
+        m.prototype_head("act", "proto", x, y, 3, temperature=5.0)
+        assert m.layer_kind(2) == "prototype"
+        assert (m.predict(x).argmax(1) == y).mean() > 0.9
+        m.prototype_add_classes("proto", 1)
+        m.prototype_update("proto", x[:2], np.array([3, 3], np.int32))
+        assert m.predict(x).shape == (30, 4)
+        m.prototype_remove_class("proto", 3)
+        e = m.embed("act", x)
+        assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+        assert m.transferability("act", x, y, 3, "hscore") > 0
+        m.prototype_to_dense("proto")
+        assert m.layer_kind(2) == "dense"
+    s = tlearn.similarity_scores(x[:4], x)
+    idx, sc = tlearn.similarity_topk(x[:4], x, 2)
+    assert list(idx[:, 0]) == [0, 1, 2, 3] and np.allclose(sc[:, 0], 1, atol=1e-5)
+    assert np.allclose(np.sort(s, 1)[:, -2], sc[:, 1], atol=1e-6)
+    assert np.isfinite(tlearn.transferability(x, y, 3, "logme"))
+    with pytest.raises(tlearn.TlearnError):
+        tlearn.transferability(x, y, 2, "leep")

@@ -43,7 +43,10 @@ LAYER_KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpo
                6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add",
                11: "binary", 12: "scale", 13: "softmax", 14: "concat", 15: "slice",
                16: "reshape", 17: "transpose", 18: "layernorm", 19: "adaptive_avgpool",
-               20: "pad", 21: "matmul", 22: "drop_path"}
+               20: "pad", 21: "matmul", 22: "drop_path",
+               60: "prototype"}
+TRANSFER_METRICS = {"logme": 1, "leep": 2, "hscore": 3}
+PROTO_FEATURES, PROTO_LEARN_TEMPERATURE = 1, 2
 ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6,
                "hardsigmoid": 7, "hardswish": 8, "silu": 9, "clip": 10, "gelu_tanh": 11}
 BINARY_OPS = {"add": 1, "sub": 2, "mul": 3, "div": 4}
@@ -1146,6 +1149,87 @@ class Model(_Handle):
         _check(_C.tlearn_model_export_safetensors(self.handle, _path(path)))
 
 
+    # -- few-shot without training, transferability (1.1) --
+
+    def add_prototype(self, name, classes, temperature=10.0, learn_temperature=False):
+        """Append an empty prototype head (logits = temperature * cosine to each class's
+        prototype); fill it with prototype_update()."""
+        _check(_C.tlearn_model_add_prototype(self.handle, _enc(name, "name"), int(classes),
+                                             float(temperature), int(bool(learn_temperature))))
+        return self
+
+    def _proto_x(self, producer_shape, x, features):
+        if features:
+            return _batch(x, producer_shape, "features")
+        return _batch(x, self.input_shape, "x")
+
+    def prototype_head(self, from_layer, name, x, labels, classes, temperature=10.0,
+                       features=False, learn_temperature=False):
+        """Drop the layers after @p from_layer ("" = the input) and append a prototype head
+        @p name built from (x, labels): prototype c = mean of the normalised activations of
+        the examples labelled c. With features=True, x holds those activations."""
+        shape = (self.layer_shape(self.layer_index(from_layer)) if from_layer
+                 else self.input_shape)
+        n = self._proto_x(shape, x, features)
+        _labels(labels, n)
+        flags = (PROTO_FEATURES if features else 0) | (
+            PROTO_LEARN_TEMPERATURE if learn_temperature else 0)
+        _check(_C.tlearn_prototype_head(self.handle, _enc(from_layer or "", "from_layer"),
+                                        _enc(name, "name"), _fptr(x), _iptr(labels), n,
+                                        int(classes), float(temperature), flags))
+        return self
+
+    def prototype_update(self, layer, x, labels, features=False):
+        """Fold more labelled examples into the prototypes (running mean per class)."""
+        n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim >= 1 else 0
+        if features:
+            _require(x, np.float32, "features")
+            if x.ndim < 2 or n < 1:
+                raise ValueError("features must be (n, size) with n >= 1")
+        else:
+            n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        _check(_C.tlearn_prototype_update(self.handle, _enc(layer, "layer"), _fptr(x),
+                                          _iptr(labels), n, PROTO_FEATURES if features else 0))
+        return self
+
+    def prototype_add_classes(self, layer, count=1):
+        """Append @p count empty classes to a prototype head."""
+        _check(_C.tlearn_prototype_add_classes(self.handle, _enc(layer, "layer"), int(count)))
+        return self
+
+    def prototype_remove_class(self, layer, cls):
+        """Remove class @p cls; later classes move down by one index."""
+        _check(_C.tlearn_prototype_remove_class(self.handle, _enc(layer, "layer"), int(cls)))
+        return self
+
+    def prototype_to_dense(self, layer):
+        """Turn the prototype head into a dense head (weight = temperature * normalised
+        prototypes, bias 0) for fine-tuning."""
+        _check(_C.tlearn_prototype_to_dense(self.handle, _enc(layer, "layer")))
+        return self
+
+    def embed(self, layer, x):
+        """L2-normalised activations of @p layer, shape (n, size)."""
+        n = _batch(x, self.input_shape, "x")
+        size = int(np.prod(self.layer_shape_nd(self.layer_index(layer))))
+        out = np.empty((n, size), dtype=np.float32)
+        _check(_C.tlearn_model_embed(self.handle, _enc(layer, "layer"), _fptr(x), n,
+                                     _fptr(out), out.size))
+        return out
+
+    def transferability(self, layer, x, labels, classes, metric="logme"):
+        """LogME, LEEP (layer = the source logits) or H-score of @p layer's activations for
+        the labelled set; higher is better."""
+        n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        score = ctypes.c_double()
+        _check(_C.tlearn_transferability(self.handle, _enc(layer, "layer"), _fptr(x),
+                                         _iptr(labels), n, int(classes),
+                                         _enum(TRANSFER_METRICS, metric, "metric"),
+                                         ctypes.byref(score)))
+        return score.value
+
 def read_metadata(path):
     """Metadata of a checkpoint file as a dict, without loading the weights."""
     result = {}
@@ -1155,3 +1239,50 @@ def read_metadata(path):
         return 0
     _check(_C.tlearn_checkpoint_read_metadata(_path(path), L.METADATA_FN(collect), None))
     return result
+
+
+def _matrix(a, what):
+    _require(a, np.float32, what)
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError("%s must be a 2-D (rows, dim) array, not %s" % (what, a.shape))
+    return a
+
+
+def similarity_scores(queries, keys, threads=1):
+    """Cosine similarities (nq, nkeys) of the rows of @p queries and @p keys."""
+    _matrix(queries, "queries")
+    _matrix(keys, "keys")
+    if queries.shape[1] != keys.shape[1]:
+        raise ValueError("queries and keys differ in dim")
+    out = np.empty((queries.shape[0], keys.shape[0]), dtype=np.float32)
+    _check(_C.tlearn_similarity_scores(_fptr(queries), queries.shape[0], _fptr(keys),
+                                       keys.shape[0], queries.shape[1], int(threads),
+                                       _fptr(out), out.size))
+    return out
+
+
+def similarity_topk(queries, keys, k, threads=1):
+    """Exact top-k keys by cosine for each query: (index (nq, k) int32, scores (nq, k)),
+    best first."""
+    _matrix(queries, "queries")
+    _matrix(keys, "keys")
+    if queries.shape[1] != keys.shape[1]:
+        raise ValueError("queries and keys differ in dim")
+    idx = np.empty((queries.shape[0], int(k)), dtype=np.int32)
+    sc = np.empty((queries.shape[0], int(k)), dtype=np.float32)
+    _check(_C.tlearn_similarity_topk(_fptr(queries), queries.shape[0], _fptr(keys),
+                                     keys.shape[0], queries.shape[1], int(k), int(threads),
+                                     _iptr(idx), _fptr(sc)))
+    return idx, sc
+
+
+def transferability(features, labels, classes, metric="logme"):
+    """LogME, LEEP (features = source logits) or H-score of (n, dim) features."""
+    _matrix(features, "features")
+    _labels(labels, features.shape[0])
+    score = ctypes.c_double()
+    _check(_C.tlearn_transferability_features(_fptr(features), features.shape[0],
+                                              features.shape[1], _iptr(labels), int(classes),
+                                              _enum(TRANSFER_METRICS, metric, "metric"),
+                                              ctypes.byref(score)))
+    return score.value

@@ -52,6 +52,7 @@ pub const TLEARN_LAYER_POSITION_EMBEDDING: c_int = 31;
 pub const TLEARN_LAYER_ATTENTION: c_int = 32;
 pub const TLEARN_LAYER_TOKEN_POOL: c_int = 33;
 pub const TLEARN_LAYER_PATCH_EMBED: c_int = 34;
+pub const TLEARN_LAYER_PROTOTYPE: c_int = 60;
 pub const TLEARN_DTYPE_FLOAT32: c_int = 1;
 pub const TLEARN_DTYPE_INT32: c_int = 2;
 
@@ -110,6 +111,11 @@ pub const fn tlearn_save_compress(level: c_uint) -> c_uint {
 }
 pub const TLEARN_LOAD_STRICT: c_uint = 0;
 pub const TLEARN_LOAD_PARTIAL: c_uint = 1;
+pub const TLEARN_PROTO_FEATURES: c_uint = 1;
+pub const TLEARN_PROTO_LEARN_TEMPERATURE: c_uint = 2;
+pub const TLEARN_TRANSFER_LOGME: c_int = 1;
+pub const TLEARN_TRANSFER_LEEP: c_int = 2;
+pub const TLEARN_TRANSFER_HSCORE: c_int = 3;
 
 /// Opaque handles: only ever used behind pointers.
 #[repr(C)]
@@ -277,6 +283,35 @@ extern "C" {
         -> c_int;
     pub fn tlearn_model_add_drop_path(m: *mut tlearn_model, name: *const c_char, p: f32)
         -> c_int;
+
+    // Few-shot without training, transferability (1.1).
+    pub fn tlearn_model_add_prototype(m: *mut tlearn_model, name: *const c_char, classes: c_int,
+                                      temperature: f32, learn_temperature: c_int) -> c_int;
+    pub fn tlearn_prototype_head(m: *mut tlearn_model, from_layer: *const c_char,
+                                 name: *const c_char, x: *const f32, labels: *const i32,
+                                 n: usize, classes: c_int, temperature: f32, flags: c_uint)
+        -> c_int;
+    pub fn tlearn_prototype_update(m: *mut tlearn_model, layer: *const c_char, x: *const f32,
+                                   labels: *const i32, n: usize, flags: c_uint) -> c_int;
+    pub fn tlearn_prototype_add_classes(m: *mut tlearn_model, layer: *const c_char,
+                                        count: c_int) -> c_int;
+    pub fn tlearn_prototype_remove_class(m: *mut tlearn_model, layer: *const c_char,
+                                         cls: c_int) -> c_int;
+    pub fn tlearn_prototype_to_dense(m: *mut tlearn_model, layer: *const c_char) -> c_int;
+    pub fn tlearn_model_embed(m: *mut tlearn_model, layer: *const c_char, x: *const f32,
+                              n: usize, out: *mut f32, out_len: usize) -> c_int;
+    pub fn tlearn_similarity_scores(queries: *const f32, nq: usize, keys: *const f32,
+                                    nkeys: usize, dim: c_int, threads: c_int, out: *mut f32,
+                                    out_len: usize) -> c_int;
+    pub fn tlearn_similarity_topk(queries: *const f32, nq: usize, keys: *const f32,
+                                  nkeys: usize, dim: c_int, k: c_int, threads: c_int,
+                                  index: *mut i32, scores: *mut f32) -> c_int;
+    pub fn tlearn_transferability(m: *mut tlearn_model, layer: *const c_char, x: *const f32,
+                                  labels: *const i32, n: usize, classes: c_int, metric: c_int,
+                                  score: *mut f64) -> c_int;
+    pub fn tlearn_transferability_features(features: *const f32, n: usize, dim: c_int,
+                                           labels: *const i32, classes: c_int, metric: c_int,
+                                           score: *mut f64) -> c_int;
 
     // Introspection.
     pub fn tlearn_model_layer_count(m: *const tlearn_model, count: *mut c_int) -> c_int;

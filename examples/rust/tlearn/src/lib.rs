@@ -226,6 +226,7 @@ pub enum LayerKind {
     Pad,
     MatMul,
     DropPath,
+    Prototype,
     /// A kind newer than these bindings.
     Other(i32),
 }
@@ -255,6 +256,7 @@ impl LayerKind {
             20 => LayerKind::Pad,
             21 => LayerKind::MatMul,
             22 => LayerKind::DropPath,
+            60 => LayerKind::Prototype,
             other => LayerKind::Other(other),
         }
     }
@@ -1514,6 +1516,143 @@ impl Model {
         let c = cpath(path.as_ref())?;
         check(unsafe { sys::tlearn_model_export_safetensors(self.raw(), c.as_ptr()) })
     }
+
+    // -- few-shot without training, transferability (1.1) --
+
+    /// Append an empty prototype head (logits = temperature * cosine to each prototype).
+    pub fn add_prototype(&mut self, name: &str, classes: i32, temperature: f32,
+                         learn_temperature: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_prototype(self.raw(), c.as_ptr(), classes, temperature,
+                                            learn_temperature as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Drop the layers after @p from_layer ("" = the input) and append a prototype head
+    /// built from (x, labels); with @p features, x holds @p from_layer's activations.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prototype_head(&mut self, from_layer: &str, name: &str, x: &[f32], labels: &[i32],
+                          classes: i32, temperature: f32, features: bool,
+                          learn_temperature: bool) -> Result<&mut Self> {
+        let per = if !features { self.input_shape()?.size() }
+                  else if from_layer.is_empty() { self.input_shape()?.size() }
+                  else { self.named_shape(from_layer)?.size() };
+        let n = batch_len(x.len(), per, "x")?;
+        labels_len(labels, n)?;
+        let (f, c) = (cstring(from_layer, "from_layer")?, cstring(name, "name")?);
+        let flags = if features { sys::TLEARN_PROTO_FEATURES } else { 0 }
+            | if learn_temperature { sys::TLEARN_PROTO_LEARN_TEMPERATURE } else { 0 };
+        check(unsafe {
+            sys::tlearn_prototype_head(self.raw(), f.as_ptr(), c.as_ptr(), x.as_ptr(),
+                                       labels.as_ptr(), n, classes, temperature, flags)
+        })?;
+        Ok(self)
+    }
+    /// Fold more labelled examples into the prototypes (running mean per class); with
+    /// @p features, x holds the activations the head reads (labels.len() examples).
+    pub fn prototype_update(&mut self, layer: &str, x: &[f32], labels: &[i32], features: bool)
+        -> Result<()> {
+        let n = if features { labels.len() }
+                else { batch_len(x.len(), self.input_shape()?.size(), "x")? };
+        labels_len(labels, n)?;
+        if features && (n == 0 || x.len() % n != 0) {
+            return Err(Error::invalid("features is not labels.len() equal rows".to_string()));
+        }
+        let c = cstring(layer, "layer")?;
+        check(unsafe {
+            sys::tlearn_prototype_update(self.raw(), c.as_ptr(), x.as_ptr(), labels.as_ptr(), n,
+                                         if features { sys::TLEARN_PROTO_FEATURES } else { 0 })
+        })
+    }
+    /// Append @p count empty classes to a prototype head.
+    pub fn prototype_add_classes(&mut self, layer: &str, count: i32) -> Result<()> {
+        let c = cstring(layer, "layer")?;
+        check(unsafe { sys::tlearn_prototype_add_classes(self.raw(), c.as_ptr(), count) })
+    }
+    /// Remove class @p cls; later classes move down by one index.
+    pub fn prototype_remove_class(&mut self, layer: &str, cls: i32) -> Result<()> {
+        let c = cstring(layer, "layer")?;
+        check(unsafe { sys::tlearn_prototype_remove_class(self.raw(), c.as_ptr(), cls) })
+    }
+    /// Turn the prototype head into a dense head initialised from the prototypes.
+    pub fn prototype_to_dense(&mut self, layer: &str) -> Result<()> {
+        let c = cstring(layer, "layer")?;
+        check(unsafe { sys::tlearn_prototype_to_dense(self.raw(), c.as_ptr()) })
+    }
+    /// L2-normalised activations of @p layer (n * size floats).
+    pub fn embed(&mut self, layer: &str, x: &[f32]) -> Result<Vec<f32>> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        let mut out = vec![0.0f32; n * self.named_shape(layer)?.size()];
+        let c = cstring(layer, "layer")?;
+        check(unsafe {
+            sys::tlearn_model_embed(self.raw(), c.as_ptr(), x.as_ptr(), n, out.as_mut_ptr(),
+                                    out.len())
+        })?;
+        Ok(out)
+    }
+    /// LogME, LEEP (layer = the source logits) or H-score of @p layer for the labelled set.
+    pub fn transferability(&mut self, layer: &str, x: &[f32], labels: &[i32], classes: i32,
+                           metric: TransferMetric) -> Result<f64> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        labels_len(labels, n)?;
+        let c = cstring(layer, "layer")?;
+        let mut score = 0.0f64;
+        check(unsafe {
+            sys::tlearn_transferability(self.raw(), c.as_ptr(), x.as_ptr(), labels.as_ptr(), n,
+                                        classes, metric as c_int, &mut score)
+        })?;
+        Ok(score)
+    }
+}
+
+/// Transferability metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferMetric {
+    LogMe = 1,
+    Leep = 2,
+    HScore = 3,
+}
+
+fn rows(len: usize, dim: usize, what: &str) -> Result<usize> {
+    batch_len(len, dim, what)
+}
+
+/// Cosine similarities (nq * nkeys, row per query) of rows of @p dim floats.
+pub fn similarity_scores(queries: &[f32], keys: &[f32], dim: usize, threads: i32)
+    -> Result<Vec<f32>> {
+    let (nq, nk) = (rows(queries.len(), dim, "queries")?, rows(keys.len(), dim, "keys")?);
+    let mut out = vec![0.0f32; nq * nk];
+    check(unsafe {
+        sys::tlearn_similarity_scores(queries.as_ptr(), nq, keys.as_ptr(), nk, dim as c_int,
+                                      threads, out.as_mut_ptr(), out.len())
+    })?;
+    Ok(out)
+}
+
+/// Exact top-k keys by cosine per query: (indices, scores), nq * k each, best first.
+pub fn similarity_topk(queries: &[f32], keys: &[f32], dim: usize, k: usize, threads: i32)
+    -> Result<(Vec<i32>, Vec<f32>)> {
+    let (nq, nk) = (rows(queries.len(), dim, "queries")?, rows(keys.len(), dim, "keys")?);
+    let (mut idx, mut sc) = (vec![0i32; nq * k], vec![0.0f32; nq * k]);
+    check(unsafe {
+        sys::tlearn_similarity_topk(queries.as_ptr(), nq, keys.as_ptr(), nk, dim as c_int,
+                                    k as c_int, threads, idx.as_mut_ptr(), sc.as_mut_ptr())
+    })?;
+    Ok((idx, sc))
+}
+
+/// LogME, LEEP (features = source logits) or H-score of n x @p dim features.
+pub fn transferability(features: &[f32], dim: usize, labels: &[i32], classes: i32,
+                       metric: TransferMetric) -> Result<f64> {
+    let n = rows(features.len(), dim, "features")?;
+    labels_len(labels, n)?;
+    let mut score = 0.0f64;
+    check(unsafe {
+        sys::tlearn_transferability_features(features.as_ptr(), n, dim as c_int, labels.as_ptr(),
+                                             classes, metric as c_int, &mut score)
+    })?;
+    Ok(score)
 }
 
 impl fmt::Debug for Model {

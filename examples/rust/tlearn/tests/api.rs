@@ -408,3 +408,28 @@ fn norm_pool_pad_matmul_layers() {
     assert_eq!(s.add_matmul("bad", "q", "nothere", false).err().unwrap().code(),
                status::ENOTFOUND);
 }
+
+#[test]
+fn prototype_head_similarity_and_transferability() {
+    let (x, y) = blobs(30);
+    let mut m = mlp(4);
+    m.prototype_head("relu1", "proto", &x, &y, 3, 10.0, false, false).unwrap();
+    assert_eq!(m.layer_kind(2).unwrap(), LayerKind::Prototype);
+    m.prototype_add_classes("proto", 1).unwrap();
+    m.prototype_update("proto", &x[..8], &[3], false).unwrap();
+    m.prototype_remove_class("proto", 3).unwrap();
+    let e = m.embed("relu1", &x).unwrap();
+    let norm: f32 = e[..16].iter().map(|v| v * v).sum();
+    assert!((norm - 1.0).abs() < 1e-4);
+    let h = m.transferability("relu1", &x, &y, 3, tlearn::TransferMetric::HScore).unwrap();
+    assert!(h > 0.0);
+    m.prototype_to_dense("proto").unwrap();
+    assert_eq!(m.layer_kind(2).unwrap(), LayerKind::Dense);
+    let (idx, sc) = tlearn::similarity_topk(&x[..16], &x, 8, 1, 1).unwrap();
+    assert_eq!(idx, vec![0, 1]);
+    assert!((sc[0] - 1.0).abs() < 1e-5);
+    let s = tlearn::similarity_scores(&x[..8], &x, 8, 1).unwrap();
+    assert_eq!(s.len(), 30);
+    let l = tlearn::transferability(&x, 8, &y, 3, tlearn::TransferMetric::LogMe).unwrap();
+    assert!(l.is_finite());
+}
