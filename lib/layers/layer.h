@@ -265,5 +265,9 @@ extern const tl_layer_ops tl_reshape_ops;    /* ia: rank d0 .. d{rank-1} (rank 1
                                               * the input's dim, one -1 is inferred) */
 extern const tl_layer_ops tl_transpose_ops;  /* ia: rank p0 .. p{rank-1}: output axis i is
                                               * input axis p[i] (ONNX perm without the batch) */
+/* Adapters (1.1), built by lib/adapters/ through the graph-editing seam of model/. */
+extern const tl_layer_ops tl_lora_sum_ops;   /* ia: r rslora merged; fa: alpha weight;
+                                              * out = in0 + alpha/r (rsLoRA: /sqrt(r))
+                                              * * weight * in1, in1 ignored while merged */
 
 #endif

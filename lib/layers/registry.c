@@ -18,6 +18,7 @@ static const tl_layer_ops *const all_kinds[] = {
     &tl_slice_ops,
     &tl_reshape_ops,
     &tl_transpose_ops,
+    &tl_lora_sum_ops,
 };
 
 const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)
