@@ -34,6 +34,8 @@ pub const TLEARN_LAYER_CONCAT: c_int = 14;
 pub const TLEARN_LAYER_SLICE: c_int = 15;
 pub const TLEARN_LAYER_RESHAPE: c_int = 16;
 pub const TLEARN_LAYER_TRANSPOSE: c_int = 17;
+pub const TLEARN_LAYER_LORA_SUM: c_int = 40;
+pub const TLEARN_LORA_RSLORA: c_uint = 1;
 pub const TLEARN_DTYPE_FLOAT32: c_int = 1;
 pub const TLEARN_DTYPE_INT32: c_int = 2;
 
@@ -165,6 +167,21 @@ extern "C" {
                                     dims: *const c_int) -> c_int;
     pub fn tlearn_model_add_transpose(m: *mut tlearn_model, name: *const c_char, rank: c_int,
                                       perm: *const c_int) -> c_int;
+    pub fn tlearn_lora_add(m: *mut tlearn_model, adapter: *const c_char, glob: *const c_char,
+                           r: c_int, alpha: f32, dropout: f32, flags: c_uint) -> c_int;
+    pub fn tlearn_lora_set_weight(m: *mut tlearn_model, adapter: *const c_char, weight: f32)
+        -> c_int;
+    pub fn tlearn_lora_set_active(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_merge(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_unmerge(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_remove(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_save(m: *const tlearn_model, adapter: *const c_char, dir: *const c_char)
+        -> c_int;
+    pub fn tlearn_lora_load(m: *mut tlearn_model, adapter: *const c_char, dir: *const c_char)
+        -> c_int;
+    pub fn tlearn_adapter_add_bottleneck(m: *mut tlearn_model, adapter: *const c_char,
+                                         glob: *const c_char, hidden: c_int, activation: c_int)
+        -> c_int;
     pub fn tlearn_model_add_activation(m: *mut tlearn_model, name: *const c_char,
                                        activation: c_int, param: f32) -> c_int;
     pub fn tlearn_model_add_conv2d(m: *mut tlearn_model, name: *const c_char, filters: c_int,
