@@ -115,12 +115,13 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_MATMUL = 21,           /**< @since 1.1 */
     TLEARN_LAYER_DROP_PATH = 22,        /**< @since 1.1 */
     /* 1.1: 11-29 general graph ops, 30-39 transformer layers, 40-49 adapters, 50-59
-     * domain adaptation; each value is added here when its kind lands. */
+     * domain adaptation, 60- few-shot; each value is added here when its kind lands. */
     TLEARN_LAYER_EMBEDDING = 30,          /**< token ids -> vectors @since 1.1 */
     TLEARN_LAYER_POSITION_EMBEDDING = 31, /**< learned or sinusoidal positions @since 1.1 */
     TLEARN_LAYER_ATTENTION = 32,          /**< fused multi-head self-attention @since 1.1 */
     TLEARN_LAYER_TOKEN_POOL = 33,         /**< first token or masked mean @since 1.1 */
     TLEARN_LAYER_PATCH_EMBED = 34,        /**< ViT patches + class token @since 1.1 */
+    TLEARN_LAYER_LORA_SUM = 40,  /**< closes a LoRA branch (tlearn_lora_add()) @since 1.1 */
     TLEARN_LAYER_PROTOTYPE = 60, /**< prototype head (cosine to class means); @since 1.1 */
 };
 
@@ -1612,6 +1613,130 @@ TLEARN_API int tlearn_transferability_features(const float *features, size_t n, 
 TLEARN_API int tlearn_transferability(tlearn_model *m, const char *layer, const float *x,
                                       const int32_t *labels, size_t n, int classes, int metric,
                                       double *score);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Adapters (1.1): LoRA and bottleneck adapters on a frozen base
+ *
+ * Adapters are ordinary layers inserted into the graph right after their target, so
+ * checkpoints, introspection and training see them like any other layer. LoRA on a target
+ * T (dense/linear, or conv2d with groups 1) adds the layers `T.lora_dropout.<adapter>`
+ * (when dropout > 0), `T.lora_A.<adapter>` (r units or filters, no bias, PyTorch's default
+ * init as PEFT), `T.lora_B.<adapter>` (zero, so the model is unchanged at first) and
+ * `T.lora.<adapter>` (kind TLEARN_LAYER_LORA_SUM: T + scale * weight * B(A(x)), with scale
+ * alpha/r, or alpha/sqrt(r) for rsLoRA); T's readers read the sum and T is frozen.
+ * Editing the graph is refused (TLEARN_ESTATE) while EWC or L2-SP is enabled. Layers
+ * whose names contain ".lora_", ".lora.", ".bottleneck_" or ".bottleneck." belong to
+ * adapters and are never targets. Thread-safety: as any call on the model handle. */
+/** @{ */
+
+/** tlearn_lora_add() flag: scale alpha / sqrt(r) (rsLoRA) instead of alpha / r. @since 1.1 */
+#define TLEARN_LORA_RSLORA 1u
+
+/**
+ * Add LoRA adapter @p adapter on every dense, linear and conv2d layer whose name matches
+ * @p glob (shell pattern over the full layer name; other kinds are skipped). Targets are
+ * frozen (only they: use a freeze policy to freeze the rest as PEFT does); a target that
+ * already has adapters gets the new one after them. The new adapter has weight 1.
+ * @param adapter  name (layer-name rules, no '.'), not used by another LoRA adapter.
+ * @param r        rank, 1..65536.  @param alpha  finite.
+ * @param dropout  dropout on the LoRA input in [0, 1) (0: no dropout layer).
+ * @param flags    0 or TLEARN_LORA_RSLORA.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL or bad argument, adapter exists, conv2d with
+ *         groups > 1, names over 63 bytes), TLEARN_ENOTFOUND (no target), TLEARN_ESTATE
+ *         (EWC or L2-SP enabled), TLEARN_ENOMEM. Nothing changes on failure (not even the
+ *         model's random stream).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_add(tlearn_model *m, const char *adapter, const char *glob, int r,
+                               float alpha, float dropout, unsigned flags);
+
+/**
+ * Set the combination weight of LoRA adapter @p adapter: its branches add
+ * scale * weight * B(A(x)). 0 disables it; several adapters with non-zero weights combine.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model or adapter, weight not finite),
+ *         TLEARN_ENOTFOUND, TLEARN_ESTATE (the adapter is merged and the weight would
+ *         change), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_set_weight(tlearn_model *m, const char *adapter, float weight);
+
+/**
+ * Make @p adapter the only active LoRA adapter (weight 1, every other one 0), or with
+ * @p adapter NULL disable all of them: the model computes its base function.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND (no such adapter, or no adapter at
+ *         all), TLEARN_ESTATE (a merged adapter would change), TLEARN_ENOMEM.
+ *         Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_set_active(tlearn_model *m, const char *adapter);
+
+/**
+ * Fold adapter @p adapter into its targets' weights, W += D with
+ * D = (float)(scale * weight * (B A)) (the product over the rank in double; for a conv,
+ * B [out, r] times A [r, in*kh*kw]), and make its branches add nothing, so predictions
+ * stay the same within float rounding and cost no extra time. tlearn_lora_unmerge()
+ * subtracts the same D: the weights come back within one rounding of each operation,
+ * |W' - W| <= 2^-23 (|W| + |D|) elementwise, usually bit for bit. Do not train while
+ * merged (the branches get zero gradients).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (merged already /
+ *         not merged), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_merge(tlearn_model *m, const char *adapter);
+/** Undo tlearn_lora_merge() (see there for the rounding). @since 1.1 */
+TLEARN_API int tlearn_lora_unmerge(tlearn_model *m, const char *adapter);
+
+/**
+ * Remove LoRA adapter @p adapter: its layers go and the targets' readers read the targets
+ * (or the previous adapter) again. Targets stay frozen.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (merged; EWC or L2-SP
+ *         enabled).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_remove(tlearn_model *m, const char *adapter);
+
+/**
+ * Save LoRA adapter @p adapter in PEFT's layout into directory @p dir (created if missing):
+ * `adapter_model.safetensors` with `base_model.model.<target>.lora_A.weight` [r, in] (conv:
+ * [r, in, kh, kw]) and `...lora_B.weight` [out, r] (conv: [out, r, 1, 1]) in F32, and
+ * `adapter_config.json` (peft_type, r, lora_alpha, lora_dropout, use_rslora, bias "none",
+ * target_modules: the full target layer names). Each file is written atomically.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ENONFINITE, TLEARN_EIO,
+ *         TLEARN_ENOMEM.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_save(const tlearn_model *m, const char *adapter, const char *dir);
+
+/**
+ * Load a PEFT LoRA adapter from directory @p dir as adapter @p adapter (which must not
+ * exist): reads `adapter_config.json` (r, lora_alpha, lora_dropout, use_rslora,
+ * target_modules: a list matched as PEFT does, a layer named t or ending in "." t; a
+ * string is taken as a glob, not a regex), adds the branches as tlearn_lora_add() and
+ * fills them from `adapter_model.safetensors` (F32, F16 or BF16).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT (bad file or config;
+ *         bias other than "none"; fan_in_fan_out), TLEARN_ENOTFOUND (targets match no
+ *         layer, a file tensor fits no target, a target lacks its tensors), TLEARN_ESHAPE
+ *         (a tensor's shape does not fit its target), TLEARN_ESTATE, TLEARN_ENOMEM.
+ *         The message names the tensor or field. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_load(tlearn_model *m, const char *adapter, const char *dir);
+
+/**
+ * Insert a bottleneck adapter after every layer whose name matches @p glob (after the LoRA
+ * sums on it, if any): `L.bottleneck_down.<adapter>` (linear over the last axis, or a 1x1
+ * conv for (C, H, W) outputs, to @p hidden units), `L.bottleneck_act.<adapter>`
+ * (@p activation, enum tlearn_activation; leaky ReLU slope 0.01), `L.bottleneck_up.<adapter>`
+ * (back to L's width, weight and bias zero) and `L.bottleneck.<adapter>` (add: L + up);
+ * L's readers read the sum, so the model is unchanged at first. Nothing is frozen.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad argument, adapter exists, names over 63 bytes),
+ *         TLEARN_ENOTFOUND, TLEARN_ESHAPE, TLEARN_ESTATE (EWC or L2-SP enabled),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_adapter_add_bottleneck(tlearn_model *m, const char *adapter,
+                                             const char *glob, int hidden, int activation);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

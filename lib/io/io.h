@@ -113,6 +113,17 @@ int tl_checkpoint_load_weights_buffer(const char *fn, tlearn_model *m, const voi
 int tl_safetensors_import_buffer(const char *fn, tlearn_model *m, const void *data, size_t len,
                                  tlearn_name_map_fn map, void *user, unsigned flags,
                                  size_t *matched);
+/* Internal flag for tl_safetensors_import_buffer (with TLEARN_LOAD_PARTIAL): refuse file
+ * tensors that are not in the model or do not fit, but do not require every model tensor
+ * (adapter files fill the adapter's tensors only). */
+#define TL_ST_FILE_STRICT 0x100u
+/* Write @p count named fp32 tensors as a safetensors file (atomically). */
+typedef struct tl_st_tensor {
+    const char *name;
+    const tl_tensor *t;
+} tl_st_tensor;
+int tl_safetensors_write(const char *fn, const char *path, const tl_st_tensor *ts,
+                         size_t count);
 /* fp16 / bf16 bit patterns to fp32 (exact). */
 float tl_half_to_float(uint16_t h);
 float tl_bf16_to_float(uint16_t h);

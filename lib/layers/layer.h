@@ -341,5 +341,9 @@ int tl_prototype_resize(tl_layer *L, int add, int remove);
 /* Fold per-class sums of normalised features (classes x D) and example counts into the
  * running means. */
 void tl_prototype_accumulate(tl_layer *L, const double *sums, const double *counts);
+/* Adapters (1.1), built by lib/adapters/ through the graph-editing seam of model/. */
+extern const tl_layer_ops tl_lora_sum_ops;   /* ia: r rslora merged; fa: alpha weight;
+                                              * out = in0 + alpha/r (rsLoRA: /sqrt(r))
+                                              * * weight * in1, in1 ignored while merged */
 
 #endif

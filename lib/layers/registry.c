@@ -32,6 +32,7 @@ static const tl_layer_ops *const all_kinds[] = {
     &tl_token_pool_ops,
     &tl_patch_embed_ops,
     &tl_prototype_ops,
+    &tl_lora_sum_ops,
 };
 
 const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)

@@ -226,4 +226,33 @@ void tl_model_commit(tlearn_model *m, tl_plan *p, size_t n, int from);
  * a model only used for inference holds its parameters alone. */
 int tl_model_sync_slots(tlearn_model *m, int alloc_grads);
 
+/* ---- editing the graph (adapters/) ----
+ * One layer to insert: producers >= 0 count in the numbering AFTER the insertion, so they
+ * name layers up to the insertion point or the specs before this one. */
+typedef struct tl_insert_spec {
+    const tl_layer_ops *ops;
+    const char *name;
+    int ninputs;
+    int inputs[2];
+    const int *ia;
+    int ni;
+    const float *fa;
+    int nf;
+} tl_insert_spec;
+/* Insert @p count layers right after layer @p after (shifting the later ones: producer
+ * indexes, graph outputs, the next input, per-layer state, the name index), then make every
+ * later layer and graph output that read layer @p reroute read the new layer @p to instead
+ * (@p reroute < 0: no rewiring; @p to counts in the new numbering). New layers are
+ * trainable, with fresh state. Atomic: a failure (bad name, shape, ENOMEM) changes
+ * nothing. Refused (ESTATE) while EWC or L2-SP is enabled: their per-layer tables would
+ * need the same shift. On success, @p made (if not NULL) receives the new layers. */
+#define TL_NO_REROUTE INT_MIN
+int tl_model_insert(tlearn_model *m, const char *fn, int after, const tl_insert_spec *specs,
+                    int count, int reroute, int to, tl_layer **made);
+/* The inverse: remove the @p count layers from @p first on, making every remaining reader
+ * of layer @p reroute (inside the range) read @p to (< first) instead. The caller makes
+ * sure nothing else outside the range reads a removed layer. Cannot fail. */
+void tl_model_remove(tlearn_model *m, int first, int count, int reroute, int to);
+
+
 #endif

@@ -44,7 +44,8 @@ LAYER_KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpo
                11: "binary", 12: "scale", 13: "softmax", 14: "concat", 15: "slice",
                16: "reshape", 17: "transpose", 18: "layernorm", 19: "adaptive_avgpool",
                20: "pad", 21: "matmul", 22: "drop_path",
-               60: "prototype"}
+               30: "embedding", 31: "position_embedding", 32: "attention",
+               33: "token_pool", 34: "patch_embed", 40: "lora_sum", 60: "prototype"}
 TRANSFER_METRICS = {"logme": 1, "leep": 2, "hscore": 3}
 PROTO_FEATURES, PROTO_LEARN_TEMPERATURE = 1, 2
 ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6,
@@ -670,6 +671,60 @@ class Model(_Handle):
         p = [int(v) for v in perm]
         _check(_C.tlearn_model_add_transpose(self.handle, _enc(name, "name"), len(p),
                                              (ctypes.c_int * max(len(p), 1))(*p)))
+        return self
+
+    # -- adapters -----------------------------------------------------------------------
+    def lora_add(self, adapter, glob, r, alpha, dropout=0.0, rslora=False):
+        """Add LoRA adapter ``adapter`` on every dense/linear/conv2d layer matching ``glob``:
+        layers ``T.lora_A.<adapter>``, ``T.lora_B.<adapter>`` (zero) and the sum
+        ``T.lora.<adapter>`` = T + alpha/r (rsLoRA: alpha/sqrt(r)) * B(A(x)); T is frozen."""
+        _check(_C.tlearn_lora_add(self.handle, _enc(adapter, "adapter"), _enc(glob, "glob"),
+                                  int(r), float(alpha), float(dropout), 1 if rslora else 0))
+        return self
+
+    def lora_set_weight(self, adapter, weight):
+        """Combination weight of a LoRA adapter (0 disables it)."""
+        _check(_C.tlearn_lora_set_weight(self.handle, _enc(adapter, "adapter"), float(weight)))
+        return self
+
+    def lora_set_active(self, adapter):
+        """Make ``adapter`` the only active LoRA adapter; None disables all of them."""
+        _check(_C.tlearn_lora_set_active(self.handle,
+                                         None if adapter is None else _enc(adapter, "adapter")))
+        return self
+
+    def lora_merge(self, adapter):
+        """Fold the adapter into its targets' weights (W += scale * B A)."""
+        _check(_C.tlearn_lora_merge(self.handle, _enc(adapter, "adapter")))
+        return self
+
+    def lora_unmerge(self, adapter):
+        """Undo lora_merge (within one float rounding per weight)."""
+        _check(_C.tlearn_lora_unmerge(self.handle, _enc(adapter, "adapter")))
+        return self
+
+    def lora_remove(self, adapter):
+        """Remove a LoRA adapter's layers; the targets stay frozen."""
+        _check(_C.tlearn_lora_remove(self.handle, _enc(adapter, "adapter")))
+        return self
+
+    def lora_save(self, adapter, directory):
+        """Write adapter_model.safetensors and adapter_config.json in PEFT's layout."""
+        _check(_C.tlearn_lora_save(self.handle, _enc(adapter, "adapter"),
+                                   _enc(str(directory), "directory")))
+
+    def lora_load(self, adapter, directory):
+        """Add adapter ``adapter`` from a PEFT adapter directory (config and weights)."""
+        _check(_C.tlearn_lora_load(self.handle, _enc(adapter, "adapter"),
+                                   _enc(str(directory), "directory")))
+        return self
+
+    def add_bottleneck_adapter(self, adapter, glob, hidden, activation="relu"):
+        """Insert a bottleneck adapter (down, activation, zero-initialised up, residual add)
+        after every layer matching ``glob``."""
+        _check(_C.tlearn_adapter_add_bottleneck(self.handle, _enc(adapter, "adapter"),
+                                                _enc(glob, "glob"), int(hidden),
+                                                ACTIVATIONS[activation]))
         return self
 
     # -- introspection ------------------------------------------------------------------

@@ -164,6 +164,16 @@ _SIGNATURES = {
                                        P(c_double)]),
     "tlearn_transferability_features": (c_int, [f32p, c_size_t, c_int, i32p, c_int, c_int,
                                                 P(c_double)]),
+    # adapters
+    "tlearn_lora_add": (c_int, [_M, c_char_p, c_char_p, c_int, c_float, c_float, c_uint]),
+    "tlearn_lora_set_weight": (c_int, [_M, c_char_p, c_float]),
+    "tlearn_lora_set_active": (c_int, [_M, c_char_p]),
+    "tlearn_lora_merge": (c_int, [_M, c_char_p]),
+    "tlearn_lora_unmerge": (c_int, [_M, c_char_p]),
+    "tlearn_lora_remove": (c_int, [_M, c_char_p]),
+    "tlearn_lora_save": (c_int, [_M, c_char_p, c_char_p]),
+    "tlearn_lora_load": (c_int, [_M, c_char_p, c_char_p]),
+    "tlearn_adapter_add_bottleneck": (c_int, [_M, c_char_p, c_char_p, c_int, c_int]),
     # introspection
     "tlearn_model_layer_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_layer_index": (c_int, [_M, c_char_p, P(c_int)]),

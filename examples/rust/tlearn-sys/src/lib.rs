@@ -53,6 +53,8 @@ pub const TLEARN_LAYER_ATTENTION: c_int = 32;
 pub const TLEARN_LAYER_TOKEN_POOL: c_int = 33;
 pub const TLEARN_LAYER_PATCH_EMBED: c_int = 34;
 pub const TLEARN_LAYER_PROTOTYPE: c_int = 60;
+pub const TLEARN_LAYER_LORA_SUM: c_int = 40;
+pub const TLEARN_LORA_RSLORA: c_uint = 1;
 pub const TLEARN_DTYPE_FLOAT32: c_int = 1;
 pub const TLEARN_DTYPE_INT32: c_int = 2;
 
@@ -239,6 +241,21 @@ extern "C" {
                                                  inputs: *const *const c_void, ninputs: c_int,
                                                  labels: *const i32, ignore_index: i32, n: usize,
                                                  loss: *mut f32) -> c_int;
+    pub fn tlearn_lora_add(m: *mut tlearn_model, adapter: *const c_char, glob: *const c_char,
+                           r: c_int, alpha: f32, dropout: f32, flags: c_uint) -> c_int;
+    pub fn tlearn_lora_set_weight(m: *mut tlearn_model, adapter: *const c_char, weight: f32)
+        -> c_int;
+    pub fn tlearn_lora_set_active(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_merge(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_unmerge(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_remove(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_save(m: *const tlearn_model, adapter: *const c_char, dir: *const c_char)
+        -> c_int;
+    pub fn tlearn_lora_load(m: *mut tlearn_model, adapter: *const c_char, dir: *const c_char)
+        -> c_int;
+    pub fn tlearn_adapter_add_bottleneck(m: *mut tlearn_model, adapter: *const c_char,
+                                         glob: *const c_char, hidden: c_int, activation: c_int)
+        -> c_int;
     pub fn tlearn_model_add_activation(m: *mut tlearn_model, name: *const c_char,
                                        activation: c_int, param: f32) -> c_int;
     pub fn tlearn_model_add_conv2d(m: *mut tlearn_model, name: *const c_char, filters: c_int,

@@ -227,6 +227,7 @@ pub enum LayerKind {
     MatMul,
     DropPath,
     Prototype,
+    LoraSum,
     /// A kind newer than these bindings.
     Other(i32),
 }
@@ -257,6 +258,7 @@ impl LayerKind {
             21 => LayerKind::MatMul,
             22 => LayerKind::DropPath,
             60 => LayerKind::Prototype,
+            40 => LayerKind::LoraSum,
             other => LayerKind::Other(other),
         }
     }
@@ -998,6 +1000,64 @@ impl Model {
     pub fn add_drop_path(&mut self, name: &str, p: f32) -> Result<&mut Self> {
         let c = cstring(name, "name")?;
         check(unsafe { sys::tlearn_model_add_drop_path(self.raw(), c.as_ptr(), p) })?;
+        Ok(self)
+    }
+
+    // -- adapters -----------------------------------------------------------------------
+    /// Add LoRA adapter `adapter` on every dense/linear/conv2d layer matching `glob`
+    /// (targets frozen; B starts at zero). `rslora` scales by alpha/sqrt(r).
+    pub fn lora_add(&mut self, adapter: &str, glob: &str, r: i32, alpha: f32, dropout: f32,
+                    rslora: bool) -> Result<&mut Self> {
+        let a = cstring(adapter, "adapter")?;
+        let g = cstring(glob, "glob")?;
+        let flags = if rslora { sys::TLEARN_LORA_RSLORA } else { 0 };
+        check(unsafe { sys::tlearn_lora_add(self.raw(), a.as_ptr(), g.as_ptr(), r, alpha, dropout, flags) })?;
+        Ok(self)
+    }
+    /// Combination weight of a LoRA adapter (0 disables it).
+    pub fn lora_set_weight(&mut self, adapter: &str, weight: f32) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        check(unsafe { sys::tlearn_lora_set_weight(self.raw(), a.as_ptr(), weight) })
+    }
+    /// Make `adapter` the only active LoRA adapter; None disables all of them.
+    pub fn lora_set_active(&mut self, adapter: Option<&str>) -> Result<()> {
+        let a = adapter.map(|s| cstring(s, "adapter")).transpose()?;
+        let p = a.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_lora_set_active(self.raw(), p) })
+    }
+    /// Fold a LoRA adapter into its targets' weights.
+    pub fn lora_merge(&mut self, adapter: &str) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        check(unsafe { sys::tlearn_lora_merge(self.raw(), a.as_ptr()) })
+    }
+    /// Undo lora_merge (within one float rounding per weight).
+    pub fn lora_unmerge(&mut self, adapter: &str) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        check(unsafe { sys::tlearn_lora_unmerge(self.raw(), a.as_ptr()) })
+    }
+    /// Remove a LoRA adapter's layers (targets stay frozen).
+    pub fn lora_remove(&mut self, adapter: &str) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        check(unsafe { sys::tlearn_lora_remove(self.raw(), a.as_ptr()) })
+    }
+    /// Save a LoRA adapter in PEFT's layout (adapter_model.safetensors, adapter_config.json).
+    pub fn lora_save(&self, adapter: &str, dir: impl AsRef<Path>) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        let d = cpath(dir.as_ref())?;
+        check(unsafe { sys::tlearn_lora_save(self.raw() as *const _, a.as_ptr(), d.as_ptr()) })
+    }
+    /// Add adapter `adapter` from a PEFT adapter directory.
+    pub fn lora_load(&mut self, adapter: &str, dir: impl AsRef<Path>) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        let d = cpath(dir.as_ref())?;
+        check(unsafe { sys::tlearn_lora_load(self.raw(), a.as_ptr(), d.as_ptr()) })
+    }
+    /// Insert a bottleneck adapter after every layer matching `glob`.
+    pub fn add_bottleneck_adapter(&mut self, adapter: &str, glob: &str, hidden: i32,
+                                  activation: i32) -> Result<&mut Self> {
+        let a = cstring(adapter, "adapter")?;
+        let g = cstring(glob, "glob")?;
+        check(unsafe { sys::tlearn_adapter_add_bottleneck(self.raw(), a.as_ptr(), g.as_ptr(), hidden, activation) })?;
         Ok(self)
     }
 
