@@ -306,5 +306,10 @@ extern const tl_layer_ops tl_pad_ops;
 /* matmul ia: transpose_b; two inputs a (.., M, K), b (.., K, N) or (.., N, K) transposed */
 extern const tl_layer_ops tl_matmul_ops;
 extern const tl_layer_ops tl_drop_path_ops;  /* fa: p */
+/* Domain adaptation (1.1). grad_reverse fa: lambda (identity forward, -lambda * dout back) */
+extern const tl_layer_ops tl_grad_reverse_ops;
+/* For train/adapt.c: a grad_reverse layer's lambda, checked by tl_grl_check_lambda. */
+void tl_grl_set_lambda(tl_layer *L, float lambda);
+int tl_grl_check_lambda(const char *what, const char *name, float lambda);
 
 #endif

@@ -26,6 +26,7 @@ static const tl_layer_ops *const all_kinds[] = {
     &tl_pad_ops,
     &tl_matmul_ops,
     &tl_drop_path_ops,
+    &tl_grad_reverse_ops,
 };
 
 const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)

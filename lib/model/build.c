@@ -313,3 +313,9 @@ int tlearn_model_add_drop_path(tlearn_model *m, const char *name, float p)
     return tl_model_add(m, "tlearn_model_add_drop_path", &tl_drop_path_ops, name, NULL, 0, NULL,
                         0, &p, 1);
 }
+
+int tlearn_model_add_grad_reverse(tlearn_model *m, const char *name, float lambda)
+{
+    return tl_model_add(m, "tlearn_model_add_grad_reverse", &tl_grad_reverse_ops, name, NULL, 0,
+                        NULL, 0, &lambda, 1);
+}
