@@ -114,6 +114,7 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_PAD = 20,              /**< @since 1.1 */
     TLEARN_LAYER_MATMUL = 21,           /**< @since 1.1 */
     TLEARN_LAYER_DROP_PATH = 22,        /**< @since 1.1 */
+    TLEARN_LAYER_GRAD_REVERSE = 50,     /**< tlearn_model_add_grad_reverse() @since 1.1 */
     /* 1.1: 11-29 general graph ops, 30-39 transformer layers, 40-49 adapters, 50-59
      * domain adaptation, 60- few-shot; each value is added here when its kind lands. */
     TLEARN_LAYER_EMBEDDING = 30,          /**< token ids -> vectors @since 1.1 */
@@ -1737,6 +1738,164 @@ TLEARN_API int tlearn_lora_load(tlearn_model *m, const char *adapter, const char
  */
 TLEARN_API int tlearn_adapter_add_bottleneck(tlearn_model *m, const char *adapter,
                                              const char *glob, int hidden, int activation);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Domain adaptation (1.1): several losses, gradient reversal, CORAL/MMD, AdaBN, TENT
+ *  When the input distribution moves (another camera, synthetic to real) and the target data
+ *  is mostly unlabelled. Settings below are kept by the model (not saved in checkpoints). */
+/** @{ */
+
+/** Discrepancies between source and target rows (tlearn_model_set_discrepancy(),
+ *  tlearn_discrepancy()). Values are fixed. @since 1.1 */
+enum tlearn_discrepancy {
+    TLEARN_DISCREPANCY_CORAL = 1, /**< Deep CORAL: ||C_s - C_t||_F^2 / (4 d^2), C the
+                                       unbiased covariance of each domain's rows */
+    TLEARN_DISCREPANCY_MMD = 2    /**< multi-kernel Gaussian MMD^2 (biased estimate), DAN */
+};
+
+/**
+ * Give graph output @p output (its position, 0..count-1, in tlearn_model_set_outputs()) a
+ * loss for tlearn_model_train_step_multi(). The step's loss is the sum over outputs of
+ * weight x loss. Positions, not layers, keep the setting: declare the outputs first.
+ * @param loss    TLEARN_LOSS_SOFTMAX_CE (int32 labels, -1 = no loss for that row, mean over
+ *                the labelled rows), TLEARN_LOSS_MSE (float targets, mean of all elements),
+ *                or 0 to remove the output's loss.
+ * @param weight  > 0 and finite (ignored with loss 0).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (cross-entropy on an output of one value),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_set_output_loss(tlearn_model *m, int output, int loss, float weight);
+
+/**
+ * Add a discrepancy term between the source and target rows of a batch at layer @p layer
+ * (its output flattened per example) to tlearn_model_train_step_multi(): the step's loss
+ * gains weight x discrepancy and the layer gets its gradient. At most 4 terms; setting a
+ * (layer, kind) pair again changes its weight, weight 0 removes it.
+ * CORAL needs 2 rows of each domain per batch, MMD one. MMD's kernel is
+ * k(a, b) = sum_i exp(-||a - b||^2 / (m_i D)), D the mean squared distance over the distinct
+ * pairs of rows of the batch (both domains), treated as a constant in the gradient; the
+ * multipliers m_i default to DAN's 1/4, 1/2, 1, 2, 4 (tlearn_model_set_mmd_bandwidths()).
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL layer, kind, weight < 0 or not finite, a fifth
+ *         term), TLEARN_ENOTFOUND, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_set_discrepancy(tlearn_model *m, const char *layer, int kind,
+                                            float weight);
+
+/**
+ * The bandwidth multipliers of the model's MMD terms (see tlearn_model_set_discrepancy()).
+ * @param multipliers  @p count values > 0; borrowed.  @param count  0..8; 0 restores the
+ *                     default 1/4, 1/2, 1, 2, 4.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. Nothing changes on failure. @since 1.1
+ */
+TLEARN_API int tlearn_model_set_mmd_bandwidths(tlearn_model *m, const float *multipliers,
+                                               int count);
+
+/**
+ * A discrepancy and its gradient on given rows, without a model (monitoring a shift,
+ * checking the formulas): the value of tlearn_model_set_discrepancy()'s term.
+ * @param features  n x dim floats (finite); borrowed.  @param is_target  n values, 0 source,
+ *                  1 target; borrowed.
+ * @param multipliers, nmult  MMD's bandwidth multipliers (NULL, 0: the default); ignored by
+ *                  CORAL.
+ * @param value     receives the discrepancy.  @param grad  receives d value / d features
+ *                  (n x dim), or NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, bad kind, sizes, values or too few rows of a
+ *         domain), TLEARN_ENOMEM. Thread-safe.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_discrepancy(int kind, const float *features, size_t n, size_t dim,
+                                  const uint8_t *is_target, const float *multipliers, int nmult,
+                                  float *value, float *grad);
+
+/**
+ * One optimisation step with every output that has a loss (tlearn_model_set_output_loss())
+ * and targets, plus the discrepancy terms: one forward, one backward seeded by all of them,
+ * one optimizer update. Source and target examples share a batch: a label of -1 on a
+ * cross-entropy output means "no class loss for this row".
+ * @param inputs, ninputs  one array per model input, as tlearn_model_run().
+ * @param targets   one per graph output (@p ntargets = the output count): int32 labels
+ *                  (n) for cross-entropy, float targets (n x output size) for MSE, or NULL
+ *                  for no loss on that output this step; borrowed.
+ * @param is_target n values, 1 for target-domain rows (discrepancy terms only), or NULL to
+ *                  take the rows whose output-0 label is -1.
+ * @param loss      receives sum of weight x loss + discrepancies + EWC/L2-SP penalty; may be
+ *                  NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad arguments, labels outside -1..classes-1, too few
+ *         rows of a domain), TLEARN_ESTATE (nothing to train: no loss nor discrepancy; a
+ *         discrepancy at a layer with everything up to it frozen), TLEARN_ENOTFOUND (a
+ *         discrepancy layer removed), TLEARN_ENONFINITE, TLEARN_ENOMEM. On failure no weight,
+ *         optimizer state or running statistic changes. Frozen layers, LR scales, clipping
+ *         and BatchNorm as tlearn_model_train_step().
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_train_step_multi(tlearn_model *m, tlearn_optim *o,
+                                             const void *const *inputs, int ninputs, size_t n,
+                                             const void *const *targets, int ntargets,
+                                             const uint8_t *is_target, float *loss);
+
+/**
+ * Add a gradient-reversal layer (DANN): the identity forward, the gradient times -lambda
+ * backward. Put it between the features and a domain classifier head.
+ * @param lambda  >= 0 and finite; change it per step with
+ *                tlearn_model_set_grad_reverse_lambda().
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. Nothing changes on failure. @since 1.1
+ */
+TLEARN_API int tlearn_model_add_grad_reverse(tlearn_model *m, const char *name, float lambda);
+
+/**
+ * Set lambda of the gradient-reversal layer @p layer, or of every one when @p layer is NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (lambda < 0 or not finite, a layer of another kind),
+ *         TLEARN_ENOTFOUND (no such layer, or none at all). @since 1.1
+ */
+TLEARN_API int tlearn_model_set_grad_reverse_lambda(tlearn_model *m, const char *layer,
+                                                    float lambda);
+
+/**
+ * DANN's schedule: lambda_p = 2 / (1 + exp(-10 p)) - 1 for training progress @p progress
+ * (0 at the start, 1 at the end; clamped to [0, 1], NaN as 0). @return lambda_p in [0, 1).
+ * Thread-safe. @since 1.1
+ */
+TLEARN_API float tlearn_dann_lambda(float progress);
+
+/**
+ * AdaBN: re-estimate every BatchNorm's running statistics on (target) data, with no labels
+ * and no gradient. The data runs forward in training mode in batches of @p batch (the last
+ * one smaller); each BatchNorm's running mean and variance become the average over the
+ * batches of the batch mean and unbiased batch variance (torch's momentum=None after
+ * reset_running_stats()). Weights do not change; BatchNorms with frozen statistics are
+ * re-estimated too; dropout layers draw as in training.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESTATE (no BatchNorm), TLEARN_ENONFINITE,
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_adapt_bn(tlearn_model *m, const void *const *inputs, int ninputs,
+                                     size_t n, size_t batch);
+
+/**
+ * TENT (test-time entropy minimisation): one step on an unlabelled batch that updates only
+ * BatchNorm's weight and bias to lower the mean entropy of softmax(output 0). The batch runs
+ * in training mode (BatchNorm on batch statistics, whose running values then follow the
+ * target data with the layer's momentum). The first step snapshots every BatchNorm tensor
+ * and the freeze state, then freezes every other layer; tlearn_model_tent_reset() restores
+ * them. Optimizer state of BatchNorm starts fresh (Adam lr 1e-3 or SGD as the paper).
+ * @param entropy  receives the batch's mean entropy before the update; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESTATE (no BatchNorm), TLEARN_ESHAPE (output 0
+ *         of one value), TLEARN_ENONFINITE, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_tent_step(tlearn_model *m, tlearn_optim *o,
+                                      const void *const *inputs, int ninputs, size_t n,
+                                      float *entropy);
+
+/**
+ * Undo TENT: BatchNorm tensors and freeze state as before the first tlearn_model_tent_step()
+ * (nothing to do when none ran). @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESTATE (layers
+ * added or removed since), TLEARN_ENOMEM. @since 1.1
+ */
+TLEARN_API int tlearn_model_tent_reset(tlearn_model *m);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

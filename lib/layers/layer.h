@@ -345,5 +345,10 @@ void tl_prototype_accumulate(tl_layer *L, const double *sums, const double *coun
 extern const tl_layer_ops tl_lora_sum_ops;   /* ia: r rslora merged; fa: alpha weight;
                                               * out = in0 + alpha/r (rsLoRA: /sqrt(r))
                                               * * weight * in1, in1 ignored while merged */
+/* Domain adaptation (1.1). grad_reverse fa: lambda (identity forward, -lambda * dout back) */
+extern const tl_layer_ops tl_grad_reverse_ops;
+/* For train/adapt.c: a grad_reverse layer's lambda, checked by tl_grl_check_lambda. */
+void tl_grl_set_lambda(tl_layer *L, float lambda);
+int tl_grl_check_lambda(const char *what, const char *name, float lambda);
 
 #endif

@@ -33,6 +33,7 @@ static const tl_layer_ops *const all_kinds[] = {
     &tl_patch_embed_ops,
     &tl_prototype_ops,
     &tl_lora_sum_ops,
+    &tl_grad_reverse_ops,
 };
 
 const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)

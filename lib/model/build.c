@@ -505,3 +505,9 @@ int tlearn_model_add_prototype(tlearn_model *m, const char *name, int classes,
     return tl_model_add(m, "tlearn_model_add_prototype", &tl_prototype_ops, name, NULL, 0, ia, 2,
                         &temperature, 1);
 }
+
+int tlearn_model_add_grad_reverse(tlearn_model *m, const char *name, float lambda)
+{
+    return tl_model_add(m, "tlearn_model_add_grad_reverse", &tl_grad_reverse_ops, name, NULL, 0,
+                        NULL, 0, &lambda, 1);
+}

@@ -49,6 +49,7 @@ typedef struct tl_worker {
 } tl_worker;
 
 struct tl_ewc; /* train/ewc.c */
+struct tl_da;  /* train/adapt.c: per-output losses, discrepancy terms, TENT's snapshot */
 
 /* How model/ handles state that train/ hangs on a model (EWC and L2-SP) without knowing
  * it: the dependency runs one way, train/ -> model/. */
@@ -119,6 +120,8 @@ struct tlearn_model {
     int nworkers;
     struct tl_ewc *ewc;   /* EWC tasks and L2-SP anchor; NULL when none */
     const tl_attachment_ops *ewc_ops; /* set by train/ewc.c with ewc */
+    struct tl_da *da;     /* domain adaptation settings; NULL until one is made */
+    void (*da_destroy)(struct tl_da *da); /* set by train/adapt.c with da */
     int nmeta;
     char **meta_keys, **meta_values;
     int has_grads;        /* a backward has filled the gradients */

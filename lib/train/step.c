@@ -283,6 +283,17 @@ static int train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const tl
     return TLEARN_OK;
 }
 
+/* For other steps in train/ (adapt.c): the checks and update of the ordinary step. */
+int tl_step_check_commit(const char *fn, const tlearn_model *m, size_t n, int from)
+{
+    return check_commit(fn, m, n, from);
+}
+
+int tl_step_apply_update(const char *fn, tlearn_model *m, tlearn_optim *o)
+{
+    return apply_update(fn, m, o);
+}
+
 int tlearn_model_train_step(tlearn_model *m, tlearn_optim *o, const float *x,
                             const int32_t *labels, size_t n, float *loss)
 {

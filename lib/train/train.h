@@ -38,6 +38,12 @@ int tl_optim_update_mt(const tlearn_optim *o, tl_slot *s, float *theta, size_t n
  * (TLEARN_ENOMEM, TLEARN_ENONFINITE otherwise). */
 int tl_optim_step(const char *fn, const tlearn_optim *o, tlearn_model *m, float grad_scale);
 
+/* step.c's shared parts for other steps (adapt.c): running statistics that a commit would
+ * make non-finite (ENONFINITE), and the update of every trainable tensor once the
+ * gradients are known finite (clipping, all or nothing). */
+int tl_step_check_commit(const char *fn, const tlearn_model *m, size_t n, int from);
+int tl_step_apply_update(const char *fn, tlearn_model *m, tlearn_optim *o);
+
 #include "ewc.h"
 
 #endif

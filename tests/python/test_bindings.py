@@ -675,3 +675,32 @@ def test_fewshot_prototypes_similarity_transferability():
     assert np.isfinite(tlearn.transferability(x, y, 3, "logme"))
     with pytest.raises(tlearn.TlearnError):
         tlearn.transferability(x, y, 2, "leep")
+
+
+def test_domain_adaptation():
+    m = tlearn.Model.with_input("x", (4,))
+    m.add_linear("feat", 6).add_batchnorm("bn").add_relu("r").add_dense("cls", 3)
+    m.set_next_input("r")
+    m.add_grad_reverse("grl", 0.0).add_dense("dom", 2)
+    m.set_outputs(["cls", "dom"])
+    assert m.layer_kind(4) == "grad_reverse"
+    m.set_grad_reverse_lambda(tlearn.dann_lambda(0.5))
+    assert abs(tlearn.dann_lambda(1.0) - (2 / (1 + np.exp(-10.0)) - 1)) < 1e-6
+    m.set_output_loss(0, "softmax_ce").set_output_loss(1, "softmax_ce", 0.5)
+    m.set_discrepancy("r", "coral", 0.2).set_mmd_bandwidths((0.5, 1.0, 2.0))
+    x = np.sin(np.arange(32, dtype=np.float32) * 0.37).reshape(8, 4).astype(np.float32)
+    y = np.array([0, 1, 2, 0, -1, -1, -1, -1], np.int32)
+    d = np.array([0, 0, 0, 0, 1, 1, 1, 1], np.int32)
+    opt = tlearn.Optimizer("sgd", lr=0.1)
+    assert np.isfinite(m.train_step_multi(opt, [x], [y, d]))
+    assert np.isfinite(m.train_step_multi(opt, [x], [y, None], d.astype(np.uint8)))
+    with pytest.raises(tlearn.TlearnError) as e:
+        m.train_step_multi(opt, [x], [None, None])
+    assert e.value.name == "TLEARN_EINVAL"  # no labels to tell target rows by
+    m.adapt_bn(x, batch=4)
+    w = m.get_tensor("bn.weight")
+    assert np.isfinite(m.tent_step(opt, x))
+    m.tent_reset()
+    assert np.array_equal(m.get_tensor("bn.weight"), w)
+    v, g = tlearn.discrepancy("mmd", x, d.astype(np.uint8))
+    assert v >= 0 and g.shape == x.shape

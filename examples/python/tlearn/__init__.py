@@ -45,13 +45,14 @@ LAYER_KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpo
                16: "reshape", 17: "transpose", 18: "layernorm", 19: "adaptive_avgpool",
                20: "pad", 21: "matmul", 22: "drop_path",
                30: "embedding", 31: "position_embedding", 32: "attention",
-               33: "token_pool", 34: "patch_embed", 40: "lora_sum", 60: "prototype"}
+               33: "token_pool", 34: "patch_embed", 40: "lora_sum", 50: "grad_reverse", 60: "prototype"}
 TRANSFER_METRICS = {"logme": 1, "leep": 2, "hscore": 3}
 PROTO_FEATURES, PROTO_LEARN_TEMPERATURE = 1, 2
 ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6,
                "hardsigmoid": 7, "hardswish": 8, "silu": 9, "clip": 10, "gelu_tanh": 11}
 BINARY_OPS = {"add": 1, "sub": 2, "mul": 3, "div": 4}
 LOSSES = {"softmax_ce": 1, "mse": 2}
+DISCREPANCIES = {"coral": 1, "mmd": 2}
 PAD_MODES = {"constant": 1, "reflect": 2, "edge": 3}
 OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
 OPTIM_PARAMS = {"lr": 1, "momentum": 2, "dampening": 3, "nesterov": 4, "weight_decay": 5,
@@ -1085,6 +1086,90 @@ class Model(_Handle):
             _fptr(dx) if input_grad else None, dx.size if input_grad else 0))
         return (loss.value, dx) if input_grad else loss.value
 
+    # -- domain adaptation (1.1) -------------------------------------------------------
+    def add_grad_reverse(self, name, lam=1.0):
+        """Gradient reversal (DANN): identity forward, gradient times -``lam`` backward."""
+        _check(_C.tlearn_model_add_grad_reverse(self.handle, _enc(name, "name"), float(lam)))
+        return self
+
+    def set_grad_reverse_lambda(self, lam, layer=None):
+        """Set lambda of gradient-reversal layer ``layer`` (None: every one); see
+        :func:`dann_lambda` for DANN's schedule."""
+        _check(_C.tlearn_model_set_grad_reverse_lambda(self.handle, _enc(layer, "layer"),
+                                                       float(lam)))
+        return self
+
+    def set_output_loss(self, output, loss, weight=1.0):
+        """Loss of graph output ``output`` (position) for :meth:`train_step_multi`:
+        "softmax_ce" (int32 labels, -1 = none for that row), "mse", or None to remove."""
+        kind = 0 if loss is None else _enum(LOSSES, loss, "loss")
+        _check(_C.tlearn_model_set_output_loss(self.handle, int(output), kind, float(weight)))
+        return self
+
+    def set_discrepancy(self, layer, kind, weight):
+        """Add a "coral" or "mmd" term between source and target rows at ``layer`` to
+        :meth:`train_step_multi` (weight 0 removes it)."""
+        _check(_C.tlearn_model_set_discrepancy(self.handle, _enc(layer, "layer"),
+                                               _enum(DISCREPANCIES, kind, "discrepancy"),
+                                               float(weight)))
+        return self
+
+    def set_mmd_bandwidths(self, multipliers=()):
+        """MMD's bandwidth multipliers of the mean squared distance (() = 1/4..4)."""
+        m = np.ascontiguousarray(multipliers, dtype=np.float32)
+        _check(_C.tlearn_model_set_mmd_bandwidths(self.handle, _fptr(m) if m.size else None,
+                                                  m.size))
+        return self
+
+    def train_step_multi(self, optimizer, inputs, targets, is_target=None):
+        """One step with every output's loss and the discrepancy terms. ``inputs``: one
+        array per model input; ``targets``: one per output (int32 labels with -1 for no
+        loss, float32 targets for MSE, or None); ``is_target``: uint8 per row or None
+        (rows whose output-0 label is -1). Returns the total loss."""
+        n, ins, keep = self._feed(list(inputs))
+        outs = self.outputs
+        if len(targets) != len(outs):
+            raise ValueError("the model has %d outputs, %d targets given" % (len(outs), len(targets)))
+        for j, t in enumerate(targets):
+            if t is not None:
+                _require(t, t.dtype if t.dtype in (np.int32, np.float32) else np.float32,
+                         "targets %d" % j)
+                if t.shape[0] != n:
+                    raise ValueError("targets %d has %d rows, inputs %d" % (j, t.shape[0], n))
+        tp = (ctypes.c_void_p * len(targets))(*[None if t is None else t.ctypes.data
+                                                 for t in targets])
+        mask = None
+        if is_target is not None:
+            _require(is_target, np.uint8, "is_target")
+            if is_target.shape != (n,):
+                raise ValueError("is_target has shape %s; expected (%d,)" % (is_target.shape, n))
+            mask = is_target.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_multi(self.handle, optimizer.handle, ins, len(inputs),
+                                                n, tp, len(targets), mask, ctypes.byref(loss)))
+        return loss.value
+
+    def adapt_bn(self, *inputs, batch=64):
+        """AdaBN: every BatchNorm's running statistics re-estimated on these (target)
+        arrays, averaged over batches of ``batch`` (torch's momentum=None)."""
+        n, ins, keep = self._feed(inputs)
+        _check(_C.tlearn_model_adapt_bn(self.handle, ins, len(inputs), n, int(batch)))
+        return self
+
+    def tent_step(self, optimizer, *inputs):
+        """TENT: one entropy-minimisation step on BatchNorm's weight and bias over an
+        unlabelled batch; returns the batch's mean entropy. Undo with :meth:`tent_reset`."""
+        n, ins, keep = self._feed(inputs)
+        h = ctypes.c_float()
+        _check(_C.tlearn_model_tent_step(self.handle, optimizer.handle, ins, len(inputs), n,
+                                         ctypes.byref(h)))
+        return h.value
+
+    def tent_reset(self):
+        """Restore BatchNorm tensors and freeze state from before the first tent_step."""
+        _check(_C.tlearn_model_tent_reset(self.handle))
+        return self
+
     def predict_from(self, layer, features):
         """Outputs from cached features of @p layer."""
         n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")
@@ -1284,6 +1369,30 @@ class Model(_Handle):
                                          _enum(TRANSFER_METRICS, metric, "metric"),
                                          ctypes.byref(score)))
         return score.value
+
+
+def dann_lambda(progress):
+    """DANN's schedule 2 / (1 + exp(-10 p)) - 1 for training progress p in [0, 1]."""
+    return _C.tlearn_dann_lambda(float(progress))
+
+
+def discrepancy(kind, features, is_target, multipliers=()):
+    """("coral" or "mmd") between the rows of float32 ``features`` (n, dim) marked by uint8
+    ``is_target``; returns (value, gradient w.r.t. features)."""
+    _require(features, np.float32, "features")
+    _require(is_target, np.uint8, "is_target")
+    if features.ndim != 2 or is_target.shape != (features.shape[0],):
+        raise ValueError("features must be (n, dim) and is_target (n,)")
+    m = np.ascontiguousarray(multipliers, dtype=np.float32)
+    grad = np.empty_like(features)
+    v = ctypes.c_float()
+    _check(_C.tlearn_discrepancy(_enum(DISCREPANCIES, kind, "discrepancy"), _fptr(features),
+                                 features.shape[0], features.shape[1],
+                                 is_target.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                 _fptr(m) if m.size else None, m.size, ctypes.byref(v),
+                                 _fptr(grad)))
+    return v.value, grad
+
 
 def read_metadata(path):
     """Metadata of a checkpoint file as a dict, without loading the weights."""

@@ -42,6 +42,11 @@ pub const TLEARN_LAYER_ADAPTIVE_AVGPOOL: c_int = 19;
 pub const TLEARN_LAYER_PAD: c_int = 20;
 pub const TLEARN_LAYER_MATMUL: c_int = 21;
 pub const TLEARN_LAYER_DROP_PATH: c_int = 22;
+pub const TLEARN_LAYER_GRAD_REVERSE: c_int = 50;
+
+// enum tlearn_discrepancy
+pub const TLEARN_DISCREPANCY_CORAL: c_int = 1;
+pub const TLEARN_DISCREPANCY_MMD: c_int = 2;
 
 // enum tlearn_pad_mode
 pub const TLEARN_PAD_CONSTANT: c_int = 1;
@@ -300,6 +305,31 @@ extern "C" {
         -> c_int;
     pub fn tlearn_model_add_drop_path(m: *mut tlearn_model, name: *const c_char, p: f32)
         -> c_int;
+    // domain adaptation (1.1)
+    pub fn tlearn_model_set_output_loss(m: *mut tlearn_model, output: c_int, loss: c_int,
+                                        weight: f32) -> c_int;
+    pub fn tlearn_model_set_discrepancy(m: *mut tlearn_model, layer: *const c_char, kind: c_int,
+                                        weight: f32) -> c_int;
+    pub fn tlearn_model_set_mmd_bandwidths(m: *mut tlearn_model, multipliers: *const f32,
+                                           count: c_int) -> c_int;
+    pub fn tlearn_discrepancy(kind: c_int, features: *const f32, n: usize, dim: usize,
+                              is_target: *const u8, multipliers: *const f32, nmult: c_int,
+                              value: *mut f32, grad: *mut f32) -> c_int;
+    pub fn tlearn_model_train_step_multi(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                         inputs: *const *const c_void, ninputs: c_int, n: usize,
+                                         targets: *const *const c_void, ntargets: c_int,
+                                         is_target: *const u8, loss: *mut f32) -> c_int;
+    pub fn tlearn_model_add_grad_reverse(m: *mut tlearn_model, name: *const c_char, lambda: f32)
+        -> c_int;
+    pub fn tlearn_model_set_grad_reverse_lambda(m: *mut tlearn_model, layer: *const c_char,
+                                                lambda: f32) -> c_int;
+    pub fn tlearn_dann_lambda(progress: f32) -> f32;
+    pub fn tlearn_model_adapt_bn(m: *mut tlearn_model, inputs: *const *const c_void,
+                                 ninputs: c_int, n: usize, batch: usize) -> c_int;
+    pub fn tlearn_model_tent_step(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                  inputs: *const *const c_void, ninputs: c_int, n: usize,
+                                  entropy: *mut f32) -> c_int;
+    pub fn tlearn_model_tent_reset(m: *mut tlearn_model) -> c_int;
 
     // Few-shot without training, transferability (1.1).
     pub fn tlearn_model_add_prototype(m: *mut tlearn_model, name: *const c_char, classes: c_int,

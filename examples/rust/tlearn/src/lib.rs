@@ -228,6 +228,7 @@ pub enum LayerKind {
     DropPath,
     Prototype,
     LoraSum,
+    GradReverse,
     /// A kind newer than these bindings.
     Other(i32),
 }
@@ -259,9 +260,53 @@ impl LayerKind {
             22 => LayerKind::DropPath,
             60 => LayerKind::Prototype,
             40 => LayerKind::LoraSum,
+            50 => LayerKind::GradReverse,
             other => LayerKind::Other(other),
         }
     }
+}
+
+/// Discrepancies between source and target rows ([`Model::set_discrepancy`], [`discrepancy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discrepancy {
+    /// Deep CORAL: ||C_s - C_t||_F^2 / (4 d^2).
+    Coral = 1,
+    /// Multi-kernel Gaussian MMD^2 (DAN), bandwidths as multipliers of the mean distance.
+    Mmd = 2,
+}
+
+/// The targets of one graph output for [`Model::train_step_multi`].
+pub enum Target<'a> {
+    /// No loss on this output for this step.
+    None,
+    /// int32 labels (cross-entropy); -1 means no loss for that row.
+    Labels(&'a [i32]),
+    /// float targets (MSE), n x the output's size.
+    Values(&'a [f32]),
+}
+
+/// DANN's schedule 2 / (1 + exp(-10 p)) - 1 for training progress p in [0, 1].
+pub fn dann_lambda(progress: f32) -> f32 {
+    unsafe { sys::tlearn_dann_lambda(progress) }
+}
+
+/// A discrepancy between the rows of `features` (n x dim) marked by `is_target` (0 source,
+/// 1 target), and its gradient w.r.t. the features. `multipliers` empty: MMD's default.
+pub fn discrepancy(kind: Discrepancy, features: &[f32], dim: usize, is_target: &[u8],
+                   multipliers: &[f32]) -> Result<(f32, Vec<f32>)> {
+    let n = is_target.len();
+    if dim == 0 || features.len() != n * dim {
+        return Err(Error::invalid(format!("features holds {} values, expected {} x {}",
+                                          features.len(), n, dim)));
+    }
+    let mut grad = vec![0.0f32; features.len()];
+    let mut v = 0.0f32;
+    let mp = if multipliers.is_empty() { std::ptr::null() } else { multipliers.as_ptr() };
+    check(unsafe {
+        sys::tlearn_discrepancy(kind as c_int, features.as_ptr(), n, dim, is_target.as_ptr(), mp,
+                                multipliers.len() as c_int, &mut v, grad.as_mut_ptr())
+    })?;
+    Ok((v, grad))
 }
 
 /// How [`Model::add_pad`] fills the new positions.
@@ -1317,6 +1362,90 @@ impl Model {
                                                        &mut loss, p, len)
         })?;
         Ok((loss, dx))
+    }
+    /// Gradient reversal (DANN): identity forward, gradient times -lambda backward.
+    pub fn add_grad_reverse(&mut self, name: &str, lambda: f32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_grad_reverse(self.raw(), c.as_ptr(), lambda) })?;
+        Ok(self)
+    }
+    /// Lambda of gradient-reversal layer `layer`, or of every one with `None`.
+    pub fn set_grad_reverse_lambda(&mut self, layer: Option<&str>, lambda: f32) -> Result<&mut Self> {
+        let c = layer.map(|l| cstring(l, "layer")).transpose()?;
+        let p = c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_model_set_grad_reverse_lambda(self.raw(), p, lambda) })?;
+        Ok(self)
+    }
+    /// The loss of graph output `output` (position) for [`Model::train_step_multi`]; `None`
+    /// removes it.
+    pub fn set_output_loss(&mut self, output: usize, loss: Option<Loss>, weight: f32) -> Result<&mut Self> {
+        let k = loss.map_or(0, |l| l as c_int);
+        check(unsafe { sys::tlearn_model_set_output_loss(self.raw(), output as c_int, k, weight) })?;
+        Ok(self)
+    }
+    /// A discrepancy term between source and target rows at `layer` (weight 0 removes it).
+    pub fn set_discrepancy(&mut self, layer: &str, kind: Discrepancy, weight: f32) -> Result<&mut Self> {
+        let c = cstring(layer, "layer")?;
+        check(unsafe { sys::tlearn_model_set_discrepancy(self.raw(), c.as_ptr(), kind as c_int, weight) })?;
+        Ok(self)
+    }
+    /// MMD's bandwidth multipliers of the mean squared distance (empty: 1/4, 1/2, 1, 2, 4).
+    pub fn set_mmd_bandwidths(&mut self, multipliers: &[f32]) -> Result<&mut Self> {
+        let p = if multipliers.is_empty() { std::ptr::null() } else { multipliers.as_ptr() };
+        check(unsafe { sys::tlearn_model_set_mmd_bandwidths(self.raw(), p, multipliers.len() as c_int) })?;
+        Ok(self)
+    }
+    /// One step with every output's loss and the discrepancy terms; `is_target` marks target
+    /// rows (None: rows whose output-0 label is -1). Returns the total loss.
+    pub fn train_step_multi(&mut self, opt: &mut Optimizer, inputs: &[Input], n: usize,
+                            targets: &[Target], is_target: Option<&[u8]>) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        let outs = self.outputs()?;
+        if targets.len() != outs.len() {
+            return Err(Error::invalid(format!("{} targets for {} outputs", targets.len(), outs.len())));
+        }
+        let mut tp = Vec::new();
+        for (t, layer) in targets.iter().zip(outs) {
+            let size: usize = self.layer_shape_nd(layer)?.iter().product();
+            tp.push(match t {
+                Target::None => std::ptr::null(),
+                Target::Labels(y) if y.len() == n => y.as_ptr() as *const c_void,
+                Target::Values(v) if v.len() == n * size => v.as_ptr() as *const c_void,
+                _ => return Err(Error::invalid("targets of the wrong length".to_string())),
+            });
+        }
+        if is_target.map_or(false, |t| t.len() != n) {
+            return Err(Error::invalid("is_target needs one value per row".to_string()));
+        }
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_multi(self.raw(), opt.as_ptr(), ptrs.as_ptr(), ptrs.len() as c_int,
+                                               n, tp.as_ptr(), tp.len() as c_int,
+                                               is_target.map_or(std::ptr::null(), |t| t.as_ptr()), &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// AdaBN: every BatchNorm's running statistics re-estimated on these arrays (batches of
+    /// `batch`, averaged as torch's momentum=None).
+    pub fn adapt_bn(&mut self, inputs: &[Input], n: usize, batch: usize) -> Result<&mut Self> {
+        let ptrs = self.feed(inputs, n)?;
+        check(unsafe { sys::tlearn_model_adapt_bn(self.raw(), ptrs.as_ptr(), ptrs.len() as c_int, n, batch) })?;
+        Ok(self)
+    }
+    /// TENT: one entropy-minimisation step on BatchNorm's weight and bias; returns the
+    /// batch's mean entropy. Undo with [`Model::tent_reset`].
+    pub fn tent_step(&mut self, opt: &mut Optimizer, inputs: &[Input], n: usize) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        let mut h = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_tent_step(self.raw(), opt.as_ptr(), ptrs.as_ptr(), ptrs.len() as c_int, n, &mut h)
+        })?;
+        Ok(h)
+    }
+    /// Restore BatchNorm tensors and freeze state from before the first tent_step.
+    pub fn tent_reset(&mut self) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_model_tent_reset(self.raw()) })?;
+        Ok(self)
     }
     /// (mean loss, accuracy) over a labelled set.
     pub fn evaluate(&mut self, x: &[f32], labels: &[i32]) -> Result<(f32, f32)> {
