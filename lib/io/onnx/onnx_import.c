@@ -336,7 +336,7 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
     c->node = NULL;
 
     if (outv->kind != OX_ACT || outv->layer < 0 || outv->layer != c->m->nlayers - 1 ||
-        outv->pad_h || outv->pad_w)
+        outv->pad[0] || outv->pad[1] || outv->pad[2] || outv->pad[3])
         return tl_fail(TLEARN_EUNSUPPORTED,
                        "%s: the graph output '%.100s' is not the output of the last layer "
                        "the graph computes", c->fn, outv->name);
