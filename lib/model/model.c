@@ -79,6 +79,7 @@ void tlearn_model_destroy(tlearn_model **mp)
     if (m->ewc)
         m->ewc_ops->destroy(m->ewc);
     tl_free(m->tensor_names);
+    tl_free(m->class_weight);
     for (int i = 0; i < m->nmeta; i++) {
         tl_free(m->meta_keys[i]);
         tl_free(m->meta_values[i]);
