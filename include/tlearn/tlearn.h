@@ -1899,6 +1899,333 @@ TLEARN_API int tlearn_model_tent_reset(tlearn_model *m);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */
+/** @name Training recipes (1.1): learning-rate schedules */
+/** @{ */
+
+/** A learning-rate schedule: its kind and parameters (tlearn_sched_create()). @since 1.1 */
+typedef struct tlearn_sched tlearn_sched;
+
+/** Schedule kinds; each names the torch.optim.lr_scheduler class it equals step for step.
+ *  Values are fixed. @since 1.1 */
+enum tlearn_sched_kind {
+    TLEARN_SCHED_CONSTANT = 1,          /**< ConstantLR: FACTOR x lr for TOTAL_STEPS steps
+                                             (0: for ever), then lr */
+    TLEARN_SCHED_STEP = 2,              /**< StepLR: lr x GAMMA^(t / STEP_SIZE) */
+    TLEARN_SCHED_MULTISTEP = 3,         /**< MultiStepLR: lr x GAMMA^(milestones <= t) */
+    TLEARN_SCHED_EXPONENTIAL = 4,       /**< ExponentialLR: lr x GAMMA^t */
+    TLEARN_SCHED_COSINE = 5,            /**< CosineAnnealingLR(T_max = PERIOD, ETA_MIN) */
+    TLEARN_SCHED_COSINE_RESTARTS = 6,   /**< CosineAnnealingWarmRestarts(T_0 = PERIOD,
+                                             T_MULT, ETA_MIN) */
+    TLEARN_SCHED_ONE_CYCLE = 7,         /**< OneCycleLR(max_lr = the optimizer's lr,
+                                             TOTAL_STEPS, ...), momentum or beta1 cycled */
+    TLEARN_SCHED_SLANTED_TRIANGULAR = 8 /**< ULMFiT's STLR (Howard & Ruder 2018, eq. 3):
+                                             peak = the optimizer's lr, CUT_FRAC, RATIO */
+};
+
+/** When a schedule advances (TLEARN_SCHED_UNIT). @since 1.1 */
+enum tlearn_sched_unit {
+    TLEARN_SCHED_PER_BATCH = 0, /**< after every optimizer update (default) */
+    TLEARN_SCHED_PER_EPOCH = 1  /**< at the end of every epoch of tlearn_model_fit_run(), or
+                                     by tlearn_optim_schedule_step() */
+};
+
+/**
+ * Schedule parameters for tlearn_sched_set(), with torch's names and defaults. Lengths are
+ * counted in schedule steps (TLEARN_SCHED_UNIT); integer parameters take whole numbers.
+ * A length of 0 marked "auto" is filled in by tlearn_model_fit_run() from its epochs and
+ * batches (minus the warm-up). Values are fixed. @since 1.1
+ */
+enum tlearn_sched_param {
+    TLEARN_SCHED_UNIT = 1,               /**< enum tlearn_sched_unit; every kind */
+    TLEARN_SCHED_GAMMA = 2,              /**< > 0; STEP, MULTISTEP, EXPONENTIAL; default 0.1 */
+    TLEARN_SCHED_STEP_SIZE = 3,          /**< integer >= 1, required; STEP */
+    TLEARN_SCHED_PERIOD = 4,             /**< integer; COSINE's T_max (0: auto),
+                                              COSINE_RESTARTS' T_0 (>= 1, required) */
+    TLEARN_SCHED_T_MULT = 5,             /**< integer >= 1; COSINE_RESTARTS; default 1 */
+    TLEARN_SCHED_ETA_MIN = 6,            /**< >= 0; COSINE, COSINE_RESTARTS; default 0 */
+    TLEARN_SCHED_FACTOR = 7,             /**< in [0, 1]; CONSTANT; default 1 */
+    TLEARN_SCHED_TOTAL_STEPS = 8,        /**< integer; CONSTANT (0: for ever), ONE_CYCLE and
+                                              SLANTED_TRIANGULAR (0: auto); default 0 */
+    TLEARN_SCHED_PCT_START = 9,          /**< in [0, 1]; ONE_CYCLE; default 0.3 */
+    TLEARN_SCHED_DIV_FACTOR = 10,        /**< > 0; ONE_CYCLE; default 25 */
+    TLEARN_SCHED_FINAL_DIV_FACTOR = 11,  /**< > 0; ONE_CYCLE; default 1e4 */
+    TLEARN_SCHED_LINEAR_ANNEAL = 12,     /**< 0 (cos) or 1 (linear); ONE_CYCLE; default 0 */
+    TLEARN_SCHED_THREE_PHASE = 13,       /**< 0 or 1; ONE_CYCLE; default 0 */
+    TLEARN_SCHED_CYCLE_MOMENTUM = 14,    /**< 0 or 1; ONE_CYCLE; default 1: SGD's momentum or
+                                              Adam's beta1 cycles, replacing the set value */
+    TLEARN_SCHED_BASE_MOMENTUM = 15,     /**< in [0, 1); ONE_CYCLE; default 0.85 */
+    TLEARN_SCHED_MAX_MOMENTUM = 16,      /**< in [0, 1); ONE_CYCLE; default 0.95 */
+    TLEARN_SCHED_CUT_FRAC = 17,          /**< in (0, 1); SLANTED_TRIANGULAR; default 0.1 */
+    TLEARN_SCHED_RATIO = 18,             /**< >= 1; SLANTED_TRIANGULAR; default 32 */
+    TLEARN_SCHED_WARMUP_STEPS = 19,      /**< integer >= 0; kinds 1-6 (one-cycle and slanted
+                                              triangular warm up by themselves): linear warm-up in
+                                              front (torch: SequentialLR([LinearLR(
+                                              start_factor, total_iters=W), S], [W])), after
+                                              which the schedule starts at its step 0;
+                                              default 0 */
+    TLEARN_SCHED_WARMUP_START_FACTOR = 20 /**< in (0, 1]; kinds 1-6; default 0.1 */
+};
+
+/**
+ * Create a schedule of @p kind with torch's defaults. A schedule is a configuration: attach
+ * it to an optimizer with tlearn_optim_set_schedule(), which copies it.
+ * @param out  receives the handle; free with tlearn_sched_destroy().
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, unknown kind), TLEARN_ENOMEM.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_sched_create(tlearn_sched **out, int kind);
+
+/** Free a schedule; NULL-safe, sets *s = NULL. @since 1.1 */
+TLEARN_API void tlearn_sched_destroy(tlearn_sched **s);
+
+/**
+ * Set a parameter (enum tlearn_sched_param).
+ * @return TLEARN_OK, TLEARN_EINVAL (unknown parameter, one the kind does not use, a value
+ *         that is negative, not finite, not whole for an integer, or out of its range; the
+ *         message gives the range). Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_sched_set(tlearn_sched *s, int param, double value);
+
+/** Read a parameter. @return TLEARN_OK, TLEARN_EINVAL. @since 1.1 */
+TLEARN_API int tlearn_sched_get(const tlearn_sched *s, int param, double *value);
+
+/**
+ * Milestones of a TLEARN_SCHED_MULTISTEP schedule: @p count (1..64) steps, strictly
+ * increasing, each >= 1; borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, another kind, count or order). @since 1.1
+ */
+TLEARN_API int tlearn_sched_set_milestones(tlearn_sched *s, const int64_t *milestones,
+                                           size_t count);
+
+/**
+ * Attach a copy of @p s to the optimizer, at step 0 (NULL detaches). From then on the
+ * optimizer's TLEARN_OPT_LR is the base the schedule scales (for ONE_CYCLE and
+ * SLANTED_TRIANGULAR: the peak); the freeze policy's per-layer LR scales multiply the
+ * scheduled rate. A TLEARN_SCHED_PER_BATCH schedule advances after each accepted update
+ * (train steps, tlearn_model_fit(), tlearn_model_fit_run()); a refused step does not
+ * advance it. Saved with the optimizer in full checkpoints (section SCHEDULE): a loaded
+ * optimizer continues at the same step. Past its last step one-cycle and slanted
+ * triangular keep their last rate.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL optimizer; a required length unset, one-cycle
+ *         phases of no length; the message names the parameter), TLEARN_ENOMEM. Nothing
+ *         changes on failure. A schedule with an "auto" length may be attached, but a
+ *         train step refuses it (TLEARN_ESTATE) until tlearn_model_fit_run() fills it in.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_optim_set_schedule(tlearn_optim *o, const tlearn_sched *s);
+
+/**
+ * Advance the attached schedule by one step (hosts that run their own epoch loop with a
+ * TLEARN_SCHED_PER_EPOCH schedule).
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL), TLEARN_ESTATE (no schedule attached). @since 1.1
+ */
+TLEARN_API int tlearn_optim_schedule_step(tlearn_optim *o);
+
+/**
+ * Steps the attached schedule has taken. @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESTATE
+ * (no schedule). @since 1.1
+ */
+TLEARN_API int tlearn_optim_schedule_position(const tlearn_optim *o, int64_t *steps);
+
+/**
+ * The value the next update uses: for TLEARN_OPT_LR the scheduled rate, for
+ * TLEARN_OPT_MOMENTUM / TLEARN_OPT_BETA1 the cycled one under ONE_CYCLE; otherwise the same
+ * as tlearn_optim_get(). Before any per-layer LR scale.
+ * @return TLEARN_OK, TLEARN_EINVAL. @since 1.1
+ */
+TLEARN_API int tlearn_optim_get_current(const tlearn_optim *o, int param, double *value);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Training recipes (1.1): losses, metrics, fit with validation */
+/** @{ */
+
+/**
+ * Class weights of the cross-entropy loss, as torch.nn.functional.cross_entropy(weight=):
+ * the batch loss is sum_i w[y_i] l_i / sum_i w[y_i]. Used by train steps, fit and
+ * evaluate's loss. NULL with @p count 0 clears them (every class weighs 1). Not saved in
+ * checkpoints: set them again after loading.
+ * @param weights  @p count = the model's output size values, >= 0, finite, not all 0; copied.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (count is not the output size),
+ *         TLEARN_ENOMEM. Nothing changes on failure. A later head of another size makes
+ *         train steps fail with TLEARN_ESHAPE until the weights are set again.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_set_class_weights(tlearn_model *m, const float *weights,
+                                              size_t count);
+
+/**
+ * Label smoothing of the cross-entropy loss, as cross_entropy(label_smoothing=): the target
+ * is (1 - s) one-hot + s / classes (combined with class weights as torch does). Default 0.
+ * Not saved in checkpoints.
+ * @return TLEARN_OK, TLEARN_EINVAL (not in [0, 1]). @since 1.1
+ */
+TLEARN_API int tlearn_model_set_label_smoothing(tlearn_model *m, float smoothing);
+
+/**
+ * Classification metrics over a labelled set, in evaluation mode (chunked and threaded as
+ * tlearn_model_evaluate()). Every output may be NULL.
+ * @param k          top-k accuracy's k, 1..classes.
+ * @param topk       receives the fraction of examples whose label's output is exceeded by
+ *                   fewer than k outputs (a tie with the k-th highest counts as a hit).
+ * @param confusion  receives classes x classes counts, row = true label, column = argmax
+ *                   prediction (sklearn's confusion_matrix).
+ * @param precision, recall, f1  receive per class values (0 where undefined, as sklearn's
+ *                   zero_division=0).
+ * @param classes    the model's output size (the length of each per-class array).
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL x or labels, n 0, a label out of range, k out of
+ *         range), TLEARN_ESHAPE (classes is not the output size), TLEARN_ESTATE (the loss
+ *         is not cross-entropy), TLEARN_ENOMEM.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_evaluate_classes(tlearn_model *m, const float *x,
+                                             const int32_t *labels, size_t n, int k,
+                                             float *topk, int64_t *confusion, float *precision,
+                                             float *recall, float *f1, size_t classes);
+
+/**
+ * Regression metrics over n examples with float targets (n x output size), in evaluation
+ * mode: mean squared and mean absolute error over every element. Either output may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, n 0, non-finite targets), TLEARN_ESHAPE,
+ *         TLEARN_ENOMEM, TLEARN_ENONFINITE. @since 1.1
+ */
+TLEARN_API int tlearn_model_evaluate_regression(tlearn_model *m, const float *x,
+                                                const float *targets, size_t n, float *mse,
+                                                float *mae);
+
+/** Options of tlearn_model_fit_run() (tlearn_fit_create()). @since 1.1 */
+typedef struct tlearn_fit tlearn_fit;
+/** One epoch's record, passed to a tlearn_epoch_fn; read it with tlearn_epoch_get(). New
+ *  fields are new metric keys, so the record grows without breaking hosts. @since 1.1 */
+typedef struct tlearn_epoch tlearn_epoch;
+
+/** Per-epoch values (tlearn_epoch_get()) and early-stopping monitors. Losses and errors
+ *  are minimised, accuracies and F1 maximised. Values are fixed. @since 1.1 */
+enum tlearn_metric {
+    TLEARN_METRIC_LOSS = 1,         /**< mean training loss of the epoch's batches (+ penalty) */
+    TLEARN_METRIC_ACCURACY = 2,     /**< training accuracy over the epoch (training-mode
+                                         outputs as the batches ran; cross-entropy models) */
+    TLEARN_METRIC_VAL_LOSS = 3,     /**< validation loss (evaluation mode) */
+    TLEARN_METRIC_VAL_ACCURACY = 4, /**< validation accuracy */
+    TLEARN_METRIC_VAL_TOP_K = 5,    /**< validation top-k accuracy (TLEARN_FIT_TOP_K) */
+    TLEARN_METRIC_VAL_MACRO_F1 = 6, /**< mean over classes of the validation F1 */
+    TLEARN_METRIC_VAL_MAE = 7,      /**< validation mean absolute error (MSE models) */
+    TLEARN_METRIC_LR = 8,           /**< learning rate the next update uses (before layer
+                                         scales) */
+    TLEARN_METRIC_IMPROVED = 9,     /**< 1 when the monitored metric improved this epoch
+                                         (best so far), else 0; only with a monitor */
+    TLEARN_METRIC_TRAINABLE_LAYERS = 10 /**< layers with parameters that trained this epoch */
+};
+
+/** Options for tlearn_fit_set(). Values are fixed. @since 1.1 */
+enum tlearn_fit_param {
+    TLEARN_FIT_BATCH = 1,        /**< examples per batch, >= 1; default 32 */
+    TLEARN_FIT_EPOCHS = 2,       /**< >= 1; default 1 */
+    TLEARN_FIT_SHUFFLE = 3,      /**< 0 or 1: reshuffle each epoch with the model's RNG; 1 */
+    TLEARN_FIT_ACCUMULATE = 4,   /**< batches per update, >= 1 (gradient accumulation: the
+                                      update uses the mean gradient over their examples,
+                                      as one batch of their total size); default 1 */
+    TLEARN_FIT_MONITOR = 5,      /**< enum tlearn_metric to early-stop on, restore and save
+                                      the best of; 0: none (default) */
+    TLEARN_FIT_PATIENCE = 6,     /**< stop after this many epochs without improvement; 0:
+                                      never stop early (default) */
+    TLEARN_FIT_MIN_DELTA = 7,    /**< >= 0: an improvement must exceed it (Keras); default 0 */
+    TLEARN_FIT_RESTORE_BEST = 8, /**< 0 or 1: at the end, put back the parameters and
+                                      buffers of the best epoch (needs a monitor); default 0 */
+    TLEARN_FIT_GRADUAL_UNFREEZE = 9, /**< 0 or 1: ULMFiT's gradual unfreezing. The layers with
+                                      parameters that are frozen when fit starts are unfrozen
+                                      from the head backwards, one more per epoch (epoch e
+                                      trains e of them more); default 0 */
+    TLEARN_FIT_TOP_K = 10        /**< k of TLEARN_METRIC_VAL_TOP_K, >= 1; default 5 (capped
+                                      at the class count) */
+};
+
+/**
+ * Called after each epoch with its record (valid during the call only). Return 0 to go on,
+ * non-zero to stop: tlearn_model_fit_run() then returns TLEARN_ECANCELED (after restoring
+ * the best weights when asked).
+ */
+typedef int (*tlearn_epoch_fn)(const tlearn_epoch *epoch, void *user);
+
+/** Create fit options with the defaults above. @return TLEARN_OK, TLEARN_EINVAL,
+ *  TLEARN_ENOMEM. @since 1.1 */
+TLEARN_API int tlearn_fit_create(tlearn_fit **out);
+
+/** Free fit options; NULL-safe, sets *f = NULL. @since 1.1 */
+TLEARN_API void tlearn_fit_destroy(tlearn_fit **f);
+
+/** Set an option (enum tlearn_fit_param). @return TLEARN_OK, TLEARN_EINVAL (unknown
+ *  option, value out of range or not whole). @since 1.1 */
+TLEARN_API int tlearn_fit_set(tlearn_fit *f, int param, double value);
+
+/** Read an option. @return TLEARN_OK, TLEARN_EINVAL. @since 1.1 */
+TLEARN_API int tlearn_fit_get(const tlearn_fit *f, int param, double *value);
+
+/**
+ * Validation set evaluated after every epoch: @p n examples of the model's input shape and
+ * their labels (int32, cross-entropy models) or targets (float, n x output size, MSE
+ * models). Borrowed: the arrays must stay valid until the last tlearn_model_fit_run() with
+ * these options. NULL x and y with n 0 remove it.
+ * @param x_len  floats in @p x: fit_run requires n x the model's input size.
+ * @param y_len  elements in @p y: fit_run requires n (labels) or n x output size (targets).
+ * @return TLEARN_OK, TLEARN_EINVAL. Lengths, labels and targets are checked against the
+ *         model by fit_run (TLEARN_ESHAPE, TLEARN_EINVAL) before it trains. @since 1.1
+ */
+TLEARN_API int tlearn_fit_set_validation(tlearn_fit *f, const float *x, size_t x_len,
+                                         const void *y, size_t y_len, size_t n);
+
+/**
+ * Save a full checkpoint (model and optimizer, tlearn_model_save()) to @p path at each
+ * epoch that improves the monitored metric. NULL removes it. @p path is copied.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. @since 1.1
+ */
+TLEARN_API int tlearn_fit_set_checkpoint(tlearn_fit *f, const char *path);
+
+/**
+ * Callbacks: @p progress after every update (as tlearn_model_fit(); its loss is the mean
+ * over the accumulated batches), @p epoch_end after every epoch. Either may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL. @since 1.1
+ */
+TLEARN_API int tlearn_fit_set_callbacks(tlearn_fit *f, tlearn_progress_fn progress,
+                                        tlearn_epoch_fn epoch_end, void *user);
+
+/**
+ * Train with validation, early stopping and the rest of @p f. Each epoch: shuffle, then
+ * updates over the batches (TLEARN_FIT_ACCUMULATE batches each), a per-epoch schedule
+ * step, validation metrics in evaluation mode, early-stopping bookkeeping, the epoch
+ * callback. An attached schedule whose length is 0 ("auto") gets the run's total: epochs
+ * for TLEARN_SCHED_PER_EPOCH, updates otherwise (minus its warm-up).
+ * Everything is checked before the first step: the options against the model (a monitor
+ * that would not be computed - validation metrics without a validation set, accuracy on an
+ * MSE model), labels / targets and validation data, the schedule.
+ * @param x  n examples of the model's input shape; @p y n int32 labels (cross-entropy) or
+ *           n x output size float targets (MSE); borrowed.
+ * @return TLEARN_OK (also when stopped early), TLEARN_EINVAL (with the message naming the
+ *         option), TLEARN_ESHAPE, TLEARN_ESTATE (model of several inputs), TLEARN_ENOMEM,
+ *         TLEARN_ENONFINITE (a step was refused; earlier epochs stay applied),
+ *         TLEARN_ECANCELED (a callback stopped it), TLEARN_EIO (the best checkpoint could not
+ *         be saved).
+ * @note Gradual unfreezing leaves the model with the last epoch's freeze state.
+ *       Accumulated updates commit batchnorm statistics per batch, as torch does.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_fit_run(tlearn_model *m, tlearn_optim *o, const tlearn_fit *f,
+                                    const float *x, const void *y, size_t n);
+
+/**
+ * A value of an epoch's record (enum tlearn_metric).
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, unknown key), TLEARN_ENOTFOUND (not computed in
+ *         this run, e.g. validation metrics without a validation set). @since 1.1
+ */
+TLEARN_API int tlearn_epoch_get(const tlearn_epoch *e, int metric, double *value);
+
+/** The epoch's number (from 0) and the run's epoch count; either pointer may be NULL.
+ *  @return TLEARN_OK, TLEARN_EINVAL. @since 1.1 */
+TLEARN_API int tlearn_epoch_index(const tlearn_epoch *e, int *epoch, int *epochs);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
 /** @name The BLAS underneath */
 /** @{ */
 /** Why BLIS runs the sub-configuration it runs, as reported by tlearn_blas_info().

@@ -22,7 +22,7 @@ void tl_checkpoint_fuzz_skip_crc(int skip)
 
 static const char *const SEC_NAME[S_KINDS] = {"?", "MODEL", "LAYERS", "TENSORS", "DATA",
                                              "OPTIMIZER", "OPTSTATE", "FREEZE", "EWC",
-                                             "METADATA", "GRAPH"};
+                                             "METADATA", "GRAPH", "SCHEDULE"};
 
 /* ------------------------------------------------------------------------------------ */
 /* Reading: a cursor over one section that fails with the section and field named. */
@@ -281,6 +281,8 @@ typedef struct ck_file {
     uint64_t declared_floats;
     /* OPTIMIZER, OPTSTATE, FREEZE, EWC, METADATA */
     tlearn_optim optim;
+    tlearn_sched sched; /* SCHEDULE */
+    int64_t sched_pos;
     uint64_t nopt;
     ck_opt *opts;
     uint32_t bn_stats_frozen;
@@ -786,6 +788,42 @@ static int parse_optimizer(ck_file *f)
     return rd_end(&r);
 }
 
+/* SCHEDULE: the values are range-checked when the optimizer is made (make_optim). */
+static int parse_schedule(ck_file *f)
+{
+    rd r = section(f, S_SCHEDULE);
+    tlearn_sched *s = &f->sched;
+    uint32_t kind, np;
+    uint64_t nmile, pos;
+    int rc;
+    if ((rc = rd_range(&r, "field 'kind'", TLEARN_SCHED_CONSTANT,
+                       TLEARN_SCHED_SLANTED_TRIANGULAR, &kind)) ||
+        (rc = rd_range(&r, "field 'nparams'", TL_SCHED_NPARAM, TL_SCHED_NPARAM, &np)))
+        return rc;
+    s->kind = (int)kind;
+    for (uint32_t p = 1; p <= np; p++)
+        if ((rc = rd_f64(&r, "field 'params'", &s->p[p])))
+            return rc;
+    if ((rc = rd_u64(&r, "field 'nmilestones'", &nmile)))
+        return rc;
+    if (nmile > TL_SCHED_MAX_MILESTONES)
+        return rd_fail(&r, "field 'nmilestones'", "%llu, expected at most %d",
+                       (unsigned long long)nmile, TL_SCHED_MAX_MILESTONES);
+    s->nmile = (int)nmile;
+    for (uint64_t i = 0; i < nmile; i++) {
+        uint64_t v;
+        if ((rc = rd_u64(&r, "field 'milestones'", &v)))
+            return rc;
+        s->mile[i] = (int64_t)v;
+    }
+    if ((rc = rd_u64(&r, "field 'position'", &pos)))
+        return rc;
+    if (pos > (uint64_t)INT64_MAX / 2)
+        return rd_fail(&r, "field 'position'", "%llu is out of range", (unsigned long long)pos);
+    f->sched_pos = (int64_t)pos;
+    return rd_end(&r);
+}
+
 static int parse_optstate(ck_file *f)
 {
     rd r = section(f, S_OPTSTATE);
@@ -945,7 +983,7 @@ static int ck_parse_all(ck_file *f, const char *fn, const void *data, size_t len
             return tl_fail(TLEARN_EFORMAT, "%s: section %s: missing (required in a full "
                            "checkpoint: header flag bit 0 is clear)", fn, SEC_NAME[resume[i]]);
     if (f->flags & CK_FLAG_INFERENCE) {
-        static const int training[] = {S_OPTIMIZER, S_OPTSTATE, S_FREEZE, S_EWC};
+        static const int training[] = {S_OPTIMIZER, S_OPTSTATE, S_FREEZE, S_EWC, S_SCHEDULE};
         for (size_t i = 0; i < sizeof training / sizeof training[0]; i++)
             if (f->sec[training[i]].present)
                 return tl_fail(TLEARN_EFORMAT, "%s: section %s: present in an inference-only "
@@ -955,6 +993,10 @@ static int ck_parse_all(ck_file *f, const char *fn, const void *data, size_t len
         (rc = parse_meta(f)))
         return rc;
     if (f->sec[S_OPTIMIZER].present && (rc = parse_optimizer(f)))
+        return rc;
+    if (f->sec[S_SCHEDULE].present && !f->sec[S_OPTIMIZER].present)
+        return tl_fail(TLEARN_EFORMAT, "%s: section SCHEDULE: present without OPTIMIZER", fn);
+    if (f->sec[S_SCHEDULE].present && (rc = parse_schedule(f)))
         return rc;
     if (f->sec[S_OPTSTATE].present && (rc = parse_optstate(f)))
         return rc;
@@ -1174,6 +1216,30 @@ static int load_meta(ck_file *f, tlearn_model *m)
     return TLEARN_OK;
 }
 
+/* The schedule through the public setters, so that every value is range-checked. */
+static int make_schedule(const ck_file *f, tlearn_optim *o)
+{
+    static const char fn[] = "tlearn_model_load";
+    const tlearn_sched *src = &f->sched;
+    tlearn_sched *s;
+    int rc = tlearn_sched_create(&s, src->kind);
+    for (int p = 1; !rc && p <= TL_SCHED_NPARAM; p++) {
+        double v;
+        tlearn_sched_get(s, p, &v);
+        if (v != src->p[p] || p == TLEARN_SCHED_UNIT) /* parameters of other kinds: defaults */
+            rc = tl_sched_set(fn, s, p, src->p[p]);
+    }
+    if (!rc && src->nmile)
+        rc = tlearn_sched_set_milestones(s, src->mile, (size_t)src->nmile);
+    if (!rc)
+        rc = tlearn_optim_set_schedule(o, s);
+    if (!rc)
+        o->sched->t = f->sched_pos;
+    tlearn_sched_destroy(&s);
+    return rc ? tl_fail_prefix(rc == TLEARN_ENOMEM ? rc : TLEARN_EFORMAT, "%s: section "
+                               "SCHEDULE: ", f->fn) : TLEARN_OK;
+}
+
 static int make_optim(ck_file *f, tlearn_optim **optim)
 {
     const tlearn_optim *src = &f->optim;
@@ -1205,6 +1271,10 @@ static int make_optim(ck_file *f, tlearn_optim **optim)
             tlearn_optim_destroy(&o);
             return tl_fail_prefix(TLEARN_EFORMAT, "%s: section OPTIMIZER: ", f->fn);
         }
+    }
+    if (f->sec[S_SCHEDULE].present && (rc = make_schedule(f, o))) {
+        tlearn_optim_destroy(&o);
+        return rc;
     }
     *optim = o;
     return TLEARN_OK;

@@ -178,6 +178,18 @@ static int build(writer *w, const tlearn_model *m, const tlearn_optim *o, unsign
                             o->beta2, o->eps, o->clip_norm};
         for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
             tl_wb_f64(b, v[i]);
+        if (o->sched) { /* SCHEDULE (1.1): the attached schedule and its position */
+            const tlearn_sched *s = &o->sched->cfg;
+            b = &w->sec[S_SCHEDULE];
+            tl_wb_u32(b, (uint32_t)s->kind);
+            tl_wb_u32(b, TL_SCHED_NPARAM);
+            for (int p = 1; p <= TL_SCHED_NPARAM; p++)
+                tl_wb_f64(b, s->p[p]);
+            tl_wb_u64(b, (uint64_t)s->nmile);
+            for (int i = 0; i < s->nmile; i++)
+                tl_wb_u64(b, (uint64_t)s->mile[i]);
+            tl_wb_u64(b, (uint64_t)o->sched->t);
+        }
     }
     /* OPTSTATE: every trainable parameter that has optimizer state */
     b = &w->sec[S_OPTSTATE];
@@ -236,7 +248,7 @@ int tl_io_check_model_values(const char *fn, const tlearn_model *m)
 }
 
 static const int WRITE_ORDER[] = {S_MODEL, S_GRAPH, S_LAYERS, S_TENSORS, S_OPTIMIZER,
-                                  S_OPTSTATE, S_FREEZE, S_EWC, S_METADATA, S_DATA};
+                                  S_SCHEDULE, S_OPTSTATE, S_FREEZE, S_EWC, S_METADATA, S_DATA};
 
 /* Where the bytes go: a growing buffer, or the temporary file of a save. */
 typedef struct sink {

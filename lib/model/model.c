@@ -81,6 +81,7 @@ void tlearn_model_destroy(tlearn_model **mp)
     if (m->da)
         m->da_destroy(m->da);
     tl_free(m->tensor_names);
+    tl_free(m->class_weight);
     for (int i = 0; i < m->nmeta; i++) {
         tl_free(m->meta_keys[i]);
         tl_free(m->meta_values[i]);

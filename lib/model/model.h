@@ -114,6 +114,9 @@ struct tlearn_model {
     tl_blas *blas;
     int training;
     int loss_kind;
+    float label_smoothing; /* cross-entropy options (train/loss.c) */
+    float *class_weight;   /* owned; NULL: every class weighs 1 */
+    size_t nclass_weight;
     int bn_stats_frozen;  /* from the freeze policy */
     tl_plan plan_train, plan_infer;
     tl_worker *workers; /* inference chunks side by side (run.c); NULL until used */

@@ -1,3 +1,4 @@
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -83,4 +84,103 @@ double tl_loss_mse(const float *out, const float *targets, size_t n, size_t size
             dout[i] = (float)(scale * d);
     }
     return sum / (double)total;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Cross-entropy with class weights and label smoothing, as torch.nn.functional
+ * .cross_entropy(weight=w, label_smoothing=e) with mean reduction (ATen's
+ * cross_entropy_loss_label_smoothing): per example
+ *   num_i = (1-e) w[y] (-log p_y) + (e/C) sum_c w[c] (-log p_c),
+ * the loss is sum_i num_i / sum_i w[y_i]. */
+
+int tlearn_model_set_label_smoothing(tlearn_model *m, float smoothing)
+{
+    static const char fn[] = "tlearn_model_set_label_smoothing";
+    TL_CHECK_MODEL(fn, m);
+    if (!(smoothing >= 0.0f && smoothing <= 1.0f))
+        return tl_fail(TLEARN_EINVAL, "%s: smoothing is %g, must be in [0, 1]", fn,
+                       (double)smoothing);
+    m->label_smoothing = smoothing;
+    return TLEARN_OK;
+}
+
+int tlearn_model_set_class_weights(tlearn_model *m, const float *weights, size_t count)
+{
+    static const char fn[] = "tlearn_model_set_class_weights";
+    TL_CHECK_MODEL(fn, m);
+    if (!weights || count == 0) {
+        if (weights || count)
+            return tl_fail(TLEARN_EINVAL, "%s: weights and count must both be set or both "
+                           "NULL/0 (to clear)", fn);
+        tl_free(m->class_weight);
+        m->class_weight = NULL;
+        m->nclass_weight = 0;
+        return TLEARN_OK;
+    }
+    if (m->nlayers == 0 || count != tl_model_output_size(m))
+        return tl_fail(TLEARN_ESHAPE, "%s: count is %zu, the model has %zu outputs", fn, count,
+                       m->nlayers ? tl_model_output_size(m) : (size_t)0);
+    double sum = 0;
+    for (size_t c = 0; c < count; c++) {
+        if (!(weights[c] >= 0.0f && weights[c] <= FLT_MAX))
+            return tl_fail(TLEARN_EINVAL, "%s: weights[%zu] is %g, must be >= 0 and finite", fn,
+                           c, (double)weights[c]);
+        sum += weights[c];
+    }
+    if (!(sum > 0))
+        return tl_fail(TLEARN_EINVAL, "%s: every weight is 0", fn);
+    float *w = tl_alloc_array(count, sizeof *w);
+    if (!w)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    memcpy(w, weights, count * sizeof *w);
+    tl_free(m->class_weight);
+    m->class_weight = w;
+    m->nclass_weight = count;
+    return TLEARN_OK;
+}
+
+int tl_loss_check(const char *fn, const tlearn_model *m, size_t classes)
+{
+    if (m->class_weight && m->nclass_weight != classes)
+        return tl_fail(TLEARN_ESHAPE, "%s: %zu class weights for %zu outputs (the head "
+                       "changed?); set them again", fn, m->nclass_weight, classes);
+    return TLEARN_OK;
+}
+
+double tl_loss_ce_sum(const tlearn_model *m, const float *logits, const int32_t *labels,
+                      size_t n, int classes, float *dlogits, double *den)
+{
+    const float *w = m->class_weight;
+    double e = m->label_smoothing;
+    if (!w && e == 0.0) { /* the plain loss, bit for bit as before */
+        *den = (double)n;
+        return tl_loss_softmax_ce(logits, labels, n, classes, dlogits, NULL) * (double)n;
+    }
+    double wall = 0, d = 0, total = 0;
+    for (int c = 0; c < classes; c++)
+        wall += w ? w[c] : 1.0;
+    for (size_t i = 0; i < n; i++)
+        d += w ? w[labels[i]] : 1.0;
+    for (size_t i = 0; i < n; i++) {
+        const float *z = logits + i * (size_t)classes;
+        int y = labels[i];
+        double mx = z[0], sum = 0, smooth = 0;
+        for (int c = 1; c < classes; c++)
+            mx = z[c] > mx ? z[c] : mx;
+        for (int c = 0; c < classes; c++)
+            sum += exp((double)z[c] - mx);
+        double lse = log(sum) + mx, wy = w ? w[y] : 1.0;
+        for (int c = 0; c < classes; c++)
+            smooth += (w ? w[c] : 1.0) * (lse - z[c]);
+        total += (1 - e) * wy * (lse - z[y]) + e / classes * smooth;
+        if (dlogits) {
+            float *g = dlogits + i * (size_t)classes;
+            double a = (1 - e) * wy + e / classes * wall;
+            for (int c = 0; c < classes; c++)
+                g[c] = (float)((exp((double)z[c] - lse) * a - e / classes * (w ? w[c] : 1.0)) / d);
+            g[y] -= (float)((1 - e) * wy / d);
+        }
+    }
+    *den = d;
+    return total;
 }

@@ -35,6 +35,7 @@ void tlearn_optim_destroy(tlearn_optim **o)
 {
     if (!o || !*o)
         return;
+    tl_free((*o)->sched);
     tl_free(*o);
     *o = NULL;
 }
@@ -146,7 +147,9 @@ int tlearn_optim_get(const tlearn_optim *o, int param, double *value)
  * (it starts fresh). */
 static unsigned state_needed(const tlearn_optim *o, const tl_slot *s)
 {
-    int moments = o->kind == TLEARN_SGD ? (float)o->momentum != 0.0f : 2;
+    double lr, momentum, beta1;
+    tl_optim_current(o, &lr, &momentum, &beta1);
+    int moments = o->kind == TLEARN_SGD ? (float)momentum != 0.0f : 2;
     int fresh = s->opt_kind != o->kind;
     unsigned need = 0;
     if (moments >= 1 && (fresh || !s->m1))
@@ -357,10 +360,12 @@ static int update_slot(const tlearn_optim *o, tl_slot *s, float *theta, size_t n
     a.m1 = m1;
     a.m2 = m2;
     int sgd = o->kind == TLEARN_SGD;
+    double lr, momentum, beta1; /* as the schedule sets them; else as set */
+    tl_optim_current(o, &lr, &momentum, &beta1);
     if (sgd) {
-        a.lr = (float)(o->lr * lr_scale);
+        a.lr = (float)(lr * lr_scale);
         a.wd = (float)o->weight_decay;
-        a.mom = (float)o->momentum;
+        a.mom = (float)momentum;
         a.damp = (float)(1.0 - o->dampening);
         a.nesterov = o->nesterov;
         /* PyTorch clones d into a new momentum buffer the first time it needs one: also
@@ -368,18 +373,18 @@ static int update_slot(const tlearn_optim *o, tl_slot *s, float *theta, size_t n
         a.first = fresh[0] != NULL;
     } else {
         /* (1 - beta) is formed in double and rounded once, as PyTorch's scalar alpha is. */
-        a.b1 = (float)o->beta1;
+        a.b1 = (float)beta1;
         a.b2 = (float)o->beta2;
         a.eps = (float)o->eps;
-        a.c1 = (float)(1.0 - o->beta1);
+        a.c1 = (float)(1.0 - beta1);
         a.c2 = (float)(1.0 - o->beta2);
-        const double bc1 = 1.0 - pow(o->beta1, (double)step);
+        const double bc1 = 1.0 - pow(beta1, (double)step);
         const double bc2 = 1.0 - pow(o->beta2, (double)step);
-        a.step_size = (float)(o->lr * lr_scale / bc1);
+        a.step_size = (float)(lr * lr_scale / bc1);
         a.bc2_sqrt = (float)sqrt(bc2);
         a.wd = (float)o->weight_decay;
         a.adamw = o->kind == TLEARN_ADAMW;
-        a.decay = (float)(1.0 - o->lr * lr_scale * o->weight_decay);
+        a.decay = (float)(1.0 - lr * lr_scale * o->weight_decay);
     }
     if (dry)
         return run_update(&a, numel, threads, sgd);
@@ -443,6 +448,9 @@ int tl_optim_step(const char *fn, const tlearn_optim *o, tlearn_model *m, float 
      * that needs none (the steady state) allocates nothing. */
     int n = 0, nfresh = 0, it = 0, i, p, rc = TLEARN_OK;
     tl_slot *s;
+    if (o->sched && !tl_sched_ready(&o->sched->cfg))
+        return tl_fail(TLEARN_ESTATE, "%s: the schedule's length is 0 (auto), which only "
+                       "tlearn_model_fit_run fills in; set it", fn);
     while ((s = next_trainable(m, &it, &i, &p))) {
         n++;
         nfresh += state_needed(o, s) != 0;
@@ -478,5 +486,6 @@ int tl_optim_step(const char *fn, const tlearn_optim *o, tlearn_model *m, float 
                     m->threads, fresh ? fresh + 2 * k : none, 0);
     }
     tl_free(fresh);
+    tl_sched_advance(o, TLEARN_SCHED_PER_BATCH);
     return TLEARN_OK;
 }

@@ -144,12 +144,14 @@ static int forward_backward(const char *fn, tlearn_model *m, const tl_feed *in,
     double l;
     int classes;
     size_t rows = token_rows(m, &classes);
-    if (t->tokens)
+    if (t->tokens) {
         l = tl_loss_token_ce(logits, t->labels, n * rows, classes, t->ignore, dlogits);
-    else if (m->loss_kind == TLEARN_LOSS_SOFTMAX_CE)
-        l = tl_loss_softmax_ce(logits, t->labels, n, (int)osz, dlogits, NULL);
-    else
+    } else if (m->loss_kind == TLEARN_LOSS_SOFTMAX_CE) {
+        double den; /* class weights, label smoothing */
+        l = tl_loss_ce_sum(m, logits, t->labels, n, (int)osz, dlogits, &den) / den;
+    } else {
         l = tl_loss_mse(logits, t->values, n, osz, dlogits);
+    }
     if (!isfinite((float)l)) /* also a loss that overflows the float it is reported in */
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is %g; weights left unchanged", fn, l);
     if (dlogits)
@@ -197,7 +199,8 @@ static int validate_targets(const char *fn, tlearn_model *m, const tl_target *t,
         if (osz < 2)
             return tl_fail(TLEARN_ESHAPE, "%s: cross-entropy needs >= 2 outputs, model has %zu",
                            fn, osz);
-        return tl_check_labels(fn, labels, n, (int)osz);
+        int rc = tl_loss_check(fn, m, osz);
+        return rc ? rc : tl_check_labels(fn, labels, n, (int)osz);
     }
     if (m->loss_kind != TLEARN_LOSS_MSE)
         return tl_fail(TLEARN_ESTATE, "%s: the model's loss is not MSE", fn);
@@ -368,7 +371,7 @@ int tlearn_model_compute_gradients(tlearn_model *m, const float *x, const int32_
 }
 
 typedef struct eval_sums {
-    double loss; /* summed over inputs */
+    double loss, den; /* summed over inputs; the loss is loss / den */
     size_t hits;
 } eval_sums;
 
@@ -377,6 +380,7 @@ typedef struct eval_ctx {
     size_t classes;
     eval_sums *sums; /* per worker */
     int output;      /* layer */
+    const tlearn_model *m;
 } eval_ctx;
 
 static void eval_chunk(void *ctx, int worker, size_t start, size_t k, float *const *outs)
@@ -384,8 +388,11 @@ static void eval_chunk(void *ctx, int worker, size_t start, size_t k, float *con
     const eval_ctx *c = ctx;
     const float *logits = outs[c->output];
     size_t hits;
-    c->sums[worker].loss += tl_loss_softmax_ce(logits, c->labels + start, k, (int)c->classes,
-                                               NULL, &hits) * (double)k;
+    double den;
+    tl_loss_softmax_ce(logits, c->labels + start, k, (int)c->classes, NULL, &hits);
+    c->sums[worker].loss += tl_loss_ce_sum(c->m, logits, c->labels + start, k,
+                                           (int)c->classes, NULL, &den);
+    c->sums[worker].den += den;
     c->sums[worker].hits += hits;
 }
 
@@ -399,14 +406,15 @@ int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels
     if (rc)
         return rc;
     /* Per worker sums, added in worker order: the result does not depend on timing. */
-    eval_sums sums[TL_MAX_WORKERS] = {{0.0, 0}};
-    eval_ctx c = {labels, tl_model_output_size(m), sums, tl_model_output(m, 0)};
+    eval_sums sums[TL_MAX_WORKERS] = {{0.0, 0.0, 0}};
+    eval_ctx c = {labels, tl_model_output_size(m), sums, tl_model_output(m, 0), m};
     tl_feed f = tl_model_feed(m, x);
     rc = tl_model_infer(m, &f, n, 0, tl_model_output(m, 0), 0, eval_chunk, &c);
-    double total = 0.0;
+    double total = 0.0, den = 0.0;
     size_t hits = 0;
     for (int w = 0; w < TL_MAX_WORKERS; w++) {
         total += sums[w].loss;
+        den += sums[w].den;
         hits += sums[w].hits;
     }
     if (rc)
@@ -414,7 +422,7 @@ int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels
     if (!isfinite(total))
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is not finite", fn);
     if (loss)
-        *loss = (float)(total / (double)n);
+        *loss = (float)(total / den);
     if (accuracy)
         *accuracy = (float)hits / (float)n;
     return TLEARN_OK;
@@ -545,4 +553,39 @@ int tlearn_model_compute_gradients_tokens(tlearn_model *m, const void *const *in
     int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
     tl_target t = {labels, NULL, 1, ignore_index};
     return rc ? rc : compute_gradients(fn, m, &f, &t, n, loss, NULL);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Pieces of tlearn_model_fit_run (train/fit.c). */
+
+int tl_train_check_batch(const char *fn, tlearn_model *m, const void *x, const void *y,
+                         size_t n)
+{
+    return check_batch(fn, m, x, y, n);
+}
+
+int tl_train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const float *x,
+                  const int32_t *labels, const float *targets, size_t n, float *loss)
+{
+    tl_feed f = tl_model_feed(m, x);
+    tl_target t = {labels, targets, 0, 0};
+    return train_step(fn, m, o, &f, &t, n, 0, loss);
+}
+
+int tl_train_backward(const char *fn, tlearn_model *m, const float *x, const int32_t *labels,
+                      const float *targets, size_t n, double *loss)
+{
+    tl_feed f = tl_model_feed(m, x);
+    tl_target t = {labels, targets, 0, 0};
+    int rc = validate_targets(fn, m, &t, n);
+    if (!rc)
+        rc = forward_backward(fn, m, &f, &t, n, 0, NULL, loss);
+    if (!rc && m->training && !(rc = check_commit(fn, m, n, 0)))
+        tl_model_commit(m, &m->plan_train, n, 0);
+    return rc;
+}
+
+int tl_train_apply(const char *fn, tlearn_model *m, tlearn_optim *o)
+{
+    return apply_update(fn, m, o);
 }

@@ -3,12 +3,19 @@
 #define TL_TRAIN_H
 
 #include "../model/model.h"
+#include "schedule.h"
 
 struct tlearn_optim {
     int kind;
     double lr, momentum, dampening, weight_decay, beta1, beta2, eps, clip_norm;
     int nesterov;
+    tl_sched_run *sched; /* attached schedule (owned copy), or NULL */
 };
+
+/* Learning rate, SGD momentum and Adam beta1 the next update uses (a schedule's values). */
+void tl_optim_current(const tlearn_optim *o, double *lr, double *momentum, double *beta1);
+/* One step of an attached schedule that advances per @p unit (enum tlearn_sched_unit). */
+void tl_sched_advance(const tlearn_optim *o, int unit);
 
 /* Softmax cross-entropy, batch mean. Writes d(loss)/d(logits) into @p dlogits (may be NULL)
  * and returns the loss in double precision. @p correct counts argmax hits (may be NULL). */
@@ -19,6 +26,13 @@ double tl_loss_softmax_ce(const float *logits, const int32_t *labels, size_t n, 
  * as torch's cross_entropy(ignore_index=...); ignored rows get a zero gradient. */
 double tl_loss_token_ce(const float *logits, const int32_t *labels, size_t rows, int classes,
                         int32_t ignore, float *dlogits);
+/* Cross-entropy with the model's class weights and label smoothing (as torch): the sum of
+ * the per-example terms, and their normaliser (sum of the label weights) in *den. Writes
+ * the gradient of sum/den into @p dlogits (may be NULL). */
+double tl_loss_ce_sum(const tlearn_model *m, const float *logits, const int32_t *labels,
+                      size_t n, int classes, float *dlogits, double *den);
+/* The class weights fit the output size? */
+int tl_loss_check(const char *fn, const tlearn_model *m, size_t classes);
 /* Mean squared error over all n*size elements; gradient into @p dout (may be NULL). */
 double tl_loss_mse(const float *out, const float *targets, size_t n, size_t size, float *dout);
 /* Labels in [0, classes)? Returns status naming the first bad one. */
@@ -43,6 +57,16 @@ int tl_optim_step(const char *fn, const tlearn_optim *o, tlearn_model *m, float 
  * gradients are known finite (clipping, all or nothing). */
 int tl_step_check_commit(const char *fn, const tlearn_model *m, size_t n, int from);
 int tl_step_apply_update(const char *fn, tlearn_model *m, tlearn_optim *o);
+/* tlearn_model_fit_run's pieces (step.c): a train step of a whole batch from layer 0; the
+ * forward and backward of one batch of an accumulated step (gradients into the slots,
+ * batch statistics committed); the update of whatever gradients the slots hold. */
+int tl_train_check_batch(const char *fn, tlearn_model *m, const void *x, const void *y,
+                         size_t n); /* model, single input, x, labels/targets, n */
+int tl_train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const float *x,
+                  const int32_t *labels, const float *targets, size_t n, float *loss);
+int tl_train_backward(const char *fn, tlearn_model *m, const float *x, const int32_t *labels,
+                      const float *targets, size_t n, double *loss);
+int tl_train_apply(const char *fn, tlearn_model *m, tlearn_optim *o);
 
 #include "ewc.h"
 

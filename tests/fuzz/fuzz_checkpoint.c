@@ -16,7 +16,7 @@ static int small_enough(const tlearn_model *m)
 {
     /* Predicting plans activations; skip models whose activations alone are large, which
      * are valid but would only measure the fuzzer's memory limit. */
-    size_t total = tl_shape_size(m->input);
+    size_t total = tl_shape_size(m->inputs[0].shape);
     for (int i = 0; i < m->nlayers; i++)
         total += tl_shape_size(m->layers[i]->out);
     return total <= (1u << 16);
@@ -80,7 +80,7 @@ static void one(const uint8_t *data, size_t size)
             abort();
         resave(m, o);
         if (m->nlayers > 0 && small_enough(m)) {
-            size_t in = tl_shape_size(m->input), out = tl_model_output_size(m);
+            size_t in = tl_shape_size(m->inputs[0].shape), out = tl_model_output_size(m);
             float *x = calloc(in, sizeof *x), *y = calloc(out, sizeof *y);
             if (!x || !y)
                 abort();

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _lib as L
 
-__all__ = ["TlearnError", "Model", "FreezePolicy", "Optimizer", "read_metadata",
+__all__ = ["TlearnError", "Model", "FreezePolicy", "Optimizer", "Schedule", "read_metadata",
            "version", "version_hex", "strerror"]
 
 _C = L.load_library()
@@ -58,6 +58,19 @@ OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
 OPTIM_PARAMS = {"lr": 1, "momentum": 2, "dampening": 3, "nesterov": 4, "weight_decay": 5,
                 "beta1": 6, "beta2": 7, "eps": 8, "clip_norm": 9}
 FISHER = {"empirical": 1, "exact": 2, "sampled": 3}
+SCHEDULES = {"constant": 1, "step": 2, "multistep": 3, "exponential": 4, "cosine": 5,
+             "cosine_restarts": 6, "one_cycle": 7, "slanted_triangular": 8}
+SCHED_PARAMS = {"unit": 1, "gamma": 2, "step_size": 3, "period": 4, "t_max": 4, "t_0": 4,
+                "t_mult": 5, "eta_min": 6, "factor": 7, "total_steps": 8, "pct_start": 9,
+                "div_factor": 10, "final_div_factor": 11, "linear_anneal": 12,
+                "three_phase": 13, "cycle_momentum": 14, "base_momentum": 15,
+                "max_momentum": 16, "cut_frac": 17, "ratio": 18, "warmup_steps": 19,
+                "warmup_start_factor": 20}
+SCHED_UNITS = {"batch": 0, "epoch": 1}
+# enum tlearn_metric, by the names of the history dict (Keras style)
+METRICS = {"loss": 1, "accuracy": 2, "val_loss": 3, "val_accuracy": 4,
+           "val_top_k_accuracy": 5, "val_macro_f1": 6, "val_mae": 7, "lr": 8, "improved": 9,
+           "trainable_layers": 10}
 EWC_MODES = {"separate": 1, "online": 2}
 SAVE_FULL, SAVE_INFERENCE = 0, 1
 LOAD_STRICT, LOAD_PARTIAL = 0, 1
@@ -265,6 +278,30 @@ class Optimizer(_Handle):
         _check(_C.tlearn_optim_kind(self.handle, ctypes.byref(k)))
         return {v: n for n, v in OPTIMIZERS.items()}[k.value]
 
+    def set_schedule(self, schedule):
+        """Attach a copy of a :class:`Schedule` at its step 0 (None detaches); returns self."""
+        _check(_C.tlearn_optim_set_schedule(self.handle,
+                                            schedule.handle if schedule is not None else None))
+        return self
+
+    def schedule_step(self):
+        """Advance the attached schedule by one step (per-epoch schedules, own loops)."""
+        _check(_C.tlearn_optim_schedule_step(self.handle))
+
+    @property
+    def schedule_position(self):
+        """Steps the attached schedule has taken."""
+        v = ctypes.c_int64()
+        _check(_C.tlearn_optim_schedule_position(self.handle, ctypes.byref(v)))
+        return v.value
+
+    def current(self, param="lr"):
+        """The value the next update uses ("lr", "momentum", "beta1" as a schedule sets it)."""
+        v = ctypes.c_double()
+        _check(_C.tlearn_optim_get_current(self.handle, _enum(OPTIM_PARAMS, param,
+                                                              "parameter"), ctypes.byref(v)))
+        return v.value
+
     @property
     def lr(self):
         return self.get("lr")
@@ -272,6 +309,46 @@ class Optimizer(_Handle):
     @lr.setter
     def lr(self, value):
         self.set("lr", value)
+
+
+class Schedule(_Handle):
+    """A learning-rate schedule, equal step for step to torch.optim.lr_scheduler's classes.
+
+    ``Schedule("cosine", warmup_steps=100)``, ``Schedule("multistep", milestones=[30, 60],
+    gamma=0.1)``, ``Schedule("one_cycle", total_steps=1000)``. Kinds: constant, step,
+    multistep, exponential, cosine, cosine_restarts, one_cycle, slanted_triangular.
+    Parameters (tlearn.h enum tlearn_sched_param): unit ("batch" or "epoch"), gamma,
+    step_size, period (t_max / t_0), t_mult, eta_min, factor, total_steps, pct_start,
+    div_factor, final_div_factor, linear_anneal, three_phase, cycle_momentum, base_momentum,
+    max_momentum, cut_frac, ratio, warmup_steps, warmup_start_factor. Lengths left at 0
+    ("auto") are filled in by :meth:`Model.fit`. Attach with :meth:`Optimizer.set_schedule`
+    or ``Model.fit(..., schedule=)``."""
+    _destroy = "tlearn_sched_destroy"
+
+    def __init__(self, kind, milestones=None, **params):
+        super().__init__()
+        _check(_C.tlearn_sched_create(ctypes.byref(self._h),
+                                      _enum(SCHEDULES, kind, "schedule kind")))
+        for k, v in params.items():
+            self.set(k, v)
+        if milestones is not None:
+            arr = (ctypes.c_int64 * len(milestones))(*[int(m) for m in milestones])
+            _check(_C.tlearn_sched_set_milestones(self.handle, arr, len(milestones)))
+
+    def set(self, param, value):
+        """Set a parameter by name or enum value; returns self."""
+        if param == "unit":
+            value = _enum(SCHED_UNITS, value, "unit")
+        _check(_C.tlearn_sched_set(self.handle, _enum(SCHED_PARAMS, param, "parameter"),
+                                   float(value)))
+        return self
+
+    def get(self, param):
+        """Read a parameter by name or enum value."""
+        v = ctypes.c_double()
+        _check(_C.tlearn_sched_get(self.handle, _enum(SCHED_PARAMS, param, "parameter"),
+                                   ctypes.byref(v)))
+        return v.value
 
 
 class FreezePolicy(_Handle):
@@ -901,30 +978,191 @@ class Model(_Handle):
             _fptr(dx) if input_grad else None, dx.size if input_grad else 0))
         return (loss.value, dx) if input_grad else loss.value
 
-    def fit(self, optimizer, x, labels, batch=32, epochs=1, shuffle=True, progress=None):
-        """Train in mini-batches. @p progress, if given, is called after every step as
+    def fit(self, optimizer, x, labels, batch=32, epochs=1, shuffle=True, progress=None,
+            validation=None, schedule=None, early_stopping=None, accumulate=1,
+            gradual_unfreeze=False, checkpoint=None, top_k=5, verbose=None):
+        """Train in mini-batches; returns a Keras-like history dict of per-epoch lists
+        ("loss", "accuracy", "lr", and with a validation set "val_loss", "val_accuracy",
+        "val_top_k_accuracy", "val_macro_f1" or, for MSE models, "val_mae").
+
+        @p labels: int32 class indices (cross-entropy) or float32 targets (MSE models).
+        @p validation: ``(x_val, y_val)`` evaluated after each epoch. @p schedule: a
+        :class:`Schedule` attached to @p optimizer (auto lengths from this run).
+        @p early_stopping: a metric name ("val_loss") or a dict ``monitor=, patience=,
+        min_delta=, restore_best=`` (restore_best defaults to True). @p accumulate: batches per
+        update. @p gradual_unfreeze: ULMFiT's one more frozen layer per epoch. @p checkpoint:
+        path where the best epoch is saved (needs early_stopping's monitor).
+        @p progress, if given, is called after every update as
         ``progress(epoch, epochs, step, steps_per_epoch, loss)``; a true return value stops
-        training (TlearnError ECANCELED), an exception stops it and is re-raised here."""
+        training (TlearnError ECANCELED), an exception stops it and is re-raised here.
+        Without it, when @p verbose (default: stdout is a terminal), a tqdm bar is shown if
+        tqdm is installed, else one line per epoch."""
+        import sys
         n = _batch(x, self.input_shape, "x")
-        _labels(labels, n)
-        if progress is None:
-            cb = L.PROGRESS_FN()  # NULL function pointer
-            state = None
-        else:
+        y = self._targets(labels, n, "labels")
+        if verbose is None:
+            verbose = progress is None and sys.stdout.isatty()
+        f = ctypes.c_void_p()
+        _check(_C.tlearn_fit_create(ctypes.byref(f)))
+        history = {}
+        bar = [None]
+        try:
+            opts = {1: batch, 2: epochs, 3: int(bool(shuffle)), 4: accumulate,
+                    9: int(bool(gradual_unfreeze)), 10: top_k}
+            if early_stopping is not None:
+                es = ({"monitor": early_stopping} if isinstance(early_stopping, str)
+                      else dict(early_stopping))
+                opts[5] = _enum(METRICS, es.pop("monitor", "val_loss"), "metric")
+                opts[6] = es.pop("patience", 0)
+                opts[7] = es.pop("min_delta", 0.0)
+                opts[8] = int(bool(es.pop("restore_best", True)))
+                if es:
+                    raise ValueError("unknown early_stopping keys: %s" % ", ".join(es))
+            for k, v in opts.items():
+                _check(_C.tlearn_fit_set(f, k, float(v)))
+            names = ("batch", "epochs", "shuffle", "accumulate", "monitor", "patience",
+                     "min_delta", "restore_best", "gradual_unfreeze", "top_k")
+            v = ctypes.c_double()
+            params = {}
+            for i, name in enumerate(names, 1):
+                _check(_C.tlearn_fit_get(f, i, ctypes.byref(v)))
+                params[name] = v.value
+            self.fit_params = params  # the options of the last fit, as Keras' History.params
+            if validation is not None:
+                vx, vy = validation
+                vn = _batch(vx, self.input_shape, "validation x")
+                vy = self._targets(vy, vn, "validation labels")
+                _check(_C.tlearn_fit_set_validation(f, _fptr(vx), vx.size,
+                                                    vy.ctypes.data_as(ctypes.c_void_p),
+                                                    vy.size, vn))
+            if checkpoint is not None:
+                _check(_C.tlearn_fit_set_checkpoint(f, _path(checkpoint)))
+            if schedule is not None:
+                optimizer.set_schedule(schedule)
             state = _Callback(progress)
 
-            def trampoline(epoch, epochs_, step, steps, loss, user):
+            def on_step(epoch, epochs_, step, steps, loss, user):
                 try:
-                    return 1 if state.fn(epoch, epochs_, step, steps, loss) else 0
+                    if state.fn is not None:
+                        return 1 if state.fn(epoch, epochs_, step, steps, loss) else 0
+                    if bar[0] is not None:
+                        if step == 0:
+                            bar[0].reset(total=steps)
+                            bar[0].set_description("epoch %d/%d" % (epoch + 1, epochs_))
+                        bar[0].update(1)
+                        bar[0].set_postfix(loss="%.4f" % loss, refresh=False)
+                    return 0
                 except BaseException as e:  # never let an exception unwind through C
                     state.error = e
                     return 1
-            cb = L.PROGRESS_FN(trampoline)
+
+            def on_epoch(rec, user):
+                try:
+                    v = ctypes.c_double()
+                    for name, key in METRICS.items():
+                        if name in ("improved", "trainable_layers"):
+                            continue
+                        if _C.tlearn_epoch_get(rec, key, ctypes.byref(v)) == OK:
+                            history.setdefault(name, []).append(v.value)
+                    if verbose:
+                        e, es_ = ctypes.c_int(), ctypes.c_int()
+                        _C.tlearn_epoch_index(rec, ctypes.byref(e), ctypes.byref(es_))
+                        line = "epoch %d/%d " % (e.value + 1, es_.value) + " ".join(
+                            "%s=%.4g" % (k, h[-1]) for k, h in history.items())
+                        if bar[0] is not None:
+                            bar[0].write(line)
+                        else:
+                            print(line, flush=True)
+                    return 0
+                except BaseException as e:
+                    state.error = e
+                    return 1
+            if verbose and progress is None:
+                try:
+                    import tqdm
+                    bar[0] = tqdm.tqdm(total=0, leave=False)
+                except ImportError:
+                    pass
+            step_cb = L.PROGRESS_FN(on_step) if (progress or bar[0]) else L.PROGRESS_FN()
+            epoch_cb = L.EPOCH_FN(on_epoch)
+            _check(_C.tlearn_fit_set_callbacks(f, step_cb, epoch_cb, None))
+            rc = _C.tlearn_model_fit_run(self.handle, optimizer.handle, f, _fptr(x),
+                                         y.ctypes.data_as(ctypes.c_void_p), n)
+            state.reraise()
+            _check(rc)
+        finally:
+            if bar[0] is not None:
+                bar[0].close()
+            _C.tlearn_fit_destroy(ctypes.byref(f))
+        return history
+
+    def fit_batches(self, optimizer, x, labels, batch=32, epochs=1, shuffle=True,
+                    progress=None):
+        """The 1.0 training loop (tlearn_model_fit): mini-batches, no validation, no
+        history. @p progress as in :meth:`fit`."""
+        n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        state = _Callback(progress)
+
+        def trampoline(epoch, epochs_, step, steps, loss, user):
+            try:
+                return 1 if state.fn(epoch, epochs_, step, steps, loss) else 0
+            except BaseException as e:  # never let an exception unwind through C
+                state.error = e
+                return 1
+        cb = L.PROGRESS_FN(trampoline) if progress is not None else L.PROGRESS_FN()
         rc = _C.tlearn_model_fit(self.handle, optimizer.handle, _fptr(x), _iptr(labels), n,
                                  int(batch), int(epochs), int(bool(shuffle)), cb, None)
-        if state is not None:
-            state.reraise()
+        state.reraise()
         _check(rc)
+
+    def _targets(self, y, n, what):
+        """int32 labels (n,) or float32 targets (n, outputs...)."""
+        if isinstance(y, np.ndarray) and y.dtype == np.float32:
+            _require(y, np.float32, what)
+            if y.shape[0] != n:
+                raise ValueError("%s has %d rows; expected %d" % (what, y.shape[0], n))
+            return y
+        return _labels(y, n)
+
+    def set_class_weights(self, weights):
+        """Class weights of the cross-entropy (torch's weight=); None clears them."""
+        if weights is None:
+            _check(_C.tlearn_model_set_class_weights(self.handle, None, 0))
+        else:
+            w = np.ascontiguousarray(weights, dtype=np.float32)
+            _check(_C.tlearn_model_set_class_weights(self.handle, _fptr(w), w.size))
+        return self
+
+    def set_label_smoothing(self, smoothing):
+        """Label smoothing of the cross-entropy (torch's label_smoothing=)."""
+        _check(_C.tlearn_model_set_label_smoothing(self.handle, float(smoothing)))
+        return self
+
+    def evaluate_classes(self, x, labels, k=5):
+        """Classification metrics: dict with "top_k_accuracy", "confusion" (rows: true
+        labels), per-class "precision", "recall", "f1" arrays."""
+        n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        c = int(np.prod(self.output_shape))
+        topk = ctypes.c_float()
+        cm = np.zeros((c, c), np.int64)
+        p, r, f1 = (np.zeros(c, np.float32) for _ in range(3))
+        _check(_C.tlearn_model_evaluate_classes(
+            self.handle, _fptr(x), _iptr(labels), n, int(min(k, c)), ctypes.byref(topk),
+            cm.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), _fptr(p), _fptr(r), _fptr(f1),
+            c))
+        return {"top_k_accuracy": topk.value, "confusion": cm, "precision": p, "recall": r,
+                "f1": f1}
+
+    def evaluate_regression(self, x, targets):
+        """(mse, mae) against float32 targets of shape (n, outputs)."""
+        n = _batch(x, self.input_shape, "x")
+        _require(targets, np.float32, "targets")
+        mse, mae = ctypes.c_float(), ctypes.c_float()
+        _check(_C.tlearn_model_evaluate_regression(self.handle, _fptr(x), _fptr(targets), n,
+                                                   ctypes.byref(mse), ctypes.byref(mae)))
+        return mse.value, mae.value
 
     # -- transfer learning -------------------------------------------------------------
     def apply_freeze(self, policy):

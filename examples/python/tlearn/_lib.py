@@ -26,6 +26,7 @@ i32p = P(ctypes.c_int32)
 PROGRESS_FN = ctypes.CFUNCTYPE(c_int, c_int, c_int, c_size_t, c_size_t, c_float, c_void_p)
 METADATA_FN = ctypes.CFUNCTYPE(c_int, c_char_p, c_char_p, c_void_p)
 NAME_MAP_FN = ctypes.CFUNCTYPE(c_int, c_char_p, P(ctypes.c_char), c_size_t, c_void_p)
+EPOCH_FN = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p)
 
 
 def _sanitized(path):
@@ -255,6 +256,33 @@ _SIGNATURES = {
     "tlearn_model_export_safetensors": (c_int, [_M, c_char_p]),
     "tlearn_model_import_onnx": (c_int, [_PM, c_char_p]),
     "tlearn_model_import_onnx_buffer": (c_int, [_PM, c_void_p, c_size_t]),
+    # training recipes (1.1): schedules, losses, metrics, fit with validation
+    "tlearn_sched_create": (c_int, [_PM, c_int]),
+    "tlearn_sched_destroy": (None, [_PM]),
+    "tlearn_sched_set": (c_int, [c_void_p, c_int, c_double]),
+    "tlearn_sched_get": (c_int, [c_void_p, c_int, P(c_double)]),
+    "tlearn_sched_set_milestones": (c_int, [c_void_p, P(ctypes.c_int64), c_size_t]),
+    "tlearn_optim_set_schedule": (c_int, [c_void_p, c_void_p]),
+    "tlearn_optim_schedule_step": (c_int, [c_void_p]),
+    "tlearn_optim_schedule_position": (c_int, [c_void_p, P(ctypes.c_int64)]),
+    "tlearn_optim_get_current": (c_int, [c_void_p, c_int, P(c_double)]),
+    "tlearn_model_set_class_weights": (c_int, [_M, f32p, c_size_t]),
+    "tlearn_model_set_label_smoothing": (c_int, [_M, c_float]),
+    "tlearn_model_evaluate_classes": (c_int, [_M, f32p, i32p, c_size_t, c_int, P(c_float),
+                                              P(ctypes.c_int64), f32p, f32p, f32p, c_size_t]),
+    "tlearn_model_evaluate_regression": (c_int, [_M, f32p, f32p, c_size_t, P(c_float),
+                                                 P(c_float)]),
+    "tlearn_fit_create": (c_int, [_PM]),
+    "tlearn_fit_destroy": (None, [_PM]),
+    "tlearn_fit_set": (c_int, [c_void_p, c_int, c_double]),
+    "tlearn_fit_get": (c_int, [c_void_p, c_int, P(c_double)]),
+    "tlearn_fit_set_validation": (c_int, [c_void_p, f32p, c_size_t, c_void_p, c_size_t,
+                                          c_size_t]),
+    "tlearn_fit_set_checkpoint": (c_int, [c_void_p, c_char_p]),
+    "tlearn_fit_set_callbacks": (c_int, [c_void_p, PROGRESS_FN, EPOCH_FN, c_void_p]),
+    "tlearn_model_fit_run": (c_int, [_M, c_void_p, c_void_p, f32p, c_void_p, c_size_t]),
+    "tlearn_epoch_get": (c_int, [c_void_p, c_int, P(c_double)]),
+    "tlearn_epoch_index": (c_int, [c_void_p, P(c_int), P(c_int)]),
 }
 
 

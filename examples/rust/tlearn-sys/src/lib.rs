@@ -148,6 +148,74 @@ pub type tlearn_progress_fn = Option<
         user: *mut c_void,
     ) -> c_int,
 >;
+#[repr(C)]
+pub struct tlearn_sched {
+    _private: [u8; 0],
+}
+#[repr(C)]
+pub struct tlearn_fit {
+    _private: [u8; 0],
+}
+#[repr(C)]
+pub struct tlearn_epoch {
+    _private: [u8; 0],
+}
+pub type tlearn_epoch_fn =
+    Option<unsafe extern "C" fn(epoch: *const tlearn_epoch, user: *mut c_void) -> c_int>;
+
+// enum tlearn_sched_kind, tlearn_sched_unit, tlearn_sched_param (1.1)
+pub const TLEARN_SCHED_CONSTANT: c_int = 1;
+pub const TLEARN_SCHED_STEP: c_int = 2;
+pub const TLEARN_SCHED_MULTISTEP: c_int = 3;
+pub const TLEARN_SCHED_EXPONENTIAL: c_int = 4;
+pub const TLEARN_SCHED_COSINE: c_int = 5;
+pub const TLEARN_SCHED_COSINE_RESTARTS: c_int = 6;
+pub const TLEARN_SCHED_ONE_CYCLE: c_int = 7;
+pub const TLEARN_SCHED_SLANTED_TRIANGULAR: c_int = 8;
+pub const TLEARN_SCHED_PER_BATCH: c_int = 0;
+pub const TLEARN_SCHED_PER_EPOCH: c_int = 1;
+pub const TLEARN_SCHED_UNIT: c_int = 1;
+pub const TLEARN_SCHED_GAMMA: c_int = 2;
+pub const TLEARN_SCHED_STEP_SIZE: c_int = 3;
+pub const TLEARN_SCHED_PERIOD: c_int = 4;
+pub const TLEARN_SCHED_T_MULT: c_int = 5;
+pub const TLEARN_SCHED_ETA_MIN: c_int = 6;
+pub const TLEARN_SCHED_FACTOR: c_int = 7;
+pub const TLEARN_SCHED_TOTAL_STEPS: c_int = 8;
+pub const TLEARN_SCHED_PCT_START: c_int = 9;
+pub const TLEARN_SCHED_DIV_FACTOR: c_int = 10;
+pub const TLEARN_SCHED_FINAL_DIV_FACTOR: c_int = 11;
+pub const TLEARN_SCHED_LINEAR_ANNEAL: c_int = 12;
+pub const TLEARN_SCHED_THREE_PHASE: c_int = 13;
+pub const TLEARN_SCHED_CYCLE_MOMENTUM: c_int = 14;
+pub const TLEARN_SCHED_BASE_MOMENTUM: c_int = 15;
+pub const TLEARN_SCHED_MAX_MOMENTUM: c_int = 16;
+pub const TLEARN_SCHED_CUT_FRAC: c_int = 17;
+pub const TLEARN_SCHED_RATIO: c_int = 18;
+pub const TLEARN_SCHED_WARMUP_STEPS: c_int = 19;
+pub const TLEARN_SCHED_WARMUP_START_FACTOR: c_int = 20;
+// enum tlearn_metric, tlearn_fit_param (1.1)
+pub const TLEARN_METRIC_LOSS: c_int = 1;
+pub const TLEARN_METRIC_ACCURACY: c_int = 2;
+pub const TLEARN_METRIC_VAL_LOSS: c_int = 3;
+pub const TLEARN_METRIC_VAL_ACCURACY: c_int = 4;
+pub const TLEARN_METRIC_VAL_TOP_K: c_int = 5;
+pub const TLEARN_METRIC_VAL_MACRO_F1: c_int = 6;
+pub const TLEARN_METRIC_VAL_MAE: c_int = 7;
+pub const TLEARN_METRIC_LR: c_int = 8;
+pub const TLEARN_METRIC_IMPROVED: c_int = 9;
+pub const TLEARN_METRIC_TRAINABLE_LAYERS: c_int = 10;
+pub const TLEARN_FIT_BATCH: c_int = 1;
+pub const TLEARN_FIT_EPOCHS: c_int = 2;
+pub const TLEARN_FIT_SHUFFLE: c_int = 3;
+pub const TLEARN_FIT_ACCUMULATE: c_int = 4;
+pub const TLEARN_FIT_MONITOR: c_int = 5;
+pub const TLEARN_FIT_PATIENCE: c_int = 6;
+pub const TLEARN_FIT_MIN_DELTA: c_int = 7;
+pub const TLEARN_FIT_RESTORE_BEST: c_int = 8;
+pub const TLEARN_FIT_GRADUAL_UNFREEZE: c_int = 9;
+pub const TLEARN_FIT_TOP_K: c_int = 10;
+
 pub type tlearn_metadata_fn = Option<
     unsafe extern "C" fn(key: *const c_char, value: *const c_char, user: *mut c_void) -> c_int,
 >;
@@ -473,4 +541,43 @@ extern "C" {
         -> c_int;
     pub fn tlearn_model_import_onnx_buffer(out: *mut *mut tlearn_model, data: *const c_void,
                                            len: usize) -> c_int;
+
+    // Training recipes (1.1).
+    pub fn tlearn_sched_create(out: *mut *mut tlearn_sched, kind: c_int) -> c_int;
+    pub fn tlearn_sched_destroy(s: *mut *mut tlearn_sched);
+    pub fn tlearn_sched_set(s: *mut tlearn_sched, param: c_int, value: f64) -> c_int;
+    pub fn tlearn_sched_get(s: *const tlearn_sched, param: c_int, value: *mut f64) -> c_int;
+    pub fn tlearn_sched_set_milestones(s: *mut tlearn_sched, milestones: *const i64,
+                                       count: usize) -> c_int;
+    pub fn tlearn_optim_set_schedule(o: *mut tlearn_optim, s: *const tlearn_sched) -> c_int;
+    pub fn tlearn_optim_schedule_step(o: *mut tlearn_optim) -> c_int;
+    pub fn tlearn_optim_schedule_position(o: *const tlearn_optim, steps: *mut i64) -> c_int;
+    pub fn tlearn_optim_get_current(o: *const tlearn_optim, param: c_int, value: *mut f64)
+        -> c_int;
+    pub fn tlearn_model_set_class_weights(m: *mut tlearn_model, weights: *const f32,
+                                          count: usize) -> c_int;
+    pub fn tlearn_model_set_label_smoothing(m: *mut tlearn_model, smoothing: f32) -> c_int;
+    pub fn tlearn_model_evaluate_classes(m: *mut tlearn_model, x: *const f32,
+                                         labels: *const i32, n: usize, k: c_int,
+                                         topk: *mut f32, confusion: *mut i64,
+                                         precision: *mut f32, recall: *mut f32, f1: *mut f32,
+                                         classes: usize) -> c_int;
+    pub fn tlearn_model_evaluate_regression(m: *mut tlearn_model, x: *const f32,
+                                            targets: *const f32, n: usize, mse: *mut f32,
+                                            mae: *mut f32) -> c_int;
+    pub fn tlearn_fit_create(out: *mut *mut tlearn_fit) -> c_int;
+    pub fn tlearn_fit_destroy(f: *mut *mut tlearn_fit);
+    pub fn tlearn_fit_set(f: *mut tlearn_fit, param: c_int, value: f64) -> c_int;
+    pub fn tlearn_fit_get(f: *const tlearn_fit, param: c_int, value: *mut f64) -> c_int;
+    pub fn tlearn_fit_set_validation(f: *mut tlearn_fit, x: *const f32, x_len: usize,
+                                     y: *const c_void, y_len: usize, n: usize) -> c_int;
+    pub fn tlearn_fit_set_checkpoint(f: *mut tlearn_fit, path: *const c_char) -> c_int;
+    pub fn tlearn_fit_set_callbacks(f: *mut tlearn_fit, progress: tlearn_progress_fn,
+                                    epoch_end: tlearn_epoch_fn, user: *mut c_void) -> c_int;
+    pub fn tlearn_model_fit_run(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                f: *const tlearn_fit, x: *const f32, y: *const c_void,
+                                n: usize) -> c_int;
+    pub fn tlearn_epoch_get(e: *const tlearn_epoch, metric: c_int, value: *mut f64) -> c_int;
+    pub fn tlearn_epoch_index(e: *const tlearn_epoch, epoch: *mut c_int, epochs: *mut c_int)
+        -> c_int;
 }

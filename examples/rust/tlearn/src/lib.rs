@@ -426,6 +426,32 @@ impl Optimizer {
         })
     }
 
+    /// Attach a copy of @p schedule at its step 0 (None detaches).
+    pub fn set_schedule(&mut self, schedule: Option<&Schedule>) -> Result<&mut Self> {
+        let s = schedule.map_or(ptr::null(), |s| s.ptr.as_ptr() as *const _);
+        check(unsafe { sys::tlearn_optim_set_schedule(self.ptr.as_ptr(), s) })?;
+        Ok(self)
+    }
+
+    /// Advance the attached schedule by one step.
+    pub fn schedule_step(&mut self) -> Result<()> {
+        check(unsafe { sys::tlearn_optim_schedule_step(self.ptr.as_ptr()) })
+    }
+
+    /// Steps the attached schedule has taken.
+    pub fn schedule_position(&self) -> Result<i64> {
+        let mut v = 0i64;
+        check(unsafe { sys::tlearn_optim_schedule_position(self.ptr.as_ptr(), &mut v) })?;
+        Ok(v)
+    }
+
+    /// The value the next update uses (the scheduled learning rate, cycled momentum).
+    pub fn current(&self, param: OptimParam) -> Result<f64> {
+        let mut v = 0.0;
+        check(unsafe { sys::tlearn_optim_get_current(self.ptr.as_ptr(), param as c_int, &mut v) })?;
+        Ok(v)
+    }
+
     /// The raw handle, for calls through [`sys`].
     pub fn as_ptr(&self) -> *mut sys::tlearn_optim {
         self.ptr.as_ptr()
@@ -436,6 +462,179 @@ impl Drop for Optimizer {
     fn drop(&mut self) {
         let mut p = self.ptr.as_ptr();
         unsafe { sys::tlearn_optim_destroy(&mut p) };
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+
+/// Learning-rate schedule kinds (enum tlearn_sched_kind), equal to torch's schedulers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleKind {
+    Constant = 1,
+    Step = 2,
+    MultiStep = 3,
+    Exponential = 4,
+    Cosine = 5,
+    CosineRestarts = 6,
+    OneCycle = 7,
+    SlantedTriangular = 8,
+}
+
+/// A learning-rate schedule (tlearn_sched); parameters are `sys::TLEARN_SCHED_*` values.
+pub struct Schedule {
+    ptr: NonNull<sys::tlearn_sched>,
+}
+
+// SAFETY: a handle may move between threads; it is never shared (not Sync).
+unsafe impl Send for Schedule {}
+
+impl Schedule {
+    /// A schedule of @p kind with torch's defaults.
+    pub fn new(kind: ScheduleKind) -> Result<Schedule> {
+        let mut p = ptr::null_mut();
+        check(unsafe { sys::tlearn_sched_create(&mut p, kind as c_int) })?;
+        Ok(Schedule { ptr: NonNull::new(p).expect("tlearn_sched_create returned NULL") })
+    }
+    /// Set a parameter (`sys::TLEARN_SCHED_GAMMA`, ...).
+    pub fn set(&mut self, param: c_int, value: f64) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_sched_set(self.ptr.as_ptr(), param, value) })?;
+        Ok(self)
+    }
+    /// Read a parameter.
+    pub fn get(&self, param: c_int) -> Result<f64> {
+        let mut v = 0.0;
+        check(unsafe { sys::tlearn_sched_get(self.ptr.as_ptr(), param, &mut v) })?;
+        Ok(v)
+    }
+    /// Milestones of a multi-step schedule.
+    pub fn set_milestones(&mut self, milestones: &[i64]) -> Result<&mut Self> {
+        check(unsafe {
+            sys::tlearn_sched_set_milestones(self.ptr.as_ptr(), milestones.as_ptr(), milestones.len())
+        })?;
+        Ok(self)
+    }
+}
+
+impl Drop for Schedule {
+    fn drop(&mut self) {
+        let mut p = self.ptr.as_ptr();
+        unsafe { sys::tlearn_sched_destroy(&mut p) };
+    }
+}
+
+/// Options of [`Model::fit_run`] (tlearn_fit); parameters are `sys::TLEARN_FIT_*` values.
+pub struct FitOptions {
+    ptr: NonNull<sys::tlearn_fit>,
+}
+
+// SAFETY: as Schedule.
+unsafe impl Send for FitOptions {}
+
+impl FitOptions {
+    pub fn new() -> Result<FitOptions> {
+        let mut p = ptr::null_mut();
+        check(unsafe { sys::tlearn_fit_create(&mut p) })?;
+        Ok(FitOptions { ptr: NonNull::new(p).expect("tlearn_fit_create returned NULL") })
+    }
+    /// Set an option (`sys::TLEARN_FIT_BATCH`, `sys::TLEARN_FIT_MONITOR` with a
+    /// `sys::TLEARN_METRIC_*` value, ...).
+    pub fn set(&mut self, param: c_int, value: f64) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_fit_set(self.ptr.as_ptr(), param, value) })?;
+        Ok(self)
+    }
+    pub fn get(&self, param: c_int) -> Result<f64> {
+        let mut v = 0.0;
+        check(unsafe { sys::tlearn_fit_get(self.ptr.as_ptr(), param, &mut v) })?;
+        Ok(v)
+    }
+    /// Save the best epoch's checkpoint to @p path (None: do not).
+    pub fn set_checkpoint(&mut self, path: Option<&Path>) -> Result<&mut Self> {
+        let c = path.map(cpath).transpose()?;
+        check(unsafe {
+            sys::tlearn_fit_set_checkpoint(self.ptr.as_ptr(), c.as_ref().map_or(ptr::null(), |c| c.as_ptr()))
+        })?;
+        Ok(self)
+    }
+}
+
+impl Drop for FitOptions {
+    fn drop(&mut self) {
+        let mut p = self.ptr.as_ptr();
+        unsafe { sys::tlearn_fit_destroy(&mut p) };
+    }
+}
+
+/// Labels (cross-entropy models) or float targets (MSE models) for [`Model::fit_run`].
+#[derive(Clone, Copy)]
+pub enum Targets<'a> {
+    Labels(&'a [i32]),
+    Values(&'a [f32]),
+}
+
+impl Targets<'_> {
+    fn raw(&self) -> (*const c_void, usize) {
+        match self {
+            Targets::Labels(l) => (l.as_ptr() as *const c_void, l.len()),
+            Targets::Values(v) => (v.as_ptr() as *const c_void, v.len()),
+        }
+    }
+}
+
+/// One epoch's record from [`Model::fit_run`]: (metric, value) pairs of those computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub values: Vec<(c_int, f64)>,
+}
+
+impl EpochRecord {
+    /// The value of a `sys::TLEARN_METRIC_*`, if computed.
+    pub fn get(&self, metric: c_int) -> Option<f64> {
+        self.values.iter().find(|(m, _)| *m == metric).map(|(_, v)| *v)
+    }
+}
+
+/// Per-class metrics of [`Model::evaluate_classes`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassMetrics {
+    pub top_k: f32,
+    /// classes x classes, row = true label, column = prediction
+    pub confusion: Vec<i64>,
+    pub precision: Vec<f32>,
+    pub recall: Vec<f32>,
+    pub f1: Vec<f32>,
+}
+
+struct EpochState<'a, F> {
+    f: &'a mut F,
+    records: Vec<EpochRecord>,
+    panic: Option<Box<dyn Any + Send>>,
+}
+
+unsafe extern "C" fn epoch_trampoline<F>(e: *const sys::tlearn_epoch, user: *mut c_void) -> c_int
+where
+    F: FnMut(&EpochRecord) -> ControlFlow<()>,
+{
+    let state = &mut *(user as *mut EpochState<F>);
+    let (mut epoch, mut epochs) = (0, 0);
+    sys::tlearn_epoch_index(e, &mut epoch, &mut epochs);
+    let mut rec = EpochRecord { epoch: epoch as usize, epochs: epochs as usize, values: Vec::new() };
+    for metric in 1..=10 {
+        let mut v = 0.0;
+        if sys::tlearn_epoch_get(e, metric, &mut v) == status::OK {
+            rec.values.push((metric, v));
+        }
+    }
+    let r = panic::catch_unwind(AssertUnwindSafe(|| (state.f)(&rec)));
+    state.records.push(rec);
+    match r {
+        Ok(ControlFlow::Continue(())) => 0,
+        Ok(ControlFlow::Break(())) => 1,
+        Err(payload) => {
+            state.panic = Some(payload);
+            1
+        }
     }
 }
 
@@ -1519,6 +1718,79 @@ impl Model {
             panic::resume_unwind(payload);
         }
         check(rc)
+    }
+
+    /// Train with validation, early stopping and the rest of @p options (tlearn_model_fit_run);
+    /// @p on_epoch sees each epoch's record (`ControlFlow::Break` stops: Err ECANCELED).
+    /// Returns every epoch's record. A panic in @p on_epoch stops training and is resumed.
+    pub fn fit_run<F>(&mut self, opt: &mut Optimizer, options: &mut FitOptions, x: &[f32],
+                      y: Targets<'_>, validation: Option<(&[f32], Targets<'_>)>,
+                      mut on_epoch: F) -> Result<Vec<EpochRecord>>
+    where
+        F: FnMut(&EpochRecord) -> ControlFlow<()>,
+    {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        let fo = options.ptr.as_ptr();
+        let (vx, vxl, vy, vyl, vn) = match validation {
+            Some((vx, vy)) => {
+                let (p, l) = vy.raw();
+                let vn = batch_len(vx.len(), self.input_shape()?.size(), "validation x")?;
+                (vx.as_ptr(), vx.len(), p, l, vn)
+            }
+            None => (ptr::null(), 0, ptr::null(), 0, 0),
+        };
+        check(unsafe { sys::tlearn_fit_set_validation(fo, vx, vxl, vy, vyl, vn) })?;
+        let mut state = EpochState { f: &mut on_epoch, records: Vec::new(), panic: None };
+        let rc = unsafe {
+            sys::tlearn_fit_set_callbacks(fo, None, Some(epoch_trampoline::<F>),
+                                          &mut state as *mut EpochState<F> as *mut c_void);
+            let rc = sys::tlearn_model_fit_run(self.raw(), opt.as_ptr(), fo, x.as_ptr(), y.raw().0, n);
+            // the options must not keep pointers to this call's data
+            sys::tlearn_fit_set_callbacks(fo, None, None, ptr::null_mut());
+            sys::tlearn_fit_set_validation(fo, ptr::null(), 0, ptr::null(), 0, 0);
+            rc
+        };
+        if let Some(payload) = state.panic.take() {
+            panic::resume_unwind(payload);
+        }
+        check(rc)?;
+        Ok(state.records)
+    }
+    /// Class weights of the cross-entropy (None clears them).
+    pub fn set_class_weights(&mut self, weights: Option<&[f32]>) -> Result<&mut Self> {
+        let (p, n) = weights.map_or((ptr::null(), 0), |w| (w.as_ptr(), w.len()));
+        check(unsafe { sys::tlearn_model_set_class_weights(self.raw(), p, n) })?;
+        Ok(self)
+    }
+    /// Label smoothing of the cross-entropy, in [0, 1].
+    pub fn set_label_smoothing(&mut self, smoothing: f32) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_model_set_label_smoothing(self.raw(), smoothing) })?;
+        Ok(self)
+    }
+    /// Top-k accuracy, confusion matrix and per-class precision/recall/F1.
+    pub fn evaluate_classes(&mut self, x: &[f32], labels: &[i32], k: i32) -> Result<ClassMetrics> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        labels_len(labels, n)?;
+        let c = self.output_shape()?.size();
+        let mut m = ClassMetrics { top_k: 0.0, confusion: vec![0; c * c], precision: vec![0.0; c],
+                                   recall: vec![0.0; c], f1: vec![0.0; c] };
+        check(unsafe {
+            sys::tlearn_model_evaluate_classes(self.raw(), x.as_ptr(), labels.as_ptr(), n, k,
+                                               &mut m.top_k, m.confusion.as_mut_ptr(),
+                                               m.precision.as_mut_ptr(), m.recall.as_mut_ptr(),
+                                               m.f1.as_mut_ptr(), c)
+        })?;
+        Ok(m)
+    }
+    /// (mse, mae) against float targets.
+    pub fn evaluate_regression(&mut self, x: &[f32], targets: &[f32]) -> Result<(f32, f32)> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        let (mut mse, mut mae) = (0.0f32, 0.0f32);
+        check(unsafe {
+            sys::tlearn_model_evaluate_regression(self.raw(), x.as_ptr(), targets.as_ptr(), n,
+                                                  &mut mse, &mut mae)
+        })?;
+        Ok((mse, mae))
     }
 
     // -- transfer learning --------------------------------------------------------------

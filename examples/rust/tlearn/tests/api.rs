@@ -468,3 +468,53 @@ fn domain_adaptation() {
     let (v, g) = tlearn::discrepancy(Discrepancy::Coral, &x[..8], 2, &t, &[]).unwrap();
     assert!(v >= 0.0 && g.len() == 8);
 }
+
+#[test]
+fn fit_run_with_schedule_validation_and_early_stopping() {
+    use std::ops::ControlFlow;
+    use tlearn::{sys, FitOptions, Schedule, ScheduleKind, Targets};
+    let (n, d) = (64usize, 4usize);
+    let mut x = vec![0f32; n * d];
+    let mut y = vec![0i32; n];
+    for i in 0..n {
+        y[i] = (i % 2) as i32;
+        for j in 0..d {
+            x[i * d + j] = ((i * 7 + j * 3) % 5) as f32 / 5.0 - 0.4 + if j == i % 2 { 1.0 } else { 0.0 };
+        }
+    }
+    let mut m = Model::new(d as i32, 1, 1).unwrap();
+    m.add_dense("fc", 2).unwrap();
+    let mut opt = Optimizer::new(OptimKind::Sgd).unwrap();
+    opt.set_lr(0.5).unwrap();
+    let mut s = Schedule::new(ScheduleKind::Step).unwrap();
+    assert!(s.set(sys::TLEARN_SCHED_STEP_SIZE, -2.0).is_err());
+    s.set(sys::TLEARN_SCHED_STEP_SIZE, 3.0).unwrap().set(sys::TLEARN_SCHED_GAMMA, 0.5).unwrap();
+    opt.set_schedule(Some(&s)).unwrap();
+    let mut f = FitOptions::new().unwrap();
+    f.set(sys::TLEARN_FIT_BATCH, 16.0).unwrap().set(sys::TLEARN_FIT_EPOCHS, 3.0).unwrap();
+    f.set(sys::TLEARN_FIT_MONITOR, sys::TLEARN_METRIC_VAL_ACCURACY as f64).unwrap();
+    let mut seen = 0;
+    let recs = m.fit_run(&mut opt, &mut f, &x, Targets::Labels(&y), Some((&x, Targets::Labels(&y))),
+                         |_| { seen += 1; ControlFlow::Continue(()) }).unwrap();
+    assert_eq!(recs.len(), 3);
+    assert_eq!(seen, 3);
+    assert!(recs[2].get(sys::TLEARN_METRIC_VAL_ACCURACY).unwrap() > 0.9);
+    assert_eq!(opt.schedule_position().unwrap(), 12); // 4 updates x 3 epochs
+    assert_eq!(opt.current(OptimParam::Lr).unwrap(), 0.5 * 0.5f64.powi(4));
+    let cm = m.evaluate_classes(&x, &y, 1).unwrap();
+    assert_eq!(cm.confusion.iter().sum::<i64>(), n as i64);
+    // a validation set of the wrong shape is refused before training
+    let r = m.fit_run(&mut opt, &mut f, &x, Targets::Labels(&y), Some((&x[..d * 3], Targets::Labels(&y))),
+                      |_| ControlFlow::Continue(()));
+    assert!(r.is_err());
+    m.set_class_weights(Some(&[1.0, 2.0])).unwrap().set_label_smoothing(0.1).unwrap();
+    m.set_loss(tlearn::Loss::Mse).unwrap();
+    let t = vec![0f32; n * 2];
+    let (mse, mae) = m.evaluate_regression(&x, &t).unwrap();
+    assert!(mse >= 0.0 && mae >= 0.0);
+    opt.schedule_step().unwrap();
+    assert_eq!(s.get(sys::TLEARN_SCHED_GAMMA).unwrap(), 0.5);
+    assert!(s.set_milestones(&[1]).is_err());
+    f.set_checkpoint(None).unwrap();
+    assert_eq!(f.get(sys::TLEARN_FIT_EPOCHS).unwrap(), 3.0);
+}
