@@ -78,6 +78,11 @@ void tlearn_model_destroy(tlearn_model **mp)
     tl_model_free_workers(m);
     if (m->ewc)
         m->ewc_ops->destroy(m->ewc);
+    if (m->reducer) {
+        tl_free(m->reducer->buf);
+        tl_free(m->reducer->order);
+        tl_free(m->reducer);
+    }
     tl_free(m->tensor_names);
     for (int i = 0; i < m->nmeta; i++) {
         tl_free(m->meta_keys[i]);

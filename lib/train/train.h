@@ -38,6 +38,20 @@ int tl_optim_update_mt(const tlearn_optim *o, tl_slot *s, float *theta, size_t n
  * (TLEARN_ENOMEM, TLEARN_ENONFINITE otherwise). */
 int tl_optim_step(const char *fn, const tlearn_optim *o, tlearn_model *m, float grad_scale);
 
+/* Data parallelism (reduce.c). A step calls tl_reduce_begin before backward (arming the
+ * per-layer hook) and tl_reduce_end after it, which sums the gradients and *loss across
+ * workers and leaves their averages; both do nothing without a reducer. After a failure
+ * between the two, tl_reduce_abandon disarms the hook. */
+int tl_reduce_begin(const char *fn, tlearn_model *m);
+int tl_reduce_end(const char *fn, tlearn_model *m, double *loss);
+void tl_reduce_abandon(tlearn_model *m);
+/* A reducer with TLEARN_REDUCE_* @p flag is set. */
+int tl_reduce_wants(const tlearn_model *m, int flag);
+/* Sum @p count floats across workers in one round (evaluate counts, Fisher sums); the
+ * failure message names @p what. Needs a reducer. */
+int tl_reduce_floats(const char *fn, tlearn_model *m, float *data, size_t count,
+                     const char *what);
+
 #include "ewc.h"
 
 #endif
