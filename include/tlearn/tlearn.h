@@ -2226,6 +2226,79 @@ TLEARN_API int tlearn_epoch_index(const tlearn_epoch *e, int *epoch, int *epochs
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */
+/** @name Data-parallel training (1.1): a host-registered reducer */
+/** @{ */
+
+/**
+ * Start summing @p count floats at @p data, in place, across every worker (process) of
+ * the group: when the matching wait returns, @p data holds the sum over the workers. The
+ * call may return before the sum is done (MPI_Iallreduce); @p data stays valid and
+ * untouched by libtlearn until then. Within one round (a training step, an evaluate, a
+ * consolidate) buckets are numbered 0, 1, 2, ... and every worker makes the same calls in
+ * the same order with the same counts.
+ * @return TLEARN_OK or a TLEARN_E* status, which the training call returns.
+ * @since 1.1
+ */
+typedef int (*tlearn_reduce_fn)(void *user, int bucket, float *data, size_t count);
+
+/**
+ * Finish every sum started since the last wait. Must not wait forever: return an error
+ * (TLEARN_EIO for a failed or timed-out exchange) when a worker is gone.
+ * @return TLEARN_OK or a TLEARN_E* status, which the training call returns.
+ * @since 1.1
+ */
+typedef int (*tlearn_reduce_wait_fn)(void *user);
+
+/** What tlearn_model_set_reducer() sums besides gradients and the loss. @since 1.1 */
+enum tlearn_reduce_flag {
+    TLEARN_REDUCE_EVALUATE = 1, /**< tlearn_model_evaluate(): loss and accuracy over the
+                                     examples of every worker */
+    TLEARN_REDUCE_FISHER = 2    /**< tlearn_ewc_consolidate(): the Fisher over the examples
+                                     of every worker */
+};
+
+/**
+ * Train one model on several workers (data parallelism): each worker holds the same model
+ * and takes its own share of every batch; this reducer sums what must agree. In every
+ * training step (train_step, its _mse, _from, _inputs and _tokens forms, fit,
+ * compute_gradients) backward hands the gradients of trainable (non-frozen) layers to
+ * @p reduce in buckets of about @p bucket_floats floats, in reverse layer order as soon as
+ * each layer's backward is done, so that the exchange overlaps the rest of backward; then
+ * the data loss (one float); then it calls @p wait and divides the sums by @p workers.
+ * Frozen layers and buffers (batchnorm running statistics) are never sent. The update that
+ * follows is the same on every worker, so the weights stay identical.
+ *
+ * With equal shares of b examples the mean over workers of the per-worker batch means is
+ * the mean over the global batch: N workers with batch b give the weights of one process
+ * with batch N*b (to float rounding of the sums), and the reported loss is the mean over
+ * the global batch (plus the EWC/L2-SP penalty, the same on every worker). Batch
+ * statistics are not synchronised: batchnorm in training mode normalises each worker's
+ * share by its own statistics. Dropout and tlearn_model_fit()'s shuffling draw from each
+ * model's seed: seed each worker differently (tlearn_model_set_seed() after building)
+ * for different masks. A worker whose call fails before backward (invalid labels) makes
+ * no reduce calls, so the others see their wait time out; a non-finite loss on one worker
+ * still takes part and every worker then returns TLEARN_ENONFINITE.
+ *
+ * @param reduce         NULL removes the reducer (one process again); the others are
+ *                       then ignored.
+ * @param wait           required with @p reduce.
+ * @param user           passed to both; owned by the caller.
+ * @param workers        number of workers the sums run over, 1..65536.
+ * @param bucket_floats  floats per bucket (a layer's gradients are never split; a bucket
+ *                       closes once it holds at least this many); 0: 1048576 (4 MB).
+ * @param flags          0 or TLEARN_REDUCE_* values or-ed.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, NULL wait with reduce, workers or flags
+ *         out of range), TLEARN_ENOMEM. Nothing changes on failure.
+ * @note Not thread-safe for one model; the staging buffer (as many floats as trainable
+ *       parameters) is allocated at the first step and kept.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_set_reducer(tlearn_model *m, tlearn_reduce_fn reduce,
+                                        tlearn_reduce_wait_fn wait, void *user, int workers,
+                                        size_t bucket_floats, int flags);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
 /** @name The BLAS underneath */
 /** @{ */
 /** Why BLIS runs the sub-configuration it runs, as reported by tlearn_blas_info().

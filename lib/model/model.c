@@ -80,6 +80,11 @@ void tlearn_model_destroy(tlearn_model **mp)
         m->ewc_ops->destroy(m->ewc);
     if (m->da)
         m->da_destroy(m->da);
+    if (m->reducer) {
+        tl_free(m->reducer->buf);
+        tl_free(m->reducer->order);
+        tl_free(m->reducer);
+    }
     tl_free(m->tensor_names);
     tl_free(m->class_weight);
     for (int i = 0; i < m->nmeta; i++) {

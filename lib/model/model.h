@@ -58,6 +58,25 @@ typedef struct tl_attachment_ops {
     void (*drop_layers)(tlearn_model *m, int keep); /* layers keep.. are being removed */
 } tl_attachment_ops;
 
+/* The host's gradient reducer (tlearn_model_set_reducer, train/reduce.c): what it was
+ * given, and one round's staging buffer, where gradients wait in buckets while the
+ * reducer sums them across workers. Plain data, so model.c frees it without train/. */
+typedef struct tl_reducer {
+    tlearn_reduce_fn reduce;
+    tlearn_reduce_wait_fn wait;
+    void *user;
+    int workers, flags;
+    size_t bucket_floats;
+    float *buf;        /* staging: trainable gradients in the order backward produced them */
+    size_t cap, used;  /* floats of buf allocated / filled this round */
+    size_t start;      /* first float of the bucket being filled */
+    int *order;        /* layers copied in, in that order; nlayers entries */
+    int norder, order_cap;
+    int bucket;        /* next bucket id of the round */
+    int rc;            /* first failure of the round (a reduce call's status) */
+    float extra[4];    /* small sums after the buckets (loss, counts) */
+} tl_reducer;
+
 /* A graph input of the model: producers -1, -2, ... are inputs 0, 1, ... */
 #define TL_MAX_MODEL_INPUTS 8
 #define TL_MAX_MODEL_OUTPUTS 8
@@ -128,6 +147,11 @@ struct tlearn_model {
     int nmeta;
     char **meta_keys, **meta_values;
     int has_grads;        /* a backward has filled the gradients */
+    tl_reducer *reducer;  /* NULL: one process */
+    /* Set by train/reduce.c while a training step's backward runs: tl_model_backward calls
+     * it after each trainable layer's backward so the gradients travel while backward
+     * goes on. NULL otherwise (EWC's per-example backward, inference). */
+    void (*grads_ready)(tlearn_model *m, int layer);
     char *tensor_names;   /* "layer.param" names for tensor_info, TL_TENSOR_NAME_MAX bytes
                            * each; built on demand, dropped when the layers change */
 };

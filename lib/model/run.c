@@ -145,6 +145,8 @@ void tl_model_backward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, 
         /* saved holds this step's data only after a training-mode forward */
         L->ops->backward(L, &ex, in, p->out[i], p->dout[i], din, accum, n,
                          p->fwd_training ? p->saved[i] : NULL, trains ? pg : NULL);
+        if (trains && m->grads_ready)
+            m->grads_ready(m, i);
         for (int k = 0; k < L->ninputs; k++)
             if (din[k])
                 written[L->input[k]] = 1;

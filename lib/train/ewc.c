@@ -444,6 +444,41 @@ static int estimate_fisher(const char *fn, tlearn_model *m, const float *x,
     return TLEARN_OK;
 }
 
+/* Data parallelism (TLEARN_REDUCE_FISHER): the per-worker sums of acc and the example
+ * count *n_all summed over the workers, through one float buffer. */
+static int reduce_fisher(const char *fn, tlearn_model *m, double *(*acc)[TL_MAX_PARAMS],
+                         double *n_all)
+{
+    size_t total = 0;
+    for (int i = 0; i < m->nlayers; i++)
+        for (int p = 0; p < TL_MAX_PARAMS; p++)
+            total += acc[i][p] ? m->layers[i]->param[p].t.numel : 0;
+    float *buf = tl_alloc_array(total + 1, sizeof(float));
+    if (!buf)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory for the Fisher", fn);
+    for (int pass = 0, rc = 0; pass < 2; pass++) { /* 0: pack, 1: unpack the sums */
+        float *b = buf;
+        for (int i = 0; i < m->nlayers; i++)
+            for (int p = 0; p < TL_MAX_PARAMS; p++)
+                for (size_t k = 0; acc[i][p] && k < m->layers[i]->param[p].t.numel; k++, b++) {
+                    if (pass)
+                        acc[i][p][k] = *b;
+                    else
+                        *b = (float)acc[i][p][k];
+                }
+        if (!pass) {
+            *b = (float)*n_all;
+            if ((rc = tl_reduce_floats(fn, m, buf, total + 1, "the Fisher"))) {
+                tl_free(buf);
+                return rc;
+            }
+        }
+    }
+    *n_all = buf[total];
+    tl_free(buf);
+    return TLEARN_OK;
+}
+
 int tlearn_ewc_consolidate(tlearn_model *m, const float *x, const int32_t *labels, size_t n,
                            int estimator, float lambda)
 {
@@ -502,6 +537,9 @@ int tlearn_ewc_consolidate(tlearn_model *m, const float *x, const int32_t *label
         rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory for the Fisher", fn);
     else
         rc = estimate_fisher(fn, m, x, labels, n, estimator, first, acc);
+    double n_all = (double)n;
+    if (!rc && tl_reduce_wants(m, TLEARN_REDUCE_FISHER))
+        rc = reduce_fisher(fn, m, acc, &n_all);
 
     /* Average, check, and (ONLINE) fold in the decayed running Fisher. Anchors are the
      * current weights wherever a Fisher exists. */
@@ -521,7 +559,7 @@ int tlearn_ewc_consolidate(tlearn_model *m, const float *x, const int32_t *label
                 break;
             }
             for (size_t k = 0; k < th->numel; k++) {
-                double f = acc[i][p] ? acc[i][p][k] / (double)n : 0.0;
+                double f = acc[i][p] ? acc[i][p][k] / n_all : 0.0;
                 if (Fo)
                     f += (double)e->gamma * Fo[k];
                 F[k] = (float)f;

@@ -152,10 +152,18 @@ static int forward_backward(const char *fn, tlearn_model *m, const tl_feed *in,
     } else {
         l = tl_loss_mse(logits, t->values, n, osz, dlogits);
     }
+    /* With a reducer (reduce.c) backward hands each layer's gradients on as it goes, and
+     * a worker whose loss is not finite still takes part, so that all refuse together. */
+    if (isfinite((float)l) || m->reducer) {
+        if ((rc = tl_reduce_begin(fn, m)))
+            return rc;
+        if (dlogits)
+            tl_model_backward(m, p, in, n, from, &last, 1, dx);
+        if ((rc = tl_reduce_end(fn, m, &l)))
+            return rc;
+    }
     if (!isfinite((float)l)) /* also a loss that overflows the float it is reported in */
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is %g; weights left unchanged", fn, l);
-    if (dlogits)
-        tl_model_backward(m, p, in, n, from, &last, 1, dx);
     *loss = l;
     return TLEARN_OK;
 }
@@ -410,21 +418,26 @@ int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels
     eval_ctx c = {labels, tl_model_output_size(m), sums, tl_model_output(m, 0), m};
     tl_feed f = tl_model_feed(m, x);
     rc = tl_model_infer(m, &f, n, 0, tl_model_output(m, 0), 0, eval_chunk, &c);
-    double total = 0.0, den = 0.0;
-    size_t hits = 0;
+    double total = 0.0, den = 0.0, hits = 0.0, count = (double)n;
     for (int w = 0; w < TL_MAX_WORKERS; w++) {
         total += sums[w].loss;
         den += sums[w].den;
-        hits += sums[w].hits;
+        hits += (double)sums[w].hits;
     }
     if (rc)
         return tl_fail_prefix(rc, "%s: ", fn);
+    if (tl_reduce_wants(m, TLEARN_REDUCE_EVALUATE)) { /* over every worker's examples */
+        float v[4] = {(float)total, (float)hits, (float)n, (float)den};
+        if ((rc = tl_reduce_floats(fn, m, v, 4, "the evaluation counts")))
+            return rc;
+        total = v[0], hits = v[1], count = v[2], den = v[3];
+    }
     if (!isfinite(total))
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is not finite", fn);
     if (loss)
         *loss = (float)(total / den);
     if (accuracy)
-        *accuracy = (float)hits / (float)n;
+        *accuracy = (float)(hits / count);
     return TLEARN_OK;
 }
 

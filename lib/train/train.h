@@ -67,6 +67,19 @@ int tl_train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const float 
 int tl_train_backward(const char *fn, tlearn_model *m, const float *x, const int32_t *labels,
                       const float *targets, size_t n, double *loss);
 int tl_train_apply(const char *fn, tlearn_model *m, tlearn_optim *o);
+/* Data parallelism (reduce.c). A step calls tl_reduce_begin before backward (arming the
+ * per-layer hook) and tl_reduce_end after it, which sums the gradients and *loss across
+ * workers and leaves their averages; both do nothing without a reducer. After a failure
+ * between the two, tl_reduce_abandon disarms the hook. */
+int tl_reduce_begin(const char *fn, tlearn_model *m);
+int tl_reduce_end(const char *fn, tlearn_model *m, double *loss);
+void tl_reduce_abandon(tlearn_model *m);
+/* A reducer with TLEARN_REDUCE_* @p flag is set. */
+int tl_reduce_wants(const tlearn_model *m, int flag);
+/* Sum @p count floats across workers in one round (evaluate counts, Fisher sums); the
+ * failure message names @p what. Needs a reducer. */
+int tl_reduce_floats(const char *fn, tlearn_model *m, float *data, size_t count,
+                     const char *what);
 
 #include "ewc.h"
 

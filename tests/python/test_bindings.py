@@ -704,3 +704,34 @@ def test_domain_adaptation():
     assert np.array_equal(m.get_tensor("bn.weight"), w)
     v, g = tlearn.discrepancy("mmd", x, d.astype(np.uint8))
     assert v >= 0 and g.shape == x.shape
+
+
+def test_reducer_sees_buckets_and_averages():
+    """set_reducer: buckets in reverse layer order (fc2: 3*8+3 = 27, fc1: 8*4+8 = 40), then
+    the loss; a second worker with the same gradients leaves the step as one process's."""
+    def build():
+        m = tlearn.Model(4, 1, 1).set_seed(3)
+        m.add_dense("fc1", 8).add_relu("r").add_dense("fc2", 3)
+        return m
+    a, b = build(), build()
+    calls = []
+
+    def reduce(bucket, data):
+        calls.append((bucket, data.size))
+        data *= 2  # this worker's part plus an identical one's
+    a.set_reducer(reduce, lambda: None, workers=2, bucket_floats=1)
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(6, 4)
+    y = np.array([0, 1, 2, 0, 1, 2], dtype=np.int32)
+    la = a.train_step(tlearn.Optimizer("sgd"), x, y)
+    lb = b.train_step(tlearn.Optimizer("sgd"), x, y)
+    assert calls == [(0, 27), (1, 40), (2, 1)]
+    assert la == lb
+    assert np.array_equal(a.get_tensor("fc1.weight"), b.get_tensor("fc1.weight"))
+
+    def failing_wait():
+        raise RuntimeError("a worker is gone")
+    a.set_reducer(reduce, failing_wait, workers=2)
+    with pytest.raises(tlearn.TlearnError):
+        a.train_step(tlearn.Optimizer("sgd"), x, y)
+    a.set_reducer(None, None, 1)
+    a.train_step(tlearn.Optimizer("sgd"), x, y)

@@ -35,7 +35,7 @@ def exported(so):
         if len(parts) < 2:
             continue
         kind, name = parts[-2], parts[-1].split("@")[0]
-        if kind == "A" and re.fullmatch(r"TLEARN_[0-9.]+", name):
+        if kind == "A" and re.fullmatch(r"TLEARN_(MPI_)?[0-9.]+", name):
             continue  # the version node itself
         (funcs if kind in "TtWiI" else others).add(name)
     return funcs, others

@@ -55,6 +55,8 @@ LOSSES = {"softmax_ce": 1, "mse": 2}
 DISCREPANCIES = {"coral": 1, "mmd": 2}
 PAD_MODES = {"constant": 1, "reflect": 2, "edge": 3}
 OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
+REDUCE_EVALUATE = 1  # tlearn_reduce_flag: evaluate sums over every worker
+REDUCE_FISHER = 2  # tlearn_ewc_consolidate sums the Fisher over every worker
 OPTIM_PARAMS = {"lr": 1, "momentum": 2, "dampening": 3, "nesterov": 4, "weight_decay": 5,
                 "beta1": 6, "beta2": 7, "eps": 8, "clip_norm": 9}
 FISHER = {"empirical": 1, "exact": 2, "sampled": 3}
@@ -1220,6 +1222,37 @@ class Model(_Handle):
         names = [_enc(l, "layer") for l in layers]
         arr = (ctypes.c_char_p * max(len(names), 1))(*names)
         _check(_C.tlearn_model_set_outputs(self.handle, arr, len(names)))
+        return self
+
+    def set_reducer(self, reduce, wait, workers, bucket_floats=0, flags=0):
+        """Data-parallel training (tlearn_model_set_reducer()): ``reduce(bucket, data)``
+        starts summing the float32 array ``data`` in place across ``workers`` workers (it
+        stays valid until ``wait()`` returns); ``wait()`` finishes every sum. An exception
+        in either fails the training call with TLEARN_EIO. ``flags``: REDUCE_EVALUATE,
+        REDUCE_FISHER or-ed. ``reduce=None`` removes the reducer."""
+        if reduce is None:
+            _check(_C.tlearn_model_set_reducer(self.handle, L.REDUCE_FN(), L.REDUCE_WAIT_FN(),
+                                               None, 1, 0, 0))
+            self._reducer = None
+            return self
+
+        def c_reduce(user, bucket, data, count):
+            try:
+                reduce(bucket, np.ctypeslib.as_array(data, shape=(count,)))
+                return 0
+            except BaseException:  # never let an exception unwind through C
+                return -5
+
+        def c_wait(user):
+            try:
+                wait()
+                return 0
+            except BaseException:
+                return -5
+        cbs = (L.REDUCE_FN(c_reduce), L.REDUCE_WAIT_FN(c_wait))
+        _check(_C.tlearn_model_set_reducer(self.handle, cbs[0], cbs[1], None, int(workers),
+                                           int(bucket_floats), int(flags)))
+        self._reducer = cbs  # the C side keeps pointers to these
         return self
 
     @property

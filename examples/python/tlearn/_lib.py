@@ -27,6 +27,8 @@ PROGRESS_FN = ctypes.CFUNCTYPE(c_int, c_int, c_int, c_size_t, c_size_t, c_float,
 METADATA_FN = ctypes.CFUNCTYPE(c_int, c_char_p, c_char_p, c_void_p)
 NAME_MAP_FN = ctypes.CFUNCTYPE(c_int, c_char_p, P(ctypes.c_char), c_size_t, c_void_p)
 EPOCH_FN = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p)
+REDUCE_FN = ctypes.CFUNCTYPE(c_int, c_void_p, c_int, P(c_float), c_size_t)
+REDUCE_WAIT_FN = ctypes.CFUNCTYPE(c_int, c_void_p)
 
 
 def _sanitized(path):
@@ -110,6 +112,8 @@ _SIGNATURES = {
     "tlearn_model_layer_shape_nd": (c_int, [_M, c_int, P(c_int), P(c_int), c_int]),
     "tlearn_model_add_linear": (c_int, [_M, c_char_p, c_int, c_int]),
     "tlearn_model_set_outputs": (c_int, [_M, P(c_char_p), c_int]),
+    "tlearn_model_set_reducer": (c_int, [_M, REDUCE_FN, REDUCE_WAIT_FN, c_void_p, c_int,
+                                         c_size_t, c_int]),
     "tlearn_model_output_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_input_count": (c_int, [_M, P(c_int)]),
     "tlearn_model_input_info": (c_int, [_M, c_int, P(c_char_p), P(c_int)]),

@@ -91,6 +91,10 @@ pub const TLEARN_SGD: c_int = 1;
 pub const TLEARN_ADAM: c_int = 2;
 pub const TLEARN_ADAMW: c_int = 3;
 
+// enum tlearn_reduce_flag
+pub const TLEARN_REDUCE_EVALUATE: c_int = 1;
+pub const TLEARN_REDUCE_FISHER: c_int = 2;
+
 // enum tlearn_optim_param
 pub const TLEARN_OPT_LR: c_int = 1;
 pub const TLEARN_OPT_MOMENTUM: c_int = 2;
@@ -216,6 +220,10 @@ pub const TLEARN_FIT_RESTORE_BEST: c_int = 8;
 pub const TLEARN_FIT_GRADUAL_UNFREEZE: c_int = 9;
 pub const TLEARN_FIT_TOP_K: c_int = 10;
 
+pub type tlearn_reduce_fn = Option<
+    unsafe extern "C" fn(user: *mut c_void, bucket: c_int, data: *mut f32, count: usize) -> c_int,
+>;
+pub type tlearn_reduce_wait_fn = Option<unsafe extern "C" fn(user: *mut c_void) -> c_int>;
 pub type tlearn_metadata_fn = Option<
     unsafe extern "C" fn(key: *const c_char, value: *const c_char, user: *mut c_void) -> c_int,
 >;
@@ -259,6 +267,9 @@ extern "C" {
     pub fn tlearn_model_set_outputs(m: *mut tlearn_model, layers: *const *const c_char,
                                     count: c_int) -> c_int;
     pub fn tlearn_model_output_count(m: *const tlearn_model, count: *mut c_int) -> c_int;
+    pub fn tlearn_model_set_reducer(m: *mut tlearn_model, reduce: tlearn_reduce_fn,
+                                    wait: tlearn_reduce_wait_fn, user: *mut c_void,
+                                    workers: c_int, bucket_floats: usize, flags: c_int) -> c_int;
     pub fn tlearn_model_output_layer(m: *const tlearn_model, k: c_int, index: *mut c_int)
         -> c_int;
     pub fn tlearn_model_run(m: *mut tlearn_model, inputs: *const *const c_void, ninputs: c_int,

@@ -1451,6 +1451,26 @@ impl Model {
         check(unsafe { sys::tlearn_model_set_outputs(self.raw(), ptrs.as_ptr(), ptrs.len() as c_int) })?;
         Ok(self)
     }
+    /// Data-parallel training (tlearn_model_set_reducer()): @p reduce starts summing a
+    /// bucket of floats in place across @p workers workers, @p wait finishes every sum;
+    /// both get @p user. A thin binding: an MPI reducer is a C library (libtlearn-mpi).
+    ///
+    /// # Safety
+    /// The callbacks must follow the C contract, and @p user must stay valid while the
+    /// reducer is set (until `clear_reducer` or the model is dropped).
+    pub unsafe fn set_reducer(&mut self, reduce: sys::tlearn_reduce_fn,
+                              wait: sys::tlearn_reduce_wait_fn, user: *mut c_void,
+                              workers: i32, bucket_floats: usize, flags: i32) -> Result<&mut Self> {
+        check(sys::tlearn_model_set_reducer(self.raw(), reduce, wait, user, workers,
+                                            bucket_floats, flags))?;
+        Ok(self)
+    }
+    /// Remove the reducer: one process again.
+    pub fn clear_reducer(&mut self) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_model_set_reducer(self.raw(), None, None,
+                                                     std::ptr::null_mut(), 1, 0, 0) })?;
+        Ok(self)
+    }
     /// Layer index of every graph output, in order.
     pub fn outputs(&self) -> Result<Vec<usize>> {
         let mut n = 0;

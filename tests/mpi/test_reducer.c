@@ -1,0 +1,263 @@
+/* The reducer seam of the core (tlearn_model_set_reducer) in one process, with a fake
+ * reducer that records what it is handed and stands in for the other workers: bucket
+ * order and sizes (reverse layer order, frozen layers absent, the loss last), averaging
+ * over the workers, failures that leave the weights alone, evaluate counts. Expected
+ * sizes are counted by hand from the layer shapes. */
+#include "../unit/common.h"
+
+#define MAXCALLS 16
+
+typedef struct fake {
+    int ncalls, nwaits;
+    int bucket[MAXCALLS];
+    size_t count[MAXCALLS];
+    float add;      /* what the other worker contributes to every element */
+    int wait_rc;    /* what wait returns */
+} fake;
+
+static int fake_reduce(void *user, int bucket, float *data, size_t count)
+{
+    fake *f = user;
+    if (f->ncalls < MAXCALLS) {
+        f->bucket[f->ncalls] = bucket;
+        f->count[f->ncalls] = count;
+    }
+    f->ncalls++;
+    for (size_t i = 0; i < count; i++)
+        data[i] += f->add; /* this worker's value plus the other's */
+    return TLEARN_OK;
+}
+
+static int fake_wait(void *user)
+{
+    fake *f = user;
+    f->nwaits++;
+    return f->wait_rc;
+}
+
+/* (2, 5, 5) -> conv c1 (3 filters 3x3: 54 + 3) -> relu -> flatten (27) -> fc (4: 108 + 4) */
+static tlearn_model *make_model(void)
+{
+    tlearn_model *m;
+    OK(tlearn_model_create(&m, 2, 5, 5));
+    OK(tlearn_model_set_seed(m, 5));
+    OK(tlearn_model_add_conv2d(m, "c1", 3, 3, 1, 0, 1));
+    OK(tlearn_model_add_activation(m, "r1", TLEARN_ACT_RELU, 0.0f));
+    OK(tlearn_model_add_flatten(m, "flat"));
+    OK(tlearn_model_add_dense(m, "fc", 4));
+    return m;
+}
+
+#define N 6
+static float X[N * 50];
+static int32_t Y[N];
+
+static void make_data(void)
+{
+    test_rng r = {42};
+    for (size_t i = 0; i < sizeof X / sizeof X[0]; i++)
+        X[i] = (float)test_uniform(&r, -1.0, 1.0);
+    for (int i = 0; i < N; i++)
+        Y[i] = i % 4;
+}
+
+static const char *const names[4] = {"c1.weight", "c1.bias", "fc.weight", "fc.bias"};
+static const size_t sizes[4] = {54, 3, 108, 4};
+
+static void get_all(tlearn_model *m, float *w)
+{
+    for (int t = 0; t < 4; t++, w += sizes[t - 1])
+        OK(tlearn_model_get_tensor(m, names[t], w, sizes[t]));
+}
+
+static tlearn_optim *sgd(double lr)
+{
+    tlearn_optim *o;
+    OK(tlearn_optim_create(&o, TLEARN_SGD));
+    OK(tlearn_optim_set(o, TLEARN_OPT_LR, lr));
+    return o;
+}
+
+/* One bucket per layer: fc (112) first, then c1 (57), then the loss (1 float). The other
+ * worker holding the same gradients, the step equals one process's. */
+static void test_buckets_reverse_order(void **state)
+{
+    (void)state;
+    tlearn_model *a = make_model(), *b = make_model();
+    fake f = {0};
+    f.add = 0.0f;
+    OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 1, 1, 0));
+    tlearn_optim *o = sgd(0.1);
+    float la, lb;
+    OK(tlearn_model_train_step(a, o, X, Y, N, &la));
+    OK(tlearn_model_train_step(b, o, X, Y, N, &lb));
+    assert_int_equal(f.ncalls, 3);
+    assert_int_equal(f.nwaits, 1);
+    assert_int_equal(f.bucket[0], 0);
+    assert_int_equal(f.count[0], 108 + 4);
+    assert_int_equal(f.bucket[1], 1);
+    assert_int_equal(f.count[1], 54 + 3);
+    assert_int_equal(f.bucket[2], 2);
+    assert_int_equal(f.count[2], 1);
+    float wa[169], wb[169];
+    get_all(a, wa);
+    get_all(b, wb);
+    assert_memory_equal(wa, wb, sizeof wa);
+    assert_true(la == lb);
+    /* The default bucket holds everything: one bucket of 169, then the loss. */
+    f.ncalls = 0;
+    OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 1, 0, 0));
+    OK(tlearn_model_train_step(a, o, X, Y, N, &la));
+    assert_int_equal(f.ncalls, 2);
+    assert_int_equal(f.count[0], 169);
+    assert_int_equal(f.count[1], 1);
+    /* Removed: no calls. */
+    f.ncalls = 0;
+    OK(tlearn_model_set_reducer(a, NULL, NULL, NULL, 0, 0, 0));
+    OK(tlearn_model_train_step(a, o, X, Y, N, &la));
+    assert_int_equal(f.ncalls, 0);
+    tlearn_optim_destroy(&o);
+    tlearn_model_destroy(&a);
+    tlearn_model_destroy(&b);
+}
+
+static void test_frozen_not_sent(void **state)
+{
+    (void)state;
+    tlearn_model *a = make_model();
+    tlearn_freeze *fr;
+    OK(tlearn_freeze_create(&fr));
+    OK(tlearn_freeze_until(fr, "flat"));
+    OK(tlearn_model_apply_freeze(a, fr));
+    tlearn_freeze_destroy(&fr);
+    fake f = {0};
+    OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 2, 1, 0));
+    tlearn_optim *o = sgd(0.1);
+    OK(tlearn_model_train_step(a, o, X, Y, N, NULL));
+    assert_int_equal(f.ncalls, 2); /* fc, the loss; never c1 */
+    assert_int_equal(f.count[0], 112);
+    assert_int_equal(f.count[1], 1);
+    tlearn_optim_destroy(&o);
+    tlearn_model_destroy(&a);
+}
+
+/* Two workers, the other one's gradient c everywhere: the step uses (g + c) / 2 and the
+ * loss reported is (l + c) / 2. g and l from compute_gradients on a twin without reducer;
+ * plain SGD: w' = w - lr * (g + c) / 2, computed here in double. */
+static void test_average_over_workers(void **state)
+{
+    (void)state;
+    const float c = 0.25f;
+    const double lr = 0.5;
+    tlearn_model *a = make_model(), *b = make_model();
+    float l1;
+    OK(tlearn_model_compute_gradients(b, X, Y, N, &l1, NULL, 0));
+    float w0[169], g[169], w1[169];
+    get_all(b, w0);
+    float *gp = g;
+    for (int t = 0; t < 4; t++, gp += sizes[t - 1])
+        OK(tlearn_model_get_grad(b, names[t], gp, sizes[t]));
+    fake f = {0};
+    f.add = c;
+    OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 2, 50, 0));
+    tlearn_optim *o = sgd(lr);
+    float la;
+    OK(tlearn_model_train_step(a, o, X, Y, N, &la));
+    assert_true(fabs(la - ((double)l1 + c) / 2) < 1e-6);
+    get_all(a, w1);
+    for (int i = 0; i < 169; i++) {
+        double want = (double)w0[i] - lr * ((double)g[i] + c) / 2;
+        assert_true(fabs(w1[i] - want) < 1e-6 * (1 + fabs(want)));
+    }
+    /* compute_gradients reduces too: its gradients are the averages. */
+    OK(tlearn_model_compute_gradients(a, X, Y, N, NULL, NULL, 0));
+    tlearn_optim_destroy(&o);
+    tlearn_model_destroy(&a);
+    tlearn_model_destroy(&b);
+}
+
+/* A failing wait (a worker gone) fails the step with its status; nothing changes. A NaN
+ * from the other worker makes the step refuse as non-finite. */
+static void test_failure_changes_nothing(void **state)
+{
+    (void)state;
+    tlearn_model *a = make_model();
+    fake f = {0};
+    f.wait_rc = TLEARN_EIO;
+    OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 2, 0, 0));
+    tlearn_optim *o = sgd(0.1);
+    float w0[169], w1[169];
+    get_all(a, w0);
+    assert_int_equal(tlearn_model_train_step(a, o, X, Y, N, NULL), TLEARN_EIO);
+    assert_non_null(strstr(tlearn_errmsg(), "reducer"));
+    get_all(a, w1);
+    assert_memory_equal(w0, w1, sizeof w0);
+    f.wait_rc = TLEARN_OK;
+    f.add = NAN;
+    assert_int_equal(tlearn_model_train_step(a, o, X, Y, N, NULL), TLEARN_ENONFINITE);
+    get_all(a, w1);
+    assert_memory_equal(w0, w1, sizeof w0);
+    tlearn_optim_destroy(&o);
+    tlearn_model_destroy(&a);
+}
+
+/* With TLEARN_REDUCE_EVALUATE the loss sum, hits, count and the loss normaliser (the
+ * summed label weights: n without class weights) go through one bucket of 4:
+ * the other worker's "c" per entry gives loss (L*n + c) / (n + c), accuracy
+ * (hits + c) / (n + c). Without the flag evaluate makes no calls. */
+static void test_evaluate_counts(void **state)
+{
+    (void)state;
+    tlearn_model *a = make_model();
+    float l0, acc0, l1, acc1;
+    OK(tlearn_model_evaluate(a, X, Y, N, &l0, &acc0));
+    fake f = {0};
+    f.add = 2.0f;
+    OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 2, 0, 0));
+    OK(tlearn_model_evaluate(a, X, Y, N, &l1, &acc1));
+    assert_int_equal(f.ncalls, 0);
+    OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 2, 0, TLEARN_REDUCE_EVALUATE));
+    OK(tlearn_model_evaluate(a, X, Y, N, &l1, &acc1));
+    assert_int_equal(f.ncalls, 1);
+    assert_int_equal(f.count[0], 4);
+    double hits = (double)acc0 * N;
+    assert_true(fabs(l1 - ((double)l0 * N + 2.0) / (N + 2.0)) < 1e-5);
+    assert_true(fabs(acc1 - (hits + 2.0) / (N + 2.0)) < 1e-6);
+    tlearn_model_destroy(&a);
+}
+
+static void test_arguments(void **state)
+{
+    (void)state;
+    tlearn_model *a = make_model();
+    fake f = {0};
+    assert_int_equal(tlearn_model_set_reducer(NULL, fake_reduce, fake_wait, &f, 2, 0, 0),
+                     TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_set_reducer(a, fake_reduce, NULL, &f, 2, 0, 0), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 0, 0, 0),
+                     TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 65537, 0, 0),
+                     TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 2, 0, 4),
+                     TLEARN_EINVAL);
+    /* a refused call left no reducer behind */
+    tlearn_optim *o = sgd(0.1);
+    OK(tlearn_model_train_step(a, o, X, Y, N, NULL));
+    assert_int_equal(f.ncalls, 0);
+    tlearn_optim_destroy(&o);
+    tlearn_model_destroy(&a);
+}
+
+int main(void)
+{
+    make_data();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_buckets_reverse_order),
+        cmocka_unit_test(test_frozen_not_sent),
+        cmocka_unit_test(test_average_over_workers),
+        cmocka_unit_test(test_failure_changes_nothing),
+        cmocka_unit_test(test_evaluate_counts),
+        cmocka_unit_test(test_arguments),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
