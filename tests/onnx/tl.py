@@ -54,7 +54,10 @@ TLEARN_SGD = 1
 TLEARN_OPT_LR = 1
 TLEARN_EUNSUPPORTED = -7
 KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpool2d",
-         6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add"}
+         6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add",
+         11: "binary", 12: "scale", 13: "softmax", 14: "concat", 15: "slice", 16: "reshape",
+         17: "transpose", 18: "layernorm", 19: "adaptive_avgpool", 20: "pad", 21: "matmul",
+         22: "drop_path"}
 
 
 class TlearnError(RuntimeError):

@@ -445,28 +445,6 @@ static int op_dropout(ox_ctx *c, int arg)
     return TLEARN_OK;
 }
 
-/* A Softmax (or LogSoftmax) over the classes that only feeds the graph output is dropped:
- * the model outputs logits and the loss applies the softmax. */
-static int op_softmax(ox_ctx *c, int arg)
-{
-    (void)arg;
-    int rc = ox_need_inputs(c, 1, 1);
-    ox_value *x;
-    int64_t axis;
-    if (rc || (rc = ox_in_act(c, 0, 0, &x)) ||
-        (rc = ox_attr_int(c, "axis", c->opset >= 13 ? -1 : 1, &axis)))
-        return rc;
-    ox_value *o = ox_out(c);
-    if (!o->is_output || o->uses != 1)
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "only a softmax that gives the graph output is "
-                       "supported (it is dropped: the model outputs logits)");
-    if (x->shape.rank != 1 || (axis != 1 && axis != -1))
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "only a softmax over the classes of a (N, K) "
-                       "output is supported");
-    ox_def_alias(c, x);
-    return TLEARN_OK;
-}
-
 /* ---- pre-pass checks ---- */
 
 static const char *check_cast(ox_ctx *c)
@@ -487,10 +465,6 @@ const ox_op ox_ops_shape[] = {
      "constant shape that flattens each example to (N, F), or keeps the shape"},
     {"Identity", op_identity, 0, 0, 0, NULL, "any input"},
     {"Dropout", op_dropout, 0, 0, 0, check_dropout, "inference: the identity"},
-    {"Softmax", op_softmax, 0, 0, 0, NULL,
-     "only as the graph output over the classes of (N, K): dropped, the model outputs logits"},
-    {"LogSoftmax", op_softmax, 0, 0, 0, NULL,
-     "only as the graph output over the classes of (N, K): dropped, the model outputs logits"},
     {"Constant", op_constant, 0, 0, 0, NULL, "value, value_float(s), value_int(s)"},
     {"Shape", op_shape, 0, 0, 0, NULL, "folded (the batch stays symbolic)"},
     {"Gather", op_gather, 0, 0, 0, NULL, "folded: from a 1-D integer constant (a shape)"},

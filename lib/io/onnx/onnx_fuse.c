@@ -1,0 +1,504 @@
+/* ONNX import: decomposed forms the exporters emit, recognised as one layer so that they
+ * run at full speed and train as the module they came from.
+ *
+ * - SiLU: Sigmoid(x) -> Mul(x, .)                                     -> activation SiLU
+ * - HardSwish (before opset 14): HardSigmoid(x; 1/6, 1/2) -> Mul(x, .) -> hard-swish
+ * - erf-GELU: Div(x, sqrt 2) (or Mul by 1/sqrt 2) -> Erf -> Add 1 -> Mul(x, .) -> Mul 0.5
+ *                                                                      -> activation GELU
+ * - LayerNorm before opset 17: ReduceMean(x) -> Sub(x, .) -> Pow 2 -> ReduceMean -> Add eps
+ *   -> Sqrt -> Div(sub, .) [-> Mul weight [-> Add bias]]              -> layernorm (trailing)
+ * - LayerNorm2d (torchvision's ConvNeXt): Transpose (0, 2, 3, 1) -> a LayerNorm over the
+ *   last axis (either form) -> Transpose (0, 3, 1, 2)                 -> layernorm (channels)
+ *
+ * A pattern is matched by one function looking ahead from its first node over the node
+ * list: each next node is the first later one (within FUSE_WINDOW nodes) of the expected
+ * type reading the value before, and every intermediate value must be read by the pattern
+ * alone (its use count), so that nothing else needs it. Constants are read where they are
+ * defined (initializers, Constant nodes, through Identity). Matching happens before the
+ * pre-pass, on the graph's structure and constants alone; the nodes of a match are not
+ * checked against the operator table, and the match is imported at its last node, when
+ * every value it reads is defined. A pattern that does not match leaves its nodes to their
+ * own handlers (Erf, Pow, Sqrt have none: the pre-pass then names them). */
+#include <math.h>
+#include <string.h>
+
+#include "onnx_internal.h"
+
+#define FUSE_MAX_NODES 12
+#define FUSE_WINDOW 64
+
+enum { FP_SILU = 1, FP_HARDSWISH, FP_GELU, FP_LAYERNORM, FP_LAYERNORM2D };
+
+typedef struct ox_match {
+    int pattern;
+    size_t node[FUSE_MAX_NODES]; /* in node order; the last one imports the match */
+    int n;
+    const char *x;               /* the input */
+    /* layer norms: the axes as the graph gives them, epsilon, weight and bias values */
+    int64_t axes[OX_MAX_RANK];
+    int naxes;
+    float eps;
+    const char *w, *b;
+} ox_match;
+
+/* ---- the graph as the matchers see it ---- */
+
+static const Tlonnx__NodeProto *node_at(ox_ctx *c, size_t i)
+{
+    return c->g->node[i];
+}
+
+static int is_op(const Tlonnx__NodeProto *nd, const char *op)
+{
+    return nd->op_type && strcmp(nd->op_type, op) == 0 &&
+           (!nd->domain || !*nd->domain || strcmp(nd->domain, "ai.onnx") == 0);
+}
+
+static const char *in_at(const Tlonnx__NodeProto *nd, size_t k)
+{
+    return k < nd->n_input && nd->input[k] && *nd->input[k] ? nd->input[k] : NULL;
+}
+
+static const char *out0(const Tlonnx__NodeProto *nd)
+{
+    return nd->n_output >= 1 && nd->output[0] && *nd->output[0] ? nd->output[0] : NULL;
+}
+
+static int same(const char *a, const char *b)
+{
+    return a && b && strcmp(a, b) == 0;
+}
+
+static const Tlonnx__AttributeProto *attr_of(const Tlonnx__NodeProto *nd, const char *name)
+{
+    for (size_t i = 0; i < nd->n_attribute; i++)
+        if (same(nd->attribute[i]->name, name))
+            return nd->attribute[i];
+    return NULL;
+}
+
+static float attr_float(const Tlonnx__NodeProto *nd, const char *name, float def)
+{
+    const Tlonnx__AttributeProto *a = attr_of(nd, name);
+    return a && a->has_f ? a->f : def;
+}
+
+static int64_t attr_int(const Tlonnx__NodeProto *nd, const char *name, int64_t def)
+{
+    const Tlonnx__AttributeProto *a = attr_of(nd, name);
+    return a && a->has_i ? a->i : def;
+}
+
+/* Readers of a value: nodes plus the graph output. */
+static int uses(ox_ctx *c, const char *name)
+{
+    ox_value *v = name ? ox_find(c, name) : NULL;
+    return v ? v->uses : 0;
+}
+
+/* Only read by the pattern: @p k readers, and a node that produces nothing else read. */
+static int private(ox_ctx *c, const char *name, int k)
+{
+    return name && uses(c, name) == k;
+}
+
+/* The first node after @p from (within FUSE_WINDOW) of type @p op that reads @p name and
+ * is not in a match yet; -1 when none. */
+static long reader(ox_ctx *c, size_t from, const char *name, const char *op)
+{
+    size_t end = c->g->n_node - from > FUSE_WINDOW ? from + FUSE_WINDOW : c->g->n_node;
+    for (size_t j = from + 1; name && j < end; j++) {
+        const Tlonnx__NodeProto *nd = node_at(c, j);
+        if (!is_op(nd, op) || c->fuse_of[j])
+            continue;
+        for (size_t k = 0; k < nd->n_input; k++)
+            if (same(in_at(nd, k), name))
+                return (long)j;
+    }
+    return -1;
+}
+
+/* The other input of a two-input node that reads @p a; NULL when it does not. */
+static const char *other(const Tlonnx__NodeProto *nd, const char *a)
+{
+    if (nd->n_input != 2)
+        return NULL;
+    if (same(in_at(nd, 0), a))
+        return in_at(nd, 1);
+    if (same(in_at(nd, 1), a))
+        return in_at(nd, 0);
+    return NULL;
+}
+
+/* The tensor behind a constant value: an initializer or a Constant node's value, through
+ * Identity nodes. NULL when the value is not a constant. */
+static const Tlonnx__TensorProto *const_tensor(ox_ctx *c, const char *name)
+{
+    for (int hops = 0; name && hops < 8; hops++) {
+        ox_value *v = ox_find(c, name);
+        if (!v)
+            return NULL;
+        if (v->kind == OX_CONST)
+            return v->tp;
+        if (!v->def_node)
+            return NULL;
+        const Tlonnx__NodeProto *nd = node_at(c, v->def_node - 1);
+        if (is_op(nd, "Identity")) {
+            name = in_at(nd, 0);
+        } else if (is_op(nd, "Constant")) {
+            const Tlonnx__AttributeProto *a = attr_of(nd, "value");
+            return a ? a->t : NULL;
+        } else {
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* A constant holding a single number, in *out; 0 when @p name is not one. */
+static int scalar(ox_ctx *c, const char *name, float *out)
+{
+    const Tlonnx__TensorProto *t = const_tensor(c, name);
+    int is_int, ndim;
+    int64_t dims[OX_MAX_RANK];
+    size_t numel;
+    ox_const *k;
+    if (!t || ox_tensor_header(c, t, &is_int, &ndim, dims, &numel) || numel != 1 ||
+        ox_tensor_convert(c, t, &k))
+        return 0;
+    *out = k->is_int ? (float)k->i[0] : k->f[0];
+    ox_const_release(c, k);
+    return 1;
+}
+
+static int is_scalar(ox_ctx *c, const char *name, float want, float tol)
+{
+    float v;
+    return scalar(c, name, &v) && fabsf(v - want) <= tol;
+}
+
+static void add_node(ox_match *m, long j)
+{
+    m->node[m->n++] = (size_t)j;
+}
+
+/* ---- the patterns: one function each, from the first node ---- */
+
+/* SiLU x * Sigmoid(x), HardSwish x * HardSigmoid(x) with torch's 1/6 and 1/2. */
+static int match_gated(ox_ctx *c, size_t i, ox_match *m)
+{
+    const Tlonnx__NodeProto *nd = node_at(c, i);
+    const char *x = in_at(nd, 0), *s = out0(nd);
+    int hard = is_op(nd, "HardSigmoid");
+    if (!x || nd->n_input != 1 || !private(c, s, 1))
+        return 0;
+    if (hard && (fabsf(attr_float(nd, "alpha", 0.2f) - 1.0f / 6.0f) > 1e-6f ||
+                 attr_float(nd, "beta", 0.5f) != 0.5f))
+        return 0;
+    long j = reader(c, i, s, "Mul");
+    if (j < 0 || !same(other(node_at(c, j), s), x))
+        return 0;
+    m->pattern = hard ? FP_HARDSWISH : FP_SILU;
+    m->x = x;
+    add_node(m, (long)i);
+    add_node(m, j);
+    return 1;
+}
+
+/* erf-GELU: 0.5 x (1 + erf(x / sqrt 2)), as torch exports nn.GELU(). */
+static int match_gelu(ox_ctx *c, size_t i, ox_match *m)
+{
+    const Tlonnx__NodeProto *nd = node_at(c, i);
+    const char *x = in_at(nd, 0), *k = in_at(nd, 1), *d = out0(nd);
+    if (nd->n_input != 2 || !x || !k)
+        return 0;
+    if (is_op(nd, "Mul") && const_tensor(c, x)) { /* Mul(1/sqrt 2, x) */
+        const char *t = x;
+        x = k;
+        k = t;
+    }
+    if (is_op(nd, "Div") ? !is_scalar(c, k, 1.41421356f, 1e-5f)
+                         : !is_scalar(c, k, 0.70710678f, 1e-6f))
+        return 0;
+    if (const_tensor(c, x) || !private(c, d, 1))
+        return 0;
+    long e = reader(c, i, d, "Erf");
+    const char *eo = e < 0 ? NULL : out0(node_at(c, e));
+    if (!private(c, eo, 1))
+        return 0;
+    long a = reader(c, (size_t)e, eo, "Add");
+    const char *ao = a < 0 ? NULL : out0(node_at(c, a));
+    if (!private(c, ao, 1) || !is_scalar(c, other(node_at(c, a), eo), 1.0f, 0.0f))
+        return 0;
+    long p = reader(c, (size_t)a, ao, "Mul");
+    const char *po = p < 0 ? NULL : out0(node_at(c, p));
+    if (!private(c, po, 1) || !same(other(node_at(c, p), ao), x))
+        return 0;
+    long h = reader(c, (size_t)p, po, "Mul");
+    if (h < 0 || !is_scalar(c, other(node_at(c, h), po), 0.5f, 0.0f))
+        return 0;
+    m->pattern = FP_GELU;
+    m->x = x;
+    add_node(m, (long)i);
+    add_node(m, e);
+    add_node(m, a);
+    add_node(m, p);
+    add_node(m, h);
+    return 1;
+}
+
+/* ReduceMean with keepdims over explicit axes (opsets <= 17): 1 and the axes in m. */
+static int mean_axes(const Tlonnx__NodeProto *nd, int64_t *axes, int *n)
+{
+    const Tlonnx__AttributeProto *a = attr_of(nd, "axes");
+    if (!is_op(nd, "ReduceMean") || nd->n_input != 1 || attr_int(nd, "keepdims", 1) != 1 ||
+        !a || !a->n_ints || a->n_ints > OX_MAX_RANK)
+        return 0;
+    for (size_t k = 0; k < a->n_ints; k++)
+        axes[k] = a->ints[k];
+    *n = (int)a->n_ints;
+    return 1;
+}
+
+/* A LayerNorm of @p x starting at node @p i: a LayerNormalization node, or the decomposed
+ * form (x - mean) / sqrt(var + eps) [* w [+ b]]. */
+static int match_ln(ox_ctx *c, size_t i, const char *x, ox_match *m)
+{
+    const Tlonnx__NodeProto *nd = node_at(c, i);
+    if (is_op(nd, "LayerNormalization")) {
+        if (c->opset < 17)
+            return 0;
+        const char *w = in_at(nd, 1), *b = in_at(nd, 2);
+        if (!same(in_at(nd, 0), x) || !w || !const_tensor(c, w) || (b && !const_tensor(c, b)))
+            return 0;
+        for (size_t k = 1; k < nd->n_output; k++)
+            if (nd->output[k] && *nd->output[k] && uses(c, nd->output[k]))
+                return 0;
+        m->axes[0] = attr_int(nd, "axis", -1);
+        m->naxes = 1; /* from axis to the last */
+        m->eps = attr_float(nd, "epsilon", 1e-5f);
+        m->w = w;
+        m->b = b;
+        add_node(m, (long)i);
+        return 1;
+    }
+    int64_t axes2[OX_MAX_RANK];
+    int n2;
+    const char *mo = out0(nd);
+    if (!same(in_at(nd, 0), x) || !mean_axes(nd, m->axes, &m->naxes) || !private(c, mo, 1))
+        return 0;
+    long s = reader(c, i, mo, "Sub");
+    const char *d = s < 0 ? NULL : out0(node_at(c, s));
+    if (s < 0 || !same(in_at(node_at(c, s), 0), x) || !same(in_at(node_at(c, s), 1), mo) ||
+        !private(c, d, 2))
+        return 0;
+    long p = reader(c, (size_t)s, d, "Pow");
+    const char *po = p < 0 ? NULL : out0(node_at(c, p));
+    if (p < 0 || !same(in_at(node_at(c, p), 0), d) ||
+        !is_scalar(c, in_at(node_at(c, p), 1), 2.0f, 0.0f) || !private(c, po, 1))
+        return 0;
+    long r = reader(c, (size_t)p, po, "ReduceMean");
+    const char *ro = r < 0 ? NULL : out0(node_at(c, r));
+    if (r < 0 || !mean_axes(node_at(c, r), axes2, &n2) || n2 != m->naxes ||
+        memcmp(axes2, m->axes, sizeof *axes2 * (size_t)n2) != 0 || !private(c, ro, 1))
+        return 0;
+    long a = reader(c, (size_t)r, ro, "Add");
+    const char *ao = a < 0 ? NULL : out0(node_at(c, a));
+    if (!private(c, ao, 1) || !scalar(c, other(node_at(c, a), ro), &m->eps))
+        return 0;
+    long q = reader(c, (size_t)a, ao, "Sqrt");
+    const char *qo = q < 0 ? NULL : out0(node_at(c, q));
+    if (!private(c, qo, 1))
+        return 0;
+    long v = reader(c, (size_t)q, qo, "Div");
+    if (v < 0 || !same(in_at(node_at(c, v), 0), d) || !same(in_at(node_at(c, v), 1), qo))
+        return 0;
+    const long steps[] = {(long)i, s, p, r, a, q, v};
+    for (size_t k = 0; k < sizeof steps / sizeof *steps; k++)
+        add_node(m, steps[k]);
+    /* the affine part, when the normalised value has no other reader */
+    const char *y = out0(node_at(c, v));
+    long mw = private(c, y, 1) ? reader(c, (size_t)v, y, "Mul") : -1;
+    const char *w = mw < 0 ? NULL : other(node_at(c, mw), y);
+    if (!w || !const_tensor(c, w))
+        return 1;
+    m->w = w;
+    add_node(m, mw);
+    y = out0(node_at(c, mw));
+    long ab = private(c, y, 1) ? reader(c, (size_t)mw, y, "Add") : -1;
+    const char *b = ab < 0 ? NULL : other(node_at(c, ab), y);
+    if (b && const_tensor(c, b)) {
+        m->b = b;
+        add_node(m, ab);
+    }
+    return 1;
+}
+
+static int perm_is(const Tlonnx__NodeProto *nd, const int64_t *p)
+{
+    const Tlonnx__AttributeProto *a = attr_of(nd, "perm");
+    if (!a || a->n_ints != 4)
+        return 0;
+    for (int k = 0; k < 4; k++)
+        if (a->ints[k] != p[k])
+            return 0;
+    return 1;
+}
+
+/* A LayerNorm over the last axis (-1 or 3 of a 4-D value). */
+static int over_last_of_4d(const ox_match *m)
+{
+    return m->naxes == 1 && (m->axes[0] == -1 || m->axes[0] == 3);
+}
+
+/* torchvision's LayerNorm2d: permute to channels-last, normalise the last axis, permute
+ * back: a layernorm over the channel axis of (C, H, W), without the copies. */
+static int match_ln2d(ox_ctx *c, size_t i, ox_match *m)
+{
+    static const int64_t to_last[4] = {0, 2, 3, 1}, to_first[4] = {0, 3, 1, 2};
+    const Tlonnx__NodeProto *nd = node_at(c, i);
+    const char *t = out0(nd);
+    if (!perm_is(nd, to_last) || !in_at(nd, 0))
+        return 0;
+    long j = reader(c, i, t, "LayerNormalization");
+    if (j < 0 || !private(c, t, 1))
+        j = private(c, t, 2) ? reader(c, i, t, "ReduceMean") : -1;
+    add_node(m, (long)i);
+    if (j < 0 || !match_ln(c, (size_t)j, t, m) || !over_last_of_4d(m))
+        return 0;
+    const char *y = out0(node_at(c, m->node[m->n - 1]));
+    long k = private(c, y, 1) ? reader(c, m->node[m->n - 1], y, "Transpose") : -1;
+    if (k < 0 || !perm_is(node_at(c, k), to_first))
+        return 0;
+    add_node(m, k);
+    m->pattern = FP_LAYERNORM2D;
+    m->x = in_at(nd, 0);
+    return 1;
+}
+
+static int match_layernorm(ox_ctx *c, size_t i, ox_match *m)
+{
+    if (!match_ln(c, i, in_at(node_at(c, i), 0), m))
+        return 0;
+    m->pattern = FP_LAYERNORM;
+    m->x = in_at(node_at(c, i), 0);
+    return 1;
+}
+
+/* The patterns by the type of their first node. LayerNormalization alone has a handler. */
+static const struct {
+    const char *first;
+    int (*match)(ox_ctx *c, size_t i, ox_match *m);
+} patterns[] = {
+    {"Sigmoid", match_gated},
+    {"HardSigmoid", match_gated},
+    {"Div", match_gelu},
+    {"Mul", match_gelu},
+    {"ReduceMean", match_layernorm},
+    {"Transpose", match_ln2d},
+};
+
+/* ---- scanning and importing ---- */
+
+int ox_fuse_scan(ox_ctx *c)
+{
+    size_t n = c->g->n_node, cap = 0;
+    if (!n)
+        return TLEARN_OK;
+    c->fuse_of = tl_alloc_array(n, sizeof *c->fuse_of);
+    if (!c->fuse_of)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", c->fn);
+    memset(c->fuse_of, 0, n * sizeof *c->fuse_of);
+    for (size_t i = 0; i < n; i++) {
+        if (c->fuse_of[i])
+            continue;
+        for (size_t p = 0; p < sizeof patterns / sizeof *patterns; p++) {
+            ox_match m;
+            memset(&m, 0, sizeof m);
+            if (!is_op(node_at(c, i), patterns[p].first) || !patterns[p].match(c, i, &m))
+                continue;
+            if (c->nfuse == cap) {
+                size_t nc = cap ? 2 * cap : 16;
+                ox_match *f = tl_alloc_array(nc, sizeof *f);
+                if (!f)
+                    return tl_fail(TLEARN_ENOMEM, "%s: out of memory", c->fn);
+                if (c->nfuse)
+                    memcpy(f, c->fuse, c->nfuse * sizeof *f);
+                tl_free(c->fuse);
+                c->fuse = f;
+                cap = nc;
+            }
+            c->fuse[c->nfuse++] = m;
+            for (int k = 0; k < m.n; k++)
+                c->fuse_of[m.node[k]] = (uint32_t)c->nfuse;
+            break;
+        }
+    }
+    if (!c->nfuse) {
+        tl_free(c->fuse_of);
+        c->fuse_of = NULL;
+    }
+    return TLEARN_OK;
+}
+
+void ox_fuse_nodes(ox_ctx *c, size_t i, const size_t **nodes, int *n)
+{
+    const ox_match *m = &c->fuse[c->fuse_of[i] - 1];
+    *nodes = m->node;
+    *n = m->n;
+}
+
+void ox_fuse_free(ox_ctx *c)
+{
+    tl_free(c->fuse_of);
+    tl_free(c->fuse);
+    c->fuse_of = NULL;
+    c->fuse = NULL;
+    c->nfuse = 0;
+}
+
+/* The LayerNorm's axes as trailing axes of a rank-@p R value: how many, or -1. */
+static int trailing_axes(const ox_match *m, int R)
+{
+    int64_t seen = 0;
+    for (int k = 0; k < m->naxes; k++) {
+        int64_t a = m->axes[k] < 0 ? m->axes[k] + R : m->axes[k];
+        if (a < 1 || a >= R || (seen >> a & 1))
+            return -1;
+        seen |= (int64_t)1 << a;
+    }
+    /* the axes must be R - naxes .. R - 1 */
+    return seen == (((int64_t)1 << R) - ((int64_t)1 << (R - m->naxes))) ? m->naxes : -1;
+}
+
+int ox_fuse_emit(ox_ctx *c, size_t i)
+{
+    static const char *const names[] = {"", "SiLU", "HardSwish", "GELU", "LayerNorm",
+                                        "LayerNorm2d"};
+    const ox_match *m = &c->fuse[c->fuse_of[i] - 1];
+    ox_value *x = ox_find(c, m->x);
+    if (!x || x->kind != OX_ACT || x->dtype != TLEARN_DTYPE_FLOAT32 || x->pad_h || x->pad_w)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "the input '%.100s' of this %s (decomposed by "
+                       "the exporter) must be a float activation", m->x, names[m->pattern]);
+    int R = 1 + x->shape.rank, naxes;
+    if (m->pattern == FP_LAYERNORM2D) {
+        if (x->shape.rank != 3)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "LayerNorm2d needs an (N, C, H, W) input");
+        return ox_layernorm(c, x, 0, m->eps, m->w, m->b);
+    }
+    if (m->pattern == FP_LAYERNORM) {
+        if ((naxes = trailing_axes(m, R)) < 0)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "a LayerNorm (decomposed by the exporter) "
+                           "over axes that are not the trailing axes of a rank-%d value", R);
+        return ox_layernorm(c, x, naxes, m->eps, m->w, m->b);
+    }
+    static const float zero = 0.0f;
+    int act = m->pattern == FP_SILU ? TLEARN_ACT_SILU
+              : m->pattern == FP_HARDSWISH ? TLEARN_ACT_HARDSWISH : TLEARN_ACT_GELU;
+    int layer, rc = ox_add_layer(c, &tl_activation_ops, NULL, &x->layer, 1, &act, 1, &zero, 1,
+                                 &layer);
+    if (rc)
+        return rc;
+    ox_def_view(c, layer, x->shape);
+    return TLEARN_OK;
+}
