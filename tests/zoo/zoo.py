@@ -26,7 +26,11 @@ import tl  # noqa: E402  (ctypes on the built library)
 def build(arch, size):
     """The architecture with random weights, BatchNorm statistics taken from a few random
     batches (a freshly built network's unit statistics make many networks' logits vanish,
-    which would make any comparison pass), in evaluation mode."""
+    which would make any comparison pass), in evaluation mode. The last layer with weights
+    is then scaled so that the logits have a standard deviation of about 1: some
+    initialisations (MobileNetV3's N(0, 0.01) classifier) leave them near 1e-4, where the
+    absolute tolerance alone would pass anything. A positive factor on the last layer
+    commutes with a ReLU and an average pool after it (SqueezeNet's classifier)."""
     kwargs = {"weights": None}
     if arch in ("googlenet", "inception_v3"):
         kwargs.update(aux_logits=False, init_weights=True)
@@ -36,19 +40,35 @@ def build(arch, size):
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(4, 3, size, size))
-    return model.eval()
+    model.eval()
+    last = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    with torch.no_grad():
+        spread = model(torch.randn(4, 3, size, size)).std().item()
+        if spread > 0:
+            last.weight /= spread
+            if last.bias is not None:
+                last.bias /= spread
+    return model
 
 
-def last_frozen(m):
+def last_frozen(m, classifier):
     """The last layer to freeze: the one before the last block, where a block is the group
     of layers whose names share their first two components ("layer4.1", "features.18",
-    "features.denseblock4"), taken among the layers with parameters before the head."""
+    "features.denseblock4"), taken among the layers with parameters before the head and
+    outside the module @p classifier that holds it ("classifier" of ConvNeXt and
+    MobileNetV3 also has a norm or a hidden layer: the last block is the backbone's)."""
     params = {t.rsplit(".", 1)[0] for t in m.tensors()}
     names = [n for n, _ in m.layers()][:-1]
     with_params = [i for i, n in enumerate(names) if n in params]
+    backbone = [i for i in with_params if n_top(names[i]) != classifier]
+    with_params = backbone or with_params
     group = ".".join(names[with_params[-1]].split(".")[:2])
     first = next(i for i, n in enumerate(names) if ".".join(n.split(".")[:2]) == group)
     return names[max(first - 1, 0)]
+
+
+def n_top(name):
+    return name.split(".")[0]
 
 
 def main():
@@ -74,7 +94,7 @@ def main():
         names = [n for n, _ in m.layers()]
         cut = names[-2] if len(names) > 1 else names[-1]
         tl.check(tl.lib.tlearn_model_replace_head(m.h, cut.encode(), 5), "replace_head")
-        freeze_to = last_frozen(m)
+        freeze_to = last_frozen(m, n_top(names[-1]))
         f = tl.P()
         tl.check(tl.lib.tlearn_freeze_create(ctypes.byref(f)), "freeze_create")
         tl.check(tl.lib.tlearn_freeze_until(f, freeze_to.encode()), "freeze_until")
