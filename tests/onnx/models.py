@@ -152,8 +152,9 @@ def gated():
 
 class SeqBlock(nn.Module):
     """Channels-last and sequence forms, (N, T, D): Linear over the last axis (MatMul +
-    Add), LayerNorm (decomposed before opset 17), erf-GELU, a layer scale, softmax over the
-    last axis, a product of two activations, and element-wise Sub/Mul/Div of activations."""
+    Add), LayerNorm (decomposed before opset 17), erf- and tanh-GELU, a layer scale,
+    softmax over the last axis, a product of two activations, and element-wise Sub/Mul/Div
+    of activations."""
     def __init__(self):
         super().__init__()
         self.fc1 = nn.Linear(8, 16)
@@ -163,13 +164,14 @@ class SeqBlock(nn.Module):
         self.ls = LayerScale((8,))
         self.q = nn.Linear(8, 6)
         self.gate = nn.Linear(8, 8)
+        self.gelu_tanh = nn.GELU(approximate="tanh")
         self.head = nn.Linear(6 * 8, 5)
 
     def forward(self, x):
         x = x + self.ls(self.fc2(self.gelu(self.ln(self.fc1(x)))))
         attn = torch.softmax(self.q(x), -1)          # (N, T, T) with T = 6
         y = torch.matmul(attn, x)                    # (N, T, D)
-        g = self.gate(y)
+        g = self.gelu_tanh(self.gate(y))
         y = (y - g) * torch.sigmoid(g) + y / torch.sigmoid(x)
         return self.head(torch.flatten(y, 1))
 

@@ -5,6 +5,8 @@
  * - HardSwish (before opset 14): HardSigmoid(x; 1/6, 1/2) -> Mul(x, .) -> hard-swish
  * - erf-GELU: Div(x, sqrt 2) (or Mul by 1/sqrt 2) -> Erf -> Add 1 -> Mul(x, .) -> Mul 0.5
  *                                                                      -> activation GELU
+ * - tanh-GELU: Mul(x, x) -> Mul(x, .) -> Mul 0.044715 -> Add(x, .) -> Mul sqrt(2/pi) -> Tanh
+ *   -> Add 1 -> Mul(x, .) -> Mul 0.5                                   -> GELU (tanh)
  * - LayerNorm before opset 17: ReduceMean(x) -> Sub(x, .) -> Pow 2 -> ReduceMean -> Add eps
  *   -> Sqrt -> Div(sub, .) [-> Mul weight [-> Add bias]]              -> layernorm (trailing)
  * - LayerNorm2d (torchvision's ConvNeXt): Transpose (0, 2, 3, 1) -> a LayerNorm over the
@@ -27,7 +29,7 @@
 #define FUSE_MAX_NODES 12
 #define FUSE_WINDOW 64
 
-enum { FP_SILU = 1, FP_HARDSWISH, FP_GELU, FP_LAYERNORM, FP_LAYERNORM2D };
+enum { FP_SILU = 1, FP_HARDSWISH, FP_GELU, FP_GELU_TANH, FP_LAYERNORM, FP_LAYERNORM2D };
 
 typedef struct ox_match {
     int pattern;
@@ -205,6 +207,23 @@ static int match_gated(ox_ctx *c, size_t i, ox_match *m)
     return 1;
 }
 
+/* The end of both GELU forms, after the Add 1 at node @p a (output @p ao): Mul(x, .) and
+ * Mul 0.5, appended to m. */
+static int gelu_tail(ox_ctx *c, size_t a, const char *ao, const char *x, ox_match *m)
+{
+    long p = reader(c, a, ao, "Mul");
+    const char *po = p < 0 ? NULL : out0(node_at(c, p));
+    if (!private(c, po, 1) || !same(other(node_at(c, p), ao), x))
+        return 0;
+    long h = reader(c, (size_t)p, po, "Mul");
+    if (h < 0 || !is_scalar(c, other(node_at(c, h), po), 0.5f, 0.0f))
+        return 0;
+    add_node(m, p);
+    add_node(m, h);
+    m->x = x;
+    return 1;
+}
+
 /* erf-GELU: 0.5 x (1 + erf(x / sqrt 2)), as torch exports nn.GELU(). */
 static int match_gelu(ox_ctx *c, size_t i, ox_match *m)
 {
@@ -230,21 +249,51 @@ static int match_gelu(ox_ctx *c, size_t i, ox_match *m)
     const char *ao = a < 0 ? NULL : out0(node_at(c, a));
     if (!private(c, ao, 1) || !is_scalar(c, other(node_at(c, a), eo), 1.0f, 0.0f))
         return 0;
-    long p = reader(c, (size_t)a, ao, "Mul");
-    const char *po = p < 0 ? NULL : out0(node_at(c, p));
-    if (!private(c, po, 1) || !same(other(node_at(c, p), ao), x))
-        return 0;
-    long h = reader(c, (size_t)p, po, "Mul");
-    if (h < 0 || !is_scalar(c, other(node_at(c, h), po), 0.5f, 0.0f))
-        return 0;
-    m->pattern = FP_GELU;
-    m->x = x;
     add_node(m, (long)i);
     add_node(m, e);
     add_node(m, a);
-    add_node(m, p);
-    add_node(m, h);
-    return 1;
+    m->pattern = FP_GELU;
+    return gelu_tail(c, (size_t)a, ao, x, m);
+}
+
+/* tanh-GELU: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), as torch exports
+ * nn.GELU(approximate='tanh'): Mul(x, x), Mul(x, .), Mul 0.044715, Add(x, .),
+ * Mul sqrt(2 / pi), Tanh, Add 1, then the tail of the erf form. */
+static int match_gelu_tanh(ox_ctx *c, size_t i, ox_match *m)
+{
+    const Tlonnx__NodeProto *nd = node_at(c, i);
+    const char *x = in_at(nd, 0), *sq = out0(nd);
+    if (nd->n_input != 2 || !x || !same(in_at(nd, 1), x) || !private(c, sq, 1))
+        return 0;
+    long cu = reader(c, i, sq, "Mul");
+    const char *cuo = cu < 0 ? NULL : out0(node_at(c, cu));
+    if (!private(c, cuo, 1) || !same(other(node_at(c, cu), sq), x))
+        return 0;
+    long k = reader(c, (size_t)cu, cuo, "Mul");
+    const char *ko = k < 0 ? NULL : out0(node_at(c, k));
+    if (!private(c, ko, 1) || !is_scalar(c, other(node_at(c, k), cuo), 0.044715f, 1e-7f))
+        return 0;
+    long s = reader(c, (size_t)k, ko, "Add");
+    const char *so = s < 0 ? NULL : out0(node_at(c, s));
+    if (!private(c, so, 1) || !same(other(node_at(c, s), ko), x))
+        return 0;
+    long r = reader(c, (size_t)s, so, "Mul");
+    const char *ro = r < 0 ? NULL : out0(node_at(c, r));
+    if (!private(c, ro, 1) || !is_scalar(c, other(node_at(c, r), so), 0.79788456f, 1e-6f))
+        return 0;
+    long t = reader(c, (size_t)r, ro, "Tanh");
+    const char *to = t < 0 ? NULL : out0(node_at(c, t));
+    if (!private(c, to, 1))
+        return 0;
+    long a = reader(c, (size_t)t, to, "Add");
+    const char *ao = a < 0 ? NULL : out0(node_at(c, a));
+    if (!private(c, ao, 1) || !is_scalar(c, other(node_at(c, a), to), 1.0f, 0.0f))
+        return 0;
+    const long steps[] = {(long)i, cu, k, s, r, t, a};
+    for (size_t q = 0; q < sizeof steps / sizeof *steps; q++)
+        add_node(m, steps[q]);
+    m->pattern = FP_GELU_TANH;
+    return gelu_tail(c, (size_t)a, ao, x, m);
 }
 
 /* ReduceMean with keepdims over explicit axes (opsets <= 17): 1 and the axes in m. */
@@ -394,6 +443,7 @@ static const struct {
     {"HardSigmoid", match_gated},
     {"Div", match_gelu},
     {"Mul", match_gelu},
+    {"Mul", match_gelu_tanh},
     {"ReduceMean", match_layernorm},
     {"Transpose", match_ln2d},
 };
@@ -473,7 +523,7 @@ static int trailing_axes(const ox_match *m, int R)
 
 int ox_fuse_emit(ox_ctx *c, size_t i)
 {
-    static const char *const names[] = {"", "SiLU", "HardSwish", "GELU", "LayerNorm",
+    static const char *const names[] = {"", "SiLU", "HardSwish", "GELU", "GELU", "LayerNorm",
                                         "LayerNorm2d"};
     const ox_match *m = &c->fuse[c->fuse_of[i] - 1];
     ox_value *x = ox_find(c, m->x);
@@ -493,8 +543,10 @@ int ox_fuse_emit(ox_ctx *c, size_t i)
         return ox_layernorm(c, x, naxes, m->eps, m->w, m->b);
     }
     static const float zero = 0.0f;
-    int act = m->pattern == FP_SILU ? TLEARN_ACT_SILU
-              : m->pattern == FP_HARDSWISH ? TLEARN_ACT_HARDSWISH : TLEARN_ACT_GELU;
+    int act = m->pattern == FP_SILU        ? TLEARN_ACT_SILU
+              : m->pattern == FP_HARDSWISH ? TLEARN_ACT_HARDSWISH
+              : m->pattern == FP_GELU_TANH ? TLEARN_ACT_GELU_TANH
+                                           : TLEARN_ACT_GELU;
     int layer, rc = ox_add_layer(c, &tl_activation_ops, NULL, &x->layer, 1, &act, 1, &zero, 1,
                                  &layer);
     if (rc)
