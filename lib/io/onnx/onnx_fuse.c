@@ -179,9 +179,26 @@ static int is_scalar(ox_ctx *c, const char *name, float want, float tol)
     return scalar(c, name, &v) && fabsf(v - want) <= tol;
 }
 
-static void add_node(ox_match *m, long j)
+static void add_node(ox_match *m, size_t j)
 {
-    m->node[m->n++] = (size_t)j;
+    if (m->n < FUSE_MAX_NODES)
+        m->node[m->n++] = j;
+}
+
+/* The next node of a chain: the first later node of type @p op (after the match's last
+ * node) reading @p v joins the match, *nd. Its output, or NULL when there is no such node
+ * or the output has other readers than the pattern's @p k (0: not checked, the last node
+ * of a pattern). */
+static const char *step(ox_ctx *c, ox_match *m, const char *v, const char *op, int k,
+                        const Tlonnx__NodeProto **nd)
+{
+    long j = m->n && m->n < FUSE_MAX_NODES ? reader(c, m->node[m->n - 1], v, op) : -1;
+    if (j < 0)
+        return NULL;
+    add_node(m, (size_t)j);
+    *nd = node_at(c, (size_t)j);
+    const char *o = out0(*nd);
+    return o && (!k || private(c, o, k)) ? o : NULL;
 }
 
 /* ---- the patterns: one function each, from the first node ---- */
@@ -189,7 +206,7 @@ static void add_node(ox_match *m, long j)
 /* SiLU x * Sigmoid(x), HardSwish x * HardSigmoid(x) with torch's 1/6 and 1/2. */
 static int match_gated(ox_ctx *c, size_t i, ox_match *m)
 {
-    const Tlonnx__NodeProto *nd = node_at(c, i);
+    const Tlonnx__NodeProto *nd = node_at(c, i), *mul;
     const char *x = in_at(nd, 0), *s = out0(nd);
     int hard = is_op(nd, "HardSigmoid");
     if (!x || nd->n_input != 1 || !private(c, s, 1))
@@ -197,29 +214,22 @@ static int match_gated(ox_ctx *c, size_t i, ox_match *m)
     if (hard && (fabsf(attr_float(nd, "alpha", 0.2f) - 1.0f / 6.0f) > 1e-6f ||
                  attr_float(nd, "beta", 0.5f) != 0.5f))
         return 0;
-    long j = reader(c, i, s, "Mul");
-    if (j < 0 || !same(other(node_at(c, j), s), x))
+    add_node(m, i);
+    if (!step(c, m, s, "Mul", 0, &mul) || !same(other(mul, s), x))
         return 0;
     m->pattern = hard ? FP_HARDSWISH : FP_SILU;
     m->x = x;
-    add_node(m, (long)i);
-    add_node(m, j);
     return 1;
 }
 
-/* The end of both GELU forms, after the Add 1 at node @p a (output @p ao): Mul(x, .) and
- * Mul 0.5, appended to m. */
-static int gelu_tail(ox_ctx *c, size_t a, const char *ao, const char *x, ox_match *m)
+/* The end of both GELU forms, after the Add 1 (output @p ao): Mul(x, .), Mul 0.5. */
+static int gelu_tail(ox_ctx *c, const char *ao, const char *x, ox_match *m)
 {
-    long p = reader(c, a, ao, "Mul");
-    const char *po = p < 0 ? NULL : out0(node_at(c, p));
-    if (!private(c, po, 1) || !same(other(node_at(c, p), ao), x))
+    const Tlonnx__NodeProto *p, *h;
+    const char *po = step(c, m, ao, "Mul", 1, &p);
+    if (!po || !same(other(p, ao), x) || !step(c, m, po, "Mul", 0, &h) ||
+        !is_scalar(c, other(h, po), 0.5f, 0.0f))
         return 0;
-    long h = reader(c, (size_t)p, po, "Mul");
-    if (h < 0 || !is_scalar(c, other(node_at(c, h), po), 0.5f, 0.0f))
-        return 0;
-    add_node(m, p);
-    add_node(m, h);
     m->x = x;
     return 1;
 }
@@ -227,7 +237,7 @@ static int gelu_tail(ox_ctx *c, size_t a, const char *ao, const char *x, ox_matc
 /* erf-GELU: 0.5 x (1 + erf(x / sqrt 2)), as torch exports nn.GELU(). */
 static int match_gelu(ox_ctx *c, size_t i, ox_match *m)
 {
-    const Tlonnx__NodeProto *nd = node_at(c, i);
+    const Tlonnx__NodeProto *nd = node_at(c, i), *e, *a;
     const char *x = in_at(nd, 0), *k = in_at(nd, 1), *d = out0(nd);
     if (nd->n_input != 2 || !x || !k)
         return 0;
@@ -241,19 +251,12 @@ static int match_gelu(ox_ctx *c, size_t i, ox_match *m)
         return 0;
     if (const_tensor(c, x) || !private(c, d, 1))
         return 0;
-    long e = reader(c, i, d, "Erf");
-    const char *eo = e < 0 ? NULL : out0(node_at(c, e));
-    if (!private(c, eo, 1))
+    add_node(m, i);
+    const char *eo = step(c, m, d, "Erf", 1, &e), *ao = eo ? step(c, m, eo, "Add", 1, &a) : NULL;
+    if (!ao || !is_scalar(c, other(a, eo), 1.0f, 0.0f))
         return 0;
-    long a = reader(c, (size_t)e, eo, "Add");
-    const char *ao = a < 0 ? NULL : out0(node_at(c, a));
-    if (!private(c, ao, 1) || !is_scalar(c, other(node_at(c, a), eo), 1.0f, 0.0f))
-        return 0;
-    add_node(m, (long)i);
-    add_node(m, e);
-    add_node(m, a);
     m->pattern = FP_GELU;
-    return gelu_tail(c, (size_t)a, ao, x, m);
+    return gelu_tail(c, ao, x, m);
 }
 
 /* tanh-GELU: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), as torch exports
@@ -261,39 +264,28 @@ static int match_gelu(ox_ctx *c, size_t i, ox_match *m)
  * Mul sqrt(2 / pi), Tanh, Add 1, then the tail of the erf form. */
 static int match_gelu_tanh(ox_ctx *c, size_t i, ox_match *m)
 {
-    const Tlonnx__NodeProto *nd = node_at(c, i);
+    const Tlonnx__NodeProto *nd = node_at(c, i), *n1, *n2, *n3, *n4, *n5, *n6;
     const char *x = in_at(nd, 0), *sq = out0(nd);
     if (nd->n_input != 2 || !x || !same(in_at(nd, 1), x) || !private(c, sq, 1))
         return 0;
-    long cu = reader(c, i, sq, "Mul");
-    const char *cuo = cu < 0 ? NULL : out0(node_at(c, cu));
-    if (!private(c, cuo, 1) || !same(other(node_at(c, cu), sq), x))
+    add_node(m, i);
+    const char *cu = step(c, m, sq, "Mul", 1, &n1);
+    if (!cu || !same(other(n1, sq), x))
         return 0;
-    long k = reader(c, (size_t)cu, cuo, "Mul");
-    const char *ko = k < 0 ? NULL : out0(node_at(c, k));
-    if (!private(c, ko, 1) || !is_scalar(c, other(node_at(c, k), cuo), 0.044715f, 1e-7f))
+    const char *k = step(c, m, cu, "Mul", 1, &n2);
+    if (!k || !is_scalar(c, other(n2, cu), 0.044715f, 1e-7f))
         return 0;
-    long s = reader(c, (size_t)k, ko, "Add");
-    const char *so = s < 0 ? NULL : out0(node_at(c, s));
-    if (!private(c, so, 1) || !same(other(node_at(c, s), ko), x))
+    const char *s = step(c, m, k, "Add", 1, &n3);
+    if (!s || !same(other(n3, k), x))
         return 0;
-    long r = reader(c, (size_t)s, so, "Mul");
-    const char *ro = r < 0 ? NULL : out0(node_at(c, r));
-    if (!private(c, ro, 1) || !is_scalar(c, other(node_at(c, r), so), 0.79788456f, 1e-6f))
+    const char *r = step(c, m, s, "Mul", 1, &n4);
+    if (!r || !is_scalar(c, other(n4, s), 0.79788456f, 1e-6f))
         return 0;
-    long t = reader(c, (size_t)r, ro, "Tanh");
-    const char *to = t < 0 ? NULL : out0(node_at(c, t));
-    if (!private(c, to, 1))
+    const char *t = step(c, m, r, "Tanh", 1, &n5), *a = t ? step(c, m, t, "Add", 1, &n6) : NULL;
+    if (!a || !is_scalar(c, other(n6, t), 1.0f, 0.0f))
         return 0;
-    long a = reader(c, (size_t)t, to, "Add");
-    const char *ao = a < 0 ? NULL : out0(node_at(c, a));
-    if (!private(c, ao, 1) || !is_scalar(c, other(node_at(c, a), to), 1.0f, 0.0f))
-        return 0;
-    const long steps[] = {(long)i, cu, k, s, r, t, a};
-    for (size_t q = 0; q < sizeof steps / sizeof *steps; q++)
-        add_node(m, steps[q]);
     m->pattern = FP_GELU_TANH;
-    return gelu_tail(c, (size_t)a, ao, x, m);
+    return gelu_tail(c, a, x, m);
 }
 
 /* ReduceMean with keepdims over explicit axes (opsets <= 17): 1 and the axes in m. */
@@ -313,7 +305,8 @@ static int mean_axes(const Tlonnx__NodeProto *nd, int64_t *axes, int *n)
  * form (x - mean) / sqrt(var + eps) [* w [+ b]]. */
 static int match_ln(ox_ctx *c, size_t i, const char *x, ox_match *m)
 {
-    const Tlonnx__NodeProto *nd = node_at(c, i);
+    const Tlonnx__NodeProto *nd = node_at(c, i), *sub, *pw, *rm, *ad, *sq, *dv, *mw, *ab;
+    add_node(m, i);
     if (is_op(nd, "LayerNormalization")) {
         if (c->opset < 17)
             return 0;
@@ -328,7 +321,6 @@ static int match_ln(ox_ctx *c, size_t i, const char *x, ox_match *m)
         m->eps = attr_float(nd, "epsilon", 1e-5f);
         m->w = w;
         m->b = b;
-        add_node(m, (long)i);
         return 1;
     }
     int64_t axes2[OX_MAX_RANK];
@@ -336,49 +328,36 @@ static int match_ln(ox_ctx *c, size_t i, const char *x, ox_match *m)
     const char *mo = out0(nd);
     if (!same(in_at(nd, 0), x) || !mean_axes(nd, m->axes, &m->naxes) || !private(c, mo, 1))
         return 0;
-    long s = reader(c, i, mo, "Sub");
-    const char *d = s < 0 ? NULL : out0(node_at(c, s));
-    if (s < 0 || !same(in_at(node_at(c, s), 0), x) || !same(in_at(node_at(c, s), 1), mo) ||
-        !private(c, d, 2))
+    const char *d = step(c, m, mo, "Sub", 2, &sub);
+    if (!d || !same(in_at(sub, 0), x) || !same(in_at(sub, 1), mo))
         return 0;
-    long p = reader(c, (size_t)s, d, "Pow");
-    const char *po = p < 0 ? NULL : out0(node_at(c, p));
-    if (p < 0 || !same(in_at(node_at(c, p), 0), d) ||
-        !is_scalar(c, in_at(node_at(c, p), 1), 2.0f, 0.0f) || !private(c, po, 1))
+    const char *po = step(c, m, d, "Pow", 1, &pw);
+    if (!po || !same(in_at(pw, 0), d) || !is_scalar(c, in_at(pw, 1), 2.0f, 0.0f))
         return 0;
-    long r = reader(c, (size_t)p, po, "ReduceMean");
-    const char *ro = r < 0 ? NULL : out0(node_at(c, r));
-    if (r < 0 || !mean_axes(node_at(c, r), axes2, &n2) || n2 != m->naxes ||
-        memcmp(axes2, m->axes, sizeof *axes2 * (size_t)n2) != 0 || !private(c, ro, 1))
+    const char *ro = step(c, m, po, "ReduceMean", 1, &rm);
+    if (!ro || !mean_axes(rm, axes2, &n2) || n2 != m->naxes ||
+        memcmp(axes2, m->axes, sizeof *axes2 * (size_t)n2) != 0)
         return 0;
-    long a = reader(c, (size_t)r, ro, "Add");
-    const char *ao = a < 0 ? NULL : out0(node_at(c, a));
-    if (!private(c, ao, 1) || !scalar(c, other(node_at(c, a), ro), &m->eps))
+    const char *ao = step(c, m, ro, "Add", 1, &ad);
+    if (!ao || !scalar(c, other(ad, ro), &m->eps))
         return 0;
-    long q = reader(c, (size_t)a, ao, "Sqrt");
-    const char *qo = q < 0 ? NULL : out0(node_at(c, q));
-    if (!private(c, qo, 1))
+    const char *qo = step(c, m, ao, "Sqrt", 1, &sq);
+    const char *y = qo ? step(c, m, qo, "Div", 0, &dv) : NULL;
+    if (!y || !same(in_at(dv, 0), d) || !same(in_at(dv, 1), qo))
         return 0;
-    long v = reader(c, (size_t)q, qo, "Div");
-    if (v < 0 || !same(in_at(node_at(c, v), 0), d) || !same(in_at(node_at(c, v), 1), qo))
-        return 0;
-    const long steps[] = {(long)i, s, p, r, a, q, v};
-    for (size_t k = 0; k < sizeof steps / sizeof *steps; k++)
-        add_node(m, steps[k]);
     /* the affine part, when the normalised value has no other reader */
-    const char *y = out0(node_at(c, v));
-    long mw = private(c, y, 1) ? reader(c, (size_t)v, y, "Mul") : -1;
-    const char *w = mw < 0 ? NULL : other(node_at(c, mw), y);
+    ox_match more = *m;
+    const char *yw = private(c, y, 1) ? step(c, &more, y, "Mul", 0, &mw) : NULL;
+    const char *w = yw ? other(mw, y) : NULL;
     if (!w || !const_tensor(c, w))
         return 1;
-    m->w = w;
-    add_node(m, mw);
-    y = out0(node_at(c, mw));
-    long ab = private(c, y, 1) ? reader(c, (size_t)mw, y, "Add") : -1;
-    const char *b = ab < 0 ? NULL : other(node_at(c, ab), y);
+    more.w = w;
+    *m = more;
+    const char *yb = private(c, yw, 1) ? step(c, &more, yw, "Add", 0, &ab) : NULL;
+    const char *b = yb ? other(ab, yw) : NULL;
     if (b && const_tensor(c, b)) {
-        m->b = b;
-        add_node(m, ab);
+        more.b = b;
+        *m = more;
     }
     return 1;
 }
@@ -405,21 +384,19 @@ static int over_last_of_4d(const ox_match *m)
 static int match_ln2d(ox_ctx *c, size_t i, ox_match *m)
 {
     static const int64_t to_last[4] = {0, 2, 3, 1}, to_first[4] = {0, 3, 1, 2};
-    const Tlonnx__NodeProto *nd = node_at(c, i);
+    const Tlonnx__NodeProto *nd = node_at(c, i), *back;
     const char *t = out0(nd);
     if (!perm_is(nd, to_last) || !in_at(nd, 0))
         return 0;
     long j = reader(c, i, t, "LayerNormalization");
     if (j < 0 || !private(c, t, 1))
         j = private(c, t, 2) ? reader(c, i, t, "ReduceMean") : -1;
-    add_node(m, (long)i);
+    add_node(m, i);
     if (j < 0 || !match_ln(c, (size_t)j, t, m) || !over_last_of_4d(m))
         return 0;
     const char *y = out0(node_at(c, m->node[m->n - 1]));
-    long k = private(c, y, 1) ? reader(c, m->node[m->n - 1], y, "Transpose") : -1;
-    if (k < 0 || !perm_is(node_at(c, k), to_first))
+    if (!private(c, y, 1) || !step(c, m, y, "Transpose", 0, &back) || !perm_is(back, to_first))
         return 0;
-    add_node(m, k);
     m->pattern = FP_LAYERNORM2D;
     m->x = in_at(nd, 0);
     return 1;
