@@ -114,8 +114,16 @@ enum tlearn_layer_kind {
     TLEARN_LAYER_PAD = 20,              /**< @since 1.1 */
     TLEARN_LAYER_MATMUL = 21,           /**< @since 1.1 */
     TLEARN_LAYER_DROP_PATH = 22,        /**< @since 1.1 */
+    TLEARN_LAYER_GRAD_REVERSE = 50,     /**< tlearn_model_add_grad_reverse() @since 1.1 */
     /* 1.1: 11-29 general graph ops, 30-39 transformer layers, 40-49 adapters, 50-59
-     * domain adaptation; each value is added here when its kind lands. */
+     * domain adaptation, 60- few-shot; each value is added here when its kind lands. */
+    TLEARN_LAYER_EMBEDDING = 30,          /**< token ids -> vectors @since 1.1 */
+    TLEARN_LAYER_POSITION_EMBEDDING = 31, /**< learned or sinusoidal positions @since 1.1 */
+    TLEARN_LAYER_ATTENTION = 32,          /**< fused multi-head self-attention @since 1.1 */
+    TLEARN_LAYER_TOKEN_POOL = 33,         /**< first token or masked mean @since 1.1 */
+    TLEARN_LAYER_PATCH_EMBED = 34,        /**< ViT patches + class token @since 1.1 */
+    TLEARN_LAYER_LORA_SUM = 40,  /**< closes a LoRA branch (tlearn_lora_add()) @since 1.1 */
+    TLEARN_LAYER_PROTOTYPE = 60, /**< prototype head (cosine to class means); @since 1.1 */
 };
 
 /** Element types of model inputs (tlearn_model_create_input()). Values are fixed. @since 1.1 */
@@ -1139,6 +1147,193 @@ TLEARN_API int tlearn_model_add_softmax(tlearn_model *m, const char *name, int a
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */
+/** @name Transformers (1.1): token and patch inputs, attention, pooling */
+/** @{ */
+
+/**
+ * Append a token embedding, as torch.nn.Embedding(vocab, dim, padding_idx): int32 token ids
+ * (T) -> (T, dim), parameter `weight` (vocab, dim), initialised N(0, 1) with the padding row
+ * zero. The layer reads the next input, which must be an int32 model input
+ * (tlearn_model_create_input() with TLEARN_DTYPE_INT32, rank 1). Calls that run the model
+ * refuse ids outside 0..vocab-1 with TLEARN_EINVAL naming the layer and the input, before
+ * anything runs.
+ * @param vocab        number of rows, >= 1.  @param dim  vector size, >= 1.
+ * @param padding_idx  a row that gets no gradient (and starts at zero), or -1 for none.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad name or numbers, the next input is not an int32
+ *         model input), TLEARN_ESHAPE (input not (T)), TLEARN_ENOMEM. Nothing changes on
+ *         failure.
+ * @note Kind TLEARN_LAYER_EMBEDDING. One thread per model, as every add call.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_embedding(tlearn_model *m, const char *name, int vocab, int dim,
+                                          int padding_idx);
+
+/**
+ * Append position embeddings added to a sequence (T, D): out[t] = x[t] + weight[t], weight
+ * (max_len, D). Learned (a parameter, initialised N(0, 0.02^2)) or sinusoidal (fixed, a
+ * buffer: sin(t / 10000^(2i/D)) in column 2i, cos in column 2i+1).
+ * @param max_len     rows of the table, >= T of the input.
+ * @param sinusoidal  0 learned, 1 sinusoidal.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (input not (T, D), or T > max_len),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @note Kind TLEARN_LAYER_POSITION_EMBEDDING.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_position_embedding(tlearn_model *m, const char *name,
+                                                   int max_len, int sinusoidal);
+
+/**
+ * Append multi-head self-attention over a sequence (T, D) as one layer, with the parameters
+ * of torch.nn.MultiheadAttention(D, heads, batch_first=True): `in_proj_weight` (3D, D) and
+ * `in_proj_bias` (3D) (Q, K, V stacked), `out_proj.weight` (D, D), `out_proj.bias` (D), so a
+ * layer named "enc.self_attn" has tensors named as that module's state_dict. Scaled
+ * dot-product attention per head (D / heads each), softmax over the keys.
+ * @param heads   divides D.
+ * @param causal  1: position t attends to positions <= t only; 0: to all.
+ * @param mask    NULL, or the name of a key-padding mask (T) per example: a model input
+ *                (int32, as a tokenizer's attention_mask, or float32) or a layer, 1 keep,
+ *                0 pad (model inputs with other values are refused when the model runs).
+ *                Padded positions receive no attention; a query with no position to attend
+ *                to gets zero weights (PyTorch gives NaN). Borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND (no such mask), TLEARN_ESHAPE (input not
+ *         (T, D), D not a multiple of heads, mask not (T)), TLEARN_ENOMEM. Nothing changes on
+ *         failure.
+ * @note Kind TLEARN_LAYER_ATTENTION. Attention weights are not dropped out. Training keeps
+ *       4 x T x D floats per example; no more than one head's T x T scores exist at a time.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_attention(tlearn_model *m, const char *name, int heads,
+                                          int causal, const char *mask);
+
+/**
+ * Append pooling of a sequence (T, D) into a vector (D): the first token (BERT's [CLS], ViT's
+ * class token) or the mean over the positions (those the mask keeps, with a mask).
+ * @param mean  0 first token, 1 mean.
+ * @param mask  NULL, or a mask (T) as for tlearn_model_add_attention(); mean pooling only.
+ *              An example whose mask keeps nothing pools to zeros.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESHAPE, TLEARN_ENOMEM. Nothing
+ *         changes on failure.
+ * @note Kind TLEARN_LAYER_TOKEN_POOL.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_token_pool(tlearn_model *m, const char *name, int mean,
+                                           const char *mask);
+
+/**
+ * Append ViT's patch embedding, laid out as torchvision's VisionTransformer: an image
+ * (C, H, W) cut into patch x patch squares (row-major order), each projected to @p dim by
+ * `conv_proj.weight` (dim, C, patch, patch) and `conv_proj.bias` (dim), then the learned
+ * `class_token` (1, 1, dim) prepended and the learned `pos_embedding` (1, T, dim) added
+ * (torchvision's encoder.pos_embedding). Output (T, dim), T = (H/patch)(W/patch) + 1 (no +1
+ * without a class token).
+ * @param class_token  1 to prepend it, 0 not.  @param positions  1 to add them, 0 not.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (input not (C, H, W), H or W not a multiple
+ *         of patch), TLEARN_ENOMEM. Nothing changes on failure.
+ * @note Kind TLEARN_LAYER_PATCH_EMBED.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_patch_embed(tlearn_model *m, const char *name, int dim,
+                                            int patch, int class_token, int positions);
+
+/**
+ * Append the layers of torch.nn.TransformerEncoderLayer(D, heads, ff_dim, dropout,
+ * activation, batch_first=True, norm_first) over the next input, a sequence (T, D), named
+ * after its state_dict: `name.self_attn` (tlearn_model_add_attention()), `name.linear1`,
+ * `name.linear2`, `name.norm1`, `name.norm2` (layer norm over D, eps 1e-5), so tensors are
+ * `name.self_attn.in_proj_weight`, `name.linear1.weight`, `name.norm1.bias`, ... as in
+ * PyTorch. Post-norm (norm_first 0): x = norm1(x + dropout1(self_attn(x))), then
+ * x = norm2(x + dropout2(linear2(dropout(activation(linear1(x)))))); pre-norm (1):
+ * x = x + dropout1(self_attn(norm1(x))), then x = x + dropout2(linear2(dropout(activation(
+ * linear1(norm2(x)))))). Also added: `name.activation`, the residual sums `name.add1`,
+ * `name.add2`, and, when dropout > 0, `name.dropout`, `name.dropout1`, `name.dropout2`. The
+ * last layer is the block's output. Attention weights are not dropped out.
+ * @param heads       divides D.  @param ff_dim  the feed-forward width, >= 1.
+ * @param activation  enum tlearn_activation: TLEARN_ACT_RELU (PyTorch's default),
+ *                    TLEARN_ACT_GELU, or another kind.
+ * @param norm_first  0 post-norm (PyTorch's default), 1 pre-norm.
+ * @param dropout     in [0, 1) (PyTorch's default 0.1); active in training mode only.
+ * @param mask        NULL, or a key-padding mask (T) for the attention, as in
+ *                    tlearn_model_add_attention(); borrowed.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad name, a layer name already used, bad numbers),
+ *         TLEARN_ENOTFOUND (no such mask), TLEARN_ESHAPE (input not (T, D), heads do not
+ *         divide D), TLEARN_ENOMEM. Nothing changes on failure (layers added before the
+ *         failure are removed).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_transformer_block(tlearn_model *m, const char *name, int heads,
+                                                  int ff_dim, int activation, int norm_first,
+                                                  float dropout, const char *mask);
+
+/**
+ * One training step over a model of several inputs (token ids and a mask, an image and
+ * metadata): the general form of tlearn_model_train_step(), with the same loss
+ * (TLEARN_LOSS_SOFTMAX_CE on graph output 0), optimizer, checks and all-or-nothing update.
+ * @param inputs   one array per model input, in the order the inputs were added, each n
+ *                 examples of that input's shape (float32, or int32 for TLEARN_DTYPE_INT32
+ *                 inputs); borrowed.
+ * @param ninputs  the model's input count.
+ * @param labels   n class indexes in 0..classes-1.  @param loss  receives the loss; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, counts that differ, values a layer refuses such as
+ *         token ids out of range or a mask that is not 0/1, labels out of range),
+ *         TLEARN_ESTATE (the loss is MSE), TLEARN_ESHAPE, TLEARN_ENONFINITE, TLEARN_ENOMEM.
+ *         A failed step changes nothing.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_train_step_inputs(tlearn_model *m, tlearn_optim *o,
+                                              const void *const *inputs, int ninputs,
+                                              const int32_t *labels, size_t n, float *loss);
+
+/**
+ * Gradients without an update over a model of several inputs: the general form of
+ * tlearn_model_compute_gradients(). Parameter gradients are read with
+ * tlearn_model_get_grad().
+ * @param inputs, ninputs, labels, n  as tlearn_model_train_step_inputs().
+ * @param loss    receives the loss; may be NULL.
+ * @param dx      receives the gradient w.r.t. the first model input (n x its size floats),
+ *                which must then be float32; NULL when not wanted.
+ * @param dx_len  capacity of @p dx in floats.
+ * @return TLEARN_OK, TLEARN_EINVAL (as train_step_inputs, dx for an int32 first input, a
+ *         dx_len that differs), TLEARN_ESTATE, TLEARN_ESHAPE, TLEARN_ENONFINITE, TLEARN_ENOMEM.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_compute_gradients_inputs(tlearn_model *m, const void *const *inputs,
+                                                     int ninputs, const int32_t *labels,
+                                                     size_t n, float *loss, float *dx,
+                                                     size_t dx_len);
+
+/**
+ * One training step with cross-entropy at every position (masked-token prediction): graph
+ * output 0 of shape (..., classes), e.g. (T, vocab) logits, is compared position by position
+ * with @p labels, as torch.nn.functional.cross_entropy(logits.reshape(-1, classes),
+ * labels.reshape(-1), ignore_index=ignore_index): the mean over the positions whose label is
+ * not @p ignore_index. The model's loss must be TLEARN_LOSS_SOFTMAX_CE (the default).
+ * @param inputs, ninputs  one array per model input, as tlearn_model_train_step_inputs().
+ * @param labels        n x positions labels (positions = output size / classes), each in
+ *                      0..classes-1 or equal to @p ignore_index; borrowed.
+ * @param ignore_index  the label of positions that count for nothing (-100 as in PyTorch).
+ * @param loss          receives the loss; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (as train_step_inputs; a label out of range; every label
+ *         ignored), TLEARN_ESTATE (the loss is MSE), TLEARN_ESHAPE (fewer than 2 classes),
+ *         TLEARN_ENONFINITE, TLEARN_ENOMEM. A failed step changes nothing.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_train_step_tokens(tlearn_model *m, tlearn_optim *o,
+                                              const void *const *inputs, int ninputs,
+                                              const int32_t *labels, int32_t ignore_index,
+                                              size_t n, float *loss);
+
+/**
+ * The gradients of tlearn_model_train_step_tokens()'s loss without an update (read them with
+ * tlearn_model_get_grad()). Arguments and return codes as that call.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_compute_gradients_tokens(tlearn_model *m, const void *const *inputs,
+                                                     int ninputs, const int32_t *labels,
+                                                     int32_t ignore_index, size_t n,
+                                                     float *loss);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
 /** @name Normalisation, pooling, padding, matmul, stochastic depth (1.1) */
 /** @{ */
 
@@ -1261,6 +1456,446 @@ TLEARN_API int tlearn_model_add_matmul(tlearn_model *m, const char *name, const 
  * @since 1.1
  */
 TLEARN_API int tlearn_model_add_drop_path(tlearn_model *m, const char *name, float p);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Few-shot without training, and transferability (1.1)
+ *  Prototype heads, normalised embeddings and similarity search, transferability scores. */
+/** @{ */
+
+/** Flags of the prototype calls. @since 1.1 */
+#define TLEARN_PROTO_FEATURES 1u          /**< x holds the activations the head reads (the
+                                               named layer's), not model inputs */
+#define TLEARN_PROTO_LEARN_TEMPERATURE 2u /**< the temperature is a trained parameter */
+
+/**
+ * Append a prototype head (layer kind TLEARN_LAYER_PROTOTYPE): @p classes prototypes over
+ * the flattened input, logits = temperature * cos(x, prototype_c). Tensors: `prototypes`
+ * (classes, D) and `counts` (classes) are buffers (saved, never trained); `temperature` (1)
+ * is trained when @p learn_temperature is 1, a buffer otherwise. New prototypes are empty
+ * (zero, count 0) and score 0; fill them with tlearn_prototype_update().
+ * @param temperature  > 0, finite (10 to 20 suits softmax cross-entropy training).
+ * @return TLEARN_OK, TLEARN_EINVAL (bad name, classes < 1, temperature, flag), TLEARN_ESHAPE,
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_add_prototype(tlearn_model *m, const char *name, int classes,
+                                          float temperature, int learn_temperature);
+
+/**
+ * Few-shot classification in one call: drop every layer after @p from_layer and append a
+ * prototype head called @p name whose prototype c is the mean of the L2-normalised
+ * activations of @p from_layer over the examples labelled c (counts kept for later
+ * updates). No gradient step; the model then predicts by cosine similarity.
+ * @param from_layer  the feature layer; NULL or "" reads the model input itself.
+ * @param x        n examples: model inputs (a model with one input), or with
+ *                 TLEARN_PROTO_FEATURES the activations of @p from_layer; borrowed.
+ * @param labels   n class indices in [0, classes). Classes without examples stay empty.
+ * @param flags    TLEARN_PROTO_FEATURES, TLEARN_PROTO_LEARN_TEMPERATURE.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, n 0, a label out of range, bad name or
+ *         temperature, unknown flags), TLEARN_ENOTFOUND, TLEARN_ESTATE (several model
+ *         inputs), TLEARN_ESHAPE, TLEARN_ENOMEM. Atomic: on failure nothing changes.
+ * @note Features are computed in blocks of 1024 examples (memory 1024 x feature size).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_head(tlearn_model *m, const char *from_layer, const char *name,
+                                     const float *x, const int32_t *labels, size_t n,
+                                     int classes, float temperature, unsigned flags);
+
+/**
+ * Update prototypes incrementally with more labelled examples: prototype_c becomes the
+ * running mean (count_c * p_c + sum of the new normalised features) / (count_c + new);
+ * classes without new examples are untouched. Same result as building from all examples
+ * at once (up to rounding).
+ * @param layer  a prototype head.  @param x  model inputs, or with TLEARN_PROTO_FEATURES
+ *               the activations the head reads.  @param labels  n indices in [0, classes).
+ * @return TLEARN_OK, TLEARN_EINVAL (not a prototype head, label out of range, ...),
+ *         TLEARN_ENOTFOUND, TLEARN_ESTATE, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_update(tlearn_model *m, const char *layer, const float *x,
+                                       const int32_t *labels, size_t n, unsigned flags);
+
+/**
+ * Append @p count empty classes (indices classes .. classes+count-1) to a prototype head;
+ * the other prototypes and counts stay as they are. The head's output grows.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (a layer reads the head),
+ *         TLEARN_ESHAPE, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_add_classes(tlearn_model *m, const char *layer, int count);
+
+/**
+ * Remove class @p cls from a prototype head: the classes after it move down by one index
+ * (keep your label map in step); their prototypes and counts are unchanged. At least one
+ * class stays.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (a layer reads the head),
+ *         TLEARN_ESHAPE (it is the last class), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_remove_class(tlearn_model *m, const char *layer, int cls);
+
+/**
+ * Replace the prototype head (the last layer) by an ordinary dense head of the same name
+ * for fine-tuning: weight = temperature * normalised prototypes, bias 0. Its logits are
+ * the prototype head's times |x|, so it predicts the same classes before any training.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (not the last layer),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_prototype_to_dense(tlearn_model *m, const char *layer);
+
+/**
+ * L2-normalised activations of layer @p layer (embeddings for similarity search and
+ * zero-shot classification), evaluation mode. A zero activation stays zero.
+ * @param out_len  must be n * (size of the layer's output).
+ * @return as tlearn_model_features(). @since 1.1
+ */
+TLEARN_API int tlearn_model_embed(tlearn_model *m, const char *layer, const float *x, size_t n,
+                                  float *out, size_t out_len);
+
+/**
+ * Cosine similarities of @p nq queries against @p nkeys keys (rows of @p dim floats; norms
+ * below 1e-12 count as 1e-12), by GEMM.
+ * @param threads  GEMM threads, 1..1024.
+ * @param out      receives nq x nkeys scores, row q for query q; out_len must be nq * nkeys.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, a count 0, NaN/Inf values, sizes over 2^31
+ *         floats), TLEARN_ENOMEM. Thread-safe (no shared state).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_similarity_scores(const float *queries, size_t nq, const float *keys,
+                                        size_t nkeys, int dim, int threads, float *out,
+                                        size_t out_len);
+
+/**
+ * Exact top-@p k nearest keys by cosine similarity for each query (brute force, GEMM in
+ * blocks of 256 queries x 4096 keys; memory independent of nkeys). Rows best first; equal
+ * scores in increasing key index.
+ * @param index   receives nq x k key indices.  @param scores  receives nq x k cosines; may
+ *                be NULL.  @param k  1..nkeys.
+ * @return as tlearn_similarity_scores(). Thread-safe. @since 1.1
+ */
+TLEARN_API int tlearn_similarity_topk(const float *queries, size_t nq, const float *keys,
+                                      size_t nkeys, int dim, int k, int threads,
+                                      int32_t *index, float *scores);
+
+/** Transferability metrics. Values are fixed. @since 1.1 */
+enum tlearn_transfer_metric {
+    TLEARN_TRANSFER_LOGME = 1, /**< You et al. 2021: log evidence per example, mean over classes */
+    TLEARN_TRANSFER_LEEP = 2,  /**< Nguyen et al. 2020: the features are the source logits */
+    TLEARN_TRANSFER_HSCORE = 3 /**< Bao et al. 2019: tr(cov(f)^+ cov(E[f|y])), pseudo-inverse */
+};
+
+/**
+ * Score how well the activations @p features (n x @p dim) suit the labels, without
+ * training: higher is better for each metric (compare layers or models on the same data
+ * with the same metric). LEEP reads the features as the source head's logits and takes
+ * their softmax. Computed in double; LogME and H-score through an eigen-decomposition of
+ * the min(n, dim)-square Gram matrix (Jacobi): measured 0.1 s at min(n, dim) = 128, 1 s at
+ * 200, 5 s at 256, 70 s at 512. H-score saturates at classes - 1 when n - 1 <= dim; LogME
+ * stops its fixed point after 11 updates (or when alpha and beta move < 1e-3), which
+ * matters only when n <= dim, where the evidence has no finite optimum.
+ * @param labels   n indices in [0, classes); LogME and H-score need every class present.
+ * @param metric   enum tlearn_transfer_metric.  @param score  receives the score.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, n or classes < 2, a label out of range, a class
+ *         without examples, NaN/Inf features, unknown metric), TLEARN_ENOMEM.
+ *         Thread-safe. @since 1.1
+ */
+TLEARN_API int tlearn_transferability_features(const float *features, size_t n, int dim,
+                                               const int32_t *labels, int classes, int metric,
+                                               double *score);
+
+/**
+ * tlearn_transferability_features() on the activations of layer @p layer for @p n model
+ * inputs @p x (evaluation mode; for LEEP, name the source head's logits layer).
+ * @return as tlearn_transferability_features(), TLEARN_ENOTFOUND, TLEARN_ESTATE (several
+ *         model inputs). The model is unchanged. @since 1.1
+ */
+TLEARN_API int tlearn_transferability(tlearn_model *m, const char *layer, const float *x,
+                                      const int32_t *labels, size_t n, int classes, int metric,
+                                      double *score);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Adapters (1.1): LoRA and bottleneck adapters on a frozen base
+ *
+ * Adapters are ordinary layers inserted into the graph right after their target, so
+ * checkpoints, introspection and training see them like any other layer. LoRA on a target
+ * T (dense/linear, or conv2d with groups 1) adds the layers `T.lora_dropout.<adapter>`
+ * (when dropout > 0), `T.lora_A.<adapter>` (r units or filters, no bias, PyTorch's default
+ * init as PEFT), `T.lora_B.<adapter>` (zero, so the model is unchanged at first) and
+ * `T.lora.<adapter>` (kind TLEARN_LAYER_LORA_SUM: T + scale * weight * B(A(x)), with scale
+ * alpha/r, or alpha/sqrt(r) for rsLoRA); T's readers read the sum and T is frozen.
+ * Editing the graph is refused (TLEARN_ESTATE) while EWC or L2-SP is enabled. Layers
+ * whose names contain ".lora_", ".lora.", ".bottleneck_" or ".bottleneck." belong to
+ * adapters and are never targets. Thread-safety: as any call on the model handle. */
+/** @{ */
+
+/** tlearn_lora_add() flag: scale alpha / sqrt(r) (rsLoRA) instead of alpha / r. @since 1.1 */
+#define TLEARN_LORA_RSLORA 1u
+
+/**
+ * Add LoRA adapter @p adapter on every dense, linear and conv2d layer whose name matches
+ * @p glob (shell pattern over the full layer name; other kinds are skipped). Targets are
+ * frozen (only they: use a freeze policy to freeze the rest as PEFT does); a target that
+ * already has adapters gets the new one after them. The new adapter has weight 1.
+ * @param adapter  name (layer-name rules, no '.'), not used by another LoRA adapter.
+ * @param r        rank, 1..65536.  @param alpha  finite.
+ * @param dropout  dropout on the LoRA input in [0, 1) (0: no dropout layer).
+ * @param flags    0 or TLEARN_LORA_RSLORA.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL or bad argument, adapter exists, conv2d with
+ *         groups > 1, names over 63 bytes), TLEARN_ENOTFOUND (no target), TLEARN_ESTATE
+ *         (EWC or L2-SP enabled), TLEARN_ENOMEM. Nothing changes on failure (not even the
+ *         model's random stream).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_add(tlearn_model *m, const char *adapter, const char *glob, int r,
+                               float alpha, float dropout, unsigned flags);
+
+/**
+ * Set the combination weight of LoRA adapter @p adapter: its branches add
+ * scale * weight * B(A(x)). 0 disables it; several adapters with non-zero weights combine.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model or adapter, weight not finite),
+ *         TLEARN_ENOTFOUND, TLEARN_ESTATE (the adapter is merged and the weight would
+ *         change), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_set_weight(tlearn_model *m, const char *adapter, float weight);
+
+/**
+ * Make @p adapter the only active LoRA adapter (weight 1, every other one 0), or with
+ * @p adapter NULL disable all of them: the model computes its base function.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND (no such adapter, or no adapter at
+ *         all), TLEARN_ESTATE (a merged adapter would change), TLEARN_ENOMEM.
+ *         Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_set_active(tlearn_model *m, const char *adapter);
+
+/**
+ * Fold adapter @p adapter into its targets' weights, W += D with
+ * D = (float)(scale * weight * (B A)) (the product over the rank in double; for a conv,
+ * B [out, r] times A [r, in*kh*kw]), and make its branches add nothing, so predictions
+ * stay the same within float rounding and cost no extra time. tlearn_lora_unmerge()
+ * subtracts the same D: the weights come back within one rounding of each operation,
+ * |W' - W| <= 2^-23 (|W| + |D|) elementwise, usually bit for bit. Do not train while
+ * merged (the branches get zero gradients).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (merged already /
+ *         not merged), TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_merge(tlearn_model *m, const char *adapter);
+/** Undo tlearn_lora_merge() (see there for the rounding). @since 1.1 */
+TLEARN_API int tlearn_lora_unmerge(tlearn_model *m, const char *adapter);
+
+/**
+ * Remove LoRA adapter @p adapter: its layers go and the targets' readers read the targets
+ * (or the previous adapter) again. Targets stay frozen.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ESTATE (merged; EWC or L2-SP
+ *         enabled).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_remove(tlearn_model *m, const char *adapter);
+
+/**
+ * Save LoRA adapter @p adapter in PEFT's layout into directory @p dir (created if missing):
+ * `adapter_model.safetensors` with `base_model.model.<target>.lora_A.weight` [r, in] (conv:
+ * [r, in, kh, kw]) and `...lora_B.weight` [out, r] (conv: [out, r, 1, 1]) in F32, and
+ * `adapter_config.json` (peft_type, r, lora_alpha, lora_dropout, use_rslora, bias "none",
+ * target_modules: the full target layer names). Each file is written atomically.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOTFOUND, TLEARN_ENONFINITE, TLEARN_EIO,
+ *         TLEARN_ENOMEM.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_save(const tlearn_model *m, const char *adapter, const char *dir);
+
+/**
+ * Load a PEFT LoRA adapter from directory @p dir as adapter @p adapter (which must not
+ * exist): reads `adapter_config.json` (r, lora_alpha, lora_dropout, use_rslora,
+ * target_modules: a list matched as PEFT does, a layer named t or ending in "." t; a
+ * string is taken as a glob, not a regex), adds the branches as tlearn_lora_add() and
+ * fills them from `adapter_model.safetensors` (F32, F16 or BF16).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_EIO, TLEARN_EFORMAT (bad file or config;
+ *         bias other than "none"; fan_in_fan_out), TLEARN_ENOTFOUND (targets match no
+ *         layer, a file tensor fits no target, a target lacks its tensors), TLEARN_ESHAPE
+ *         (a tensor's shape does not fit its target), TLEARN_ESTATE, TLEARN_ENOMEM.
+ *         The message names the tensor or field. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_lora_load(tlearn_model *m, const char *adapter, const char *dir);
+
+/**
+ * Insert a bottleneck adapter after every layer whose name matches @p glob (after the LoRA
+ * sums on it, if any): `L.bottleneck_down.<adapter>` (linear over the last axis, or a 1x1
+ * conv for (C, H, W) outputs, to @p hidden units), `L.bottleneck_act.<adapter>`
+ * (@p activation, enum tlearn_activation; leaky ReLU slope 0.01), `L.bottleneck_up.<adapter>`
+ * (back to L's width, weight and bias zero) and `L.bottleneck.<adapter>` (add: L + up);
+ * L's readers read the sum, so the model is unchanged at first. Nothing is frozen.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad argument, adapter exists, names over 63 bytes),
+ *         TLEARN_ENOTFOUND, TLEARN_ESHAPE, TLEARN_ESTATE (EWC or L2-SP enabled),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_adapter_add_bottleneck(tlearn_model *m, const char *adapter,
+                                             const char *glob, int hidden, int activation);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
+/** @name Domain adaptation (1.1): several losses, gradient reversal, CORAL/MMD, AdaBN, TENT
+ *  When the input distribution moves (another camera, synthetic to real) and the target data
+ *  is mostly unlabelled. Settings below are kept by the model (not saved in checkpoints). */
+/** @{ */
+
+/** Discrepancies between source and target rows (tlearn_model_set_discrepancy(),
+ *  tlearn_discrepancy()). Values are fixed. @since 1.1 */
+enum tlearn_discrepancy {
+    TLEARN_DISCREPANCY_CORAL = 1, /**< Deep CORAL: ||C_s - C_t||_F^2 / (4 d^2), C the
+                                       unbiased covariance of each domain's rows */
+    TLEARN_DISCREPANCY_MMD = 2    /**< multi-kernel Gaussian MMD^2 (biased estimate), DAN */
+};
+
+/**
+ * Give graph output @p output (its position, 0..count-1, in tlearn_model_set_outputs()) a
+ * loss for tlearn_model_train_step_multi(). The step's loss is the sum over outputs of
+ * weight x loss. Positions, not layers, keep the setting: declare the outputs first.
+ * @param loss    TLEARN_LOSS_SOFTMAX_CE (int32 labels, -1 = no loss for that row, mean over
+ *                the labelled rows), TLEARN_LOSS_MSE (float targets, mean of all elements),
+ *                or 0 to remove the output's loss.
+ * @param weight  > 0 and finite (ignored with loss 0).
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESHAPE (cross-entropy on an output of one value),
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_set_output_loss(tlearn_model *m, int output, int loss, float weight);
+
+/**
+ * Add a discrepancy term between the source and target rows of a batch at layer @p layer
+ * (its output flattened per example) to tlearn_model_train_step_multi(): the step's loss
+ * gains weight x discrepancy and the layer gets its gradient. At most 4 terms; setting a
+ * (layer, kind) pair again changes its weight, weight 0 removes it.
+ * CORAL needs 2 rows of each domain per batch, MMD one. MMD's kernel is
+ * k(a, b) = sum_i exp(-||a - b||^2 / (m_i D)), D the mean squared distance over the distinct
+ * pairs of rows of the batch (both domains), treated as a constant in the gradient; the
+ * multipliers m_i default to DAN's 1/4, 1/2, 1, 2, 4 (tlearn_model_set_mmd_bandwidths()).
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL layer, kind, weight < 0 or not finite, a fifth
+ *         term), TLEARN_ENOTFOUND, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_set_discrepancy(tlearn_model *m, const char *layer, int kind,
+                                            float weight);
+
+/**
+ * The bandwidth multipliers of the model's MMD terms (see tlearn_model_set_discrepancy()).
+ * @param multipliers  @p count values > 0; borrowed.  @param count  0..8; 0 restores the
+ *                     default 1/4, 1/2, 1, 2, 4.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. Nothing changes on failure. @since 1.1
+ */
+TLEARN_API int tlearn_model_set_mmd_bandwidths(tlearn_model *m, const float *multipliers,
+                                               int count);
+
+/**
+ * A discrepancy and its gradient on given rows, without a model (monitoring a shift,
+ * checking the formulas): the value of tlearn_model_set_discrepancy()'s term.
+ * @param features  n x dim floats (finite); borrowed.  @param is_target  n values, 0 source,
+ *                  1 target; borrowed.
+ * @param multipliers, nmult  MMD's bandwidth multipliers (NULL, 0: the default); ignored by
+ *                  CORAL.
+ * @param value     receives the discrepancy.  @param grad  receives d value / d features
+ *                  (n x dim), or NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, bad kind, sizes, values or too few rows of a
+ *         domain), TLEARN_ENOMEM. Thread-safe.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_discrepancy(int kind, const float *features, size_t n, size_t dim,
+                                  const uint8_t *is_target, const float *multipliers, int nmult,
+                                  float *value, float *grad);
+
+/**
+ * One optimisation step with every output that has a loss (tlearn_model_set_output_loss())
+ * and targets, plus the discrepancy terms: one forward, one backward seeded by all of them,
+ * one optimizer update. Source and target examples share a batch: a label of -1 on a
+ * cross-entropy output means "no class loss for this row".
+ * @param inputs, ninputs  one array per model input, as tlearn_model_run().
+ * @param targets   one per graph output (@p ntargets = the output count): int32 labels
+ *                  (n) for cross-entropy, float targets (n x output size) for MSE, or NULL
+ *                  for no loss on that output this step; borrowed.
+ * @param is_target n values, 1 for target-domain rows (discrepancy terms only), or NULL to
+ *                  take the rows whose output-0 label is -1.
+ * @param loss      receives sum of weight x loss + discrepancies + EWC/L2-SP penalty; may be
+ *                  NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (bad arguments, labels outside -1..classes-1, too few
+ *         rows of a domain), TLEARN_ESTATE (nothing to train: no loss nor discrepancy; a
+ *         discrepancy at a layer with everything up to it frozen), TLEARN_ENOTFOUND (a
+ *         discrepancy layer removed), TLEARN_ENONFINITE, TLEARN_ENOMEM. On failure no weight,
+ *         optimizer state or running statistic changes. Frozen layers, LR scales, clipping
+ *         and BatchNorm as tlearn_model_train_step().
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_train_step_multi(tlearn_model *m, tlearn_optim *o,
+                                             const void *const *inputs, int ninputs, size_t n,
+                                             const void *const *targets, int ntargets,
+                                             const uint8_t *is_target, float *loss);
+
+/**
+ * Add a gradient-reversal layer (DANN): the identity forward, the gradient times -lambda
+ * backward. Put it between the features and a domain classifier head.
+ * @param lambda  >= 0 and finite; change it per step with
+ *                tlearn_model_set_grad_reverse_lambda().
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM. Nothing changes on failure. @since 1.1
+ */
+TLEARN_API int tlearn_model_add_grad_reverse(tlearn_model *m, const char *name, float lambda);
+
+/**
+ * Set lambda of the gradient-reversal layer @p layer, or of every one when @p layer is NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (lambda < 0 or not finite, a layer of another kind),
+ *         TLEARN_ENOTFOUND (no such layer, or none at all). @since 1.1
+ */
+TLEARN_API int tlearn_model_set_grad_reverse_lambda(tlearn_model *m, const char *layer,
+                                                    float lambda);
+
+/**
+ * DANN's schedule: lambda_p = 2 / (1 + exp(-10 p)) - 1 for training progress @p progress
+ * (0 at the start, 1 at the end; clamped to [0, 1], NaN as 0). @return lambda_p in [0, 1).
+ * Thread-safe. @since 1.1
+ */
+TLEARN_API float tlearn_dann_lambda(float progress);
+
+/**
+ * AdaBN: re-estimate every BatchNorm's running statistics on (target) data, with no labels
+ * and no gradient. The data runs forward in training mode in batches of @p batch (the last
+ * one smaller); each BatchNorm's running mean and variance become the average over the
+ * batches of the batch mean and unbiased batch variance (torch's momentum=None after
+ * reset_running_stats()). Weights do not change; BatchNorms with frozen statistics are
+ * re-estimated too; dropout layers draw as in training.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESTATE (no BatchNorm), TLEARN_ENONFINITE,
+ *         TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_adapt_bn(tlearn_model *m, const void *const *inputs, int ninputs,
+                                     size_t n, size_t batch);
+
+/**
+ * TENT (test-time entropy minimisation): one step on an unlabelled batch that updates only
+ * BatchNorm's weight and bias to lower the mean entropy of softmax(output 0). The batch runs
+ * in training mode (BatchNorm on batch statistics, whose running values then follow the
+ * target data with the layer's momentum). The first step snapshots every BatchNorm tensor
+ * and the freeze state, then freezes every other layer; tlearn_model_tent_reset() restores
+ * them. Optimizer state of BatchNorm starts fresh (Adam lr 1e-3 or SGD as the paper).
+ * @param entropy  receives the batch's mean entropy before the update; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESTATE (no BatchNorm), TLEARN_ESHAPE (output 0
+ *         of one value), TLEARN_ENONFINITE, TLEARN_ENOMEM. Nothing changes on failure.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_tent_step(tlearn_model *m, tlearn_optim *o,
+                                      const void *const *inputs, int ninputs, size_t n,
+                                      float *entropy);
+
+/**
+ * Undo TENT: BatchNorm tensors and freeze state as before the first tlearn_model_tent_step()
+ * (nothing to do when none ran). @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ESTATE (layers
+ * added or removed since), TLEARN_ENOMEM. @since 1.1
+ */
+TLEARN_API int tlearn_model_tent_reset(tlearn_model *m);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "checkpoint.h"
@@ -211,34 +212,6 @@ static int rd_blob(rd *r, const char *what, uint64_t data_size, ck_blob *b)
     return TLEARN_OK;
 }
 
-/* Check and decode a blob into @p dst (numel floats). */
-static int blob_decode(const char *fn, const char *sec, const char *what,
-                       const unsigned char *data, const ck_blob *b, float *dst)
-{
-    const unsigned char *src = data + b->off;
-    uint32_t crc = (uint32_t)crc32_z(0L, src, (size_t)b->size);
-    if (crc != b->crc && !skip_crc)
-        return tl_fail(TLEARN_EFORMAT, "%s: section %s, %s: CRC-32 expected %08x, found %08x",
-                       fn, sec, what, b->crc, crc);
-    size_t raw = (size_t)b->numel * 4;
-    if (b->enc == 0) {
-        tl_floats_from_le(dst, src, (size_t)b->numel);
-        return TLEARN_OK;
-    }
-    uLongf out_len = (uLongf)raw;
-    uLong in_len = (uLong)b->size;
-    int z = uncompress2((Bytef *)dst, &out_len, src, &in_len);
-    if (z != Z_OK || out_len != raw || in_len != b->size)
-        return tl_fail(TLEARN_EFORMAT, "%s: section %s, %s: zlib data inflates to %s (expected "
-                       "exactly %zu bytes from %llu stored bytes)", fn, sec, what,
-                       z == Z_OK ? "a different size" : zError(z), raw,
-                       (unsigned long long)b->size);
-#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
-    tl_floats_from_le(dst, (const unsigned char *)dst, (size_t)b->numel);
-#endif
-    return TLEARN_OK;
-}
-
 /* ------------------------------------------------------------------------------------ */
 /* The parsed file. Strings and arrays point into the file's bytes. */
 
@@ -277,6 +250,11 @@ typedef struct ck_array {
 
 typedef struct ck_file {
     const char *fn;
+    /* Reading from a file, DATA is read from the descriptor where needed, straight into
+     * its destination, and its bytes in base are never touched (ck_read_file); fd is -1
+     * when base holds every byte. */
+    int fd;
+    const char *path;
     const unsigned char *base;
     size_t len;
     uint32_t flags;
@@ -344,10 +322,13 @@ static int cmp_span(const void *a, const void *b)
 }
 
 /* Header, table, section bounds, CRCs and zero padding. */
-static int ck_open(ck_file *f, const char *fn, const unsigned char *p, size_t len)
+static int ck_open(ck_file *f, const char *fn, const unsigned char *p, size_t len, int fd,
+                   const char *path)
 {
     memset(f, 0, sizeof *f);
     f->fn = fn;
+    f->fd = fd;
+    f->path = path;
     f->base = p;
     f->len = len;
     if (len < 12 || memcmp(p, TL_CK_MAGIC, 8) != 0)
@@ -451,10 +432,111 @@ static int ck_open(ck_file *f, const char *fn, const unsigned char *p, size_t le
     return TLEARN_OK;
 }
 
+/* Bytes [off, off + n) of DATA: a pointer into the buffer, or read from the file into
+ * @p tmp (n bytes). */
+static int ck_data(const ck_file *f, uint64_t off, size_t n, unsigned char *tmp,
+                   const unsigned char **out)
+{
+    if (f->fd < 0) {
+        *out = f->data + off;
+        return TLEARN_OK;
+    }
+    *out = tmp;
+    return tl_file_pread(f->fn, f->path, f->fd, tmp, n, f->sec[S_DATA].off + off);
+}
+
+#define CK_CHUNK ((size_t)1 << 20) /* DATA is read and checked this much at a time */
+
+/* Check and decode a blob into @p dst (numel floats), in chunks: a raw array is read
+ * straight into dst, a zlib one inflated into it; no copy of the file is held. A damaged
+ * array is reported by its CRC first, its decoding second. */
+static int blob_decode(const ck_file *f, const char *sec, const char *what, const ck_blob *b,
+                       float *dst)
+{
+    const char *fn = f->fn;
+    size_t raw = (size_t)b->numel * 4;
+    unsigned char *out = (unsigned char *)dst, *tmp = NULL;
+    if (b->enc == 1 && f->fd >= 0 && b->size > 0) {
+        tmp = tl_alloc(b->size < CK_CHUNK ? (size_t)b->size : CK_CHUNK);
+        if (!tmp)
+            return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    }
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (b->enc == 1 && inflateInit(&zs) != Z_OK) {
+        tl_free(tmp);
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    }
+    uint32_t crc = 0;
+    size_t produced = 0;
+    int z = Z_OK, rc = TLEARN_OK;
+    for (uint64_t done = 0; done < b->size && !rc;) {
+        size_t n = b->size - done < CK_CHUNK ? (size_t)(b->size - done) : CK_CHUNK;
+        const unsigned char *src;
+        rc = ck_data(f, b->off + done, n, b->enc == 0 ? out + done : tmp, &src);
+        if (rc)
+            break;
+        crc = (uint32_t)crc32_z(crc, src, n);
+        if (b->enc == 0) {
+            if (src != out + done)
+                memcpy(out + done, src, n);
+        } else {
+            zs.next_in = (Bytef *)src;
+            zs.avail_in = (uInt)n;
+            while (z == Z_OK && zs.avail_in > 0) { /* after an error: the CRC goes on */
+                size_t room = raw - produced;
+                zs.next_out = out + produced;
+                zs.avail_out = room > UINT32_MAX ? UINT32_MAX : (uInt)room;
+                uInt before = zs.avail_out;
+                z = inflate(&zs, Z_NO_FLUSH);
+                produced += before - zs.avail_out;
+                if (z == Z_STREAM_END && zs.avail_in > 0)
+                    z = Z_DATA_ERROR; /* bytes after the end of the stream */
+            }
+        }
+        done += n;
+    }
+    if (b->enc == 1)
+        inflateEnd(&zs);
+    tl_free(tmp);
+    if (rc)
+        return rc;
+    if (crc != b->crc && !skip_crc)
+        return tl_fail(TLEARN_EFORMAT, "%s: section %s, %s: CRC-32 expected %08x, found %08x",
+                       fn, sec, what, b->crc, crc);
+    if (b->enc == 1 && (z != Z_STREAM_END || produced != raw))
+        return tl_fail(TLEARN_EFORMAT, "%s: section %s, %s: zlib data inflates to %s (expected "
+                       "exactly %zu bytes from %llu stored bytes)", fn, sec, what,
+                       z == Z_STREAM_END || z == Z_OK || z == Z_BUF_ERROR ? "a different size"
+                                                                          : zError(z),
+                       raw, (unsigned long long)b->size);
+#if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+    tl_floats_from_le(dst, (const unsigned char *)dst, (size_t)b->numel);
+#endif
+    return TLEARN_OK;
+}
+
 /* The whole DATA section, padding included, against its table CRC. */
 static int data_crc_check(const ck_file *f)
 {
-    uint32_t crc = (uint32_t)crc32_z(0L, f->data, (size_t)f->data_size);
+    unsigned char *tmp = NULL;
+    if (f->fd >= 0 && f->data_size > 0) {
+        tmp = tl_alloc(f->data_size < CK_CHUNK ? (size_t)f->data_size : CK_CHUNK);
+        if (!tmp)
+            return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+    }
+    uint32_t crc = 0;
+    int rc = TLEARN_OK;
+    for (uint64_t done = 0; done < f->data_size && !rc;) {
+        size_t n = f->data_size - done < CK_CHUNK ? (size_t)(f->data_size - done) : CK_CHUNK;
+        const unsigned char *src;
+        if (!(rc = ck_data(f, done, n, tmp, &src)))
+            crc = (uint32_t)crc32_z(crc, src, n);
+        done += n;
+    }
+    tl_free(tmp);
+    if (rc)
+        return rc;
     if (crc != f->data_crc && !skip_crc)
         return tl_fail(TLEARN_EFORMAT, "%s: section DATA, field 'crc': expected %08x, found "
                        "%08x", f->fn, f->data_crc, crc);
@@ -829,9 +911,10 @@ static int parse_meta(ck_file *f)
 }
 
 /* Header, table, DATA and TENSORS: what every weight reader needs. */
-static int ck_open_tensors(ck_file *f, const char *fn, const void *data, size_t len)
+static int ck_open_tensors(ck_file *f, const char *fn, const void *data, size_t len, int fd,
+                           const char *path)
 {
-    int rc = ck_open(f, fn, data, len);
+    int rc = ck_open(f, fn, data, len, fd, path);
     if (!rc)
         rc = require(f, S_DATA);
     if (!rc)
@@ -843,9 +926,10 @@ static int ck_open_tensors(ck_file *f, const char *fn, const void *data, size_t 
     return parse_tensors(f);
 }
 
-static int ck_parse_all(ck_file *f, const char *fn, const void *data, size_t len)
+static int ck_parse_all(ck_file *f, const char *fn, const void *data, size_t len, int fd,
+                        const char *path)
 {
-    int rc = ck_open_tensors(f, fn, data, len);
+    int rc = ck_open_tensors(f, fn, data, len, fd, path);
     if (rc)
         return rc;
     static const int required[] = {S_MODEL, S_LAYERS, S_METADATA};
@@ -962,7 +1046,7 @@ static int load_tensors(ck_file *f, tlearn_model *m)
                                L->param[p].is_buffer, t->is_buffer);
             char what[2 * TL_NAME_MAX + 16];
             snprintf(what, sizeof what, "tensor '%s'", name);
-            int rc = blob_decode(f->fn, "TENSORS", what, f->data, &t->data, x->data);
+            int rc = blob_decode(f, "TENSORS", what, &t->data, x->data);
             if (!rc)
                 rc = check_decoded(f->fn, what, x->data, x->numel, L->param[p].name);
             if (rc)
@@ -1036,7 +1120,7 @@ static int load_optstate(ck_file *f, tlearn_model *m)
             *dst[k] = tl_alloc_array(numel, sizeof(float));
             if (!*dst[k])
                 return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
-            int rc = blob_decode(f->fn, "OPTSTATE", what, f->data, blobs[k], *dst[k]);
+            int rc = blob_decode(f, "OPTSTATE", what, blobs[k], *dst[k]);
             if (rc)
                 return rc;
         }
@@ -1058,7 +1142,7 @@ static int load_ewc(ck_file *f, tlearn_model *m)
                                     sizeof(float));
         if (!buf)
             return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
-        rc = blob_decode(f->fn, "EWC", what, f->data, &a->data, buf);
+        rc = blob_decode(f, "EWC", what, &a->data, buf);
         if (!rc) {
             rc = tl_ewc_restore_array(m, name, buf, (size_t)a->data.numel);
             if (rc)
@@ -1154,8 +1238,8 @@ static int set_outputs(const ck_file *f, tlearn_model *m)
     return rc ? tl_fail_prefix(TLEARN_EFORMAT, "%s: section GRAPH: ", f->fn) : TLEARN_OK;
 }
 
-int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlearn_model **out,
-                              tlearn_optim **optim)
+static int load_from(const char *fn, const void *data, size_t len, int fd, const char *path,
+                     tlearn_model **out, tlearn_optim **optim)
 {
     *out = NULL;
     if (optim)
@@ -1163,7 +1247,7 @@ int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlea
     ck_file f;
     tlearn_model *m = NULL;
     tlearn_optim *o = NULL;
-    int rc = ck_parse_all(&f, fn, data, len);
+    int rc = ck_parse_all(&f, fn, data, len, fd, path);
     if (!rc && (rc = create_model(&f, &m)))
         rc = tl_fail_prefix(rc == TLEARN_ENOMEM ? rc : TLEARN_EFORMAT, "%s: section %s: ", fn,
                             f.sec[S_GRAPH].present ? "GRAPH" : "MODEL");
@@ -1175,8 +1259,6 @@ int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlea
         rc = load_tensors(&f, m);
     if (!rc)
         rc = load_settings(&f, m);
-    if (!rc && (rc = tl_model_sync_slots(m)))
-        rc = tl_fail_prefix(rc, "%s: ", fn);
     if (!rc)
         rc = load_optstate(&f, m);
     if (!rc && f.sec[S_EWC].present)
@@ -1201,6 +1283,88 @@ int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlea
     return rc;
 }
 
+int tl_checkpoint_load_buffer(const char *fn, const void *data, size_t len, tlearn_model **out,
+                              tlearn_optim **optim)
+{
+    return load_from(fn, data, len, -1, NULL, out, optim);
+}
+
+/* The file's bytes except DATA's in a buffer of the file's size, *fd left open to read
+ * DATA from (blob_decode, data_crc_check): loading then holds the model's arrays and
+ * little else, not a second copy of the file. DATA's part of the buffer is never written
+ * nor read, so its pages are never made resident. When the table does not give DATA one
+ * span apart from every other section (a damaged file), everything is read and *fd is
+ * -1: the checks then run on the bytes as they would on any buffer. */
+static int ck_read_file(const char *fn, const char *path, unsigned char **data, size_t *len,
+                        int *fd_out)
+{
+    *data = NULL;
+    *len = 0;
+    *fd_out = -1;
+    int fd;
+    uint64_t size;
+    int rc = tl_file_open(fn, path, &fd, &size);
+    if (rc)
+        return rc;
+    if (size > (uint64_t)SIZE_MAX - 64) {
+        close(fd);
+        return tl_fail(TLEARN_ENOMEM, "%s: '%s' is too large to read", fn, path);
+    }
+    unsigned char *p = tl_alloc(size ? (size_t)size : 1);
+    if (!p) {
+        close(fd);
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory reading '%s' (%llu bytes)", fn, path,
+                       (unsigned long long)size);
+    }
+    uint64_t head = size < CK_HEADER + CK_MAX_SECTIONS * CK_ENTRY
+                        ? size : CK_HEADER + CK_MAX_SECTIONS * CK_ENTRY;
+    rc = tl_file_pread(fn, path, fd, p, (size_t)head, 0);
+    uint64_t doff = 0, dsize = 0;
+    int ndata = 0, overlap = 0;
+    uint64_t nsec = head >= CK_HEADER ? tl_get_u64(p + 24) : 0;
+    uint64_t tend = CK_HEADER + nsec * CK_ENTRY;
+    if (!rc && nsec >= 1 && nsec <= CK_MAX_SECTIONS && tend <= head) {
+        for (uint64_t i = 0; i < nsec; i++) {
+            const unsigned char *e = p + CK_HEADER + i * CK_ENTRY;
+            if (tl_get_u32(e) == S_DATA) {
+                ndata++;
+                doff = tl_get_u64(e + 8);
+                dsize = tl_get_u64(e + 16);
+            }
+        }
+        int ok = ndata == 1 && doff >= tend && doff <= size && dsize <= size - doff;
+        for (uint64_t i = 0; ok && i < nsec; i++) {
+            const unsigned char *e = p + CK_HEADER + i * CK_ENTRY;
+            uint64_t o = tl_get_u64(e + 8), n = tl_get_u64(e + 16);
+            if (tl_get_u32(e) != S_DATA && o <= size && n <= size - o && o < doff + dsize &&
+                doff < o + n)
+                overlap = 1;
+        }
+        if (!ok || overlap)
+            ndata = 0;
+    }
+    if (!rc && ndata == 1) {
+        rc = tl_file_pread(fn, path, fd, p, (size_t)doff, 0);
+        if (!rc)
+            rc = tl_file_pread(fn, path, fd, p + doff + dsize, (size_t)(size - doff - dsize),
+                               doff + dsize);
+    } else if (!rc) {
+        rc = tl_file_pread(fn, path, fd, p, (size_t)size, 0);
+    }
+    if (rc || ndata != 1) {
+        close(fd);
+        fd = -1;
+    }
+    if (rc) {
+        tl_free(p);
+        return rc;
+    }
+    *data = p;
+    *len = (size_t)size;
+    *fd_out = fd;
+    return TLEARN_OK;
+}
+
 int tlearn_model_load(tlearn_model **out, tlearn_optim **optim, const char *path)
 {
     static const char fn[] = "tlearn_model_load";
@@ -1213,20 +1377,23 @@ int tlearn_model_load(tlearn_model **out, tlearn_optim **optim, const char *path
         return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
     unsigned char *buf;
     size_t len;
-    int rc = tl_file_read(fn, path, &buf, &len);
+    int fd;
+    int rc = ck_read_file(fn, path, &buf, &len, &fd);
     if (rc)
         return rc;
-    rc = tl_checkpoint_load_buffer(fn, buf, len, out, optim);
+    rc = load_from(fn, buf, len, fd, path, out, optim);
+    if (fd >= 0)
+        close(fd);
     tl_free(buf);
     return rc;
 }
 
-int tl_checkpoint_load_weights_buffer(const char *fn, tlearn_model *m, const void *data,
-                                      size_t len, unsigned flags, size_t *matched,
-                                      size_t *skipped)
+static int load_weights_from(const char *fn, tlearn_model *m, const void *data, size_t len,
+                             int fd, const char *path, unsigned flags, size_t *matched,
+                             size_t *skipped)
 {
     ck_file f;
-    int rc = ck_open_tensors(&f, fn, data, len);
+    int rc = ck_open_tensors(&f, fn, data, len, fd, path);
     int strict = flags == TLEARN_LOAD_STRICT;
     /* Decode everything first: the model changes only when all of it is good. */
     int count = 0;
@@ -1266,7 +1433,7 @@ int tl_checkpoint_load_weights_buffer(const char *fn, tlearn_model *m, const voi
             }
             char what[2 * TL_NAME_MAX + 16];
             snprintf(what, sizeof what, "tensor '%s'", name);
-            rc = blob_decode(fn, "TENSORS", what, f.data, &t->data, staged[k]);
+            rc = blob_decode(&f, "TENSORS", what, &t->data, staged[k]);
             if (!rc)
                 rc = check_decoded(fn, what, staged[k], x->numel, L->param[p].name);
             nmatched++;
@@ -1296,6 +1463,13 @@ int tl_checkpoint_load_weights_buffer(const char *fn, tlearn_model *m, const voi
     return rc;
 }
 
+int tl_checkpoint_load_weights_buffer(const char *fn, tlearn_model *m, const void *data,
+                                      size_t len, unsigned flags, size_t *matched,
+                                      size_t *skipped)
+{
+    return load_weights_from(fn, m, data, len, -1, NULL, flags, matched, skipped);
+}
+
 int tlearn_model_load_weights(tlearn_model *m, const char *path, unsigned flags,
                               size_t *matched, size_t *skipped)
 {
@@ -1308,10 +1482,13 @@ int tlearn_model_load_weights(tlearn_model *m, const char *path, unsigned flags,
                        "TLEARN_LOAD_PARTIAL", fn, flags);
     unsigned char *buf;
     size_t len;
-    int rc = tl_file_read(fn, path, &buf, &len);
+    int fd;
+    int rc = ck_read_file(fn, path, &buf, &len, &fd);
     if (rc)
         return rc;
-    rc = tl_checkpoint_load_weights_buffer(fn, m, buf, len, flags, matched, skipped);
+    rc = load_weights_from(fn, m, buf, len, fd, path, flags, matched, skipped);
+    if (fd >= 0)
+        close(fd);
     tl_free(buf);
     return rc;
 }
@@ -1323,11 +1500,12 @@ int tlearn_checkpoint_read_metadata(const char *path, tlearn_metadata_fn cb, voi
         return tl_fail(TLEARN_EINVAL, "%s: %s is NULL", fn, !path ? "path" : "fn");
     unsigned char *buf;
     size_t len;
-    int rc = tl_file_read(fn, path, &buf, &len);
+    int fd;
+    int rc = ck_read_file(fn, path, &buf, &len, &fd);
     if (rc)
         return rc;
     ck_file f;
-    rc = ck_open(&f, fn, buf, len);
+    rc = ck_open(&f, fn, buf, len, fd, path);
     if (!rc)
         rc = require(&f, S_METADATA);
     if (!rc)
@@ -1346,6 +1524,8 @@ int tlearn_checkpoint_read_metadata(const char *path, tlearn_metadata_fn cb, voi
         tl_free(v);
     }
     ck_free(&f);
+    if (fd >= 0)
+        close(fd);
     tl_free(buf);
     return rc;
 }

@@ -5,59 +5,46 @@
 #include "checkpoint.h"
 
 /* ------------------------------------------------------------------------------------ */
-/* Writing. Sections are built in memory, then laid out behind the header and table. */
+/* Writing. The small sections are built in memory, each array only as a fixed-size
+ * reference to be filled in; the arrays are then written from the model's own memory, a
+ * chunk at a time, straight into DATA (the temporary file of a save, or a buffer), so that
+ * a save never holds a second copy of the model. */
+
+typedef struct pending {
+    const float *x;  /* the array, owned by the model */
+    size_t n;
+    tl_wbuf *dir;    /* the section holding its reference ... */
+    size_t at;       /* ... at this offset */
+} pending;
 
 typedef struct writer {
     tl_wbuf sec[S_KINDS];
-    tl_wbuf data;
+    pending *blobs;
+    size_t nblobs, cap;
+    int oom;
     int level;           /* zlib level, 0: raw */
     uint64_t ewc_arrays; /* counted by ewc_array() */
 } writer;
 
+enum { BLOB_REF = 32 }; /* encoding u32, crc u32, offset u64, stored_size u64, numel u64 */
+
 static void put_blob(writer *w, tl_wbuf *dir, const float *x, size_t n)
 {
-    size_t raw = n * 4;
-    unsigned char *z = NULL;
-    uLongf zlen = 0;
-    if (w->level > 0 && raw > 0) {
-        zlen = compressBound((uLong)raw);
-        unsigned char *tmp = tl_alloc(raw);
-        z = tl_alloc(zlen);
-        if (!tmp || !z) {
-            tl_free(tmp);
-            tl_free(z);
-            w->data.oom = 1;
+    if (w->nblobs == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 64;
+        pending *p = tl_alloc_array(cap, sizeof *p);
+        if (!p) {
+            w->oom = 1;
             return;
         }
-        tl_floats_to_le(tmp, x, n);
-        if (compress2(z, &zlen, tmp, (uLong)raw, w->level) != Z_OK || zlen >= raw) {
-            tl_free(z); /* not smaller: stored raw */
-            z = NULL;
-        }
-        tl_free(tmp);
+        if (w->nblobs)
+            memcpy(p, w->blobs, w->nblobs * sizeof *p);
+        tl_free(w->blobs);
+        w->blobs = p;
+        w->cap = cap;
     }
-    uint32_t enc = 0;
-    size_t off, size;
-    if (z) {
-        enc = 1;
-        off = w->data.len;
-        size = zlen;
-        tl_wb_bytes(&w->data, z, size);
-        tl_free(z);
-    } else {
-        tl_wb_align(&w->data, 64);
-        off = w->data.len;
-        size = raw;
-        tl_wb_zeros(&w->data, raw);
-        if (!w->data.oom)
-            tl_floats_to_le(w->data.p + off, x, n);
-    }
-    uint32_t crc = w->data.oom ? 0 : (uint32_t)crc32_z(0L, w->data.p + off, size);
-    tl_wb_u32(dir, enc);
-    tl_wb_u32(dir, crc);
-    tl_wb_u64(dir, off);
-    tl_wb_u64(dir, size);
-    tl_wb_u64(dir, n);
+    w->blobs[w->nblobs++] = (pending){x, n, dir, dir->len};
+    tl_wb_zeros(dir, BLOB_REF);
 }
 
 static int ewc_array(const char *name, const float *data, size_t numel, void *user)
@@ -251,10 +238,139 @@ int tl_io_check_model_values(const char *fn, const tlearn_model *m)
 static const int WRITE_ORDER[] = {S_MODEL, S_GRAPH, S_LAYERS, S_TENSORS, S_OPTIMIZER,
                                   S_OPTSTATE, S_FREEZE, S_EWC, S_METADATA, S_DATA};
 
-static int assemble(writer *w, unsigned flags, tl_wbuf *out)
+/* Where the bytes go: a growing buffer, or the temporary file of a save. */
+typedef struct sink {
+    const char *fn;
+    tl_wbuf *buf;
+    tl_afile *file;
+    int rc;
+} sink;
+
+static void sink_write(sink *s, uint64_t off, const void *p, size_t n)
+{
+    if (s->rc || n == 0)
+        return;
+    if (s->file) {
+        s->rc = tl_afile_pwrite(s->fn, s->file, p, n, off);
+        return;
+    }
+    tl_wbuf *b = s->buf;
+    if (off + n > b->len)
+        tl_wb_zeros(b, (size_t)(off + n - b->len));
+    if (b->oom) {
+        s->rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", s->fn);
+        return;
+    }
+    memcpy(b->p + off, p, n);
+}
+
+enum { IN_CHUNK = 1 << 20, OUT_CHUNK = 1 << 18 };
+
+typedef struct emit {
+    sink *s;
+    uint64_t base;      /* DATA's offset in the file */
+    uint64_t len;       /* DATA written so far */
+    uint32_t crc;       /* of DATA so far */
+    unsigned char *in;  /* IN_CHUNK: little-endian bytes of the array */
+    unsigned char *out; /* OUT_CHUNK: zlib output */
+} emit;
+
+static void emit_bytes(emit *e, const unsigned char *p, size_t n, uint32_t *blob_crc)
+{
+    sink_write(e->s, e->base + e->len, p, n);
+    e->crc = (uint32_t)crc32_z(e->crc, p, n);
+    *blob_crc = (uint32_t)crc32_z(*blob_crc, p, n);
+    e->len += n;
+}
+
+/* Deflate x at the end of DATA. Returns 1 when stored compressed (*size, *crc set), 0 when
+ * it would not be smaller than raw: DATA is then left as it was (the fewer than raw bytes
+ * written past its end are all overwritten by the raw copy). -1 with the sink's rc set. */
+static int emit_zlib(emit *e, int level, const float *x, size_t n, uint64_t *size,
+                     uint32_t *crc)
+{
+    size_t raw = n * 4;
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (deflateInit(&zs, level) != Z_OK) {
+        e->s->rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", e->s->fn);
+        return -1;
+    }
+    emit saved = *e;
+    uint32_t bcrc = 0;
+    int z = Z_OK, smaller = 1;
+    for (size_t done = 0; (z == Z_OK || z == Z_BUF_ERROR) && smaller && !e->s->rc;) {
+        size_t k = raw - done < IN_CHUNK ? raw - done : IN_CHUNK;
+        tl_floats_to_le(e->in, x + done / 4, k / 4);
+        done += k;
+        zs.next_in = e->in;
+        zs.avail_in = (uInt)k;
+        int flush = done == raw ? Z_FINISH : Z_NO_FLUSH;
+        do {
+            zs.next_out = e->out;
+            zs.avail_out = OUT_CHUNK;
+            z = deflate(&zs, flush);
+            size_t got = OUT_CHUNK - zs.avail_out;
+            if (e->len - saved.len + got >= raw) {
+                smaller = 0;
+                break;
+            }
+            emit_bytes(e, e->out, got, &bcrc);
+        } while (z == Z_OK && (zs.avail_out == 0 || zs.avail_in > 0 || flush == Z_FINISH) &&
+                 z != Z_STREAM_END && !e->s->rc);
+    }
+    deflateEnd(&zs);
+    if (e->s->rc)
+        return -1;
+    if (!smaller || z != Z_STREAM_END) {
+        *e = saved;
+        return 0;
+    }
+    *size = e->len - saved.len;
+    *crc = bcrc;
+    return 1;
+}
+
+/* Every pending array into DATA, its reference filled in. */
+static int emit_arrays(writer *w, emit *e)
+{
+    static const unsigned char zeros[64];
+    for (size_t i = 0; i < w->nblobs && !e->s->rc; i++) {
+        const pending *b = &w->blobs[i];
+        size_t raw = b->n * 4;
+        uint32_t enc = 0, crc = 0;
+        uint64_t off = e->len, size = raw;
+        int z = w->level > 0 && raw > 0 ? emit_zlib(e, w->level, b->x, b->n, &size, &crc) : 0;
+        if (z < 0)
+            break;
+        if (z == 1) {
+            enc = 1;
+        } else {
+            uint32_t ignored = 0;
+            emit_bytes(e, zeros, (size_t)((64 - e->len % 64) % 64), &ignored);
+            off = e->len;
+            for (size_t done = 0; done < raw && !e->s->rc;) {
+                size_t k = raw - done < IN_CHUNK ? raw - done : IN_CHUNK;
+                tl_floats_to_le(e->in, b->x + done / 4, k / 4);
+                emit_bytes(e, e->in, k, &crc);
+                done += k;
+            }
+        }
+        unsigned char *ref = b->dir->p + b->at;
+        tl_put_u32(ref, enc);
+        tl_put_u32(ref + 4, crc);
+        tl_put_u64(ref + 8, off);
+        tl_put_u64(ref + 16, size);
+        tl_put_u64(ref + 24, b->n);
+    }
+    return e->s->rc;
+}
+
+/* Header, table, sections and DATA into the sink; *total is the file's size. */
+static int assemble(writer *w, unsigned flags, sink *s, uint64_t *total)
 {
     int present[S_KINDS] = {0};
-    uint64_t nsec = 0;
+    uint64_t nsec = 0, off[S_KINDS] = {0};
     for (size_t i = 0; i < sizeof WRITE_ORDER / sizeof WRITE_ORDER[0]; i++) {
         int k = WRITE_ORDER[i];
         /* required sections always; optional ones when they have content */
@@ -264,45 +380,62 @@ static int assemble(writer *w, unsigned flags, tl_wbuf *out)
         present[k] = required || w->sec[k].len > 0;
         nsec += (uint64_t)present[k];
     }
-    w->sec[S_DATA] = w->data;
-    memset(&w->data, 0, sizeof w->data);
-    tl_wb_zeros(out, CK_HEADER + nsec * CK_ENTRY);
-    uint64_t e = 0;
+    /* The layout is known before any array is written: references have a fixed size. */
+    uint64_t pos = CK_HEADER + nsec * CK_ENTRY;
     for (size_t i = 0; i < sizeof WRITE_ORDER / sizeof WRITE_ORDER[0]; i++) {
         int k = WRITE_ORDER[i];
         if (!present[k])
             continue;
-        tl_wb_align(out, k == S_DATA ? 64 : 8);
-        size_t off = out->len;
-        tl_wb_bytes(out, w->sec[k].p, w->sec[k].len);
-        if (out->oom || w->sec[k].oom)
-            return tl_fail(TLEARN_ENOMEM, "tlearn_model_save: out of memory");
-        unsigned char *ent = out->p + CK_HEADER + e * CK_ENTRY;
-        tl_put_u32(ent, (uint32_t)k);
-        tl_put_u64(ent + 8, off);
-        tl_put_u64(ent + 16, w->sec[k].len);
-        tl_put_u32(ent + 24, (uint32_t)crc32_z(0L, out->p + off, w->sec[k].len));
-        e++;
+        size_t align = k == S_DATA ? 64 : 8;
+        pos = (pos + align - 1) / align * align;
+        off[k] = pos;
+        pos += w->sec[k].len; /* DATA (last) is empty here */
     }
-    if (out->oom)
-        return tl_fail(TLEARN_ENOMEM, "tlearn_model_save: out of memory");
-    unsigned char *h = out->p;
-    memcpy(h, TL_CK_MAGIC, 8);
-    h[8] = CK_MAJOR;
-    h[10] = CK_MINOR;
-    tl_put_u32(h + 12, (flags & TLEARN_SAVE_INFERENCE) ? CK_FLAG_INFERENCE : 0);
-    tl_put_u64(h + 16, out->len);
-    tl_put_u64(h + 24, nsec);
-    tl_put_u64(h + 32, CK_HEADER);
-    tl_put_u32(h + 40, (uint32_t)crc32(0L, h + CK_HEADER, (uInt)(nsec * CK_ENTRY)));
-    tl_put_u32(h + 60, (uint32_t)crc32(0L, h, 60));
-    return TLEARN_OK;
+    emit e = {s, off[S_DATA], 0, 0, tl_alloc(IN_CHUNK), tl_alloc(OUT_CHUNK)};
+    if (!e.in || !e.out)
+        s->rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", s->fn);
+    else
+        emit_arrays(w, &e);
+    tl_free(e.in);
+    tl_free(e.out);
+    if (s->rc)
+        return s->rc;
+    unsigned char head[CK_HEADER + CK_MAX_SECTIONS * CK_ENTRY];
+    memset(head, 0, sizeof head);
+    uint64_t i_ent = 0;
+    for (size_t i = 0; i < sizeof WRITE_ORDER / sizeof WRITE_ORDER[0]; i++) {
+        int k = WRITE_ORDER[i];
+        if (!present[k])
+            continue;
+        uint64_t len = k == S_DATA ? e.len : w->sec[k].len;
+        uint32_t crc = k == S_DATA ? e.crc : (uint32_t)crc32_z(0L, w->sec[k].p, (size_t)len);
+        if (k != S_DATA)
+            sink_write(s, off[k], w->sec[k].p, (size_t)len);
+        unsigned char *ent = head + CK_HEADER + i_ent++ * CK_ENTRY;
+        tl_put_u32(ent, (uint32_t)k);
+        tl_put_u64(ent + 8, off[k]);
+        tl_put_u64(ent + 16, len);
+        tl_put_u32(ent + 24, crc);
+    }
+    *total = off[S_DATA] + e.len;
+    memcpy(head, TL_CK_MAGIC, 8);
+    head[8] = CK_MAJOR;
+    head[10] = CK_MINOR;
+    tl_put_u32(head + 12, (flags & TLEARN_SAVE_INFERENCE) ? CK_FLAG_INFERENCE : 0);
+    tl_put_u64(head + 16, *total);
+    tl_put_u64(head + 24, nsec);
+    tl_put_u64(head + 32, CK_HEADER);
+    tl_put_u32(head + 40, (uint32_t)crc32(0L, head + CK_HEADER, (uInt)(nsec * CK_ENTRY)));
+    tl_put_u32(head + 60, (uint32_t)crc32(0L, head, 60));
+    sink_write(s, 0, head, (size_t)(CK_HEADER + nsec * CK_ENTRY));
+    return s->rc;
 }
 
-int tl_checkpoint_save_buffer(const char *fn, const tlearn_model *m, const tlearn_optim *o,
-                              unsigned flags, tl_wbuf *out)
+/* Checks, then the small sections; the arrays stay pending. */
+static int prepare(const char *fn, writer *w, const tlearn_model *m, const tlearn_optim *o,
+                   unsigned flags)
 {
-    memset(out, 0, sizeof *out);
+    memset(w, 0, sizeof *w);
     unsigned level = (flags >> 8) & 15u;
     if ((flags & ~(TLEARN_SAVE_INFERENCE | (15u << 8))) || level > 9)
         return tl_fail(TLEARN_EINVAL, "%s: flags 0x%x: expected TLEARN_SAVE_* bits and a "
@@ -310,20 +443,36 @@ int tl_checkpoint_save_buffer(const char *fn, const tlearn_model *m, const tlear
     int rc = tl_io_check_model_values(fn, m);
     if (rc)
         return rc;
-    writer w;
-    memset(&w, 0, sizeof w);
-    w.level = (int)level;
-    rc = build(&w, m, o, flags);
+    w->level = (int)level;
+    rc = build(w, m, o, flags);
     for (int k = 0; !rc && k < S_KINDS; k++)
-        if (w.sec[k].oom || w.data.oom)
+        if (w->sec[k].oom || w->oom)
             rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
-    if (!rc)
-        rc = assemble(&w, flags, out);
+    return rc;
+}
+
+static void writer_free(writer *w)
+{
     for (int k = 0; k < S_KINDS; k++)
-        tl_wb_free(&w.sec[k]);
-    tl_wb_free(&w.data);
+        tl_wb_free(&w->sec[k]);
+    tl_free(w->blobs);
+}
+
+int tl_checkpoint_save_buffer(const char *fn, const tlearn_model *m, const tlearn_optim *o,
+                              unsigned flags, tl_wbuf *out)
+{
+    memset(out, 0, sizeof *out);
+    writer w;
+    int rc = prepare(fn, &w, m, o, flags);
+    uint64_t total = 0;
+    sink s = {fn, out, NULL, 0};
+    if (!rc)
+        rc = assemble(&w, flags, &s, &total);
+    writer_free(&w);
     if (rc)
         tl_wb_free(out);
+    else
+        out->len = (size_t)total;
     return rc;
 }
 
@@ -334,10 +483,15 @@ int tlearn_model_save(const tlearn_model *m, const tlearn_optim *o, const char *
     TL_CHECK_MODEL(fn, m);
     if (!path || !*path)
         return tl_fail(TLEARN_EINVAL, "%s: path is %s", fn, !path ? "NULL" : "empty");
-    tl_wbuf out;
-    int rc = tl_checkpoint_save_buffer(fn, m, o, flags, &out);
-    if (!rc)
-        rc = tl_file_write_atomic(fn, path, out.p, out.len);
-    tl_wb_free(&out);
+    writer w;
+    int rc = prepare(fn, &w, m, o, flags);
+    tl_afile f;
+    uint64_t total = 0;
+    if (!rc && !(rc = tl_afile_begin(fn, path, &f))) {
+        sink s = {fn, NULL, &f, 0};
+        rc = assemble(&w, flags, &s, &total);
+        rc = rc ? (tl_afile_abort(&f), rc) : tl_afile_commit(fn, &f, total);
+    }
+    writer_free(&w);
     return rc;
 }

@@ -23,10 +23,10 @@ static const char *file_kind(mode_t mode)
                             : "not a regular file";
 }
 
-int tl_file_read(const char *fn, const char *path, unsigned char **data, size_t *len)
+int tl_file_open(const char *fn, const char *path, int *fd_out, uint64_t *size)
 {
-    *data = NULL;
-    *len = 0;
+    *fd_out = -1;
+    *size = 0;
     /* O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the
      * open descriptor, then reads block as usual. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -49,53 +49,57 @@ int tl_file_read(const char *fn, const char *path, unsigned char **data, size_t 
         close(fd);
         return tl_fail(TLEARN_EIO, "%s: cannot read '%s': %s", fn, path, strerror(e));
     }
-    if ((uintmax_t)st.st_size > (uintmax_t)SIZE_MAX - 64) {
+    *fd_out = fd;
+    *size = (uint64_t)st.st_size;
+    return TLEARN_OK;
+}
+
+int tl_file_pread(const char *fn, const char *path, int fd, void *buf, size_t n, uint64_t off)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t k = pread(fd, p, n > (1u << 30) ? (1u << 30) : n, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return tl_fail(TLEARN_EIO, "%s: cannot read '%s': %s", fn, path,
+                           k < 0 ? strerror(errno) : "file shrank while reading");
+        p += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return TLEARN_OK;
+}
+
+int tl_file_read(const char *fn, const char *path, unsigned char **data, size_t *len)
+{
+    *data = NULL;
+    *len = 0;
+    int fd;
+    uint64_t size64;
+    int rc = tl_file_open(fn, path, &fd, &size64);
+    if (rc)
+        return rc;
+    if (size64 > (uint64_t)SIZE_MAX - 64) {
         close(fd);
         return tl_fail(TLEARN_ENOMEM, "%s: '%s' is too large to read", fn, path);
     }
-    size_t size = (size_t)st.st_size;
+    size_t size = (size_t)size64;
     unsigned char *buf = tl_alloc(size);
     if (!buf) {
         close(fd);
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory reading '%s' (%zu bytes)", fn, path,
                        size);
     }
-    size_t got = 0;
-    while (got < size) {
-        ssize_t k = read(fd, buf + got, size - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            int e = k < 0 ? errno : 0;
-            close(fd);
-            tl_free(buf);
-            return tl_fail(TLEARN_EIO, "%s: cannot read '%s': %s", fn, path,
-                           e ? strerror(e) : "file shrank while reading");
-        }
-        got += (size_t)k;
-    }
+    rc = tl_file_pread(fn, path, fd, buf, size, 0);
     close(fd);
+    if (rc) {
+        tl_free(buf);
+        return rc;
+    }
     *data = buf;
     *len = size;
     return TLEARN_OK;
-}
-
-static int write_all(int fd, const unsigned char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(fd, p, n > (1u << 30) ? (1u << 30) : n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return -1;
-        if (k == 0) {
-            errno = EIO;
-            return -1;
-        }
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
 }
 
 /* Create "PATH.tmp-XXXXXX" exclusively with @p mode (the kernel applies the umask, which
@@ -158,84 +162,125 @@ static int save_target(const char *fn, const char *path, char **target, int *mod
     return TLEARN_OK;
 }
 
-int tl_file_write_atomic(const char *fn, const char *path, const void *data, size_t len)
+int tl_afile_begin(const char *fn, const char *path, tl_afile *a)
 {
+    memset(a, 0, sizeof *a);
+    a->fd = -1;
     if (strlen(path) == 0)
         return tl_fail(TLEARN_EINVAL, "%s: path is empty", fn);
-    char *resolved;
     int mode;
-    int rc = save_target(fn, path, &resolved, &mode);
+    int rc = save_target(fn, path, &a->resolved, &mode);
     if (rc)
         return rc;
-    const char *dest = resolved ? resolved : path;
-    size_t plen = strlen(dest);
+    a->dest = a->resolved ? a->resolved : path;
+    size_t plen = strlen(a->dest);
     static const char suffix[] = ".tmp-XXXXXX";
-    char *tmp = tl_alloc(plen + sizeof suffix);
+    a->tmp = tl_alloc(plen + sizeof suffix);
     /* the directory, for the fsync that makes the rename durable */
-    char *dir = tl_alloc(plen + 2);
-    if (!tmp || !dir) {
-        tl_free(tmp);
-        tl_free(dir);
-        tl_free(resolved);
+    a->dir = tl_alloc(plen + 2);
+    if (!a->tmp || !a->dir) {
+        tl_afile_abort(a);
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
     }
-    memcpy(tmp, dest, plen);
-    memcpy(tmp + plen, suffix, sizeof suffix);
-    const char *slash = strrchr(dest, '/');
+    memcpy(a->tmp, a->dest, plen);
+    memcpy(a->tmp + plen, suffix, sizeof suffix);
+    const char *slash = strrchr(a->dest, '/');
     if (!slash)
-        strcpy(dir, ".");
-    else if (slash == dest)
-        strcpy(dir, "/");
+        strcpy(a->dir, ".");
+    else if (slash == a->dest)
+        strcpy(a->dir, "/");
     else {
-        memcpy(dir, dest, (size_t)(slash - dest));
-        dir[slash - dest] = '\0';
+        memcpy(a->dir, a->dest, (size_t)(slash - a->dest));
+        a->dir[slash - a->dest] = '\0';
     }
+    a->fd = create_temp(a->tmp, plen, mode >= 0 ? 0600 : 0666);
+    if (a->fd < 0) {
+        rc = tl_fail(TLEARN_EIO, "%s: cannot create a temporary file for '%s': %s", fn,
+                     a->dest, strerror(errno));
+        tl_afile_abort(a);
+        return rc;
+    }
+    a->created = 1;
+    if (mode >= 0 && fchmod(a->fd, (mode_t)mode) != 0) {
+        rc = tl_fail(TLEARN_EIO, "%s: cannot set permissions of '%s': %s", fn, a->dest,
+                     strerror(errno));
+        tl_afile_abort(a);
+        return rc;
+    }
+    return TLEARN_OK;
+}
 
-    const char *step = "create a temporary file";
-    int fd = create_temp(tmp, plen, mode >= 0 ? 0600 : 0666);
-    if (fd < 0)
-        goto fail_noclose;
-    step = "set permissions of";
-    if (mode >= 0 && fchmod(fd, (mode_t)mode) != 0)
-        goto fail;
-    step = "write";
-    if (write_all(fd, data, len) != 0)
+int tl_afile_pwrite(const char *fn, tl_afile *a, const void *data, size_t n, uint64_t off)
+{
+    const unsigned char *p = data;
+    while (n > 0) {
+        ssize_t k = pwrite(a->fd, p, n > (1u << 30) ? (1u << 30) : n, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return tl_fail(TLEARN_EIO, "%s: cannot write '%s': %s", fn, a->dest,
+                           k < 0 ? strerror(errno) : strerror(EIO));
+        p += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return TLEARN_OK;
+}
+
+int tl_afile_commit(const char *fn, tl_afile *a, uint64_t len)
+{
+    const char *step = "truncate";
+    if (ftruncate(a->fd, (off_t)len) != 0)
         goto fail;
     step = "fsync";
-    if (fsync(fd) != 0)
+    if (fsync(a->fd) != 0)
         goto fail;
     step = "close";
-    if (close(fd) != 0) {
-        fd = -1;
+    int fd = a->fd;
+    a->fd = -1;
+    if (close(fd) != 0)
         goto fail;
-    }
-    fd = -1;
     step = "rename the temporary file over";
-    if (rename(tmp, dest) != 0)
+    if (rename(a->tmp, a->dest) != 0)
         goto fail;
+    a->created = 0;
     /* Durability of the rename; the file is complete either way, so a directory that
      * cannot be opened or synced (some filesystems refuse) is not an error. */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = open(a->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         (void)fsync(dfd);
         close(dfd);
     }
-    rc = TLEARN_OK;
-    goto done;
-
+    tl_afile_abort(a);
+    return TLEARN_OK;
 fail:;
-    int e = errno;
-    if (fd >= 0)
-        close(fd);
-    unlink(tmp);
-    rc = tl_fail(TLEARN_EIO, "%s: cannot %s '%s': %s", fn, step, dest, strerror(e));
-    goto done;
-fail_noclose:
-    rc = tl_fail(TLEARN_EIO, "%s: cannot %s for '%s': %s", fn, step, dest, strerror(errno));
-done:
-    tl_free(tmp);
-    tl_free(dir);
-    tl_free(resolved);
+    int rc = tl_fail(TLEARN_EIO, "%s: cannot %s '%s': %s", fn, step, a->dest, strerror(errno));
+    tl_afile_abort(a);
+    return rc;
+}
+
+void tl_afile_abort(tl_afile *a)
+{
+    if (a->fd >= 0)
+        close(a->fd);
+    if (a->created)
+        unlink(a->tmp);
+    tl_free(a->tmp);
+    tl_free(a->dir);
+    tl_free(a->resolved);
+    memset(a, 0, sizeof *a);
+    a->fd = -1;
+}
+
+int tl_file_write_atomic(const char *fn, const char *path, const void *data, size_t len)
+{
+    tl_afile a;
+    int rc = tl_afile_begin(fn, path, &a);
+    if (!rc)
+        rc = tl_afile_pwrite(fn, &a, data, len, 0);
+    if (!rc)
+        return tl_afile_commit(fn, &a, len);
+    tl_afile_abort(&a);
     return rc;
 }
 

@@ -10,8 +10,26 @@
 #include "../train/train.h"
 
 /* ---- files (file.c) ---- */
+/* Open a regular file for reading: a FIFO, device or directory is refused without
+ * blocking (O_NONBLOCK, then fstat on the descriptor). *fd is closed by the caller. */
+int tl_file_open(const char *fn, const char *path, int *fd, uint64_t *size);
+/* Exactly @p n bytes at @p off, or TLEARN_EIO (also when the file is shorter). */
+int tl_file_pread(const char *fn, const char *path, int fd, void *buf, size_t n, uint64_t off);
 /* Read a whole regular file into a tl_alloc'ed buffer (free with tl_free). */
 int tl_file_read(const char *fn, const char *path, unsigned char **data, size_t *len);
+/* A crash-safe write in steps, for writers that stream: begin creates the temporary file
+ * next to @p path (the rules of tl_file_write_atomic), pwrite writes at any offset, commit
+ * truncates to @p len, fsyncs and renames over the target; abort (also after a failed
+ * begin or commit; idempotent) removes the temporary file. */
+typedef struct tl_afile {
+    int fd, created;
+    char *tmp, *dir, *resolved;
+    const char *dest;
+} tl_afile;
+int tl_afile_begin(const char *fn, const char *path, tl_afile *a);
+int tl_afile_pwrite(const char *fn, tl_afile *a, const void *data, size_t n, uint64_t off);
+int tl_afile_commit(const char *fn, tl_afile *a, uint64_t len);
+void tl_afile_abort(tl_afile *a);
 /* Write @p len bytes crash-safely: temporary file in the same directory, fsync, rename over
  * @p path, fsync of the directory. On failure @p path is untouched and the temporary file
  * removed; returns TLEARN_EIO with the OS error (or TLEARN_ENOMEM). */
@@ -95,6 +113,17 @@ int tl_checkpoint_load_weights_buffer(const char *fn, tlearn_model *m, const voi
 int tl_safetensors_import_buffer(const char *fn, tlearn_model *m, const void *data, size_t len,
                                  tlearn_name_map_fn map, void *user, unsigned flags,
                                  size_t *matched);
+/* Internal flag for tl_safetensors_import_buffer (with TLEARN_LOAD_PARTIAL): refuse file
+ * tensors that are not in the model or do not fit, but do not require every model tensor
+ * (adapter files fill the adapter's tensors only). */
+#define TL_ST_FILE_STRICT 0x100u
+/* Write @p count named fp32 tensors as a safetensors file (atomically). */
+typedef struct tl_st_tensor {
+    const char *name;
+    const tl_tensor *t;
+} tl_st_tensor;
+int tl_safetensors_write(const char *fn, const char *path, const tl_st_tensor *ts,
+                         size_t count);
 /* fp16 / bf16 bit patterns to fp32 (exact). */
 float tl_half_to_float(uint16_t h);
 float tl_bf16_to_float(uint16_t h);

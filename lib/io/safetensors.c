@@ -227,7 +227,8 @@ int tl_safetensors_import_buffer(const char *fn, tlearn_model *m, const void *bu
     st_entry *e;
     size_t count;
     const unsigned char *data = NULL;
-    int strict = flags == TLEARN_LOAD_STRICT;
+    int strict = (flags & ~TL_ST_FILE_STRICT) == TLEARN_LOAD_STRICT;
+    int all_model = flags == TLEARN_LOAD_STRICT; /* every model tensor must be in the file */
     int rc = st_parse(fn, buf, len, &root, &e, &count, &data);
     if (rc)
         return rc;
@@ -319,7 +320,7 @@ int tl_safetensors_import_buffer(const char *fn, tlearn_model *m, const void *bu
         }
         nmatched++;
     }
-    for (int i = 0, k = 0; !rc && strict && i < m->nlayers; i++)
+    for (int i = 0, k = 0; !rc && all_model && i < m->nlayers; i++)
         for (int p = 0; !rc && p < m->layers[i]->nparam; p++, k++)
             if (!staged[k])
                 rc = tl_fail(TLEARN_ENOTFOUND, "%s: model tensor '%s.%s' is not in the file",
@@ -371,38 +372,28 @@ static void put_json_name(tl_wbuf *b, const char *s)
     tl_wb_bytes(b, "\"", 1);
 }
 
-int tlearn_model_export_safetensors(const tlearn_model *m, const char *path)
+int tl_safetensors_write(const char *fn, const char *path, const tl_st_tensor *ts,
+                         size_t count)
 {
-    static const char fn[] = "tlearn_model_export_safetensors";
-    TL_CHECK_MODEL(fn, m);
-    if (!path || !*path)
-        return tl_fail(TLEARN_EINVAL, "%s: path is %s", fn, !path ? "NULL" : "empty");
-    int rc = tl_io_check_model_values(fn, m);
-    if (rc)
-        return rc;
     tl_wbuf h = {0}, out = {0};
     char tmp[160];
     tl_wb_zeros(&h, 8); /* the header length, patched below */
     tl_wb_bytes(&h, "{\"__metadata__\":{\"format\":\"pt\"}", 31);
     uint64_t off = 0;
-    for (int i = 0; i < m->nlayers; i++) {
-        const tl_layer *L = m->layers[i];
-        for (int p = 0; p < L->nparam; p++) {
-            const tl_tensor *x = &L->param[p].t;
-            snprintf(tmp, sizeof tmp, "%s.%s", L->name, L->param[p].name);
-            tl_wb_bytes(&h, ",", 1);
-            put_json_name(&h, tmp);
-            tl_wb_bytes(&h, ":{\"dtype\":\"F32\",\"shape\":[", 25);
-            for (int d = 0; d < x->ndim; d++) {
-                int k = snprintf(tmp, sizeof tmp, d ? ",%d" : "%d", x->dims[d]);
-                tl_wb_bytes(&h, tmp, (size_t)k);
-            }
-            int k = snprintf(tmp, sizeof tmp, "],\"data_offsets\":[%llu,%llu]}",
-                             (unsigned long long)off,
-                             (unsigned long long)(off + 4 * (uint64_t)x->numel));
+    for (size_t i = 0; i < count; i++) {
+        const tl_tensor *x = ts[i].t;
+        tl_wb_bytes(&h, ",", 1);
+        put_json_name(&h, ts[i].name);
+        tl_wb_bytes(&h, ":{\"dtype\":\"F32\",\"shape\":[", 25);
+        for (int d = 0; d < x->ndim; d++) {
+            int k = snprintf(tmp, sizeof tmp, d ? ",%d" : "%d", x->dims[d]);
             tl_wb_bytes(&h, tmp, (size_t)k);
-            off += 4 * (uint64_t)x->numel;
         }
+        int k = snprintf(tmp, sizeof tmp, "],\"data_offsets\":[%llu,%llu]}",
+                         (unsigned long long)off,
+                         (unsigned long long)(off + 4 * (uint64_t)x->numel));
+        tl_wb_bytes(&h, tmp, (size_t)k);
+        off += 4 * (uint64_t)x->numel;
     }
     tl_wb_bytes(&h, "}", 1);
     /* Pad the header with spaces so the data starts 8-byte aligned, as the reference
@@ -412,19 +403,50 @@ int tlearn_model_export_safetensors(const tlearn_model *m, const char *path)
     if (!h.oom)
         tl_put_u64(h.p, h.len - 8);
     tl_wb_bytes(&out, h.p, h.len);
-    for (int i = 0; i < m->nlayers; i++)
-        for (int p = 0; p < m->layers[i]->nparam; p++) {
-            const tl_tensor *x = &m->layers[i]->param[p].t;
-            size_t at = out.len;
-            tl_wb_zeros(&out, 4 * x->numel);
-            if (!out.oom)
-                tl_floats_to_le(out.p + at, x->data, x->numel);
-        }
+    for (size_t i = 0; i < count; i++) {
+        const tl_tensor *x = ts[i].t;
+        size_t at = out.len;
+        tl_wb_zeros(&out, 4 * x->numel);
+        if (!out.oom)
+            tl_floats_to_le(out.p + at, x->data, x->numel);
+    }
+    int rc = TLEARN_OK;
     if (h.oom || out.oom)
         rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
     if (!rc)
         rc = tl_file_write_atomic(fn, path, out.p, out.len);
     tl_wb_free(&h);
     tl_wb_free(&out);
+    return rc;
+}
+
+int tlearn_model_export_safetensors(const tlearn_model *m, const char *path)
+{
+    static const char fn[] = "tlearn_model_export_safetensors";
+    TL_CHECK_MODEL(fn, m);
+    if (!path || !*path)
+        return tl_fail(TLEARN_EINVAL, "%s: path is %s", fn, !path ? "NULL" : "empty");
+    int rc = tl_io_check_model_values(fn, m);
+    if (rc)
+        return rc;
+    size_t count = 0;
+    for (int i = 0; i < m->nlayers; i++)
+        count += (size_t)m->layers[i]->nparam;
+    tl_st_tensor *ts = tl_alloc_array(count + 1, sizeof *ts);
+    char *names = tl_alloc_array(count + 1, TL_TENSOR_NAME_MAX);
+    if (!ts || !names)
+        rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    for (int i = 0, k = 0; !rc && i < m->nlayers; i++)
+        for (int p = 0; p < m->layers[i]->nparam; p++, k++) {
+            char *nm = names + (size_t)k * TL_TENSOR_NAME_MAX;
+            snprintf(nm, TL_TENSOR_NAME_MAX, "%s.%s", m->layers[i]->name,
+                     m->layers[i]->param[p].name);
+            ts[k].name = nm;
+            ts[k].t = &m->layers[i]->param[p].t;
+        }
+    if (!rc)
+        rc = tl_safetensors_write(fn, path, ts, count);
+    tl_free(ts);
+    tl_free(names);
     return rc;
 }

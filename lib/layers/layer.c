@@ -45,6 +45,32 @@ void tl_init_uniform(tl_tensor *t, tl_rng *rng, float bound)
         t->data[i] = tl_rng_uniform_range(rng, -bound, bound);
 }
 
+void tl_init_normal(tl_tensor *t, tl_rng *rng, float std)
+{
+    for (size_t i = 0; i < t->numel; i += 2) {
+        /* 1 - u is in (0, 1]: the logarithm stays finite */
+        double r = sqrt(-2.0 * log(1.0 - (double)tl_rng_uniform(rng)));
+        double a = 6.283185307179586 * (double)tl_rng_uniform(rng);
+        t->data[i] = (float)(std * r * cos(a));
+        if (i + 1 < t->numel)
+            t->data[i + 1] = (float)(std * r * sin(a));
+    }
+}
+
+int tl_validate_mask(const tl_layer *L, const void *x, size_t n, size_t len)
+{
+    (void)L;
+    const unsigned char *p = x;
+    for (size_t i = 0; i < n * len; i++) {
+        uint32_t v;
+        memcpy(&v, p + 4 * i, sizeof v);
+        if (v != 0 && v != 1 && v != 0x3f800000u)
+            return tl_fail(TLEARN_EINVAL, "the mask's example %zu, position %zu is neither 0 "
+                           "nor 1 (int32 or float)", i / len, i % len);
+    }
+    return TLEARN_OK;
+}
+
 int tl_layer_config(tl_layer *L, const void *cfg, size_t size)
 {
     L->cfg = tl_alloc(size);

@@ -156,7 +156,8 @@ typedef struct tl_layer_ops {
     int kind;              /* enum tlearn_layer_kind */
     const char *kind_name; /* "dense", "conv2d", ... as stored in checkpoints */
     int epilogues;         /* TL_EPILOGUE_* that forward can fold in */
-    int int_inputs;        /* reads int32 model inputs (token ids) through its float pointers */
+    int int_inputs;        /* bit k set: input k may be an int32 model input (token ids,
+                            * masks), read through its float pointer */
     /* Check the n examples of model input @p x that input @p k reads directly (token ids in
      * range), before any forward: entry points call it and return its status (EINVAL
      * with a message). NULL: every value is acceptable. */
@@ -229,6 +230,21 @@ int tl_layer_add_param(tl_layer *L, const char *name, int ndim, const int *dims,
 void tl_layer_set_param_budget(size_t *floats);
 /* PyTorch's default init for weights of fan-in @p fan_in: U(-1/sqrt(fan_in), +...). */
 void tl_init_uniform(tl_tensor *t, tl_rng *rng, float bound);
+/* N(0, std^2) by Box-Muller (torch.nn.Embedding, ViT's class token and positions). */
+void tl_init_normal(tl_tensor *t, tl_rng *rng, float std);
+
+/* Key-padding masks (attention, token_pool): one value per position, 1 keep, 0 pad, as an
+ * int32 model input (a tokenizer's attention_mask) or as floats 1.0/0.0. Both read the same
+ * through the float pointers: a position is kept when its 32 bits, sign aside, are not all
+ * zero (int32 1 and float 1.0 alike). */
+static inline int tl_mask_keep(const float *mask, size_t i)
+{
+    uint32_t b;
+    memcpy(&b, mask + i, sizeof b);
+    return (b & 0x7fffffffu) != 0;
+}
+/* validate() for a mask: every value of the n x @p len is int32 0/1 or float 0.0/1.0. */
+int tl_validate_mask(const tl_layer *L, const void *x, size_t n, size_t len);
 
 /* Data movement of concat, slice and reshape: @p rows x @p count blocks of @p len floats,
  * dst[r*dr + j*dj + i] = src[r*sr + j*sj + i], or += with @p accum. */
@@ -306,5 +322,33 @@ extern const tl_layer_ops tl_pad_ops;
 /* matmul ia: transpose_b; two inputs a (.., M, K), b (.., K, N) or (.., N, K) transposed */
 extern const tl_layer_ops tl_matmul_ops;
 extern const tl_layer_ops tl_drop_path_ops;  /* fa: p */
+extern const tl_layer_ops tl_embedding_ops;  /* ia: vocab dim padding_idx (-1 none) */
+extern const tl_layer_ops tl_position_embedding_ops; /* ia: max_len sinusoidal */
+extern const tl_layer_ops tl_attention_ops;  /* ia: heads causal; inputs: x (T, D) [, mask] */
+extern const tl_layer_ops tl_token_pool_ops; /* ia: mode (0 first, 1 mean); x [, mask] */
+extern const tl_layer_ops tl_patch_embed_ops; /* ia: dim patch class_token positions */
+extern const tl_layer_ops tl_prototype_ops;  /* ia: classes learn_temperature; fa: temperature */
+
+/* The prototype head's class table (layers/prototype.c), changed by lib/fewshot/ between
+ * runs. Norms below TL_PROTO_EPS count as TL_PROTO_EPS (torch's F.normalize). */
+#define TL_PROTO_EPS 1e-12f
+int tl_prototype_classes(const tl_layer *L);
+/* max(||row||, TL_PROTO_EPS) of @p rows rows of length d, summed in float in order. */
+void tl_row_norms(const float *x, size_t rows, size_t d, float *norm);
+/* Append @p add empty classes, or (remove >= 0) drop class @p remove, later ones moving up
+ * by one. All or nothing: ESHAPE (no class would be left), ENOMEM. The caller drops plans. */
+int tl_prototype_resize(tl_layer *L, int add, int remove);
+/* Fold per-class sums of normalised features (classes x D) and example counts into the
+ * running means. */
+void tl_prototype_accumulate(tl_layer *L, const double *sums, const double *counts);
+/* Adapters (1.1), built by lib/adapters/ through the graph-editing seam of model/. */
+extern const tl_layer_ops tl_lora_sum_ops;   /* ia: r rslora merged; fa: alpha weight;
+                                              * out = in0 + alpha/r (rsLoRA: /sqrt(r))
+                                              * * weight * in1, in1 ignored while merged */
+/* Domain adaptation (1.1). grad_reverse fa: lambda (identity forward, -lambda * dout back) */
+extern const tl_layer_ops tl_grad_reverse_ops;
+/* For train/adapt.c: a grad_reverse layer's lambda, checked by tl_grl_check_lambda. */
+void tl_grl_set_lambda(tl_layer *L, float lambda);
+int tl_grl_check_lambda(const char *what, const char *name, float lambda);
 
 #endif

@@ -26,6 +26,14 @@ static const tl_layer_ops *const all_kinds[] = {
     &tl_pad_ops,
     &tl_matmul_ops,
     &tl_drop_path_ops,
+    &tl_embedding_ops,
+    &tl_position_embedding_ops,
+    &tl_attention_ops,
+    &tl_token_pool_ops,
+    &tl_patch_embed_ops,
+    &tl_prototype_ops,
+    &tl_lora_sum_ops,
+    &tl_grad_reverse_ops,
 };
 
 const tl_layer_ops *tl_layer_ops_by_name(const char *kind_name)

@@ -313,3 +313,201 @@ int tlearn_model_add_drop_path(tlearn_model *m, const char *name, float p)
     return tl_model_add(m, "tlearn_model_add_drop_path", &tl_drop_path_ops, name, NULL, 0, NULL,
                         0, &p, 1);
 }
+
+/* ---- transformer layers ---- */
+
+int tlearn_model_add_embedding(tlearn_model *m, const char *name, int vocab, int dim,
+                               int padding_idx)
+{
+    static const char fn[] = "tlearn_model_add_embedding";
+    TL_CHECK_MODEL(fn, m);
+    int src = m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input;
+    if (src >= 0 || m->inputs[-1 - src].dtype != TLEARN_DTYPE_INT32)
+        return tl_fail(TLEARN_EINVAL, "%s: layer '%s' must read an int32 model input of token "
+                       "ids, not '%s'", fn, name ? name : "(null)", producer_name(m, src));
+    int ia[3] = {vocab, dim, padding_idx};
+    return tl_model_add(m, fn, &tl_embedding_ops, name, &src, 1, ia, 3, NULL, 0);
+}
+
+int tlearn_model_add_position_embedding(tlearn_model *m, const char *name, int max_len,
+                                        int sinusoidal)
+{
+    int ia[2] = {max_len, sinusoidal};
+    return tl_model_add(m, "tlearn_model_add_position_embedding", &tl_position_embedding_ops,
+                        name, NULL, 0, ia, 2, NULL, 0);
+}
+
+/* The next input and, when @p mask names one, a mask producer: the inputs of attention and
+ * token_pool. Returns the count (1 or 2), or -1 with the message set. */
+static int with_mask(const char *fn, const tlearn_model *m, const char *mask, int inputs[2])
+{
+    inputs[0] = m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input;
+    if (!mask)
+        return 1;
+    if (!tl_model_find_producer(m, mask, &inputs[1])) {
+        tl_fail(TLEARN_ENOTFOUND, "%s: no layer or model input named '%s' for the mask", fn,
+                mask);
+        return -1;
+    }
+    return 2;
+}
+
+int tlearn_model_add_attention(tlearn_model *m, const char *name, int heads, int causal,
+                               const char *mask)
+{
+    static const char fn[] = "tlearn_model_add_attention";
+    TL_CHECK_MODEL(fn, m);
+    int inputs[2], k = with_mask(fn, m, mask, inputs), ia[2] = {heads, causal};
+    if (k < 0)
+        return TLEARN_ENOTFOUND;
+    return tl_model_add(m, fn, &tl_attention_ops, name, inputs, k, ia, 2, NULL, 0);
+}
+
+int tlearn_model_add_token_pool(tlearn_model *m, const char *name, int mean, const char *mask)
+{
+    static const char fn[] = "tlearn_model_add_token_pool";
+    TL_CHECK_MODEL(fn, m);
+    int inputs[2], k = with_mask(fn, m, mask, inputs);
+    if (k < 0)
+        return TLEARN_ENOTFOUND;
+    if (k == 2 && !mean)
+        return tl_fail(TLEARN_EINVAL, "%s: a mask only applies to mean pooling", fn);
+    return tl_model_add(m, fn, &tl_token_pool_ops, name, inputs, k, &mean, 1, NULL, 0);
+}
+
+int tlearn_model_add_patch_embed(tlearn_model *m, const char *name, int dim, int patch,
+                                 int class_token, int positions)
+{
+    int ia[4] = {dim, patch, class_token, positions};
+    return tl_model_add(m, "tlearn_model_add_patch_embed", &tl_patch_embed_ops, name, NULL, 0,
+                        ia, 4, NULL, 0);
+}
+
+/* ---- the encoder block ---- */
+
+typedef struct block_ctx {
+    tlearn_model *m;
+    const char *name;
+    char buf[TL_NAME_MAX];
+} block_ctx;
+
+/* "name.part" in the context's buffer. */
+static const char *part(block_ctx *b, const char *p)
+{
+    snprintf(b->buf, sizeof b->buf, "%s.%s", b->name, p);
+    return b->buf;
+}
+
+/* The layers of one sublayer's output path: dropout (when p > 0), then the residual sum
+ * with @p skip, named name.<drop> and name.<add>. */
+static int residual(block_ctx *b, const char *drop, float p, const char *add, const char *skip)
+{
+    int rc = p > 0.0f ? tlearn_model_add_dropout(b->m, part(b, drop), p) : TLEARN_OK;
+    char s[TL_NAME_MAX];
+    snprintf(s, sizeof s, "%s", skip);
+    return rc ? rc : tlearn_model_add_add(b->m, part(b, add), s);
+}
+
+static int block_layers(block_ctx *b, const char *x, int heads, int ff_dim, int activation,
+                        int norm_first, float dropout, const char *mask, int d)
+{
+    tlearn_model *m = b->m;
+    char res[TL_NAME_MAX]; /* what the second residual adds back */
+    int rc = tlearn_model_set_next_input(m, x);
+    if (!rc && norm_first)
+        rc = tlearn_model_add_layernorm(m, part(b, "norm1"), 1, 1e-5f, 1);
+    if (!rc)
+        rc = tlearn_model_add_attention(m, part(b, "self_attn"), heads, 0, mask);
+    if (!rc)
+        rc = residual(b, "dropout1", dropout, "add1", x);
+    if (!rc)
+        rc = tlearn_model_add_layernorm(m, part(b, norm_first ? "norm2" : "norm1"), 1, 1e-5f,
+                                        1);
+    /* pre-norm adds the feed-forward to the first sum, post-norm to norm1's output */
+    snprintf(res, sizeof res, "%s.%s", b->name, norm_first ? "add1" : "norm1");
+    if (!rc)
+        rc = tlearn_model_add_linear(m, part(b, "linear1"), ff_dim, 1);
+    if (!rc)
+        rc = tlearn_model_add_activation(m, part(b, "activation"), activation, 0.0f);
+    if (!rc && dropout > 0.0f)
+        rc = tlearn_model_add_dropout(m, part(b, "dropout"), dropout);
+    if (!rc)
+        rc = tlearn_model_add_linear(m, part(b, "linear2"), d, 1);
+    if (!rc)
+        rc = residual(b, "dropout2", dropout, "add2", res);
+    if (!rc && !norm_first)
+        rc = tlearn_model_add_layernorm(m, part(b, "norm2"), 1, 1e-5f, 1);
+    return rc;
+}
+
+int tlearn_model_add_transformer_block(tlearn_model *m, const char *name, int heads,
+                                       int ff_dim, int activation, int norm_first,
+                                       float dropout, const char *mask)
+{
+    static const char fn[] = "tlearn_model_add_transformer_block";
+    TL_CHECK_MODEL(fn, m);
+    int rc = tl_check_name(fn, name);
+    if (rc)
+        return rc;
+    if (strlen(name) + sizeof ".activation" > TL_NAME_MAX)
+        return tl_fail(TLEARN_EINVAL, "%s: name '%s' is too long for its layers' names "
+                       "('%s.activation' must fit in %d bytes)", fn, name, name, TL_NAME_MAX - 1);
+    if (norm_first != 0 && norm_first != 1)
+        return tl_fail(TLEARN_EINVAL, "%s: norm_first is %d, must be 0 or 1", fn, norm_first);
+    if (ff_dim < 1)
+        return tl_fail(TLEARN_EINVAL, "%s: ff_dim is %d, must be >= 1", fn, ff_dim);
+    if (!(dropout >= 0.0f && dropout < 1.0f))
+        return tl_fail(TLEARN_EINVAL, "%s: dropout is %g, must be in [0, 1)", fn,
+                       (double)dropout);
+    int x = m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input;
+    if (x < -m->ninputs || x >= m->nlayers)
+        return tl_fail(TLEARN_ESHAPE, "%s: the model has no layers to read from", fn);
+    tl_shape s = tl_model_producer_shape(m, x);
+    if (s.rank != 2) {
+        char t[TL_SHAPE_STR];
+        return tl_fail(TLEARN_ESHAPE, "%s: the input is %s, expected a sequence (T, D)", fn,
+                       tl_shape_str(s, t));
+    }
+    if (heads < 1 || s.d[1] % heads)
+        return tl_fail(TLEARN_ESHAPE, "%s: %d heads do not divide dimension %d", fn, heads,
+                       s.d[1]);
+    int mk;
+    if (mask && !tl_model_find_producer(m, mask, &mk))
+        return tl_fail(TLEARN_ENOTFOUND, "%s: no layer or model input named '%s' for the "
+                       "mask", fn, mask);
+    /* Every layer name must be free before the first layer is added. */
+    static const char *const parts[] = {"self_attn", "dropout1", "add1", "norm1", "linear1",
+                                        "activation", "dropout", "linear2", "dropout2", "add2",
+                                        "norm2"};
+    block_ctx b = {m, name, {0}};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        if (tl_model_find_producer(m, part(&b, parts[i]), &mk))
+            return tl_fail(TLEARN_EINVAL, "%s: a layer or input named '%s' already exists", fn,
+                           b.buf);
+    int nl = m->nlayers, next = m->next_input;
+    char xname[TL_NAME_MAX];
+    snprintf(xname, sizeof xname, "%s", producer_name(m, x));
+    rc = block_layers(&b, xname, heads, ff_dim, activation, norm_first, dropout, mask, s.d[1]);
+    if (rc) { /* a failed call changes nothing: remove what was added */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", tlearn_errmsg());
+        tlearn_model_truncate(m, nl ? m->layers[nl - 1]->name : NULL);
+        m->next_input = next;
+        return tl_fail(rc, "%s: block '%s': %s", fn, name, msg);
+    }
+    return TLEARN_OK;
+}
+
+int tlearn_model_add_prototype(tlearn_model *m, const char *name, int classes,
+                               float temperature, int learn_temperature)
+{
+    int ia[2] = {classes, learn_temperature};
+    return tl_model_add(m, "tlearn_model_add_prototype", &tl_prototype_ops, name, NULL, 0, ia, 2,
+                        &temperature, 1);
+}
+
+int tlearn_model_add_grad_reverse(tlearn_model *m, const char *name, float lambda)
+{
+    return tl_model_add(m, "tlearn_model_add_grad_reverse", &tl_grad_reverse_ops, name, NULL, 0,
+                        NULL, 0, &lambda, 1);
+}

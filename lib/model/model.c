@@ -78,6 +78,8 @@ void tlearn_model_destroy(tlearn_model **mp)
     tl_model_free_workers(m);
     if (m->ewc)
         m->ewc_ops->destroy(m->ewc);
+    if (m->da)
+        m->da_destroy(m->da);
     tl_free(m->tensor_names);
     for (int i = 0; i < m->nmeta; i++) {
         tl_free(m->meta_keys[i]);
@@ -167,7 +169,8 @@ int tl_model_validate_feed(const char *fn, const tlearn_model *m, const tl_feed 
         for (int k = 0; L->ops->validate && k < L->ninputs; k++) {
             int rc = L->input[k] < 0 ? L->ops->validate(L, k, x->x[-1 - L->input[k]], n) : 0;
             if (rc)
-                return tl_fail_prefix(rc, "%s: layer '%s': ", fn, L->name);
+                return tl_fail_prefix(rc, "%s: layer '%s', model input '%s': ", fn, L->name,
+                                      m->inputs[-1 - L->input[k]].name);
         }
     }
     return TLEARN_OK;
@@ -253,11 +256,13 @@ int tl_model_find(const tlearn_model *m, const char *name)
     return -1;
 }
 
-/* Room for one more layer, in the arrays and in the name index (at most half full). */
-static int reserve_layer(tlearn_model *m, const char *fn)
+/* Room for @p count more layers, in the arrays and in the name index (at most half full). */
+static int reserve_layers(tlearn_model *m, const char *fn, int count)
 {
-    if (m->nlayers == m->cap_layers) {
+    if (m->nlayers + count > m->cap_layers) {
         int cap = m->cap_layers ? 2 * m->cap_layers : 16;
+        while (cap < m->nlayers + count)
+            cap *= 2;
         tl_layer **layers = tl_alloc_array((size_t)cap, sizeof *layers);
         tl_layer_state *ls = tl_alloc_array((size_t)cap, sizeof *ls);
         if (!layers || !ls) {
@@ -275,8 +280,10 @@ static int reserve_layer(tlearn_model *m, const char *fn)
         m->lstate = ls;
         m->cap_layers = cap;
     }
-    if (2 * ((size_t)m->nlayers + 1) > m->name_cap) {
+    if (2 * ((size_t)m->nlayers + (size_t)count) > m->name_cap) {
         size_t cap = m->name_cap ? 2 * m->name_cap : 64;
+        while (cap < 2 * ((size_t)m->nlayers + (size_t)count))
+            cap *= 2;
         int *index = tl_alloc_array(cap, sizeof *index);
         if (!index)
             return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
@@ -288,12 +295,32 @@ static int reserve_layer(tlearn_model *m, const char *fn)
     return TLEARN_OK;
 }
 
+static int reserve_layer(tlearn_model *m, const char *fn)
+{
+    return reserve_layers(m, fn, 1);
+}
+
+/* Layers being inserted after layer `after` (tl_model_insert): producers after+1 .. are
+ * the pending ones, numbered as they will be. */
+typedef struct pending {
+    int after, count;
+    tl_layer *const *layers;
+} pending;
+
+static tl_shape pending_shape(const tlearn_model *m, const pending *pd, int producer)
+{
+    if (pd && producer > pd->after)
+        return pd->layers[producer - pd->after - 1]->out;
+    return tl_model_producer_shape(m, producer);
+}
+
 /* A configured and set-up layer of @p ops over the producers @p inputs (NULL: the model's
  * next input), not yet part of the model; nothing in the model changes. */
-static int build_layer(tlearn_model *m, const char *fn, const tl_layer_ops *ops,
-                       const char *name, const int *inputs, int ninputs, const int *ia, int ni,
-                       const float *fa, int nf, tl_layer **out)
+static int build_layer_at(tlearn_model *m, const char *fn, const tl_layer_ops *ops,
+                          const char *name, const int *inputs, int ninputs, const int *ia,
+                          int ni, const float *fa, int nf, const pending *pd, tl_layer **out)
 {
+    int limit = pd ? pd->after + 1 + pd->count : m->nlayers;
     int default_input = m->next_input == TL_NEXT_DEFAULT ? m->nlayers - 1 : m->next_input;
     if (!inputs) {
         inputs = &default_input;
@@ -303,7 +330,7 @@ static int build_layer(tlearn_model *m, const char *fn, const tl_layer_ops *ops,
         return tl_fail(TLEARN_EINVAL, "%s: layer '%s' has %d inputs, must be 1..%d", fn, name,
                        ninputs, TL_MAX_INPUTS);
     for (int i = 0; i < ninputs; i++)
-        if (inputs[i] < -m->ninputs || inputs[i] >= m->nlayers)
+        if (inputs[i] < -m->ninputs || inputs[i] >= limit)
             return tl_fail(TLEARN_EINVAL, "%s: layer '%s', input %d: producer %d is not a "
                            "model input or an earlier layer", fn, name, i, inputs[i]);
     tl_layer *L = tl_layer_new(ops, name, ninputs);
@@ -311,12 +338,13 @@ static int build_layer(tlearn_model *m, const char *fn, const tl_layer_ops *ops,
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
     for (int i = 0; i < ninputs; i++) {
         L->input[i] = inputs[i];
-        L->in[i] = tl_model_producer_shape(m, inputs[i]);
+        L->in[i] = pending_shape(m, pd, inputs[i]);
         if (inputs[i] < 0 && m->inputs[-1 - inputs[i]].dtype != TLEARN_DTYPE_FLOAT32 &&
-            !ops->int_inputs) {
+            !(i < 31 && (ops->int_inputs >> i & 1))) {
             tl_free(L);
-            return tl_fail(TLEARN_EINVAL, "%s: a %s layer reads float32, but model input '%s' "
-                           "holds int32", fn, ops->kind_name, m->inputs[-1 - inputs[i]].name);
+            return tl_fail(TLEARN_EINVAL, "%s: input %d of a %s layer reads float32, but model "
+                           "input '%s' holds int32", fn, i, ops->kind_name,
+                           m->inputs[-1 - inputs[i]].name);
         }
     }
     int rc = ops->configure(L, ia, ni, fa, nf);
@@ -330,6 +358,13 @@ static int build_layer(tlearn_model *m, const char *fn, const tl_layer_ops *ops,
     }
     *out = L;
     return TLEARN_OK;
+}
+
+static int build_layer(tlearn_model *m, const char *fn, const tl_layer_ops *ops,
+                       const char *name, const int *inputs, int ninputs, const int *ia, int ni,
+                       const float *fa, int nf, tl_layer **out)
+{
+    return build_layer_at(m, fn, ops, name, inputs, ninputs, ia, ni, fa, nf, NULL, out);
 }
 
 /* Append @p L after reserve_layer(); cannot fail. */
@@ -358,6 +393,128 @@ int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const
         return rc;
     attach_layer(m, L);
     return TLEARN_OK;
+}
+
+/* ---- editing the graph: insertion after a layer, and its inverse (adapters/) ---- */
+
+/* Graph outputs as an explicit list (the default "last layer" made explicit), so that
+ * remapping indexes cannot silently change which layer is the output. */
+static void outputs_explicit(tlearn_model *m)
+{
+    if (!m->noutputs && m->nlayers) {
+        m->outputs[0] = m->nlayers - 1;
+        m->noutputs = 1;
+    }
+}
+
+/* Back to the default form when the one output is the last layer (checkpoints keep
+ * round 1's form). */
+static void outputs_compact(tlearn_model *m)
+{
+    if (m->noutputs == 1 && m->outputs[0] == m->nlayers - 1)
+        m->noutputs = 0;
+}
+
+/* Producer @p p after layers were inserted (count > 0) after `after` or removed (count < 0)
+ * from after+1 on, with readers of @p reroute moved to @p to. */
+static int remap(int p, int after, int count, int reroute, int to)
+{
+    if (p == reroute)
+        return to;
+    return p > after ? p + count : p;
+}
+
+static void remap_graph(tlearn_model *m, int from, int after, int count, int reroute, int to)
+{
+    for (int i = from; i < m->nlayers; i++) {
+        tl_layer *L = m->layers[i];
+        for (int k = 0; k < L->ninputs; k++)
+            L->input[k] = remap(L->input[k], after, count, reroute, to);
+    }
+    for (int k = 0; k < m->noutputs; k++)
+        m->outputs[k] = remap(m->outputs[k], after, count, reroute, to);
+    m->next_input = TL_NEXT_DEFAULT;
+    index_rebuild(m);
+    outputs_compact(m);
+    tl_model_structure_changed(m);
+}
+
+int tl_model_insert(tlearn_model *m, const char *fn, int after, const tl_insert_spec *specs,
+                    int count, int reroute, int to, tl_layer **made)
+{
+    TL_CHECK_MODEL(fn, m);
+    if (after < -1 || after >= m->nlayers || count < 1 || count > 64)
+        return tl_fail(TLEARN_EINVAL, "%s: cannot insert %d layers after layer %d of %d", fn,
+                       count, after, m->nlayers);
+    if (reroute != TL_NO_REROUTE &&
+        (reroute < -m->ninputs || reroute > after || to <= after || to > after + count))
+        return tl_fail(TLEARN_EINVAL, "%s: readers of %d cannot move to %d", fn, reroute, to);
+    if (m->ewc)
+        return tl_fail(TLEARN_ESTATE, "%s: EWC or L2-SP is enabled; its per-layer tables do "
+                       "not follow inserted layers: edit the graph before enabling it", fn);
+    for (int k = 0; k < count; k++) {
+        int rc = check_new_name(fn, m, specs[k].name);
+        for (int j = 0; !rc && j < k; j++)
+            if (strcmp(specs[j].name, specs[k].name) == 0)
+                rc = tl_fail(TLEARN_EINVAL, "%s: the name '%s' is given twice", fn,
+                             specs[k].name);
+        if (rc)
+            return rc;
+    }
+    int rc = reserve_layers(m, fn, count);
+    tl_layer **L = rc ? NULL : tl_alloc_array((size_t)count, sizeof *L);
+    if (!rc && !L)
+        rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    tl_rng rng = m->rng; /* initialisers draw from it: restored on failure */
+    int built = 0;
+    for (; !rc && built < count; built++) {
+        const tl_insert_spec *sp = &specs[built];
+        pending pd = {after, built, L};
+        rc = build_layer_at(m, fn, sp->ops, sp->name, sp->inputs, sp->ninputs, sp->ia, sp->ni,
+                            sp->fa, sp->nf, &pd, &L[built]);
+        if (rc)
+            break;
+    }
+    if (rc) {
+        tl_layer_state scratch;
+        for (int k = 0; k < built; k++) {
+            memset(&scratch, 0, sizeof scratch);
+            destroy_layer(L[k], &scratch);
+        }
+        tl_free(L);
+        m->rng = rng;
+        return rc;
+    }
+    /* Nothing fails from here on. */
+    outputs_explicit(m);
+    int tail = m->nlayers - after - 1;
+    memmove(m->layers + after + 1 + count, m->layers + after + 1, sizeof *m->layers * (size_t)tail);
+    memmove(m->lstate + after + 1 + count, m->lstate + after + 1, sizeof *m->lstate * (size_t)tail);
+    for (int k = 0; k < count; k++) {
+        tl_layer_state *st = &m->lstate[after + 1 + k];
+        memset(st, 0, sizeof *st);
+        st->lr_scale = 1.0f;
+        m->layers[after + 1 + k] = L[k];
+        if (made)
+            made[k] = L[k];
+    }
+    m->nlayers += count;
+    remap_graph(m, after + 1 + count, after, count, reroute, to);
+    tl_free(L);
+    return TLEARN_OK;
+}
+
+void tl_model_remove(tlearn_model *m, int first, int count, int reroute, int to)
+{
+    outputs_explicit(m);
+    for (int k = first; k < first + count; k++)
+        destroy_layer(m->layers[k], &m->lstate[k]);
+    int tail = m->nlayers - first - count;
+    memmove(m->layers + first, m->layers + first + count, sizeof *m->layers * (size_t)tail);
+    memmove(m->lstate + first, m->lstate + first + count, sizeof *m->lstate * (size_t)tail);
+    m->nlayers -= count;
+    /* producers first+count.. move down by count; `reroute` (inside the range) becomes to */
+    remap_graph(m, first, first + count - 1, -count, reroute, to);
 }
 
 /* The public tlearn_model_add_* wrappers live in build.c. */
@@ -582,21 +739,25 @@ int tlearn_model_param_count(const tlearn_model *m, size_t *total, size_t *train
 
 int tl_model_find_tensor(const tlearn_model *m, const char *name, int *layer, int *param)
 {
-    const char *dot = strrchr(name, '.');
-    if (!dot || dot == name)
-        return -1;
-    size_t len = (size_t)(dot - name);
-    for (int i = 0; i < m->nlayers; i++) {
-        const tl_layer *L = m->layers[i];
-        if (strlen(L->name) != len || memcmp(L->name, name, len) != 0)
+    /* Layer and parameter names may both hold dots ("enc.self_attn" + "out_proj.weight"):
+     * try each split, the layer found by name. */
+    char buf[TL_NAME_MAX];
+    for (const char *dot = strchr(name, '.'); dot; dot = strchr(dot + 1, '.')) {
+        size_t len = (size_t)(dot - name);
+        if (len == 0 || len >= sizeof buf)
             continue;
+        memcpy(buf, name, len);
+        buf[len] = '\0';
+        int i = tl_model_find(m, buf);
+        if (i < 0)
+            continue;
+        const tl_layer *L = m->layers[i];
         for (int p = 0; p < L->nparam; p++)
             if (strcmp(L->param[p].name, dot + 1) == 0) {
                 *layer = i;
                 *param = p;
                 return 0;
             }
-        return -1;
     }
     return -1;
 }
@@ -813,17 +974,9 @@ int tlearn_model_output_layer(const tlearn_model *m, int k, int *index)
 /* ---- removing layers ---- */
 
 
-int tlearn_model_truncate(tlearn_model *m, const char *layer)
+/* Drop layers keep.. (their EWC state, outputs among them). */
+static void drop_from(tlearn_model *m, int keep)
 {
-    static const char fn[] = "tlearn_model_truncate";
-    TL_CHECK_MODEL(fn, m);
-    int keep = 0;
-    if (layer && *layer) {
-        int i = tl_model_find(m, layer);
-        if (i < 0)
-            return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, layer);
-        keep = i + 1;
-    }
     if (m->ewc)
         m->ewc_ops->drop_layers(m, keep);
     for (int i = keep; i < m->nlayers; i++)
@@ -838,6 +991,48 @@ int tlearn_model_truncate(tlearn_model *m, const char *layer)
     m->noutputs = kept;
     m->next_input = TL_NEXT_DEFAULT;
     tl_model_structure_changed(m);
+}
+
+int tlearn_model_truncate(tlearn_model *m, const char *layer)
+{
+    static const char fn[] = "tlearn_model_truncate";
+    TL_CHECK_MODEL(fn, m);
+    int keep = 0;
+    if (layer && *layer) {
+        int i = tl_model_find(m, layer);
+        if (i < 0)
+            return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, layer);
+        keep = i + 1;
+    }
+    drop_from(m, keep);
+    return TLEARN_OK;
+}
+
+int tl_model_replace_tail(tlearn_model *m, const char *fn, int keep, int producer,
+                          const tl_layer_ops *ops, const char *name, const int *ia, int ni,
+                          const float *fa, int nf, tl_layer **out)
+{
+    /* Refuse before dropping anything: a kept layer (or an input) of that name would make
+     * the add fail after the old layers are already gone. */
+    int kept;
+    int rc = tl_check_name(fn, name);
+    if (rc)
+        return rc;
+    if (tl_model_find_producer(m, name, &kept) && kept < keep)
+        return tl_fail(TLEARN_EINVAL, "%s: %s is already named '%s' and would stay", fn,
+                       kept < 0 ? "a model input" : "an earlier layer", name);
+    /* Build the layer first and drop the tail only once it exists: a layer that cannot be
+     * built (ESHAPE, ENOMEM) leaves the model as it was. */
+    tl_layer *L;
+    rc = reserve_layer(m, fn);
+    if (!rc)
+        rc = build_layer(m, fn, ops, name, &producer, 1, ia, ni, fa, nf, &L);
+    if (rc)
+        return rc;
+    drop_from(m, keep);
+    attach_layer(m, L);
+    if (out)
+        *out = L;
     return TLEARN_OK;
 }
 
@@ -852,33 +1047,8 @@ int tlearn_model_replace_head(tlearn_model *m, const char *from_layer, int class
     int i = tl_model_find(m, from_layer);
     if (i < 0)
         return tl_fail(TLEARN_ENOTFOUND, "%s: no layer named '%s'", fn, from_layer);
-    /* Refuse before truncating: a kept layer called "head" would make the add fail after
-     * the old head is already gone. */
-    int kept_head;
-    if (tl_model_find_producer(m, "head", &kept_head) && kept_head <= i)
-        return tl_fail(TLEARN_EINVAL, "%s: layer %d is already named 'head' and would stay; "
-                       "the new head needs that name", fn, kept_head);
-    /* Build the head first and truncate only once it exists: a head that cannot be built
-     * (ESHAPE, ENOMEM) leaves the model as it was. */
-    int producer = i;
-    tl_layer *head;
-    int rc = tl_check_name(fn, "head");
-    if (!rc)
-        rc = reserve_layer(m, fn);
-    if (!rc)
-        rc = build_layer(m, fn, &tl_dense_ops, "head", &producer, 1, &classes, 1, NULL, 0,
-                         &head);
-    if (rc)
-        return rc;
-    rc = tlearn_model_truncate(m, from_layer);
-    if (rc) { /* cannot happen: from_layer exists */
-        tl_layer_state scratch;
-        memset(&scratch, 0, sizeof scratch);
-        destroy_layer(head, &scratch);
-        return tl_fail_prefix(rc, "%s: ", fn);
-    }
-    attach_layer(m, head);
-    return TLEARN_OK;
+    return tl_model_replace_tail(m, fn, i + 1, i, &tl_dense_ops, "head", &classes, 1, NULL, 0,
+                                 NULL);
 }
 
 /* ---- metadata ---- */

@@ -49,6 +49,7 @@ typedef struct tl_worker {
 } tl_worker;
 
 struct tl_ewc; /* train/ewc.c */
+struct tl_da;  /* train/adapt.c: per-output losses, discrepancy terms, TENT's snapshot */
 
 /* How model/ handles state that train/ hangs on a model (EWC and L2-SP) without knowing
  * it: the dependency runs one way, train/ -> model/. */
@@ -119,6 +120,8 @@ struct tlearn_model {
     int nworkers;
     struct tl_ewc *ewc;   /* EWC tasks and L2-SP anchor; NULL when none */
     const tl_attachment_ops *ewc_ops; /* set by train/ewc.c with ewc */
+    struct tl_da *da;     /* domain adaptation settings; NULL until one is made */
+    void (*da_destroy)(struct tl_da *da); /* set by train/adapt.c with da */
     int nmeta;
     char **meta_keys, **meta_values;
     int has_grads;        /* a backward has filled the gradients */
@@ -139,6 +142,12 @@ struct tlearn_model {
 int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const char *name,
                  const int *inputs, int ninputs, const int *ia, int ni, const float *fa, int nf);
 int tl_model_find(const tlearn_model *m, const char *name); /* index or -1 */
+/* Replace layers keep.. by one new layer of @p ops reading @p producer (< keep), named
+ * @p name (no kept layer or input may have it); the layer is built before anything is
+ * dropped, so a failure changes nothing. *out (may be NULL) receives the new layer. */
+int tl_model_replace_tail(tlearn_model *m, const char *fn, int keep, int producer,
+                          const tl_layer_ops *ops, const char *name, const int *ia, int ni,
+                          const float *fa, int nf, tl_layer **out);
 /* A layer (its index) or a model input (tl_input_producer(k)) by name; 0 when none. */
 int tl_model_find_producer(const tlearn_model *m, const char *name, int *producer);
 /* The shape a producer (layer index, or a model input) gives one example. */
@@ -214,7 +223,39 @@ void tl_model_backward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, 
                        const int *seeded, int nseeded, float *dx);
 /* Fold saved batch statistics into running buffers after an accepted step. */
 void tl_model_commit(tlearn_model *m, tl_plan *p, size_t n, int from);
-/* Allocate gradient buffers for trainable slots, free those of frozen ones. */
-int tl_model_sync_slots(tlearn_model *m);
+/* Free the gradients and optimizer state of frozen layers; with @p alloc_grads, also
+ * allocate the gradient buffers of trainable ones. Gradients are allocated on first
+ * training use (a step, an input gradient, EWC consolidation), never at load or freeze:
+ * a model only used for inference holds its parameters alone. */
+int tl_model_sync_slots(tlearn_model *m, int alloc_grads);
+
+/* ---- editing the graph (adapters/) ----
+ * One layer to insert: producers >= 0 count in the numbering AFTER the insertion, so they
+ * name layers up to the insertion point or the specs before this one. */
+typedef struct tl_insert_spec {
+    const tl_layer_ops *ops;
+    const char *name;
+    int ninputs;
+    int inputs[2];
+    const int *ia;
+    int ni;
+    const float *fa;
+    int nf;
+} tl_insert_spec;
+/* Insert @p count layers right after layer @p after (shifting the later ones: producer
+ * indexes, graph outputs, the next input, per-layer state, the name index), then make every
+ * later layer and graph output that read layer @p reroute read the new layer @p to instead
+ * (@p reroute < 0: no rewiring; @p to counts in the new numbering). New layers are
+ * trainable, with fresh state. Atomic: a failure (bad name, shape, ENOMEM) changes
+ * nothing. Refused (ESTATE) while EWC or L2-SP is enabled: their per-layer tables would
+ * need the same shift. On success, @p made (if not NULL) receives the new layers. */
+#define TL_NO_REROUTE INT_MIN
+int tl_model_insert(tlearn_model *m, const char *fn, int after, const tl_insert_spec *specs,
+                    int count, int reroute, int to, tl_layer **made);
+/* The inverse: remove the @p count layers from @p first on, making every remaining reader
+ * of layer @p reroute (inside the range) read @p to (< first) instead. The caller makes
+ * sure nothing else outside the range reads a removed layer. Cannot fail. */
+void tl_model_remove(tlearn_model *m, int first, int count, int reroute, int to);
+
 
 #endif

@@ -479,7 +479,7 @@ int tlearn_ewc_consolidate(tlearn_model *m, const float *x, const int32_t *label
     int first = tl_model_first_trainable(m);
     if (first >= m->nlayers)
         return tl_fail(TLEARN_ESTATE, "%s: every layer is frozen; nothing to consolidate", fn);
-    rc = tl_model_sync_slots(m);
+    rc = tl_model_sync_slots(m, 1);
     if (!rc)
         rc = ensure_state(fn, m);
     if (rc)

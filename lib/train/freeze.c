@@ -257,7 +257,7 @@ int tlearn_model_apply_freeze(tlearn_model *m, const tlearn_freeze *f)
         tl_plan_free(&m->plan_train);
         m->has_grads = 0;
     }
-    rc = tl_model_sync_slots(m);
+    rc = tl_model_sync_slots(m, 0);
     return rc ? tl_fail_prefix(rc, "%s: ", fn) : TLEARN_OK;
 }
 

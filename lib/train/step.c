@@ -5,7 +5,7 @@
 
 #include "train.h"
 
-int tl_model_sync_slots(tlearn_model *m)
+int tl_model_sync_slots(tlearn_model *m, int alloc_grads)
 {
     for (int i = 0; i < m->nlayers; i++) {
         tl_layer *L = m->layers[i];
@@ -21,7 +21,7 @@ int tl_model_sync_slots(tlearn_model *m)
                 s->grad = s->m1 = s->m2 = NULL;
                 s->step = 0;
                 s->opt_kind = 0;
-            } else if (!s->grad) {
+            } else if (alloc_grads && !s->grad) {
                 s->grad = tl_alloc_array(L->param[p].t.numel, sizeof(float));
                 if (!s->grad)
                     return tl_fail(TLEARN_ENOMEM, "out of memory for gradients of '%s.%s'",
@@ -65,6 +65,11 @@ static int batch_independent(const tl_layer *L)
     case TLEARN_LAYER_GLOBAL_AVGPOOL:
     case TLEARN_LAYER_FLATTEN:
     case TLEARN_LAYER_ADD:
+    case TLEARN_LAYER_EMBEDDING:
+    case TLEARN_LAYER_POSITION_EMBEDDING:
+    case TLEARN_LAYER_ATTENTION:
+    case TLEARN_LAYER_TOKEN_POOL:
+    case TLEARN_LAYER_PATCH_EMBED:
         return 1;
     default:
         return 0;
@@ -96,14 +101,30 @@ static int frozen_prefix_chunked(tlearn_model *m, const tl_feed *x, size_t n, in
     return first;
 }
 
-/* Forward + loss + backward from layer `from` (0, or i+1 for cached features of layer i).
- * Leaves gradients in the slots and the data loss in *loss. */
-static int forward_backward(const char *fn, tlearn_model *m, const float *x,
-                            const int32_t *labels, const float *targets, size_t n, int from,
-                            float *dx, double *loss)
+/* What a step's loss compares output 0 with. */
+typedef struct tl_target {
+    const int32_t *labels; /* a class per example, or per position (tokens) */
+    const float *values;   /* MSE targets */
+    int tokens;            /* cross-entropy at every position over output 0's last axis */
+    int32_t ignore;        /* tokens: positions of this label count for nothing */
+} tl_target;
+
+/* Rows (positions) and classes of output 0 for per-position cross-entropy. */
+static size_t token_rows(const tlearn_model *m, int *classes)
+{
+    tl_shape s = m->layers[tl_model_output(m, 0)]->out;
+    *classes = s.d[s.rank - 1];
+    return tl_shape_size(s) / (size_t)*classes;
+}
+
+/* Forward + loss + backward from layer `from` (0, or i+1 for cached features of layer i;
+ * @p in then holds those features). Leaves gradients in the slots and the data loss in
+ * *loss. */
+static int forward_backward(const char *fn, tlearn_model *m, const tl_feed *in,
+                            const tl_target *t, size_t n, int from, float *dx, double *loss)
 {
     int last = tl_model_output(m, 0);
-    int rc = tl_model_sync_slots(m);
+    int rc = tl_model_sync_slots(m, 1);
     int first = tl_model_first_trainable(m);
     if (first < from)
         first = from;
@@ -112,33 +133,63 @@ static int forward_backward(const char *fn, tlearn_model *m, const float *x,
     if (rc)
         return tl_fail_prefix(rc, "%s: ", fn);
     tl_plan *p = &m->plan_train;
-    /* Layers from `from` read the model inputs, or the activations of layer from-1. */
-    tl_feed in = from ? tl_feed_one(x, tl_shape_size(m->layers[from - 1]->out))
-                      : tl_model_feed(m, x);
-    int start = frozen_prefix_chunked(m, &in, n, from, first, dx != NULL);
+    int start = frozen_prefix_chunked(m, in, n, from, first, dx != NULL);
     if (start < 0)
         return tl_fail_prefix(TLEARN_ENOMEM, "%s: ", fn);
-    tl_feed mid = start > from ? tl_feed_one(p->out[start - 1], 0) : in;
+    tl_feed mid = start > from ? tl_feed_one(p->out[start - 1], 0) : *in;
     tl_model_forward(m, p, &mid, n, m->training, start, last);
     float *logits = p->out[last];
     float *dlogits = p->dout[last];
     size_t osz = tl_shape_size(m->layers[last]->out);
     double l;
-    if (m->loss_kind == TLEARN_LOSS_SOFTMAX_CE)
-        l = tl_loss_softmax_ce(logits, labels, n, (int)osz, dlogits, NULL);
+    int classes;
+    size_t rows = token_rows(m, &classes);
+    if (t->tokens)
+        l = tl_loss_token_ce(logits, t->labels, n * rows, classes, t->ignore, dlogits);
+    else if (m->loss_kind == TLEARN_LOSS_SOFTMAX_CE)
+        l = tl_loss_softmax_ce(logits, t->labels, n, (int)osz, dlogits, NULL);
     else
-        l = tl_loss_mse(logits, targets, n, osz, dlogits);
+        l = tl_loss_mse(logits, t->values, n, osz, dlogits);
     if (!isfinite((float)l)) /* also a loss that overflows the float it is reported in */
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is %g; weights left unchanged", fn, l);
     if (dlogits)
-        tl_model_backward(m, p, &in, n, from, &last, 1, dx);
+        tl_model_backward(m, p, in, n, from, &last, 1, dx);
     *loss = l;
     return TLEARN_OK;
 }
 
-static int validate_targets(const char *fn, tlearn_model *m, const int32_t *labels,
-                            const float *targets, size_t n)
+/* Per-position labels: each a class of output 0's last axis or the ignore index, and not
+ * all ignored (the mean would be over nothing). */
+static int validate_tokens(const char *fn, tlearn_model *m, const tl_target *t, size_t n)
 {
+    if (m->loss_kind != TLEARN_LOSS_SOFTMAX_CE)
+        return tl_fail(TLEARN_ESTATE, "%s: the model's loss is MSE, not cross-entropy", fn);
+    int classes;
+    size_t rows = n * token_rows(m, &classes), counted = 0;
+    if (classes < 2)
+        return tl_fail(TLEARN_ESHAPE, "%s: cross-entropy needs >= 2 classes on the last axis "
+                       "of '%s', which has %d", fn, m->layers[tl_model_output(m, 0)]->name,
+                       classes);
+    for (size_t i = 0; i < rows; i++) {
+        if (t->labels[i] == t->ignore)
+            continue;
+        if (t->labels[i] < 0 || t->labels[i] >= classes)
+            return tl_fail(TLEARN_EINVAL, "%s: labels[%zu] (example %zu, position %zu) is %d, "
+                           "must be in 0..%d or ignore_index %d", fn, i, i / (rows / n),
+                           i % (rows / n), (int)t->labels[i], classes - 1, (int)t->ignore);
+        counted++;
+    }
+    if (!counted)
+        return tl_fail(TLEARN_EINVAL, "%s: every label is ignore_index %d", fn, (int)t->ignore);
+    return TLEARN_OK;
+}
+
+static int validate_targets(const char *fn, tlearn_model *m, const tl_target *t, size_t n)
+{
+    if (t->tokens)
+        return validate_tokens(fn, m, t, n);
+    const int32_t *labels = t->labels;
+    const float *targets = t->values;
     size_t osz = tl_model_output_size(m);
     if (labels) {
         if (m->loss_kind != TLEARN_LOSS_SOFTMAX_CE)
@@ -204,17 +255,16 @@ static int check_commit(const char *fn, const tlearn_model *m, size_t n, int fro
     return TLEARN_OK;
 }
 
-static int train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const float *x,
-                      const int32_t *labels, const float *targets, size_t n, int from,
-                      float *loss)
+static int train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const tl_feed *x,
+                      const tl_target *t, size_t n, int from, float *loss)
 {
     if (!o)
         return tl_fail(TLEARN_EINVAL, "%s: optimizer is NULL", fn);
-    int rc = validate_targets(fn, m, labels, targets, n);
+    int rc = validate_targets(fn, m, t, n);
     if (rc)
         return rc;
     double l;
-    rc = forward_backward(fn, m, x, labels, targets, n, from, NULL, &l);
+    rc = forward_backward(fn, m, x, t, n, from, NULL, &l);
     if (rc)
         return rc;
     double penalty = tl_ewc_active(m) ? tl_ewc_penalty(m) : 0.0;
@@ -233,12 +283,25 @@ static int train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const fl
     return TLEARN_OK;
 }
 
+/* For other steps in train/ (adapt.c): the checks and update of the ordinary step. */
+int tl_step_check_commit(const char *fn, const tlearn_model *m, size_t n, int from)
+{
+    return check_commit(fn, m, n, from);
+}
+
+int tl_step_apply_update(const char *fn, tlearn_model *m, tlearn_optim *o)
+{
+    return apply_update(fn, m, o);
+}
+
 int tlearn_model_train_step(tlearn_model *m, tlearn_optim *o, const float *x,
                             const int32_t *labels, size_t n, float *loss)
 {
     static const char fn[] = "tlearn_model_train_step";
     int rc = check_batch(fn, m, x, labels, n);
-    return rc ? rc : train_step(fn, m, o, x, labels, NULL, n, 0, loss);
+    tl_feed f = rc ? (tl_feed){0} : tl_model_feed(m, x);
+    tl_target t = {labels, NULL, 0, 0};
+    return rc ? rc : train_step(fn, m, o, &f, &t, n, 0, loss);
 }
 
 int tlearn_model_train_step_mse(tlearn_model *m, tlearn_optim *o, const float *x,
@@ -246,7 +309,9 @@ int tlearn_model_train_step_mse(tlearn_model *m, tlearn_optim *o, const float *x
 {
     static const char fn[] = "tlearn_model_train_step_mse";
     int rc = check_batch(fn, m, x, targets, n);
-    return rc ? rc : train_step(fn, m, o, x, NULL, targets, n, 0, loss);
+    tl_feed f = rc ? (tl_feed){0} : tl_model_feed(m, x);
+    tl_target t = {NULL, targets, 0, 0};
+    return rc ? rc : train_step(fn, m, o, &f, &t, n, 0, loss);
 }
 
 int tlearn_model_train_step_from(tlearn_model *m, tlearn_optim *o, const char *layer,
@@ -266,7 +331,25 @@ int tlearn_model_train_step_from(tlearn_model *m, tlearn_optim *o, const char *l
         if (!m->lstate[j].frozen && m->layers[j]->nparam > 0)
             return tl_fail(TLEARN_ESTATE, "%s: layer '%s' is not frozen; cached features of "
                            "'%s' need everything up to it frozen", fn, m->layers[j]->name, layer);
-    return train_step(fn, m, o, features, labels, NULL, n, i + 1, loss);
+    tl_feed f = tl_feed_one(features, tl_shape_size(m->layers[i]->out));
+    tl_target t = {labels, NULL, 0, 0};
+    return train_step(fn, m, o, &f, &t, n, i + 1, loss);
+}
+
+/* The shared part of the compute_gradients calls, after their checks of x and dx. */
+static int compute_gradients(const char *fn, tlearn_model *m, const tl_feed *x,
+                             const tl_target *t, size_t n, float *loss, float *dx)
+{
+    int rc = validate_targets(fn, m, t, n);
+    if (rc)
+        return rc;
+    double l;
+    rc = forward_backward(fn, m, x, t, n, 0, dx, &l);
+    if (rc)
+        return rc;
+    if (loss)
+        *loss = (float)(l + (tl_ewc_active(m) ? tl_ewc_penalty(m) : 0.0));
+    return TLEARN_OK;
 }
 
 int tlearn_model_compute_gradients(tlearn_model *m, const float *x, const int32_t *labels,
@@ -279,16 +362,9 @@ int tlearn_model_compute_gradients(tlearn_model *m, const float *x, const int32_
     if (dx && dx_len != n * tl_shape_size(m->inputs[0].shape))
         return tl_fail(TLEARN_EINVAL, "%s: dx_len is %zu, expected %zu", fn, dx_len,
                        n * tl_shape_size(m->inputs[0].shape));
-    rc = validate_targets(fn, m, labels, NULL, n);
-    if (rc)
-        return rc;
-    double l;
-    rc = forward_backward(fn, m, x, labels, NULL, n, 0, dx, &l);
-    if (rc)
-        return rc;
-    if (loss)
-        *loss = (float)(l + (tl_ewc_active(m) ? tl_ewc_penalty(m) : 0.0));
-    return TLEARN_OK;
+    tl_feed f = tl_model_feed(m, x);
+    tl_target t = {labels, NULL, 0, 0};
+    return compute_gradients(fn, m, &f, &t, n, loss, dx);
 }
 
 typedef struct eval_sums {
@@ -319,7 +395,7 @@ int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels
     static const char fn[] = "tlearn_model_evaluate";
     int rc = check_batch(fn, m, x, labels, n);
     if (!rc)
-        rc = validate_targets(fn, m, labels, NULL, n);
+        rc = validate_targets(fn, m, &(tl_target){labels, NULL, 0, 0}, n);
     if (rc)
         return rc;
     /* Per worker sums, added in worker order: the result does not depend on timing. */
@@ -360,7 +436,7 @@ int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int
         return tl_fail(TLEARN_EINVAL, "%s: epochs is %d, must be >= 1", fn, epochs);
     if (shuffle != 0 && shuffle != 1)
         return tl_fail(TLEARN_EINVAL, "%s: shuffle is %d, must be 0 or 1", fn, shuffle);
-    rc = validate_targets(fn, m, labels, NULL, n);
+    rc = validate_targets(fn, m, &(tl_target){labels, NULL, 0, 0}, n);
     if (rc)
         return rc;
     if (batch > n)
@@ -393,7 +469,9 @@ int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int
                 by[i] = labels[src];
             }
             float loss;
-            rc = train_step(fn, m, o, bx, by, NULL, k, 0, &loss);
+            tl_feed f = tl_model_feed(m, bx);
+            tl_target t = {by, NULL, 0, 0};
+            rc = train_step(fn, m, o, &f, &t, k, 0, &loss);
             if (!rc && progress && progress(e, epochs, s, steps, loss, user))
                 rc = tl_fail(TLEARN_ECANCELED, "%s: stopped by the progress callback at epoch "
                              "%d, step %zu", fn, e, s);
@@ -403,4 +481,68 @@ int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int
     tl_free(bx);
     tl_free(by);
     return rc;
+}
+
+/* ---- several model inputs ---- */
+
+/* tl_model_check_feed and the labels. */
+static int check_inputs(const char *fn, tlearn_model *m, const void *const *inputs, int ninputs,
+                        const int32_t *labels, size_t n, tl_feed *feed)
+{
+    int rc = tl_model_check_feed(fn, m, inputs, ninputs, n, feed);
+    if (!rc && !labels)
+        rc = tl_fail(TLEARN_EINVAL, "%s: labels is NULL", fn);
+    return rc;
+}
+
+int tlearn_model_train_step_inputs(tlearn_model *m, tlearn_optim *o, const void *const *inputs,
+                                   int ninputs, const int32_t *labels, size_t n, float *loss)
+{
+    static const char fn[] = "tlearn_model_train_step_inputs";
+    tl_feed f;
+    int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
+    tl_target t = {labels, NULL, 0, 0};
+    return rc ? rc : train_step(fn, m, o, &f, &t, n, 0, loss);
+}
+
+int tlearn_model_compute_gradients_inputs(tlearn_model *m, const void *const *inputs,
+                                          int ninputs, const int32_t *labels, size_t n,
+                                          float *loss, float *dx, size_t dx_len)
+{
+    static const char fn[] = "tlearn_model_compute_gradients_inputs";
+    tl_feed f;
+    int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
+    if (rc)
+        return rc;
+    if (dx && m->inputs[0].dtype != TLEARN_DTYPE_FLOAT32)
+        return tl_fail(TLEARN_EINVAL, "%s: dx is the gradient of the first model input, but "
+                       "'%s' holds int32 (token ids have no gradient): pass NULL", fn,
+                       m->inputs[0].name);
+    if (dx && dx_len != n * f.size[0])
+        return tl_fail(TLEARN_EINVAL, "%s: dx_len is %zu, expected %zu", fn, dx_len,
+                       n * f.size[0]);
+    tl_target t = {labels, NULL, 0, 0};
+    return compute_gradients(fn, m, &f, &t, n, loss, dx);
+}
+
+int tlearn_model_train_step_tokens(tlearn_model *m, tlearn_optim *o, const void *const *inputs,
+                                   int ninputs, const int32_t *labels, int32_t ignore_index,
+                                   size_t n, float *loss)
+{
+    static const char fn[] = "tlearn_model_train_step_tokens";
+    tl_feed f;
+    int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
+    tl_target t = {labels, NULL, 1, ignore_index};
+    return rc ? rc : train_step(fn, m, o, &f, &t, n, 0, loss);
+}
+
+int tlearn_model_compute_gradients_tokens(tlearn_model *m, const void *const *inputs,
+                                          int ninputs, const int32_t *labels,
+                                          int32_t ignore_index, size_t n, float *loss)
+{
+    static const char fn[] = "tlearn_model_compute_gradients_tokens";
+    tl_feed f;
+    int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
+    tl_target t = {labels, NULL, 1, ignore_index};
+    return rc ? rc : compute_gradients(fn, m, &f, &t, n, loss, NULL);
 }

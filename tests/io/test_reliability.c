@@ -167,6 +167,10 @@ static void test_readers_refuse_a_fifo(void **state)
           "not a regular file");
     FAILS(tlearn_model_import_safetensors(m, fifo, NULL, NULL, TLEARN_LOAD_STRICT, NULL),
           TLEARN_EIO, "not a regular file");
+#if TL_TEST_HAVE_ONNX /* ONNX import opens files as the checkpoint readers do */
+    FAILS(tlearn_model_import_onnx(&l, fifo), TLEARN_EIO, "not a regular file");
+    assert_null(l);
+#endif
     alarm(0);
     unlink(fifo);
     tlearn_model_destroy(&m);

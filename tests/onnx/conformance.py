@@ -57,15 +57,18 @@ RULES = {
     "training": "training-mode graph (BatchNormalization/Dropout with training outputs)",
     "3-D": "1-D or 3-D convolution/pooling (2-D is supported)",
     "auto_pad": "auto_pad SAME_UPPER/SAME_LOWER",
-    "asym-pads": "asymmetric pads",
-    "pool-pads": "pooling pads over half the kernel (PyTorch refuses them too)",
-    "dilated-pool": "dilated pooling",
-    "ceil-partial": "ceil_mode=1 that adds a partial window",
+    "pool-pads": "pooling pads over half the (dilated) kernel (PyTorch refuses them too)",
+    "dilated-pool": "dilated average pooling",
     "pool-indices": "MaxPool's indices output",
     "const-data": "an operator applied to constants only, or a layer operator whose weight "
                   "is not constant",
-    "shape-on-act": "shape-arithmetic operators (Shape, Gather, Concat, Slice, Squeeze, "
-                    "Unsqueeze, Constant) on activations: only folding constants is claimed",
+    "shape-on-act": "shape-arithmetic operators (Shape, Gather, Squeeze, Unsqueeze, "
+                    "Constant) on activations: only folding constants is claimed",
+    "concat": "Concat of an activation with a constant, or along the batch axis",
+    "slice": "Slice on an activation along the batch, with a step < 1, bounds that are not "
+             "constant, or an empty result",
+    "split": "Split along the batch, or sizes that are not constant",
+    "transpose": "Transpose that moves the batch axis (the default perm reverses all axes)",
     "broadcast": "Add/Sub/Mul/Div of two activations of different ranks or shapes that do "
                  "not broadcast, of a constant that varies along the batch or would change "
                  "the activation's shape, or a constant divided by an activation",
@@ -74,12 +77,12 @@ RULES = {
     "layernorm": "LayerNormalization over the batch axis, or with non-constant Scale/B",
     "clip-bounds": "Clip bounds other than (0, 6) or (0, none)",
     "flatten-axis": "Flatten axis other than 1",
-    "reshape": "Reshape other than flattening to (N, F) or keeping the shape",
+    "reshape": "Reshape that is not constant, changes the batch, or gives rank > 5",
     "gemm": "Gemm with transA=1, a rank != 2 input, or C not per output",
     "matmul": "MatMul whose B is neither a constant (K, M) nor an activation of A's rank "
               "(>= 3)",
     "reduce": "ReduceMean other than axes [2, 3] of (N, C, H, W)",
-    "pad": "Pad other than constant 0 on H/W, symmetric, read by a Conv or AveragePool",
+    "pad": "Pad of a rank other than 4, of N or C, negative, or in mode wrap",
     "bn-rank": "BatchNormalization of a rank > 4 input",
     "gap-rank": "GlobalAveragePool of an input that is not (N, C, H, W)",
     "cast": "Cast of an activation to a type other than FLOAT",
@@ -88,9 +91,9 @@ RULES = {
 
 LAYER_OPS = {"Conv", "Gemm", "MatMul", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip",
              "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "BatchNormalization",
-             "Add", "Flatten", "Sub", "Mul", "Div", "HardSigmoid", "HardSwish",
-             "LayerNormalization", "Softmax"}
-SHAPE_OPS = {"Shape", "Gather", "Concat", "Slice", "Squeeze", "Unsqueeze", "Constant"}
+             "Add", "Flatten", "Concat", "Slice", "Split", "Transpose", "Reshape", "Pad",
+             "Sub", "Mul", "Div", "HardSigmoid", "HardSwish", "LayerNormalization", "Softmax"}
+SHAPE_OPS = {"Shape", "Gather", "Squeeze", "Unsqueeze", "Constant"}
 
 
 def read_claims(doc):
@@ -204,13 +207,44 @@ def rule_for(node, G):
     act = x is not None and x != "" and not G.is_const(x)
     if op in ("Softmax", "LogSoftmax"):
         return softmax_rule(node, G)
-    if op in SHAPE_OPS:
+    if op in SHAPE_OPS or (op in ("Concat", "Slice") and all(G.is_const(i) for i in ins if i)):
         if op == "Constant":
             return None
         return None if all(G.is_const(i) for i in ins if i) else "shape-on-act"
     if not act:
         return "const-data"
     r = G.rank(x)
+    if op == "Concat":
+        ax = attr(node, "axis")
+        if any(G.is_const(i) for i in ins if i) or r is None or ax % r == 0:
+            return "concat"
+        return None
+    if op == "Slice":
+        if not all(G.is_const(i) for i in ins[1:] if i) or r is None:
+            return "slice"
+        st, en = G.consts[ins[1]], G.consts[ins[2]]
+        axes = G.consts[ins[3]] if len(ins) > 3 and ins[3] else range(len(st))
+        steps = G.consts[ins[4]] if len(ins) > 4 and ins[4] else [1] * len(st)
+        shape = G.shapes.get(x)
+        for a, b, e, k in zip(axes, st, en, steps):
+            a = int(a) % r
+            if a == 0 or k < 1 or shape[a] is None:
+                return "slice"
+            d = shape[a]
+            b = min(max(b + d if b < 0 else b, 0), d)
+            e = min(max(e + d if e < 0 else e, 0), d)
+            if e <= b:
+                return "slice"
+        return None
+    if op == "Split":
+        ax = attr(node, "axis", 0)
+        sizes_ok = len(ins) < 2 or not ins[1] or G.is_const(ins[1])
+        return None if r and ax % r != 0 and sizes_ok else "split"
+    if op == "Transpose":
+        perm = attr(node, "perm")
+        if perm is not None and list(perm) == sorted(perm):
+            return "no-layer"  # the identity: the output is the input
+        return None if perm is not None and perm[0] == 0 else "transpose"
     if op in ("Conv", "MaxPool", "AveragePool"):
         ks = attr(node, "kernel_shape")
         if op == "Conv" and G.is_const(ins[1]):
@@ -224,21 +258,14 @@ def rule_for(node, G):
         if ap in (b"SAME_UPPER", b"SAME_LOWER"):
             return "auto_pad"
         pads = attr(node, "pads", [0, 0, 0, 0])
-        if not symmetric(pads):
-            return "asym-pads"
         if op != "Conv":
-            if any(2 * p > k for p, k in zip(pads, list(ks) * 2)):
+            dl = attr(node, "dilations", [1, 1])
+            if any(2 * p > d * (k - 1) + 1 for p, k, d in zip(pads, list(ks) * 2, list(dl) * 2)):
                 return "pool-pads"
-            if any(d != 1 for d in attr(node, "dilations", [1, 1])):
+            if op == "AveragePool" and any(d != 1 for d in dl):
                 return "dilated-pool"
             if len(node.output) > 1 and node.output[1]:
                 return "pool-indices"
-            if attr(node, "ceil_mode", 0):
-                s, st = G.shapes[x], attr(node, "strides", [1, 1])
-                for i in range(2):
-                    span = s[2 + i] + pads[i] + pads[i + 2] - ks[i]
-                    if span < 0 or span % st[i]:
-                        return "ceil-partial"
         return None
     if op == "GlobalAveragePool":
         return None if r == 4 else "gap-rank"
@@ -291,17 +318,17 @@ def rule_for(node, G):
     if op == "Reshape":
         if not G.is_const(ins[1]):
             return "reshape"
-        out = G.shapes.get(node.output[0])
-        return None if out and (len(out) == 2 or out == G.shapes.get(x)) else "reshape"
+        out, xs = G.shapes.get(node.output[0]), G.shapes.get(x)
+        if not out or not xs or out[0] != xs[0] or not 2 <= len(out) <= 5:
+            return "reshape"
+        return None
     if op == "Pad":
         mode = attr(node, "mode", b"constant")
-        readers = [n for n in G.model.graph.node if node.output[0] in n.input]
         pads = G.consts.get(ins[1]) if len(ins) > 1 else None
-        val = G.consts.get(ins[2]) if len(ins) > 2 and ins[2] else None
-        if (mode != b"constant" or pads is None or r != 4 or len(readers) != 1 or
-                readers[0].op_type not in ("Conv", "AveragePool") or
-                (val is not None and float(val) != 0.0) or not symmetric(list(pads)) or
-                any(pads[i] for i in (0, 1))):
+        val = ins[2] if len(ins) > 2 and ins[2] else None
+        if (mode not in (b"constant", b"reflect", b"edge") or pads is None or r != 4 or
+                (val is not None and not G.is_const(val)) or
+                any(pads[i] for i in (0, 1, 4, 5)) or any(p < 0 for p in pads)):
             return "pad"
         return None
     if op == "Cast":

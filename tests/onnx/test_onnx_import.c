@@ -391,9 +391,29 @@ static void test_pad_folds_into_avgpool(void **state)
         }
     tlearn_model_destroy(&model);
 
-    /* Max pooling pads with -inf, not zeros: a zero Pad before it cannot fold. */
+    /* Max pooling pads with -inf, not zeros: a zero Pad before it becomes a pad layer,
+     * and its zeros win over negative border values. */
     m = pad_pool_model("MaxPool");
-    import_expect(&m, TLEARN_EUNSUPPORTED, "Pad");
+    model = import_expect(&m, TLEARN_OK, NULL);
+    int kind;
+    assert_int_equal(tlearn_model_layer_count(model, &count), TLEARN_OK);
+    assert_int_equal(count, 2);
+    assert_int_equal(tlearn_model_layer_kind(model, 0, &kind), TLEARN_OK);
+    assert_int_equal(kind, TLEARN_LAYER_PAD);
+    for (int i = 0; i < 16; i++)
+        x[i] = -1.0f - (float)i; /* all negative: every window touching the border is 0 */
+    assert_int_equal(tlearn_model_predict(model, x, 1, y, 16), TLEARN_OK);
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++) {
+            int border = r == 0 || r == 3 || c == 0 || c == 3;
+            float best = border ? 0.0f : -INFINITY;
+            for (int dr = -1; dr <= 1; dr++)
+                for (int dc = -1; dc <= 1; dc++)
+                    if (r + dr >= 0 && r + dr < 4 && c + dc >= 0 && c + dc < 4)
+                        best = fmaxf(best, x[(r + dr) * 4 + c + dc]);
+            assert_float_equal(y[r * 4 + c], best, 0.0);
+        }
+    tlearn_model_destroy(&model);
 }
 
 /* Reshape(x, Concat(Unsqueeze(Squeeze(Slice(Shape(x), 0, 1))), [-1])): the shape

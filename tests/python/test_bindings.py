@@ -597,3 +597,110 @@ def test_norm_pool_pad_matmul_layers():
         with pytest.raises(tlearn.TlearnError) as info:
             s.add_matmul("bad", "q", "nothere")
         assert info.value.code == tlearn.ENOTFOUND
+
+
+# -- transformers ----------------------------------------------------------------------------
+
+def test_text_encoder_with_mask_trains_and_refuses_bad_ids():
+    t, v = 6, 12
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, v, size=(16, t))  # int64, as numpy makes them
+    mask = np.ones((16, t), np.int32)
+    mask[::2, 4:] = 0
+    ids[mask == 0] = 0
+    y = (ids[:, 0] % 2).astype(np.int32)
+    with tlearn.Model.with_input("ids", (t,), "int32") as m, \
+            tlearn.Optimizer("adam", lr=0.01) as o:
+        m.add_input("mask", (t,), "int32").set_next_input("ids")
+        m.add_embedding("tok", v, 8, padding_idx=0).add_position_embedding("pos", t)
+        m.add_attention("att", 2, mask="mask").add_token_pool("pool", mean=True, mask="mask")
+        m.add_linear("head", 2)
+        first = m.compute_gradients_inputs([ids, mask], y)
+        for _ in range(40):
+            m.train_step_inputs(o, [ids, mask], y)
+        assert m.compute_gradients_inputs([ids, mask], y) < first
+        (out,) = m.run(ids, mask)
+        assert out.shape == (16, 2)
+        bad = ids.copy()
+        bad[0, 0] = 2**40
+        with pytest.raises(ValueError, match="do not fit int32"):
+            m.run(bad, mask)
+        bad[0, 0] = v
+        with pytest.raises(tlearn.TlearnError, match="token id 12"):
+            m.train_step_inputs(o, [bad, mask], y)
+        with pytest.raises(tlearn.TlearnError):
+            m.compute_gradients_inputs([ids, mask], y, input_grad=True)  # int32 first input
+
+
+def test_vit_patch_embedding_input_gradient():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    y = np.array([0, 1], np.int32)
+    with tlearn.Model(3, 8, 8) as m:
+        m.set_seed(1).add_patch_embed("patch", 8, 4).add_attention("att", 2, causal=True)
+        m.add_token_pool("pool").add_linear("head", 2)
+        loss, dx = m.compute_gradients_inputs([x], y, input_grad=True)
+        assert dx.shape == x.shape
+        h = 1e-2
+        xp, xm = x.copy(), x.copy()
+        xp[1, 2, 5, 6] += h
+        xm[1, 2, 5, 6] -= h
+        fd = (m.compute_gradients_inputs([xp], y) - m.compute_gradients_inputs([xm], y)) / (2 * h)
+        assert dx[1, 2, 5, 6] == pytest.approx(fd, rel=2e-2, abs=1e-3)
+
+
+def test_fewshot_prototypes_similarity_transferability():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 6)).astype(np.float32)
+    y = (np.arange(30) % 3).astype(np.int32)
+    x[np.arange(30), y] += 3
+    with tlearn.Model(6, 1, 1) as m:
+        m.add_dense("fc", 6).add_activation("act", "tanh")
+        m.prototype_head("act", "proto", x, y, 3, temperature=5.0)
+        assert m.layer_kind(2) == "prototype"
+        assert (m.predict(x).argmax(1) == y).mean() > 0.9
+        m.prototype_add_classes("proto", 1)
+        m.prototype_update("proto", x[:2], np.array([3, 3], np.int32))
+        assert m.predict(x).shape == (30, 4)
+        m.prototype_remove_class("proto", 3)
+        e = m.embed("act", x)
+        assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+        assert m.transferability("act", x, y, 3, "hscore") > 0
+        m.prototype_to_dense("proto")
+        assert m.layer_kind(2) == "dense"
+    s = tlearn.similarity_scores(x[:4], x)
+    idx, sc = tlearn.similarity_topk(x[:4], x, 2)
+    assert list(idx[:, 0]) == [0, 1, 2, 3] and np.allclose(sc[:, 0], 1, atol=1e-5)
+    assert np.allclose(np.sort(s, 1)[:, -2], sc[:, 1], atol=1e-6)
+    assert np.isfinite(tlearn.transferability(x, y, 3, "logme"))
+    with pytest.raises(tlearn.TlearnError):
+        tlearn.transferability(x, y, 2, "leep")
+
+
+def test_domain_adaptation():
+    m = tlearn.Model.with_input("x", (4,))
+    m.add_linear("feat", 6).add_batchnorm("bn").add_relu("r").add_dense("cls", 3)
+    m.set_next_input("r")
+    m.add_grad_reverse("grl", 0.0).add_dense("dom", 2)
+    m.set_outputs(["cls", "dom"])
+    assert m.layer_kind(4) == "grad_reverse"
+    m.set_grad_reverse_lambda(tlearn.dann_lambda(0.5))
+    assert abs(tlearn.dann_lambda(1.0) - (2 / (1 + np.exp(-10.0)) - 1)) < 1e-6
+    m.set_output_loss(0, "softmax_ce").set_output_loss(1, "softmax_ce", 0.5)
+    m.set_discrepancy("r", "coral", 0.2).set_mmd_bandwidths((0.5, 1.0, 2.0))
+    x = np.sin(np.arange(32, dtype=np.float32) * 0.37).reshape(8, 4).astype(np.float32)
+    y = np.array([0, 1, 2, 0, -1, -1, -1, -1], np.int32)
+    d = np.array([0, 0, 0, 0, 1, 1, 1, 1], np.int32)
+    opt = tlearn.Optimizer("sgd", lr=0.1)
+    assert np.isfinite(m.train_step_multi(opt, [x], [y, d]))
+    assert np.isfinite(m.train_step_multi(opt, [x], [y, None], d.astype(np.uint8)))
+    with pytest.raises(tlearn.TlearnError) as e:
+        m.train_step_multi(opt, [x], [None, None])
+    assert e.value.name == "TLEARN_EINVAL"  # no labels to tell target rows by
+    m.adapt_bn(x, batch=4)
+    w = m.get_tensor("bn.weight")
+    assert np.isfinite(m.tent_step(opt, x))
+    m.tent_reset()
+    assert np.array_equal(m.get_tensor("bn.weight"), w)
+    v, g = tlearn.discrepancy("mmd", x, d.astype(np.uint8))
+    assert v >= 0 and g.shape == x.shape

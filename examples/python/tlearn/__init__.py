@@ -43,11 +43,16 @@ LAYER_KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpo
                6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add",
                11: "binary", 12: "scale", 13: "softmax", 14: "concat", 15: "slice",
                16: "reshape", 17: "transpose", 18: "layernorm", 19: "adaptive_avgpool",
-               20: "pad", 21: "matmul", 22: "drop_path"}
+               20: "pad", 21: "matmul", 22: "drop_path",
+               30: "embedding", 31: "position_embedding", 32: "attention",
+               33: "token_pool", 34: "patch_embed", 40: "lora_sum", 50: "grad_reverse", 60: "prototype"}
+TRANSFER_METRICS = {"logme": 1, "leep": 2, "hscore": 3}
+PROTO_FEATURES, PROTO_LEARN_TEMPERATURE = 1, 2
 ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6,
                "hardsigmoid": 7, "hardswish": 8, "silu": 9, "clip": 10, "gelu_tanh": 11}
 BINARY_OPS = {"add": 1, "sub": 2, "mul": 3, "div": 4}
 LOSSES = {"softmax_ce": 1, "mse": 2}
+DISCREPANCIES = {"coral": 1, "mmd": 2}
 PAD_MODES = {"constant": 1, "reflect": 2, "edge": 3}
 OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
 OPTIM_PARAMS = {"lr": 1, "momentum": 2, "dampening": 3, "nesterov": 4, "weight_decay": 5,
@@ -490,6 +495,53 @@ class Model(_Handle):
         _check(_C.tlearn_model_add_drop_path(self.handle, _enc(name, "name"), float(p)))
         return self
 
+    def add_embedding(self, name, vocab, dim, padding_idx=-1):
+        """torch.nn.Embedding over the next input, an int32 model input of token ids (T):
+        -> (T, dim). ``padding_idx`` (-1: none) names a row that gets no gradient."""
+        _check(_C.tlearn_model_add_embedding(self.handle, _enc(name, "name"), int(vocab),
+                                             int(dim), int(padding_idx)))
+        return self
+
+    def add_position_embedding(self, name, max_len, sinusoidal=False):
+        """Add position vectors to a sequence (T, D), T <= max_len: learned, or fixed
+        sinusoidal ones."""
+        _check(_C.tlearn_model_add_position_embedding(self.handle, _enc(name, "name"),
+                                                      int(max_len), int(bool(sinusoidal))))
+        return self
+
+    def add_attention(self, name, heads, causal=False, mask=None):
+        """Multi-head self-attention over a sequence (T, D) with torch.nn.MultiheadAttention's
+        parameters; ``mask`` names a key-padding mask (T) input (1 keep, 0 pad)."""
+        _check(_C.tlearn_model_add_attention(self.handle, _enc(name, "name"), int(heads),
+                                             int(bool(causal)),
+                                             None if mask is None else _enc(mask, "mask")))
+        return self
+
+    def add_token_pool(self, name, mean=False, mask=None):
+        """Pool a sequence (T, D) into (D): the first token, or (``mean=True``) the mean over
+        the positions ``mask`` keeps (all positions without a mask)."""
+        _check(_C.tlearn_model_add_token_pool(self.handle, _enc(name, "name"), int(bool(mean)),
+                                              None if mask is None else _enc(mask, "mask")))
+        return self
+
+    def add_transformer_block(self, name, heads, ff_dim, activation="relu", norm_first=False,
+                              dropout=0.1, mask=None):
+        """The layers of torch.nn.TransformerEncoderLayer(batch_first=True) over a sequence
+        (T, D), named after its state_dict (``name.self_attn``, ``name.linear1``,
+        ``name.norm1``, ...); ``mask`` names a key-padding mask input."""
+        _check(_C.tlearn_model_add_transformer_block(
+            self.handle, _enc(name, "name"), int(heads), int(ff_dim), _enum(ACTIVATIONS, activation, "activation"),
+            int(bool(norm_first)), float(dropout), None if mask is None else _enc(mask, "mask")))
+        return self
+
+    def add_patch_embed(self, name, dim, patch, class_token=True, positions=True):
+        """ViT patch embedding of an image (C, H, W) -> (T, dim), torchvision's layout
+        (conv_proj, class_token, pos_embedding)."""
+        _check(_C.tlearn_model_add_patch_embed(self.handle, _enc(name, "name"), int(dim),
+                                               int(patch), int(bool(class_token)),
+                                               int(bool(positions))))
+        return self
+
     def add_dense(self, name, units):
         _check(_C.tlearn_model_add_dense(self.handle, _enc(name, "name"), int(units)))
         return self
@@ -620,6 +672,60 @@ class Model(_Handle):
         p = [int(v) for v in perm]
         _check(_C.tlearn_model_add_transpose(self.handle, _enc(name, "name"), len(p),
                                              (ctypes.c_int * max(len(p), 1))(*p)))
+        return self
+
+    # -- adapters -----------------------------------------------------------------------
+    def lora_add(self, adapter, glob, r, alpha, dropout=0.0, rslora=False):
+        """Add LoRA adapter ``adapter`` on every dense/linear/conv2d layer matching ``glob``:
+        layers ``T.lora_A.<adapter>``, ``T.lora_B.<adapter>`` (zero) and the sum
+        ``T.lora.<adapter>`` = T + alpha/r (rsLoRA: alpha/sqrt(r)) * B(A(x)); T is frozen."""
+        _check(_C.tlearn_lora_add(self.handle, _enc(adapter, "adapter"), _enc(glob, "glob"),
+                                  int(r), float(alpha), float(dropout), 1 if rslora else 0))
+        return self
+
+    def lora_set_weight(self, adapter, weight):
+        """Combination weight of a LoRA adapter (0 disables it)."""
+        _check(_C.tlearn_lora_set_weight(self.handle, _enc(adapter, "adapter"), float(weight)))
+        return self
+
+    def lora_set_active(self, adapter):
+        """Make ``adapter`` the only active LoRA adapter; None disables all of them."""
+        _check(_C.tlearn_lora_set_active(self.handle,
+                                         None if adapter is None else _enc(adapter, "adapter")))
+        return self
+
+    def lora_merge(self, adapter):
+        """Fold the adapter into its targets' weights (W += scale * B A)."""
+        _check(_C.tlearn_lora_merge(self.handle, _enc(adapter, "adapter")))
+        return self
+
+    def lora_unmerge(self, adapter):
+        """Undo lora_merge (within one float rounding per weight)."""
+        _check(_C.tlearn_lora_unmerge(self.handle, _enc(adapter, "adapter")))
+        return self
+
+    def lora_remove(self, adapter):
+        """Remove a LoRA adapter's layers; the targets stay frozen."""
+        _check(_C.tlearn_lora_remove(self.handle, _enc(adapter, "adapter")))
+        return self
+
+    def lora_save(self, adapter, directory):
+        """Write adapter_model.safetensors and adapter_config.json in PEFT's layout."""
+        _check(_C.tlearn_lora_save(self.handle, _enc(adapter, "adapter"),
+                                   _enc(str(directory), "directory")))
+
+    def lora_load(self, adapter, directory):
+        """Add adapter ``adapter`` from a PEFT adapter directory (config and weights)."""
+        _check(_C.tlearn_lora_load(self.handle, _enc(adapter, "adapter"),
+                                   _enc(str(directory), "directory")))
+        return self
+
+    def add_bottleneck_adapter(self, adapter, glob, hidden, activation="relu"):
+        """Insert a bottleneck adapter (down, activation, zero-initialised up, residual add)
+        after every layer matching ``glob``."""
+        _check(_C.tlearn_adapter_add_bottleneck(self.handle, _enc(adapter, "adapter"),
+                                                _enc(glob, "glob"), int(hidden),
+                                                ACTIVATIONS[activation]))
         return self
 
     # -- introspection ------------------------------------------------------------------
@@ -889,32 +995,180 @@ class Model(_Handle):
             names.append(self.layer_name(i.value))
         return names
 
-    def run(self, *inputs):
-        """Inference with one array per model input (float32, or int32 for int32 inputs;
-        shape (n, *input shape)); returns one array per graph output, shape (n, *shape)."""
-        count = ctypes.c_int()
-        _check(_C.tlearn_model_input_count(self.handle, ctypes.byref(count)))
-        shapes = [self.layer_shape_nd(-1 - k) for k in range(count.value)]
-        if len(inputs) != len(shapes):
-            raise ValueError("the model has %d inputs, %d arrays given" % (len(shapes), len(inputs)))
-        n = None
-        for j, (x, shape) in enumerate(zip(inputs, shapes)):
+    def _feed(self, inputs):
+        """(n, C array of pointers, arrays kept alive) for one array per model input. int64
+        token ids are converted to int32 when every value fits, else ValueError."""
+        info = self.inputs
+        if len(inputs) != len(info):
+            raise ValueError("the model has %d inputs, %d arrays given" % (len(info), len(inputs)))
+        n, keep = None, []
+        for j, (x, (name, dtype, shape)) in enumerate(zip(inputs, info)):
+            if isinstance(x, np.ndarray) and x.dtype == np.int64 and dtype == "int32":
+                if x.size and (x.min() < -2**31 or x.max() >= 2**31):
+                    raise ValueError("input %d ('%s'): int64 values do not fit int32" % (j, name))
+                x = np.ascontiguousarray(x, dtype=np.int32)
             if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.int32):
-                raise TypeError("input %d must be a float32 or int32 numpy array" % j)
+                raise TypeError("input %d ('%s') must be a float32 or int32 numpy array"
+                                % (j, name))
             _require(x, x.dtype, "input %d" % j)
             if x.ndim < 1 or x.shape[0] < 1 or int(np.prod(x.shape[1:])) != int(np.prod(shape)):
-                raise ValueError("input %d has shape %s; expected (n, %s)"
-                                 % (j, x.shape, ", ".join(map(str, shape))))
+                raise ValueError("input %d ('%s') has shape %s; expected (n, %s)"
+                                 % (j, name, x.shape, ", ".join(map(str, shape))))
             if n is not None and x.shape[0] != n:
                 raise ValueError("inputs hold different numbers of examples")
             n = x.shape[0]
+            keep.append(x)
+        ins = (ctypes.c_void_p * len(keep))(*[x.ctypes.data for x in keep])
+        return n, ins, keep
+
+    def run(self, *inputs):
+        """Inference with one array per model input (float32, or int32 for int32 inputs;
+        shape (n, *input shape)); returns one array per graph output, shape (n, *shape)."""
+        n, ins, keep = self._feed(inputs)
         outs = [np.empty((n,) + self.layer_shape_nd(self.layer_index(name)), np.float32)
                 for name in self.outputs]
-        ins = (ctypes.c_void_p * len(inputs))(*[x.ctypes.data for x in inputs])
         optr = (L.f32p * len(outs))(*[_fptr(o) for o in outs])
         lens = (ctypes.c_size_t * len(outs))(*[o.size for o in outs])
-        _check(_C.tlearn_model_run(self.handle, ins, len(inputs), n, optr, lens, len(outs)))
+        _check(_C.tlearn_model_run(self.handle, ins, len(keep), n, optr, lens, len(outs)))
         return outs
+
+    def train_step_inputs(self, optimizer, inputs, labels):
+        """One optimisation step (cross-entropy) on a model of several inputs: @p inputs is
+        a sequence of one array per model input (token ids, masks, images). Returns the loss."""
+        n, ins, keep = self._feed(list(inputs))
+        _labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_inputs(self.handle, optimizer.handle, ins, len(keep),
+                                                 _iptr(labels), n, ctypes.byref(loss)))
+        return loss.value
+
+    def _token_labels(self, labels, n):
+        out = self.layer_shape_nd(self.layer_index(self.outputs[0]))
+        positions = int(np.prod(out[:-1])) if len(out) > 1 else 1
+        labels = np.asarray(labels)
+        if labels.dtype == np.int64:
+            labels = labels.astype(np.int32)
+        if labels.dtype != np.int32 or labels.size != n * positions:
+            raise ValueError("labels must be int32 with n x %d values" % positions)
+        return np.ascontiguousarray(labels)
+
+    def train_step_tokens(self, optimizer, inputs, labels, ignore_index=-100):
+        """One step of cross-entropy at every position of output 0 (..., classes), e.g.
+        masked-token prediction: ``labels`` (n, positions), ``ignore_index`` where no token is
+        predicted. Returns the mean loss over the counted positions."""
+        n, ins, keep = self._feed(list(inputs))
+        labels = self._token_labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_tokens(self.handle, optimizer.handle, ins, len(keep),
+                                                 _iptr(labels), int(ignore_index), n,
+                                                 ctypes.byref(loss)))
+        return loss.value
+
+    def compute_gradients_tokens(self, inputs, labels, ignore_index=-100):
+        """The gradients of train_step_tokens()'s loss without an update; returns the loss."""
+        n, ins, keep = self._feed(list(inputs))
+        labels = self._token_labels(labels, n)
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_compute_gradients_tokens(self.handle, ins, len(keep),
+                                                        _iptr(labels), int(ignore_index), n,
+                                                        ctypes.byref(loss)))
+        return loss.value
+
+    def compute_gradients_inputs(self, inputs, labels, input_grad=False):
+        """compute_gradients() for a model of several inputs. Returns the loss, or (loss,
+        dL/d first input) with ``input_grad=True`` (the first input must be float32)."""
+        n, ins, keep = self._feed(list(inputs))
+        _labels(labels, n)
+        loss = ctypes.c_float()
+        dx = np.empty(keep[0].shape, np.float32) if input_grad else None
+        _check(_C.tlearn_model_compute_gradients_inputs(
+            self.handle, ins, len(keep), _iptr(labels), n, ctypes.byref(loss),
+            _fptr(dx) if input_grad else None, dx.size if input_grad else 0))
+        return (loss.value, dx) if input_grad else loss.value
+
+    # -- domain adaptation (1.1) -------------------------------------------------------
+    def add_grad_reverse(self, name, lam=1.0):
+        """Gradient reversal (DANN): identity forward, gradient times -``lam`` backward."""
+        _check(_C.tlearn_model_add_grad_reverse(self.handle, _enc(name, "name"), float(lam)))
+        return self
+
+    def set_grad_reverse_lambda(self, lam, layer=None):
+        """Set lambda of gradient-reversal layer ``layer`` (None: every one); see
+        :func:`dann_lambda` for DANN's schedule."""
+        _check(_C.tlearn_model_set_grad_reverse_lambda(self.handle, _enc(layer, "layer"),
+                                                       float(lam)))
+        return self
+
+    def set_output_loss(self, output, loss, weight=1.0):
+        """Loss of graph output ``output`` (position) for :meth:`train_step_multi`:
+        "softmax_ce" (int32 labels, -1 = none for that row), "mse", or None to remove."""
+        kind = 0 if loss is None else _enum(LOSSES, loss, "loss")
+        _check(_C.tlearn_model_set_output_loss(self.handle, int(output), kind, float(weight)))
+        return self
+
+    def set_discrepancy(self, layer, kind, weight):
+        """Add a "coral" or "mmd" term between source and target rows at ``layer`` to
+        :meth:`train_step_multi` (weight 0 removes it)."""
+        _check(_C.tlearn_model_set_discrepancy(self.handle, _enc(layer, "layer"),
+                                               _enum(DISCREPANCIES, kind, "discrepancy"),
+                                               float(weight)))
+        return self
+
+    def set_mmd_bandwidths(self, multipliers=()):
+        """MMD's bandwidth multipliers of the mean squared distance (() = 1/4..4)."""
+        m = np.ascontiguousarray(multipliers, dtype=np.float32)
+        _check(_C.tlearn_model_set_mmd_bandwidths(self.handle, _fptr(m) if m.size else None,
+                                                  m.size))
+        return self
+
+    def train_step_multi(self, optimizer, inputs, targets, is_target=None):
+        """One step with every output's loss and the discrepancy terms. ``inputs``: one
+        array per model input; ``targets``: one per output (int32 labels with -1 for no
+        loss, float32 targets for MSE, or None); ``is_target``: uint8 per row or None
+        (rows whose output-0 label is -1). Returns the total loss."""
+        n, ins, keep = self._feed(list(inputs))
+        outs = self.outputs
+        if len(targets) != len(outs):
+            raise ValueError("the model has %d outputs, %d targets given" % (len(outs), len(targets)))
+        for j, t in enumerate(targets):
+            if t is not None:
+                _require(t, t.dtype if t.dtype in (np.int32, np.float32) else np.float32,
+                         "targets %d" % j)
+                if t.shape[0] != n:
+                    raise ValueError("targets %d has %d rows, inputs %d" % (j, t.shape[0], n))
+        tp = (ctypes.c_void_p * len(targets))(*[None if t is None else t.ctypes.data
+                                                 for t in targets])
+        mask = None
+        if is_target is not None:
+            _require(is_target, np.uint8, "is_target")
+            if is_target.shape != (n,):
+                raise ValueError("is_target has shape %s; expected (%d,)" % (is_target.shape, n))
+            mask = is_target.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_multi(self.handle, optimizer.handle, ins, len(inputs),
+                                                n, tp, len(targets), mask, ctypes.byref(loss)))
+        return loss.value
+
+    def adapt_bn(self, *inputs, batch=64):
+        """AdaBN: every BatchNorm's running statistics re-estimated on these (target)
+        arrays, averaged over batches of ``batch`` (torch's momentum=None)."""
+        n, ins, keep = self._feed(inputs)
+        _check(_C.tlearn_model_adapt_bn(self.handle, ins, len(inputs), n, int(batch)))
+        return self
+
+    def tent_step(self, optimizer, *inputs):
+        """TENT: one entropy-minimisation step on BatchNorm's weight and bias over an
+        unlabelled batch; returns the batch's mean entropy. Undo with :meth:`tent_reset`."""
+        n, ins, keep = self._feed(inputs)
+        h = ctypes.c_float()
+        _check(_C.tlearn_model_tent_step(self.handle, optimizer.handle, ins, len(inputs), n,
+                                         ctypes.byref(h)))
+        return h.value
+
+    def tent_reset(self):
+        """Restore BatchNorm tensors and freeze state from before the first tent_step."""
+        _check(_C.tlearn_model_tent_reset(self.handle))
+        return self
 
     def predict_from(self, layer, features):
         """Outputs from cached features of @p layer."""
@@ -1035,6 +1289,111 @@ class Model(_Handle):
         _check(_C.tlearn_model_export_safetensors(self.handle, _path(path)))
 
 
+    # -- few-shot without training, transferability (1.1) --
+
+    def add_prototype(self, name, classes, temperature=10.0, learn_temperature=False):
+        """Append an empty prototype head (logits = temperature * cosine to each class's
+        prototype); fill it with prototype_update()."""
+        _check(_C.tlearn_model_add_prototype(self.handle, _enc(name, "name"), int(classes),
+                                             float(temperature), int(bool(learn_temperature))))
+        return self
+
+    def _proto_x(self, producer_shape, x, features):
+        if features:
+            return _batch(x, producer_shape, "features")
+        return _batch(x, self.input_shape, "x")
+
+    def prototype_head(self, from_layer, name, x, labels, classes, temperature=10.0,
+                       features=False, learn_temperature=False):
+        """Drop the layers after @p from_layer ("" = the input) and append a prototype head
+        @p name built from (x, labels): prototype c = mean of the normalised activations of
+        the examples labelled c. With features=True, x holds those activations."""
+        shape = (self.layer_shape(self.layer_index(from_layer)) if from_layer
+                 else self.input_shape)
+        n = self._proto_x(shape, x, features)
+        _labels(labels, n)
+        flags = (PROTO_FEATURES if features else 0) | (
+            PROTO_LEARN_TEMPERATURE if learn_temperature else 0)
+        _check(_C.tlearn_prototype_head(self.handle, _enc(from_layer or "", "from_layer"),
+                                        _enc(name, "name"), _fptr(x), _iptr(labels), n,
+                                        int(classes), float(temperature), flags))
+        return self
+
+    def prototype_update(self, layer, x, labels, features=False):
+        """Fold more labelled examples into the prototypes (running mean per class)."""
+        n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim >= 1 else 0
+        if features:
+            _require(x, np.float32, "features")
+            if x.ndim < 2 or n < 1:
+                raise ValueError("features must be (n, size) with n >= 1")
+        else:
+            n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        _check(_C.tlearn_prototype_update(self.handle, _enc(layer, "layer"), _fptr(x),
+                                          _iptr(labels), n, PROTO_FEATURES if features else 0))
+        return self
+
+    def prototype_add_classes(self, layer, count=1):
+        """Append @p count empty classes to a prototype head."""
+        _check(_C.tlearn_prototype_add_classes(self.handle, _enc(layer, "layer"), int(count)))
+        return self
+
+    def prototype_remove_class(self, layer, cls):
+        """Remove class @p cls; later classes move down by one index."""
+        _check(_C.tlearn_prototype_remove_class(self.handle, _enc(layer, "layer"), int(cls)))
+        return self
+
+    def prototype_to_dense(self, layer):
+        """Turn the prototype head into a dense head (weight = temperature * normalised
+        prototypes, bias 0) for fine-tuning."""
+        _check(_C.tlearn_prototype_to_dense(self.handle, _enc(layer, "layer")))
+        return self
+
+    def embed(self, layer, x):
+        """L2-normalised activations of @p layer, shape (n, size)."""
+        n = _batch(x, self.input_shape, "x")
+        size = int(np.prod(self.layer_shape_nd(self.layer_index(layer))))
+        out = np.empty((n, size), dtype=np.float32)
+        _check(_C.tlearn_model_embed(self.handle, _enc(layer, "layer"), _fptr(x), n,
+                                     _fptr(out), out.size))
+        return out
+
+    def transferability(self, layer, x, labels, classes, metric="logme"):
+        """LogME, LEEP (layer = the source logits) or H-score of @p layer's activations for
+        the labelled set; higher is better."""
+        n = _batch(x, self.input_shape, "x")
+        _labels(labels, n)
+        score = ctypes.c_double()
+        _check(_C.tlearn_transferability(self.handle, _enc(layer, "layer"), _fptr(x),
+                                         _iptr(labels), n, int(classes),
+                                         _enum(TRANSFER_METRICS, metric, "metric"),
+                                         ctypes.byref(score)))
+        return score.value
+
+
+def dann_lambda(progress):
+    """DANN's schedule 2 / (1 + exp(-10 p)) - 1 for training progress p in [0, 1]."""
+    return _C.tlearn_dann_lambda(float(progress))
+
+
+def discrepancy(kind, features, is_target, multipliers=()):
+    """("coral" or "mmd") between the rows of float32 ``features`` (n, dim) marked by uint8
+    ``is_target``; returns (value, gradient w.r.t. features)."""
+    _require(features, np.float32, "features")
+    _require(is_target, np.uint8, "is_target")
+    if features.ndim != 2 or is_target.shape != (features.shape[0],):
+        raise ValueError("features must be (n, dim) and is_target (n,)")
+    m = np.ascontiguousarray(multipliers, dtype=np.float32)
+    grad = np.empty_like(features)
+    v = ctypes.c_float()
+    _check(_C.tlearn_discrepancy(_enum(DISCREPANCIES, kind, "discrepancy"), _fptr(features),
+                                 features.shape[0], features.shape[1],
+                                 is_target.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                 _fptr(m) if m.size else None, m.size, ctypes.byref(v),
+                                 _fptr(grad)))
+    return v.value, grad
+
+
 def read_metadata(path):
     """Metadata of a checkpoint file as a dict, without loading the weights."""
     result = {}
@@ -1044,3 +1403,50 @@ def read_metadata(path):
         return 0
     _check(_C.tlearn_checkpoint_read_metadata(_path(path), L.METADATA_FN(collect), None))
     return result
+
+
+def _matrix(a, what):
+    _require(a, np.float32, what)
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError("%s must be a 2-D (rows, dim) array, not %s" % (what, a.shape))
+    return a
+
+
+def similarity_scores(queries, keys, threads=1):
+    """Cosine similarities (nq, nkeys) of the rows of @p queries and @p keys."""
+    _matrix(queries, "queries")
+    _matrix(keys, "keys")
+    if queries.shape[1] != keys.shape[1]:
+        raise ValueError("queries and keys differ in dim")
+    out = np.empty((queries.shape[0], keys.shape[0]), dtype=np.float32)
+    _check(_C.tlearn_similarity_scores(_fptr(queries), queries.shape[0], _fptr(keys),
+                                       keys.shape[0], queries.shape[1], int(threads),
+                                       _fptr(out), out.size))
+    return out
+
+
+def similarity_topk(queries, keys, k, threads=1):
+    """Exact top-k keys by cosine for each query: (index (nq, k) int32, scores (nq, k)),
+    best first."""
+    _matrix(queries, "queries")
+    _matrix(keys, "keys")
+    if queries.shape[1] != keys.shape[1]:
+        raise ValueError("queries and keys differ in dim")
+    idx = np.empty((queries.shape[0], int(k)), dtype=np.int32)
+    sc = np.empty((queries.shape[0], int(k)), dtype=np.float32)
+    _check(_C.tlearn_similarity_topk(_fptr(queries), queries.shape[0], _fptr(keys),
+                                     keys.shape[0], queries.shape[1], int(k), int(threads),
+                                     _iptr(idx), _fptr(sc)))
+    return idx, sc
+
+
+def transferability(features, labels, classes, metric="logme"):
+    """LogME, LEEP (features = source logits) or H-score of (n, dim) features."""
+    _matrix(features, "features")
+    _labels(labels, features.shape[0])
+    score = ctypes.c_double()
+    _check(_C.tlearn_transferability_features(_fptr(features), features.shape[0],
+                                              features.shape[1], _iptr(labels), int(classes),
+                                              _enum(TRANSFER_METRICS, metric, "metric"),
+                                              ctypes.byref(score)))
+    return score.value

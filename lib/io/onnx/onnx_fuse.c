@@ -503,10 +503,20 @@ int ox_fuse_emit(ox_ctx *c, size_t i)
     static const char *const names[] = {"", "SiLU", "HardSwish", "GELU", "GELU", "LayerNorm",
                                         "LayerNorm2d"};
     const ox_match *m = &c->fuse[c->fuse_of[i] - 1];
-    ox_value *x = ox_find(c, m->x);
-    if (!x || x->kind != OX_ACT || x->dtype != TLEARN_DTYPE_FLOAT32 || x->pad_h || x->pad_w)
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "the input '%.100s' of this %s (decomposed by "
-                       "the exporter) must be a float activation", m->x, names[m->pattern]);
+    /* x as an input of the pattern's first node (a pending Pad becomes a pad layer) */
+    const Tlonnx__NodeProto *last = c->node;
+    ox_value *x = NULL;
+    int rc = TLEARN_OK;
+    c->node = node_at(c, m->node[0]);
+    for (size_t k = 0; k < c->node->n_input && !x; k++)
+        if (same(in_at(c->node, k), m->x) && (rc = ox_in_act(c, k, 0, &x)))
+            break;
+    c->node = last;
+    if (rc)
+        return rc;
+    if (!x)
+        return ox_fail(c, TLEARN_EFORMAT, "the input '%.100s' of this %s (decomposed by the "
+                       "exporter) is not defined", m->x, names[m->pattern]);
     int R = 1 + x->shape.rank, naxes;
     if (m->pattern == FP_LAYERNORM2D) {
         if (x->shape.rank != 3)
@@ -524,8 +534,8 @@ int ox_fuse_emit(ox_ctx *c, size_t i)
               : m->pattern == FP_HARDSWISH ? TLEARN_ACT_HARDSWISH
               : m->pattern == FP_GELU_TANH ? TLEARN_ACT_GELU_TANH
                                            : TLEARN_ACT_GELU;
-    int layer, rc = ox_add_layer(c, &tl_activation_ops, NULL, &x->layer, 1, &act, 1, &zero, 1,
-                                 &layer);
+    int layer;
+    rc = ox_add_layer(c, &tl_activation_ops, NULL, &x->layer, 1, &act, 1, &zero, 1, &layer);
     if (rc)
         return rc;
     ox_def_view(c, layer, x->shape);

@@ -8,10 +8,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "onnx_internal.h"
+#include "../io.h"
 
 /* Protobuf messages cannot exceed 2 GiB. */
 #define OX_MAX_FILE ((size_t)INT32_MAX)
@@ -353,7 +353,7 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
     c->node = NULL;
 
     if (outv->kind != OX_ACT || outv->layer < 0 || outv->layer != c->m->nlayers - 1 ||
-        outv->pad_h || outv->pad_w)
+        outv->pad[0] || outv->pad[1] || outv->pad[2] || outv->pad[3])
         return tl_fail(TLEARN_EUNSUPPORTED,
                        "%s: the graph output '%.100s' is not the output of the last layer "
                        "the graph computes", c->fn, outv->name);
@@ -629,25 +629,18 @@ int tlearn_model_import_onnx(tlearn_model **out, const char *path)
     *out = NULL;
     if (!path)
         return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return tl_fail(TLEARN_EIO, "%s: cannot open '%s': %s", fn, path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return tl_fail(TLEARN_EIO, "%s: cannot stat '%s': %s", fn, path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return tl_fail(TLEARN_EIO, "%s: '%s' is not a regular file", fn, path);
-    }
-    if (st.st_size <= 0 || (uint64_t)st.st_size > OX_MAX_FILE) {
+    /* The checkpoint readers' open: a FIFO or device is refused instead of blocking. */
+    int fd;
+    uint64_t size;
+    int rc = tl_file_open(fn, path, &fd, &size);
+    if (rc)
+        return rc;
+    if (size == 0 || size > OX_MAX_FILE) {
         close(fd);
         return tl_fail(TLEARN_EFORMAT, "%s: '%s' has %lld bytes; an ONNX model has 1 byte to "
-                       "2 GiB", fn, path, (long long)st.st_size);
+                       "2 GiB", fn, path, (long long)size);
     }
-    size_t len = (size_t)st.st_size;
+    size_t len = (size_t)size;
     void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
@@ -655,7 +648,7 @@ int tlearn_model_import_onnx(tlearn_model **out, const char *path)
         return tl_fail(TLEARN_EIO, "%s: cannot map '%s': %s", fn, path, strerror(e));
     Tlonnx__ModelProto *mp;
     ox_strip s;
-    int rc = unpack(fn, map, len, &mp, &s);
+    rc = unpack(fn, map, len, &mp, &s);
     if (!rc)
         rc = import(fn, out, mp, &s, map, len);
     munmap(map, len);

@@ -63,7 +63,9 @@ typedef struct ox_value {
     tl_shape shape;    /* one example as the ONNX graph sees it: ONNX rank = 1 + rank
                         * (the batch is dim 0). May be a view of the layer's output (a
                         * (C) view of a pooled (C, 1, 1)), same memory layout. */
-    int pad_h, pad_w;  /* zero padding of a Pad node, to be folded into the consumer */
+    int pad[4];        /* zero padding of a Pad node on H and W (top, left, bottom,
+                        * right), pending: a Conv or AveragePool folds it in, any other
+                        * reader gets a pad layer (ox_in_act) */
     int bias_layer;    /* the raw output of this layer (which has a bias): an Add of a
                         * constant can fold into that bias. -1: no such layer. */
     uint32_t def_node; /* 1 + index of the node that outputs it; 0: none (an initializer,
@@ -160,8 +162,12 @@ int ox_peek_string_is(ox_ctx *c, const char *name, const char *s, int absent);
 
 const char *ox_in_name(ox_ctx *c, size_t k);
 int ox_need_inputs(ox_ctx *c, size_t lo, size_t hi);
-/* Input @p k as a float activation. Pending zero padding is only accepted when @p pad_ok. */
+/* Input @p k as a float activation. Pending zero padding stays pending when @p pad_ok (the
+ * caller folds it in); otherwise it becomes a pad layer that later readers share. */
 int ox_in_act(ox_ctx *c, size_t k, int pad_ok, ox_value **out);
+/* A pad layer of zeros (top, left, bottom, right of H and W) after layer *@p layer, which
+ * becomes the pad layer. */
+int ox_add_zero_pad(ox_ctx *c, int *layer, const int64_t pads[4]);
 /* Input @p k as a constant, converted on first use. */
 int ox_in_const(ox_ctx *c, size_t k, ox_const **out, ox_value **val);
 int ox_in_is_const(ox_ctx *c, size_t k);
@@ -181,6 +187,8 @@ ox_value *ox_out(ox_ctx *c);
 void ox_def_act(ox_ctx *c, int layer);
 /* Output 0 is layer @p layer's output seen as @p view (same size, same layout). */
 void ox_def_view(ox_ctx *c, int layer, tl_shape view);
+/* Output @p k is layer @p layer's output, seen as its shape (Split's outputs). */
+void ox_def_act_at(ox_ctx *c, size_t k, int layer);
 /* The output is the input under another name. */
 void ox_def_alias(ox_ctx *c, ox_value *src);
 void ox_def_const(ox_ctx *c, ox_const *k);
@@ -195,9 +203,9 @@ int ox_set_param(ox_ctx *c, int layer, const char *pname, const float *src, size
 int ox_load_param(ox_ctx *c, int layer, const char *pname, const ox_value *v, const ox_const *t);
 float *ox_param_data(ox_ctx *c, int layer, const char *pname);
 
-/* A per-example activation whose view (ox_value.shape) is its producer's output shape:
- * a reshape layer is added when they differ (ReduceMean without keepdims gives a (C)
- * view of a (C, 1, 1) pool), for layers that broadcast by shape. */
+/* Make @p x's producer output exactly the shape ONNX sees (ox_value.shape): a reshape
+ * layer is added when they differ (ReduceMean without keepdims gives a (C) view of a
+ * (C, 1, 1) pool), and later readers share it; for layers that read axes or broadcast. */
 int ox_act_materialize(ox_ctx *c, ox_value *x, int *producer);
 
 /* ---- onnx_ops_norm.c ---- */
@@ -214,6 +222,13 @@ int ox_fuse_emit(ox_ctx *c, size_t i);
 /* The nodes of the match covering node @p i (for releasing their inputs). */
 void ox_fuse_nodes(ox_ctx *c, size_t i, const size_t **nodes, int *n);
 void ox_fuse_free(ox_ctx *c);
+
+/* ---- constant folding (onnx_ops_shape.c) ---- */
+/* 1 when a node of @p op_type whose inputs are all constants is folded at import time by
+ * ox_fold (element-wise arithmetic on shapes: Add, Sub, Mul, Div), whatever the operator
+ * table says about the operator on activations. */
+int ox_is_fold_op(const char *op_type);
+int ox_fold(ox_ctx *c);
 
 /* ---- dispatch (onnx_ops.c) ---- */
 /* The table line for @p op_type at @p opset, NULL when none (*other_opsets set when the

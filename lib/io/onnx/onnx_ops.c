@@ -132,7 +132,15 @@ int ox_need_inputs(ox_ctx *c, size_t lo, size_t hi)
     return TLEARN_OK;
 }
 
-/* Input @p k as an activation. Pending zero padding is only accepted when @p pad_ok. */
+int ox_add_zero_pad(ox_ctx *c, int *layer, const int64_t pads[4])
+{
+    const tl_layer_ops *ops;
+    int rc = ox_need_ops(c, TLEARN_LAYER_PAD, "pad", &ops);
+    int ia[5] = {(int)pads[0], (int)pads[1], (int)pads[2], (int)pads[3], TLEARN_PAD_CONSTANT};
+    float zero = 0.0f;
+    return rc ? rc : ox_add_layer(c, ops, NULL, layer, 1, ia, 5, &zero, 1, layer);
+}
+
 int ox_in_act(ox_ctx *c, size_t k, int pad_ok, ox_value **out)
 {
     const char *n = ox_in_name(c, k);
@@ -143,9 +151,16 @@ int ox_in_act(ox_ctx *c, size_t k, int pad_ok, ox_value **out)
     if (v->dtype != TLEARN_DTYPE_FLOAT32)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "input %zu ('%.100s') holds integers (token "
                        "ids); this operator reads floats", k, n);
-    if (!pad_ok && (v->pad_h || v->pad_w))
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "input %zu comes from a Pad node; zero padding "
-                       "is only folded into a following Conv or AveragePool", k);
+    if (!pad_ok && (v->pad[0] || v->pad[1] || v->pad[2] || v->pad[3])) {
+        /* the pad layer replaces the pending padding for every later reader */
+        int64_t p[4] = {v->pad[0], v->pad[1], v->pad[2], v->pad[3]};
+        int rc = ox_add_zero_pad(c, &v->layer, p);
+        if (rc)
+            return rc;
+        v->shape = c->m->layers[v->layer]->out;
+        memset(v->pad, 0, sizeof v->pad);
+        v->bias_layer = -1;
+    }
     *out = v;
     return TLEARN_OK;
 }
@@ -181,14 +196,23 @@ ox_value *ox_out(ox_ctx *c)
     return ox_find(c, c->node->output[0]);
 }
 
-void ox_def_view(ox_ctx *c, int layer, tl_shape view)
+static void def_view(ox_value *o, int layer, tl_shape view)
 {
-    ox_value *o = ox_out(c);
     o->kind = OX_ACT;
     o->layer = layer;
     o->dtype = TLEARN_DTYPE_FLOAT32;
     o->shape = view;
     o->bias_layer = -1;
+}
+
+void ox_def_view(ox_ctx *c, int layer, tl_shape view)
+{
+    def_view(ox_out(c), layer, view);
+}
+
+void ox_def_act_at(ox_ctx *c, size_t k, int layer)
+{
+    def_view(ox_find(c, c->node->output[k]), layer, c->m->layers[layer]->out);
 }
 
 void ox_def_act(ox_ctx *c, int layer)
@@ -209,8 +233,7 @@ void ox_def_alias(ox_ctx *c, ox_value *src)
     o->layer = src->layer;
     o->dtype = src->dtype;
     o->shape = src->shape;
-    o->pad_h = src->pad_h;
-    o->pad_w = src->pad_w;
+    memcpy(o->pad, src->pad, sizeof o->pad);
     o->bias_layer = src->uses == 1 && !src->is_output ? src->bias_layer : -1;
 }
 
@@ -489,6 +512,7 @@ int ox_act_materialize(ox_ctx *c, ox_value *x, int *producer)
         (rc = ox_add_layer(c, ops, NULL, &x->layer, 1, ia, 1 + x->shape.rank, NULL, 0,
                            producer)))
         return rc;
+    x->layer = *producer; /* later readers share it */
     return TLEARN_OK;
 }
 
@@ -526,9 +550,25 @@ int ox_op_info(size_t i, const char **op_type, int *min_opset, int *max_opset,
     return 0;
 }
 
+/* Every input of the node is a constant (a node without inputs is not). */
+static int all_const(ox_ctx *c, const Tlonnx__NodeProto *nd)
+{
+    size_t k, n = 0;
+    for (k = 0; k < nd->n_input; k++)
+        if (ox_in_name(c, k)) {
+            if (!ox_in_is_const(c, k))
+                return 0;
+            n++;
+        }
+    return n > 0;
+}
+
 int ox_node(ox_ctx *c, const Tlonnx__NodeProto *nd)
 {
     int other;
+    /* Shape arithmetic on constants folds, whatever the operator does on activations. */
+    if (ox_is_fold_op(nd->op_type) && all_const(c, nd))
+        return ox_fold(c);
     const ox_op *o = ox_op_find(nd->op_type, c->opset, &other);
     if (!o)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "operator %.40s is not supported%s (doc/onnx.md "
@@ -539,8 +579,11 @@ int ox_node(ox_ctx *c, const Tlonnx__NodeProto *nd)
 
 /* ---- the pre-pass: every node that cannot map, in one message ---- */
 
-/* Why node @p nd cannot map, from its op type and attributes alone; NULL when it may. */
-static const char *node_problem(ox_ctx *c, const Tlonnx__NodeProto *nd, char *buf, size_t n)
+/* Why node @p nd cannot map, from its op type and attributes alone; NULL when it may.
+ * @p folds: its inputs are all constants (initializers, Constant and Shape outputs and
+ * what is computed from them alone) and its operator folds (ox_is_fold_op). */
+static const char *node_problem(ox_ctx *c, const Tlonnx__NodeProto *nd, int folds, char *buf,
+                                size_t n)
 {
     if (!nd->op_type || !*nd->op_type)
         return "no operator type";
@@ -548,6 +591,8 @@ static const char *node_problem(ox_ctx *c, const Tlonnx__NodeProto *nd, char *bu
         snprintf(buf, n, "operators of domain '%.60s' are not supported", nd->domain);
         return buf;
     }
+    if (folds)
+        return NULL;
     int other;
     const ox_op *o = ox_op_find(nd->op_type, c->opset, &other);
     if (!o)
@@ -584,14 +629,41 @@ int ox_check_graph(ox_ctx *c)
         tl_free(bufs);
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", c->fn);
     }
-    for (size_t i = 0; i < g->n_node; i++) {
-        c->node = g->node[i];
-        c->node_index = i;
-        /* a node of a fused pattern was checked by its matcher */
-        why[i] = c->fuse_of && c->fuse_of[i] ? NULL
-                                             : node_problem(c, g->node[i], bufs[i], sizeof bufs[i]);
-        bad += why[i] != NULL;
+    /* Which values will be constants, for the folded operators: initializers, then the
+     * outputs of Constant, Shape, and nodes of constant inputs alone. */
+    unsigned char *is_const = tl_alloc_array(c->nvals ? c->nvals : 1, 1);
+    if (!is_const) {
+        tl_free(why);
+        tl_free(bufs);
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", c->fn);
     }
+    for (size_t v = 0; v < c->nvals; v++)
+        is_const[v] = c->vals[v].kind == OX_CONST;
+    for (size_t i = 0; i < g->n_node; i++) {
+        const Tlonnx__NodeProto *nd = g->node[i];
+        size_t k, nin = 0;
+        int konst = 1;
+        c->node = nd;
+        c->node_index = i;
+        for (k = 0; k < nd->n_input; k++)
+            if (ox_in_name(c, k)) {
+                konst = konst && is_const[ox_find(c, nd->input[k]) - c->vals];
+                nin++;
+            }
+        konst = konst && nin > 0;
+        /* a node of a fused pattern was checked by its matcher */
+        why[i] = c->fuse_of && c->fuse_of[i]
+                     ? NULL
+                     : node_problem(c, nd, konst && nd->op_type && ox_is_fold_op(nd->op_type),
+                                    bufs[i], sizeof bufs[i]);
+        bad += why[i] != NULL;
+        if (konst || (nd->op_type && (strcmp(nd->op_type, "Constant") == 0 ||
+                                      strcmp(nd->op_type, "Shape") == 0)))
+            for (k = 0; k < nd->n_output; k++)
+                if (nd->output[k] && *nd->output[k])
+                    is_const[ox_find(c, nd->output[k]) - c->vals] = 1;
+    }
+    tl_free(is_const);
     c->node = NULL;
     if (!bad) {
         tl_free(why);

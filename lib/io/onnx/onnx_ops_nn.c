@@ -1,5 +1,6 @@
 /* ONNX operators of neural-network layers: Gemm and MatMul (dense), Conv, pooling, Pad
- * (folded into the next Conv or AveragePool), BatchNormalization. Large weights are read
+ * (zero padding folded into the next Conv or AveragePool, else a pad layer),
+ * BatchNormalization. Large weights are read
  * from the file straight into the layers' parameters (ox_load_param). */
 #include <math.h>
 #include <string.h>
@@ -162,22 +163,15 @@ static int check_auto_pad(ox_ctx *c, int *valid)
                    "export with explicit padding (auto_pad NOTSET)");
 }
 
-/* Symmetric pads [top, left, bottom, right] -> ph, pw. */
-static int sym_pads(ox_ctx *c, int valid, int64_t *ph, int64_t *pw)
+/* pads [top, left, bottom, right] (all 0 when absent). */
+static int read_pads(ox_ctx *c, int valid, int64_t p[4])
 {
     static const int64_t zero[4] = {0, 0, 0, 0};
-    int64_t p[4];
     int rc = ox_attr_ints(c, "pads", 4, zero, 0, OX_MAX_ATTR, p);
     if (rc)
         return rc;
     if (valid && (p[0] || p[1] || p[2] || p[3]))
         return ox_fail(c, TLEARN_EFORMAT, "auto_pad VALID with non-zero pads");
-    if (p[0] != p[2] || p[1] != p[3])
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "asymmetric pads [%lld, %lld, %lld, %lld] are not "
-                       "supported", (long long)p[0], (long long)p[1], (long long)p[2],
-                       (long long)p[3]);
-    *ph = p[0];
-    *pw = p[1];
     return TLEARN_OK;
 }
 
@@ -208,11 +202,11 @@ static int op_conv(ox_ctx *c, int arg)
     if (W->ndim != 4)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "weight has rank %d; 2-D convolution (rank 4) is "
                        "supported", W->ndim);
-    int64_t st[2], dl[2], ks[2], group, ph, pw;
+    int64_t st[2], dl[2], ks[2], group, p[4];
     if ((rc = ox_attr_ints(c, "strides", 2, ones, 1, OX_MAX_ATTR, st)) ||
         (rc = ox_attr_ints(c, "dilations", 2, ones, 1, OX_MAX_ATTR, dl)) ||
         (rc = ox_attr_ints(c, "kernel_shape", 2, W->dims + 2, 1, OX_MAX_ATTR, ks)) ||
-        (rc = ox_attr_int(c, "group", 1, &group)) || (rc = sym_pads(c, valid, &ph, &pw)))
+        (rc = ox_attr_int(c, "group", 1, &group)) || (rc = read_pads(c, valid, p)))
         return rc;
     int64_t M = W->dims[0], cg = W->dims[1];
     if (ks[0] != W->dims[2] || ks[1] != W->dims[3])
@@ -225,13 +219,19 @@ static int op_conv(ox_ctx *c, int arg)
     if (B && !ox_is_vector_of(B, (size_t)M))
         return ox_fail(c, TLEARN_EFORMAT, "bias has %zu values for %lld filters", B->numel,
                        (long long)M);
-    /* A zero Pad node before the convolution is the convolution's own padding. */
-    ph += x->pad_h;
-    pw += x->pad_w;
-    int ia[11] = {(int)M, (int)ks[0], (int)ks[1], (int)st[0], (int)st[1], (int)ph, (int)pw,
+    /* A zero Pad node before the convolution is the convolution's own padding; padding
+     * that is not the same on both sides becomes a pad layer before it. */
+    int layer = x->layer;
+    for (int i = 0; i < 4; i++)
+        p[i] += x->pad[i];
+    if (p[0] != p[2] || p[1] != p[3]) {
+        if ((rc = ox_add_zero_pad(c, &layer, p)))
+            return rc;
+        memset(p, 0, sizeof p);
+    }
+    int ia[11] = {(int)M, (int)ks[0], (int)ks[1], (int)st[0], (int)st[1], (int)p[0], (int)p[1],
                   (int)dl[0], (int)dl[1], (int)group, B != NULL};
-    int layer;
-    if ((rc = ox_add_layer(c, ops, wv->name, &x->layer, 1, ia, 11, NULL, 0, &layer)) ||
+    if ((rc = ox_add_layer(c, ops, wv->name, &layer, 1, ia, 11, NULL, 0, &layer)) ||
         (rc = ox_load_param(c, layer, "weight", wv, W)) ||
         (B && (rc = ox_set_param(c, layer, "bias", B->f, B->numel))))
         return rc;
@@ -241,78 +241,84 @@ static int op_conv(ox_ctx *c, int arg)
     return TLEARN_OK;
 }
 
-/* Common attributes of MaxPool and AveragePool. ceil_mode=1 is accepted when it changes
- * nothing: when every window fits, rounding the output size up or down agrees. @p x is
- * the input, with any pending Pad (pad_h/pad_w) that the caller will fold in. */
-static int pool_attrs(ox_ctx *c, const ox_value *x, int64_t ks[2], int64_t st[2], int64_t *ph,
-                      int64_t *pw)
+/* Common attributes of MaxPool and AveragePool: the layers take PyTorch's (and ONNX's)
+ * geometry whole: asymmetric pads, ceil_mode (a last window that would start in the
+ * padding is dropped, as PyTorch), dilation for max pooling. */
+static int pool_attrs(ox_ctx *c, int64_t ks[2], int64_t st[2], int64_t dl[2], int64_t p[4],
+                      int64_t *ceil_mode)
 {
     static const int64_t ones[2] = {1, 1};
     int valid, rc = check_auto_pad(c, &valid);
-    int64_t ceil_mode, dl[2];
     const Tlonnx__AttributeProto *k = ox_attr(c, "kernel_shape");
     if (!rc && !k)
         return ox_fail(c, TLEARN_EFORMAT, "kernel_shape is missing");
     if (rc || (rc = ox_attr_ints(c, "kernel_shape", 2, ones, 1, OX_MAX_ATTR, ks)) ||
         (rc = ox_attr_ints(c, "strides", 2, ones, 1, OX_MAX_ATTR, st)) ||
-        (rc = ox_attr_ints(c, "dilations", 2, ones, 1, 1, dl)) ||
-        (rc = ox_attr_int(c, "ceil_mode", 0, &ceil_mode)) || (rc = sym_pads(c, valid, ph, pw)))
+        (rc = ox_attr_ints(c, "dilations", 2, ones, 1, OX_MAX_ATTR, dl)) ||
+        (rc = ox_attr_int(c, "ceil_mode", 0, ceil_mode)) || (rc = read_pads(c, valid, p)))
         return rc;
-    if (ceil_mode != 0) {
-        int64_t span_h = x->shape.h + 2 * (*ph + x->pad_h) - ks[0];
-        int64_t span_w = x->shape.w + 2 * (*pw + x->pad_w) - ks[1];
-        if (span_h < 0 || span_w < 0 || span_h % st[0] || span_w % st[1])
-            return ox_fail(c, TLEARN_EUNSUPPORTED, "ceil_mode=1 is only supported where it "
-                           "gives the same output size as ceil_mode=0 (here it adds a partial "
-                           "window)");
-    }
+    if (*ceil_mode != 0 && *ceil_mode != 1)
+        return ox_fail(c, TLEARN_EFORMAT, "ceil_mode is %lld", (long long)*ceil_mode);
     return TLEARN_OK;
 }
 
+/* MaxPool; a zero Pad before it becomes a pad layer (zeros take part in the maximum, the
+ * pool's own padding does not). */
 static int op_maxpool(ox_ctx *c, int arg)
 {
     (void)arg;
     int rc = ox_need_inputs(c, 1, 1);
     ox_value *x;
     const tl_layer_ops *ops;
-    int64_t ks[2], st[2], ph, pw, order;
+    int64_t ks[2], st[2], dl[2], p[4], ceil_mode, order;
     if (rc || (rc = spatial_input(c, 0, &x)) ||
         (rc = ox_need_ops(c, TLEARN_LAYER_MAXPOOL2D, "maxpool2d", &ops)) ||
-        (rc = pool_attrs(c, x, ks, st, &ph, &pw)) ||
+        (rc = pool_attrs(c, ks, st, dl, p, &ceil_mode)) ||
         (rc = ox_attr_int(c, "storage_order", 0, &order)))
         return rc;
-    int ia[6] = {(int)ks[0], (int)ks[1], (int)st[0], (int)st[1], (int)ph, (int)pw}, layer;
-    if ((rc = ox_add_layer(c, ops, NULL, &x->layer, 1, ia, 6, NULL, 0, &layer)))
+    int ia[11] = {(int)ks[0], (int)ks[1], (int)st[0], (int)st[1], (int)p[0], (int)p[1],
+                  (int)p[2], (int)p[3], (int)dl[0], (int)dl[1], (int)ceil_mode}, layer;
+    if ((rc = ox_add_layer(c, ops, NULL, &x->layer, 1, ia, 11, NULL, 0, &layer)))
         return rc;
     ox_def_act(c, layer);
     return TLEARN_OK;
 }
 
 /* AveragePool; a zero Pad before it becomes its padding, counted in the average
- * (count_include_pad), which is what the padded tensor means. */
+ * (count_include_pad), which is what the padded tensor means. Where that cannot be one
+ * pooling layer (the pool pads again without counting, or the sum exceeds half the
+ * kernel), the Pad becomes a pad layer. */
 static int op_avgpool(ox_ctx *c, int arg)
 {
     (void)arg;
     int rc = ox_need_inputs(c, 1, 1);
     ox_value *x;
     const tl_layer_ops *ops;
-    int64_t ks[2], st[2], ph, pw, cip;
+    int64_t ks[2], st[2], dl[2], p[4], ceil_mode, cip;
     if (rc || (rc = spatial_input(c, 1, &x)) ||
         (rc = ox_need_ops(c, TLEARN_LAYER_AVGPOOL2D, "avgpool2d", &ops)) ||
-        (rc = pool_attrs(c, x, ks, st, &ph, &pw)) ||
+        (rc = pool_attrs(c, ks, st, dl, p, &ceil_mode)) ||
         (rc = ox_attr_int(c, "count_include_pad", 0, &cip)))
         return rc;
-    if (x->pad_h || x->pad_w) {
-        if ((ph || pw) && !cip)
-            return ox_fail(c, TLEARN_EUNSUPPORTED, "a Pad before an AveragePool that pads "
-                           "again without count_include_pad cannot be one pooling layer");
-        ph += x->pad_h;
-        pw += x->pad_w;
-        cip = 1;
+    if (dl[0] != 1 || dl[1] != 1)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "dilated average pooling is not supported");
+    if (x->pad[0] || x->pad[1] || x->pad[2] || x->pad[3]) {
+        int64_t q[4], fold = cip || !(p[0] || p[1] || p[2] || p[3]);
+        for (int i = 0; i < 4; i++) {
+            q[i] = p[i] + x->pad[i];
+            fold = fold && 2 * q[i] <= ks[i % 2];
+        }
+        if (fold) {
+            memcpy(p, q, sizeof q);
+            cip = 1;
+        } else if ((rc = spatial_input(c, 0, &x))) { /* a pad layer */
+            return rc;
+        }
     }
-    int ia[7] = {(int)ks[0], (int)ks[1], (int)st[0], (int)st[1], (int)ph, (int)pw, cip != 0};
+    int ia[10] = {(int)ks[0], (int)ks[1], (int)st[0], (int)st[1], (int)p[0], (int)p[1],
+                  cip != 0, (int)p[2], (int)p[3], (int)ceil_mode};
     int layer;
-    if ((rc = ox_add_layer(c, ops, NULL, &x->layer, 1, ia, 7, NULL, 0, &layer)))
+    if ((rc = ox_add_layer(c, ops, NULL, &x->layer, 1, ia, 10, NULL, 0, &layer)))
         return rc;
     ox_def_act(c, layer);
     return TLEARN_OK;
@@ -364,45 +370,55 @@ static int op_reduce_mean(ox_ctx *c, int arg)
     return TLEARN_OK;
 }
 
-/* Pad with zeros on H and W only, the same before and after: kept pending for the consumer. */
+/* Pad of H and W. Zeros stay pending for the reader (a Conv or AveragePool folds them
+ * in, any other reader gets a pad layer); another value, reflect and edge are a pad
+ * layer at once. */
 static int op_pad(ox_ctx *c, int arg)
 {
     (void)arg;
-    int rc = ox_need_inputs(c, 2, 3);
+    static const char *const modes[] = {"constant", "reflect", "edge"};
+    int rc = ox_need_inputs(c, 2, 3), mode = 0, is, present;
     ox_value *x;
     ox_const *p;
-    int is_const, present;
-    if (rc || (rc = spatial_input(c, 1, &x)) || (rc = ox_in_const(c, 1, &p, NULL)) ||
-        (rc = ox_attr_string_is(c, "mode", "constant", &is_const, &present)))
+    float v = 0.0f;
+    if (rc || (rc = spatial_input(c, 1, &x)) || (rc = ox_in_const(c, 1, &p, NULL)))
         return rc;
-    if (present && !is_const)
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "only mode 'constant' is supported");
-    if (ox_in_name(c, 2)) {
-        float v;
-        if ((rc = ox_scalar_float(c, 2, &v)))
+    for (mode = 0; mode < 3; mode++) {
+        if ((rc = ox_attr_string_is(c, "mode", modes[mode], &is, &present)))
             return rc;
-        if (v != 0.0f)
-            return ox_fail(c, TLEARN_EUNSUPPORTED, "padding with %g is not supported (only 0)",
-                           (double)v);
+        if (is || !present)
+            break;
     }
+    if (mode == 3)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "only modes constant, reflect and edge are "
+                       "supported");
+    if (ox_in_name(c, 2) && (rc = ox_scalar_float(c, 2, &v)))
+        return rc;
     if (!p->is_int || p->numel != 8)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "pads must be 8 integers for a 4-D input");
     const int64_t *q = p->i;
     if (q[0] || q[1] || q[4] || q[5])
         return ox_fail(c, TLEARN_EUNSUPPORTED, "padding the batch or channel dimension is not "
                        "supported");
-    if (q[2] != q[6] || q[3] != q[7] || q[2] < 0 || q[3] < 0 || q[2] > OX_MAX_ATTR ||
-        q[3] > OX_MAX_ATTR)
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "only symmetric, non-negative H/W padding is "
-                       "supported");
-    ox_def_alias(c, x);
-    ox_value *o = ox_out(c);
-    o->pad_h += (int)q[2];
-    o->pad_w += (int)q[3];
-    if (o->pad_h > OX_MAX_ATTR || o->pad_w > OX_MAX_ATTR)
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "padding is too large");
-    if (o->pad_h || o->pad_w)
+    int64_t pads[4] = {q[2], q[3], q[6], q[7]};
+    for (int i = 0; i < 4; i++)
+        if (pads[i] < 0 || pads[i] + x->pad[i] > OX_MAX_ATTR)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "padding %lld is not supported (negative "
+                           "or too large)", (long long)pads[i]);
+    if (mode == 0 && v == 0.0f) {
+        ox_def_alias(c, x);
+        ox_value *o = ox_out(c);
+        for (int i = 0; i < 4; i++)
+            o->pad[i] += (int)pads[i];
         o->bias_layer = -1;
+        return TLEARN_OK;
+    }
+    const tl_layer_ops *ops;
+    int ia[5] = {(int)pads[0], (int)pads[1], (int)pads[2], (int)pads[3], 1 + mode}, layer;
+    if ((rc = spatial_input(c, 0, &x)) || (rc = ox_need_ops(c, TLEARN_LAYER_PAD, "pad", &ops)) ||
+        (rc = ox_add_layer(c, ops, NULL, &x->layer, 1, ia, 5, &v, 1, &layer)))
+        return rc;
+    ox_def_act(c, layer);
     return TLEARN_OK;
 }
 
@@ -476,13 +492,18 @@ static const char *check_2d(ox_ctx *c)
 
 static const char *check_pool(ox_ctx *c)
 {
-    const Tlonnx__AttributeProto *d = ox_attr(c, "dilations");
-    for (size_t i = 0; d && i < d->n_ints; i++)
-        if (d->ints[i] != 1)
-            return "dilated pooling";
     if (c->node->n_output > 1 && c->node->output[1] && *c->node->output[1])
         return "the indices output";
     return check_2d(c);
+}
+
+static const char *check_avgpool(ox_ctx *c)
+{
+    const Tlonnx__AttributeProto *d = ox_attr(c, "dilations");
+    for (size_t i = 0; d && i < d->n_ints; i++)
+        if (d->ints[i] != 1)
+            return "dilated average pooling";
+    return check_pool(c);
 }
 
 static const char *check_gemm(ox_ctx *c)
@@ -499,27 +520,31 @@ static const char *check_batchnorm(ox_ctx *c)
 
 static const char *check_pad(ox_ctx *c)
 {
-    return ox_peek_string_is(c, "mode", "constant", 1) ? NULL : "mode other than constant";
+    return ox_peek_string_is(c, "mode", "constant", 1) || ox_peek_string_is(c, "mode", "reflect", 0) ||
+                   ox_peek_string_is(c, "mode", "edge", 0)
+               ? NULL : "mode other than constant, reflect, edge";
 }
 
 const ox_op ox_ops_nn[] = {
     {"Conv", op_conv, 0, 0, 0, check_2d,
-     "2-D; constant weight and bias; auto_pad NOTSET or VALID; symmetric pads"},
+     "2-D; constant weight and bias; auto_pad NOTSET or VALID; asymmetric pads through a "
+     "pad layer"},
     {"Gemm", op_gemm, 0, 0, 0, check_gemm,
      "A an activation (N, K); B, C constant; transA=0; C per output or scalar"},
     {"MatMul", op_matmul, 0, 0, 0, NULL,
      "A an activation; B a constant (K, M) (a dense layer, over the last axis when A has "
      "rank > 2), or an activation of A's rank (the matmul layer, batch dims equal)"},
     {"MaxPool", op_maxpool, 0, 0, 0, check_pool,
-     "2-D; no dilation; symmetric pads of at most half the kernel; ceil_mode only without "
-     "a partial window; no indices output"},
-    {"AveragePool", op_avgpool, 0, 0, 0, check_pool,
-     "2-D; symmetric pads of at most half the kernel (a zero Pad before it folds in); "
-     "ceil_mode only without a partial window"},
+     "2-D; pads (asymmetric too) of at most half the dilated kernel; ceil_mode; dilation; "
+     "no indices output"},
+    {"AveragePool", op_avgpool, 0, 0, 0, check_avgpool,
+     "2-D; pads (asymmetric too) of at most half the kernel (a zero Pad before it folds "
+     "in); ceil_mode; count_include_pad"},
     {"GlobalAveragePool", op_global_avgpool, 0, 0, 0, NULL, "(N, C, H, W)"},
     {"ReduceMean", op_reduce_mean, 0, 0, 17, NULL, "axes [2, 3] of (N, C, H, W)"},
     {"Pad", op_pad, 0, 0, 0, check_pad,
-     "constant 0, symmetric on H and W, read by a Conv or AveragePool"},
+     "(N, C, H, W), H and W only, non-negative; constant (any value), reflect, edge; zeros "
+     "fold into a following Conv or AveragePool"},
     {"BatchNormalization", op_batchnorm, 0, 0, 0, check_batchnorm,
      "inference (training_mode=0, one output); constant statistics; (N, C), (N, C, L) or "
      "(N, C, H, W)"},

@@ -1,8 +1,10 @@
-/* ONNX operators that change or name shapes: Flatten, Reshape, the constant folding of the
- * shape arithmetic PyTorch emits around a Reshape (Shape, Gather, Unsqueeze, Squeeze,
- * Concat, Slice, Cast, Constant), and the pass-through operators (Identity, Dropout, a
- * final Softmax). Shape arithmetic runs on constants with the batch size kept symbolic
- * (OX_BATCH). */
+/* ONNX operators that change or name shapes: Flatten, Reshape, Transpose, Concat, Split
+ * and Slice on activations (the data-movement layers), the constant folding of the shape
+ * arithmetic PyTorch emits around them (Shape, Gather, Unsqueeze, Squeeze, Concat, Slice,
+ * Cast, Constant, and Add/Sub/Mul/Div of constants), and the pass-through operators
+ * (Identity, Dropout; a final Softmax is dropped in onnx_ops_norm.c). Shape arithmetic
+ * runs on constants with the batch size kept symbolic (OX_BATCH). ONNX axes count the
+ * batch; the layers' axes do not. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +12,32 @@
 #include "onnx_internal.h"
 
 /* ---- shape changes ---- */
+
+/* Input @p k as an activation whose producer outputs exactly the shape ONNX sees: a view
+ * (the (C) of a pooled (C, 1, 1)) gets a reshape layer first, since axis-wise layers read
+ * their producer's shape. */
+static int exact_act(ox_ctx *c, size_t k, ox_value **out)
+{
+    int producer, rc = ox_in_act(c, k, 0, out);
+    return rc ? rc : ox_act_materialize(c, *out, &producer);
+}
+
+/* ONNX axis @p axis of activation @p x as the layers' axis (0 is the first dim after the
+ * batch); -1 with a message when it is out of range or the batch. */
+static int layer_axis(ox_ctx *c, const ox_value *x, int64_t axis, int *out)
+{
+    int64_t r = 1 + x->shape.rank;
+    if (axis < -r || axis >= r)
+        return ox_fail(c, TLEARN_EFORMAT, "axis %lld is out of range for rank %lld",
+                       (long long)axis, (long long)r);
+    if (axis < 0)
+        axis += r;
+    if (axis == 0)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "operating along axis 0 (the batch) is not "
+                       "supported");
+    *out = (int)axis - 1;
+    return TLEARN_OK;
+}
 
 static int flatten_to_2d(ox_ctx *c, ox_value *x)
 {
@@ -116,9 +144,137 @@ static int op_reshape(ox_ctx *c, int arg)
         ox_def_alias(c, x);
         return TLEARN_OK;
     }
-    return ox_fail(c, TLEARN_EUNSUPPORTED, "only reshapes that flatten (N, C, H, W) to "
-                   "(N, C*H*W) are supported");
+    if (n - 1 > TL_MAX_RANK)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "the result has rank %zu; at most %d is "
+                       "supported", n, 1 + TL_MAX_RANK);
+    int ia[1 + TL_MAX_RANK] = {(int)n - 1}, layer;
+    for (size_t i = 1; i < n; i++)
+        ia[i] = (int)t[i];
+    if ((rc = ox_add_layer(c, &tl_reshape_ops, NULL, &x->layer, 1, ia, (int)n, NULL, 0, &layer)))
+        return rc;
+    ox_def_act(c, layer);
+    return TLEARN_OK;
 }
+
+/* Transpose keeping the batch first: a transpose layer (perm without the batch). */
+static int op_transpose(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 1, 1);
+    ox_value *x;
+    if (rc || (rc = exact_act(c, 0, &x)))
+        return rc;
+    int r = 1 + x->shape.rank, ident = 1;
+    int64_t perm[1 + TL_MAX_RANK], rev[1 + TL_MAX_RANK];
+    for (int i = 0; i < r; i++)
+        rev[i] = r - 1 - i;
+    if ((rc = ox_attr_ints(c, "perm", (size_t)r, rev, 0, r - 1, perm)))
+        return rc;
+    int seen[1 + TL_MAX_RANK] = {0}, ia[1 + TL_MAX_RANK] = {r - 1}, layer;
+    for (int i = 0; i < r; i++) {
+        if (seen[perm[i]]++)
+            return ox_fail(c, TLEARN_EFORMAT, "perm repeats axis %lld", (long long)perm[i]);
+        ident = ident && perm[i] == i;
+    }
+    if (perm[0] != 0)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "perm moves the batch axis; only permutations "
+                       "that keep axis 0 first are supported");
+    if (ident) {
+        ox_def_alias(c, x);
+        return TLEARN_OK;
+    }
+    for (int i = 1; i < r; i++)
+        ia[i] = (int)perm[i] - 1;
+    if ((rc = ox_add_layer(c, &tl_transpose_ops, NULL, &x->layer, 1, ia, r, NULL, 0, &layer)))
+        return rc;
+    ox_def_act(c, layer);
+    return TLEARN_OK;
+}
+
+/* [b, e) of a slice of a dimension of @p d elements as ONNX clamps it (positive step). */
+static void clamp_range(int64_t d, int64_t *b, int64_t *e)
+{
+    *b = *b < 0 ? (*b < -d ? 0 : *b + d) : (*b > d ? d : *b);
+    *e = *e < 0 ? (*e < -d ? 0 : *e + d) : (*e > d ? d : *e);
+}
+
+/* A slice layer of [b, e) with @p step along layer axis @p axis of the layer @p *layer
+ * reading shape @p *s; *layer and *s become the slice's. */
+static int add_slice(ox_ctx *c, int *layer, tl_shape *s, int axis, int64_t b, int64_t e,
+                     int64_t step)
+{
+    int ia[4] = {axis, (int)b, (int)e, (int)step}, rc;
+    if (e <= b)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "the slice along axis %d is empty", axis + 1);
+    if ((rc = ox_add_layer(c, &tl_slice_ops, NULL, layer, 1, ia, 4, NULL, 0, layer)))
+        return rc;
+    *s = c->m->layers[*layer]->out;
+    return TLEARN_OK;
+}
+
+/* Split into slices along one axis: sizes from the input (opset >= 13) or the attribute,
+ * else equal parts. Outputs nobody reads get no layer. */
+static int op_split(ox_ctx *c, int arg)
+{
+    (void)arg;
+    int rc = ox_need_inputs(c, 1, 2), axis;
+    ox_value *x;
+    int64_t ax, sizes[TL_MAX_INPUTS];
+    size_t n = c->node->n_output;
+    if (rc || (rc = exact_act(c, 0, &x)) || (rc = ox_attr_int(c, "axis", 0, &ax)) ||
+        (rc = layer_axis(c, x, ax, &axis)))
+        return rc;
+    if (n < 1 || n > TL_MAX_INPUTS)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "%zu outputs; 1 to %d are supported", n,
+                       TL_MAX_INPUTS);
+    int64_t d = x->shape.d[axis], total = 0;
+    const int64_t *given = NULL;
+    size_t ngiven = 0;
+    if (c->opset >= 13 && ox_in_name(c, 1)) {
+        ox_const *t;
+        if ((rc = ox_int_const(c, 1, &t)))
+            return rc;
+        given = t->i;
+        ngiven = t->numel;
+    } else if (c->opset < 13) {
+        const Tlonnx__AttributeProto *a = ox_attr(c, "split");
+        if (a && (rc = ox_ref_check(c, a)))
+            return rc;
+        if (a && a->n_ints) {
+            given = a->ints;
+            ngiven = a->n_ints;
+        }
+    }
+    if (given && ngiven != n)
+        return ox_fail(c, TLEARN_EFORMAT, "split has %zu sizes for %zu outputs", ngiven, n);
+    if (!given && d % (int64_t)n)
+        return ox_fail(c, TLEARN_EFORMAT, "axis of %lld elements does not split into %zu "
+                       "equal parts", (long long)d, n);
+    for (size_t k = 0; k < n; k++) {
+        sizes[k] = given ? given[k] : d / (int64_t)n;
+        if (sizes[k] < 0 || sizes[k] > d)
+            return ox_fail(c, TLEARN_EFORMAT, "split size %lld is out of range",
+                           (long long)sizes[k]);
+        total += sizes[k];
+    }
+    if (total != d)
+        return ox_fail(c, TLEARN_EFORMAT, "split sizes add up to %lld, the axis has %lld",
+                       (long long)total, (long long)d);
+    int64_t at = 0;
+    for (size_t k = 0; k < n; at += sizes[k++]) {
+        const char *on = c->node->output[k];
+        ox_value *o = on && *on ? ox_find(c, on) : NULL;
+        if (!o || !o->uses)
+            continue;
+        int layer = x->layer;
+        tl_shape s = x->shape;
+        if ((rc = add_slice(c, &layer, &s, axis, at, at + sizes[k], 1)))
+            return rc;
+        ox_def_act_at(c, k, layer);
+    }
+    return TLEARN_OK;
+}
+
 
 /* ---- constants and shape arithmetic ---- */
 
@@ -301,7 +457,37 @@ static int op_unsqueeze(ox_ctx *c, int squeeze)
     return TLEARN_OK;
 }
 
-/* Concat of 1-D integer constants (shape pieces). */
+/* Concat of activations along one axis (a concat layer), e.g. channels in DenseNet. */
+static int concat_acts(ox_ctx *c, size_t n, int64_t ax)
+{
+    int inputs[TL_MAX_INPUTS], axis = 0, rc, layer;
+    ox_value *x0 = NULL;
+    if (n > TL_MAX_INPUTS)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "%zu inputs; at most %d are supported", n,
+                       TL_MAX_INPUTS);
+    for (size_t i = 0; i < n; i++) {
+        ox_value *x;
+        if ((rc = exact_act(c, i, &x)))
+            return rc;
+        if (!i && (rc = layer_axis(c, x, ax, &axis)))
+            return rc;
+        if (i && x->shape.rank != x0->shape.rank)
+            return ox_fail(c, TLEARN_EFORMAT, "inputs have ranks %d and %d",
+                           1 + x0->shape.rank, 1 + x->shape.rank);
+        x0 = i ? x0 : x;
+        inputs[i] = x->layer;
+    }
+    if (n == 1) {
+        ox_def_alias(c, x0);
+        return TLEARN_OK;
+    }
+    if ((rc = ox_add_layer(c, &tl_concat_ops, NULL, inputs, (int)n, &axis, 1, NULL, 0, &layer)))
+        return rc;
+    ox_def_act(c, layer);
+    return TLEARN_OK;
+}
+
+/* Concat of activations (a layer) or of 1-D integer constants (shape pieces, folded). */
 static int op_concat(ox_ctx *c, int arg)
 {
     (void)arg;
@@ -310,6 +496,9 @@ static int op_concat(ox_ctx *c, int arg)
     int64_t axis;
     if (rc || (rc = ox_attr_int(c, "axis", 0, &axis)))
         return rc;
+    for (size_t i = 0; i < n; i++)
+        if (!ox_in_is_const(c, i))
+            return concat_acts(c, n, axis);
     if (axis != 0 && axis != -1)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "only axis 0 of 1-D shapes is supported");
     int64_t total = 0;
@@ -336,18 +525,63 @@ static int op_concat(ox_ctx *c, int arg)
     return TLEARN_OK;
 }
 
-/* Slice of a 1-D integer constant (x.shape[1:] and the like), positive steps. */
+/* Slice of an activation: one slice layer per axis that changes, positive steps. */
+static int slice_act(ox_ctx *c, const ox_const *st, const ox_const *en, const ox_const *ax,
+                     const ox_const *sp)
+{
+    ox_value *x;
+    int rc = exact_act(c, 0, &x);
+    if (rc)
+        return rc;
+    size_t n = st->numel;
+    if (en->numel != n || (ax && ax->numel != n) || (sp && sp->numel != n) ||
+        st->ndim != 1 || en->ndim != 1)
+        return ox_fail(c, TLEARN_EFORMAT, "starts, ends, axes and steps differ in length");
+    int layer = x->layer, seen[TL_MAX_RANK] = {0};
+    tl_shape s = x->shape;
+    for (size_t i = 0; i < n; i++) {
+        int axis;
+        int64_t b = st->i[i], e = en->i[i], step = sp ? sp->i[i] : 1;
+        if ((rc = layer_axis(c, x, ax ? ax->i[i] : (int64_t)i, &axis)))
+            return rc;
+        if (seen[axis]++)
+            return ox_fail(c, TLEARN_EFORMAT, "axis %d is sliced twice", axis + 1);
+        if (step < 1)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "step %lld is not supported (only "
+                           "positive steps)", (long long)step);
+        if (b == OX_BATCH || e == OX_BATCH)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "the slice bounds hold the batch size");
+        clamp_range(s.d[axis], &b, &e);
+        if (b == 0 && e == s.d[axis] && step == 1)
+            continue; /* the whole axis */
+        if (step > INT32_MAX)
+            step = INT32_MAX;
+        if ((rc = add_slice(c, &layer, &s, axis, b, e, step)))
+            return rc;
+    }
+    if (layer == x->layer)
+        ox_def_alias(c, x);
+    else
+        ox_def_act(c, layer);
+    return TLEARN_OK;
+}
+
+/* Slice of an activation (slice layers) or of a 1-D integer constant (x.shape[1:] and
+ * the like, folded), positive steps. */
 static int op_slice(ox_ctx *c, int arg)
 {
     (void)arg;
     int rc = ox_need_inputs(c, 3, 5);
     ox_const *data, *st, *en, *ax = NULL, *sp = NULL;
-    if (rc || (rc = ox_int_const(c, 0, &data)) || (rc = ox_int_const(c, 1, &st)) ||
-        (rc = ox_int_const(c, 2, &en)))
+    if (rc || (rc = ox_int_const(c, 1, &st)) || (rc = ox_int_const(c, 2, &en)))
         return rc;
     if (ox_in_name(c, 3) && (rc = ox_int_const(c, 3, &ax)))
         return rc;
     if (ox_in_name(c, 4) && (rc = ox_int_const(c, 4, &sp)))
+        return rc;
+    if (!ox_in_is_const(c, 0))
+        return slice_act(c, st, en, ax, sp);
+    if ((rc = ox_int_const(c, 0, &data)))
         return rc;
     if (data->ndim != 1 || st->numel != 1 || en->numel != 1 || (ax && ax->numel != 1) ||
         (sp && sp->numel != 1) || (ax && ax->i[0] != 0 && ax->i[0] != -1))
@@ -357,15 +591,97 @@ static int op_slice(ox_ctx *c, int arg)
     if (step < 1)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "only positive steps are supported");
     int64_t b = st->i[0], e = en->i[0];
-    /* ONNX clamps both ends into [0, n] after adding n to negative ones. */
-    b = b < 0 ? (b < -n ? 0 : b + n) : (b > n ? n : b);
-    e = e < 0 ? (e < -n ? 0 : e + n) : (e > n ? n : e);
+    clamp_range(n, &b, &e);
     int64_t len = e > b ? (e - b + step - 1) / step : 0;
     ox_const *k;
     if ((rc = ox_const_new(c, 1, 1, &len, &k)))
         return rc;
     for (int64_t i = 0; i < len; i++)
         k->i[i] = data->i[b + i * step];
+    ox_def_const(c, k);
+    return TLEARN_OK;
+}
+
+/* ---- element-wise arithmetic on constants (x.size(1) // 2 and the like) ---- */
+
+static const char *const fold_ops[] = {"Add", "Sub", "Mul", "Div"};
+
+int ox_is_fold_op(const char *op_type)
+{
+    for (size_t i = 0; i < sizeof fold_ops / sizeof *fold_ops; i++)
+        if (strcmp(op_type, fold_ops[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int64_t fold_int(int op, int64_t a, int64_t b)
+{
+    switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    default: return a / b; /* ONNX integer Div truncates, as C */
+    }
+}
+
+static float fold_float(int op, float a, float b)
+{
+    switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    default: return a / b;
+    }
+}
+
+/* Add, Sub, Mul, Div of two constants of one element type with NumPy broadcasting. */
+int ox_fold(ox_ctx *c)
+{
+    int rc = ox_need_inputs(c, 2, 2), op = 0;
+    ox_const *a, *b, *k;
+    if (rc || (rc = ox_in_const(c, 0, &a, NULL)) || (rc = ox_in_const(c, 1, &b, NULL)))
+        return rc;
+    while (strcmp(c->node->op_type, fold_ops[op]) != 0)
+        op++;
+    if (a->is_int != b->is_int)
+        return ox_fail(c, TLEARN_EFORMAT, "the inputs have different element types");
+    int r = a->ndim > b->ndim ? a->ndim : b->ndim;
+    int64_t dims[OX_MAX_RANK], da[OX_MAX_RANK], db[OX_MAX_RANK];
+    for (int i = 0; i < r; i++) {
+        int ia = i - (r - a->ndim), ib = i - (r - b->ndim);
+        da[i] = ia < 0 ? 1 : a->dims[ia];
+        db[i] = ib < 0 ? 1 : b->dims[ib];
+        if (da[i] != db[i] && da[i] != 1 && db[i] != 1)
+            return ox_fail(c, TLEARN_EFORMAT, "shapes do not broadcast");
+        dims[i] = da[i] == 1 ? db[i] : da[i];
+    }
+    if ((rc = ox_const_new(c, a->is_int, r, dims, &k)))
+        return rc;
+    for (size_t j = 0; j < k->numel; j++) {
+        /* the index of element j in a and b: dims of size 1 repeat */
+        size_t rem = j, ja = 0, jb = 0, sa = 1, sb = 1;
+        for (int i = r - 1; i >= 0; i--) {
+            size_t idx = rem % (size_t)dims[i];
+            rem /= (size_t)dims[i];
+            ja += (da[i] == 1 ? 0 : idx) * sa;
+            jb += (db[i] == 1 ? 0 : idx) * sb;
+            sa *= (size_t)da[i];
+            sb *= (size_t)db[i];
+        }
+        if (!a->is_int) {
+            k->f[j] = fold_float(op, a->f[ja], b->f[jb]);
+            continue;
+        }
+        int64_t x = a->i[ja], y = b->i[jb];
+        if (x == OX_BATCH || y == OX_BATCH)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "arithmetic on the batch size, which is "
+                           "not a constant");
+        if (op == 3 && y == 0)
+            return ox_fail(c, TLEARN_EFORMAT, "integer division by zero");
+        if ((x > INT32_MAX || x < -INT32_MAX || y > INT32_MAX || y < -INT32_MAX) && op != 3)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "shape arithmetic beyond 32-bit values");
+        k->i[j] = fold_int(op, x, y);
+    }
     ox_def_const(c, k);
     return TLEARN_OK;
 }
@@ -462,7 +778,11 @@ static const char *check_dropout(ox_ctx *c)
 const ox_op ox_ops_shape[] = {
     {"Flatten", op_flatten, 0, 0, 0, NULL, "axis 1 (keeps the batch)"},
     {"Reshape", op_reshape, 0, 0, 0, NULL,
-     "constant shape that flattens each example to (N, F), or keeps the shape"},
+     "constant (or folded) shape that keeps the batch first, at most 4 dims after it"},
+    {"Transpose", op_transpose, 0, 0, 0, NULL, "perm keeps the batch first; rank 2 to 5"},
+    {"Split", op_split, 0, 0, 0, NULL,
+     "activations, not along the batch; sizes constant (input from opset 13, attribute "
+     "before) or equal parts"},
     {"Identity", op_identity, 0, 0, 0, NULL, "any input"},
     {"Dropout", op_dropout, 0, 0, 0, check_dropout, "inference: the identity"},
     {"Constant", op_constant, 0, 0, 0, NULL, "value, value_float(s), value_int(s)"},
@@ -470,8 +790,12 @@ const ox_op ox_ops_shape[] = {
     {"Gather", op_gather, 0, 0, 0, NULL, "folded: from a 1-D integer constant (a shape)"},
     {"Unsqueeze", op_unsqueeze, 0, 0, 0, NULL, "folded: integer constants"},
     {"Squeeze", op_unsqueeze, 1, 0, 0, NULL, "folded: integer constants"},
-    {"Concat", op_concat, 0, 0, 0, NULL, "folded: 1-D integer constants along axis 0"},
-    {"Slice", op_slice, 0, 0, 0, NULL, "folded: a 1-D integer constant, one axis, step >= 1"},
+    {"Concat", op_concat, 0, 0, 0, NULL,
+     "2 to 256 activations along any axis but the batch; or folded: 1-D integer constants "
+     "along axis 0"},
+    {"Slice", op_slice, 0, 0, 0, NULL,
+     "an activation, constant bounds, any axes but the batch, step >= 1, not empty; or "
+     "folded: a 1-D integer constant, one axis, step >= 1"},
     {"Cast", op_cast, 0, 0, 0, check_cast,
      "to FLOAT on activations (no-op); FLOAT/INT32/INT64 on constants"},
     {NULL, NULL, 0, 0, 0, NULL, NULL},

@@ -42,11 +42,24 @@ pub const TLEARN_LAYER_ADAPTIVE_AVGPOOL: c_int = 19;
 pub const TLEARN_LAYER_PAD: c_int = 20;
 pub const TLEARN_LAYER_MATMUL: c_int = 21;
 pub const TLEARN_LAYER_DROP_PATH: c_int = 22;
+pub const TLEARN_LAYER_GRAD_REVERSE: c_int = 50;
+
+// enum tlearn_discrepancy
+pub const TLEARN_DISCREPANCY_CORAL: c_int = 1;
+pub const TLEARN_DISCREPANCY_MMD: c_int = 2;
 
 // enum tlearn_pad_mode
 pub const TLEARN_PAD_CONSTANT: c_int = 1;
 pub const TLEARN_PAD_REFLECT: c_int = 2;
 pub const TLEARN_PAD_EDGE: c_int = 3;
+pub const TLEARN_LAYER_EMBEDDING: c_int = 30;
+pub const TLEARN_LAYER_POSITION_EMBEDDING: c_int = 31;
+pub const TLEARN_LAYER_ATTENTION: c_int = 32;
+pub const TLEARN_LAYER_TOKEN_POOL: c_int = 33;
+pub const TLEARN_LAYER_PATCH_EMBED: c_int = 34;
+pub const TLEARN_LAYER_PROTOTYPE: c_int = 60;
+pub const TLEARN_LAYER_LORA_SUM: c_int = 40;
+pub const TLEARN_LORA_RSLORA: c_uint = 1;
 pub const TLEARN_DTYPE_FLOAT32: c_int = 1;
 pub const TLEARN_DTYPE_INT32: c_int = 2;
 
@@ -105,6 +118,11 @@ pub const fn tlearn_save_compress(level: c_uint) -> c_uint {
 }
 pub const TLEARN_LOAD_STRICT: c_uint = 0;
 pub const TLEARN_LOAD_PARTIAL: c_uint = 1;
+pub const TLEARN_PROTO_FEATURES: c_uint = 1;
+pub const TLEARN_PROTO_LEARN_TEMPERATURE: c_uint = 2;
+pub const TLEARN_TRANSFER_LOGME: c_int = 1;
+pub const TLEARN_TRANSFER_LEEP: c_int = 2;
+pub const TLEARN_TRANSFER_HSCORE: c_int = 3;
 
 /// Opaque handles: only ever used behind pointers.
 #[repr(C)]
@@ -198,6 +216,51 @@ extern "C" {
                                           nparams: c_int) -> c_int;
     pub fn tlearn_model_add_softmax(m: *mut tlearn_model, name: *const c_char, axis: c_int)
         -> c_int;
+    pub fn tlearn_model_add_embedding(m: *mut tlearn_model, name: *const c_char, vocab: c_int,
+                                      dim: c_int, padding_idx: c_int) -> c_int;
+    pub fn tlearn_model_add_position_embedding(m: *mut tlearn_model, name: *const c_char,
+                                               max_len: c_int, sinusoidal: c_int) -> c_int;
+    pub fn tlearn_model_add_attention(m: *mut tlearn_model, name: *const c_char, heads: c_int,
+                                      causal: c_int, mask: *const c_char) -> c_int;
+    pub fn tlearn_model_add_token_pool(m: *mut tlearn_model, name: *const c_char, mean: c_int,
+                                       mask: *const c_char) -> c_int;
+    pub fn tlearn_model_add_patch_embed(m: *mut tlearn_model, name: *const c_char, dim: c_int,
+                                        patch: c_int, class_token: c_int, positions: c_int)
+        -> c_int;
+    pub fn tlearn_model_add_transformer_block(m: *mut tlearn_model, name: *const c_char,
+                                              heads: c_int, ff_dim: c_int, activation: c_int,
+                                              norm_first: c_int, dropout: f32,
+                                              mask: *const c_char) -> c_int;
+    pub fn tlearn_model_train_step_inputs(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                          inputs: *const *const c_void, ninputs: c_int,
+                                          labels: *const i32, n: usize, loss: *mut f32) -> c_int;
+    pub fn tlearn_model_compute_gradients_inputs(m: *mut tlearn_model,
+                                                 inputs: *const *const c_void, ninputs: c_int,
+                                                 labels: *const i32, n: usize, loss: *mut f32,
+                                                 dx: *mut f32, dx_len: usize) -> c_int;
+    pub fn tlearn_model_train_step_tokens(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                          inputs: *const *const c_void, ninputs: c_int,
+                                          labels: *const i32, ignore_index: i32, n: usize,
+                                          loss: *mut f32) -> c_int;
+    pub fn tlearn_model_compute_gradients_tokens(m: *mut tlearn_model,
+                                                 inputs: *const *const c_void, ninputs: c_int,
+                                                 labels: *const i32, ignore_index: i32, n: usize,
+                                                 loss: *mut f32) -> c_int;
+    pub fn tlearn_lora_add(m: *mut tlearn_model, adapter: *const c_char, glob: *const c_char,
+                           r: c_int, alpha: f32, dropout: f32, flags: c_uint) -> c_int;
+    pub fn tlearn_lora_set_weight(m: *mut tlearn_model, adapter: *const c_char, weight: f32)
+        -> c_int;
+    pub fn tlearn_lora_set_active(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_merge(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_unmerge(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_remove(m: *mut tlearn_model, adapter: *const c_char) -> c_int;
+    pub fn tlearn_lora_save(m: *const tlearn_model, adapter: *const c_char, dir: *const c_char)
+        -> c_int;
+    pub fn tlearn_lora_load(m: *mut tlearn_model, adapter: *const c_char, dir: *const c_char)
+        -> c_int;
+    pub fn tlearn_adapter_add_bottleneck(m: *mut tlearn_model, adapter: *const c_char,
+                                         glob: *const c_char, hidden: c_int, activation: c_int)
+        -> c_int;
     pub fn tlearn_model_add_activation(m: *mut tlearn_model, name: *const c_char,
                                        activation: c_int, param: f32) -> c_int;
     pub fn tlearn_model_add_conv2d(m: *mut tlearn_model, name: *const c_char, filters: c_int,
@@ -242,6 +305,60 @@ extern "C" {
         -> c_int;
     pub fn tlearn_model_add_drop_path(m: *mut tlearn_model, name: *const c_char, p: f32)
         -> c_int;
+    // domain adaptation (1.1)
+    pub fn tlearn_model_set_output_loss(m: *mut tlearn_model, output: c_int, loss: c_int,
+                                        weight: f32) -> c_int;
+    pub fn tlearn_model_set_discrepancy(m: *mut tlearn_model, layer: *const c_char, kind: c_int,
+                                        weight: f32) -> c_int;
+    pub fn tlearn_model_set_mmd_bandwidths(m: *mut tlearn_model, multipliers: *const f32,
+                                           count: c_int) -> c_int;
+    pub fn tlearn_discrepancy(kind: c_int, features: *const f32, n: usize, dim: usize,
+                              is_target: *const u8, multipliers: *const f32, nmult: c_int,
+                              value: *mut f32, grad: *mut f32) -> c_int;
+    pub fn tlearn_model_train_step_multi(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                         inputs: *const *const c_void, ninputs: c_int, n: usize,
+                                         targets: *const *const c_void, ntargets: c_int,
+                                         is_target: *const u8, loss: *mut f32) -> c_int;
+    pub fn tlearn_model_add_grad_reverse(m: *mut tlearn_model, name: *const c_char, lambda: f32)
+        -> c_int;
+    pub fn tlearn_model_set_grad_reverse_lambda(m: *mut tlearn_model, layer: *const c_char,
+                                                lambda: f32) -> c_int;
+    pub fn tlearn_dann_lambda(progress: f32) -> f32;
+    pub fn tlearn_model_adapt_bn(m: *mut tlearn_model, inputs: *const *const c_void,
+                                 ninputs: c_int, n: usize, batch: usize) -> c_int;
+    pub fn tlearn_model_tent_step(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                  inputs: *const *const c_void, ninputs: c_int, n: usize,
+                                  entropy: *mut f32) -> c_int;
+    pub fn tlearn_model_tent_reset(m: *mut tlearn_model) -> c_int;
+
+    // Few-shot without training, transferability (1.1).
+    pub fn tlearn_model_add_prototype(m: *mut tlearn_model, name: *const c_char, classes: c_int,
+                                      temperature: f32, learn_temperature: c_int) -> c_int;
+    pub fn tlearn_prototype_head(m: *mut tlearn_model, from_layer: *const c_char,
+                                 name: *const c_char, x: *const f32, labels: *const i32,
+                                 n: usize, classes: c_int, temperature: f32, flags: c_uint)
+        -> c_int;
+    pub fn tlearn_prototype_update(m: *mut tlearn_model, layer: *const c_char, x: *const f32,
+                                   labels: *const i32, n: usize, flags: c_uint) -> c_int;
+    pub fn tlearn_prototype_add_classes(m: *mut tlearn_model, layer: *const c_char,
+                                        count: c_int) -> c_int;
+    pub fn tlearn_prototype_remove_class(m: *mut tlearn_model, layer: *const c_char,
+                                         cls: c_int) -> c_int;
+    pub fn tlearn_prototype_to_dense(m: *mut tlearn_model, layer: *const c_char) -> c_int;
+    pub fn tlearn_model_embed(m: *mut tlearn_model, layer: *const c_char, x: *const f32,
+                              n: usize, out: *mut f32, out_len: usize) -> c_int;
+    pub fn tlearn_similarity_scores(queries: *const f32, nq: usize, keys: *const f32,
+                                    nkeys: usize, dim: c_int, threads: c_int, out: *mut f32,
+                                    out_len: usize) -> c_int;
+    pub fn tlearn_similarity_topk(queries: *const f32, nq: usize, keys: *const f32,
+                                  nkeys: usize, dim: c_int, k: c_int, threads: c_int,
+                                  index: *mut i32, scores: *mut f32) -> c_int;
+    pub fn tlearn_transferability(m: *mut tlearn_model, layer: *const c_char, x: *const f32,
+                                  labels: *const i32, n: usize, classes: c_int, metric: c_int,
+                                  score: *mut f64) -> c_int;
+    pub fn tlearn_transferability_features(features: *const f32, n: usize, dim: c_int,
+                                           labels: *const i32, classes: c_int, metric: c_int,
+                                           score: *mut f64) -> c_int;
 
     // Introspection.
     pub fn tlearn_model_layer_count(m: *const tlearn_model, count: *mut c_int) -> c_int;

@@ -226,6 +226,9 @@ pub enum LayerKind {
     Pad,
     MatMul,
     DropPath,
+    Prototype,
+    LoraSum,
+    GradReverse,
     /// A kind newer than these bindings.
     Other(i32),
 }
@@ -255,9 +258,55 @@ impl LayerKind {
             20 => LayerKind::Pad,
             21 => LayerKind::MatMul,
             22 => LayerKind::DropPath,
+            60 => LayerKind::Prototype,
+            40 => LayerKind::LoraSum,
+            50 => LayerKind::GradReverse,
             other => LayerKind::Other(other),
         }
     }
+}
+
+/// Discrepancies between source and target rows ([`Model::set_discrepancy`], [`discrepancy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discrepancy {
+    /// Deep CORAL: ||C_s - C_t||_F^2 / (4 d^2).
+    Coral = 1,
+    /// Multi-kernel Gaussian MMD^2 (DAN), bandwidths as multipliers of the mean distance.
+    Mmd = 2,
+}
+
+/// The targets of one graph output for [`Model::train_step_multi`].
+pub enum Target<'a> {
+    /// No loss on this output for this step.
+    None,
+    /// int32 labels (cross-entropy); -1 means no loss for that row.
+    Labels(&'a [i32]),
+    /// float targets (MSE), n x the output's size.
+    Values(&'a [f32]),
+}
+
+/// DANN's schedule 2 / (1 + exp(-10 p)) - 1 for training progress p in [0, 1].
+pub fn dann_lambda(progress: f32) -> f32 {
+    unsafe { sys::tlearn_dann_lambda(progress) }
+}
+
+/// A discrepancy between the rows of `features` (n x dim) marked by `is_target` (0 source,
+/// 1 target), and its gradient w.r.t. the features. `multipliers` empty: MMD's default.
+pub fn discrepancy(kind: Discrepancy, features: &[f32], dim: usize, is_target: &[u8],
+                   multipliers: &[f32]) -> Result<(f32, Vec<f32>)> {
+    let n = is_target.len();
+    if dim == 0 || features.len() != n * dim {
+        return Err(Error::invalid(format!("features holds {} values, expected {} x {}",
+                                          features.len(), n, dim)));
+    }
+    let mut grad = vec![0.0f32; features.len()];
+    let mut v = 0.0f32;
+    let mp = if multipliers.is_empty() { std::ptr::null() } else { multipliers.as_ptr() };
+    check(unsafe {
+        sys::tlearn_discrepancy(kind as c_int, features.as_ptr(), n, dim, is_target.as_ptr(), mp,
+                                multipliers.len() as c_int, &mut v, grad.as_mut_ptr())
+    })?;
+    Ok((v, grad))
 }
 
 /// How [`Model::add_pad`] fills the new positions.
@@ -686,6 +735,74 @@ impl Model {
         check(unsafe { sys::tlearn_model_add_linear(self.raw(), c.as_ptr(), units, bias as c_int) })?;
         Ok(self)
     }
+    /// torch.nn.Embedding over the next input, an int32 model input of token ids (T):
+    /// -> (T, dim). @p padding_idx (-1: none) names a row that gets no gradient.
+    pub fn add_embedding(&mut self, name: &str, vocab: i32, dim: i32, padding_idx: i32)
+                         -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_embedding(self.raw(), c.as_ptr(), vocab, dim, padding_idx) })?;
+        Ok(self)
+    }
+    /// Position vectors added to a sequence (T, D), T <= max_len: learned or sinusoidal.
+    pub fn add_position_embedding(&mut self, name: &str, max_len: i32, sinusoidal: bool)
+                                  -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_position_embedding(self.raw(), c.as_ptr(), max_len, sinusoidal as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Multi-head self-attention over (T, D) with torch.nn.MultiheadAttention's parameters;
+    /// @p mask names a key-padding mask (T) input (1 keep, 0 pad).
+    pub fn add_attention(&mut self, name: &str, heads: i32, causal: bool, mask: Option<&str>)
+                         -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let mk = mask.map(|s| cstring(s, "mask")).transpose()?;
+        let mp = mk.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_model_add_attention(self.raw(), c.as_ptr(), heads, causal as c_int, mp) })?;
+        Ok(self)
+    }
+    /// Pool (T, D) into (D): the first token, or the mean over the positions @p mask keeps.
+    pub fn add_token_pool(&mut self, name: &str, mean: bool, mask: Option<&str>)
+                          -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let mk = mask.map(|s| cstring(s, "mask")).transpose()?;
+        let mp = mk.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_model_add_token_pool(self.raw(), c.as_ptr(), mean as c_int, mp) })?;
+        Ok(self)
+    }
+    /// The layers of torch.nn.TransformerEncoderLayer(batch_first=True) over (T, D), named
+    /// after its state_dict (`name.self_attn`, `name.linear1`, `name.norm1`, ...).
+    /// @p activation: Relu, Gelu or GeluTanh.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_transformer_block(&mut self, name: &str, heads: i32, ff_dim: i32,
+                                 activation: Activation, norm_first: bool, dropout: f32,
+                                 mask: Option<&str>) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        let kind = match activation {
+            Activation::Relu => sys::TLEARN_ACT_RELU,
+            Activation::Gelu => sys::TLEARN_ACT_GELU,
+            Activation::GeluTanh => sys::TLEARN_ACT_GELU_TANH,
+            _ => return Err(Error::invalid("a transformer block takes Relu, Gelu or GeluTanh".into())),
+        };
+        let mk = mask.map(|s| cstring(s, "mask")).transpose()?;
+        let mp = mk.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe {
+            sys::tlearn_model_add_transformer_block(self.raw(), c.as_ptr(), heads, ff_dim, kind,
+                                                    norm_first as c_int, dropout, mp)
+        })?;
+        Ok(self)
+    }
+    /// ViT patch embedding (C, H, W) -> (T, dim) in torchvision's layout.
+    pub fn add_patch_embed(&mut self, name: &str, dim: i32, patch: i32, class_token: bool,
+                           positions: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_patch_embed(self.raw(), c.as_ptr(), dim, patch,
+                                              class_token as c_int, positions as c_int)
+        })?;
+        Ok(self)
+    }
     pub fn add_flatten(&mut self, name: &str) -> Result<&mut Self> {
         let c = cstring(name, "name")?;
         check(unsafe { sys::tlearn_model_add_flatten(self.raw(), c.as_ptr()) })?;
@@ -931,6 +1048,64 @@ impl Model {
         Ok(self)
     }
 
+    // -- adapters -----------------------------------------------------------------------
+    /// Add LoRA adapter `adapter` on every dense/linear/conv2d layer matching `glob`
+    /// (targets frozen; B starts at zero). `rslora` scales by alpha/sqrt(r).
+    pub fn lora_add(&mut self, adapter: &str, glob: &str, r: i32, alpha: f32, dropout: f32,
+                    rslora: bool) -> Result<&mut Self> {
+        let a = cstring(adapter, "adapter")?;
+        let g = cstring(glob, "glob")?;
+        let flags = if rslora { sys::TLEARN_LORA_RSLORA } else { 0 };
+        check(unsafe { sys::tlearn_lora_add(self.raw(), a.as_ptr(), g.as_ptr(), r, alpha, dropout, flags) })?;
+        Ok(self)
+    }
+    /// Combination weight of a LoRA adapter (0 disables it).
+    pub fn lora_set_weight(&mut self, adapter: &str, weight: f32) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        check(unsafe { sys::tlearn_lora_set_weight(self.raw(), a.as_ptr(), weight) })
+    }
+    /// Make `adapter` the only active LoRA adapter; None disables all of them.
+    pub fn lora_set_active(&mut self, adapter: Option<&str>) -> Result<()> {
+        let a = adapter.map(|s| cstring(s, "adapter")).transpose()?;
+        let p = a.as_ref().map_or(ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_lora_set_active(self.raw(), p) })
+    }
+    /// Fold a LoRA adapter into its targets' weights.
+    pub fn lora_merge(&mut self, adapter: &str) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        check(unsafe { sys::tlearn_lora_merge(self.raw(), a.as_ptr()) })
+    }
+    /// Undo lora_merge (within one float rounding per weight).
+    pub fn lora_unmerge(&mut self, adapter: &str) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        check(unsafe { sys::tlearn_lora_unmerge(self.raw(), a.as_ptr()) })
+    }
+    /// Remove a LoRA adapter's layers (targets stay frozen).
+    pub fn lora_remove(&mut self, adapter: &str) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        check(unsafe { sys::tlearn_lora_remove(self.raw(), a.as_ptr()) })
+    }
+    /// Save a LoRA adapter in PEFT's layout (adapter_model.safetensors, adapter_config.json).
+    pub fn lora_save(&self, adapter: &str, dir: impl AsRef<Path>) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        let d = cpath(dir.as_ref())?;
+        check(unsafe { sys::tlearn_lora_save(self.raw() as *const _, a.as_ptr(), d.as_ptr()) })
+    }
+    /// Add adapter `adapter` from a PEFT adapter directory.
+    pub fn lora_load(&mut self, adapter: &str, dir: impl AsRef<Path>) -> Result<()> {
+        let a = cstring(adapter, "adapter")?;
+        let d = cpath(dir.as_ref())?;
+        check(unsafe { sys::tlearn_lora_load(self.raw(), a.as_ptr(), d.as_ptr()) })
+    }
+    /// Insert a bottleneck adapter after every layer matching `glob`.
+    pub fn add_bottleneck_adapter(&mut self, adapter: &str, glob: &str, hidden: i32,
+                                  activation: i32) -> Result<&mut Self> {
+        let a = cstring(adapter, "adapter")?;
+        let g = cstring(glob, "glob")?;
+        check(unsafe { sys::tlearn_adapter_add_bottleneck(self.raw(), a.as_ptr(), g.as_ptr(), hidden, activation) })?;
+        Ok(self)
+    }
+
     // -- introspection ------------------------------------------------------------------
     pub fn layer_count(&self) -> Result<usize> {
         let mut n = 0;
@@ -1087,12 +1262,8 @@ impl Model {
             Ok(i as usize)
         }).collect()
     }
-    /// Inference with one array per model input (n examples each); one Vec per output.
-    pub fn run(&mut self, inputs: &[Input], n: usize) -> Result<Vec<Vec<f32>>> {
-        let ptrs: Vec<*const c_void> = inputs.iter().map(|i| match i {
-            Input::F32(x) => x.as_ptr() as *const c_void,
-            Input::I32(x) => x.as_ptr() as *const c_void,
-        }).collect();
+    /// Pointers to one array per model input of n examples each, their sizes checked.
+    fn feed(&self, inputs: &[Input], n: usize) -> Result<Vec<*const c_void>> {
         for (k, i) in inputs.iter().enumerate() {
             let size: usize = self.shape_nd_at(-1 - k as c_int)?.iter().product();
             let len = match i { Input::F32(x) => x.len(), Input::I32(x) => x.len() };
@@ -1101,6 +1272,14 @@ impl Model {
                                    message: format!("input {} holds {} values, expected {}", k, len, n * size) });
             }
         }
+        Ok(inputs.iter().map(|i| match i {
+            Input::F32(x) => x.as_ptr() as *const c_void,
+            Input::I32(x) => x.as_ptr() as *const c_void,
+        }).collect())
+    }
+    /// Inference with one array per model input (n examples each); one Vec per output.
+    pub fn run(&mut self, inputs: &[Input], n: usize) -> Result<Vec<Vec<f32>>> {
+        let ptrs = self.feed(inputs, n)?;
         let mut outs = Vec::new();
         for layer in self.outputs()? {
             let size: usize = self.layer_shape_nd(layer)?.iter().product();
@@ -1113,6 +1292,160 @@ impl Model {
                                   lens.as_ptr(), optrs.len() as c_int)
         })?;
         Ok(outs)
+    }
+    /// One training step (cross-entropy) on a model of several inputs (token ids, masks):
+    /// one array per model input, n = labels.len() examples. Returns the loss.
+    pub fn train_step_inputs(&mut self, opt: &mut Optimizer, inputs: &[Input], labels: &[i32])
+                             -> Result<f32> {
+        let ptrs = self.feed(inputs, labels.len())?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_inputs(self.raw(), opt.as_ptr(), ptrs.as_ptr(),
+                                                ptrs.len() as c_int, labels.as_ptr(),
+                                                labels.len(), &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// n x (positions of output 0) labels for per-position cross-entropy?
+    fn check_token_labels(&self, labels: &[i32], n: usize) -> Result<()> {
+        let out: Vec<usize> = self.layer_shape_nd(*self.outputs()?.first().unwrap_or(&0))?;
+        let positions: usize = out[..out.len().saturating_sub(1)].iter().product();
+        if labels.len() != n * positions {
+            return Err(Error::invalid(format!("labels has {} values; expected {}", labels.len(),
+                                              n * positions)));
+        }
+        Ok(())
+    }
+    /// One step of cross-entropy at every position of output 0 (..., classes): @p labels
+    /// holds n x positions labels, @p ignore_index marks positions that count for nothing.
+    pub fn train_step_tokens(&mut self, opt: &mut Optimizer, inputs: &[Input], labels: &[i32],
+                             ignore_index: i32, n: usize) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        self.check_token_labels(labels, n)?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_tokens(self.raw(), opt.as_ptr(), ptrs.as_ptr(),
+                                                ptrs.len() as c_int, labels.as_ptr(),
+                                                ignore_index, n, &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// The gradients of [`Model::train_step_tokens`]'s loss without an update; the loss.
+    pub fn compute_gradients_tokens(&mut self, inputs: &[Input], labels: &[i32],
+                                    ignore_index: i32, n: usize) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        self.check_token_labels(labels, n)?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_compute_gradients_tokens(self.raw(), ptrs.as_ptr(),
+                                                       ptrs.len() as c_int, labels.as_ptr(),
+                                                       ignore_index, n, &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// Gradients without an update on a model of several inputs; returns the loss, and
+    /// dL/d(first input) when @p input_grad (the first input must be float32).
+    pub fn compute_gradients_inputs(&mut self, inputs: &[Input], labels: &[i32],
+                                    input_grad: bool) -> Result<(f32, Option<Vec<f32>>)> {
+        let n = labels.len();
+        let ptrs = self.feed(inputs, n)?;
+        let mut loss = 0.0f32;
+        let mut dx = if input_grad {
+            Some(vec![0.0f32; n * self.shape_nd_at(-1)?.iter().product::<usize>()])
+        } else {
+            None
+        };
+        let (p, len) = dx.as_mut().map_or((ptr::null_mut(), 0), |d| (d.as_mut_ptr(), d.len()));
+        check(unsafe {
+            sys::tlearn_model_compute_gradients_inputs(self.raw(), ptrs.as_ptr(),
+                                                       ptrs.len() as c_int, labels.as_ptr(), n,
+                                                       &mut loss, p, len)
+        })?;
+        Ok((loss, dx))
+    }
+    /// Gradient reversal (DANN): identity forward, gradient times -lambda backward.
+    pub fn add_grad_reverse(&mut self, name: &str, lambda: f32) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe { sys::tlearn_model_add_grad_reverse(self.raw(), c.as_ptr(), lambda) })?;
+        Ok(self)
+    }
+    /// Lambda of gradient-reversal layer `layer`, or of every one with `None`.
+    pub fn set_grad_reverse_lambda(&mut self, layer: Option<&str>, lambda: f32) -> Result<&mut Self> {
+        let c = layer.map(|l| cstring(l, "layer")).transpose()?;
+        let p = c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        check(unsafe { sys::tlearn_model_set_grad_reverse_lambda(self.raw(), p, lambda) })?;
+        Ok(self)
+    }
+    /// The loss of graph output `output` (position) for [`Model::train_step_multi`]; `None`
+    /// removes it.
+    pub fn set_output_loss(&mut self, output: usize, loss: Option<Loss>, weight: f32) -> Result<&mut Self> {
+        let k = loss.map_or(0, |l| l as c_int);
+        check(unsafe { sys::tlearn_model_set_output_loss(self.raw(), output as c_int, k, weight) })?;
+        Ok(self)
+    }
+    /// A discrepancy term between source and target rows at `layer` (weight 0 removes it).
+    pub fn set_discrepancy(&mut self, layer: &str, kind: Discrepancy, weight: f32) -> Result<&mut Self> {
+        let c = cstring(layer, "layer")?;
+        check(unsafe { sys::tlearn_model_set_discrepancy(self.raw(), c.as_ptr(), kind as c_int, weight) })?;
+        Ok(self)
+    }
+    /// MMD's bandwidth multipliers of the mean squared distance (empty: 1/4, 1/2, 1, 2, 4).
+    pub fn set_mmd_bandwidths(&mut self, multipliers: &[f32]) -> Result<&mut Self> {
+        let p = if multipliers.is_empty() { std::ptr::null() } else { multipliers.as_ptr() };
+        check(unsafe { sys::tlearn_model_set_mmd_bandwidths(self.raw(), p, multipliers.len() as c_int) })?;
+        Ok(self)
+    }
+    /// One step with every output's loss and the discrepancy terms; `is_target` marks target
+    /// rows (None: rows whose output-0 label is -1). Returns the total loss.
+    pub fn train_step_multi(&mut self, opt: &mut Optimizer, inputs: &[Input], n: usize,
+                            targets: &[Target], is_target: Option<&[u8]>) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        let outs = self.outputs()?;
+        if targets.len() != outs.len() {
+            return Err(Error::invalid(format!("{} targets for {} outputs", targets.len(), outs.len())));
+        }
+        let mut tp = Vec::new();
+        for (t, layer) in targets.iter().zip(outs) {
+            let size: usize = self.layer_shape_nd(layer)?.iter().product();
+            tp.push(match t {
+                Target::None => std::ptr::null(),
+                Target::Labels(y) if y.len() == n => y.as_ptr() as *const c_void,
+                Target::Values(v) if v.len() == n * size => v.as_ptr() as *const c_void,
+                _ => return Err(Error::invalid("targets of the wrong length".to_string())),
+            });
+        }
+        if is_target.map_or(false, |t| t.len() != n) {
+            return Err(Error::invalid("is_target needs one value per row".to_string()));
+        }
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_multi(self.raw(), opt.as_ptr(), ptrs.as_ptr(), ptrs.len() as c_int,
+                                               n, tp.as_ptr(), tp.len() as c_int,
+                                               is_target.map_or(std::ptr::null(), |t| t.as_ptr()), &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// AdaBN: every BatchNorm's running statistics re-estimated on these arrays (batches of
+    /// `batch`, averaged as torch's momentum=None).
+    pub fn adapt_bn(&mut self, inputs: &[Input], n: usize, batch: usize) -> Result<&mut Self> {
+        let ptrs = self.feed(inputs, n)?;
+        check(unsafe { sys::tlearn_model_adapt_bn(self.raw(), ptrs.as_ptr(), ptrs.len() as c_int, n, batch) })?;
+        Ok(self)
+    }
+    /// TENT: one entropy-minimisation step on BatchNorm's weight and bias; returns the
+    /// batch's mean entropy. Undo with [`Model::tent_reset`].
+    pub fn tent_step(&mut self, opt: &mut Optimizer, inputs: &[Input], n: usize) -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        let mut h = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_tent_step(self.raw(), opt.as_ptr(), ptrs.as_ptr(), ptrs.len() as c_int, n, &mut h)
+        })?;
+        Ok(h)
+    }
+    /// Restore BatchNorm tensors and freeze state from before the first tent_step.
+    pub fn tent_reset(&mut self) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_model_tent_reset(self.raw()) })?;
+        Ok(self)
     }
     /// (mean loss, accuracy) over a labelled set.
     pub fn evaluate(&mut self, x: &[f32], labels: &[i32]) -> Result<(f32, f32)> {
@@ -1372,6 +1705,143 @@ impl Model {
         let c = cpath(path.as_ref())?;
         check(unsafe { sys::tlearn_model_export_safetensors(self.raw(), c.as_ptr()) })
     }
+
+    // -- few-shot without training, transferability (1.1) --
+
+    /// Append an empty prototype head (logits = temperature * cosine to each prototype).
+    pub fn add_prototype(&mut self, name: &str, classes: i32, temperature: f32,
+                         learn_temperature: bool) -> Result<&mut Self> {
+        let c = cstring(name, "name")?;
+        check(unsafe {
+            sys::tlearn_model_add_prototype(self.raw(), c.as_ptr(), classes, temperature,
+                                            learn_temperature as c_int)
+        })?;
+        Ok(self)
+    }
+    /// Drop the layers after @p from_layer ("" = the input) and append a prototype head
+    /// built from (x, labels); with @p features, x holds @p from_layer's activations.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prototype_head(&mut self, from_layer: &str, name: &str, x: &[f32], labels: &[i32],
+                          classes: i32, temperature: f32, features: bool,
+                          learn_temperature: bool) -> Result<&mut Self> {
+        let per = if !features { self.input_shape()?.size() }
+                  else if from_layer.is_empty() { self.input_shape()?.size() }
+                  else { self.named_shape(from_layer)?.size() };
+        let n = batch_len(x.len(), per, "x")?;
+        labels_len(labels, n)?;
+        let (f, c) = (cstring(from_layer, "from_layer")?, cstring(name, "name")?);
+        let flags = if features { sys::TLEARN_PROTO_FEATURES } else { 0 }
+            | if learn_temperature { sys::TLEARN_PROTO_LEARN_TEMPERATURE } else { 0 };
+        check(unsafe {
+            sys::tlearn_prototype_head(self.raw(), f.as_ptr(), c.as_ptr(), x.as_ptr(),
+                                       labels.as_ptr(), n, classes, temperature, flags)
+        })?;
+        Ok(self)
+    }
+    /// Fold more labelled examples into the prototypes (running mean per class); with
+    /// @p features, x holds the activations the head reads (labels.len() examples).
+    pub fn prototype_update(&mut self, layer: &str, x: &[f32], labels: &[i32], features: bool)
+        -> Result<()> {
+        let n = if features { labels.len() }
+                else { batch_len(x.len(), self.input_shape()?.size(), "x")? };
+        labels_len(labels, n)?;
+        if features && (n == 0 || x.len() % n != 0) {
+            return Err(Error::invalid("features is not labels.len() equal rows".to_string()));
+        }
+        let c = cstring(layer, "layer")?;
+        check(unsafe {
+            sys::tlearn_prototype_update(self.raw(), c.as_ptr(), x.as_ptr(), labels.as_ptr(), n,
+                                         if features { sys::TLEARN_PROTO_FEATURES } else { 0 })
+        })
+    }
+    /// Append @p count empty classes to a prototype head.
+    pub fn prototype_add_classes(&mut self, layer: &str, count: i32) -> Result<()> {
+        let c = cstring(layer, "layer")?;
+        check(unsafe { sys::tlearn_prototype_add_classes(self.raw(), c.as_ptr(), count) })
+    }
+    /// Remove class @p cls; later classes move down by one index.
+    pub fn prototype_remove_class(&mut self, layer: &str, cls: i32) -> Result<()> {
+        let c = cstring(layer, "layer")?;
+        check(unsafe { sys::tlearn_prototype_remove_class(self.raw(), c.as_ptr(), cls) })
+    }
+    /// Turn the prototype head into a dense head initialised from the prototypes.
+    pub fn prototype_to_dense(&mut self, layer: &str) -> Result<()> {
+        let c = cstring(layer, "layer")?;
+        check(unsafe { sys::tlearn_prototype_to_dense(self.raw(), c.as_ptr()) })
+    }
+    /// L2-normalised activations of @p layer (n * size floats).
+    pub fn embed(&mut self, layer: &str, x: &[f32]) -> Result<Vec<f32>> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        let mut out = vec![0.0f32; n * self.named_shape(layer)?.size()];
+        let c = cstring(layer, "layer")?;
+        check(unsafe {
+            sys::tlearn_model_embed(self.raw(), c.as_ptr(), x.as_ptr(), n, out.as_mut_ptr(),
+                                    out.len())
+        })?;
+        Ok(out)
+    }
+    /// LogME, LEEP (layer = the source logits) or H-score of @p layer for the labelled set.
+    pub fn transferability(&mut self, layer: &str, x: &[f32], labels: &[i32], classes: i32,
+                           metric: TransferMetric) -> Result<f64> {
+        let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
+        labels_len(labels, n)?;
+        let c = cstring(layer, "layer")?;
+        let mut score = 0.0f64;
+        check(unsafe {
+            sys::tlearn_transferability(self.raw(), c.as_ptr(), x.as_ptr(), labels.as_ptr(), n,
+                                        classes, metric as c_int, &mut score)
+        })?;
+        Ok(score)
+    }
+}
+
+/// Transferability metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferMetric {
+    LogMe = 1,
+    Leep = 2,
+    HScore = 3,
+}
+
+fn rows(len: usize, dim: usize, what: &str) -> Result<usize> {
+    batch_len(len, dim, what)
+}
+
+/// Cosine similarities (nq * nkeys, row per query) of rows of @p dim floats.
+pub fn similarity_scores(queries: &[f32], keys: &[f32], dim: usize, threads: i32)
+    -> Result<Vec<f32>> {
+    let (nq, nk) = (rows(queries.len(), dim, "queries")?, rows(keys.len(), dim, "keys")?);
+    let mut out = vec![0.0f32; nq * nk];
+    check(unsafe {
+        sys::tlearn_similarity_scores(queries.as_ptr(), nq, keys.as_ptr(), nk, dim as c_int,
+                                      threads, out.as_mut_ptr(), out.len())
+    })?;
+    Ok(out)
+}
+
+/// Exact top-k keys by cosine per query: (indices, scores), nq * k each, best first.
+pub fn similarity_topk(queries: &[f32], keys: &[f32], dim: usize, k: usize, threads: i32)
+    -> Result<(Vec<i32>, Vec<f32>)> {
+    let (nq, nk) = (rows(queries.len(), dim, "queries")?, rows(keys.len(), dim, "keys")?);
+    let (mut idx, mut sc) = (vec![0i32; nq * k], vec![0.0f32; nq * k]);
+    check(unsafe {
+        sys::tlearn_similarity_topk(queries.as_ptr(), nq, keys.as_ptr(), nk, dim as c_int,
+                                    k as c_int, threads, idx.as_mut_ptr(), sc.as_mut_ptr())
+    })?;
+    Ok((idx, sc))
+}
+
+/// LogME, LEEP (features = source logits) or H-score of n x @p dim features.
+pub fn transferability(features: &[f32], dim: usize, labels: &[i32], classes: i32,
+                       metric: TransferMetric) -> Result<f64> {
+    let n = rows(features.len(), dim, "features")?;
+    labels_len(labels, n)?;
+    let mut score = 0.0f64;
+    check(unsafe {
+        sys::tlearn_transferability_features(features.as_ptr(), n, dim as c_int, labels.as_ptr(),
+                                             classes, metric as c_int, &mut score)
+    })?;
+    Ok(score)
 }
 
 impl fmt::Debug for Model {

@@ -408,3 +408,63 @@ fn norm_pool_pad_matmul_layers() {
     assert_eq!(s.add_matmul("bad", "q", "nothere", false).err().unwrap().code(),
                status::ENOTFOUND);
 }
+
+#[test]
+fn prototype_head_similarity_and_transferability() {
+    let (x, y) = blobs(30);
+    let mut m = mlp(4);
+    m.prototype_head("relu1", "proto", &x, &y, 3, 10.0, false, false).unwrap();
+    assert_eq!(m.layer_kind(2).unwrap(), LayerKind::Prototype);
+    m.prototype_add_classes("proto", 1).unwrap();
+    m.prototype_update("proto", &x[..8], &[3], false).unwrap();
+    m.prototype_remove_class("proto", 3).unwrap();
+    let e = m.embed("relu1", &x).unwrap();
+    let norm: f32 = e[..16].iter().map(|v| v * v).sum();
+    assert!((norm - 1.0).abs() < 1e-4);
+    let h = m.transferability("relu1", &x, &y, 3, tlearn::TransferMetric::HScore).unwrap();
+    assert!(h > 0.0);
+    m.prototype_to_dense("proto").unwrap();
+    assert_eq!(m.layer_kind(2).unwrap(), LayerKind::Dense);
+    let (idx, sc) = tlearn::similarity_topk(&x[..16], &x, 8, 1, 1).unwrap();
+    assert_eq!(idx, vec![0, 1]);
+    assert!((sc[0] - 1.0).abs() < 1e-5);
+    let s = tlearn::similarity_scores(&x[..8], &x, 8, 1).unwrap();
+    assert_eq!(s.len(), 30);
+    let l = tlearn::transferability(&x, 8, &y, 3, tlearn::TransferMetric::LogMe).unwrap();
+    assert!(l.is_finite());
+}
+
+#[test]
+fn domain_adaptation() {
+    use tlearn::{Discrepancy, Input, Target};
+    let mut m = Model::with_input("x", &[4], false).unwrap();
+    m.add_linear("feat", 6, true).unwrap().add_batchnorm("bn", 1e-5, 0.1).unwrap()
+        .add_activation("r", Activation::Relu).unwrap().add_dense("cls", 3).unwrap()
+        .set_next_input(Some("r")).unwrap()
+        .add_grad_reverse("grl", 0.0).unwrap().add_dense("dom", 2).unwrap();
+    m.set_outputs(&["cls", "dom"]).unwrap();
+    assert_eq!(m.layer_kind(4).unwrap(), LayerKind::GradReverse);
+    m.set_grad_reverse_lambda(None, tlearn::dann_lambda(0.5)).unwrap();
+    m.set_output_loss(0, Some(Loss::SoftmaxCrossEntropy), 1.0).unwrap()
+        .set_output_loss(1, Some(Loss::SoftmaxCrossEntropy), 0.5).unwrap()
+        .set_discrepancy("r", Discrepancy::Mmd, 0.2).unwrap()
+        .set_mmd_bandwidths(&[]).unwrap();
+    let x: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin()).collect();
+    let y = [0, 1, 2, 0, -1, -1, -1, -1];
+    let d = [0, 0, 0, 0, 1, 1, 1, 1];
+    let mut o = Optimizer::new(OptimKind::Sgd).unwrap();
+    let l = m.train_step_multi(&mut o, &[Input::F32(&x)], 8,
+                               &[Target::Labels(&y), Target::Labels(&d)], None).unwrap();
+    assert!(l.is_finite() && l > 0.0);
+    assert_eq!(m.train_step_multi(&mut o, &[Input::F32(&x)], 8, &[Target::None, Target::None], None)
+               .err().unwrap().code(), status::EINVAL); // no labels mark target rows
+    m.adapt_bn(&[Input::F32(&x)], 8, 4).unwrap();
+    let w = m.get_tensor("bn.weight").unwrap();
+    let h = m.tent_step(&mut o, &[Input::F32(&x)], 8).unwrap();
+    assert!(h.is_finite());
+    m.tent_reset().unwrap();
+    assert_eq!(m.get_tensor("bn.weight").unwrap(), w);
+    let t = [0u8, 0, 1, 1];
+    let (v, g) = tlearn::discrepancy(Discrepancy::Coral, &x[..8], 2, &t, &[]).unwrap();
+    assert!(v >= 0.0 && g.len() == 8);
+}

@@ -1,0 +1,270 @@
+/* Multi-head self-attention as one layer, as torch.nn.MultiheadAttention(D, heads,
+ * batch_first=True) called with query = key = value = x (T, D):
+ *
+ *   [Q K V] = x in_proj_weight^T + in_proj_bias          (3D, D) and (3D): one GEMM, all rows
+ *   per example and head h (columns h*hd .. h*hd+hd-1 of Q, K, V; hd = D / heads):
+ *     P = softmax(Q_h K_h^T / sqrt(hd) + masks)         (T, T)
+ *     ctx_h = P V_h
+ *   out = ctx out_proj.weight^T + out_proj.bias          one GEMM, all rows
+ *
+ * Masks: an optional second input, a key-padding mask (T) per example (1 keep, 0 pad; int32
+ * model input or floats 1/0, see tl_mask_keep), and a causal flag (query t sees keys <= t).
+ * A query that sees no key at all gets zero attention weights (its ctx is 0; PyTorch gives
+ * NaN there). Attention weights are not dropped out (torch's MHA dropout is not modelled).
+ *
+ * Forward keeps Q, K, V and ctx (4 x T x D per example) for backward; backward recomputes
+ * each head's P from Q and K, so no more than one head's T x T block exists at a time (plus
+ * its gradient). In backward the gradient of Q, K, V replaces them head by head in scratch:
+ * a head's Q/K/V columns are read only by that head. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "layer.h"
+
+typedef struct attention_cfg {
+    int heads;
+    int causal;
+} attention_cfg;
+
+enum { W_IN, B_IN, W_OUT, B_OUT };
+
+static int attention_configure(tl_layer *L, const int *ia, int ni, const float *fa, int nf)
+{
+    (void)fa;
+    /* heads causal */
+    if (ni != 2 || nf != 0)
+        return tl_fail(TLEARN_EINVAL, "attention '%s': expected 2 arguments", L->name);
+    if (ia[0] < 1)
+        return tl_fail(TLEARN_EINVAL, "attention '%s': heads is %d, must be >= 1", L->name,
+                       ia[0]);
+    if (ia[1] != 0 && ia[1] != 1)
+        return tl_fail(TLEARN_EINVAL, "attention '%s': causal is %d, must be 0 or 1", L->name,
+                       ia[1]);
+    if (L->ninputs != 1 && L->ninputs != 2)
+        return tl_fail(TLEARN_EINVAL, "attention '%s': takes a sequence and optionally a "
+                       "mask, not %d inputs", L->name, L->ninputs);
+    attention_cfg cfg = {ia[0], ia[1]};
+    return tl_layer_config(L, &cfg, sizeof cfg);
+}
+
+static void attention_arguments(const tl_layer *L, int *ia, int *ni, float *fa, int *nf)
+{
+    (void)fa;
+    const attention_cfg *cfg = L->cfg;
+    ia[0] = cfg->heads;
+    ia[1] = cfg->causal;
+    *ni = 2;
+    *nf = 0;
+}
+
+static int attention_setup(tl_layer *L, tl_rng *rng)
+{
+    const attention_cfg *cfg = L->cfg;
+    tl_shape in = L->in[0];
+    char s[TL_SHAPE_STR];
+    if (in.rank != 2)
+        return tl_fail(TLEARN_ESHAPE, "attention '%s': input is %s, expected a sequence (T, D)",
+                       L->name, tl_shape_str(in, s));
+    int t = in.d[0], d = in.d[1];
+    if (d % cfg->heads)
+        return tl_fail(TLEARN_ESHAPE, "attention '%s': dimension %d is not a multiple of %d "
+                       "heads", L->name, d, cfg->heads);
+    if (L->ninputs == 2 && (L->in[1].rank != 1 || L->in[1].d[0] != t))
+        return tl_fail(TLEARN_ESHAPE, "attention '%s': the mask is %s, expected (%d), one "
+                       "value per position", L->name, tl_shape_str(L->in[1], s), t);
+    if ((size_t)t * (size_t)t > (size_t)INT32_MAX || (size_t)t * 4 * (size_t)d > INT32_MAX)
+        return tl_fail(TLEARN_ESHAPE, "attention '%s': sequence too long", L->name);
+    L->out = in;
+    int wi[2] = {3 * d, d}, bi[1] = {3 * d}, wo[2] = {d, d}, bo[1] = {d};
+    int rc = tl_layer_add_param(L, "in_proj_weight", 2, wi, 0);
+    if (!rc)
+        rc = tl_layer_add_param(L, "in_proj_bias", 1, bi, 0);
+    if (!rc)
+        rc = tl_layer_add_param(L, "out_proj.weight", 2, wo, 0);
+    if (!rc)
+        rc = tl_layer_add_param(L, "out_proj.bias", 1, bo, 0);
+    if (rc)
+        return rc;
+    /* As torch: xavier_uniform_ in_proj_weight, Linear's default out_proj.weight, zero
+     * biases (tl_tensor_alloc zeroes). */
+    tl_init_uniform(&L->param[W_IN].t, rng, sqrtf(6.0f / (float)(4 * d)));
+    tl_init_uniform(&L->param[W_OUT].t, rng, 1.0f / sqrtf((float)d));
+    return TLEARN_OK;
+}
+
+static int attention_validate(const tl_layer *L, int k, const void *x, size_t n)
+{
+    return k == 1 ? tl_validate_mask(L, x, n, (size_t)L->in[0].d[0]) : TLEARN_OK;
+}
+
+static size_t attention_saved(const tl_layer *L, size_t n, int backward)
+{
+    return backward ? n * tl_shape_size(L->in[0]) * 4 : 0; /* Q, K, V, ctx */
+}
+
+static size_t attention_scratch(const tl_layer *L, size_t n)
+{
+    size_t t = (size_t)L->in[0].d[0], d = (size_t)L->in[0].d[1];
+    size_t hd = d / (size_t)((const attention_cfg *)L->cfg)->heads;
+    /* Q, K, V and ctx (their gradients in backward), P and dP, one head's dQ, dK, dV */
+    return n * t * 4 * d + 2 * t * t + 3 * t * hd;
+}
+
+static void rows_bias(float *y, const float *b, size_t rows, size_t cols)
+{
+    for (size_t i = 0; i < rows; i++)
+        memcpy(y + i * cols, b, sizeof(float) * cols);
+}
+
+static void col_sums(float *g, const float *y, size_t rows, size_t cols)
+{
+    memset(g, 0, sizeof(float) * cols);
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < cols; j++)
+            g[j] += y[i * cols + j];
+}
+
+/* P (T x T) = softmax over keys of Q_h K_h^T * scale with the masks; q and k point at the
+ * head's columns of an example's QKV rows (stride 3D). */
+static void head_probs(const tl_layer *L, const tl_exec *ex, const float *q, const float *k,
+                       const float *mask, float *p)
+{
+    const attention_cfg *cfg = L->cfg;
+    int t = L->in[0].d[0], d = L->in[0].d[1], hd = d / cfg->heads;
+    tl_sgemm(ex->blas, 0, 1, t, t, hd, 1.0f / sqrtf((float)hd), q, 3 * d, k, 3 * d, 0.0f, p, t);
+    for (int i = 0; i < t; i++) {
+        float *r = p + (size_t)i * t;
+        int seen = cfg->causal ? i + 1 : t;
+        float mx = -INFINITY;
+        for (int j = 0; j < t; j++) {
+            if (j >= seen || (mask && !tl_mask_keep(mask, (size_t)j)))
+                r[j] = -INFINITY;
+            mx = r[j] > mx ? r[j] : mx;
+        }
+        if (mx == -INFINITY) { /* no key to attend to */
+            memset(r, 0, sizeof(float) * (size_t)t);
+            continue;
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < t; j++) {
+            r[j] = expf(r[j] - mx);
+            sum += r[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < t; j++)
+            r[j] *= inv;
+    }
+}
+
+/* QKV and ctx of n examples from x (the forward up to, not including, out_proj). */
+static void attend(const tl_layer *L, const tl_exec *ex, const float *x, const float *mask,
+                   size_t n, float *qkv, float *ctx, float *p)
+{
+    const attention_cfg *cfg = L->cfg;
+    int t = L->in[0].d[0], d = L->in[0].d[1], hd = d / cfg->heads;
+    size_t rows = n * (size_t)t;
+    rows_bias(qkv, L->param[B_IN].t.data, rows, 3 * (size_t)d);
+    tl_sgemm(ex->blas, 0, 1, (int)rows, 3 * d, d, 1.0f, x, d, L->param[W_IN].t.data, d, 1.0f,
+             qkv, 3 * d);
+    for (size_t e = 0; e < n; e++) {
+        const float *qe = qkv + e * (size_t)t * 3 * d;
+        for (int h = 0; h < cfg->heads; h++) {
+            const float *q = qe + h * hd;
+            head_probs(L, ex, q, q + d, mask ? mask + e * (size_t)t : NULL, p);
+            tl_sgemm(ex->blas, 0, 0, t, hd, t, 1.0f, p, t, q + 2 * d, 3 * d, 0.0f,
+                     ctx + e * (size_t)t * d + h * hd, d);
+        }
+    }
+}
+
+static void attention_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
+                              float *out, size_t n, float *saved)
+{
+    size_t rows = n * (size_t)L->in[0].d[0], d = (size_t)L->in[0].d[1];
+    float *qkv = saved ? saved : ex->scratch, *ctx = qkv + rows * 3 * d;
+    float *p = saved ? ex->scratch : ctx + rows * d;
+    attend(L, ex, in[0], L->ninputs > 1 ? in[1] : NULL, n, qkv, ctx, p);
+    rows_bias(out, L->param[B_OUT].t.data, rows, d);
+    tl_sgemm(ex->blas, 0, 1, (int)rows, (int)d, (int)d, 1.0f, ctx, (int)d,
+             L->param[W_OUT].t.data, (int)d, 1.0f, out, (int)d);
+}
+
+static void attention_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
+                               const float *out, const float *dout, float *const *din,
+                               int accum, size_t n, const float *saved, float *const *pgrad)
+{
+    (void)out;
+    const attention_cfg *cfg = L->cfg;
+    if (L->ninputs > 1 && din[1] && !accum) /* the mask has no gradient */
+        memset(din[1], 0, sizeof(float) * n * tl_shape_size(L->in[1]));
+    if (!pgrad && !din[0])
+        return;
+    int t = L->in[0].d[0], d = L->in[0].d[1], hd = d / cfg->heads, ld = 3 * d;
+    size_t rows = n * (size_t)t, tt = (size_t)t * t;
+    const float *mask = L->ninputs > 1 ? in[1] : NULL;
+    float *qkv = ex->scratch, *ctx = qkv + rows * 3 * d, *p = ctx + rows * d, *dp = p + tt;
+    float *tq = dp + tt, *tk = tq + (size_t)t * hd, *tv = tk + (size_t)t * hd;
+    if (saved) {
+        memcpy(qkv, saved, sizeof(float) * rows * 3 * d);
+        memcpy(ctx, saved + rows * 3 * d, sizeof(float) * rows * d);
+    } else { /* the forward ran in evaluation mode, which keeps nothing: recompute */
+        attend(L, ex, in[0], mask, n, qkv, ctx, p);
+    }
+    if (pgrad) {
+        tl_sgemm(ex->blas, 1, 0, d, d, (int)rows, 1.0f, dout, d, ctx, d, 0.0f, pgrad[W_OUT], d);
+        col_sums(pgrad[B_OUT], dout, rows, (size_t)d);
+    }
+    float *dctx = ctx; /* ctx is no longer needed */
+    tl_sgemm(ex->blas, 0, 0, (int)rows, d, d, 1.0f, dout, d, L->param[W_OUT].t.data, d, 0.0f,
+             dctx, d);
+    float scale = 1.0f / sqrtf((float)hd);
+    for (size_t e = 0; e < n; e++) {
+        float *qe = qkv + e * (size_t)t * ld;
+        const float *dce = dctx + e * (size_t)t * d;
+        for (int h = 0; h < cfg->heads; h++) {
+            float *q = qe + h * hd, *k = q + d, *v = q + 2 * d;
+            const float *dc = dce + h * hd;
+            head_probs(L, ex, q, k, mask ? mask + e * (size_t)t : NULL, p);
+            tl_sgemm(ex->blas, 1, 0, t, hd, t, 1.0f, p, t, dc, d, 0.0f, tv, hd);  /* dV */
+            tl_sgemm(ex->blas, 0, 1, t, t, hd, 1.0f, dc, d, v, ld, 0.0f, dp, t);  /* dP */
+            for (int i = 0; i < t; i++) { /* softmax: dS = P (dP - sum_j dP P) */
+                float *pr = p + (size_t)i * t, *gr = dp + (size_t)i * t, dot = 0.0f;
+                for (int j = 0; j < t; j++)
+                    dot += pr[j] * gr[j];
+                for (int j = 0; j < t; j++)
+                    gr[j] = pr[j] * (gr[j] - dot);
+            }
+            tl_sgemm(ex->blas, 0, 0, t, hd, t, scale, dp, t, k, ld, 0.0f, tq, hd); /* dQ */
+            tl_sgemm(ex->blas, 1, 0, t, hd, t, scale, dp, t, q, ld, 0.0f, tk, hd); /* dK */
+            for (int i = 0; i < t; i++) { /* this head's Q, K, V become their gradients */
+                memcpy(q + (size_t)i * ld, tq + (size_t)i * hd, sizeof(float) * (size_t)hd);
+                memcpy(k + (size_t)i * ld, tk + (size_t)i * hd, sizeof(float) * (size_t)hd);
+                memcpy(v + (size_t)i * ld, tv + (size_t)i * hd, sizeof(float) * (size_t)hd);
+            }
+        }
+    }
+    const float *dqkv = qkv;
+    if (pgrad) {
+        tl_sgemm(ex->blas, 1, 0, ld, d, (int)rows, 1.0f, dqkv, ld, in[0], d, 0.0f, pgrad[W_IN],
+                 d);
+        col_sums(pgrad[B_IN], dqkv, rows, (size_t)ld);
+    }
+    if (din[0])
+        tl_sgemm(ex->blas, 0, 0, (int)rows, d, ld, 1.0f, dqkv, ld, L->param[W_IN].t.data, d,
+                 accum ? 1.0f : 0.0f, din[0], d);
+}
+
+const tl_layer_ops tl_attention_ops = {
+    .kind = TLEARN_LAYER_ATTENTION,
+    .kind_name = "attention",
+    .int_inputs = 2, /* the mask */
+    .validate = attention_validate,
+    .configure = attention_configure,
+    .arguments = attention_arguments,
+    .setup = attention_setup,
+    .saved_floats = attention_saved,
+    .scratch_floats = attention_scratch,
+    .forward = attention_forward,
+    .backward = attention_backward,
+};
