@@ -8,7 +8,8 @@ below, one per skip reason. Fails when a claimed test is refused by the importer
 wrong answer, and when the test data is missing.
 
 Feeding: the first graph input is the data, its dim 0 the batch (each of the other dims
-one example's shape). Inputs after the first are weights, bounds or shapes: they become
+one example's shape). Secondary outputs of the node that computes the first graph output
+(LayerNormalization's Mean, InvStdDev) are dropped: output 0 is compared. Inputs after the first are weights, bounds or shapes: they become
 initializers holding the test's own values, since the importer needs them as constants.
 Tests with two or more data inputs (Add of two tensors, Concat, ...) therefore only run
 when the rules for their operators hold with constants; a public multi-input predict
@@ -68,13 +69,18 @@ RULES = {
              "constant, or an empty result",
     "split": "Split along the batch, or sizes that are not constant",
     "transpose": "Transpose that moves the batch axis (the default perm reverses all axes)",
-    "broadcast": "Add with broadcasting or a constant that is not the bias of the layer "
-                 "before",
+    "broadcast": "Add/Sub/Mul/Div of two activations of different ranks or shapes that do "
+                 "not broadcast, of a constant that varies along the batch or would change "
+                 "the activation's shape, or a constant divided by an activation",
+    "softmax-axis": "Softmax over the batch, or before opset 13 over an axis followed by "
+                    "axes other than 1 (the flattened form)",
+    "layernorm": "LayerNormalization over the batch axis, or with non-constant Scale/B",
     "clip-bounds": "Clip bounds other than (0, 6) or (0, none)",
     "flatten-axis": "Flatten axis other than 1",
     "reshape": "Reshape that is not constant, changes the batch, or gives rank > 5",
     "gemm": "Gemm with transA=1, a rank != 2 input, or C not per output",
-    "matmul": "MatMul whose A is not (N, K) or whose B is not a constant (K, M)",
+    "matmul": "MatMul whose B is neither a constant (K, M) nor an activation of A's rank "
+              "(>= 3)",
     "reduce": "ReduceMean other than axes [2, 3] of (N, C, H, W)",
     "pad": "Pad of a rank other than 4, of N or C, negative, or in mode wrap",
     "bn-rank": "BatchNormalization of a rank > 4 input",
@@ -85,7 +91,8 @@ RULES = {
 
 LAYER_OPS = {"Conv", "Gemm", "MatMul", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip",
              "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "BatchNormalization",
-             "Add", "Flatten", "Concat", "Slice", "Split", "Transpose", "Reshape", "Pad"}
+             "Add", "Flatten", "Concat", "Slice", "Split", "Transpose", "Reshape", "Pad",
+             "Sub", "Mul", "Div", "HardSigmoid", "HardSwish", "LayerNormalization", "Softmax"}
 SHAPE_OPS = {"Shape", "Gather", "Squeeze", "Unsqueeze", "Constant"}
 
 
@@ -152,13 +159,54 @@ def symmetric(pads):
     return list(pads[:h]) == list(pads[h:])
 
 
+def arith_rule(op, ins, G):
+    """Two activations broadcast per example (same rank); an activation and a constant
+    become a scale layer (or an Add folds into the bias before), which keeps the
+    activation's shape and cannot vary along the batch."""
+    a, b = ins
+    if not G.is_const(a) and not G.is_const(b):
+        sa, sb = G.shapes.get(a), G.shapes.get(b)
+        if sa is None or sb is None or len(sa) != len(sb):
+            return "broadcast"
+        ok = all(p == q or p == 1 or q == 1 for p, q in zip(sa[1:], sb[1:]))
+        return None if ok else "broadcast"
+    if op == "Div" and G.is_const(a):
+        return "broadcast"
+    x, k = (b, G.consts[a]) if G.is_const(a) else (a, G.consts[b])
+    sx = G.shapes.get(x)
+    if sx is None or k.ndim > len(sx) or (k.ndim == len(sx) and k.shape[0] != 1):
+        return "broadcast"
+    for d, xd in zip(reversed(k.shape), reversed(sx)):
+        if d != 1 and d != xd:
+            return "broadcast"
+    return None
+
+
+def softmax_rule(node, G):
+    """A final softmax over the classes of (N, K) is dropped by design; elsewhere Softmax
+    is a layer over one axis."""
+    x = node.input[0]
+    r = G.rank(x)
+    opset = [o.version for o in G.model.opset_import if o.domain in ("", "ai.onnx")][0]
+    axis = attr(node, "axis", -1 if opset >= 13 else 1) % r
+    final = node.output[0] in [o.name for o in G.model.graph.output] and \
+        G.readers[node.output[0]] == 1
+    if final and r == 2 and axis == 1:
+        return "softmax"
+    if node.op_type == "LogSoftmax":
+        return "softmax"
+    if axis == 0 or (opset < 13 and any(d != 1 for d in G.shapes[x][axis + 1:])):
+        return "softmax-axis"
+    return None
+
+
 def rule_for(node, G):
     """The reason this node is not claimed, or None."""
     op, ins = node.op_type, [i for i in node.input]
     x = ins[0] if ins else None
     act = x is not None and x != "" and not G.is_const(x)
     if op in ("Softmax", "LogSoftmax"):
-        return "softmax"
+        return softmax_rule(node, G)
     if op in SHAPE_OPS or (op in ("Concat", "Slice") and all(G.is_const(i) for i in ins if i)):
         if op == "Constant":
             return None
@@ -248,8 +296,13 @@ def rule_for(node, G):
                 return "gemm"
         return None
     if op == "MatMul":
-        if r != 2 or not G.is_const(ins[1]) or G.consts[ins[1]].ndim != 2:
-            return "matmul"
+        if G.is_const(ins[1]):
+            return None if r >= 2 and G.consts[ins[1]].ndim == 2 else "matmul"
+        return None if r >= 3 and G.rank(ins[1]) == r else "matmul"
+    if op == "LayerNormalization":
+        axis = attr(node, "axis", -1)
+        if axis % r == 0 or not all(G.is_const(i) for i in ins[1:] if i):
+            return "layernorm"
         return None
     if op == "Clip":
         lo = G.consts.get(ins[1]) if len(ins) > 1 and ins[1] else None
@@ -257,15 +310,8 @@ def rule_for(node, G):
         if lo is None or float(lo) != 0.0 or (hi is not None and float(hi) != 6.0):
             return "clip-bounds"
         return None
-    if op == "Add":
-        a, b = ins
-        if not G.is_const(a) and not G.is_const(b):
-            return None if G.shapes.get(a) == G.shapes.get(b) else "broadcast"
-        p = G.producer.get(a)
-        if (p is None or p.op_type not in ("Gemm", "MatMul", "Conv") or G.readers[a] != 1 or
-                (p.op_type == "Conv" and len(p.input) < 3)):
-            return "broadcast"
-        return None
+    if op in ("Add", "Sub", "Mul", "Div"):
+        return arith_rule(op, ins, G)
     if op == "Flatten":
         ax = attr(node, "axis", 1)
         return None if ax == 1 or (r and ax == 1 - r) else "flatten-axis"
@@ -303,6 +349,19 @@ def fold_inputs(model, dataset):
     return data[0] if data else None
 
 
+def drop_secondary_outputs(model):
+    """Graph outputs after the first that are optional outputs of the node computing the
+    first (LayerNormalization's Mean and InvStdDev) are removed: output 0 is compared."""
+    g = model.graph
+    if len(g.output) < 2:
+        return
+    node = next((n for n in g.node if n.output and n.output[0] == g.output[0].name), None)
+    if node is None or not all(o.name in node.output[1:] for o in g.output[1:]):
+        return
+    while len(g.output) > 1:
+        g.output.pop()
+
+
 def classify(model, dataset, claims):
     """(reason, graph) for a skip, or (None, graph) for a claimed test."""
     opset = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
@@ -314,6 +373,7 @@ def classify(model, dataset, claims):
         lo, hi = claims[n.op_type]
         if not lo <= opset[0] <= hi:
             return "operator", None
+    drop_secondary_outputs(model)
     if len(model.graph.output) != 1:
         return "outputs", None
     x = fold_inputs(model, dataset)

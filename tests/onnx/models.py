@@ -101,6 +101,85 @@ def dwsep():
     return DWSep(), (3, 24, 24)
 
 
+class LayerScale(nn.Module):
+    """A learned per-channel factor (ConvNeXt's layer scale): Mul by an initializer."""
+    def __init__(self, shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(*shape) + 0.5)
+
+    def forward(self, x):
+        return x * self.weight
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision's ConvNeXt LayerNorm2d: permute, layer_norm over C, permute back."""
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Gated(nn.Module):
+    """The decomposed forms exporters emit, on images: SiLU (x * sigmoid(x)), a
+    squeeze-excitation gate (a (N, C, 1, 1) x (N, C, H, W) Mul), HardSwish (before opset 14
+    x * HardSigmoid(x)), HardSigmoid, LayerNorm2d (Transpose, LayerNorm, Transpose) and a
+    layer scale."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 1, 1)
+        self.act = nn.SiLU()
+        self.se_reduce = nn.Conv2d(8, 4, 1)
+        self.se_expand = nn.Conv2d(4, 8, 1)
+        self.conv = nn.Conv2d(8, 8, 3, 1, 1, groups=2)
+        self.hs = nn.Hardswish()
+        self.hsig = nn.Hardsigmoid()
+        self.norm = LayerNorm2d(8, eps=1e-6)
+        self.ls = LayerScale((8, 1, 1))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.act(self.stem(x))
+        g = self.se_expand(self.act(self.se_reduce(x.mean((2, 3), keepdim=True))))
+        x = x * torch.sigmoid(g)
+        x = self.hs(self.conv(x)) + self.hsig(x)
+        x = self.ls(self.norm(x))
+        return self.fc(torch.flatten(x.mean((2, 3), keepdim=True), 1))
+
+
+def gated():
+    return Gated(), (3, 10, 12)
+
+
+class SeqBlock(nn.Module):
+    """Channels-last and sequence forms, (N, T, D): Linear over the last axis (MatMul +
+    Add), LayerNorm (decomposed before opset 17), erf- and tanh-GELU, a layer scale,
+    softmax over the last axis, a product of two activations, and element-wise Sub/Mul/Div
+    of activations."""
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.ln = nn.LayerNorm(16)
+        self.gelu = nn.GELU()
+        self.fc2 = nn.Linear(16, 8)
+        self.ls = LayerScale((8,))
+        self.q = nn.Linear(8, 6)
+        self.gate = nn.Linear(8, 8)
+        self.gelu_tanh = nn.GELU(approximate="tanh")
+        self.head = nn.Linear(6 * 8, 5)
+
+    def forward(self, x):
+        x = x + self.ls(self.fc2(self.gelu(self.ln(self.fc1(x)))))
+        attn = torch.softmax(self.q(x), -1)          # (N, T, T) with T = 6
+        y = torch.matmul(attn, x)                    # (N, T, D)
+        g = self.gelu_tanh(self.gate(y))
+        y = (y - g) * torch.sigmoid(g) + y / torch.sigmoid(x)
+        return self.head(torch.flatten(y, 1))
+
+
+def seq_block():
+    return SeqBlock(), (6, 8)
+
+
 def torchvision_model(name):
     """A torchvision architecture with random weights (nothing is downloaded) at 64x64."""
     try:
@@ -110,7 +189,8 @@ def torchvision_model(name):
     return getattr(torchvision.models, name)(weights=None), (3, 64, 64)
 
 
-MODELS = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "dwsep": dwsep,
+MODELS = {"cnn": cnn, "mlp": mlp, "resnet": resnet, "dwsep": dwsep, "gated": gated,
+          "seq_block": seq_block,
           "tv_resnet18": lambda: torchvision_model("resnet18"),
           "tv_mobilenet_v2": lambda: torchvision_model("mobilenet_v2"),
           "tv_mnasnet0_5": lambda: torchvision_model("mnasnet0_5")}

@@ -30,6 +30,16 @@ EXPECT_OPS = {
     "tv_resnet18": {"Conv", "Relu", "MaxPool", "Add", "GlobalAveragePool", "Flatten", "Gemm"},
     "tv_mobilenet_v2": {"Conv", "Clip", "Add", "GlobalAveragePool", "Flatten", "Gemm"},
     "tv_mnasnet0_5": {"Conv", "Relu", "Add", "ReduceMean", "Gemm"},
+    "gated": {"Conv", "Sigmoid", "Mul", "Add", "HardSigmoid", "Transpose", "ReduceMean"},
+    "seq_block": {"MatMul", "Add", "Erf", "Tanh", "Softmax", "Sub", "Mul", "Div", "Sigmoid"},
+}
+# Layer kinds each case must import to (decomposed forms fused into one layer each), by
+# opset: exactly these counts.
+EXPECT_KINDS = {
+    "gated": lambda opset: {"layernorm": 1, "binary": 1, "scale": 1, "transpose": 0,
+                            "activation": 5},
+    "seq_block": lambda opset: {"layernorm": 1, "matmul": 1, "softmax": 1, "scale": 1,
+                                "binary": 3, "activation": 4},
 }
 
 
@@ -66,6 +76,10 @@ def main():
         layers = m.layers()
         names = [n for n, _ in layers]
         kinds = [k for _, k in layers]
+        for kind, count in EXPECT_KINDS.get(name, lambda o: {})(opset).items():
+            have = kinds.count(kind)
+            assert have == count, \
+                "%d %s layers, expected %d: %s" % (have, kind, count, kinds)
         # Every module holding parameters became a layer of the same name (batchnorm only
         # when it survived the export).
         for mname, mod in model.named_modules():

@@ -30,7 +30,12 @@ def build(arch, size):
     which would make any comparison pass), in evaluation mode. The statistics are the
     plain averages over those batches (momentum None while calibrating): a running average
     that keeps most of the initial (0, 1) lets activations grow layer after layer in deep
-    networks (inception_v3's logits reached 1e5), where an elementwise rtol means little."""
+    networks (inception_v3's logits reached 1e5), where an elementwise rtol means little.
+    The last layer with weights is then scaled so that the logits have a standard
+    deviation of about 1: some initialisations (MobileNetV3's N(0, 0.01) classifier) leave
+    them near 1e-4, where the absolute tolerance alone would pass anything. A positive
+    factor on the last layer commutes with a ReLU and an average pool after it
+    (SqueezeNet's classifier)."""
     kwargs = {"weights": None}
     if arch in ("googlenet", "inception_v3"):
         kwargs.update(aux_logits=False, init_weights=False)
@@ -47,7 +52,15 @@ def build(arch, size):
             model(torch.randn(4, 3, size, size))
     for b, mom in zip(bns, saved):
         b.momentum = mom
-    return model.eval()
+    model.eval()
+    last = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    with torch.no_grad():
+        spread = model(torch.randn(4, 3, size, size)).std().item()
+        if spread > 0:
+            last.weight /= spread
+            if last.bias is not None:
+                last.bias /= spread
+    return model
 
 
 def last_frozen(m):

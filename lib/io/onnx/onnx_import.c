@@ -289,14 +289,18 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
             if (nd->input[k] && *nd->input[k])
                 intern(c, nd->input[k])->uses++;
         for (size_t k = 0; k < nd->n_output; k++)
-            if (nd->output[k] && *nd->output[k])
-                intern(c, nd->output[k]);
+            if (nd->output[k] && *nd->output[k]) {
+                ox_value *v = intern(c, nd->output[k]);
+                if (!v->def_node && v->kind == OX_UNSEEN)
+                    v->def_node = (uint32_t)i + 1;
+            }
     }
 
     for (size_t i = 0; i < c->nvals; i++)
         c->vals[i].pending = c->vals[i].uses;
-    /* Every node the importer cannot map, in one message, before building anything. */
-    if ((rc = ox_check_graph(c)))
+    /* Decomposed forms become one layer; then every node the importer cannot map, in one
+     * message, before building anything. */
+    if ((rc = ox_fuse_scan(c)) || (rc = ox_check_graph(c)))
         return rc;
 
     for (size_t i = 0; i < g->n_node; i++) {
@@ -308,6 +312,19 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
         if (!is_default_domain(nd->domain))
             return ox_fail(c, TLEARN_EUNSUPPORTED, "operators of domain '%.60s' are not "
                            "supported", nd->domain);
+        if (c->fuse_of && c->fuse_of[i]) {
+            /* A fused pattern is imported at its last node, all its inputs defined. */
+            const size_t *members;
+            int nm;
+            ox_fuse_nodes(c, i, &members, &nm);
+            if (members[nm - 1] != i)
+                continue;
+            if ((rc = ox_fuse_emit(c, i)))
+                return rc;
+            for (int k = 0; k < nm; k++)
+                release_consumed(c, g->node[members[k]]);
+            continue;
+        }
         for (size_t k = 0; k < nd->n_input; k++)
             if (nd->input[k] && *nd->input[k] && ox_find(c, nd->input[k])->kind == OX_UNSEEN)
                 return ox_fail(c, TLEARN_EFORMAT, "input '%.100s' is not defined before the "
@@ -345,6 +362,7 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
 
 static void ctx_free(ox_ctx *c)
 {
+    ox_fuse_free(c);
     for (size_t i = 0; i < c->nconsts; i++)
         ox_const_free(c->consts[i]);
     tl_free(c->consts);

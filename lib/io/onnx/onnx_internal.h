@@ -10,9 +10,13 @@
  * through.
  *
  * Adding an operator: write `static int op_x(ox_ctx *c, int arg)` in the file of its
- * concern (onnx_ops_nn.c, onnx_ops_elementwise.c, onnx_ops_shape.c) and add one line to
- * that file's table (ox_ops_nn[], ...): op type, handler, arg, opset range, and an
- * optional cheap attribute check for the pre-pass. */
+ * concern (onnx_ops_nn.c, onnx_ops_elementwise.c, onnx_ops_norm.c, onnx_ops_shape.c) and
+ * add one line to that file's table (ox_ops_nn[], ...): op type, handler, arg, opset
+ * range, and an optional cheap attribute check for the pre-pass.
+ *
+ * Decomposed forms the exporters emit (LayerNorm at opset < 17, erf-GELU, x*sigmoid(x),
+ * x*hardsigmoid(x)) are recognised before the pre-pass (onnx_fuse.c) and imported as one
+ * layer at their last node. */
 #ifndef TL_ONNX_INTERNAL_H
 #define TL_ONNX_INTERNAL_H
 
@@ -64,6 +68,8 @@ typedef struct ox_value {
                         * reader gets a pad layer (ox_in_act) */
     int bias_layer;    /* the raw output of this layer (which has a bias): an Add of a
                         * constant can fold into that bias. -1: no such layer. */
+    uint32_t def_node; /* 1 + index of the node that outputs it; 0: none (an initializer,
+                        * the graph input) */
 } ox_value;
 
 /* Raw bytes of an initializer kept out of the unpacked message (onnx_import.c): the
@@ -90,6 +96,11 @@ typedef struct ox_ctx {
     /* Pages of a private file mapping [map, map + map_len) may be dropped once read. */
     const uint8_t *map;
     size_t map_len;
+    /* Fused patterns (onnx_fuse.c): fuse_of[i] is 1 + the index in fuse of the match that
+     * covers node i, 0 for a node imported alone. NULL when nothing matched. */
+    uint32_t *fuse_of;
+    struct ox_match *fuse;
+    size_t nfuse;
 } ox_ctx;
 
 /* An operator the importer maps: one line of a table in the file of its concern. */
@@ -108,6 +119,7 @@ typedef struct ox_op {
 extern const ox_op ox_ops_nn[];
 extern const ox_op ox_ops_elementwise[];
 extern const ox_op ox_ops_shape[];
+extern const ox_op ox_ops_norm[];
 
 /* Fail with "fn: node 'name' (Op): message". */
 int ox_fail(ox_ctx *c, int status, const char *fmt, ...) TL_PRINTF(3, 4);
@@ -190,6 +202,26 @@ int ox_set_param(ox_ctx *c, int layer, const char *pname, const float *src, size
 /* As ox_set_param from constant @p t of value @p v, reading a lazy one from the file. */
 int ox_load_param(ox_ctx *c, int layer, const char *pname, const ox_value *v, const ox_const *t);
 float *ox_param_data(ox_ctx *c, int layer, const char *pname);
+
+/* Make @p x's producer output exactly the shape ONNX sees (ox_value.shape): a reshape
+ * layer is added when they differ (ReduceMean without keepdims gives a (C) view of a
+ * (C, 1, 1) pool), and later readers share it; for layers that read axes or broadcast. */
+int ox_act_materialize(ox_ctx *c, ox_value *x, int *producer);
+
+/* ---- onnx_ops_norm.c ---- */
+/* A layernorm layer on @p x: over the last @p naxes axes (1..rank), or 0 over the channel
+ * axis; weight and bias from constants @p w and @p b (NULL: 1 and 0). Defines output 0. */
+int ox_layernorm(ox_ctx *c, ox_value *x, int naxes, float eps, const char *w, const char *b);
+
+/* ---- onnx_fuse.c ---- */
+/* Find the decomposed forms in the graph (after the readers are counted, before the
+ * pre-pass): fills fuse_of and fuse. */
+int ox_fuse_scan(ox_ctx *c);
+/* Node @p i is the last of its match: import the whole pattern as its layer(s). */
+int ox_fuse_emit(ox_ctx *c, size_t i);
+/* The nodes of the match covering node @p i (for releasing their inputs). */
+void ox_fuse_nodes(ox_ctx *c, size_t i, const size_t **nodes, int *n);
+void ox_fuse_free(ox_ctx *c);
 
 /* ---- constant folding (onnx_ops_shape.c) ---- */
 /* 1 when a node of @p op_type whose inputs are all constants is folded at import time by

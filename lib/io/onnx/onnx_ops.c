@@ -497,9 +497,28 @@ int ox_peek_string_is(ox_ctx *c, const char *name, const char *s, int absent)
     return a->s.len == strlen(s) && memcmp(a->s.data, s, a->s.len) == 0;
 }
 
+int ox_act_materialize(ox_ctx *c, ox_value *x, int *producer)
+{
+    tl_shape real = x->layer >= 0 ? c->m->layers[x->layer]->out
+                                  : c->m->inputs[-1 - x->layer].shape;
+    *producer = x->layer;
+    if (tl_shape_equal(real, x->shape))
+        return TLEARN_OK;
+    const tl_layer_ops *ops;
+    int ia[1 + TL_MAX_RANK] = {x->shape.rank}, rc;
+    for (int i = 0; i < x->shape.rank; i++)
+        ia[1 + i] = x->shape.d[i];
+    if ((rc = ox_need_ops(c, TLEARN_LAYER_RESHAPE, "reshape", &ops)) ||
+        (rc = ox_add_layer(c, ops, NULL, &x->layer, 1, ia, 1 + x->shape.rank, NULL, 0,
+                           producer)))
+        return rc;
+    x->layer = *producer; /* later readers share it */
+    return TLEARN_OK;
+}
+
 /* ---- dispatch: op type -> table line ---- */
 
-static const ox_op *const tables[] = {ox_ops_nn, ox_ops_elementwise, ox_ops_shape};
+static const ox_op *const tables[] = {ox_ops_nn, ox_ops_elementwise, ox_ops_norm, ox_ops_shape};
 
 const ox_op *ox_op_find(const char *op_type, int64_t opset, int *other_opsets)
 {
@@ -632,8 +651,11 @@ int ox_check_graph(ox_ctx *c)
                 nin++;
             }
         konst = konst && nin > 0;
-        why[i] = node_problem(c, nd, konst && nd->op_type && ox_is_fold_op(nd->op_type),
-                              bufs[i], sizeof bufs[i]);
+        /* a node of a fused pattern was checked by its matcher */
+        why[i] = c->fuse_of && c->fuse_of[i]
+                     ? NULL
+                     : node_problem(c, nd, konst && nd->op_type && ox_is_fold_op(nd->op_type),
+                                    bufs[i], sizeof bufs[i]);
         bad += why[i] != NULL;
         if (konst || (nd->op_type && (strcmp(nd->op_type, "Constant") == 0 ||
                                       strcmp(nd->op_type, "Shape") == 0)))

@@ -87,24 +87,49 @@ static int op_gemm(ox_ctx *c, int arg)
 }
 
 /* MatMul(A, B) with a constant B [K, N]: a dense layer with a zero bias, which an Add of a
- * constant right after fills in. */
+ * constant right after fills in; over the last axis (linear) when A has more than one
+ * dimension per example. Between two activations: the matmul layer. */
 static int op_matmul(ox_ctx *c, int arg)
 {
     (void)arg;
     int rc = ox_need_inputs(c, 2, 2);
     ox_value *x, *wv;
     ox_const *B;
-    if (rc || (rc = flat_input(c, &x)) || (rc = ox_float_const(c, 1, &B, &wv)))
+    if (rc || (rc = ox_in_act(c, 0, 0, &x)))
+        return rc;
+    if (!ox_in_is_const(c, 1)) {
+        ox_value *y;
+        const tl_layer_ops *ops;
+        int inputs[2], layer, tb = 0;
+        if ((rc = ox_in_act(c, 1, 0, &y)))
+            return rc;
+        if (x->shape.rank < 2 || y->shape.rank != x->shape.rank)
+            return ox_fail(c, TLEARN_EUNSUPPORTED, "a product of two activations needs both "
+                           "of the same rank, at least 3 with the batch");
+        if ((rc = ox_need_ops(c, TLEARN_LAYER_MATMUL, "matmul", &ops)) ||
+            (rc = ox_act_materialize(c, x, &inputs[0])) ||
+            (rc = ox_act_materialize(c, y, &inputs[1])) ||
+            (rc = ox_add_layer(c, ops, NULL, inputs, 2, &tb, 1, NULL, 0, &layer)))
+            return rc;
+        ox_def_act(c, layer);
+        return TLEARN_OK;
+    }
+    if ((rc = ox_float_const(c, 1, &B, &wv)))
         return rc;
     if (B->ndim != 2)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "B has rank %d; a 2-D weight is supported",
                        B->ndim);
+    int last = x->shape.rank > 1; /* linear over the last axis */
     int64_t k = B->dims[0], units = B->dims[1];
-    if ((size_t)k != tl_shape_size(x->shape) || units < 1 || units > INT32_MAX)
+    size_t in = last ? (size_t)x->shape.d[x->shape.rank - 1] : tl_shape_size(x->shape);
+    if ((size_t)k != in || units < 1 || units > INT32_MAX)
         return ox_fail(c, TLEARN_EFORMAT, "B is %lld x %lld, the input has %zu features",
-                       (long long)k, (long long)units, tl_shape_size(x->shape));
-    int layer;
-    if ((rc = dense(c, x, wv->name, (int)units, &layer)))
+                       (long long)k, (long long)units, in);
+    int layer, producer = x->layer, ia[3] = {(int)units, 1, 1};
+    /* a flat dense layer reads any layout; the linear one the view's last axis */
+    if ((last && (rc = ox_act_materialize(c, x, &producer))) ||
+        (rc = ox_add_layer(c, &tl_dense_ops, wv->name, &producer, 1, ia, last ? 3 : 1, NULL, 0,
+                           &layer)))
         return rc;
     float *w = ox_param_data(c, layer, "weight"), *b = ox_param_data(c, layer, "bias");
     for (int64_t n = 0; n < units; n++) {
@@ -506,7 +531,9 @@ const ox_op ox_ops_nn[] = {
      "pad layer"},
     {"Gemm", op_gemm, 0, 0, 0, check_gemm,
      "A an activation (N, K); B, C constant; transA=0; C per output or scalar"},
-    {"MatMul", op_matmul, 0, 0, 0, NULL, "A an activation (N, K), B a constant (K, M)"},
+    {"MatMul", op_matmul, 0, 0, 0, NULL,
+     "A an activation; B a constant (K, M) (a dense layer, over the last axis when A has "
+     "rank > 2), or an activation of A's rank (the matmul layer, batch dims equal)"},
     {"MaxPool", op_maxpool, 0, 0, 0, check_pool,
      "2-D; pads (asymmetric too) of at most half the dilated kernel; ceil_mode; dilation; "
      "no indices output"},

@@ -2,8 +2,9 @@
  * and Slice on activations (the data-movement layers), the constant folding of the shape
  * arithmetic PyTorch emits around them (Shape, Gather, Unsqueeze, Squeeze, Concat, Slice,
  * Cast, Constant, and Add/Sub/Mul/Div of constants), and the pass-through operators
- * (Identity, Dropout, a final Softmax). Shape arithmetic runs on constants with the batch
- * size kept symbolic (OX_BATCH). ONNX axes count the batch; the layers' axes do not. */
+ * (Identity, Dropout; a final Softmax is dropped in onnx_ops_norm.c). Shape arithmetic
+ * runs on constants with the batch size kept symbolic (OX_BATCH). ONNX axes count the
+ * batch; the layers' axes do not. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,23 +18,8 @@
  * their producer's shape. */
 static int exact_act(ox_ctx *c, size_t k, ox_value **out)
 {
-    ox_value *x;
-    int rc = ox_in_act(c, k, 0, &x);
-    if (rc)
-        return rc;
-    tl_shape real = x->layer < 0 ? c->m->inputs[-1 - x->layer].shape
-                                 : c->m->layers[x->layer]->out;
-    if (!tl_shape_equal(real, x->shape)) {
-        int ia[1 + TL_MAX_RANK] = {x->shape.rank}, layer;
-        for (int i = 0; i < x->shape.rank; i++)
-            ia[1 + i] = x->shape.d[i];
-        if ((rc = ox_add_layer(c, &tl_reshape_ops, NULL, &x->layer, 1, ia, 1 + x->shape.rank,
-                               NULL, 0, &layer)))
-            return rc;
-        x->layer = layer; /* later readers share it */
-    }
-    *out = x;
-    return TLEARN_OK;
+    int producer, rc = ox_in_act(c, k, 0, out);
+    return rc ? rc : ox_act_materialize(c, *out, &producer);
 }
 
 /* ONNX axis @p axis of activation @p x as the layers' axis (0 is the first dim after the
@@ -775,28 +761,6 @@ static int op_dropout(ox_ctx *c, int arg)
     return TLEARN_OK;
 }
 
-/* A Softmax (or LogSoftmax) over the classes that only feeds the graph output is dropped:
- * the model outputs logits and the loss applies the softmax. */
-static int op_softmax(ox_ctx *c, int arg)
-{
-    (void)arg;
-    int rc = ox_need_inputs(c, 1, 1);
-    ox_value *x;
-    int64_t axis;
-    if (rc || (rc = ox_in_act(c, 0, 0, &x)) ||
-        (rc = ox_attr_int(c, "axis", c->opset >= 13 ? -1 : 1, &axis)))
-        return rc;
-    ox_value *o = ox_out(c);
-    if (!o->is_output || o->uses != 1)
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "only a softmax that gives the graph output is "
-                       "supported (it is dropped: the model outputs logits)");
-    if (x->shape.rank != 1 || (axis != 1 && axis != -1))
-        return ox_fail(c, TLEARN_EUNSUPPORTED, "only a softmax over the classes of a (N, K) "
-                       "output is supported");
-    ox_def_alias(c, x);
-    return TLEARN_OK;
-}
-
 /* ---- pre-pass checks ---- */
 
 static const char *check_cast(ox_ctx *c)
@@ -821,10 +785,6 @@ const ox_op ox_ops_shape[] = {
      "before) or equal parts"},
     {"Identity", op_identity, 0, 0, 0, NULL, "any input"},
     {"Dropout", op_dropout, 0, 0, 0, check_dropout, "inference: the identity"},
-    {"Softmax", op_softmax, 0, 0, 0, NULL,
-     "only as the graph output over the classes of (N, K): dropped, the model outputs logits"},
-    {"LogSoftmax", op_softmax, 0, 0, 0, NULL,
-     "only as the graph output over the classes of (N, K): dropped, the model outputs logits"},
     {"Constant", op_constant, 0, 0, 0, NULL, "value, value_float(s), value_int(s)"},
     {"Shape", op_shape, 0, 0, 0, NULL, "folded (the batch stays symbolic)"},
     {"Gather", op_gather, 0, 0, 0, NULL, "folded: from a 1-D integer constant (a shape)"},
