@@ -28,9 +28,11 @@ static void test_grl_layer(void **state)
     free(dx);
     lh_free(&h);
     float bad[] = {-1.0f, NAN, INFINITY};
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 3; i++) {
         assert_int_equal(lh_make(&h, &tl_grad_reverse_ops, 1, tl_shape1(3), NULL, 0, bad + i, 1,
                                  1, 1), TLEARN_EINVAL);
+        lh_free(&h);
+    }
 }
 
 static void test_dann_lambda(void **state)
