@@ -494,18 +494,6 @@ static int join(const char *fn, char *buf, size_t cap, const char *dir, const ch
     return TLEARN_OK;
 }
 
-/* JSON string literal of a layer name (printable ASCII: escape '"' and '\'). */
-static void put_str(tl_wbuf *b, const char *s)
-{
-    tl_wb_bytes(b, "\"", 1);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            tl_wb_bytes(b, "\\", 1);
-        tl_wb_bytes(b, s, 1);
-    }
-    tl_wb_bytes(b, "\"", 1);
-}
-
 int tlearn_lora_save(const tlearn_model *m, const char *adapter, const char *dir)
 {
     static const char fn[] = "tlearn_lora_save";
@@ -562,7 +550,7 @@ int tlearn_lora_save(const tlearn_model *m, const char *adapter, const char *dir
         for (int j = 0; j < n; j++) {
             if (j)
                 tl_wb_bytes(&b, ", ", 2);
-            put_str(&b, m->layers[s[j].t]->name);
+            tl_wb_json_str(&b, m->layers[s[j].t]->name);
         }
         tl_wb_bytes(&b, "]\n}\n", 4);
         rc = b.oom ? tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn)

@@ -122,6 +122,8 @@ typedef struct tl_st_tensor {
     const char *name;
     const tl_tensor *t;
 } tl_st_tensor;
+/* A JSON string literal of a name (printable ASCII: '"' and '\' escaped). */
+void tl_wb_json_str(tl_wbuf *b, const char *s);
 int tl_safetensors_write(const char *fn, const char *path, const tl_st_tensor *ts,
                          size_t count);
 /* fp16 / bf16 bit patterns to fp32 (exact). */

@@ -360,8 +360,7 @@ int tlearn_model_import_safetensors(tlearn_model *m, const char *path, tlearn_na
     return rc;
 }
 
-/* JSON string body for a tensor name: names are printable ASCII; escape '"' and '\'. */
-static void put_json_name(tl_wbuf *b, const char *s)
+void tl_wb_json_str(tl_wbuf *b, const char *s)
 {
     tl_wb_bytes(b, "\"", 1);
     for (; *s; s++) {
@@ -383,7 +382,7 @@ int tl_safetensors_write(const char *fn, const char *path, const tl_st_tensor *t
     for (size_t i = 0; i < count; i++) {
         const tl_tensor *x = ts[i].t;
         tl_wb_bytes(&h, ",", 1);
-        put_json_name(&h, ts[i].name);
+        tl_wb_json_str(&h, ts[i].name);
         tl_wb_bytes(&h, ":{\"dtype\":\"F32\",\"shape\":[", 25);
         for (int d = 0; d < x->ndim; d++) {
             int k = snprintf(tmp, sizeof tmp, d ? ",%d" : "%d", x->dims[d]);
