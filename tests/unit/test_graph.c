@@ -79,7 +79,24 @@ static void test_inputs(void **state)
     assert_int_equal(tlearn_model_add_dense(m, "feat", 2), TLEARN_EINVAL);
     assert_int_equal(tlearn_model_add_input(m, "fc", TLEARN_DTYPE_FLOAT32, 1, (const int[]){1}),
                      TLEARN_EINVAL);
+    int count, dtype;
+    const char *iname;
+    OK(tlearn_model_input_count(m, &count));
+    assert_int_equal(count, 2);
+    OK(tlearn_model_input_info(m, 0, &iname, &dtype));
+    assert_string_equal(iname, "tokens");
+    assert_int_equal(dtype, TLEARN_DTYPE_INT32);
+    assert_int_equal(tlearn_model_input_info(m, 2, &iname, &dtype), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_input_info(NULL, 0, &iname, &dtype), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_input_count(m, NULL), TLEARN_EINVAL);
     int rank, dims[4];
+    assert_int_equal(tlearn_model_layer_shape_nd(m, 0, NULL, dims, 4), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_layer_shape_nd(m, 0, &rank, NULL, 4), TLEARN_EINVAL);
+    OK(tlearn_model_layer_shape_nd(m, 0, &rank, NULL, 0));
+    assert_int_equal(rank, 1);
+    assert_int_equal(tlearn_model_output_count(NULL, &count), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_output_layer(m, 1, &count), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_output_layer(m, 0, NULL), TLEARN_EINVAL);
     OK(tlearn_model_layer_shape_nd(m, -2, &rank, dims, 4));
     assert_int_equal(rank, 1);
     assert_int_equal(dims[0], 4);
