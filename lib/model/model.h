@@ -15,6 +15,14 @@ typedef struct tl_slot {
     int opt_kind;     /* optimizer that made m1/m2; another one starts fresh */
     float *reg_a;     /* regulariser (EWC, L2-SP): its gradient is reg_a*theta - reg_b; */
     float *reg_b;     /* both NULL when the tensor is not regularised */
+    /* Bounds that let the optimizer prove an update finite without its dry run
+     * (optim.c, provably_finite): */
+    float rbound[2];  /* max |reg_a|, max |reg_b|, set with them */
+    float gbound;     /* max |grad| from the step's finiteness scan ... */
+    int have_gbound;  /* ... valid for this step only (the update clears it) */
+    float sbound[2];  /* upper bounds of |m1| and m2 as they are ... */
+    int bounded;      /* ... known (set by every update; 0 after m1/m2 are replaced) */
+    float pbound[2];  /* the bounds after the update being checked, until it is made */
 } tl_slot;
 
 /* What the model knows about each layer beyond the layer itself. */

@@ -1,3 +1,4 @@
+#include <math.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -44,9 +45,10 @@ static double sumsq_range(const float *restrict x, size_t lo, size_t hi)
     return s;
 }
 
-/* Sum of range(x, lo, hi) over the slices of up to 16 threads. */
-static double parallel_sum(const float *x, size_t n, int threads,
-                           double (*range)(const float *, size_t, size_t))
+/* Sum (or with @p max, the largest) of range(x, lo, hi) over the slices of up to 16
+ * threads. */
+static double parallel_reduce(const float *x, size_t n, int threads,
+                              double (*range)(const float *, size_t, size_t), int max)
 {
     int nt = tl_par_threads(threads, n);
     if (nt > 16)
@@ -68,26 +70,32 @@ static double parallel_sum(const float *x, size_t n, int threads,
 #endif
     double s = 0.0;
     for (int t = 0; t < nt; t++)
-        s += part[t];
+        s = max ? (part[t] > s ? part[t] : s) : s + part[t];
     return s;
 }
 
 double tl_sumsq(const float *x, size_t n, int threads)
 {
-    return parallel_sum(x, n, threads, sumsq_range);
+    return parallel_reduce(x, n, threads, sumsq_range, 0);
 }
 
-/* 1 when some x is Inf or NaN (all exponent bits set), else 0: integer compares that
- * vectorise without a dependency chain (30 % faster than summing x*0). */
-static double nonfinite_range(const float *restrict x, size_t lo, size_t hi)
+/* The largest |x|, and whether some x is Inf or NaN (all exponent bits set): two
+ * independent reductions that vectorise (max on floats, OR on the bits). Returns +Inf for
+ * a non-finite range. */
+static double maxabs_range(const float *restrict x, size_t lo, size_t hi)
 {
+    float mx = 0.0f;
     uint32_t bad = 0;
-    for (size_t i = lo; i < hi; i++)
+#pragma omp simd reduction(max : mx) reduction(| : bad)
+    for (size_t i = lo; i < hi; i++) {
+        float a = fabsf(x[i]);
+        mx = a > mx ? a : mx;
         bad |= tl_not_finite(x[i]);
-    return bad ? 1.0 : 0.0;
+    }
+    return bad ? (double)INFINITY : (double)mx;
 }
 
-int tl_all_finite(const float *x, size_t n, int threads)
+float tl_max_abs(const float *x, size_t n, int threads)
 {
-    return parallel_sum(x, n, threads, nonfinite_range) == 0.0;
+    return (float)parallel_reduce(x, n, threads, maxabs_range, 1);
 }

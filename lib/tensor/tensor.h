@@ -48,8 +48,9 @@ static inline uint32_t tl_not_finite(float v)
 /* Sum of squares of x[0..n) in double, with up to @p threads threads. The partial sums are
  * combined in a fixed order, so the result does not depend on scheduling. */
 double tl_sumsq(const float *x, size_t n, int threads);
-/* 1 when every element of x[0..n) is finite, else 0; a quarter of tl_sumsq's work. */
-int tl_all_finite(const float *x, size_t n, int threads);
+/* max |x[i]| over x[0..n) (0 when n is 0); +Inf or NaN when some element is not finite.
+ * A quarter of tl_sumsq's work. */
+float tl_max_abs(const float *x, size_t n, int threads);
 
 /* Per-model GEMM context: its own thread count, never BLIS's global setting. */
 typedef struct tl_blas tl_blas;

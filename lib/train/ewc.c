@@ -213,6 +213,8 @@ static int rebuild(const tlearn_model *m)
                 for (size_t k = 0; k < n; k++)
                     a[k] += e->beta;
             }
+            s->rbound[0] = tl_max_abs(a, n, 1);
+            s->rbound[1] = tl_max_abs(b, n, 1);
         }
     }
     e->built_nlayers = m->nlayers;

@@ -189,7 +189,13 @@ typedef struct upd_args {
 
 #define NONFINITE(v) (!(fabsf(v) <= FLT_MAX))
 /* Elementwise IEEE arithmetic, so SIMD lanes give the scalar results bit for bit. */
-#define UPD_SIMD _Pragma("omp simd reduction(| : bad)")
+#define UPD_SIMD _Pragma("omp simd reduction(| : bad) reduction(max : mx1, mx2)")
+/* A dry run also measures the new state's largest magnitudes (provably_finite's bounds). */
+#define TRACK_MAX(MX, V)                                                                     \
+    do {                                                                                     \
+        float v_ = (V);                                                                      \
+        MX = v_ > MX ? v_ : MX;                                                              \
+    } while (0)
 
 #define SGD_LOOP(REG, WD, BUF, FIRST, NEST, DRY)                                             \
     UPD_SIMD                                                                                 \
@@ -201,10 +207,12 @@ typedef struct upd_args {
             g += a->wd * theta[i];                                                           \
         if (BUF) {                                                                           \
             float b = (FIRST) ? g : a->mom * buf[i] + a->damp * g;                           \
-            if (DRY)                                                                         \
+            if (DRY) {                                                                       \
                 bad |= NONFINITE(b);                                                         \
-            else                                                                             \
+                TRACK_MAX(mx1, fabsf(b));                                                    \
+            } else {                                                                         \
                 buf[i] = b;                                                                  \
+            }                                                                                \
             g = (NEST) ? g + a->mom * b : b;                                                 \
         }                                                                                    \
         float t = theta[i] - a->lr * g;                                                      \
@@ -226,16 +234,18 @@ typedef struct upd_args {
         SGD_LOOP(reg, wd, buf != NULL, a->first, a->nesterov, DRY)                           \
     }
 
-static int sgd_range(const upd_args *args, size_t lo, size_t hi)
+static int sgd_range(const upd_args *args, size_t lo, size_t hi, float mx[2])
 {
     const upd_args copy = *args, *a = &copy; /* loop invariants, not reloaded */
     float *restrict theta = a->theta, *restrict buf = a->m1;
     const float *restrict grad = a->grad, *restrict ra = a->ra, *restrict rb = a->rb;
     int reg = ra != NULL, wd = a->wd != 0.0f, bad = 0;
+    float mx1 = 0.0f, mx2 = 0.0f;
     if (a->dry)
         SGD_VARIANTS(1)
     else
         SGD_VARIANTS(0)
+    mx[0] = mx1, mx[1] = mx2;
     return bad;
 }
 
@@ -255,6 +265,8 @@ static int sgd_range(const upd_args *args, size_t lo, size_t hi)
         t -= a->step_size * (v1 / denom);                                                    \
         if (DRY) {                                                                           \
             bad |= NONFINITE(v1) | NONFINITE(v2) | NONFINITE(t);                             \
+            TRACK_MAX(mx1, fabsf(v1));                                                       \
+            TRACK_MAX(mx2, v2);                                                              \
         } else {                                                                             \
             m1[i] = v1;                                                                      \
             m2[i] = v2;                                                                      \
@@ -270,16 +282,18 @@ static int sgd_range(const upd_args *args, size_t lo, size_t hi)
     else                                                                                     \
         ADAM_LOOP(reg, a->adamw, wd, DRY)
 
-static int adam_range(const upd_args *args, size_t lo, size_t hi)
+static int adam_range(const upd_args *args, size_t lo, size_t hi, float mx[2])
 {
     const upd_args copy = *args, *a = &copy; /* loop invariants, not reloaded */
     float *restrict theta = a->theta, *restrict m1 = a->m1, *restrict m2 = a->m2;
     const float *restrict grad = a->grad, *restrict ra = a->ra, *restrict rb = a->rb;
     int reg = ra != NULL, wd = a->wd != 0.0f, bad = 0;
+    float mx1 = 0.0f, mx2 = 0.0f;
     if (a->dry)
         ADAM_VARIANTS(1)
     else
         ADAM_VARIANTS(0)
+    mx[0] = mx1, mx[1] = mx2;
     return bad;
 }
 
@@ -311,22 +325,24 @@ static void ftz_end(unsigned old)
 }
 #endif
 
-static int update_range(const upd_args *a, size_t lo, size_t hi, int sgd)
+static int update_range(const upd_args *a, size_t lo, size_t hi, int sgd, float mx[2])
 {
     unsigned mode = ftz_begin();
-    int bad = sgd ? sgd_range(a, lo, hi) : adam_range(a, lo, hi);
+    int bad = sgd ? sgd_range(a, lo, hi, mx) : adam_range(a, lo, hi, mx);
     ftz_end(mode);
     return bad;
 }
 
-/* Returns non-zero when a dry run found a value that would not be finite. */
-static int run_update(const upd_args *a, size_t numel, int threads, int sgd)
+/* Returns non-zero when a dry run found a value that would not be finite; a dry run also
+ * leaves the new state's max |m1| and max m2 in mx[]. */
+static int run_update(const upd_args *a, size_t numel, int threads, int sgd, float mx[2])
 {
     int nt = tl_par_threads(threads, numel);
     if (nt == 1)
-        return update_range(a, 0, numel, sgd);
+        return update_range(a, 0, numel, sgd, mx);
     int bad = 0;
-#pragma omp parallel num_threads(nt) reduction(| : bad)
+    float mx1 = 0.0f, mx2 = 0.0f;
+#pragma omp parallel num_threads(nt) reduction(| : bad) reduction(max : mx1, mx2)
     {
 #ifdef _OPENMP
         size_t lo, hi;
@@ -334,9 +350,74 @@ static int run_update(const upd_args *a, size_t numel, int threads, int sgd)
 #else
         size_t lo = 0, hi = numel;
 #endif
-        bad |= update_range(a, lo, hi, sgd);
+        float part[2];
+        bad |= update_range(a, lo, hi, sgd, part);
+        mx1 = part[0] > mx1 ? part[0] : mx1;
+        mx2 = part[1] > mx2 ? part[1] : mx2;
     }
+    mx[0] = mx1, mx[1] = mx2;
     return bad;
+}
+
+/* Bounds below this keep an update far from float's range (3.4e38) and below 2^102: a
+ * finite float changed by less than 2^103 cannot overflow (round to nearest overflows only
+ * from 2^128 - 2^103), so a weight's own magnitude never needs checking. */
+#define SAFE_BOUND 1e30
+
+/* Whether the update @p a of @p s is finite for certain, from the largest gradient the
+ * step's finiteness scan measured and bounds on the state the previous update left (on
+ * the weights too where the gradient depends on them: weight decay, EWC). The common
+ * case then skips the dry run, which costs a pass over every tensor. On success the state
+ * bounds after the update are in pb[] (rounding margins included). */
+static int provably_finite(const upd_args *a, const tl_slot *s, int restart,
+                           const float *theta, size_t numel, int sgd, float *const fresh[2],
+                           int threads, float pb[2])
+{
+    double old[2];
+    for (int k = 0; k < 2; k++) {
+        if (fresh[k])
+            old[k] = 0.0; /* zeroed new buffer */
+        else if (!s->bounded || restart)
+            return 0;
+        else
+            old[k] = s->sbound[k];
+    }
+    if (!s->have_gbound)
+        return 0;
+    double g = (double)s->gbound * fabs((double)a->gs);
+    int l2 = a->wd != 0.0f && (sgd || !a->adamw);
+    if (a->ra || l2) {
+        double t = tl_max_abs(theta, numel, threads);
+        if (a->ra)
+            g += (double)s->rbound[0] * t + (double)s->rbound[1];
+        if (l2)
+            g += fabs((double)a->wd) * t;
+    }
+    double b1 = 0.0, b2 = 0.0, step;
+    if (sgd) {
+        if (a->m1) {
+            b1 = a->first ? g : fabs((double)a->mom) * old[0] + fabs((double)a->damp) * g;
+            step = a->nesterov ? g + fabs((double)a->mom) * b1 : b1;
+        } else {
+            step = g;
+        }
+        step *= fabs((double)a->lr);
+    } else {
+        /* denom = sqrt(v2)/bc2_sqrt + eps >= eps > 0 when v2 >= 0 */
+        if (!(a->eps > 0.0f && a->b2 >= 0.0f && a->c2 >= 0.0f &&
+              (!a->adamw || fabsf(a->decay) <= 1.0f)))
+            return 0;
+        b1 = fabs((double)a->b1) * old[0] + fabs((double)a->c1) * g;
+        b2 = (double)a->b2 * old[1] + (double)a->c2 * g * g;
+        step = fabs((double)a->step_size) * b1 / (double)a->eps;
+    }
+    b1 *= 1.0 + 1e-5; /* covers float rounding in the loop and in these bounds */
+    b2 *= 1.0 + 1e-5;
+    if (!(g < SAFE_BOUND && b1 < SAFE_BOUND && b2 < SAFE_BOUND && step < SAFE_BOUND))
+        return 0;
+    pb[0] = (float)b1;
+    pb[1] = (float)b2;
+    return 1;
 }
 
 /* One tensor's update with the state buffers @p fresh from state_alloc(state_needed()):
@@ -386,8 +467,11 @@ static int update_slot(const tlearn_optim *o, tl_slot *s, float *theta, size_t n
         a.adamw = o->kind == TLEARN_ADAMW;
         a.decay = (float)(1.0 - lr * lr_scale * o->weight_decay);
     }
-    if (dry)
-        return run_update(&a, numel, threads, sgd);
+    if (dry) {
+        if (provably_finite(&a, s, restart, theta, numel, sgd, fresh, threads, s->pbound))
+            return 0;
+        return run_update(&a, numel, threads, sgd, s->pbound);
+    }
     if (restart || fresh[0] || fresh[1]) {
         if (restart || fresh[0])
             tl_free(s->m1);
@@ -397,8 +481,11 @@ static int update_slot(const tlearn_optim *o, tl_slot *s, float *theta, size_t n
         s->m2 = m2;
         s->opt_kind = o->kind;
     }
-    run_update(&a, numel, threads, sgd);
+    float unused[2];
+    run_update(&a, numel, threads, sgd, unused);
     s->step = step;
+    s->sbound[0] = s->pbound[0], s->sbound[1] = s->pbound[1], s->bounded = 1;
+    s->have_gbound = 0;
     return 0;
 }
 
@@ -474,6 +561,8 @@ int tl_optim_step(const char *fn, const tlearn_optim *o, tlearn_model *m, float 
                          (double)m->lstate[i].lr_scale);
     }
     if (rc) {
+        for (int it2 = 0; (s = next_trainable(m, &it2, &i, &p));)
+            s->have_gbound = 0; /* the next step measures its own gradients */
         for (int k = 0; fresh && k < 2 * n; k++)
             tl_free(fresh[k]);
         tl_free(fresh);

@@ -228,14 +228,23 @@ static int apply_update(const char *fn, tlearn_model *m, tlearn_optim *o)
     int finite = 1;
     for (int i = 0; i < m->nlayers; i++)
         for (int p = 0; p < m->layers[i]->nparam; p++) {
-            const float *g = m->lstate[i].slot[p].grad;
-            if (!g || m->lstate[i].frozen || m->layers[i]->param[p].is_buffer)
+            tl_slot *s = &m->lstate[i].slot[p];
+            if (!s->grad || m->lstate[i].frozen || m->layers[i]->param[p].is_buffer)
                 continue;
             size_t numel = m->layers[i]->param[p].t.numel;
-            if (o->clip_norm > 0)
-                sq += tl_sumsq(g, numel, m->threads);
-            else if (finite)
-                finite = tl_all_finite(g, numel, m->threads);
+            /* The largest |gradient| also lets the optimizer prove its update finite. */
+            s->have_gbound = 0;
+            if (o->clip_norm > 0) {
+                double t = tl_sumsq(s->grad, numel, m->threads);
+                sq += t;
+                s->gbound = (float)(sqrt(t) * (1.0 + 1e-6)); /* max |g| <= ||g|| */
+            } else if (finite) {
+                s->gbound = tl_max_abs(s->grad, numel, m->threads);
+                finite = isfinite(s->gbound);
+            } else {
+                continue;
+            }
+            s->have_gbound = isfinite(s->gbound);
         }
     double norm = sqrt(sq);
     if (!isfinite(norm) || !finite)

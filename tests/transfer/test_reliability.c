@@ -210,6 +210,91 @@ static void test_update_overflow_is_refused(void **state)
     tlearn_optim_destroy(&o);
 }
 
+/* Every slot's recorded state bounds hold (optim.c skips its dry run on them). */
+static void assert_bounds_hold(const tlearn_model *m)
+{
+    for (int i = 0; i < m->nlayers; i++)
+        for (int p = 0; p < m->layers[i]->nparam; p++) {
+            const tl_slot *sl = &m->lstate[i].slot[p];
+            for (size_t k = 0; sl->bounded && k < m->layers[i]->param[p].t.numel; k++) {
+                assert_true(!sl->m1 || fabsf(sl->m1[k]) <= sl->sbound[0]);
+                assert_true(!sl->m2 || sl->m2[k] <= sl->sbound[1]);
+            }
+            for (size_t k = 0; k < m->layers[i]->param[p].t.numel; k++) {
+                assert_true(!sl->m1 || isfinite(sl->m1[k]));
+                assert_true(!sl->m2 || isfinite(sl->m2[k]));
+            }
+        }
+}
+
+/* Steps with learning rates and inputs growing towards the float limit, for every update
+ * rule and option that enters the optimizer's finiteness bounds, with a classification loss
+ * (gradients that saturate) and MSE towards far targets (gradients that keep their sign,
+ * so momentum and moments build up): each step either leaves finite weights and state
+ * within their recorded bounds, or is refused with nothing changed. */
+static void test_growing_updates_stay_finite_or_refused(void **state)
+{
+    (void)state;
+    enum { PLAIN, MOMENTUM, NESTEROV, DECAY, CLIP, L2SP, NVARIANTS };
+    int refused = 0, steps = 0;
+    for (int mse = 0; mse < 2; mse++)
+        for (int kind = TLEARN_SGD; kind <= TLEARN_ADAMW; kind++)
+            for (int v = PLAIN; v < NVARIANTS; v++) {
+                if (kind != TLEARN_SGD && (v == MOMENTUM || v == NESTEROV))
+                    continue;
+                tlearn_model *m = mlp(4, 3, 3, 2, 17 + v);
+                if (mse)
+                    OK(tlearn_model_set_loss(m, TLEARN_LOSS_MSE));
+                tlearn_optim *o = NULL;
+                OK(tlearn_optim_create(&o, kind));
+                if (v == MOMENTUM || v == NESTEROV)
+                    OK(tlearn_optim_set(o, TLEARN_OPT_MOMENTUM, 0.9));
+                if (v == NESTEROV)
+                    OK(tlearn_optim_set(o, TLEARN_OPT_NESTEROV, 1));
+                if (v == DECAY)
+                    OK(tlearn_optim_set(o, TLEARN_OPT_WEIGHT_DECAY, 0.5));
+                if (v == CLIP)
+                    OK(tlearn_optim_set(o, TLEARN_OPT_CLIP_NORM, 1e30));
+                if (v == L2SP)
+                    OK(tlearn_l2sp_enable(m, 1e3f, 1e3f));
+                float x[8], target[4] = {1e3f, -1e3f, 1e3f, -1e3f};
+                int32_t y[2];
+                fill_data(x, 8, y, 2, 2, 3 + v);
+                double lr = 1e-4;
+                float scale = 1.0f;
+                for (int t = 0; t < 120; t++) {
+                    float xs[8], ts[4];
+                    for (int i = 0; i < 8; i++)
+                        xs[i] = x[i] * scale;
+                    for (int i = 0; i < 4; i++)
+                        ts[i] = target[i] * scale;
+                    OK(tlearn_optim_set(o, TLEARN_OPT_LR, lr));
+                    snapshot before = take(m);
+                    float loss;
+                    int rc = mse ? tlearn_model_train_step_mse(m, o, xs, ts, 2, &loss)
+                                 : tlearn_model_train_step(m, o, xs, y, 2, &loss);
+                    steps++;
+                    if (rc == TLEARN_OK) {
+                        free(before.v);
+                        assert_all_finite(m);
+                        assert_bounds_hold(m);
+                    } else {
+                        assert_int_equal(rc, TLEARN_ENONFINITE);
+                        assert_unchanged(m, &before);
+                        refused++;
+                    }
+                    if (t % 6 == 5)
+                        lr = lr * 10 < 3e38 ? lr * 10 : 3e38;
+                    if (t % 8 == 7 && scale < 1e30f)
+                        scale *= 10.0f;
+                }
+                tlearn_optim_destroy(&o);
+                tlearn_model_destroy(&m);
+            }
+    /* Both outcomes happened: the test reaches the limit and does not stop short of it. */
+    assert_true(refused > 0 && refused < steps);
+}
+
 static void test_running_var_overflow_is_refused(void **state)
 {
     (void)state;
@@ -275,6 +360,7 @@ int main(void)
         cmocka_unit_test(test_ulmfit_scales_stay_floats),
         cmocka_unit_test(test_penalty_overflowing_float_is_refused),
         cmocka_unit_test(test_update_overflow_is_refused),
+        cmocka_unit_test(test_growing_updates_stay_finite_or_refused),
         cmocka_unit_test(test_running_var_overflow_is_refused),
         cmocka_unit_test(test_out_of_memory_in_step_changes_nothing),
     };
