@@ -44,6 +44,19 @@ WORKLOADS = [
     ("cnn_features_b256", "images/s", 256),
     ("cnn_partial_b1", "us/step", 1),
 ]
+# torchvision networks through ONNX (random weights, batchnorm statistics calibrated):
+# name, architecture, mode (zoo-bench.c), batch, image size, first trained layer prefix
+ZOO = [
+    ("resnet18_extract_b32_224", "resnet18", "extract", 32, 224, None),
+    ("resnet18_lastblock_b32_224", "resnet18", "lastblock", 32, 224, "layer4"),
+    ("mobilenet_v2_extract_b32_224", "mobilenet_v2", "extract", 32, 224, None),
+    ("mobilenet_v2_head_b32_224", "mobilenet_v2", "head", 32, 224, None),
+    ("efficientnet_b0_extract_b32_224", "efficientnet_b0", "extract", 32, 224, None),
+    ("resnet50_full_b8_224", "resnet50", "full", 8, 224, None),
+]
+ZOO_SPEC = {z[0]: z[1:] for z in ZOO}
+WORKLOADS += [(name, "images/s" if mode == "extract" else "steps/s", batch)
+              for name, _, mode, batch, _, _ in ZOO]
 UNITS = {w: u for w, u, _ in WORKLOADS}
 BATCH = {w: b for w, _, b in WORKLOADS}
 
@@ -123,6 +136,94 @@ def torch_setup(name, threads):
     return run
 
 
+def zoo_model(arch, zoo_dir):
+    """The torchvision network with the weights exported to zoo_dir (zoo_export)."""
+    import torch
+    import torchvision
+    model = getattr(torchvision.models, arch)()
+    model.load_state_dict(torch.load(os.path.join(zoo_dir, arch + ".pt")))
+    return model.eval()
+
+
+def zoo_export(arch, size, zoo_dir):
+    """Random weights, batchnorm statistics calibrated on random batches (so activations
+    keep their scale through a deep random network), saved as state_dict and ONNX."""
+    import torch
+    import torchvision
+    onnx_path = os.path.join(zoo_dir, arch + ".onnx")
+    if os.path.exists(onnx_path):
+        return onnx_path
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)()
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.rand(8, 3, size, size))
+    model.eval()
+    torch.save(model.state_dict(), os.path.join(zoo_dir, arch + ".pt"))
+    torch.onnx.export(model, torch.rand(1, 3, size, size), onnx_path + ".tmp", opset_version=17,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    os.replace(onnx_path + ".tmp", onnx_path)
+    return onnx_path
+
+
+def zoo_torch_setup(name, threads, zoo_dir):
+    """The zoo workload in PyTorch: the same network and weights as the ONNX file; frozen
+    modules in eval() (batchnorm running statistics kept), as zoo-bench.c freezes them."""
+    import torch
+    from torch import nn
+    torch.set_num_threads(threads)
+    arch, mode, batch, size, prefix = ZOO_SPEC[name]
+    model = zoo_model(arch, zoo_dir)
+    # the classifier: the last Linear module
+    head_name = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)][-1]
+    parent = model.get_submodule(head_name.rpartition(".")[0]) if "." in head_name else model
+    last = head_name.rpartition(".")[2]
+    old = getattr(parent, last)
+    torch.manual_seed(1)
+    xs = torch.rand(4, batch, 3, size, size)
+    ys = torch.randint(0, 10, (4, batch))
+    state = {"i": 0}
+
+    def next_batch():
+        i = state["i"]
+        state["i"] = (i + 1) % 4
+        return xs[i], ys[i]
+
+    if mode == "extract":
+        setattr(parent, last, nn.Identity())
+
+        def run():
+            x, _ = next_batch()
+            with torch.inference_mode():
+                model(x)
+        return run
+
+    setattr(parent, last, nn.Linear(old.in_features, 10))
+    model.train()
+    for n, mod in model.named_modules():
+        trained = (mode == "full" or n == head_name or n.startswith(head_name + ".")
+                   or (mode == "lastblock" and (n == prefix or n.startswith(prefix + "."))))
+        if not trained and not any(True for _ in mod.children()):
+            mod.eval()
+            for prm in mod.parameters(recurse=False):
+                prm.requires_grad_(False)
+    params = [prm for prm in model.parameters() if prm.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def run():
+        x, y = next_batch()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return run
+
+
 def measure(run, rounds, round_s):
     """Medians over rounds of runs per second of wall time and of process CPU time (each
     round at least round_s seconds)."""
@@ -146,22 +247,25 @@ def measure(run, rounds, round_s):
 
 
 def as_unit(name, runs):
-    if name == "cnn_features_b256":
+    if name == "cnn_features_b256" or UNITS[name] == "images/s":
         return runs * BATCH[name]
     if name == "cnn_partial_b1":
         return 1e6 / runs
     return runs
 
 
-def torch_value(name, threads, rounds, round_s):
+def torch_value(name, threads, rounds, round_s, zoo_dir=None):
     """(wall value, CPU-time value) in the workload's unit."""
-    runs, cpu_runs = measure(torch_setup(name, threads), rounds, round_s)
+    setup = zoo_torch_setup(name, threads, zoo_dir) if name in ZOO_SPEC else \
+        torch_setup(name, threads)
+    runs, cpu_runs = measure(setup, rounds, round_s)
     return as_unit(name, runs), as_unit(name, cpu_runs)
 
 
 def torch_worker(args):
     """Child process: one PyTorch measurement, printed with this process's peak RSS."""
-    v, cv = torch_value(args.torch_worker, args.threads, args.rounds, args.round_seconds)
+    v, cv = torch_value(args.torch_worker, args.threads, args.rounds, args.round_seconds,
+                        args.zoo_dir)
     rss = peak_rss_kib()
     print(f"torch value={v:.6g} cpu_value={cv:.6g} peak_rss_kib={rss}", flush=True)
 
@@ -176,10 +280,11 @@ def peak_rss_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def torch_in_child(name, threads, rounds, round_s):
+def torch_in_child(name, threads, rounds, round_s, zoo_dir=None):
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker", name,
                           "--threads", str(threads), "--rounds", str(rounds),
-                          "--round-seconds", str(round_s)],
+                          "--round-seconds", str(round_s)] +
+                         (["--zoo-dir", zoo_dir] if zoo_dir else []),
                          check=True, capture_output=True, text=True).stdout
     fields = parse_fields(out.strip().splitlines()[-1])
     return float(fields["value"]), float(fields["cpu_value"]), int(fields["peak_rss_kib"])
@@ -192,10 +297,10 @@ def parse_fields(line):
     return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
 
 
-def tlearn_run(exe, name, threads, rounds, round_s, ceiling):
+def tlearn_run(exe, name, threads, rounds, round_s, ceiling, extra=()):
     out = subprocess.run([exe, name, "--threads", str(threads), "--rounds", str(rounds),
-                          "--round-seconds", str(round_s), "--ceiling", str(ceiling)],
-                         check=True, capture_output=True, text=True).stdout
+                          "--round-seconds", str(round_s), "--ceiling", str(ceiling)] +
+                         list(extra), check=True, capture_output=True, text=True).stdout
     line = [ln for ln in out.splitlines() if ln.startswith("tlearn ")][-1]
     return parse_fields(line)
 
@@ -278,6 +383,7 @@ def main():
     ap.add_argument("--header-only", action="store_true",
                     help="print the machine header (CPU, BLIS, ceilings) and stop")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--zoo-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     thread_list = [int(t) for t in args.threads.split(",")]
     args.threads = thread_list[0]
@@ -290,7 +396,8 @@ def main():
     bench_dir = os.path.join(args.build_dir, "bench")
     exe = os.path.join(bench_dir, "tlearn-bench")
     ceil_exe = os.path.join(bench_dir, "blis-ceiling")
-    for p in (exe, ceil_exe):
+    zoo_exe = os.path.join(bench_dir, "zoo-bench")
+    for p in (exe, ceil_exe, zoo_exe):
         if not os.access(p, os.X_OK):
             sys.exit(f"compare-torch: {p} is missing: configure with -Dbench=true and build")
     import torch  # fail early and loudly when Debian's python3-torch is not there
@@ -305,6 +412,13 @@ def main():
     ceilings = machine_header(ceil_exe, thread_list)
     if args.header_only:
         return 0
+    zoo_dir = os.path.join(bench_dir, "zoo")
+    os.makedirs(zoo_dir, exist_ok=True)
+    onnx_files = {}
+    for w in workloads:
+        if w in ZOO_SPEC:
+            arch, _, _, size, _ = ZOO_SPEC[w]
+            onnx_files[w] = zoo_export(arch, size, zoo_dir)
 
     results = {}  # (workload, threads) -> dict
     for w in workloads:
@@ -314,14 +428,24 @@ def main():
             for r in range(args.repeats):
                 order = (0, 1) if r % 2 == 0 else (1, 0)  # alternate who goes first
                 for side in order:
-                    if side == 0:
+                    if side == 0 and w in ZOO_SPEC:
+                        prefix = ZOO_SPEC[w][4]
+                        f = tlearn_run(zoo_exe, w, t, args.rounds, args.round_seconds,
+                                       ceilings[t], ["--onnx", onnx_files[w]] +
+                                       (["--train-from", prefix] if prefix else []))
+                        tl_vals.append(float(f["value"]))
+                        tl_cpu.append(float(f["cpu_value"]))
+                        tl_rss.append(int(f["peak_rss_kib"]))
+                        fracs.append(float(f["ceiling_frac"]))
+                    elif side == 0:
                         f = tlearn_run(exe, w, t, args.rounds, args.round_seconds, ceilings[t])
                         tl_vals.append(float(f["value"]))
                         tl_cpu.append(float(f["cpu_value"]))
                         tl_rss.append(int(f["peak_rss_kib"]))
                         fracs.append(float(f["ceiling_frac"]))
-                    elif w == "cnn_partial_b1":
-                        v, cv, rss = torch_in_child(w, t, args.rounds, args.round_seconds)
+                    elif w == "cnn_partial_b1" or w in ZOO_SPEC:
+                        v, cv, rss = torch_in_child(w, t, args.rounds, args.round_seconds,
+                                                    zoo_dir if w in ZOO_SPEC else None)
                         th_vals.append(v)
                         th_cpu.append(cv)
                         th_rss.append(rss)

@@ -144,13 +144,6 @@ int bench_workload_by_name(const char *name)
     return -1;
 }
 
-#define TRY(call)                                                                             \
-    do {                                                                                      \
-        int rc_ = (call);                                                                     \
-        if (rc_ != TLEARN_OK)                                                                 \
-            return rc_;                                                                       \
-    } while (0)
-
 static int build_mlp(tlearn_model **out)
 {
     TRY(tlearn_model_create(out, 784, 1, 1));
@@ -241,8 +234,7 @@ double bench_model_flops(const tlearn_model *m, size_t n, int training, int last
     return 2.0 * macs * (double)n;
 }
 
-/* Deterministic synthetic data: inputs in [0, 1) like normalised pixels, labels 0..9. */
-static void fill_data(float *x, int32_t *y, size_t n, size_t in_size, uint64_t seed)
+void bench_fill_data(float *x, int32_t *y, size_t n, size_t in_size, uint64_t seed)
 {
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
     for (size_t i = 0; i < n * in_size; i++) {
@@ -271,7 +263,7 @@ int bench_setup(bench_ctx *c, int w, int threads)
     c->y = malloc(total * sizeof *c->y);
     if (!c->x || !c->y)
         return TLEARN_ENOMEM;
-    fill_data(c->x, c->y, total, c->in_size, 42);
+    bench_fill_data(c->x, c->y, total, c->in_size, 42);
 
     if (w == BW_MLP_ADAM_B64) {
         TRY(tlearn_optim_create(&c->o, TLEARN_ADAM));
@@ -328,4 +320,85 @@ void bench_teardown(bench_ctx *c)
     free(c->y);
     free(c->feat);
     memset(c, 0, sizeof *c);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int bench_round(int (*run)(void *), void *ctx, double round_s, double *rate, double *cpu_rate)
+{
+    int rc = TLEARN_OK;
+    long iters = 0;
+    double start = bench_now(), now = start, cpu0 = bench_cpu_now();
+    while (!rc && (iters < 2 || now - start < round_s)) {
+        rc = run(ctx);
+        iters++;
+        now = bench_now();
+    }
+    *rate = (double)iters / (now - start);
+    *cpu_rate = (double)iters / (bench_cpu_now() - cpu0);
+    return rc;
+}
+
+double bench_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof v[0], cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+int bench_measure(int (*run)(void *), void *ctx, int rounds, double round_s, bench_result *r)
+{
+    double rates[64], cpu_rates[64];
+    if (rounds < 1)
+        rounds = 1;
+    if (rounds > 64)
+        rounds = 64;
+    int rc = TLEARN_OK;
+    double t0 = bench_now();
+    for (int i = 0; !rc && (i < 3 || bench_now() - t0 < 0.2); i++)
+        rc = run(ctx); /* warm-up: plans, optimizer state, page faults */
+    for (int k = 0; k < rounds && !rc; k++)
+        rc = bench_round(run, ctx, round_s, &rates[k], &cpu_rates[k]);
+    if (rc)
+        return rc;
+    r->rate = bench_median(rates, rounds);
+    r->cpu_rate = bench_median(cpu_rates, rounds);
+    r->spread = (rates[rounds - 1] - rates[0]) / r->rate; /* rates[] is sorted */
+    return TLEARN_OK;
+}
+
+int bench_common_option(int argc, char **argv, int *i, int *threads, int *rounds,
+                        double *round_s, double *ceiling)
+{
+    const char *opt = argv[*i];
+    int known = !strcmp(opt, "--threads") || !strcmp(opt, "--rounds") ||
+                !strcmp(opt, "--round-seconds") || !strcmp(opt, "--ceiling");
+    if (!known)
+        return 0;
+    if (*i + 1 >= argc)
+        return -1;
+    const char *v = argv[++*i];
+    if (!strcmp(opt, "--threads"))
+        *threads = atoi(v);
+    else if (!strcmp(opt, "--rounds"))
+        *rounds = atoi(v);
+    else if (!strcmp(opt, "--round-seconds"))
+        *round_s = atof(v);
+    else
+        *ceiling = atof(v);
+    return 1;
+}
+
+void bench_print_result(const char *workload, int threads, double value, const char *unit,
+                        double gflops, double ceiling, int rounds, double spread,
+                        double cpu_value)
+{
+    printf("tlearn workload=%s threads=%d value=%.6g unit=%s gflops=%.4g ceiling_gflops=%.4g "
+           "ceiling_frac=%.4f peak_rss_kib=%ld rounds=%d spread=%.3f cpu_value=%.6g\n",
+           workload, threads, value, unit, gflops, ceiling, ceiling > 0 ? gflops / ceiling : 0.0,
+           bench_peak_rss_kib(), rounds, spread, cpu_value);
+    fflush(stdout);
 }

@@ -9,6 +9,14 @@
 
 #include <tlearn/tlearn.h>
 
+/* Return the status of a call that fails. */
+#define TRY(call)                                                                            \
+    do {                                                                                     \
+        int rc_ = (call);                                                                    \
+        if (rc_ != TLEARN_OK)                                                                \
+            return rc_;                                                                      \
+    } while (0)
+
 /* Seconds on the monotonic clock. */
 double bench_now(void);
 
@@ -78,5 +86,33 @@ void bench_teardown(bench_ctx *c);
  * weights, weight gradients of trainable layers, input gradients of trainable layers
  * after the first trainable one), or of inference up to layer @p last (training 0). */
 double bench_model_flops(const tlearn_model *m, size_t n, int training, int last);
+
+/* Parse the common options --threads, --rounds, --round-seconds and --ceiling at argv[*i]
+ * (advancing *i past the value). Returns 1 when argv[*i] was one of them, 0 when it is not,
+ * -1 when its value is missing. */
+int bench_common_option(int argc, char **argv, int *i, int *threads, int *rounds,
+                        double *round_s, double *ceiling);
+
+/* The result line both bench programs print (compare-torch.py reads it). */
+void bench_print_result(const char *workload, int threads, double value, const char *unit,
+                        double gflops, double ceiling, int rounds, double spread,
+                        double cpu_value);
+
+/* Deterministic synthetic data: inputs in [0, 1) like normalised pixels, labels 0..9. */
+void bench_fill_data(float *x, int32_t *y, size_t n, size_t in_size, uint64_t seed);
+
+/* Medians over rounds of calls per second of wall time and of process CPU time. */
+typedef struct bench_result {
+    double rate, cpu_rate, spread; /* spread: (max - min) / median of the wall rates */
+} bench_result;
+
+/* One round: run(ctx) for at least @p round_s seconds (and twice); calls per second of
+ * wall and CPU time. Returns the first failing call's status. */
+int bench_round(int (*run)(void *), void *ctx, double round_s, double *rate, double *cpu_rate);
+/* Median of v[0..n) (sorts v). */
+double bench_median(double *v, int n);
+/* Warm up, then @p rounds rounds of run(ctx) calls, each at least @p round_s seconds (and
+ * two calls). Returns the first failing call's status. */
+int bench_measure(int (*run)(void *), void *ctx, int rounds, double round_s, bench_result *r);
 
 #endif

@@ -20,19 +20,6 @@
 
 #include "harness.h"
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Sorts @p v. */
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof v[0], cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* Runs per second in the workload's unit. */
 static double as_unit(const bench_ctx *c, double runs)
 {
@@ -41,20 +28,14 @@ static double as_unit(const bench_ctx *c, double runs)
     return c->w == BW_CNN_PARTIAL_B1 ? 1e6 / runs : runs; /* us/step or steps/s */
 }
 
-/* Runs for at least round_s seconds (and twice); runs per second of wall and CPU time. */
+static int run_ctx(void *c)
+{
+    return bench_run_once(c);
+}
+
 static int timed_round(bench_ctx *c, double round_s, double *rate, double *cpu_rate)
 {
-    int rc = TLEARN_OK;
-    long iters = 0;
-    double start = bench_now(), now = start, cpu0 = bench_cpu_now();
-    while (!rc && (iters < 2 || now - start < round_s)) {
-        rc = bench_run_once(c);
-        iters++;
-        now = bench_now();
-    }
-    *rate = (double)iters / (now - start);
-    *cpu_rate = (double)iters / (bench_cpu_now() - cpu0);
-    return rc;
+    return bench_round(run_ctx, c, round_s, rate, cpu_rate);
 }
 
 static int setup_or_report(bench_ctx *c, int w, int threads)
@@ -96,8 +77,8 @@ static int ewc_overhead(int threads, int rounds, double round_s)
     }
     if (!rc)
         printf("tlearn workload=ewc_overhead threads=%d value=%.3f unit=%% rounds=%d "
-               "cpu_value=%.3f\n", threads, 100.0 * (median(ratio, rounds) - 1.0), rounds,
-               100.0 * (median(cpu_ratio, rounds) - 1.0));
+               "cpu_value=%.3f\n", threads, 100.0 * (bench_median(ratio, rounds) - 1.0), rounds,
+               100.0 * (bench_median(cpu_ratio, rounds) - 1.0));
     else
         fprintf(stderr, "tlearn-bench: ewc_overhead failed: %s (%s)\n", tlearn_strerror(rc),
                 tlearn_errmsg());
@@ -113,32 +94,19 @@ static int run_workload(int w, int threads, int rounds, double round_s, double c
     int rc = setup_or_report(&c, w, threads);
     if (rc)
         return 1;
-    /* Warm-up: plans the workspace, allocates optimizer state, faults pages in. */
-    double t0 = bench_now();
-    for (int i = 0; i < 3 || bench_now() - t0 < 0.2; i++)
-        if ((rc = bench_run_once(&c)) != TLEARN_OK)
-            break;
-    double rates[64], cpu_rates[64];
-    if (rounds > 64)
-        rounds = 64;
-    for (int r = 0; r < rounds && !rc; r++)
-        rc = timed_round(&c, round_s, &rates[r], &cpu_rates[r]);
+    bench_result r;
+    rc = bench_measure(run_ctx, &c, rounds, round_s, &r);
     if (rc) {
         fprintf(stderr, "tlearn-bench: %s failed: %s (%s)\n", sp->name, tlearn_strerror(rc),
                 tlearn_errmsg());
         bench_teardown(&c);
         return 1;
     }
-    double runs = median(rates, rounds), cpu_runs = median(cpu_rates, rounds);
-    double spread = (rates[rounds - 1] - rates[0]) / runs;
+    double runs = r.rate, cpu_runs = r.cpu_rate, spread = r.spread;
     double value = as_unit(&c, runs), cpu_value = as_unit(&c, cpu_runs);
     double gflops = runs * c.flops * 1e-9 * (w == BW_CNN_FEATURES_B256 ? (double)c.batch : 1.0);
-    printf("tlearn workload=%s threads=%d value=%.6g unit=%s gflops=%.4g ceiling_gflops=%.4g "
-           "ceiling_frac=%.4f peak_rss_kib=%ld rounds=%d spread=%.3f cpu_value=%.6g\n",
-           sp->name, threads, value, sp->unit, gflops, ceiling,
-           ceiling > 0 ? gflops / ceiling : 0.0, bench_peak_rss_kib(), rounds, spread,
-           cpu_value);
-    fflush(stdout);
+    bench_print_result(sp->name, threads, value, sp->unit, gflops, ceiling, rounds, spread,
+                       cpu_value);
     bench_teardown(&c);
     return 0;
 }
@@ -161,19 +129,7 @@ int main(int argc, char **argv)
     int threads = 1, rounds = 5;
     double round_s = 0.3, ceiling = 0.0;
     for (int i = 2; i < argc; i++) {
-        if (i + 1 >= argc) {
-            usage();
-            return 2;
-        }
-        if (strcmp(argv[i], "--threads") == 0)
-            threads = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--rounds") == 0)
-            rounds = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--round-seconds") == 0)
-            round_s = atof(argv[++i]);
-        else if (strcmp(argv[i], "--ceiling") == 0)
-            ceiling = atof(argv[++i]);
-        else {
+        if (bench_common_option(argc, argv, &i, &threads, &rounds, &round_s, &ceiling) != 1) {
             usage();
             return 2;
         }
