@@ -131,13 +131,22 @@ static void forward_range(const activation_cfg *cfg, const float *restrict x,
         for (size_t i = lo; i < hi; i++)
             out[i] = gelu(x[i]);
         break;
+    /* omp simd: selects instead of branches (NaN still passes through), which random
+     * signs would otherwise mispredict (ReLU6 ran scalar at a third of MobileNetV2's time). */
     case TLEARN_ACT_RELU6:
-        for (size_t i = lo; i < hi; i++)
-            out[i] = x[i] < 0.0f ? 0.0f : (x[i] > 6.0f ? 6.0f : x[i]);
+#pragma omp simd
+        for (size_t i = lo; i < hi; i++) {
+            float v = x[i];
+            v = v < 0.0f ? 0.0f : v;
+            out[i] = v > 6.0f ? 6.0f : v;
+        }
         break;
     case TLEARN_ACT_LEAKY_RELU:
-        for (size_t i = lo; i < hi; i++)
-            out[i] = x[i] > 0.0f ? x[i] : x[i] * p0;
+#pragma omp simd
+        for (size_t i = lo; i < hi; i++) {
+            float v = x[i];
+            out[i] = v > 0.0f ? v : v * p0;
+        }
         break;
     case TLEARN_ACT_HARDSIGMOID:
         if (p0 == 1.0f / 6.0f && p1 == 0.5f) /* torch's own form, rounding as torch */

@@ -8,7 +8,8 @@
  * The GEMM writes a F x (T*P) tile that is then scattered to NCHW with the bias added (and
  * a folded ReLU / max-pool, layer.h). 3x3 stride-1 convolutions over enough channels and
  * images run by Winograd instead (winograd.c, see winograd() below): forward, the input
- * gradient and the weight gradient.
+ * gradient and the weight gradient. Depthwise convolutions (groups = channels = filters)
+ * run by direct loops (depthwise.c) in both directions.
  * Backward rebuilds the columns from the input (nothing is saved in forward), then
  *   dW_g += dY_g (Fg x TP) * col^T          (one GEMM per tile and group)
  *   dcol  = W_g^T * dY_g, col2im into dX    (only when the input gradient is wanted).
@@ -20,6 +21,7 @@
 #include <string.h>
 
 #include "layer.h"
+#include "depthwise.h"
 #include "winograd.h"
 
 typedef struct conv_cfg {
@@ -191,6 +193,17 @@ static int winograd_dx(const conv_cfg *c, size_t n, int accum, tl_wino *w)
     return 1;
 }
 
+/* Depthwise (one input channel per filter and group): direct loops (depthwise.h). */
+static int depthwise(const conv_cfg *c, tl_dw *d)
+{
+    if (c->groups != c->cin || c->filters != c->cin || c->groups == 1 ||
+        c->kh * c->kw > TL_DW_MAX_TAPS)
+        return 0;
+    *d = (tl_dw){c->cin, c->hin, c->win, c->hout, c->wout, c->kh, c->kw,
+                 c->sh, c->sw, c->ph, c->pw, c->dh, c->dw};
+    return 1;
+}
+
 /* Chunked inference transforms the Winograd filters once for all its chunks. */
 static int conv_prepare(tl_layer *L, const tl_exec *ex)
 {
@@ -220,21 +233,6 @@ static size_t conv_scratch_floats(const tl_layer *L, size_t n)
     return floats;
 }
 
-/* The output positions o in [0, count) whose input coordinate o*s - pad + off lies in
- * [0, size): returns the range [*lo, *hi). */
-static void valid_range(int count, int s, int pad, int off, int size, int *lo, int *hi)
-{
-    int base = off - pad; /* input coordinate of o = 0 */
-    int l = base >= 0 ? 0 : (-base + s - 1) / s;
-    int h = size - 1 - base < 0 ? 0 : (size - 1 - base) / s + 1;
-    if (h > count)
-        h = count;
-    if (l > h)
-        l = h;
-    *lo = l;
-    *hi = h;
-}
-
 /* col[r][t*P + p] for the channels of group g of images x[0..nt): rows are (c, ki, kj).
  * Rows are independent, so they are split across @p threads. */
 static void im2col(const conv_cfg *c, const float *x, int nt, int g, float *col, int threads)
@@ -248,8 +246,8 @@ static void im2col(const conv_cfg *c, const float *x, int nt, int g, float *col,
         int ci = ri / (c->kh * c->kw), ki = ri / c->kw % c->kh, kj = ri % c->kw;
         float *row = col + (size_t)((ci * c->kh + ki) * c->kw + kj) * ld;
         int oh0, oh1, ow0, ow1;
-        valid_range(c->hout, c->sh, c->ph, ki * c->dh, c->hin, &oh0, &oh1);
-        valid_range(c->wout, c->sw, c->pw, kj * c->dw, c->win, &ow0, &ow1);
+        tl_conv_valid_range(c->hout, c->sh, c->ph, ki * c->dh, c->hin, &oh0, &oh1);
+        tl_conv_valid_range(c->wout, c->sw, c->pw, kj * c->dw, c->win, &ow0, &ow1);
         /* Stride 1, no dilation, output as wide as the input ("same" padding): input and
          * output rows have the same stride, so the valid part of the row is one contiguous
          * copy; only the few padding columns at both ends of each output row are then
@@ -316,8 +314,8 @@ static void col2im(const conv_cfg *c, const float *col, int nt, int g, float *dx
             for (int kj = 0; kj < c->kw; kj++) {
                 const float *row = col + (size_t)((ci * c->kh + ki) * c->kw + kj) * ld;
                 int oh0, oh1, ow0, ow1;
-                valid_range(c->hout, c->sh, c->ph, ki * c->dh, c->hin, &oh0, &oh1);
-                valid_range(c->wout, c->sw, c->pw, kj * c->dw, c->win, &ow0, &ow1);
+                tl_conv_valid_range(c->hout, c->sh, c->ph, ki * c->dh, c->hin, &oh0, &oh1);
+                tl_conv_valid_range(c->wout, c->sw, c->pw, kj * c->dw, c->win, &ow0, &ow1);
                 for (int t = 0; t < nt; t++) {
                     float *xc = dx + t * img + (size_t)(g * cg + ci) * c->hin * c->win;
                     const float *r = row + (size_t)t * P;
@@ -385,6 +383,11 @@ static void conv_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
         return;
     }
     int threads = tl_blas_threads(ex->blas);
+    tl_dw dw;
+    if (depthwise(c, &dw) && !(ex->epilogue & TL_EPILOGUE_POOL2)) {
+        tl_dw_forward(&dw, in[0], w, b, ex->epilogue & TL_EPILOGUE_RELU, out, n, threads);
+        return;
+    }
     size_t pooled = (size_t)(c->hout / 2) * (size_t)(c->wout / 2);
     for (size_t i0 = 0; i0 < n; i0 += T) {
         int nt = (int)(n - i0 < T ? n - i0 : T);
@@ -449,8 +452,13 @@ static void conv_backward(tl_layer *L, const tl_exec *ex, const float *const *in
             db[f] = (float)s;
         }
     }
-    /* Winograd where it applies; the tiles below do what is left by im2col. */
+    /* Depthwise and Winograd where they apply; the tiles below do what is left by im2col. */
     float *dx_all = din[0], *dw_all = pgrad ? pgrad[0] : NULL;
+    tl_dw dw;
+    if (depthwise(c, &dw)) {
+        tl_dw_backward(&dw, in[0], w, dout, dx_all, accum, dw_all, n, threads);
+        return;
+    }
     tl_wino wd;
     if (dx_all && winograd_dx(c, n, accum, &wd)) {
         tl_wino_forward(&wd, ex, dout, w, NULL, NULL, dx_all, n);

@@ -56,6 +56,62 @@ static void test_conv_groups(void **state)
     conv_case(tl_shape3(3, 7, 7), 2, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3, 1, 4, 4);
 }
 
+/* Depthwise (groups = channels = filters) runs by direct loops (depthwise.c): forward
+ * against a convolution in double, plain and with the folded ReLU, and backward by central
+ * differences; strides 1 and 2, kernels 3 and 5, asymmetric padding, dilation. */
+static void dw_case(tl_shape in, size_t n, int k, int sh, int sw, int ph, int pw, int dil,
+                    int bias)
+{
+    lh h;
+    int C = in.c, ia[11] = {C, k, k, sh, sw, ph, pw, dil, dil, C, bias};
+    assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, in, ia, 11, NULL, 0, n, 1), TLEARN_OK);
+    int ho = h.L->out.h, wo = h.L->out.w;
+    assert_int_equal(ho, (in.h + 2 * ph - dil * (k - 1) - 1) / sh + 1);
+    assert_int_equal(wo, (in.w + 2 * pw - dil * (k - 1) - 1) / sw + 1);
+    const float *w = h.L->param[0].t.data, *b = bias ? h.L->param[1].t.data : NULL;
+    for (int relu = 0; relu <= 1; relu++) {
+        tl_exec ex = lh_exec(&h, 0);
+        ex.epilogue = relu ? TL_EPILOGUE_RELU : 0;
+        const float *x[1] = {h.x[0]};
+        h.L->ops->forward(h.L, &ex, x, h.out, n, NULL);
+        for (size_t i = 0; i < n; i++)
+            for (int c = 0; c < C; c++)
+                for (int y = 0; y < ho; y++)
+                    for (int xo = 0; xo < wo; xo++) {
+                        double want = b ? b[c] : 0.0;
+                        for (int ky = 0; ky < k; ky++)
+                            for (int kx = 0; kx < k; kx++) {
+                                int iy = y * sh - ph + ky * dil, ix = xo * sw - pw + kx * dil;
+                                if (iy >= 0 && iy < in.h && ix >= 0 && ix < in.w)
+                                    want += (double)w[(c * k + ky) * k + kx] *
+                                            h.x[0][((i * C + c) * in.h + iy) * in.w + ix];
+                            }
+                        if (relu)
+                            want = want > 0.0 ? want : 0.0;
+                        double got = h.out[((i * C + c) * ho + y) * wo + xo];
+                        if (fabs(got - want) > 1e-5 + 1e-5 * fabs(want))
+                            fail_msg("relu %d, image %zu channel %d (%d,%d): %.9g, direct %.9g",
+                                     relu, i, c, y, xo, got, want);
+                    }
+    }
+    lh_gradcheck(&h, 1e-2f, 2e-3, 2e-3);
+    lh_free(&h);
+}
+
+static void test_conv_depthwise(void **state)
+{
+    (void)state;
+    dw_case(tl_shape3(4, 7, 9), 3, 3, 1, 1, 1, 1, 1, 1); /* MobileNet's 3x3, same padding */
+    dw_case(tl_shape3(3, 8, 7), 2, 3, 2, 2, 1, 1, 1, 0); /* stride 2, no bias */
+    dw_case(tl_shape3(2, 9, 9), 2, 5, 2, 1, 2, 1, 1, 1); /* 5x5, stride (2,1), pads (2,1) */
+    dw_case(tl_shape3(3, 9, 8), 2, 3, 1, 2, 0, 2, 2, 1); /* dilation 2 */
+    /* "same" padding at stride 1 takes contiguous spans with the row ends recomputed */
+    dw_case(tl_shape3(2, 7, 11), 2, 5, 1, 1, 2, 2, 1, 1); /* two border columns each side */
+    dw_case(tl_shape3(2, 8, 9), 2, 3, 1, 1, 2, 2, 2, 0);  /* dilated, same width */
+    dw_case(tl_shape3(2, 6, 2), 3, 3, 1, 1, 1, 1, 1, 1);  /* every column is a border */
+    dw_case(tl_shape3(2, 5, 1), 2, 3, 1, 1, 1, 1, 1, 1);  /* one column */
+}
+
 static void test_conv_tiles(void **state)
 {
     (void)state;
@@ -619,6 +675,7 @@ int main(void)
         cmocka_unit_test(test_conv_stride_pad_nonsquare),
         cmocka_unit_test(test_conv_dilation),
         cmocka_unit_test(test_conv_groups),
+        cmocka_unit_test(test_conv_depthwise),
         cmocka_unit_test(test_conv_tiles),
         cmocka_unit_test(test_conv_winograd),
         cmocka_unit_test(test_conv_accum_and_no_dx),
