@@ -20,12 +20,12 @@ unset LD_LIBRARY_PATH # meson test points it at the build tree; only the install
 pcdir=$(dirname "$(find "$root" -name tlearn-static.pc | head -n 1)")
 [ -f "$pcdir/tlearn-static.pc" ] || fail "tlearn-static.pc was not installed"
 # The install as if configured with its prefix in $root: the .pc files with prefix moved.
-mkdir "$work/pc"
-for pc in "$pcdir"/tlearn*.pc; do
-    sed "s|^prefix=|prefix=$root|" "$pc" > "$work/pc/$(basename "$pc")"
+mkdir "$work/pkgconfig"
+for pcfile in "$pcdir"/tlearn*.pc; do
+    sed "s|^prefix=|prefix=$root|" "$pcfile" > "$work/pkgconfig/${pcfile##*/}"
 done
-export PKG_CONFIG_PATH="$work/pc"
-cat "$work/pc/tlearn-static.pc"
+export PKG_CONFIG_PATH="$work/pkgconfig"
+cat "$work/pkgconfig/tlearn-static.pc"
 libdir=$(pkg-config --variable=libdir tlearn-static)
 archive=$libdir/libtlearn.a
 [ -f "$archive" ] || fail "no $archive"
