@@ -496,16 +496,10 @@ int tl_checkpoint_save_buffer(const char *fn, const tlearn_model *m, const tlear
         tl_wb_free(out);
         return rc;
     }
+    /* A compressed result leaves the reservation's tail unwritten: those pages are never
+     * made resident, so it is not copied into a tighter buffer (which would double the
+     * peak). */
     out->len = (size_t)total;
-    if (out->cap - out->len > out->len / 8 + 4096) { /* compressed well: give back the rest */
-        unsigned char *p = tl_alloc(out->len);
-        if (p) {
-            memcpy(p, out->p, out->len);
-            tl_free(out->p);
-            out->p = p;
-            out->cap = out->len;
-        }
-    }
     return TLEARN_OK;
 }
 
