@@ -44,7 +44,27 @@ cmp -s "$work/globals" "$work/exported" ||
     fail "archive globals differ from lib/tlearn.map: $(diff "$work/exported" "$work/globals" | head -n 5)"
 echo "ok: $archive has $(wc -l < "$work/globals") global symbols, all tlearn_*"
 
-# 2. Static link from the documented line: nothing of libtlearn is dynamic.
+# 2. Both modules name every library libtlearn.so.1 needs (its DT_NEEDED, libc aside) for a
+#    static link: -lX for libX.so, -fopenmp for libgomp, -pthread for libpthread.
+needed=$(readelf -d "$libdir/libtlearn.so.1" | sed -n 's/.*(NEEDED).*\[lib\([^].]*\)\.so.*/\1/p')
+for module in tlearn tlearn-static; do
+    flags=" $(pkg-config --static --libs $module) "
+    for lib in $needed; do
+        case $lib in
+            c) continue ;;
+            gomp) want="-fopenmp" ;;
+            pthread) want="-pthread" ;;
+            *) want="-l$lib" ;;
+        esac
+        case $flags in
+            *" $want "* | *" -l$lib "*) ;;
+            *) fail "pkg-config --static --libs $module lacks $want (libtlearn.so.1 needs lib$lib):$flags" ;;
+        esac
+    done
+done
+echo "ok: both modules name every dependency of libtlearn.so.1:" $needed
+
+# 3. Static link from the documented line: nothing of libtlearn is dynamic.
 cp "$src/tests/link/app.c" "$work/app.c"
 cd "$work"
 flags=$(pkg-config --static --cflags --libs tlearn-static)
@@ -56,7 +76,7 @@ fi
 if ldd app-static | grep -i tlearn; then fail "ldd shows libtlearn in app-static"; fi
 ./app-static || fail "app-static did not run"
 
-# 3. Shared link from the same prefix, found at run time by its rpath, then without it
+# 4. Shared link from the same prefix, found at run time by its rpath, then without it
 #    through LD_LIBRARY_PATH.
 flags=$(pkg-config --cflags --libs tlearn)
 echo "shared: cc app.c $flags -Wl,-rpath,$libdir"
