@@ -481,7 +481,8 @@ int tl_checkpoint_save_buffer(const char *fn, const tlearn_model *m, const tlear
     sink s = {fn, out, NULL, 0};
     if (!rc) {
         /* The size when every array is stored raw bounds the result (an array is kept
-         * compressed only when smaller): one exact allocation, never a doubling's slack. */
+         * compressed only when smaller): reserved once, so appends never move the bytes
+         * and the caller gets no doubling's slack. */
         uint64_t bound = CK_HEADER + (uint64_t)S_KINDS * (CK_ENTRY + 64);
         for (int k = 0; k < S_KINDS; k++)
             bound += w.sec[k].len;
