@@ -49,16 +49,16 @@ echo "ok: $archive has $(wc -l < "$work/globals") global symbols, all tlearn_*"
 needed=$(readelf -d "$libdir/libtlearn.so.1" | sed -n 's/.*(NEEDED).*\[lib\([^].]*\)\.so.*/\1/p')
 for module in tlearn tlearn-static; do
     flags=" $(pkg-config --static --libs $module) "
-    for lib in $needed; do
-        case $lib in
+    for dep in $needed; do
+        case $dep in
             c) continue ;;
             gomp) want="-fopenmp" ;;
             pthread) want="-pthread" ;;
-            *) want="-l$lib" ;;
+            *) want="-l$dep" ;;
         esac
         case $flags in
-            *" $want "* | *" -l$lib "*) ;;
-            *) fail "pkg-config --static --libs $module lacks $want (libtlearn.so.1 needs lib$lib):$flags" ;;
+            *" $want "* | *" -l$dep "*) ;;
+            *) fail "pkg-config --static --libs $module lacks $want (libtlearn.so.1 needs lib$dep):$flags" ;;
         esac
     done
 done
