@@ -1,11 +1,29 @@
 """Python bindings of libtlearn (ctypes + numpy): transfer learning on the CPU.
 
 Three classes own the C handles: :class:`Model`, :class:`FreezePolicy` and
-:class:`Optimizer`. Each frees its handle on ``close()``, at the end of a ``with`` block, or
-when garbage-collected. Arrays go in and out as numpy arrays: inputs must be float32 (labels
-int32) and C-contiguous, shaped ``(n, C, H, W)`` or ``(n, C*H*W)``; anything else raises
-``TypeError``/``ValueError`` before the C library sees it. A failing C call raises
-:class:`TlearnError` with the status code and the library's message.
+:class:`Optimizer` (and :class:`Schedule`). Each frees its handle on ``close()``, at the end
+of a ``with`` block, or when garbage-collected.
+
+Arrays: inputs are float32 and labels int32, shaped ``(n, C, H, W)`` or ``(n, C*H*W)``. A
+C-contiguous numpy array of that dtype is passed to C as it is; anything else is converted
+first, which costs one copy of the array (n x size x 4 bytes) per call: float64 or integer
+arrays, int64 labels (refused with ValueError when a value does not fit int32),
+non-contiguous or Fortran-ordered arrays, torch tensors (through DLPack, zero-copy when
+already float32/int32 and contiguous on the CPU) and other objects with ``__array__``.
+Wrong shapes raise ``ValueError`` and wrong types ``TypeError`` before the C library sees
+them. A failing C call raises :class:`TlearnError` with the status code and the library's
+message.
+
+Threads: every handle carries a re-entrant lock that each method holds while it uses the
+C handle, so threads sharing a model take turns (the C library allows one thread per
+handle; distinct models run in parallel, the lock being released by ctypes' GIL release).
+
+Ctrl-C: during :meth:`Model.fit` and the other long calls, SIGINT stops the C loop after
+the current step (or inference chunk) and raises ``KeyboardInterrupt``; the model keeps
+the weights of the last completed step.
+
+Copies: ``copy.copy``, ``copy.deepcopy`` and ``pickle`` give independent models through
+checkpoint bytes.
 
 Fine-tune a model and save it::
 
@@ -17,18 +35,35 @@ Fine-tune a model and save it::
         m.save("finetuned.tlc", opt)
 
 The library is found through ``TLEARN_LIBRARY``, then a meson build tree of this
-checkout, then the system (see ``tlearn._lib``).
+checkout, then ``pkg-config --variable=libdir tlearn``, then the system (see
+``tlearn._lib``).
 """
+from __future__ import annotations
+
+import contextlib
 import ctypes
+import functools
+import inspect
+import itertools
+import os
+import signal
+import threading
+import time
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    TypeVar, Union)
 
 import numpy as np
 
 from . import _lib as L
+from ._version import __version__
 
 __all__ = ["TlearnError", "Model", "FreezePolicy", "Optimizer", "Schedule", "read_metadata",
            "version", "version_hex", "strerror"]
 
 _C = L.load_library()
+_H = TypeVar("_H", bound="_Handle")
+#: What array arguments accept: numpy arrays, torch tensors, objects with __array__.
+ArrayLike = Any
 
 # Status codes (tlearn.h): values fixed forever.
 OK = 0
@@ -159,86 +194,257 @@ def _enum(table, value, what):
     return int(value)
 
 
-def _require(arr, dtype, what):
-    """Check (never convert) an input array: numpy, the right dtype, C-contiguous."""
-    if not isinstance(arr, np.ndarray):
-        raise TypeError("%s must be a numpy.ndarray of %s, not %s"
-                        % (what, np.dtype(dtype).name, type(arr).__name__))
-    if arr.dtype != dtype:
-        raise TypeError("%s has dtype %s; expected %s (use .astype(np.%s))"
-                        % (what, arr.dtype, np.dtype(dtype).name, np.dtype(dtype).name))
-    if not arr.flags["C_CONTIGUOUS"]:
-        raise ValueError("%s is not C-contiguous (use np.ascontiguousarray)" % what)
-    return arr
+_INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
 
 
-def _fptr(arr):
+def _foreign(a: Any, what: str) -> np.ndarray:
+    """A numpy view of a DLPack exporter (a CPU torch tensor: no copy) or of an object with
+    ``__array__``; TypeError naming @p what for anything else."""
+    err = None
+    if hasattr(a, "__dlpack__"):
+        try:
+            return np.from_dlpack(a)
+        except (RuntimeError, TypeError, ValueError, BufferError) as e:
+            err = e
+    if hasattr(a, "__array__"):
+        try:
+            return np.asarray(a)
+        except (RuntimeError, TypeError, ValueError) as e:
+            err = e
+    raise TypeError("%s must be a numpy.ndarray or an array-like object with __array__ or "
+                    "__dlpack__ (a torch tensor), not %s%s"
+                    % (what, type(a).__name__, ": %s" % err if err else "")) from None
+
+
+def _array(a: Any, dtype: Any, what: str) -> np.ndarray:
+    """@p a as an aligned C-contiguous numpy array of @p dtype (float32 or int32).
+
+    A numpy array that already is one is passed as it is (no copy); anything else is
+    converted once: other real dtypes, non-contiguous or Fortran-ordered arrays, torch
+    tensors (DLPack, zero-copy when float32/int32 and contiguous) and ``__array__`` objects.
+    Integers bound for int32 must fit it (ValueError naming @p what); complex, object and
+    string arrays are refused (TypeError)."""
+    if not isinstance(a, np.ndarray):
+        a = _foreign(a, what)
+    want = np.dtype(dtype)
+    if a.dtype != want:
+        kind = a.dtype.kind
+        if want == np.int32:
+            if kind not in "iub":
+                raise TypeError("%s has dtype %s; expected integers (int32, or int64 that "
+                                "fit int32)" % (what, a.dtype))
+            if kind != "b" and a.size and (a.dtype.itemsize > 4 or kind == "u"):
+                lo, hi = int(a.min()), int(a.max())
+                if lo < _INT32_MIN or hi > _INT32_MAX:
+                    raise ValueError("%s holds %d, outside int32's range [-2^31, 2^31)"
+                                     % (what, lo if lo < _INT32_MIN else hi))
+        elif kind not in "fiub":
+            raise TypeError("%s has dtype %s; expected real numbers (float32)"
+                            % (what, a.dtype))
+    if a.dtype != want or not (a.flags.c_contiguous and a.flags.aligned):
+        a = np.require(a, want, ["C", "A"])
+    return a
+
+
+def _fptr(arr: np.ndarray) -> Any:
     return arr.ctypes.data_as(L.f32p)
 
 
-def _iptr(arr):
+def _iptr(arr: np.ndarray) -> Any:
     return arr.ctypes.data_as(L.i32p)
 
 
-def _batch(x, sample_shape, what):
-    """Validate a float32 batch whose samples have shape @p sample_shape (C, H, W); return n.
-    Accepted: (n, C, H, W), (n, C*H*W), or (n,)+anything with the right size per sample."""
-    _require(x, np.float32, what)
+def _batch(x: Any, sample_shape: Sequence[int], what: str) -> Tuple[np.ndarray, int]:
+    """@p x converted to float32 (see :func:`_array`) and its number of examples, for
+    samples of shape @p sample_shape (C, H, W). Accepted: (n, C, H, W), (n, C*H*W), or
+    (n,)+anything with the right size per sample."""
+    x = _array(x, np.float32, what)
     size = int(np.prod(sample_shape))
     if x.ndim < 2 or x.shape[0] < 1 or int(np.prod(x.shape[1:])) != size:
         raise ValueError("%s has shape %s; expected (n, %s) or (n, %d) with n >= 1"
                          % (what, x.shape, ", ".join(map(str, sample_shape)), size))
-    return x.shape[0]
+    return x, x.shape[0]
 
 
-def _labels(y, n):
-    _require(y, np.int32, "labels")
+def _labels(y: Any, n: int, what: str = "labels") -> np.ndarray:
+    y = _array(y, np.int32, what)
     if y.shape != (n,):
-        raise ValueError("labels has shape %s; expected (%d,) (one per input)" % (y.shape, n))
+        raise ValueError("%s has shape %s; expected (%d,) (one per input)" % (what, y.shape, n))
     return y
 
 
-def _out_shape(n, chw):
+def _mask(a: Any, what: str) -> np.ndarray:
+    """A uint8 0/1 array from booleans or integers (non-zero: 1)."""
+    a = a if isinstance(a, np.ndarray) else _foreign(a, what)
+    if a.dtype == np.uint8 and a.flags.c_contiguous:
+        return a
+    if a.dtype.kind not in "biu":
+        raise TypeError("%s has dtype %s; expected booleans or integers" % (what, a.dtype))
+    return np.ascontiguousarray(a != 0, dtype=np.uint8)
+
+
+def _out_shape(n: int, chw: Sequence[int]) -> Tuple[int, ...]:
     c, h, w = chw
     return (n, c) if h == 1 and w == 1 else (n, c, h, w)
 
 
+class _DeferSigint:
+    """Ctrl-C during a C call: Python's SIGINT handler would raise KeyboardInterrupt inside a
+    ctypes callback, where it cannot propagate ("Exception ignored ..."). For the duration
+    of the call (main thread only: Python runs handlers there alone) a handler that only
+    sets a flag replaces it; callbacks and chunk loops check :meth:`hit` and stop the C loop
+    at the next step, and on exit the old handler is restored and called (Python's default
+    raises KeyboardInterrupt). Nested uses share the outermost one."""
+    _depth = 0
+    _old: Any = None
+    _hit = False
+
+    def __enter__(self) -> "_DeferSigint":
+        cls = _DeferSigint
+        self.own = False
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if cls._depth == 0:
+            old = signal.getsignal(signal.SIGINT)
+            if old in (signal.SIG_IGN, None):  # ignored, or not installed from Python
+                return self
+            cls._old, cls._hit = old, False
+            signal.signal(signal.SIGINT, cls._flag)
+        cls._depth += 1
+        self.own = True
+        return self
+
+    @staticmethod
+    def _flag(signum: int, frame: Any) -> None:
+        _DeferSigint._hit = True
+
+    @staticmethod
+    def hit() -> bool:
+        """Whether a SIGINT arrived since the outermost call began."""
+        return _DeferSigint._hit
+
+    def __exit__(self, *exc: Any) -> None:
+        cls = _DeferSigint
+        if not self.own:
+            return
+        cls._depth -= 1
+        if cls._depth:
+            return
+        old, hit, cls._old, cls._hit = cls._old, cls._hit, None, False
+        signal.signal(signal.SIGINT, old)
+        if hit:
+            try:
+                if callable(old):
+                    old(signal.SIGINT, None)  # default_int_handler: KeyboardInterrupt
+                else:
+                    signal.raise_signal(signal.SIGINT)  # SIG_DFL: end as asked
+            except BaseException as e:
+                e.__suppress_context__ = True  # not "during handling of ECANCELED"
+                raise
+
+
+def _slices(n: int, first: int = 256, target: float = 0.05) -> Iterator[Tuple[int, int]]:
+    """[start, stop) ranges covering n examples for a chunked inference call: the first
+    of @p first examples (calls that small stay one C call), then doubling while a chunk
+    takes under @p target seconds, so that a Ctrl-C waits for at most about one chunk.
+    Stops early when SIGINT arrived (the caller's _DeferSigint then raises)."""
+    start, k = 0, first
+    while start < n and not _DeferSigint.hit():
+        stop = min(n, start + k)
+        t0 = time.perf_counter()
+        yield start, stop
+        if time.perf_counter() - t0 < target:
+            k *= 2
+        start = stop
+
+
+_RANK = {}  # lock order between handle classes: a model's, then its optimizer's, ...
+
+
+def _serialised(cls: Any) -> Any:
+    """Class decorator: every method and property of @p cls runs holding the instance's
+    lock (and the locks of handles passed to it, in the order of _RANK), so Python threads
+    sharing a handle take turns instead of racing in C, which allows one thread per
+    handle. The locks are re-entrant: a callback may call back into the same handle."""
+    _RANK[cls] = len(_RANK)
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            others = [a for a in itertools.chain(args, kwargs.values())
+                      if isinstance(a, _Handle) and a is not self]
+            with self._lock:
+                if not others:
+                    return fn(self, *args, **kwargs)
+                with contextlib.ExitStack() as stack:
+                    for o in sorted(others, key=lambda o: _RANK.get(type(o), 99)):
+                        stack.enter_context(o._lock)
+                    return fn(self, *args, **kwargs)
+        return call
+    for name, attr in list(vars(cls).items()):
+        if isinstance(attr, property):
+            setattr(cls, name, property(attr.fget and wrap(attr.fget),
+                                        attr.fset and wrap(attr.fset), None, attr.__doc__))
+        elif inspect.isfunction(attr) and name not in ("__init__", "__del__", "__enter__",
+                                                       "__exit__"):
+            setattr(cls, name, wrap(attr))
+    return cls
+
+
 class _Handle:
     """Owns one C handle; subclasses name their destroy function."""
-    _destroy = None
+    _destroy = ""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._h = ctypes.c_void_p()
+        self._lock = threading.RLock()
 
     @property
-    def handle(self):
-        """The raw C pointer (ctypes.c_void_p); raises once closed."""
+    def handle(self) -> ctypes.c_void_p:
+        """The raw C pointer (ctypes.c_void_p); raises once closed. Calls through it bypass
+        the lock: hold ``with obj.lock:`` around them when threads share the object."""
         if not self._h:
             raise ValueError("%s is closed" % type(self).__name__)
         return self._h
 
     @property
-    def closed(self):
+    def lock(self) -> threading.RLock:
+        """The re-entrant lock every method holds while it uses the C handle."""
+        return self._lock
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` freed the handle."""
         return not self._h
 
-    def close(self):
-        """Free the C handle now. Safe to call twice."""
-        if getattr(self, "_h", None):
-            getattr(_C, self._destroy)(ctypes.byref(self._h))
+    def close(self) -> None:
+        """Free the C handle now (waiting for a call running in another thread). Safe to
+        call twice."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before the handle existed
+            return
+        with lock:
+            if self._h:
+                getattr(_C, self._destroy)(ctypes.byref(self._h))
 
-    def __enter__(self):
+    def __enter__(self: _H) -> _H:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.close()
         except Exception:  # interpreter shutdown: the library may be gone already
             pass
 
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle or copy a tlearn.%s (a C handle); models can be "
+                        "copied and pickled" % type(self).__name__)
 
+
+@_serialised
 class Optimizer(_Handle):
     """An update rule ("sgd", "adam", "adamw") and its hyperparameters, PyTorch defaults.
 
@@ -313,6 +519,7 @@ class Optimizer(_Handle):
         self.set("lr", value)
 
 
+@_serialised
 class Schedule(_Handle):
     """A learning-rate schedule, equal step for step to torch.optim.lr_scheduler's classes.
 
@@ -353,6 +560,7 @@ class Schedule(_Handle):
         return v.value
 
 
+@_serialised
 class FreezePolicy(_Handle):
     """Which layers train and at which learning-rate scale. Rules apply in the order they
     are added (later ones override); every method returns self, so rules chain:
@@ -420,6 +628,7 @@ def _dtype(dtype):
         raise ValueError(f"dtype must be 'float32' or 'int32', not {dtype!r}")
     return kinds[str(dtype)]
 
+@_serialised
 class Model(_Handle):
     """A network, its weights and training state (tlearn_model).
 
@@ -911,7 +1120,7 @@ class Model(_Handle):
 
     def set_tensor(self, name, values):
         """Overwrite tensor @p name with a float32 array of the same number of elements."""
-        _require(values, np.float32, "values")
+        values = _array(values, np.float32, "values")
         _check(_C.tlearn_model_set_tensor(self.handle, _enc(name, "name"), _fptr(values),
                                           values.size))
 
@@ -932,47 +1141,77 @@ class Model(_Handle):
         return b.value
 
     # -- inference and training ------------------------------------------------------
-    def predict(self, x):
-        """Outputs (logits) for a batch, evaluation mode: shape (n, outputs)."""
-        n = _batch(x, self.input_shape, "x")
-        out = np.empty(_out_shape(n, self.output_shape), dtype=np.float32)
-        _check(_C.tlearn_model_predict(self.handle, _fptr(x), n, _fptr(out), out.size))
+    def _infer(self, fn, layer, x, out_size):
+        """Run C inference call @p fn (predict, features, embed: the same arguments after
+        the optional layer name) over @p x in chunks (see _slices), so that Ctrl-C is
+        prompt on large inputs; returns the flat (n, out_size) float32 output."""
+        out = np.empty((x.shape[0], out_size), dtype=np.float32)
+        pre = () if layer is None else (_enc(layer, "layer"),)
+        with _DeferSigint():
+            for a, b in _slices(x.shape[0]):
+                _check(fn(self.handle, *pre, _fptr(x[a:b]), b - a, _fptr(out[a:b]),
+                          (b - a) * out_size))
         return out
 
-    def evaluate(self, x, labels):
-        """(mean loss, accuracy) over a labelled set, evaluation mode."""
-        n = _batch(x, self.input_shape, "x")
-        _labels(labels, n)
+    def predict(self, x: ArrayLike) -> np.ndarray:
+        """Outputs (logits) for a batch in evaluation mode: shape (n, outputs), or (n, C, H,
+        W) for a map. @p x is converted to float32 when it is not already (see the module
+        docstring for the cost). Large batches run in chunks, so that Ctrl-C stops them
+        promptly (KeyboardInterrupt); the result equals one call's."""
+        x, n = _batch(x, self.input_shape, "x")
+        shape = _out_shape(n, self.output_shape)
+        return self._infer(_C.tlearn_model_predict, None, x,
+                           int(np.prod(shape[1:]))).reshape(shape)
+
+    def evaluate(self, x: ArrayLike, labels: ArrayLike) -> Tuple[float, float]:
+        """(mean loss, accuracy) over a labelled set, evaluation mode. Large sets run in
+        chunks (Ctrl-C stops them promptly), whose means are combined in double: the loss
+        may then differ from one C call's in the last bits."""
+        x, n = _batch(x, self.input_shape, "x")
+        labels = _labels(labels, n)
         loss, acc = ctypes.c_float(), ctypes.c_float()
-        _check(_C.tlearn_model_evaluate(self.handle, _fptr(x), _iptr(labels), n,
-                                        ctypes.byref(loss), ctypes.byref(acc)))
-        return loss.value, acc.value
+        # a reducer sums evaluate over workers: every worker must make the same calls
+        parts = _slices(n) if getattr(self, "_reducer", None) is None else [(0, n)]
+        total_loss, total_correct = 0.0, 0.0
+        with _DeferSigint():
+            for a, b in parts:
+                _check(_C.tlearn_model_evaluate(self.handle, _fptr(x[a:b]), _iptr(labels[a:b]),
+                                                b - a, ctypes.byref(loss), ctypes.byref(acc)))
+                if (a, b) == (0, n):
+                    return loss.value, acc.value
+                total_loss += float(loss.value) * (b - a)
+                total_correct += round(float(acc.value) * (b - a))
+        return float(np.float32(total_loss / n)), float(np.float32(total_correct / n))
 
-    def train_step(self, optimizer, x, labels):
-        """One optimisation step on a batch (cross-entropy); returns loss + penalty."""
-        n = _batch(x, self.input_shape, "x")
-        _labels(labels, n)
+    def train_step(self, optimizer: Optimizer, x: ArrayLike, labels: ArrayLike) -> float:
+        """One optimisation step on a batch (cross-entropy); returns loss + penalty.
+        @p x is converted to float32 and @p labels to int32 when they are not already."""
+        x, n = _batch(x, self.input_shape, "x")
+        labels = _labels(labels, n)
         loss = ctypes.c_float()
-        _check(_C.tlearn_model_train_step(self.handle, optimizer.handle, _fptr(x),
-                                          _iptr(labels), n, ctypes.byref(loss)))
+        with _DeferSigint():  # a reducer's callbacks run inside
+            _check(_C.tlearn_model_train_step(self.handle, optimizer.handle, _fptr(x),
+                                              _iptr(labels), n, ctypes.byref(loss)))
         return loss.value
 
-    def train_step_mse(self, optimizer, x, targets):
+    def train_step_mse(self, optimizer: Optimizer, x: ArrayLike, targets: ArrayLike) -> float:
         """One step against float targets of the output's shape (loss must be "mse")."""
-        n = _batch(x, self.input_shape, "x")
-        _batch(targets, self.output_shape, "targets")
-        if targets.shape[0] != n:
-            raise ValueError("targets has %d rows, x has %d" % (targets.shape[0], n))
+        x, n = _batch(x, self.input_shape, "x")
+        targets, nt = _batch(targets, self.output_shape, "targets")
+        if nt != n:
+            raise ValueError("targets has %d rows, x has %d" % (nt, n))
         loss = ctypes.c_float()
-        _check(_C.tlearn_model_train_step_mse(self.handle, optimizer.handle, _fptr(x),
-                                              _fptr(targets), n, ctypes.byref(loss)))
+        with _DeferSigint():
+            _check(_C.tlearn_model_train_step_mse(self.handle, optimizer.handle, _fptr(x),
+                                                  _fptr(targets), n, ctypes.byref(loss)))
         return loss.value
 
-    def compute_gradients(self, x, labels, input_grad=False):
+    def compute_gradients(self, x: ArrayLike, labels: ArrayLike,
+                          input_grad: bool = False) -> Union[float, Tuple[float, np.ndarray]]:
         """Forward and backward without an update. Returns the loss, or (loss, dL/dx)
         with ``input_grad=True``. Read parameter gradients with :meth:`get_grad`."""
-        n = _batch(x, self.input_shape, "x")
-        _labels(labels, n)
+        x, n = _batch(x, self.input_shape, "x")
+        labels = _labels(labels, n)
         loss = ctypes.c_float()
         dx = np.empty_like(x) if input_grad else None
         _check(_C.tlearn_model_compute_gradients(
@@ -980,9 +1219,14 @@ class Model(_Handle):
             _fptr(dx) if input_grad else None, dx.size if input_grad else 0))
         return (loss.value, dx) if input_grad else loss.value
 
-    def fit(self, optimizer, x, labels, batch=32, epochs=1, shuffle=True, progress=None,
-            validation=None, schedule=None, early_stopping=None, accumulate=1,
-            gradual_unfreeze=False, checkpoint=None, top_k=5, verbose=None):
+    def fit(self, optimizer: Optimizer, x: ArrayLike, labels: ArrayLike, batch: int = 32,
+            epochs: int = 1, shuffle: bool = True,
+            progress: Optional[Callable[[int, int, int, int, float], Any]] = None,
+            validation: Optional[Tuple[ArrayLike, ArrayLike]] = None,
+            schedule: Optional[Schedule] = None,
+            early_stopping: Union[None, str, Mapping[str, Any]] = None, accumulate: int = 1,
+            gradual_unfreeze: bool = False, checkpoint: Union[None, str, os.PathLike] = None,
+            top_k: int = 5, verbose: Optional[bool] = None) -> Dict[str, List[float]]:
         """Train in mini-batches; returns a Keras-like history dict of per-epoch lists
         ("loss", "accuracy", "lr", and with a validation set "val_loss", "val_accuracy",
         "val_top_k_accuracy", "val_macro_f1" or, for MSE models, "val_mae").
@@ -998,9 +1242,13 @@ class Model(_Handle):
         ``progress(epoch, epochs, step, steps_per_epoch, loss)``; a true return value stops
         training (TlearnError ECANCELED), an exception stops it and is re-raised here.
         Without it, when @p verbose (default: stdout is a terminal), a tqdm bar is shown if
-        tqdm is installed, else one line per epoch."""
+        tqdm is installed, else one line per epoch.
+
+        Ctrl-C stops training after the current update and raises KeyboardInterrupt; the
+        model keeps the weights of the last completed update (or, with early stopping's
+        restore_best, the best epoch's). Arrays are converted as :meth:`predict` says."""
         import sys
-        n = _batch(x, self.input_shape, "x")
+        x, n = _batch(x, self.input_shape, "x")
         y = self._targets(labels, n, "labels")
         if verbose is None:
             verbose = progress is None and sys.stdout.isatty()
@@ -1032,7 +1280,7 @@ class Model(_Handle):
             self.fit_params = params  # the options of the last fit, as Keras' History.params
             if validation is not None:
                 vx, vy = validation
-                vn = _batch(vx, self.input_shape, "validation x")
+                vx, vn = _batch(vx, self.input_shape, "validation x")
                 vy = self._targets(vy, vn, "validation labels")
                 _check(_C.tlearn_fit_set_validation(f, _fptr(vx), vx.size,
                                                     vy.ctypes.data_as(ctypes.c_void_p),
@@ -1045,6 +1293,8 @@ class Model(_Handle):
 
             def on_step(epoch, epochs_, step, steps, loss, user):
                 try:
+                    if _DeferSigint.hit():
+                        return 1
                     if state.fn is not None:
                         return 1 if state.fn(epoch, epochs_, step, steps, loss) else 0
                     if bar[0] is not None:
@@ -1060,6 +1310,8 @@ class Model(_Handle):
 
             def on_epoch(rec, user):
                 try:
+                    if _DeferSigint.hit():
+                        return 1
                     v = ctypes.c_double()
                     for name, key in METRICS.items():
                         if name in ("improved", "trainable_layers"):
@@ -1085,11 +1337,15 @@ class Model(_Handle):
                     bar[0] = tqdm.tqdm(total=0, leave=False)
                 except ImportError:
                     pass
-            step_cb = L.PROGRESS_FN(on_step) if (progress or bar[0]) else L.PROGRESS_FN()
+            # the step callback also runs without progress/bar: it is where Ctrl-C stops
+            step_cb = L.PROGRESS_FN(on_step)
             epoch_cb = L.EPOCH_FN(on_epoch)
             _check(_C.tlearn_fit_set_callbacks(f, step_cb, epoch_cb, None))
-            rc = _C.tlearn_model_fit_run(self.handle, optimizer.handle, f, _fptr(x),
-                                         y.ctypes.data_as(ctypes.c_void_p), n)
+            with _DeferSigint():
+                rc = _C.tlearn_model_fit_run(self.handle, optimizer.handle, f, _fptr(x),
+                                             y.ctypes.data_as(ctypes.c_void_p), n)
+                if _DeferSigint.hit():
+                    return history  # _DeferSigint raises KeyboardInterrupt on the way out
             state.reraise()
             _check(rc)
         finally:
@@ -1098,34 +1354,42 @@ class Model(_Handle):
             _C.tlearn_fit_destroy(ctypes.byref(f))
         return history
 
-    def fit_batches(self, optimizer, x, labels, batch=32, epochs=1, shuffle=True,
-                    progress=None):
+    def fit_batches(self, optimizer: Optimizer, x: ArrayLike, labels: ArrayLike,
+                    batch: int = 32, epochs: int = 1, shuffle: bool = True,
+                    progress: Optional[Callable[[int, int, int, int, float], Any]] = None
+                    ) -> None:
         """The 1.0 training loop (tlearn_model_fit): mini-batches, no validation, no
-        history. @p progress as in :meth:`fit`."""
-        n = _batch(x, self.input_shape, "x")
-        _labels(labels, n)
+        history. @p progress and Ctrl-C as in :meth:`fit`."""
+        x, n = _batch(x, self.input_shape, "x")
+        labels = _labels(labels, n)
         state = _Callback(progress)
 
         def trampoline(epoch, epochs_, step, steps, loss, user):
             try:
-                return 1 if state.fn(epoch, epochs_, step, steps, loss) else 0
+                if _DeferSigint.hit():
+                    return 1
+                return 1 if state.fn and state.fn(epoch, epochs_, step, steps, loss) else 0
             except BaseException as e:  # never let an exception unwind through C
                 state.error = e
                 return 1
-        cb = L.PROGRESS_FN(trampoline) if progress is not None else L.PROGRESS_FN()
-        rc = _C.tlearn_model_fit(self.handle, optimizer.handle, _fptr(x), _iptr(labels), n,
-                                 int(batch), int(epochs), int(bool(shuffle)), cb, None)
+        cb = L.PROGRESS_FN(trampoline)
+        with _DeferSigint():
+            rc = _C.tlearn_model_fit(self.handle, optimizer.handle, _fptr(x), _iptr(labels),
+                                     n, int(batch), int(epochs), int(bool(shuffle)), cb, None)
+            if _DeferSigint.hit():
+                return
         state.reraise()
         _check(rc)
 
     def _targets(self, y, n, what):
-        """int32 labels (n,) or float32 targets (n, outputs...)."""
-        if isinstance(y, np.ndarray) and y.dtype == np.float32:
-            _require(y, np.float32, what)
-            if y.shape[0] != n:
-                raise ValueError("%s has %d rows; expected %d" % (what, y.shape[0], n))
-            return y
-        return _labels(y, n)
+        """int32 labels (n,) from integers, or float32 targets (n, outputs...) from floats."""
+        arr = y if isinstance(y, np.ndarray) else _foreign(y, what)
+        if arr.dtype.kind == "f":
+            arr = _array(arr, np.float32, what)
+            if arr.ndim < 1 or arr.shape[0] != n:
+                raise ValueError("%s has shape %s; expected %d rows" % (what, arr.shape, n))
+            return arr
+        return _labels(arr, n, what)
 
     def set_class_weights(self, weights):
         """Class weights of the cross-entropy (torch's weight=); None clears them."""
@@ -1144,8 +1408,8 @@ class Model(_Handle):
     def evaluate_classes(self, x, labels, k=5):
         """Classification metrics: dict with "top_k_accuracy", "confusion" (rows: true
         labels), per-class "precision", "recall", "f1" arrays."""
-        n = _batch(x, self.input_shape, "x")
-        _labels(labels, n)
+        x, n = _batch(x, self.input_shape, "x")
+        labels = _labels(labels, n)
         c = int(np.prod(self.output_shape))
         topk = ctypes.c_float()
         cm = np.zeros((c, c), np.int64)
@@ -1159,8 +1423,8 @@ class Model(_Handle):
 
     def evaluate_regression(self, x, targets):
         """(mse, mae) against float32 targets of shape (n, outputs)."""
-        n = _batch(x, self.input_shape, "x")
-        _require(targets, np.float32, "targets")
+        x, n = _batch(x, self.input_shape, "x")
+        targets = _array(targets, np.float32, "targets")
         mse, mae = ctypes.c_float(), ctypes.c_float()
         _check(_C.tlearn_model_evaluate_regression(self.handle, _fptr(x), _fptr(targets), n,
                                                    ctypes.byref(mse), ctypes.byref(mae)))
@@ -1184,19 +1448,18 @@ class Model(_Handle):
                                               ctypes.byref(s)))
         return s.value
 
-    def features(self, layer, x):
-        """Activations of @p layer for a batch (evaluation mode): (n, C) or (n, C, H, W)."""
-        n = _batch(x, self.input_shape, "x")
-        out = np.empty(_out_shape(n, self.layer_shape(self.layer_index(layer))),
-                       dtype=np.float32)
-        _check(_C.tlearn_model_features(self.handle, _enc(layer, "layer"), _fptr(x), n,
-                                        _fptr(out), out.size))
-        return out
+    def features(self, layer: str, x: ArrayLike) -> np.ndarray:
+        """Activations of @p layer for a batch (evaluation mode): (n, C) or (n, C, H, W).
+        Chunked and converted as :meth:`predict`."""
+        x, n = _batch(x, self.input_shape, "x")
+        shape = _out_shape(n, self.layer_shape(self.layer_index(layer)))
+        return self._infer(_C.tlearn_model_features, layer, x,
+                           int(np.prod(shape[1:]))).reshape(shape)
 
     def train_step_from(self, optimizer, layer, features, labels):
         """One step of the layers after @p layer from cached features of @p layer."""
-        n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")
-        _labels(labels, n)
+        features, n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")
+        labels = _labels(labels, n)
         loss = ctypes.c_float()
         _check(_C.tlearn_model_train_step_from(self.handle, optimizer.handle,
                                                _enc(layer, "layer"), _fptr(features),
@@ -1274,14 +1537,8 @@ class Model(_Handle):
             raise ValueError("the model has %d inputs, %d arrays given" % (len(info), len(inputs)))
         n, keep = None, []
         for j, (x, (name, dtype, shape)) in enumerate(zip(inputs, info)):
-            if isinstance(x, np.ndarray) and x.dtype == np.int64 and dtype == "int32":
-                if x.size and (x.min() < -2**31 or x.max() >= 2**31):
-                    raise ValueError("input %d ('%s'): int64 values do not fit int32" % (j, name))
-                x = np.ascontiguousarray(x, dtype=np.int32)
-            if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.int32):
-                raise TypeError("input %d ('%s') must be a float32 or int32 numpy array"
-                                % (j, name))
-            _require(x, x.dtype, "input %d" % j)
+            x = _array(x, np.int32 if dtype == "int32" else np.float32,
+                       "input %d ('%s')" % (j, name))
             if x.ndim < 1 or x.shape[0] < 1 or int(np.prod(x.shape[1:])) != int(np.prod(shape)):
                 raise ValueError("input %d ('%s') has shape %s; expected (n, %s)"
                                  % (j, name, x.shape, ", ".join(map(str, shape))))
@@ -1292,22 +1549,27 @@ class Model(_Handle):
         ins = (ctypes.c_void_p * len(keep))(*[x.ctypes.data for x in keep])
         return n, ins, keep
 
-    def run(self, *inputs):
+    def run(self, *inputs: ArrayLike) -> List[np.ndarray]:
         """Inference with one array per model input (float32, or int32 for int32 inputs;
-        shape (n, *input shape)); returns one array per graph output, shape (n, *shape)."""
+        shape (n, *input shape)); returns one array per graph output, shape (n, *shape).
+        Chunked and converted as :meth:`predict` (int64 ids must fit int32)."""
         n, ins, keep = self._feed(inputs)
         outs = [np.empty((n,) + self.layer_shape_nd(self.layer_index(name)), np.float32)
                 for name in self.outputs]
-        optr = (L.f32p * len(outs))(*[_fptr(o) for o in outs])
-        lens = (ctypes.c_size_t * len(outs))(*[o.size for o in outs])
-        _check(_C.tlearn_model_run(self.handle, ins, len(keep), n, optr, lens, len(outs)))
+        with _DeferSigint():
+            for a, b in _slices(n):
+                ins = (ctypes.c_void_p * len(keep))(*[x[a:b].ctypes.data for x in keep])
+                optr = (L.f32p * len(outs))(*[_fptr(o[a:b]) for o in outs])
+                lens = (ctypes.c_size_t * len(outs))(*[o[a:b].size for o in outs])
+                _check(_C.tlearn_model_run(self.handle, ins, len(keep), b - a, optr, lens,
+                                           len(outs)))
         return outs
 
     def train_step_inputs(self, optimizer, inputs, labels):
         """One optimisation step (cross-entropy) on a model of several inputs: @p inputs is
         a sequence of one array per model input (token ids, masks, images). Returns the loss."""
         n, ins, keep = self._feed(list(inputs))
-        _labels(labels, n)
+        labels = _labels(labels, n)
         loss = ctypes.c_float()
         _check(_C.tlearn_model_train_step_inputs(self.handle, optimizer.handle, ins, len(keep),
                                                  _iptr(labels), n, ctypes.byref(loss)))
@@ -1349,7 +1611,7 @@ class Model(_Handle):
         """compute_gradients() for a model of several inputs. Returns the loss, or (loss,
         dL/d first input) with ``input_grad=True`` (the first input must be float32)."""
         n, ins, keep = self._feed(list(inputs))
-        _labels(labels, n)
+        labels = _labels(labels, n)
         loss = ctypes.c_float()
         dx = np.empty(keep[0].shape, np.float32) if input_grad else None
         _check(_C.tlearn_model_compute_gradients_inputs(
@@ -1401,17 +1663,19 @@ class Model(_Handle):
         outs = self.outputs
         if len(targets) != len(outs):
             raise ValueError("the model has %d outputs, %d targets given" % (len(outs), len(targets)))
+        targets = list(targets)
         for j, t in enumerate(targets):
             if t is not None:
-                _require(t, t.dtype if t.dtype in (np.int32, np.float32) else np.float32,
-                         "targets %d" % j)
-                if t.shape[0] != n:
+                t = t if isinstance(t, np.ndarray) else _foreign(t, "targets %d" % j)
+                t = targets[j] = _array(t, np.float32 if t.dtype.kind == "f" else np.int32,
+                                        "targets %d" % j)
+                if t.ndim < 1 or t.shape[0] != n:
                     raise ValueError("targets %d has %d rows, inputs %d" % (j, t.shape[0], n))
         tp = (ctypes.c_void_p * len(targets))(*[None if t is None else t.ctypes.data
                                                  for t in targets])
         mask = None
         if is_target is not None:
-            _require(is_target, np.uint8, "is_target")
+            is_target = _mask(is_target, "is_target")
             if is_target.shape != (n,):
                 raise ValueError("is_target has shape %s; expected (%d,)" % (is_target.shape, n))
             mask = is_target.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
@@ -1443,7 +1707,7 @@ class Model(_Handle):
 
     def predict_from(self, layer, features):
         """Outputs from cached features of @p layer."""
-        n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")
+        features, n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")
         out = np.empty(_out_shape(n, self.output_shape), dtype=np.float32)
         _check(_C.tlearn_model_predict_from(self.handle, _enc(layer, "layer"),
                                             _fptr(features), n, _fptr(out), out.size))
@@ -1468,8 +1732,8 @@ class Model(_Handle):
 
     def ewc_consolidate(self, x, labels, estimator="empirical", lam=1.0):
         """Estimate the Fisher on a labelled set and anchor the current weights (EWC)."""
-        n = _batch(x, self.input_shape, "x")
-        _labels(labels, n)
+        x, n = _batch(x, self.input_shape, "x")
+        labels = _labels(labels, n)
         _check(_C.tlearn_ewc_consolidate(self.handle, _fptr(x), _iptr(labels), n,
                                          _enum(FISHER, estimator, "estimator"), float(lam)))
         return self
@@ -1581,8 +1845,8 @@ class Model(_Handle):
         the examples labelled c. With features=True, x holds those activations."""
         shape = (self.layer_shape(self.layer_index(from_layer)) if from_layer
                  else self.input_shape)
-        n = self._proto_x(shape, x, features)
-        _labels(labels, n)
+        x, n = self._proto_x(shape, x, features)
+        labels = _labels(labels, n)
         flags = (PROTO_FEATURES if features else 0) | (
             PROTO_LEARN_TEMPERATURE if learn_temperature else 0)
         _check(_C.tlearn_prototype_head(self.handle, _enc(from_layer or "", "from_layer"),
@@ -1592,14 +1856,14 @@ class Model(_Handle):
 
     def prototype_update(self, layer, x, labels, features=False):
         """Fold more labelled examples into the prototypes (running mean per class)."""
-        n = x.shape[0] if isinstance(x, np.ndarray) and x.ndim >= 1 else 0
         if features:
-            _require(x, np.float32, "features")
+            x = _array(x, np.float32, "features")
+            n = x.shape[0] if x.ndim >= 1 else 0
             if x.ndim < 2 or n < 1:
                 raise ValueError("features must be (n, size) with n >= 1")
         else:
-            n = _batch(x, self.input_shape, "x")
-        _labels(labels, n)
+            x, n = _batch(x, self.input_shape, "x")
+        labels = _labels(labels, n)
         _check(_C.tlearn_prototype_update(self.handle, _enc(layer, "layer"), _fptr(x),
                                           _iptr(labels), n, PROTO_FEATURES if features else 0))
         return self
@@ -1620,20 +1884,18 @@ class Model(_Handle):
         _check(_C.tlearn_prototype_to_dense(self.handle, _enc(layer, "layer")))
         return self
 
-    def embed(self, layer, x):
-        """L2-normalised activations of @p layer, shape (n, size)."""
-        n = _batch(x, self.input_shape, "x")
+    def embed(self, layer: str, x: ArrayLike) -> np.ndarray:
+        """L2-normalised activations of @p layer, shape (n, size). Chunked and converted
+        as :meth:`predict`."""
+        x, n = _batch(x, self.input_shape, "x")
         size = int(np.prod(self.layer_shape_nd(self.layer_index(layer))))
-        out = np.empty((n, size), dtype=np.float32)
-        _check(_C.tlearn_model_embed(self.handle, _enc(layer, "layer"), _fptr(x), n,
-                                     _fptr(out), out.size))
-        return out
+        return self._infer(_C.tlearn_model_embed, layer, x, size)
 
     def transferability(self, layer, x, labels, classes, metric="logme"):
         """LogME, LEEP (layer = the source logits) or H-score of @p layer's activations for
         the labelled set; higher is better."""
-        n = _batch(x, self.input_shape, "x")
-        _labels(labels, n)
+        x, n = _batch(x, self.input_shape, "x")
+        labels = _labels(labels, n)
         score = ctypes.c_double()
         _check(_C.tlearn_transferability(self.handle, _enc(layer, "layer"), _fptr(x),
                                          _iptr(labels), n, int(classes),
@@ -1650,8 +1912,8 @@ def dann_lambda(progress):
 def discrepancy(kind, features, is_target, multipliers=()):
     """("coral" or "mmd") between the rows of float32 ``features`` (n, dim) marked by uint8
     ``is_target``; returns (value, gradient w.r.t. features)."""
-    _require(features, np.float32, "features")
-    _require(is_target, np.uint8, "is_target")
+    features = _array(features, np.float32, "features")
+    is_target = _mask(is_target, "is_target")
     if features.ndim != 2 or is_target.shape != (features.shape[0],):
         raise ValueError("features must be (n, dim) and is_target (n,)")
     m = np.ascontiguousarray(multipliers, dtype=np.float32)
@@ -1676,8 +1938,8 @@ def read_metadata(path):
     return result
 
 
-def _matrix(a, what):
-    _require(a, np.float32, what)
+def _matrix(a: Any, what: str) -> np.ndarray:
+    a = _array(a, np.float32, what)
     if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
         raise ValueError("%s must be a 2-D (rows, dim) array, not %s" % (what, a.shape))
     return a
@@ -1685,8 +1947,8 @@ def _matrix(a, what):
 
 def similarity_scores(queries, keys, threads=1):
     """Cosine similarities (nq, nkeys) of the rows of @p queries and @p keys."""
-    _matrix(queries, "queries")
-    _matrix(keys, "keys")
+    queries = _matrix(queries, "queries")
+    keys = _matrix(keys, "keys")
     if queries.shape[1] != keys.shape[1]:
         raise ValueError("queries and keys differ in dim")
     out = np.empty((queries.shape[0], keys.shape[0]), dtype=np.float32)
@@ -1699,8 +1961,8 @@ def similarity_scores(queries, keys, threads=1):
 def similarity_topk(queries, keys, k, threads=1):
     """Exact top-k keys by cosine for each query: (index (nq, k) int32, scores (nq, k)),
     best first."""
-    _matrix(queries, "queries")
-    _matrix(keys, "keys")
+    queries = _matrix(queries, "queries")
+    keys = _matrix(keys, "keys")
     if queries.shape[1] != keys.shape[1]:
         raise ValueError("queries and keys differ in dim")
     idx = np.empty((queries.shape[0], int(k)), dtype=np.int32)
@@ -1713,7 +1975,7 @@ def similarity_topk(queries, keys, k, threads=1):
 
 def transferability(features, labels, classes, metric="logme"):
     """LogME, LEEP (features = source logits) or H-score of (n, dim) features."""
-    _matrix(features, "features")
+    features = _matrix(features, "features")
     _labels(labels, features.shape[0])
     score = ctypes.c_double()
     _check(_C.tlearn_transferability_features(_fptr(features), features.shape[0],
