@@ -117,24 +117,24 @@ class TlearnError(Exception):
     """A libtlearn call failed. ``code`` is the negative TLEARN_E* status, ``name`` its
     macro name and ``message`` the library's detail (tlearn_errmsg())."""
 
-    def __init__(self, code, message):
+    def __init__(self, code: int, message: str) -> None:
         self.code = code
         self.name = _STATUS_NAMES.get(code, "status %d" % code)
         self.message = message
         super().__init__("%s (%s): %s" % (strerror(code), self.name, message))
 
 
-def strerror(code):
+def strerror(code: int) -> str:
     """Short description of a status code (tlearn_strerror)."""
     return _C.tlearn_strerror(int(code)).decode()
 
 
-def version():
+def version() -> str:
     """Version string of the loaded library, "MAJOR.MINOR.PATCH"."""
     return _C.tlearn_version_string().decode()
 
 
-def blas_info():
+def blas_info() -> str:
     """Which BLIS sub-configuration runs the matrix products and why, as one line of
     ``key=value`` fields (tlearn_blas_info)."""
     buf = ctypes.create_string_buffer(256)
@@ -142,7 +142,7 @@ def blas_info():
     return buf.value.decode()
 
 
-def version_hex():
+def version_hex() -> int:
     """Version of the loaded library as 0xMMmmpp00 (compare with a minimum you need)."""
     return _C.tlearn_version_hex()
 
@@ -452,7 +452,7 @@ class Optimizer(_Handle):
     dampening, nesterov, weight_decay, beta1, beta2, eps, clip_norm."""
     _destroy = "tlearn_optim_destroy"
 
-    def __init__(self, kind="adam", **params):
+    def __init__(self, kind: Union[str, int] = "adam", **params: float) -> None:
         super().__init__()
         _check(_C.tlearn_optim_create(ctypes.byref(self._h), _enum(OPTIMIZERS, kind,
                                                                    "optimizer")))
@@ -466,13 +466,13 @@ class Optimizer(_Handle):
         o._h = ptr
         return o
 
-    def set(self, param, value):
+    def set(self, param: Union[str, int], value: float) -> Optimizer:
         """Set a hyperparameter by name ("lr") or enum value; returns self."""
         _check(_C.tlearn_optim_set(self.handle, _enum(OPTIM_PARAMS, param, "parameter"),
                                    float(value)))
         return self
 
-    def get(self, param):
+    def get(self, param: Union[str, int]) -> float:
         """Read a hyperparameter by name or enum value."""
         v = ctypes.c_double()
         _check(_C.tlearn_optim_get(self.handle, _enum(OPTIM_PARAMS, param, "parameter"),
@@ -480,30 +480,30 @@ class Optimizer(_Handle):
         return v.value
 
     @property
-    def kind(self):
+    def kind(self) -> str:
         """"sgd", "adam" or "adamw"."""
         k = ctypes.c_int()
         _check(_C.tlearn_optim_kind(self.handle, ctypes.byref(k)))
         return {v: n for n, v in OPTIMIZERS.items()}[k.value]
 
-    def set_schedule(self, schedule):
+    def set_schedule(self, schedule: Optional[Schedule]) -> Optimizer:
         """Attach a copy of a :class:`Schedule` at its step 0 (None detaches); returns self."""
         _check(_C.tlearn_optim_set_schedule(self.handle,
                                             schedule.handle if schedule is not None else None))
         return self
 
-    def schedule_step(self):
+    def schedule_step(self) -> None:
         """Advance the attached schedule by one step (per-epoch schedules, own loops)."""
         _check(_C.tlearn_optim_schedule_step(self.handle))
 
     @property
-    def schedule_position(self):
+    def schedule_position(self) -> int:
         """Steps the attached schedule has taken."""
         v = ctypes.c_int64()
         _check(_C.tlearn_optim_schedule_position(self.handle, ctypes.byref(v)))
         return v.value
 
-    def current(self, param="lr"):
+    def current(self, param: Union[str, int] = "lr") -> float:
         """The value the next update uses ("lr", "momentum", "beta1" as a schedule sets it)."""
         v = ctypes.c_double()
         _check(_C.tlearn_optim_get_current(self.handle, _enum(OPTIM_PARAMS, param,
@@ -511,11 +511,13 @@ class Optimizer(_Handle):
         return v.value
 
     @property
-    def lr(self):
+    def lr(self) -> float:
+        """Learning rate (the ``lr`` hyperparameter, before any schedule)."""
         return self.get("lr")
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
+        """Set the learning rate (as ``set("lr", value)``)."""
         self.set("lr", value)
 
 
@@ -534,7 +536,8 @@ class Schedule(_Handle):
     or ``Model.fit(..., schedule=)``."""
     _destroy = "tlearn_sched_destroy"
 
-    def __init__(self, kind, milestones=None, **params):
+    def __init__(self, kind: Union[str, int], milestones: Optional[Sequence[int]] = None,
+                 **params: float) -> None:
         super().__init__()
         _check(_C.tlearn_sched_create(ctypes.byref(self._h),
                                       _enum(SCHEDULES, kind, "schedule kind")))
@@ -544,7 +547,7 @@ class Schedule(_Handle):
             arr = (ctypes.c_int64 * len(milestones))(*[int(m) for m in milestones])
             _check(_C.tlearn_sched_set_milestones(self.handle, arr, len(milestones)))
 
-    def set(self, param, value):
+    def set(self, param: Union[str, int], value: float) -> Schedule:
         """Set a parameter by name or enum value; returns self."""
         if param == "unit":
             value = _enum(SCHED_UNITS, value, "unit")
@@ -552,7 +555,7 @@ class Schedule(_Handle):
                                    float(value)))
         return self
 
-    def get(self, param):
+    def get(self, param: Union[str, int]) -> float:
         """Read a parameter by name or enum value."""
         v = ctypes.c_double()
         _check(_C.tlearn_sched_get(self.handle, _enum(SCHED_PARAMS, param, "parameter"),
@@ -568,36 +571,36 @@ class FreezePolicy(_Handle):
     :meth:`Model.apply_freeze`."""
     _destroy = "tlearn_freeze_destroy"
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         _check(_C.tlearn_freeze_create(ctypes.byref(self._h)))
 
-    def until(self, layer):
+    def until(self, layer: str) -> FreezePolicy:
         """Freeze every layer up to and including @p layer."""
         _check(_C.tlearn_freeze_until(self.handle, _enc(layer, "layer")))
         return self
 
-    def match(self, pattern, frozen=True):
+    def match(self, pattern: str, frozen: bool = True) -> FreezePolicy:
         """Freeze (or unfreeze) the layers whose names match a shell-style pattern."""
         _check(_C.tlearn_freeze_match(self.handle, _enc(pattern, "pattern"), int(bool(frozen))))
         return self
 
-    def range(self, first, last, frozen=True):
+    def range(self, first: int, last: int, frozen: bool = True) -> FreezePolicy:
         """Freeze (or unfreeze) the layers with index in [first, last]."""
         _check(_C.tlearn_freeze_range(self.handle, int(first), int(last), int(bool(frozen))))
         return self
 
-    def lr_scale(self, pattern, scale):
+    def lr_scale(self, pattern: str, scale: float) -> FreezePolicy:
         """Multiply the learning rate of the matching layers by @p scale."""
         _check(_C.tlearn_freeze_lr_scale(self.handle, _enc(pattern, "pattern"), float(scale)))
         return self
 
-    def ulmfit(self, factor=2.6):
+    def ulmfit(self, factor: float = 2.6) -> FreezePolicy:
         """Discriminative learning rates: scales 1, 1/factor, 1/factor^2, ... from the head."""
         _check(_C.tlearn_freeze_ulmfit(self.handle, float(factor)))
         return self
 
-    def bn_stats(self, frozen=True):
+    def bn_stats(self, frozen: bool = True) -> FreezePolicy:
         """Keep batchnorm running statistics fixed even in training mode."""
         _check(_C.tlearn_freeze_bn_stats(self.handle, int(bool(frozen))))
         return self
@@ -637,7 +640,7 @@ class Model(_Handle):
     a file. The ``add_*`` methods append layers and return self."""
     _destroy = "tlearn_model_destroy"
 
-    def __init__(self, channels, height=1, width=1):
+    def __init__(self, channels: int, height: int = 1, width: int = 1) -> None:
         super().__init__()
         _check(_C.tlearn_model_create(ctypes.byref(self._h), int(channels), int(height),
                                       int(width)))
@@ -650,7 +653,7 @@ class Model(_Handle):
         return m
 
     @classmethod
-    def with_input(cls, name, dims, dtype="float32"):
+    def with_input(cls, name: str, dims: Sequence[int], dtype: str = "float32") -> Model:
         """An empty model whose first input ``name`` holds examples of shape ``dims``
         (1 to 4 sizes): ``("tokens", (128,), "int32")``, ``("x", (16, 64))``."""
         m = cls.__new__(cls)
@@ -660,7 +663,7 @@ class Model(_Handle):
                                             _dtype(dtype), len(d), d))
         return m
 
-    def add_input(self, name, dims, dtype="float32"):
+    def add_input(self, name: str, dims: Sequence[int], dtype: str = "float32") -> Model:
         """Another graph input (a mask, a second image); layers read it by name."""
         d = _dims(dims)
         _check(_C.tlearn_model_add_input(self.handle, _enc(name, "name"), _dtype(dtype),
@@ -669,7 +672,8 @@ class Model(_Handle):
 
     # -- making a model ---------------------------------------------------------------
     @classmethod
-    def load(cls, path, with_optimizer=False):
+    def load(cls, path: Union[str, os.PathLike],
+             with_optimizer: bool = False) -> Union[Model, Tuple[Model, Optional[Optimizer]]]:
         """Load a libtlearn checkpoint. With ``with_optimizer=True`` return
         ``(model, optimizer_or_None)``."""
         h, o = ctypes.c_void_p(), ctypes.c_void_p()
@@ -681,7 +685,7 @@ class Model(_Handle):
         return m
 
     @classmethod
-    def import_onnx(cls, source):
+    def import_onnx(cls, source: Union[str, os.PathLike, bytes]) -> Model:
         """Build a model from an ONNX file (a path) or from its bytes."""
         h = ctypes.c_void_p()
         if isinstance(source, (bytes, bytearray, memoryview)):
@@ -692,51 +696,60 @@ class Model(_Handle):
         return cls._adopt(h)
 
     # -- settings ---------------------------------------------------------------------
-    def set_threads(self, threads):
+    def set_threads(self, threads: int) -> Model:
+        """Threads for this model's GEMMs and parallel loops (default 1); returns self."""
         _check(_C.tlearn_model_set_threads(self.handle, int(threads)))
         return self
 
-    def set_seed(self, seed):
+    def set_seed(self, seed: int) -> Model:
+        """Seed the model's generator (initialisation of later layers, dropout, shuffling);
+        returns self."""
         _check(_C.tlearn_model_set_seed(self.handle, int(seed)))
         return self
 
-    def set_training(self, training):
+    def set_training(self, training: bool) -> Model:
         """Training (True) or evaluation (False) mode for dropout and batchnorm."""
         _check(_C.tlearn_model_set_training(self.handle, int(bool(training))))
         return self
 
-    def set_loss(self, loss):
+    def set_loss(self, loss: Union[str, int]) -> Model:
         """"softmax_ce" (default) or "mse"."""
         _check(_C.tlearn_model_set_loss(self.handle, _enum(LOSSES, loss, "loss")))
         return self
 
-    def set_next_input(self, layer):
+    def set_next_input(self, layer: Optional[str]) -> Model:
         """The next layer reads from @p layer (None: the model input) -- residual branches."""
         _check(_C.tlearn_model_set_next_input(self.handle, _enc(layer, "layer")))
         return self
 
     # -- layers -------------------------------------------------------------------------
-    def add_linear(self, name, units, bias=True):
+    def add_linear(self, name: str, units: int, bias: bool = True) -> Model:
         """torch.nn.Linear over the last axis: (..., K) -> (..., units)."""
         _check(_C.tlearn_model_add_linear(self.handle, _enc(name, "name"), int(units),
                                           int(bool(bias))))
         return self
 
-    def add_layernorm(self, name, naxes=1, eps=1e-5, affine=True):
+    def add_layernorm(self, name: str, naxes: int = 1, eps: float = 1e-5,
+                      affine: bool = True) -> Model:
         """torch.nn.LayerNorm over the last ``naxes`` axes (weight/bias of their shape when
         ``affine``)."""
         _check(_C.tlearn_model_add_layernorm(self.handle, _enc(name, "name"), int(naxes),
                                              float(eps), int(bool(affine))))
         return self
 
-    def add_layernorm_channels(self, name, eps=1e-5, affine=True):
+    def add_layernorm_channels(self, name: str, eps: float = 1e-5,
+                               affine: bool = True) -> Model:
         """Layer norm over the channels of a (C, ...) input at every position (ConvNeXt's
         LayerNorm2d); weight/bias of shape (C)."""
         _check(_C.tlearn_model_add_layernorm_channels(self.handle, _enc(name, "name"),
                                                       float(eps), int(bool(affine))))
         return self
 
-    def add_maxpool2d_ex(self, name, kernel, stride=None, pads=0, dilation=1, ceil_mode=False):
+    def add_maxpool2d_ex(self, name: str, kernel: Union[int, Tuple[int, int]],
+                         stride: Optional[Union[int, Tuple[int, int]]] = None,
+                         pads: Union[int, Sequence[int]] = 0,
+                         dilation: Union[int, Tuple[int, int]] = 1,
+                         ceil_mode: bool = False) -> Model:
         """Max pooling as ONNX MaxPool: ``kernel``, ``stride`` (None: the kernel) and
         ``dilation`` as a number or (h, w); ``pads`` a number, (h, w) or (top, left, bottom,
         right); ``ceil_mode`` rounds the output size up (a window starting in the padding is
@@ -747,8 +760,10 @@ class Model(_Handle):
                                                 *_pads(pads), dh, dw, int(bool(ceil_mode))))
         return self
 
-    def add_avgpool2d_ex(self, name, kernel, stride=None, pads=0, ceil_mode=False,
-                         count_include_pad=True):
+    def add_avgpool2d_ex(self, name: str, kernel: Union[int, Tuple[int, int]],
+                         stride: Optional[Union[int, Tuple[int, int]]] = None,
+                         pads: Union[int, Sequence[int]] = 0, ceil_mode: bool = False,
+                         count_include_pad: bool = True) -> Model:
         """Average pooling as ONNX AveragePool; arguments as :meth:`add_maxpool2d_ex`."""
         kh, kw = _pair(kernel)
         sh, sw = _pair(kernel if stride is None else stride)
@@ -757,47 +772,52 @@ class Model(_Handle):
                                                 int(bool(count_include_pad))))
         return self
 
-    def add_adaptive_avgpool(self, name, output_size):
+    def add_adaptive_avgpool(self, name: str,
+                             output_size: Union[int, Tuple[int, int]]) -> Model:
         """torch.nn.AdaptiveAvgPool2d(output_size): a number or (oh, ow)."""
         oh, ow = _pair(output_size)
         _check(_C.tlearn_model_add_adaptive_avgpool(self.handle, _enc(name, "name"), oh, ow))
         return self
 
-    def add_pad(self, name, pads, mode="constant", value=0.0):
+    def add_pad(self, name: str, pads: Union[int, Sequence[int]],
+                mode: Union[str, int] = "constant", value: float = 0.0) -> Model:
         """Pad the last two axes by ``pads`` (a number, (h, w) or (top, left, bottom,
         right)); ``mode`` "constant" (with ``value``), "reflect" or "edge"."""
         _check(_C.tlearn_model_add_pad(self.handle, _enc(name, "name"), *_pads(pads),
                                        _enum(PAD_MODES, mode, "mode"), float(value)))
         return self
 
-    def add_matmul(self, name, a, b, transpose_b=False):
+    def add_matmul(self, name: str, a: Optional[str], b: Optional[str],
+                   transpose_b: bool = False) -> Model:
         """torch.matmul of layers (or inputs) ``a`` and ``b``: (..., M, K) x (..., K, N);
         with ``transpose_b``, a b^T for b of shape (..., N, K)."""
         _check(_C.tlearn_model_add_matmul(self.handle, _enc(name, "name"), _enc(a, "a"),
                                           _enc(b, "b"), int(bool(transpose_b))))
         return self
 
-    def add_drop_path(self, name, p):
+    def add_drop_path(self, name: str, p: float) -> Model:
         """Stochastic depth (torchvision.ops.StochasticDepth(p, "row")): in training each
         example is zeroed with probability ``p``, the rest scaled by 1/(1-p)."""
         _check(_C.tlearn_model_add_drop_path(self.handle, _enc(name, "name"), float(p)))
         return self
 
-    def add_embedding(self, name, vocab, dim, padding_idx=-1):
+    def add_embedding(self, name: str, vocab: int, dim: int, padding_idx: int = -1) -> Model:
         """torch.nn.Embedding over the next input, an int32 model input of token ids (T):
         -> (T, dim). ``padding_idx`` (-1: none) names a row that gets no gradient."""
         _check(_C.tlearn_model_add_embedding(self.handle, _enc(name, "name"), int(vocab),
                                              int(dim), int(padding_idx)))
         return self
 
-    def add_position_embedding(self, name, max_len, sinusoidal=False):
+    def add_position_embedding(self, name: str, max_len: int,
+                               sinusoidal: bool = False) -> Model:
         """Add position vectors to a sequence (T, D), T <= max_len: learned, or fixed
         sinusoidal ones."""
         _check(_C.tlearn_model_add_position_embedding(self.handle, _enc(name, "name"),
                                                       int(max_len), int(bool(sinusoidal))))
         return self
 
-    def add_attention(self, name, heads, causal=False, mask=None):
+    def add_attention(self, name: str, heads: int, causal: bool = False,
+                      mask: Optional[str] = None) -> Model:
         """Multi-head self-attention over a sequence (T, D) with torch.nn.MultiheadAttention's
         parameters; ``mask`` names a key-padding mask (T) input (1 keep, 0 pad)."""
         _check(_C.tlearn_model_add_attention(self.handle, _enc(name, "name"), int(heads),
@@ -805,15 +825,17 @@ class Model(_Handle):
                                              None if mask is None else _enc(mask, "mask")))
         return self
 
-    def add_token_pool(self, name, mean=False, mask=None):
+    def add_token_pool(self, name: str, mean: bool = False,
+                       mask: Optional[str] = None) -> Model:
         """Pool a sequence (T, D) into (D): the first token, or (``mean=True``) the mean over
         the positions ``mask`` keeps (all positions without a mask)."""
         _check(_C.tlearn_model_add_token_pool(self.handle, _enc(name, "name"), int(bool(mean)),
                                               None if mask is None else _enc(mask, "mask")))
         return self
 
-    def add_transformer_block(self, name, heads, ff_dim, activation="relu", norm_first=False,
-                              dropout=0.1, mask=None):
+    def add_transformer_block(self, name: str, heads: int, ff_dim: int,
+                              activation: Union[str, int] = "relu", norm_first: bool = False,
+                              dropout: float = 0.1, mask: Optional[str] = None) -> Model:
         """The layers of torch.nn.TransformerEncoderLayer(batch_first=True) over a sequence
         (T, D), named after its state_dict (``name.self_attn``, ``name.linear1``,
         ``name.norm1``, ...); ``mask`` names a key-padding mask input."""
@@ -822,7 +844,8 @@ class Model(_Handle):
             int(bool(norm_first)), float(dropout), None if mask is None else _enc(mask, "mask")))
         return self
 
-    def add_patch_embed(self, name, dim, patch, class_token=True, positions=True):
+    def add_patch_embed(self, name: str, dim: int, patch: int, class_token: bool = True,
+                        positions: bool = True) -> Model:
         """ViT patch embedding of an image (C, H, W) -> (T, dim), torchvision's layout
         (conv_proj, class_token, pos_embedding)."""
         _check(_C.tlearn_model_add_patch_embed(self.handle, _enc(name, "name"), int(dim),
@@ -830,25 +853,31 @@ class Model(_Handle):
                                                int(bool(positions))))
         return self
 
-    def add_dense(self, name, units):
+    def add_dense(self, name: str, units: int) -> Model:
+        """Append a fully connected layer of @p units outputs (torch.nn.Linear on the flattened
+        input)."""
         _check(_C.tlearn_model_add_dense(self.handle, _enc(name, "name"), int(units)))
         return self
 
-    def add_flatten(self, name):
+    def add_flatten(self, name: str) -> Model:
+        """Append a flatten layer: (C, H, W) -> (C*H*W)."""
         _check(_C.tlearn_model_add_flatten(self.handle, _enc(name, "name")))
         return self
 
-    def add_activation(self, name, activation="relu", param=0.0):
+    def add_activation(self, name: str, activation: Union[str, int] = "relu",
+                       param: float = 0.0) -> Model:
         """Activation by name ("relu", "tanh", "sigmoid", "gelu", "relu6", "leaky_relu")."""
         _check(_C.tlearn_model_add_activation(self.handle, _enc(name, "name"),
                                               _enum(ACTIVATIONS, activation, "activation"),
                                               float(param)))
         return self
 
-    def add_relu(self, name):
+    def add_relu(self, name: str) -> Model:
+        """Append a ReLU (``add_activation(name, "relu")``)."""
         return self.add_activation(name, "relu")
 
-    def add_activation_ex(self, name, activation, params=()):
+    def add_activation_ex(self, name: str, activation: Union[str, int],
+                          params: Sequence[float] = ()) -> Model:
         """Activation with up to two parameters: "hardsigmoid" (alpha, beta) -- none for
         torch's (1/6, 0.5), (0.2, 0.5) for ONNX's; "clip" (lo, hi); "leaky_relu" (slope,).
         Also "hardswish", "silu", "gelu_tanh" (no parameters)."""
@@ -859,7 +888,8 @@ class Model(_Handle):
                                                  arr, len(p)))
         return self
 
-    def add_binary(self, name, op, a, b):
+    def add_binary(self, name: str, op: Union[str, int], a: Optional[str],
+                   b: Optional[str]) -> Model:
         """Elementwise ``a op b`` ("add", "sub", "mul", "div") of two layers or inputs by
         name, with NumPy broadcasting of the example shapes (aligned on the right; a size
         of 1 stretches): a (C, 1, 1) gate times a (C, H, W) map is squeeze-excitation.
@@ -869,7 +899,7 @@ class Model(_Handle):
                                           _enc(b, "b")))
         return self
 
-    def add_scale(self, name, dims, bias=False):
+    def add_scale(self, name: str, dims: Sequence[int], bias: bool = False) -> Model:
         """``x * weight (+ bias)`` with a learned weight of shape ``dims`` (starting at 1)
         broadcast to the input: ``(C, 1, 1)`` per channel, ``(D,)`` over the last axis
         (ConvNeXt's layer scale)."""
@@ -878,18 +908,24 @@ class Model(_Handle):
                                          _dims(dims), int(bool(bias))))
         return self
 
-    def add_softmax(self, name, axis=-1):
+    def add_softmax(self, name: str, axis: int = -1) -> Model:
         """Softmax over axis ``axis`` of each example (0 = first, -1 = last)."""
         _check(_C.tlearn_model_add_softmax(self.handle, _enc(name, "name"), int(axis)))
         return self
 
-    def add_conv2d(self, name, filters, kernel, stride=1, pad=0, groups=1):
+    def add_conv2d(self, name: str, filters: int, kernel: int, stride: int = 1, pad: int = 0,
+                   groups: int = 1) -> Model:
+        """Append a square 2-D convolution with bias (torch.nn.Conv2d(kernel, stride, pad,
+        groups))."""
         _check(_C.tlearn_model_add_conv2d(self.handle, _enc(name, "name"), int(filters),
                                           int(kernel), int(stride), int(pad), int(groups)))
         return self
 
-    def add_conv2d_ex(self, name, filters, kernel, stride=(1, 1), pad=(0, 0),
-                      dilation=(1, 1), groups=1, bias=True):
+    def add_conv2d_ex(self, name: str, filters: int, kernel: Union[int, Tuple[int, int]],
+                      stride: Union[int, Tuple[int, int]] = (1, 1),
+                      pad: Union[int, Tuple[int, int]] = (0, 0),
+                      dilation: Union[int, Tuple[int, int]] = (1, 1), groups: int = 1,
+                      bias: bool = True) -> Model:
         """2-D convolution with (h, w) pairs for kernel, stride, padding and dilation."""
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel, stride, pad, dilation))
         _check(_C.tlearn_model_add_conv2d_ex(self.handle, _enc(name, "name"), int(filters),
@@ -897,37 +933,43 @@ class Model(_Handle):
                                              int(bool(bias))))
         return self
 
-    def add_maxpool2d(self, name, kernel, stride=0, pad=0):
+    def add_maxpool2d(self, name: str, kernel: int, stride: int = 0, pad: int = 0) -> Model:
+        """Append square max pooling; ``stride=0`` means the kernel size."""
         _check(_C.tlearn_model_add_maxpool2d(self.handle, _enc(name, "name"), int(kernel),
                                              int(stride), int(pad)))
         return self
 
-    def add_avgpool2d(self, name, kernel, stride=0, pad=0, count_include_pad=True):
+    def add_avgpool2d(self, name: str, kernel: int, stride: int = 0, pad: int = 0,
+                      count_include_pad: bool = True) -> Model:
+        """Append square average pooling; ``stride=0`` means the kernel size."""
         _check(_C.tlearn_model_add_avgpool2d(self.handle, _enc(name, "name"), int(kernel),
                                              int(stride), int(pad),
                                              int(bool(count_include_pad))))
         return self
 
-    def add_global_avgpool(self, name):
+    def add_global_avgpool(self, name: str) -> Model:
+        """Append global average pooling: (C, H, W) -> (C, 1, 1)."""
         _check(_C.tlearn_model_add_global_avgpool(self.handle, _enc(name, "name")))
         return self
 
-    def add_batchnorm(self, name, eps=1e-5, momentum=0.1):
+    def add_batchnorm(self, name: str, eps: float = 1e-5, momentum: float = 0.1) -> Model:
+        """Append batch normalisation over channels (torch.nn.BatchNorm2d(eps, momentum))."""
         _check(_C.tlearn_model_add_batchnorm(self.handle, _enc(name, "name"), float(eps),
                                              float(momentum)))
         return self
 
-    def add_dropout(self, name, p=0.5):
+    def add_dropout(self, name: str, p: float = 0.5) -> Model:
+        """Append dropout with probability @p p (training mode only)."""
         _check(_C.tlearn_model_add_dropout(self.handle, _enc(name, "name"), float(p)))
         return self
 
-    def add_add(self, name, other):
+    def add_add(self, name: str, other: str) -> Model:
         """Residual sum of the previous layer's output and layer @p other's."""
         _check(_C.tlearn_model_add_add(self.handle, _enc(name, "name"), _enc(other, "other")))
         return self
 
     # -- data movement (axes count over one example's dims; the batch is not an axis) ---
-    def add_concat(self, name, inputs, axis=0):
+    def add_concat(self, name: str, inputs: Sequence[str], axis: int = 0) -> Model:
         """Concatenate the outputs of ``inputs`` (2 to 256 names of layers or model inputs;
         a name may repeat) along axis ``axis`` (0: the channels of (C, H, W); negative
         counts from the end), as torch.cat. The other dims must match."""
@@ -937,7 +979,8 @@ class Model(_Handle):
                                           int(axis)))
         return self
 
-    def add_slice(self, name, axis, start=0, end=None, step=1):
+    def add_slice(self, name: str, axis: int, start: int = 0, end: Optional[int] = None,
+                  step: int = 1) -> Model:
         """x[..., start:end:step, ...] on one axis, with Python's (ONNX Slice's) rules for
         negative and out-of-range bounds; ``end=None`` runs to the end; step >= 1."""
         clamp = lambda v: max(-2**31, min(2**31 - 1, int(v)))
@@ -946,7 +989,7 @@ class Model(_Handle):
                                          clamp(start), clamp(end), int(step)))
         return self
 
-    def add_reshape(self, name, dims):
+    def add_reshape(self, name: str, dims: Sequence[int]) -> Model:
         """Reshape each example to ``dims`` (1 to 4 sizes; 0 keeps the input's size at that
         index, one -1 is inferred), as torch.reshape without the batch dim."""
         d = [int(v) for v in dims]
@@ -954,7 +997,7 @@ class Model(_Handle):
                                            (ctypes.c_int * max(len(d), 1))(*d)))
         return self
 
-    def add_transpose(self, name, perm):
+    def add_transpose(self, name: str, perm: Sequence[int]) -> Model:
         """Permute each example's axes: output axis i is input axis ``perm[i]``, as
         torch.permute without the batch dim; (1, 2, 0) makes (C, H, W) channels-last."""
         p = [int(v) for v in perm]
@@ -963,7 +1006,8 @@ class Model(_Handle):
         return self
 
     # -- adapters -----------------------------------------------------------------------
-    def lora_add(self, adapter, glob, r, alpha, dropout=0.0, rslora=False):
+    def lora_add(self, adapter: str, glob: str, r: int, alpha: float, dropout: float = 0.0,
+                 rslora: bool = False) -> Model:
         """Add LoRA adapter ``adapter`` on every dense/linear/conv2d layer matching ``glob``:
         layers ``T.lora_A.<adapter>``, ``T.lora_B.<adapter>`` (zero) and the sum
         ``T.lora.<adapter>`` = T + alpha/r (rsLoRA: alpha/sqrt(r)) * B(A(x)); T is frozen."""
@@ -971,44 +1015,45 @@ class Model(_Handle):
                                   int(r), float(alpha), float(dropout), 1 if rslora else 0))
         return self
 
-    def lora_set_weight(self, adapter, weight):
+    def lora_set_weight(self, adapter: str, weight: float) -> Model:
         """Combination weight of a LoRA adapter (0 disables it)."""
         _check(_C.tlearn_lora_set_weight(self.handle, _enc(adapter, "adapter"), float(weight)))
         return self
 
-    def lora_set_active(self, adapter):
+    def lora_set_active(self, adapter: Optional[str]) -> Model:
         """Make ``adapter`` the only active LoRA adapter; None disables all of them."""
         _check(_C.tlearn_lora_set_active(self.handle,
                                          None if adapter is None else _enc(adapter, "adapter")))
         return self
 
-    def lora_merge(self, adapter):
+    def lora_merge(self, adapter: str) -> Model:
         """Fold the adapter into its targets' weights (W += scale * B A)."""
         _check(_C.tlearn_lora_merge(self.handle, _enc(adapter, "adapter")))
         return self
 
-    def lora_unmerge(self, adapter):
+    def lora_unmerge(self, adapter: str) -> Model:
         """Undo lora_merge (within one float rounding per weight)."""
         _check(_C.tlearn_lora_unmerge(self.handle, _enc(adapter, "adapter")))
         return self
 
-    def lora_remove(self, adapter):
+    def lora_remove(self, adapter: str) -> Model:
         """Remove a LoRA adapter's layers; the targets stay frozen."""
         _check(_C.tlearn_lora_remove(self.handle, _enc(adapter, "adapter")))
         return self
 
-    def lora_save(self, adapter, directory):
+    def lora_save(self, adapter: str, directory: Union[str, os.PathLike]) -> None:
         """Write adapter_model.safetensors and adapter_config.json in PEFT's layout."""
         _check(_C.tlearn_lora_save(self.handle, _enc(adapter, "adapter"),
                                    _enc(str(directory), "directory")))
 
-    def lora_load(self, adapter, directory):
+    def lora_load(self, adapter: str, directory: Union[str, os.PathLike]) -> Model:
         """Add adapter ``adapter`` from a PEFT adapter directory (config and weights)."""
         _check(_C.tlearn_lora_load(self.handle, _enc(adapter, "adapter"),
                                    _enc(str(directory), "directory")))
         return self
 
-    def add_bottleneck_adapter(self, adapter, glob, hidden, activation="relu"):
+    def add_bottleneck_adapter(self, adapter: str, glob: str, hidden: int,
+                               activation: Union[str, int] = "relu") -> Model:
         """Insert a bottleneck adapter (down, activation, zero-initialised up, residual add)
         after every layer matching ``glob``."""
         _check(_C.tlearn_adapter_add_bottleneck(self.handle, _enc(adapter, "adapter"),
@@ -1017,35 +1062,38 @@ class Model(_Handle):
         return self
 
     # -- introspection ------------------------------------------------------------------
-    def __len__(self):
+    def __len__(self) -> int:
+        """Number of layers."""
         n = ctypes.c_int()
         _check(_C.tlearn_model_layer_count(self.handle, ctypes.byref(n)))
         return n.value
 
-    def layer_index(self, name):
+    def layer_index(self, name: str) -> int:
+        """Index of the layer called @p name (TlearnError ENOTFOUND if none)."""
         i = ctypes.c_int()
         _check(_C.tlearn_model_layer_index(self.handle, _enc(name, "name"), ctypes.byref(i)))
         return i.value
 
-    def layer_name(self, index):
+    def layer_name(self, index: int) -> str:
+        """Name of layer @p index."""
         s = ctypes.c_char_p()
         _check(_C.tlearn_model_layer_name(self.handle, int(index), ctypes.byref(s)))
         return s.value.decode()
 
-    def layer_kind(self, index):
+    def layer_kind(self, index: int) -> str:
         """Kind of layer @p index as a name ("dense", "conv2d", ...)."""
         k = ctypes.c_int()
         _check(_C.tlearn_model_layer_kind(self.handle, int(index), ctypes.byref(k)))
         return LAYER_KINDS.get(k.value, str(k.value))
 
-    def layer_shape(self, index):
+    def layer_shape(self, index: int) -> Tuple[int, int, int]:
         """Output shape (C, H, W) of layer @p index; -1 gives the model input."""
         c, h, w = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
         _check(_C.tlearn_model_layer_shape(self.handle, int(index), ctypes.byref(c),
                                            ctypes.byref(h), ctypes.byref(w)))
         return (c.value, h.value, w.value)
 
-    def layer_shape_nd(self, index):
+    def layer_shape_nd(self, index: int) -> Tuple[int, ...]:
         """Output shape of layer ``index`` as a tuple of 1 to 4 sizes; -1-k gives model
         input k."""
         rank, dims = ctypes.c_int(), (ctypes.c_int * 4)()
@@ -1053,33 +1101,36 @@ class Model(_Handle):
                                               dims, 4))
         return tuple(dims[:rank.value])
 
-    def layer_param_count(self, index):
+    def layer_param_count(self, index: int) -> int:
+        """Number of parameters of layer @p index."""
         n = ctypes.c_size_t()
         _check(_C.tlearn_model_layer_param_count(self.handle, int(index), ctypes.byref(n)))
         return n.value
 
     @property
-    def layers(self):
+    def layers(self) -> List[str]:
         """Names of the layers in order."""
         return [self.layer_name(i) for i in range(len(self))]
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> Tuple[int, int, int]:
+        """Shape (C, H, W) of one example of the first model input."""
         return self.layer_shape(-1)
 
     @property
-    def output_shape(self):
+    def output_shape(self) -> Tuple[int, int, int]:
+        """Shape (C, H, W) of one example of the last layer's output."""
         if len(self) == 0:
             raise TlearnError(ESHAPE, "the model has no layers")
         return self.layer_shape(len(self) - 1)
 
-    def param_count(self):
+    def param_count(self) -> Tuple[int, int]:
         """(total, trainable) parameter counts."""
         t, tr = ctypes.c_size_t(), ctypes.c_size_t()
         _check(_C.tlearn_model_param_count(self.handle, ctypes.byref(t), ctypes.byref(tr)))
         return t.value, tr.value
 
-    def summary(self):
+    def summary(self) -> str:
         """One line per layer: index, name, kind, output shape, parameters, frozen."""
         lines = []
         for i in range(len(self)):
@@ -1089,7 +1140,7 @@ class Model(_Handle):
                 self.layer_param_count(i), "  frozen" if self.layer_frozen(name) else ""))
         return "\n".join(lines)
 
-    def tensor_info(self, index):
+    def tensor_info(self, index: int) -> Tuple[str, Tuple[int, ...]]:
         """(name, shape) of named tensor @p index (parameters and buffers)."""
         name, numel, ndim = ctypes.c_char_p(), ctypes.c_size_t(), ctypes.c_int()
         dims = (ctypes.c_int * 4)()
@@ -1097,7 +1148,8 @@ class Model(_Handle):
                                            ctypes.byref(numel), ctypes.byref(ndim), dims))
         return name.value.decode(), tuple(dims[:ndim.value])
 
-    def tensor_names(self):
+    def tensor_names(self) -> List[str]:
+        """Names of the model's tensors (parameters and buffers), in order."""
         n = ctypes.c_int()
         _check(_C.tlearn_model_tensor_count(self.handle, ctypes.byref(n)))
         return [self.tensor_info(i)[0] for i in range(n.value)]
@@ -1111,31 +1163,33 @@ class Model(_Handle):
                 return shape
         raise TlearnError(ENOTFOUND, "no tensor named '%s'" % name)
 
-    def get_tensor(self, name):
+    def get_tensor(self, name: str) -> np.ndarray:
         """Copy of tensor @p name ("fc1.weight") as a float32 array of its shape."""
         out = np.empty(self._tensor_shape(name), dtype=np.float32)
         _check(_C.tlearn_model_get_tensor(self.handle, _enc(name, "name"), _fptr(out),
                                           out.size))
         return out
 
-    def set_tensor(self, name, values):
+    def set_tensor(self, name: str, values: ArrayLike) -> None:
         """Overwrite tensor @p name with a float32 array of the same number of elements."""
         values = _array(values, np.float32, "values")
         _check(_C.tlearn_model_set_tensor(self.handle, _enc(name, "name"), _fptr(values),
                                           values.size))
 
-    def get_grad(self, name):
+    def get_grad(self, name: str) -> np.ndarray:
         """Gradient of parameter @p name from the last train step or compute_gradients()."""
         out = np.empty(self._tensor_shape(name), dtype=np.float32)
         _check(_C.tlearn_model_get_grad(self.handle, _enc(name, "name"), _fptr(out),
                                         out.size))
         return out
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """All named tensors as {name: array copy}."""
         return {n: self.get_tensor(n) for n in self.tensor_names()}
 
-    def workspace_bytes(self):
+    def workspace_bytes(self) -> int:
+        """Bytes of activation and scratch memory planned for the last batch size (0 before any
+        computation)."""
         b = ctypes.c_size_t()
         _check(_C.tlearn_model_workspace_bytes(self.handle, ctypes.byref(b)))
         return b.value
@@ -1391,7 +1445,7 @@ class Model(_Handle):
             return arr
         return _labels(arr, n, what)
 
-    def set_class_weights(self, weights):
+    def set_class_weights(self, weights: Optional[ArrayLike]) -> Model:
         """Class weights of the cross-entropy (torch's weight=); None clears them."""
         if weights is None:
             _check(_C.tlearn_model_set_class_weights(self.handle, None, 0))
@@ -1400,12 +1454,12 @@ class Model(_Handle):
             _check(_C.tlearn_model_set_class_weights(self.handle, _fptr(w), w.size))
         return self
 
-    def set_label_smoothing(self, smoothing):
+    def set_label_smoothing(self, smoothing: float) -> Model:
         """Label smoothing of the cross-entropy (torch's label_smoothing=)."""
         _check(_C.tlearn_model_set_label_smoothing(self.handle, float(smoothing)))
         return self
 
-    def evaluate_classes(self, x, labels, k=5):
+    def evaluate_classes(self, x: ArrayLike, labels: ArrayLike, k: int = 5) -> Dict[str, Any]:
         """Classification metrics: dict with "top_k_accuracy", "confusion" (rows: true
         labels), per-class "precision", "recall", "f1" arrays."""
         x, n = _batch(x, self.input_shape, "x")
@@ -1421,7 +1475,7 @@ class Model(_Handle):
         return {"top_k_accuracy": topk.value, "confusion": cm, "precision": p, "recall": r,
                 "f1": f1}
 
-    def evaluate_regression(self, x, targets):
+    def evaluate_regression(self, x: ArrayLike, targets: ArrayLike) -> Tuple[float, float]:
         """(mse, mae) against float32 targets of shape (n, outputs)."""
         x, n = _batch(x, self.input_shape, "x")
         targets = _array(targets, np.float32, "targets")
@@ -1431,18 +1485,20 @@ class Model(_Handle):
         return mse.value, mae.value
 
     # -- transfer learning -------------------------------------------------------------
-    def apply_freeze(self, policy):
+    def apply_freeze(self, policy: Optional[FreezePolicy]) -> Model:
         """Apply a FreezePolicy (None unfreezes everything and resets LR scales)."""
         _check(_C.tlearn_model_apply_freeze(self.handle,
                                             policy.handle if policy is not None else None))
         return self
 
-    def layer_frozen(self, layer):
+    def layer_frozen(self, layer: str) -> bool:
+        """Whether @p layer is frozen (its parameters get no updates)."""
         f = ctypes.c_int()
         _check(_C.tlearn_model_layer_frozen(self.handle, _enc(layer, "layer"), ctypes.byref(f)))
         return bool(f.value)
 
-    def layer_lr_scale(self, layer):
+    def layer_lr_scale(self, layer: str) -> float:
+        """Learning-rate multiplier of @p layer set by a FreezePolicy."""
         s = ctypes.c_float()
         _check(_C.tlearn_model_layer_lr_scale(self.handle, _enc(layer, "layer"),
                                               ctypes.byref(s)))
@@ -1456,7 +1512,8 @@ class Model(_Handle):
         return self._infer(_C.tlearn_model_features, layer, x,
                            int(np.prod(shape[1:]))).reshape(shape)
 
-    def train_step_from(self, optimizer, layer, features, labels):
+    def train_step_from(self, optimizer: Optimizer, layer: str, features: ArrayLike,
+                        labels: ArrayLike) -> float:
         """One step of the layers after @p layer from cached features of @p layer."""
         features, n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")
         labels = _labels(labels, n)
@@ -1467,7 +1524,7 @@ class Model(_Handle):
         return loss.value
 
     @property
-    def inputs(self):
+    def inputs(self) -> List[Tuple[str, str, Tuple[int, ...]]]:
         """(name, dtype, shape) of each model input, in order."""
         count, name, dtype = ctypes.c_int(), ctypes.c_char_p(), ctypes.c_int()
         _check(_C.tlearn_model_input_count(self.handle, ctypes.byref(count)))
@@ -1479,7 +1536,7 @@ class Model(_Handle):
                         self.layer_shape_nd(-1 - k)))
         return out
 
-    def set_outputs(self, layers):
+    def set_outputs(self, layers: Sequence[str]) -> Model:
         """Declare the graph outputs (layer names, in order); ``[]`` restores the default,
         the last layer alone. Output 0 is what predict/train_step/evaluate use."""
         names = [_enc(l, "layer") for l in layers]
@@ -1487,7 +1544,9 @@ class Model(_Handle):
         _check(_C.tlearn_model_set_outputs(self.handle, arr, len(names)))
         return self
 
-    def set_reducer(self, reduce, wait, workers, bucket_floats=0, flags=0):
+    def set_reducer(self, reduce: Optional[Callable[[int, np.ndarray], Any]],
+                    wait: Optional[Callable[[], Any]], workers: int, bucket_floats: int = 0,
+                    flags: int = 0) -> Model:
         """Data-parallel training (tlearn_model_set_reducer()): ``reduce(bucket, data)``
         starts summing the float32 array ``data`` in place across ``workers`` workers (it
         stays valid until ``wait()`` returns); ``wait()`` finishes every sum. An exception
@@ -1519,7 +1578,7 @@ class Model(_Handle):
         return self
 
     @property
-    def outputs(self):
+    def outputs(self) -> List[str]:
         """Names of the graph outputs, in order."""
         n, i = ctypes.c_int(), ctypes.c_int()
         _check(_C.tlearn_model_output_count(self.handle, ctypes.byref(n)))
@@ -1565,7 +1624,8 @@ class Model(_Handle):
                                            len(outs)))
         return outs
 
-    def train_step_inputs(self, optimizer, inputs, labels):
+    def train_step_inputs(self, optimizer: Optimizer, inputs: Sequence[ArrayLike],
+                          labels: ArrayLike) -> float:
         """One optimisation step (cross-entropy) on a model of several inputs: @p inputs is
         a sequence of one array per model input (token ids, masks, images). Returns the loss."""
         n, ins, keep = self._feed(list(inputs))
@@ -1585,7 +1645,8 @@ class Model(_Handle):
             raise ValueError("labels must be int32 with n x %d values" % positions)
         return np.ascontiguousarray(labels)
 
-    def train_step_tokens(self, optimizer, inputs, labels, ignore_index=-100):
+    def train_step_tokens(self, optimizer: Optimizer, inputs: Sequence[ArrayLike],
+                          labels: ArrayLike, ignore_index: int = -100) -> float:
         """One step of cross-entropy at every position of output 0 (..., classes), e.g.
         masked-token prediction: ``labels`` (n, positions), ``ignore_index`` where no token is
         predicted. Returns the mean loss over the counted positions."""
@@ -1597,7 +1658,8 @@ class Model(_Handle):
                                                  ctypes.byref(loss)))
         return loss.value
 
-    def compute_gradients_tokens(self, inputs, labels, ignore_index=-100):
+    def compute_gradients_tokens(self, inputs: Sequence[ArrayLike], labels: ArrayLike,
+                                 ignore_index: int = -100) -> float:
         """The gradients of train_step_tokens()'s loss without an update; returns the loss."""
         n, ins, keep = self._feed(list(inputs))
         labels = self._token_labels(labels, n)
@@ -1607,7 +1669,9 @@ class Model(_Handle):
                                                         ctypes.byref(loss)))
         return loss.value
 
-    def compute_gradients_inputs(self, inputs, labels, input_grad=False):
+    def compute_gradients_inputs(
+            self, inputs: Sequence[ArrayLike], labels: ArrayLike,
+            input_grad: bool = False) -> Union[float, Tuple[float, np.ndarray]]:
         """compute_gradients() for a model of several inputs. Returns the loss, or (loss,
         dL/d first input) with ``input_grad=True`` (the first input must be float32)."""
         n, ins, keep = self._feed(list(inputs))
@@ -1620,26 +1684,27 @@ class Model(_Handle):
         return (loss.value, dx) if input_grad else loss.value
 
     # -- domain adaptation (1.1) -------------------------------------------------------
-    def add_grad_reverse(self, name, lam=1.0):
+    def add_grad_reverse(self, name: str, lam: float = 1.0) -> Model:
         """Gradient reversal (DANN): identity forward, gradient times -``lam`` backward."""
         _check(_C.tlearn_model_add_grad_reverse(self.handle, _enc(name, "name"), float(lam)))
         return self
 
-    def set_grad_reverse_lambda(self, lam, layer=None):
+    def set_grad_reverse_lambda(self, lam: float, layer: Optional[str] = None) -> Model:
         """Set lambda of gradient-reversal layer ``layer`` (None: every one); see
         :func:`dann_lambda` for DANN's schedule."""
         _check(_C.tlearn_model_set_grad_reverse_lambda(self.handle, _enc(layer, "layer"),
                                                        float(lam)))
         return self
 
-    def set_output_loss(self, output, loss, weight=1.0):
+    def set_output_loss(self, output: int, loss: Union[str, int],
+                        weight: float = 1.0) -> Model:
         """Loss of graph output ``output`` (position) for :meth:`train_step_multi`:
         "softmax_ce" (int32 labels, -1 = none for that row), "mse", or None to remove."""
         kind = 0 if loss is None else _enum(LOSSES, loss, "loss")
         _check(_C.tlearn_model_set_output_loss(self.handle, int(output), kind, float(weight)))
         return self
 
-    def set_discrepancy(self, layer, kind, weight):
+    def set_discrepancy(self, layer: str, kind: Union[str, int], weight: float) -> Model:
         """Add a "coral" or "mmd" term between source and target rows at ``layer`` to
         :meth:`train_step_multi` (weight 0 removes it)."""
         _check(_C.tlearn_model_set_discrepancy(self.handle, _enc(layer, "layer"),
@@ -1647,14 +1712,16 @@ class Model(_Handle):
                                                float(weight)))
         return self
 
-    def set_mmd_bandwidths(self, multipliers=()):
+    def set_mmd_bandwidths(self, multipliers: Sequence[float] = ()) -> Model:
         """MMD's bandwidth multipliers of the mean squared distance (() = 1/4..4)."""
         m = np.ascontiguousarray(multipliers, dtype=np.float32)
         _check(_C.tlearn_model_set_mmd_bandwidths(self.handle, _fptr(m) if m.size else None,
                                                   m.size))
         return self
 
-    def train_step_multi(self, optimizer, inputs, targets, is_target=None):
+    def train_step_multi(self, optimizer: Optimizer, inputs: Sequence[ArrayLike],
+                         targets: Sequence[Optional[ArrayLike]],
+                         is_target: Optional[ArrayLike] = None) -> float:
         """One step with every output's loss and the discrepancy terms. ``inputs``: one
         array per model input; ``targets``: one per output (int32 labels with -1 for no
         loss, float32 targets for MSE, or None); ``is_target``: uint8 per row or None
@@ -1684,14 +1751,14 @@ class Model(_Handle):
                                                 n, tp, len(targets), mask, ctypes.byref(loss)))
         return loss.value
 
-    def adapt_bn(self, *inputs, batch=64):
+    def adapt_bn(self, *inputs: ArrayLike, batch: int = 64) -> Model:
         """AdaBN: every BatchNorm's running statistics re-estimated on these (target)
         arrays, averaged over batches of ``batch`` (torch's momentum=None)."""
         n, ins, keep = self._feed(inputs)
         _check(_C.tlearn_model_adapt_bn(self.handle, ins, len(inputs), n, int(batch)))
         return self
 
-    def tent_step(self, optimizer, *inputs):
+    def tent_step(self, optimizer: Optimizer, *inputs: ArrayLike) -> float:
         """TENT: one entropy-minimisation step on BatchNorm's weight and bias over an
         unlabelled batch; returns the batch's mean entropy. Undo with :meth:`tent_reset`."""
         n, ins, keep = self._feed(inputs)
@@ -1700,12 +1767,12 @@ class Model(_Handle):
                                          ctypes.byref(h)))
         return h.value
 
-    def tent_reset(self):
+    def tent_reset(self) -> Model:
         """Restore BatchNorm tensors and freeze state from before the first tent_step."""
         _check(_C.tlearn_model_tent_reset(self.handle))
         return self
 
-    def predict_from(self, layer, features):
+    def predict_from(self, layer: str, features: ArrayLike) -> np.ndarray:
         """Outputs from cached features of @p layer."""
         features, n = _batch(features, self.layer_shape(self.layer_index(layer)), "features")
         out = np.empty(_out_shape(n, self.output_shape), dtype=np.float32)
@@ -1713,24 +1780,28 @@ class Model(_Handle):
                                             _fptr(features), n, _fptr(out), out.size))
         return out
 
-    def replace_head(self, from_layer, classes):
+    def replace_head(self, from_layer: str, classes: int) -> Model:
         """Drop the layers after @p from_layer and add a new dense head called "head"."""
         _check(_C.tlearn_model_replace_head(self.handle, _enc(from_layer, "from_layer"),
                                             int(classes)))
         return self
 
-    def truncate(self, layer):
+    def truncate(self, layer: Optional[str]) -> Model:
         """Drop every layer after @p layer (None drops all)."""
         _check(_C.tlearn_model_truncate(self.handle, _enc(layer, "layer")))
         return self
 
     # -- continual learning --------------------------------------------------------------
-    def ewc_set_mode(self, mode="separate", gamma=1.0):
+    def ewc_set_mode(self, mode: Union[str, int] = "separate", gamma: float = 1.0) -> Model:
+        """How successive EWC consolidations combine: "separate" (one anchor and Fisher per
+        task) or "online" (one running Fisher decayed by @p gamma). Call before the first
+        consolidation; returns self."""
         _check(_C.tlearn_ewc_set_mode(self.handle, _enum(EWC_MODES, mode, "EWC mode"),
                                       float(gamma)))
         return self
 
-    def ewc_consolidate(self, x, labels, estimator="empirical", lam=1.0):
+    def ewc_consolidate(self, x: ArrayLike, labels: ArrayLike,
+                        estimator: Union[str, int] = "empirical", lam: float = 1.0) -> Model:
         """Estimate the Fisher on a labelled set and anchor the current weights (EWC)."""
         x, n = _batch(x, self.input_shape, "x")
         labels = _labels(labels, n)
@@ -1738,21 +1809,24 @@ class Model(_Handle):
                                          _enum(FISHER, estimator, "estimator"), float(lam)))
         return self
 
-    def l2sp_enable(self, alpha, beta=0.0):
+    def l2sp_enable(self, alpha: float, beta: float = 0.0) -> Model:
+        """L2-SP: penalty (alpha/2) ||w - w0||^2 anchoring the current weights, (beta/2)
+        ||w||^2 on layers added later; returns self."""
         _check(_C.tlearn_l2sp_enable(self.handle, float(alpha), float(beta)))
         return self
 
-    def ewc_clear(self):
+    def ewc_clear(self) -> Model:
+        """Drop every EWC task and the L2-SP anchor; returns self."""
         _check(_C.tlearn_ewc_clear(self.handle))
         return self
 
-    def penalty(self):
+    def penalty(self) -> float:
         """Current EWC + L2-SP penalty."""
         p = ctypes.c_float()
         _check(_C.tlearn_model_penalty(self.handle, ctypes.byref(p)))
         return p.value
 
-    def ewc_fisher(self, name, task=0):
+    def ewc_fisher(self, name: str, task: int = 0) -> np.ndarray:
         """Consolidated Fisher diagonal of parameter @p name for task @p task."""
         out = np.empty(self._tensor_shape(name), dtype=np.float32)
         _check(_C.tlearn_ewc_get_fisher(self.handle, int(task), _enc(name, "name"),
@@ -1760,7 +1834,8 @@ class Model(_Handle):
         return out
 
     # -- files ---------------------------------------------------------------------------
-    def save(self, path, optimizer=None, inference=False, compress=0):
+    def save(self, path: Union[str, os.PathLike], optimizer: Optional[Optimizer] = None,
+             inference: bool = False, compress: int = 0) -> None:
         """Save a checkpoint crash-safely (with optimizer state when given).
         @p compress: zlib level 1..9, 0 stores raw."""
         if not 0 <= int(compress) <= 9:
@@ -1769,7 +1844,8 @@ class Model(_Handle):
         _check(_C.tlearn_model_save(self.handle, optimizer.handle if optimizer else None,
                                     _path(path), flags))
 
-    def load_weights(self, path, strict=True):
+    def load_weights(self, path: Union[str, os.PathLike],
+                     strict: bool = True) -> Tuple[int, int]:
         """Load weights by tensor name from a checkpoint; returns (matched, skipped)."""
         matched, skipped = ctypes.c_size_t(), ctypes.c_size_t()
         _check(_C.tlearn_model_load_weights(self.handle, _path(path),
@@ -1777,16 +1853,21 @@ class Model(_Handle):
                                             ctypes.byref(matched), ctypes.byref(skipped)))
         return matched.value, skipped.value
 
-    def set_metadata(self, key, value):
+    def set_metadata(self, key: str, value: str) -> None:
+        """Store a key/value string pair saved with the checkpoint."""
         _check(_C.tlearn_model_set_metadata(self.handle, _enc(key, "key"),
                                             _enc(value, "value")))
 
-    def get_metadata(self, key):
+    def get_metadata(self, key: str) -> str:
+        """The metadata value stored under @p key (TlearnError ENOTFOUND if none)."""
         v = ctypes.c_char_p()
         _check(_C.tlearn_model_get_metadata(self.handle, _enc(key, "key"), ctypes.byref(v)))
         return v.value.decode()
 
-    def import_safetensors(self, path, name_map=None, strict=True):
+    def import_safetensors(
+            self, path: Union[str, os.PathLike],
+            name_map: Union[None, Mapping[str, str], Callable[[str], Optional[str]]] = None,
+            strict: bool = True) -> int:
         """Load PyTorch weights from a safetensors file; returns the number loaded.
         @p name_map maps file names to model names: a dict, or a callable returning the
         model name or None to skip the tensor."""
@@ -1819,14 +1900,15 @@ class Model(_Handle):
         _check(rc)
         return matched.value
 
-    def export_safetensors(self, path):
+    def export_safetensors(self, path: Union[str, os.PathLike]) -> None:
         """Write parameters and buffers to a safetensors file torch can read."""
         _check(_C.tlearn_model_export_safetensors(self.handle, _path(path)))
 
 
     # -- few-shot without training, transferability (1.1) --
 
-    def add_prototype(self, name, classes, temperature=10.0, learn_temperature=False):
+    def add_prototype(self, name: str, classes: int, temperature: float = 10.0,
+                      learn_temperature: bool = False) -> Model:
         """Append an empty prototype head (logits = temperature * cosine to each class's
         prototype); fill it with prototype_update()."""
         _check(_C.tlearn_model_add_prototype(self.handle, _enc(name, "name"), int(classes),
@@ -1838,8 +1920,9 @@ class Model(_Handle):
             return _batch(x, producer_shape, "features")
         return _batch(x, self.input_shape, "x")
 
-    def prototype_head(self, from_layer, name, x, labels, classes, temperature=10.0,
-                       features=False, learn_temperature=False):
+    def prototype_head(self, from_layer: str, name: str, x: ArrayLike, labels: ArrayLike,
+                       classes: int, temperature: float = 10.0, features: bool = False,
+                       learn_temperature: bool = False) -> Model:
         """Drop the layers after @p from_layer ("" = the input) and append a prototype head
         @p name built from (x, labels): prototype c = mean of the normalised activations of
         the examples labelled c. With features=True, x holds those activations."""
@@ -1854,7 +1937,8 @@ class Model(_Handle):
                                         int(classes), float(temperature), flags))
         return self
 
-    def prototype_update(self, layer, x, labels, features=False):
+    def prototype_update(self, layer: str, x: ArrayLike, labels: ArrayLike,
+                         features: bool = False) -> Model:
         """Fold more labelled examples into the prototypes (running mean per class)."""
         if features:
             x = _array(x, np.float32, "features")
@@ -1868,17 +1952,17 @@ class Model(_Handle):
                                           _iptr(labels), n, PROTO_FEATURES if features else 0))
         return self
 
-    def prototype_add_classes(self, layer, count=1):
+    def prototype_add_classes(self, layer: str, count: int = 1) -> Model:
         """Append @p count empty classes to a prototype head."""
         _check(_C.tlearn_prototype_add_classes(self.handle, _enc(layer, "layer"), int(count)))
         return self
 
-    def prototype_remove_class(self, layer, cls):
+    def prototype_remove_class(self, layer: str, cls: int) -> Model:
         """Remove class @p cls; later classes move down by one index."""
         _check(_C.tlearn_prototype_remove_class(self.handle, _enc(layer, "layer"), int(cls)))
         return self
 
-    def prototype_to_dense(self, layer):
+    def prototype_to_dense(self, layer: str) -> Model:
         """Turn the prototype head into a dense head (weight = temperature * normalised
         prototypes, bias 0) for fine-tuning."""
         _check(_C.tlearn_prototype_to_dense(self.handle, _enc(layer, "layer")))
@@ -1891,7 +1975,8 @@ class Model(_Handle):
         size = int(np.prod(self.layer_shape_nd(self.layer_index(layer))))
         return self._infer(_C.tlearn_model_embed, layer, x, size)
 
-    def transferability(self, layer, x, labels, classes, metric="logme"):
+    def transferability(self, layer: str, x: ArrayLike, labels: ArrayLike, classes: int,
+                        metric: Union[str, int] = "logme") -> float:
         """LogME, LEEP (layer = the source logits) or H-score of @p layer's activations for
         the labelled set; higher is better."""
         x, n = _batch(x, self.input_shape, "x")
@@ -1904,12 +1989,13 @@ class Model(_Handle):
         return score.value
 
 
-def dann_lambda(progress):
+def dann_lambda(progress: float) -> float:
     """DANN's schedule 2 / (1 + exp(-10 p)) - 1 for training progress p in [0, 1]."""
     return _C.tlearn_dann_lambda(float(progress))
 
 
-def discrepancy(kind, features, is_target, multipliers=()):
+def discrepancy(kind: Union[str, int], features: ArrayLike, is_target: ArrayLike,
+                multipliers: Sequence[float] = ()) -> Tuple[float, np.ndarray]:
     """("coral" or "mmd") between the rows of float32 ``features`` (n, dim) marked by uint8
     ``is_target``; returns (value, gradient w.r.t. features)."""
     features = _array(features, np.float32, "features")
@@ -1927,7 +2013,7 @@ def discrepancy(kind, features, is_target, multipliers=()):
     return v.value, grad
 
 
-def read_metadata(path):
+def read_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
     """Metadata of a checkpoint file as a dict, without loading the weights."""
     result = {}
 
@@ -1945,7 +2031,7 @@ def _matrix(a: Any, what: str) -> np.ndarray:
     return a
 
 
-def similarity_scores(queries, keys, threads=1):
+def similarity_scores(queries: ArrayLike, keys: ArrayLike, threads: int = 1) -> np.ndarray:
     """Cosine similarities (nq, nkeys) of the rows of @p queries and @p keys."""
     queries = _matrix(queries, "queries")
     keys = _matrix(keys, "keys")
@@ -1958,7 +2044,8 @@ def similarity_scores(queries, keys, threads=1):
     return out
 
 
-def similarity_topk(queries, keys, k, threads=1):
+def similarity_topk(queries: ArrayLike, keys: ArrayLike, k: int,
+                    threads: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     """Exact top-k keys by cosine for each query: (index (nq, k) int32, scores (nq, k)),
     best first."""
     queries = _matrix(queries, "queries")
@@ -1973,7 +2060,8 @@ def similarity_topk(queries, keys, k, threads=1):
     return idx, sc
 
 
-def transferability(features, labels, classes, metric="logme"):
+def transferability(features: ArrayLike, labels: ArrayLike, classes: int,
+                    metric: Union[str, int] = "logme") -> float:
     """LogME, LEEP (features = source logits) or H-score of (n, dim) features."""
     features = _matrix(features, "features")
     _labels(labels, features.shape[0])
