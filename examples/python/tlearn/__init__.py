@@ -1347,25 +1347,22 @@ class Model(_Handle):
 
             def on_step(epoch, epochs_, step, steps, loss, user):
                 try:
-                    if _DeferSigint.hit():
-                        return 1
                     if state.fn is not None:
-                        return 1 if state.fn(epoch, epochs_, step, steps, loss) else 0
+                        stop = state.fn(epoch, epochs_, step, steps, loss)
+                        return 1 if stop or _DeferSigint.hit() else 0
                     if bar[0] is not None:
                         if step == 0:
                             bar[0].reset(total=steps)
                             bar[0].set_description("epoch %d/%d" % (epoch + 1, epochs_))
                         bar[0].update(1)
                         bar[0].set_postfix(loss="%.4f" % loss, refresh=False)
-                    return 0
+                    return 1 if _DeferSigint.hit() else 0
                 except BaseException as e:  # never let an exception unwind through C
                     state.error = e
                     return 1
 
             def on_epoch(rec, user):
                 try:
-                    if _DeferSigint.hit():
-                        return 1
                     v = ctypes.c_double()
                     for name, key in METRICS.items():
                         if name in ("improved", "trainable_layers"):
@@ -1381,7 +1378,7 @@ class Model(_Handle):
                             bar[0].write(line)
                         else:
                             print(line, flush=True)
-                    return 0
+                    return 1 if _DeferSigint.hit() else 0
                 except BaseException as e:
                     state.error = e
                     return 1
@@ -1420,9 +1417,8 @@ class Model(_Handle):
 
         def trampoline(epoch, epochs_, step, steps, loss, user):
             try:
-                if _DeferSigint.hit():
-                    return 1
-                return 1 if state.fn and state.fn(epoch, epochs_, step, steps, loss) else 0
+                stop = state.fn is not None and state.fn(epoch, epochs_, step, steps, loss)
+                return 1 if stop or _DeferSigint.hit() else 0
             except BaseException as e:  # never let an exception unwind through C
                 state.error = e
                 return 1
