@@ -400,3 +400,70 @@ def test_handles_other_than_models_refuse_pickle_clearly():
             pickle.dumps(o)
         with pytest.raises(TypeError, match="cannot pickle or copy a tlearn.Optimizer"):
             copy.copy(o)
+
+
+# -- copies and pickle ---------------------------------------------------------------------
+
+def test_copies_train_independently_and_like_the_original():
+    import copy
+    x, y = data(32, 11)
+    with cnn() as m, tlearn.Optimizer("sgd", lr=0.05, momentum=0.9) as o:
+        m.add_dropout("drop", 0.3)  # draws from the model's generator: copied with it
+        m.set_threads(2)
+        m.train_step(o, x, y)
+        before = m.state_dict()
+        for make in (copy.copy, copy.deepcopy):
+            c = make(m)
+            assert c is not m and c.handle.value != m.handle.value
+            with tlearn.Optimizer("sgd", lr=0.05, momentum=0.9) as oc:
+                for _ in range(3):
+                    c.train_step(oc, x, y)
+            after_copy = c.state_dict()
+            for name, value in m.state_dict().items():  # the original did not move
+                np.testing.assert_array_equal(value, before[name], err_msg=name)
+            assert not np.array_equal(after_copy["fc2.weight"], before["fc2.weight"])
+            # the same three steps on a second copy from the same point: the same weights
+            # (the dropout masks come from the copied generator)
+            c2 = make(m)
+            with tlearn.Optimizer("sgd", lr=0.05, momentum=0.9) as oc:
+                for _ in range(3):
+                    c2.train_step(oc, x, y)
+            for name, value in c2.state_dict().items():
+                np.testing.assert_array_equal(value, after_copy[name], err_msg=name)
+            assert c._threads == 2
+            c.close()
+            c2.close()
+
+
+def test_collecting_a_copy_leaves_the_original_usable():
+    import copy
+    import gc
+    x = data(8, 12)[0]
+    with cnn() as m:
+        want = m.predict(x)
+        c = copy.copy(m)
+        del c
+        gc.collect()
+        np.testing.assert_array_equal(m.predict(x), want)
+        d = copy.deepcopy(m)
+        m.close()
+        np.testing.assert_array_equal(d.predict(x), want)  # and the other way round
+        d.close()
+
+
+def test_pickle_round_trip_predicts_identically():
+    import pickle
+    x, y = data(16, 13)
+    with cnn() as m, tlearn.Optimizer("adam", lr=1e-3) as o:
+        m.fit(o, x, y, batch=8, epochs=2, verbose=False)
+        m.set_metadata("task", "blobs")
+        blob = pickle.dumps(m)
+        with pickle.loads(blob) as back:
+            np.testing.assert_array_equal(back.predict(x), m.predict(x))
+            assert back.get_metadata("task") == "blobs"
+            assert back.layers == m.layers
+            for name, value in m.state_dict().items():
+                np.testing.assert_array_equal(back.state_dict()[name], value, err_msg=name)
+            # pickled inside a container too, with other objects
+            obj = pickle.loads(pickle.dumps({"model": back, "n": 1}))
+            np.testing.assert_array_equal(obj["model"].predict(x), m.predict(x))

@@ -183,6 +183,33 @@ def _path(p):
     return os.fsencode(p)
 
 
+def _in_bytes(data):
+    """(pointer argument, length) of bytes-like @p data for a *_buffer call: bytes are
+    passed as they are, a writable buffer (bytearray, numpy) without a copy, anything
+    else readable by memoryview (a read-only memoryview, mmap) through one copy."""
+    if isinstance(data, bytes):
+        return data, len(data)
+    try:
+        view = memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError("data must be bytes-like, not %s" % type(data).__name__) from None
+    if not view.readonly and view.c_contiguous:
+        return (ctypes.c_char * view.nbytes).from_buffer(view), view.nbytes
+    raw = view.tobytes()
+    return raw, len(raw)
+
+
+def _out_bytes(call):
+    """The buffer a *_buffer call allocates (call(pointer_out, size_out)), copied into
+    bytes and released with tlearn_free."""
+    p, n = ctypes.c_void_p(), ctypes.c_size_t()
+    _check(call(ctypes.byref(p), ctypes.byref(n)))
+    try:
+        return ctypes.string_at(p, n.value)
+    finally:
+        _C.tlearn_free(p)
+
+
 def _enum(table, value, what):
     """Accept a name from @p table or its integer value."""
     if isinstance(value, str):
@@ -670,6 +697,24 @@ class Model(_Handle):
                                          len(d), d))
         return self
 
+    # -- copies: through checkpoint bytes -----------------------------------------------
+    def __copy__(self) -> Model:
+        """An independent model made from this one's full checkpoint bytes (weights,
+        buffers, freeze, EWC/L2-SP and random-generator state, metadata) and its thread
+        count: training either leaves the other alone, closing either leaves the other
+        usable. Python-side attachments (a reducer) are not copied."""
+        m = Model.from_bytes(self.to_bytes())
+        return m.set_threads(self._threads) if getattr(self, "_threads", 1) != 1 else m
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> Model:
+        """Same as :meth:`__copy__`: a model shares nothing with its copy either way."""
+        return self.__copy__()
+
+    def __reduce__(self) -> Tuple[Callable[..., Model], Tuple[bytes, int]]:
+        """Pickle as the full checkpoint bytes and the thread count (see :meth:`__copy__`);
+        unpickling loads them with :meth:`from_bytes`."""
+        return _unpickle_model, (self.to_bytes(), getattr(self, "_threads", 1))
+
     # -- making a model ---------------------------------------------------------------
     @classmethod
     def load(cls, path: Union[str, os.PathLike],
@@ -679,6 +724,22 @@ class Model(_Handle):
         h, o = ctypes.c_void_p(), ctypes.c_void_p()
         _check(_C.tlearn_model_load(ctypes.byref(h), ctypes.byref(o) if with_optimizer
                                     else None, _path(path)))
+        m = cls._adopt(h)
+        if with_optimizer:
+            return m, (Optimizer._adopt(o) if o else None)
+        return m
+
+    @classmethod
+    def from_bytes(cls, data: Union[bytes, bytearray, memoryview],
+                   with_optimizer: bool = False
+                   ) -> Union[Model, Tuple[Model, Optional[Optimizer]]]:
+        """Load a checkpoint from its bytes (what :meth:`to_bytes` or :meth:`save` wrote),
+        with the same checks as :meth:`load`. With ``with_optimizer=True`` return
+        ``(model, optimizer_or_None)``. ``data``: bytes, bytearray or memoryview."""
+        h, o = ctypes.c_void_p(), ctypes.c_void_p()
+        buf, n = _in_bytes(data)
+        _check(_C.tlearn_model_load_buffer(ctypes.byref(h), ctypes.byref(o) if with_optimizer
+                                           else None, buf, n))
         m = cls._adopt(h)
         if with_optimizer:
             return m, (Optimizer._adopt(o) if o else None)
@@ -699,6 +760,7 @@ class Model(_Handle):
     def set_threads(self, threads: int) -> Model:
         """Threads for this model's GEMMs and parallel loops (default 1); returns self."""
         _check(_C.tlearn_model_set_threads(self.handle, int(threads)))
+        self._threads = int(threads)  # checkpoints do not carry it: copies re-apply it
         return self
 
     def set_seed(self, seed: int) -> Model:
@@ -1840,6 +1902,24 @@ class Model(_Handle):
         _check(_C.tlearn_model_save(self.handle, optimizer.handle if optimizer else None,
                                     _path(path), flags))
 
+    def to_bytes(self, optim: Optional[Optimizer] = None, flags: int = SAVE_FULL) -> bytes:
+        """The checkpoint :meth:`save` would write, as bytes (with ``optim``'s
+        hyperparameters when given). ``flags``: SAVE_FULL or SAVE_INFERENCE, or'ed with
+        a zlib level 1..9 shifted left by 8 (``SAVE_FULL | 6 << 8``)."""
+        return _out_bytes(lambda p, n: _C.tlearn_model_save_buffer(
+            self.handle, optim.handle if optim else None, int(flags), p, n))
+
+    def load_weights_bytes(self, data: Union[bytes, bytearray, memoryview],
+                           strict: bool = True) -> Tuple[int, int]:
+        """:meth:`load_weights` from checkpoint bytes; returns (matched, skipped)."""
+        matched, skipped = ctypes.c_size_t(), ctypes.c_size_t()
+        buf, n = _in_bytes(data)
+        _check(_C.tlearn_model_load_weights_buffer(self.handle, buf, n,
+                                                   LOAD_STRICT if strict else LOAD_PARTIAL,
+                                                   ctypes.byref(matched),
+                                                   ctypes.byref(skipped)))
+        return matched.value, skipped.value
+
     def load_weights(self, path: Union[str, os.PathLike],
                      strict: bool = True) -> Tuple[int, int]:
         """Load weights by tensor name from a checkpoint; returns (matched, skipped)."""
@@ -1867,6 +1947,22 @@ class Model(_Handle):
         """Load PyTorch weights from a safetensors file; returns the number loaded.
         @p name_map maps file names to model names: a dict, or a callable returning the
         model name or None to skip the tensor."""
+        return self._import_safetensors(name_map, strict, lambda cb, flags, matched:
+                                        _C.tlearn_model_import_safetensors(
+                                            self.handle, _path(path), cb, None, flags,
+                                            matched))
+
+    def import_safetensors_bytes(
+            self, data: Union[bytes, bytearray, memoryview],
+            name_map: Union[None, Mapping[str, str], Callable[[str], Optional[str]]] = None,
+            strict: bool = True) -> int:
+        """:meth:`import_safetensors` from the bytes of a safetensors file."""
+        buf, n = _in_bytes(data)
+        return self._import_safetensors(name_map, strict, lambda cb, flags, matched:
+                                        _C.tlearn_model_import_safetensors_buffer(
+                                            self.handle, buf, n, cb, None, flags, matched))
+
+    def _import_safetensors(self, name_map, strict, call):
         state = None
         cb = L.NAME_MAP_FN()
         if name_map is not None:
@@ -1888,9 +1984,7 @@ class Model(_Handle):
                     return 0
             cb = L.NAME_MAP_FN(trampoline)
         matched = ctypes.c_size_t()
-        rc = _C.tlearn_model_import_safetensors(self.handle, _path(path), cb, None,
-                                                LOAD_STRICT if strict else LOAD_PARTIAL,
-                                                ctypes.byref(matched))
+        rc = call(cb, LOAD_STRICT if strict else LOAD_PARTIAL, ctypes.byref(matched))
         if state is not None:
             state.reraise()
         _check(rc)
@@ -1899,6 +1993,12 @@ class Model(_Handle):
     def export_safetensors(self, path: Union[str, os.PathLike]) -> None:
         """Write parameters and buffers to a safetensors file torch can read."""
         _check(_C.tlearn_model_export_safetensors(self.handle, _path(path)))
+
+    def export_safetensors_bytes(self) -> bytes:
+        """:meth:`export_safetensors` as bytes (``safetensors.torch.load(data)`` reads
+        them)."""
+        return _out_bytes(lambda p, n: _C.tlearn_model_export_safetensors_buffer(
+            self.handle, p, n))
 
 
     # -- few-shot without training, transferability (1.1) --
@@ -1983,6 +2083,11 @@ class Model(_Handle):
                                          _enum(TRANSFER_METRICS, metric, "metric"),
                                          ctypes.byref(score)))
         return score.value
+
+
+def _unpickle_model(data: bytes, threads: int) -> Model:
+    m = Model.from_bytes(data)
+    return m.set_threads(threads) if threads != 1 else m
 
 
 def dann_lambda(progress: float) -> float:

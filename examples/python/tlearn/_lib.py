@@ -289,6 +289,15 @@ _SIGNATURES = {
     "tlearn_model_import_safetensors": (c_int, [_M, c_char_p, NAME_MAP_FN, c_void_p, c_uint,
                                                 P(c_size_t)]),
     "tlearn_model_export_safetensors": (c_int, [_M, c_char_p]),
+    # the same in memory (1.1): buffers the library allocates are released by tlearn_free
+    "tlearn_model_save_buffer": (c_int, [_M, c_void_p, c_uint, P(c_void_p), P(c_size_t)]),
+    "tlearn_free": (None, [c_void_p]),
+    "tlearn_model_load_buffer": (c_int, [_PM, _PM, c_void_p, c_size_t]),
+    "tlearn_model_load_weights_buffer": (c_int, [_M, c_void_p, c_size_t, c_uint, P(c_size_t),
+                                                 P(c_size_t)]),
+    "tlearn_model_export_safetensors_buffer": (c_int, [_M, P(c_void_p), P(c_size_t)]),
+    "tlearn_model_import_safetensors_buffer": (c_int, [_M, c_void_p, c_size_t, NAME_MAP_FN,
+                                                       c_void_p, c_uint, P(c_size_t)]),
     "tlearn_model_import_onnx": (c_int, [_PM, c_char_p]),
     "tlearn_model_import_onnx_buffer": (c_int, [_PM, c_void_p, c_size_t]),
     # training recipes (1.1): schedules, losses, metrics, fit with validation
