@@ -45,6 +45,7 @@ import ctypes
 import functools
 import inspect
 import itertools
+import math
 import os
 import signal
 import threading
@@ -57,8 +58,9 @@ import numpy as np
 from . import _lib as L
 from ._version import __version__
 
-__all__ = ["TlearnError", "Model", "FreezePolicy", "Optimizer", "Schedule", "read_metadata",
-           "version", "version_hex", "strerror"]
+__all__ = ["__version__", "TlearnError", "Model", "FreezePolicy", "Optimizer", "Schedule",
+           "read_metadata", "version", "version_hex", "strerror", "blas_info", "dann_lambda",
+           "discrepancy", "similarity_scores", "similarity_topk", "transferability"]
 
 _C = L.load_library()
 _H = TypeVar("_H", bound="_Handle")
@@ -286,8 +288,8 @@ def _batch(x: Any, sample_shape: Sequence[int], what: str) -> Tuple[np.ndarray, 
     samples of shape @p sample_shape (C, H, W). Accepted: (n, C, H, W), (n, C*H*W), or
     (n,)+anything with the right size per sample."""
     x = _array(x, np.float32, what)
-    size = int(np.prod(sample_shape))
-    if x.ndim < 2 or x.shape[0] < 1 or int(np.prod(x.shape[1:])) != size:
+    size = math.prod(sample_shape)
+    if x.ndim < 2 or x.shape[0] < 1 or math.prod(x.shape[1:]) != size:
         raise ValueError("%s has shape %s; expected (n, %s) or (n, %d) with n >= 1"
                          % (what, x.shape, ", ".join(map(str, sample_shape)), size))
     return x, x.shape[0]
@@ -316,9 +318,9 @@ def _out_shape(n: int, chw: Sequence[int]) -> Tuple[int, ...]:
 
 
 class _DeferSigint:
-    """Ctrl-C during a C call: Python's SIGINT handler would raise KeyboardInterrupt inside a
-    ctypes callback, where it cannot propagate ("Exception ignored ..."). For the duration
-    of the call (main thread only: Python runs handlers there alone) a handler that only
+    """Ctrl-C during a C call that runs Python callbacks (fit, a reducer's, a name map's):
+    Python's SIGINT handler would raise KeyboardInterrupt inside a ctypes callback, where it
+    cannot propagate ("Exception ignored ..."). For the duration of the call (main thread only: Python runs handlers there alone) a handler that only
     sets a flag replaces it; callbacks and chunk loops check :meth:`hit` and stop the C loop
     at the next step, and on exit the old handler is restored and called (Python's default
     raises KeyboardInterrupt). Nested uses share the outermost one."""
@@ -370,13 +372,17 @@ class _DeferSigint:
                 raise
 
 
-def _slices(n: int, first: int = 256, target: float = 0.05) -> Iterator[Tuple[int, int]]:
+_FIRST_CHUNK = 256
+
+
+def _slices(n: int, first: int = _FIRST_CHUNK,
+            target: float = 0.05) -> Iterator[Tuple[int, int]]:
     """[start, stop) ranges covering n examples for a chunked inference call: the first
     of @p first examples (calls that small stay one C call), then doubling while a chunk
-    takes under @p target seconds, so that a Ctrl-C waits for at most about one chunk.
-    Stops early when SIGINT arrived (the caller's _DeferSigint then raises)."""
+    takes under @p target seconds: Python's SIGINT handler raises KeyboardInterrupt
+    between two chunks, so Ctrl-C waits for at most about one chunk."""
     start, k = 0, first
-    while start < n and not _DeferSigint.hit():
+    while start < n:
         stop = min(n, start + k)
         t0 = time.perf_counter()
         yield start, stop
@@ -386,26 +392,39 @@ def _slices(n: int, first: int = 256, target: float = 0.05) -> Iterator[Tuple[in
 
 
 _RANK = {}  # lock order between handle classes: a model's, then its optimizer's, ...
+_HANDLE_PARAMS = {"optimizer", "policy", "schedule"}  # parameters that take other handles
 
 
 def _serialised(cls: Any) -> Any:
     """Class decorator: every method and property of @p cls runs holding the instance's
     lock (and the locks of handles passed to it, in the order of _RANK), so Python threads
     sharing a handle take turns instead of racing in C, which allows one thread per
-    handle. The locks are re-entrant: a callback may call back into the same handle."""
+    handle. The locks are re-entrant: a callback may call back into the same handle. On a
+    model with a reducer (whose callbacks run inside training and evaluation calls), every
+    call also defers SIGINT (see _DeferSigint)."""
     _RANK[cls] = len(_RANK)
+    model = cls.__name__ == "Model"
 
     def wrap(fn: Any) -> Any:
+        if not model and not _HANDLE_PARAMS & set(inspect.signature(fn).parameters):
+            @functools.wraps(fn)
+            def simple(self: Any, *args: Any, **kwargs: Any) -> Any:
+                with self._lock:
+                    return fn(self, *args, **kwargs)
+            return simple
+
         @functools.wraps(fn)
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            others = [a for a in itertools.chain(args, kwargs.values())
-                      if isinstance(a, _Handle) and a is not self]
             with self._lock:
-                if not others:
+                others = [a for a in itertools.chain(args, kwargs.values())
+                          if isinstance(a, _Handle) and a is not self] if (args or kwargs) else ()
+                if not others and self._reducer is None:
                     return fn(self, *args, **kwargs)
                 with contextlib.ExitStack() as stack:
                     for o in sorted(others, key=lambda o: _RANK.get(type(o), 99)):
                         stack.enter_context(o._lock)
+                    if self._reducer is not None:
+                        stack.enter_context(_DeferSigint())
                     return fn(self, *args, **kwargs)
         return call
     for name, attr in list(vars(cls).items()):
@@ -666,6 +685,7 @@ class Model(_Handle):
     (``Model(features, 1, 1)`` for vectors); :meth:`load`, :meth:`import_onnx` make one from
     a file. The ``add_*`` methods append layers and return self."""
     _destroy = "tlearn_model_destroy"
+    _reducer: Any = None  # set_reducer's callbacks, kept alive for the C side
 
     def __init__(self, channels: int, height: int = 1, width: int = 1) -> None:
         super().__init__()
@@ -1263,10 +1283,13 @@ class Model(_Handle):
         prompt on large inputs; returns the flat (n, out_size) float32 output."""
         out = np.empty((x.shape[0], out_size), dtype=np.float32)
         pre = () if layer is None else (_enc(layer, "layer"),)
-        with _DeferSigint():
-            for a, b in _slices(x.shape[0]):
-                _check(fn(self.handle, *pre, _fptr(x[a:b]), b - a, _fptr(out[a:b]),
-                          (b - a) * out_size))
+        if x.shape[0] <= _FIRST_CHUNK:  # one call: skip the slicing
+            _check(fn(self.handle, *pre, _fptr(x), x.shape[0], _fptr(out), out.size))
+            return out
+        # no callbacks here: Python's own SIGINT handler raises between chunks
+        for a, b in _slices(x.shape[0]):
+            _check(fn(self.handle, *pre, _fptr(x[a:b]), b - a, _fptr(out[a:b]),
+                      (b - a) * out_size))
         return out
 
     def predict(self, x: ArrayLike) -> np.ndarray:
@@ -1277,7 +1300,7 @@ class Model(_Handle):
         x, n = _batch(x, self.input_shape, "x")
         shape = _out_shape(n, self.output_shape)
         return self._infer(_C.tlearn_model_predict, None, x,
-                           int(np.prod(shape[1:]))).reshape(shape)
+                           math.prod(shape[1:])).reshape(shape)
 
     def evaluate(self, x: ArrayLike, labels: ArrayLike) -> Tuple[float, float]:
         """(mean loss, accuracy) over a labelled set, evaluation mode. Large sets run in
@@ -1289,14 +1312,13 @@ class Model(_Handle):
         # a reducer sums evaluate over workers: every worker must make the same calls
         parts = _slices(n) if getattr(self, "_reducer", None) is None else [(0, n)]
         total_loss, total_correct = 0.0, 0.0
-        with _DeferSigint():
-            for a, b in parts:
-                _check(_C.tlearn_model_evaluate(self.handle, _fptr(x[a:b]), _iptr(labels[a:b]),
-                                                b - a, ctypes.byref(loss), ctypes.byref(acc)))
-                if (a, b) == (0, n):
-                    return loss.value, acc.value
-                total_loss += float(loss.value) * (b - a)
-                total_correct += round(float(acc.value) * (b - a))
+        for a, b in parts:
+            _check(_C.tlearn_model_evaluate(self.handle, _fptr(x[a:b]), _iptr(labels[a:b]),
+                                            b - a, ctypes.byref(loss), ctypes.byref(acc)))
+            if (a, b) == (0, n):
+                return loss.value, acc.value
+            total_loss += float(loss.value) * (b - a)
+            total_correct += round(float(acc.value) * (b - a))
         return float(np.float32(total_loss / n)), float(np.float32(total_correct / n))
 
     def train_step(self, optimizer: Optimizer, x: ArrayLike, labels: ArrayLike) -> float:
@@ -1305,9 +1327,8 @@ class Model(_Handle):
         x, n = _batch(x, self.input_shape, "x")
         labels = _labels(labels, n)
         loss = ctypes.c_float()
-        with _DeferSigint():  # a reducer's callbacks run inside
-            _check(_C.tlearn_model_train_step(self.handle, optimizer.handle, _fptr(x),
-                                              _iptr(labels), n, ctypes.byref(loss)))
+        _check(_C.tlearn_model_train_step(self.handle, optimizer.handle, _fptr(x),
+                                          _iptr(labels), n, ctypes.byref(loss)))
         return loss.value
 
     def train_step_mse(self, optimizer: Optimizer, x: ArrayLike, targets: ArrayLike) -> float:
@@ -1317,9 +1338,8 @@ class Model(_Handle):
         if nt != n:
             raise ValueError("targets has %d rows, x has %d" % (nt, n))
         loss = ctypes.c_float()
-        with _DeferSigint():
-            _check(_C.tlearn_model_train_step_mse(self.handle, optimizer.handle, _fptr(x),
-                                                  _fptr(targets), n, ctypes.byref(loss)))
+        _check(_C.tlearn_model_train_step_mse(self.handle, optimizer.handle, _fptr(x),
+                                              _fptr(targets), n, ctypes.byref(loss)))
         return loss.value
 
     def compute_gradients(self, x: ArrayLike, labels: ArrayLike,
@@ -1673,13 +1693,12 @@ class Model(_Handle):
         n, ins, keep = self._feed(inputs)
         outs = [np.empty((n,) + self.layer_shape_nd(self.layer_index(name)), np.float32)
                 for name in self.outputs]
-        with _DeferSigint():
-            for a, b in _slices(n):
-                ins = (ctypes.c_void_p * len(keep))(*[x[a:b].ctypes.data for x in keep])
-                optr = (L.f32p * len(outs))(*[_fptr(o[a:b]) for o in outs])
-                lens = (ctypes.c_size_t * len(outs))(*[o[a:b].size for o in outs])
-                _check(_C.tlearn_model_run(self.handle, ins, len(keep), b - a, optr, lens,
-                                           len(outs)))
+        for a, b in _slices(n):
+            ins = (ctypes.c_void_p * len(keep))(*[x[a:b].ctypes.data for x in keep])
+            optr = (L.f32p * len(outs))(*[_fptr(o[a:b]) for o in outs])
+            lens = (ctypes.c_size_t * len(outs))(*[o[a:b].size for o in outs])
+            _check(_C.tlearn_model_run(self.handle, ins, len(keep), b - a, optr, lens,
+                                       len(outs)))
         return outs
 
     def train_step_inputs(self, optimizer: Optimizer, inputs: Sequence[ArrayLike],
@@ -1984,7 +2003,8 @@ class Model(_Handle):
                     return 0
             cb = L.NAME_MAP_FN(trampoline)
         matched = ctypes.c_size_t()
-        rc = call(cb, LOAD_STRICT if strict else LOAD_PARTIAL, ctypes.byref(matched))
+        with _DeferSigint():  # no KeyboardInterrupt inside the name-map callback
+            rc = call(cb, LOAD_STRICT if strict else LOAD_PARTIAL, ctypes.byref(matched))
         if state is not None:
             state.reraise()
         _check(rc)
@@ -2121,7 +2141,8 @@ def read_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
     def collect(key, value, user):
         result[key.decode()] = value.decode()
         return 0
-    _check(_C.tlearn_checkpoint_read_metadata(_path(path), L.METADATA_FN(collect), None))
+    with _DeferSigint():  # no KeyboardInterrupt inside collect()
+        _check(_C.tlearn_checkpoint_read_metadata(_path(path), L.METADATA_FN(collect), None))
     return result
 
 
