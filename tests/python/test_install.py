@@ -116,3 +116,41 @@ def test_installed_package_without_a_library_says_where_it_looked(venv):
     else:
         assert r.returncode != 0
         assert "libtlearn not found: set TLEARN_LIBRARY" in r.stderr, r.stderr
+
+
+def test_lookup_order_in_a_checkout(tmp_path, monkeypatch):
+    """tlearn/_lib.py's order: TLEARN_LIBRARY alone when set; else the checkout's build
+    trees (build/ first, sanitizer builds skipped), then pkg-config's libdir, then
+    ctypes.util.find_library. Checked on a fake checkout holding links to the real library."""
+    import importlib.util
+    root = tmp_path / "checkout"
+    (root / "include" / "tlearn").mkdir(parents=True)
+    (root / "include" / "tlearn" / "tlearn.h").write_text("")
+    (root / "meson.build").write_text("")
+    shutil.copytree(os.path.join(PACKAGE, "tlearn"), root / "examples" / "python" / "tlearn")
+    for build in ("build-z", "build", "build-asan"):
+        (root / build / "lib").mkdir(parents=True)
+        os.symlink(LIBRARY, root / build / "lib" / "libtlearn.so.1")
+    asan = root / "build-asan" / "lib" / "libtlearn.so.1"
+    asan.unlink()
+    asan.write_bytes(b"\x7fELF ... libasan.so.8 ...")
+    pc = tmp_path / "pc"
+    pc.mkdir()
+    (pc / "tlearn.pc").write_text("libdir=%s\nName: tlearn\nDescription: t\nVersion: 1\n"
+                                  "Libs: -ltlearn\n" % os.path.dirname(LIBRARY))
+    spec = importlib.util.spec_from_file_location(
+        "fake_lib", root / "examples" / "python" / "tlearn" / "_lib.py")
+    lib = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lib)
+    monkeypatch.setattr(lib.ctypes.util, "find_library", lambda name: "libtlearn.so.1")
+    monkeypatch.delenv("TLEARN_LIBRARY", raising=False)
+    monkeypatch.setenv("PKG_CONFIG_PATH", str(pc))
+    assert [p for p, _ in lib._candidates()] == [
+        str(root / "build" / "lib" / "libtlearn.so.1"),
+        str(root / "build-z" / "lib" / "libtlearn.so.1"),
+        os.path.join(os.path.dirname(LIBRARY), "libtlearn.so.1"),
+        "libtlearn.so.1"]
+    monkeypatch.setenv("TLEARN_LIBRARY", "/explicit/libtlearn.so.1")
+    assert list(lib._candidates()) == [("/explicit/libtlearn.so.1", True)]
+    with pytest.raises(OSError, match="TLEARN_LIBRARY=/explicit/libtlearn.so.1 cannot be loaded"):
+        lib.load_library()

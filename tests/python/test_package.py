@@ -136,10 +136,14 @@ CHILD = textwrap.dedent(r'''
     import tlearn
 
     mode, catch = sys.argv[1], sys.argv[2] == "catch"
-    m = tlearn.Model(2, 16, 16).set_seed(5)
-    # ~2.4 M multiply-adds per example: 40000 examples take seconds to predict
-    (m.add_conv2d("conv1", 32, 3, 1, 1).add_relu("r1").add_conv2d("conv2", 32, 3, 1, 1)
-      .add_relu("r2").add_flatten("flat").add_dense("fc", 4))
+
+    def build():
+        m = tlearn.Model(2, 16, 16).set_seed(5)
+        # ~2.4 M multiply-adds per example: 40000 examples take seconds to predict
+        (m.add_conv2d("conv1", 32, 3, 1, 1).add_relu("r1").add_conv2d("conv2", 32, 3, 1, 1)
+          .add_relu("r2").add_flatten("flat").add_dense("fc", 4))
+        return m
+    m = build()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 2, 16, 16)).astype(np.float32)
     y = (np.arange(64) % 4).astype(np.int32)
@@ -161,6 +165,11 @@ CHILD = textwrap.dedent(r'''
             m.fit(o, x, y, batch=8, epochs=100000, verbose=False)
         elif mode == "fit_batches":
             m.fit_batches(o, x, y, batch=8, epochs=100000, progress=progress)
+        elif mode == "train_loop":  # the user's own loop of short calls
+            print("READY", flush=True)
+            while True:
+                m.train_step(o, x, y)
+                steps[0] += 1
         elif mode == "predict":
             print("READY", flush=True)
             m.predict(big)
@@ -176,8 +185,16 @@ CHILD = textwrap.dedent(r'''
     except KeyboardInterrupt:
         t = time.monotonic()
         last = snaps[0]
-        same = (last is None or all(np.array_equal(v, last[k])
-                                     for k, v in m.state_dict().items()))
+        state = m.state_dict()
+        if mode == "train_loop":  # replay: the interrupt may come before steps[0] += 1
+            r, ro = build(), tlearn.Optimizer("sgd", lr=0.01)
+            for _ in range(steps[0]):
+                r.train_step(ro, x, y)
+            last = r.state_dict()
+            if not all(np.array_equal(v, last[k]) for k, v in state.items()):
+                r.train_step(ro, x, y)
+                last = r.state_dict()
+        same = (last is None or all(np.array_equal(v, last[k]) for k, v in state.items()))
         out = m.predict(x)
         print(json.dumps({"finished": False, "at": t, "steps": steps[0],
                           "same_as_last_step": same,
@@ -204,7 +221,8 @@ def interrupt_child(mode, catch):
     return p.returncode, out, err, sent
 
 
-@pytest.mark.parametrize("mode", ["fit", "fit_quiet", "fit_batches", "predict", "evaluate"])
+@pytest.mark.parametrize("mode", ["fit", "fit_quiet", "fit_batches", "train_loop", "predict",
+                                  "evaluate"])
 def test_ctrl_c_raises_keyboard_interrupt_promptly_and_leaves_the_model_usable(mode):
     rc, out, err, sent = interrupt_child(mode, catch=True)
     assert rc == 0, err
