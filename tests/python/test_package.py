@@ -117,12 +117,13 @@ def test_close_waits_for_a_call_in_another_thread():
     result = []
 
     def predict():
-        started.set()
-        result.append(m.predict(x))
+        with m.lock:  # re-entrant: predict takes it again; close() must wait for both
+            started.set()
+            time.sleep(0.05)
+            result.append(m.predict(x))
     t = threading.Thread(target=predict)
     t.start()
     started.wait()
-    time.sleep(0.01)
     m.close()  # takes the lock: the prediction finishes first, then the handle goes
     t.join()
     assert m.closed and result[0].shape == (2000, 4) and np.isfinite(result[0]).all()
