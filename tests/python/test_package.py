@@ -486,3 +486,21 @@ def test_pickle_round_trip_predicts_identically():
             # pickled inside a container too, with other objects
             obj = pickle.loads(pickle.dumps({"model": back, "n": 1}))
             np.testing.assert_array_equal(obj["model"].predict(x), m.predict(x))
+
+
+def test_token_labels_accept_int64_and_refuse_out_of_range():
+    rng = np.random.default_rng(14)
+    ids = rng.integers(1, 12, size=(4, 5))  # int64
+    labels = ids.copy()
+    labels[:, ::2] = -100  # positions without a prediction
+    with tlearn.Model.with_input("ids", (5,), "int32") as m:
+        m.set_seed(2)
+        m.add_embedding("tok", 12, 6).add_linear("head", 12)
+        want = m.compute_gradients_tokens([ids.astype(np.int32)], labels.astype(np.int32))
+        assert m.compute_gradients_tokens([ids], labels) == want
+        bad = labels.copy()
+        bad[1, 1] = -2**33
+        with pytest.raises(ValueError, match="labels holds -8589934592, outside int32"):
+            m.compute_gradients_tokens([ids], bad)
+        with pytest.raises(ValueError, match="labels has 19 values; expected n x 5 = 20"):
+            m.compute_gradients_tokens([ids], labels.ravel()[:-1])

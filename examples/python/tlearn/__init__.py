@@ -1715,12 +1715,11 @@ class Model(_Handle):
     def _token_labels(self, labels, n):
         out = self.layer_shape_nd(self.layer_index(self.outputs[0]))
         positions = int(np.prod(out[:-1])) if len(out) > 1 else 1
-        labels = np.asarray(labels)
-        if labels.dtype == np.int64:
-            labels = labels.astype(np.int32)
-        if labels.dtype != np.int32 or labels.size != n * positions:
-            raise ValueError("labels must be int32 with n x %d values" % positions)
-        return np.ascontiguousarray(labels)
+        labels = _array(labels, np.int32, "labels")
+        if labels.size != n * positions:
+            raise ValueError("labels has %d values; expected n x %d = %d"
+                             % (labels.size, positions, n * positions))
+        return labels
 
     def train_step_tokens(self, optimizer: Optimizer, inputs: Sequence[ArrayLike],
                           labels: ArrayLike, ignore_index: int = -100) -> float:
