@@ -320,10 +320,11 @@ def _out_shape(n: int, chw: Sequence[int]) -> Tuple[int, ...]:
 class _DeferSigint:
     """Ctrl-C during a C call that runs Python callbacks (fit, a reducer's, a name map's):
     Python's SIGINT handler would raise KeyboardInterrupt inside a ctypes callback, where it
-    cannot propagate ("Exception ignored ..."). For the duration of the call (main thread only: Python runs handlers there alone) a handler that only
-    sets a flag replaces it; callbacks and chunk loops check :meth:`hit` and stop the C loop
-    at the next step, and on exit the old handler is restored and called (Python's default
-    raises KeyboardInterrupt). Nested uses share the outermost one."""
+    cannot propagate ("Exception ignored ..."). For the duration of the call (main thread
+    only: Python runs handlers there alone) a handler that only sets a flag replaces it; the
+    callbacks check :meth:`hit` and stop the C loop at the next step, and on exit the old
+    handler is restored and called (Python's default raises KeyboardInterrupt). Nested uses
+    share the outermost one."""
     _depth = 0
     _old: Any = None
     _hit = False
