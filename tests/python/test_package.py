@@ -167,10 +167,11 @@ CHILD = textwrap.dedent(r'''
         elif mode == "fit_batches":
             m.fit_batches(o, x, y, batch=8, epochs=100000, progress=progress)
         elif mode == "train_loop":  # the user's own loop of short calls
-            print("READY", flush=True)
             while True:
                 m.train_step(o, x, y)
                 steps[0] += 1
+                if steps[0] == 2:
+                    print("READY", flush=True)
         elif mode == "predict":
             print("READY", flush=True)
             m.predict(big)
