@@ -206,6 +206,8 @@ def shell_programs(path):
                 words = shlex.split(part, posix=True)
             except ValueError:
                 words = part.split()
+            if words and words[0] in ("for", "select"):
+                continue  # `for NAME in WORDS`: a variable and values, no command
             while words and (re.fullmatch(r"\w+=.*", words[0]) or words[0] in SHELL_WORDS):
                 words = words[1:]
             if words and re.fullmatch(r"[A-Za-z][\w.+-]*", words[0]):

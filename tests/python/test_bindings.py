@@ -6,6 +6,7 @@ passes TLEARN_LIBRARY (the built libtlearn.so.1) and PYTHONPATH (examples/python
 import gc
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -60,19 +61,17 @@ def test_status_error_carries_code_and_message():
 def test_wrong_dtype_is_a_python_error():
     with small_mlp() as m:
         x, y = blobs()
-        with pytest.raises(TypeError, match="float32"):
-            m.predict(x.astype(np.float64))
-        with pytest.raises(TypeError, match="int32"):
-            m.evaluate(x, y.astype(np.int64))
-        with pytest.raises(TypeError, match="numpy"):
+        with pytest.raises(TypeError, match="x has dtype complex64; expected real"):
+            m.predict(x.astype(np.complex64))
+        with pytest.raises(TypeError, match="labels has dtype float32; expected integers"):
+            m.evaluate(x, y.astype(np.float32))
+        with pytest.raises(TypeError, match="x must be a numpy.ndarray .* not list"):
             m.predict(x.tolist())
 
 
-def test_non_contiguous_and_bad_shapes_are_python_errors():
+def test_bad_shapes_are_python_errors():
     with small_mlp() as m:
         x, y = blobs()
-        with pytest.raises(ValueError, match="contiguous"):
-            m.predict(np.asfortranarray(np.tile(x, (1, 2))[:, ::2]))
         with pytest.raises(ValueError, match="shape"):
             m.predict(x[:, :7].copy())
         with pytest.raises(ValueError, match="labels"):
@@ -519,7 +518,7 @@ def test_every_header_function_is_declared_and_wrapped():
         source = f.read()
     # called directly, or named for _Handle.close() (the destroy functions)
     unwrapped = sorted(n for n in declared
-                       if "_C.%s(" % n not in source and '"%s"' % n not in source)
+                       if not re.search(r"_C\.%s\b" % n, source) and '"%s"' % n not in source)
     assert unwrapped == [], "no Python method calls these: %s" % unwrapped
 
 
@@ -688,7 +687,8 @@ def test_text_encoder_with_mask_trains_and_refuses_bad_ids():
         assert out.shape == (16, 2)
         bad = ids.copy()
         bad[0, 0] = 2**40
-        with pytest.raises(ValueError, match="do not fit int32"):
+        with pytest.raises(ValueError, match="input 0 \\('ids'\\) holds 1099511627776, outside "
+                                             "int32's range"):
             m.run(bad, mask)
         bad[0, 0] = v
         with pytest.raises(tlearn.TlearnError, match="token id 12"):

@@ -2,9 +2,12 @@
 
 The shared library is found, in this order, through:
   1. the TLEARN_LIBRARY environment variable (a full path to libtlearn.so.1);
-  2. the meson build tree next to this checkout (build*/lib/libtlearn.so.1, skipping
-     sanitizer builds, which cannot be loaded into Python);
-  3. ctypes.util.find_library('tlearn') (an installed library).
+  2. when imported from a libtlearn checkout (examples/python/tlearn), a meson build tree
+     of it (build*/lib/libtlearn.so.1, build/ first, skipping sanitizer builds, which
+     cannot be loaded into Python);
+  3. ``pkg-config --variable=libdir tlearn`` (an installed library; PKG_CONFIG_PATH for a
+     custom prefix), when pkg-config is there;
+  4. ctypes.util.find_library('tlearn') (ldconfig's cache, LD_LIBRARY_PATH).
 
 Every function of the header is declared here with its argument and result types, so a
 wrong call raises a ctypes error in Python instead of corrupting memory. The friendly
@@ -14,6 +17,8 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import subprocess
+from typing import Iterator, Optional, Tuple
 
 c_int, c_float, c_double, c_char_p, c_size_t, c_void_p, c_uint, c_uint64 = (
     ctypes.c_int, ctypes.c_float, ctypes.c_double, ctypes.c_char_p, ctypes.c_size_t,
@@ -31,7 +36,7 @@ REDUCE_FN = ctypes.CFUNCTYPE(c_int, c_void_p, c_int, P(c_float), c_size_t)
 REDUCE_WAIT_FN = ctypes.CFUNCTYPE(c_int, c_void_p)
 
 
-def _sanitized(path):
+def _sanitized(path: str) -> bool:
     """A sanitizer build (tests/sanitize.sh) would abort the interpreter when loaded."""
     try:
         with open(path, "rb") as f:
@@ -41,26 +46,51 @@ def _sanitized(path):
     return b"libasan.so" in data or b"libtsan.so" in data
 
 
-def _candidates():
+def _checkout_root() -> Optional[str]:
+    """The libtlearn source tree this package sits in (examples/python/tlearn), if any: an
+    installed copy (site-packages) has none."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.normpath(os.path.join(here, "..", "..", ".."))
+    if (os.path.isfile(os.path.join(root, "meson.build"))
+            and os.path.isfile(os.path.join(root, "include", "tlearn", "tlearn.h"))):
+        return root
+    return None
+
+
+def _pkg_config_libdir() -> Optional[str]:
+    try:
+        r = subprocess.run(["pkg-config", "--variable=libdir", "tlearn"], capture_output=True,
+                           text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):  # no pkg-config
+        return None
+    libdir = r.stdout.strip()
+    return libdir if r.returncode == 0 and libdir else None
+
+
+def _candidates() -> Iterator[Tuple[str, bool]]:
+    """(path, explicit) pairs in the order of the module docstring."""
     env = os.environ.get("TLEARN_LIBRARY")
     if env:
         # An explicit choice that does not exist is an error, not a reason to look elsewhere.
         yield env, True
         return
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.normpath(os.path.join(here, "..", "..", ".."))
-    found = glob.glob(os.path.join(root, "build*", "lib", "libtlearn.so.1"))
-    # build/ (the README's directory) first, then the others by name
-    for path in sorted(found, key=lambda p: (os.path.basename(os.path.dirname(
-            os.path.dirname(p))) != "build", p)):
-        if not _sanitized(path):
-            yield path, False
+    root = _checkout_root()
+    if root is not None:
+        found = glob.glob(os.path.join(root, "build*", "lib", "libtlearn.so.1"))
+        # build/ (the README's directory) first, then the others by name
+        for path in sorted(found, key=lambda p: (os.path.basename(os.path.dirname(
+                os.path.dirname(p))) != "build", p)):
+            if not _sanitized(path):
+                yield path, False
+    libdir = _pkg_config_libdir()
+    if libdir is not None and os.path.exists(os.path.join(libdir, "libtlearn.so.1")):
+        yield os.path.join(libdir, "libtlearn.so.1"), False
     found = ctypes.util.find_library("tlearn")
     if found:
         yield found, False
 
 
-def load_library():
+def load_library() -> ctypes.CDLL:
     """Return the loaded libtlearn (ctypes.CDLL) with every function declared."""
     tried = []
     for path, explicit in _candidates():
@@ -74,8 +104,9 @@ def load_library():
         _declare(lib)
         return lib
     raise OSError("libtlearn not found: set TLEARN_LIBRARY to libtlearn.so.1, build it in "
-                  "this checkout (meson setup build && ninja -C build), or install it. "
-                  "Tried: %s" % (", ".join(tried) or "nothing"))
+                  "this checkout (meson setup build && ninja -C build), or install it "
+                  "(found through pkg-config or ldconfig). Tried: %s"
+                  % (", ".join(tried) or "nothing"))
 
 
 # name: (restype, [argtypes]); every function returns int unless stated.
@@ -299,7 +330,7 @@ _SIGNATURES = {
 }
 
 
-def _declare(lib):
+def _declare(lib: ctypes.CDLL) -> None:
     missing = []
     for name, (restype, argtypes) in _SIGNATURES.items():
         try:
