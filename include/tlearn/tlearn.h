@@ -869,6 +869,89 @@ TLEARN_API int tlearn_model_import_safetensors(tlearn_model *m, const char *path
 TLEARN_API int tlearn_model_export_safetensors(const tlearn_model *m, const char *path);
 
 /**
+ * The bytes tlearn_model_save() would write to a file, in a buffer the library allocates
+ * (same format, same checks, same bytes for the same model, optimizer and flags).
+ * @param o      optimizer saved with the model; may be NULL.
+ * @param flags  TLEARN_SAVE_* or'ed together (compression level 0..9).
+ * @param data   receives the buffer, owned by the caller: release it with tlearn_free().
+ *               Set to NULL on failure.
+ * @param size   receives its length in bytes; 0 on failure.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, data or size; unknown flags),
+ *         TLEARN_ENOMEM, TLEARN_ENONFINITE (a tensor holds NaN/Inf; nothing is returned).
+ * @note Thread-safe for different models; reads @p m and @p o only (other threads may read
+ *       them too, none may change them meanwhile).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_save_buffer(const tlearn_model *m, const tlearn_optim *o,
+                                        unsigned flags, void **data, size_t *size);
+
+/**
+ * Release a buffer the library allocated for the caller (tlearn_model_save_buffer(),
+ * tlearn_model_export_safetensors_buffer()). NULL is accepted and does nothing.
+ * @note Thread-safe. Never pass memory from another allocator (free() included: the
+ *       library's buffers may come from an aligned allocation).
+ * @since 1.1
+ */
+TLEARN_API void tlearn_free(void *p);
+
+/**
+ * tlearn_model_load() from @p len bytes at @p data (a checkpoint as tlearn_model_save()
+ * or tlearn_model_save_buffer() writes it), with the same validation and the same errors
+ * as from a file. The bytes are only read, and not referenced after the call returns.
+ * @param out    receives the new model (destroy with tlearn_model_destroy()).
+ * @param optim  receives the optimizer the checkpoint holds, or NULL; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL out, or NULL data with len > 0), TLEARN_EFORMAT
+ *         (corrupt or truncated: the message names section, field, expected and found),
+ *         TLEARN_EVERSION, TLEARN_ENOMEM. On failure *out (and *optim) are NULL.
+ * @note Thread-safe (a new model each call).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_load_buffer(tlearn_model **out, tlearn_optim **optim,
+                                        const void *data, size_t len);
+
+/**
+ * tlearn_model_load_weights() from @p len bytes of checkpoint at @p data.
+ * @param flags    TLEARN_LOAD_STRICT or TLEARN_LOAD_PARTIAL.
+ * @param matched  receives how many tensors were loaded; may be NULL.
+ * @param skipped  receives how many model tensors were left as they were; may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, NULL data with len > 0, unknown flags),
+ *         TLEARN_EFORMAT, TLEARN_EVERSION, TLEARN_ESHAPE / TLEARN_ENOTFOUND (strict mode),
+ *         TLEARN_ENOMEM. The model is unchanged on failure.
+ * @note Not thread-safe for one model (it writes the weights).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_load_weights_buffer(tlearn_model *m, const void *data, size_t len,
+                                                unsigned flags, size_t *matched,
+                                                size_t *skipped);
+
+/**
+ * The bytes tlearn_model_export_safetensors() would write, in a buffer the library
+ * allocates (release it with tlearn_free()).
+ * @param data  receives the buffer; NULL on failure.
+ * @param size  receives its length in bytes; 0 on failure.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, data or size), TLEARN_ENOMEM,
+ *         TLEARN_ENONFINITE (a tensor holds NaN/Inf; nothing is returned).
+ * @note Reads @p m only; as tlearn_model_save_buffer().
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_export_safetensors_buffer(const tlearn_model *m, void **data,
+                                                      size_t *size);
+
+/**
+ * tlearn_model_import_safetensors() from @p len bytes of safetensors at @p data, with the
+ * same validation, mapping and flags.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, NULL data with len > 0, unknown flags),
+ *         TLEARN_EFORMAT, TLEARN_ESHAPE, TLEARN_ENOTFOUND, TLEARN_ENOMEM. The model is
+ *         unchanged on failure.
+ * @note Not thread-safe for one model (it writes the weights).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_import_safetensors_buffer(tlearn_model *m, const void *data,
+                                                      size_t len, tlearn_name_map_fn map,
+                                                      void *user, unsigned flags,
+                                                      size_t *matched);
+
+/**
  * Build a model from an ONNX file (architecture and weights). Layer names follow the
  * graph ("0.weight" -> layer "0"; weightless nodes take PyTorch's module scope,
  * "/layer1/layer1.0/relu/Relu" -> "layer1.0.relu").

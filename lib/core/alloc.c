@@ -72,6 +72,12 @@ void tl_free(void *p)
     free(p);
 }
 
+/* Buffers handed to the caller (tlearn_model_save_buffer, ...) come from tl_alloc. */
+void tlearn_free(void *p)
+{
+    tl_free(p);
+}
+
 char *tl_strdup(const char *s)
 {
     size_t n = strlen(s) + 1;

@@ -1435,20 +1435,39 @@ static int ck_read_file(const char *fn, const char *path, unsigned char **data, 
     return TLEARN_OK;
 }
 
-int tlearn_model_load(tlearn_model **out, tlearn_optim **optim, const char *path)
+/* The arguments every load checks, and the results of a failed one cleared. */
+static int load_args(const char *fn, tlearn_model **out, tlearn_optim **optim)
 {
-    static const char fn[] = "tlearn_model_load";
     if (!out)
         return tl_fail(TLEARN_EINVAL, "%s: out is NULL", fn);
     *out = NULL;
     if (optim)
         *optim = NULL;
+    return TLEARN_OK;
+}
+
+int tlearn_model_load_buffer(tlearn_model **out, tlearn_optim **optim, const void *data,
+                             size_t len)
+{
+    static const char fn[] = "tlearn_model_load_buffer";
+    int rc = load_args(fn, out, optim);
+    if (!rc)
+        rc = tl_io_data_arg(fn, &data, len);
+    return rc ? rc : load_from(fn, data, len, -1, NULL, out, optim);
+}
+
+int tlearn_model_load(tlearn_model **out, tlearn_optim **optim, const char *path)
+{
+    static const char fn[] = "tlearn_model_load";
+    int rc = load_args(fn, out, optim);
+    if (rc)
+        return rc;
     if (!path)
         return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
     unsigned char *buf;
     size_t len;
     int fd;
-    int rc = ck_read_file(fn, path, &buf, &len, &fd);
+    rc = ck_read_file(fn, path, &buf, &len, &fd);
     if (rc)
         return rc;
     rc = load_from(fn, buf, len, fd, path, out, optim);
@@ -1540,6 +1559,16 @@ int tl_checkpoint_load_weights_buffer(const char *fn, tlearn_model *m, const voi
     return load_weights_from(fn, m, data, len, -1, NULL, flags, matched, skipped);
 }
 
+int tlearn_model_load_weights_buffer(tlearn_model *m, const void *data, size_t len,
+                                     unsigned flags, size_t *matched, size_t *skipped)
+{
+    static const char fn[] = "tlearn_model_load_weights_buffer";
+    int rc = tl_io_weights_args(fn, m, flags);
+    if (!rc)
+        rc = tl_io_data_arg(fn, &data, len);
+    return rc ? rc : load_weights_from(fn, m, data, len, -1, NULL, flags, matched, skipped);
+}
+
 int tlearn_model_load_weights(tlearn_model *m, const char *path, unsigned flags,
                               size_t *matched, size_t *skipped)
 {
@@ -1547,13 +1576,13 @@ int tlearn_model_load_weights(tlearn_model *m, const char *path, unsigned flags,
     TL_CHECK_MODEL(fn, m);
     if (!path)
         return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
-    if (flags != TLEARN_LOAD_STRICT && flags != TLEARN_LOAD_PARTIAL)
-        return tl_fail(TLEARN_EINVAL, "%s: flags is %u, expected TLEARN_LOAD_STRICT or "
-                       "TLEARN_LOAD_PARTIAL", fn, flags);
+    int rc = tl_io_weights_args(fn, m, flags);
+    if (rc)
+        return rc;
     unsigned char *buf;
     size_t len;
     int fd;
-    int rc = ck_read_file(fn, path, &buf, &len, &fd);
+    rc = ck_read_file(fn, path, &buf, &len, &fd);
     if (rc)
         return rc;
     rc = load_weights_from(fn, m, buf, len, fd, path, flags, matched, skipped);

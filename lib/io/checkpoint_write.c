@@ -1,4 +1,5 @@
-/* Writing checkpoints (doc/checkpoint-format.md): tlearn_model_save. */
+/* Writing checkpoints (doc/checkpoint-format.md): tlearn_model_save and
+ * tlearn_model_save_buffer, one writer behind both (a sink: the temporary file or a buffer). */
 #include <string.h>
 #include <zlib.h>
 
@@ -478,13 +479,48 @@ int tl_checkpoint_save_buffer(const char *fn, const tlearn_model *m, const tlear
     int rc = prepare(fn, &w, m, o, flags);
     uint64_t total = 0;
     sink s = {fn, out, NULL, 0};
-    if (!rc)
+    if (!rc) {
+        /* The size when every array is stored raw bounds the result (an array is kept
+         * compressed only when smaller): one exact allocation, never a doubling's slack. */
+        uint64_t bound = CK_HEADER + (uint64_t)S_KINDS * (CK_ENTRY + 64);
+        for (int k = 0; k < S_KINDS; k++)
+            bound += w.sec[k].len;
+        for (size_t i = 0; i < w.nblobs && bound < SIZE_MAX; i++)
+            bound += 64 + 4 * (uint64_t)w.blobs[i].n;
+        if (bound < SIZE_MAX)
+            tl_wb_reserve(out, (size_t)bound);
         rc = assemble(&w, flags, &s, &total);
+    }
     writer_free(&w);
-    if (rc)
+    if (rc) {
         tl_wb_free(out);
-    else
-        out->len = (size_t)total;
+        return rc;
+    }
+    out->len = (size_t)total;
+    if (out->cap - out->len > out->len / 8 + 4096) { /* compressed well: give back the rest */
+        unsigned char *p = tl_alloc(out->len);
+        if (p) {
+            memcpy(p, out->p, out->len);
+            tl_free(out->p);
+            out->p = p;
+            out->cap = out->len;
+        }
+    }
+    return TLEARN_OK;
+}
+
+int tlearn_model_save_buffer(const tlearn_model *m, const tlearn_optim *o, unsigned flags,
+                             void **data, size_t *size)
+{
+    static const char fn[] = "tlearn_model_save_buffer";
+    int rc = tl_io_out_args(fn, m, data, size);
+    tl_wbuf b;
+    if (!rc)
+        rc = tl_checkpoint_save_buffer(fn, m, o, flags, &b);
+    if (!rc) {
+        *data = b.p;
+        *size = b.len;
+    }
     return rc;
 }
 

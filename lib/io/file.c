@@ -284,6 +284,38 @@ int tl_file_write_atomic(const char *fn, const char *path, const void *data, siz
     return rc;
 }
 
+/* ---- arguments of the entry points ---- */
+
+int tl_io_weights_args(const char *fn, const tlearn_model *m, unsigned flags)
+{
+    TL_CHECK_MODEL(fn, m);
+    if (flags != TLEARN_LOAD_STRICT && flags != TLEARN_LOAD_PARTIAL)
+        return tl_fail(TLEARN_EINVAL, "%s: flags is %u, expected TLEARN_LOAD_STRICT or "
+                       "TLEARN_LOAD_PARTIAL", fn, flags);
+    return TLEARN_OK;
+}
+
+int tl_io_data_arg(const char *fn, const void **data, size_t len)
+{
+    if (!*data && len)
+        return tl_fail(TLEARN_EINVAL, "%s: data is NULL with len %zu", fn, len);
+    if (!*data)
+        *data = "";
+    return TLEARN_OK;
+}
+
+int tl_io_out_args(const char *fn, const tlearn_model *m, void **data, size_t *size)
+{
+    if (data)
+        *data = NULL;
+    if (size)
+        *size = 0;
+    TL_CHECK_MODEL(fn, m);
+    if (!data || !size)
+        return tl_fail(TLEARN_EINVAL, "%s: %s is NULL", fn, !data ? "data" : "size");
+    return TLEARN_OK;
+}
+
 /* ---- byte buffer ---- */
 
 static int reserve(tl_wbuf *b, size_t n)
@@ -311,6 +343,26 @@ static int reserve(tl_wbuf *b, size_t n)
     b->p = p;
     b->cap = cap;
     return 1;
+}
+
+void tl_wb_reserve(tl_wbuf *b, size_t n)
+{
+    if (b->oom || n <= b->cap - b->len)
+        return;
+    if (n > SIZE_MAX - b->len) {
+        b->oom = 1;
+        return;
+    }
+    unsigned char *p = tl_alloc(b->len + n);
+    if (!p) {
+        b->oom = 1;
+        return;
+    }
+    if (b->len)
+        memcpy(p, b->p, b->len);
+    tl_free(b->p);
+    b->p = p;
+    b->cap = b->len + n;
 }
 
 void tl_wb_bytes(tl_wbuf *b, const void *data, size_t n)

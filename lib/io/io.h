@@ -39,12 +39,25 @@ int tl_file_write_atomic(const char *fn, const char *path, const void *data, siz
  * and safetensors writers: never write what the loaders refuse). */
 int tl_io_check_model_values(const char *fn, const tlearn_model *m);
 
+/* ---- arguments shared by the file and memory entry points (file.c) ---- */
+/* Model not NULL, flags TLEARN_LOAD_STRICT or TLEARN_LOAD_PARTIAL. */
+int tl_io_weights_args(const char *fn, const tlearn_model *m, unsigned flags);
+/* Refuse NULL data with len > 0; NULL with len 0 becomes "" (an empty buffer, refused as
+ * an empty file is). */
+int tl_io_data_arg(const char *fn, const void **data, size_t len);
+/* Outputs of a call that hands back a buffer: cleared first (a failed call leaves them
+ * NULL and 0), then model, data and size checked. */
+int tl_io_out_args(const char *fn, const tlearn_model *m, void **data, size_t *size);
+
 /* ---- growable little-endian byte buffer (file.c) ---- */
 typedef struct tl_wbuf {
     unsigned char *p;
     size_t len, cap;
     int oom; /* an append failed: the buffer is incomplete */
 } tl_wbuf;
+/* Room for @p n more bytes, allocated exactly (appends then never move the buffer): for
+ * buffers handed to the caller, which must not carry the doubling's slack. */
+void tl_wb_reserve(tl_wbuf *b, size_t n);
 void tl_wb_bytes(tl_wbuf *b, const void *data, size_t n);
 void tl_wb_zeros(tl_wbuf *b, size_t n);
 void tl_wb_align(tl_wbuf *b, size_t align);
@@ -126,6 +139,8 @@ typedef struct tl_st_tensor {
 void tl_wb_json_str(tl_wbuf *b, const char *s);
 int tl_safetensors_write(const char *fn, const char *path, const tl_st_tensor *ts,
                          size_t count);
+/* The same bytes into @p out (allocated exactly; freed on failure). */
+int tl_safetensors_build(const char *fn, const tl_st_tensor *ts, size_t count, tl_wbuf *out);
 /* fp16 / bf16 bit patterns to fp32 (exact). */
 float tl_half_to_float(uint16_t h);
 float tl_bf16_to_float(uint16_t h);

@@ -340,6 +340,17 @@ int tl_safetensors_import_buffer(const char *fn, tlearn_model *m, const void *bu
     return rc;
 }
 
+int tlearn_model_import_safetensors_buffer(tlearn_model *m, const void *data, size_t len,
+                                           tlearn_name_map_fn map, void *user, unsigned flags,
+                                           size_t *matched)
+{
+    static const char fn[] = "tlearn_model_import_safetensors_buffer";
+    int rc = tl_io_weights_args(fn, m, flags);
+    if (!rc)
+        rc = tl_io_data_arg(fn, &data, len);
+    return rc ? rc : tl_safetensors_import_buffer(fn, m, data, len, map, user, flags, matched);
+}
+
 int tlearn_model_import_safetensors(tlearn_model *m, const char *path, tlearn_name_map_fn map,
                                     void *user, unsigned flags, size_t *matched)
 {
@@ -347,12 +358,12 @@ int tlearn_model_import_safetensors(tlearn_model *m, const char *path, tlearn_na
     TL_CHECK_MODEL(fn, m);
     if (!path)
         return tl_fail(TLEARN_EINVAL, "%s: path is NULL", fn);
-    if (flags != TLEARN_LOAD_STRICT && flags != TLEARN_LOAD_PARTIAL)
-        return tl_fail(TLEARN_EINVAL, "%s: flags is %u, expected TLEARN_LOAD_STRICT or "
-                       "TLEARN_LOAD_PARTIAL", fn, flags);
+    int rc = tl_io_weights_args(fn, m, flags);
+    if (rc)
+        return rc;
     unsigned char *buf;
     size_t len;
-    int rc = tl_file_read(fn, path, &buf, &len);
+    rc = tl_file_read(fn, path, &buf, &len);
     if (rc)
         return rc;
     rc = tl_safetensors_import_buffer(fn, m, buf, len, map, user, flags, matched);
@@ -371,11 +382,11 @@ void tl_wb_json_str(tl_wbuf *b, const char *s)
     tl_wb_bytes(b, "\"", 1);
 }
 
-int tl_safetensors_write(const char *fn, const char *path, const tl_st_tensor *ts,
-                         size_t count)
+int tl_safetensors_build(const char *fn, const tl_st_tensor *ts, size_t count, tl_wbuf *out)
 {
-    tl_wbuf h = {0}, out = {0};
+    tl_wbuf h = {0};
     char tmp[160];
+    memset(out, 0, sizeof *out);
     tl_wb_zeros(&h, 8); /* the header length, patched below */
     tl_wb_bytes(&h, "{\"__metadata__\":{\"format\":\"pt\"}", 31);
     uint64_t off = 0;
@@ -401,30 +412,40 @@ int tl_safetensors_write(const char *fn, const char *path, const tl_st_tensor *t
         tl_wb_bytes(&h, " ", 1);
     if (!h.oom)
         tl_put_u64(h.p, h.len - 8);
-    tl_wb_bytes(&out, h.p, h.len);
+    if (!h.oom && off < SIZE_MAX - h.len)
+        tl_wb_reserve(out, h.len + (size_t)off); /* exact: the caller may keep the buffer */
+    tl_wb_bytes(out, h.p, h.len);
     for (size_t i = 0; i < count; i++) {
         const tl_tensor *x = ts[i].t;
-        size_t at = out.len;
-        tl_wb_zeros(&out, 4 * x->numel);
-        if (!out.oom)
-            tl_floats_to_le(out.p + at, x->data, x->numel);
+        size_t at = out->len;
+        tl_wb_zeros(out, 4 * x->numel);
+        if (!out->oom)
+            tl_floats_to_le(out->p + at, x->data, x->numel);
     }
-    int rc = TLEARN_OK;
-    if (h.oom || out.oom)
-        rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    int oom = h.oom || out->oom;
+    tl_wb_free(&h);
+    if (oom) {
+        tl_wb_free(out);
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    }
+    return TLEARN_OK;
+}
+
+int tl_safetensors_write(const char *fn, const char *path, const tl_st_tensor *ts,
+                         size_t count)
+{
+    tl_wbuf out;
+    int rc = tl_safetensors_build(fn, ts, count, &out);
     if (!rc)
         rc = tl_file_write_atomic(fn, path, out.p, out.len);
-    tl_wb_free(&h);
     tl_wb_free(&out);
     return rc;
 }
 
-int tlearn_model_export_safetensors(const tlearn_model *m, const char *path)
+/* Every parameter and buffer of @p m, named "layer.param", as safetensors bytes. */
+static int export_model(const char *fn, const tlearn_model *m, tl_wbuf *out)
 {
-    static const char fn[] = "tlearn_model_export_safetensors";
-    TL_CHECK_MODEL(fn, m);
-    if (!path || !*path)
-        return tl_fail(TLEARN_EINVAL, "%s: path is %s", fn, !path ? "NULL" : "empty");
+    memset(out, 0, sizeof *out);
     int rc = tl_io_check_model_values(fn, m);
     if (rc)
         return rc;
@@ -444,8 +465,36 @@ int tlearn_model_export_safetensors(const tlearn_model *m, const char *path)
             ts[k].t = &m->layers[i]->param[p].t;
         }
     if (!rc)
-        rc = tl_safetensors_write(fn, path, ts, count);
+        rc = tl_safetensors_build(fn, ts, count, out);
     tl_free(ts);
     tl_free(names);
+    return rc;
+}
+
+int tlearn_model_export_safetensors_buffer(const tlearn_model *m, void **data, size_t *size)
+{
+    static const char fn[] = "tlearn_model_export_safetensors_buffer";
+    int rc = tl_io_out_args(fn, m, data, size);
+    tl_wbuf out;
+    if (!rc)
+        rc = export_model(fn, m, &out);
+    if (!rc) {
+        *data = out.p;
+        *size = out.len;
+    }
+    return rc;
+}
+
+int tlearn_model_export_safetensors(const tlearn_model *m, const char *path)
+{
+    static const char fn[] = "tlearn_model_export_safetensors";
+    TL_CHECK_MODEL(fn, m);
+    if (!path || !*path)
+        return tl_fail(TLEARN_EINVAL, "%s: path is %s", fn, !path ? "NULL" : "empty");
+    tl_wbuf out;
+    int rc = export_model(fn, m, &out);
+    if (!rc)
+        rc = tl_file_write_atomic(fn, path, out.p, out.len);
+    tl_wb_free(&out);
     return rc;
 }

@@ -84,4 +84,30 @@ static inline int io_models_equal(const tlearn_model *a, const tlearn_model *b)
     return 1;
 }
 
+/* A whole file into malloc'ed memory (free()), and bytes to a file; abort on failure. */
+static inline unsigned char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    long n = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0)
+        n = ftell(f);
+    unsigned char *p = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (!p || fseek(f, 0, SEEK_SET) != 0 || fread(p, 1, (size_t)n, f) != (size_t)n) {
+        fprintf(stderr, "cannot read '%s'\n", path);
+        abort();
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+static inline void write_file(const char *path, const void *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(p, 1, n, f) != n || fclose(f) != 0) {
+        fprintf(stderr, "cannot write '%s'\n", path);
+        abort();
+    }
+}
+
 #endif
