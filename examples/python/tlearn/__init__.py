@@ -1559,6 +1559,24 @@ class Model(_Handle):
         """Write parameters and buffers to a safetensors file torch can read."""
         _check(_C.tlearn_model_export_safetensors(self.handle, _path(path)))
 
+    def export_onnx(self, path, opset=17):
+        """Write the model's evaluation graph as an ONNX file (opset 13 to 17) for other
+        runtimes: weights as initializers named as the model's tensors, inputs named as the
+        model's with a symbolic batch "N", outputs = the model's outputs. Raises TlearnError
+        (EUNSUPPORTED names every layer of a kind with no ONNX mapping)."""
+        _check(_C.tlearn_model_export_onnx(self.handle, _path(path), int(opset)))
+
+    def export_onnx_bytes(self, opset=17):
+        """The ONNX file export_onnx() would write, as bytes (one copy of the model's size
+        from the library's buffer into a Python bytes object)."""
+        data, size = ctypes.c_void_p(), ctypes.c_size_t()
+        _check(_C.tlearn_model_export_onnx_buffer(self.handle, int(opset), ctypes.byref(data),
+                                                  ctypes.byref(size)))
+        try:
+            return ctypes.string_at(data, size.value)
+        finally:
+            _C.tlearn_free(data)
+
 
     # -- few-shot without training, transferability (1.1) --
 

@@ -982,7 +982,7 @@ static int ex_token_pool(ex_ctx *c, const char *const *in, const char *out)
     ex_node(c, "Where", xin, 3, xm); /* padded positions are skipped, whatever they hold */
     ex_attr_int(c, ex_op2(c, "ReduceSum", xm, ax, s), "keepdims", 0);
     ex_attr_int(c, ex_op1(c, "Cast", kb, kf), "to", T_FLOAT);
-    ex_op2(c, "ReduceSum", kf, ax, cnt); /* (N, 1) */
+    ex_attr_int(c, ex_op2(c, "ReduceSum", kf, ax, cnt), "keepdims", 0); /* (N, 1) */
     ex_op1(c, "Reciprocal", cnt, inv);
     ex_op2(c, "Greater", cnt, ex_scalar(c, "zero", 0.0f), pos);
     const char *win[3] = {pos, inv, ex_scalar(c, "zero_scale", 0.0f)};
