@@ -293,10 +293,10 @@ def case_zoo(arch, size, opset, steps=0):
             loss = m.train_step(opt, xt, yt)
             assert np.isfinite(loss), loss
     data, mp = check("%s/%d%s" % (arch, size, " fine-tuned" if steps else ""), m, [x], opset,
-                     reimport=True, tol=1e-4)
+                     reimport=True, tol=1e-5)
     if not steps:  # the exported file against torch's own model
         got = onnx_torch.run(mp, {m.inputs[0][0]: x})[0]
-        compare("exported file vs torch model", got, want, 1e-4)
+        compare("exported file vs torch model", got, want, 1e-5)
 
 
 CASES = {
