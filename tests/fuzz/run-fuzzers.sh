@@ -1,6 +1,7 @@
 #!/bin/sh
 # Run every libFuzzer target of BUILD_DIR (executables named fuzz-* under BUILD_DIR/tests/,
-# fuzz-make-seeds excepted; fuzz-checkpoint and fuzz-safetensors must be there) for SECONDS
+# fuzz-make-seeds excepted; fuzz-checkpoint, fuzz-safetensors and fuzz-load_buffer must be
+# there) for SECONDS
 # (default 60) each. A target starts from tests/fuzz/corpus/<name>/ when that exists, copied
 # so the committed corpus is not modified. Exits non-zero on any finding (crash, leak,
 # sanitizer report, timeout, out-of-memory) or a missing target.
@@ -9,7 +10,7 @@ set -eu
 build=${1:?usage: run-fuzzers.sh BUILD_DIR [SECONDS]}
 seconds=${2:-60}
 here=$(cd "$(dirname "$0")" && pwd)
-for required in checkpoint safetensors; do
+for required in checkpoint safetensors load_buffer; do
     if [ ! -x "$build/tests/fuzz/fuzz-$required" ]; then
         echo "run-fuzzers: $build/tests/fuzz/fuzz-$required is missing" \
              "(configure with CC=clang -Dfuzz=true)" >&2

@@ -399,6 +399,71 @@ def test_safetensors_import_with_name_map_and_export(tmp_path):
                                     strict=False) == 1
 
 
+def test_bytes_are_the_files_and_load_back(tmp_path):
+    x, y = blobs()
+    path, st_path = str(tmp_path / "m.tlc"), str(tmp_path / "m.safetensors")
+    with small_mlp() as m, tlearn.Optimizer("adam", lr=0.003) as o:
+        m.fit(o, x, y, batch=32, epochs=1)
+        m.set_metadata("dataset", "blobs")
+        want = m.predict(x)
+        for flags in (tlearn.SAVE_FULL, tlearn.SAVE_INFERENCE | 6 << 8):
+            m.save(path, o, inference=bool(flags & 1), compress=flags >> 8)
+            data = m.to_bytes(o, flags)
+            assert isinstance(data, bytes)
+            with open(path, "rb") as f:
+                assert f.read() == data
+        data = m.to_bytes(o)
+        m.export_safetensors(st_path)
+        st = m.export_safetensors_bytes()
+        with open(st_path, "rb") as f:
+            assert f.read() == st
+    # bytes, bytearray, a read-only memoryview and a numpy array all load
+    for source in (data, bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        m2, o2 = tlearn.Model.from_bytes(source, with_optimizer=True)
+        with m2, o2:
+            np.testing.assert_array_equal(m2.predict(x), want)
+            assert o2.kind == "adam" and o2.lr == pytest.approx(0.003)
+            assert m2.get_metadata("dataset") == "blobs"
+            assert m2.to_bytes(o2) == data
+    with tlearn.Model.from_bytes(data) as m3:  # without the optimizer: a model alone
+        np.testing.assert_array_equal(m3.predict(x), want)
+    with small_mlp(seed=9) as m4:
+        assert m4.load_weights_bytes(data) == (4, 0)
+        np.testing.assert_array_equal(m4.predict(x), want)
+    with small_mlp(seed=10) as m5:
+        assert m5.import_safetensors_bytes(st) == 4
+        np.testing.assert_array_equal(m5.predict(x), want)
+    with small_mlp(seed=11) as m6:  # name maps work as for files
+        assert m6.import_safetensors_bytes(st, name_map={"fc2.bias": "fc2.bias"},
+                                           strict=False) == 1
+
+
+def test_damaged_bytes_fail_as_files_do(tmp_path):
+    with small_mlp() as m:
+        data = m.to_bytes()
+        before = m.state_dict()
+        bad = tmp_path / "bad.tlc"
+        for cut in (0, 10, 64, len(data) // 2, len(data) - 1):
+            bad.write_bytes(data[:cut])
+            with pytest.raises(tlearn.TlearnError) as from_file:
+                tlearn.Model.load(str(bad))
+            with pytest.raises(tlearn.TlearnError) as from_bytes:
+                tlearn.Model.from_bytes(data[:cut])
+            assert from_bytes.value.code == from_file.value.code == tlearn.EFORMAT
+            assert (str(from_bytes.value).split(": ", 2)[2]
+                    == str(from_file.value).split(": ", 2)[2])
+            with pytest.raises(tlearn.TlearnError):
+                m.load_weights_bytes(data[:cut])
+            with pytest.raises(tlearn.TlearnError):
+                m.import_safetensors_bytes(data[:cut])
+        for k, v in m.state_dict().items():  # failed loads changed nothing
+            np.testing.assert_array_equal(v, before[k])
+        with pytest.raises(TypeError):
+            m.load_weights_bytes("not bytes")
+        with pytest.raises(TypeError):
+            tlearn.Model.from_bytes(12)
+
+
 def test_name_map_exception_propagates(tmp_path):
     path = str(tmp_path / "w.safetensors")
     with small_mlp() as m:

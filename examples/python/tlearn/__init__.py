@@ -148,6 +148,33 @@ def _path(p):
     return os.fsencode(p)
 
 
+def _in_bytes(data):
+    """(pointer argument, length) of bytes-like @p data for a *_buffer call: bytes are
+    passed as they are, a writable buffer (bytearray, numpy) without a copy, anything
+    else readable by memoryview (a read-only memoryview, mmap) through one copy."""
+    if isinstance(data, bytes):
+        return data, len(data)
+    try:
+        view = memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError("data must be bytes-like, not %s" % type(data).__name__) from None
+    if not view.readonly and view.c_contiguous:
+        return (ctypes.c_char * view.nbytes).from_buffer(view), view.nbytes
+    raw = view.tobytes()
+    return raw, len(raw)
+
+
+def _out_bytes(call):
+    """The buffer a *_buffer call allocates (call(pointer_out, size_out)), copied into
+    bytes and released with tlearn_free."""
+    p, n = ctypes.c_void_p(), ctypes.c_size_t()
+    _check(call(ctypes.byref(p), ctypes.byref(n)))
+    try:
+        return ctypes.string_at(p, n.value)
+    finally:
+        _C.tlearn_free(p)
+
+
 def _enum(table, value, what):
     """Accept a name from @p table or its integer value."""
     if isinstance(value, str):
@@ -466,6 +493,20 @@ class Model(_Handle):
         h, o = ctypes.c_void_p(), ctypes.c_void_p()
         _check(_C.tlearn_model_load(ctypes.byref(h), ctypes.byref(o) if with_optimizer
                                     else None, _path(path)))
+        m = cls._adopt(h)
+        if with_optimizer:
+            return m, (Optimizer._adopt(o) if o else None)
+        return m
+
+    @classmethod
+    def from_bytes(cls, data, with_optimizer=False):
+        """Load a checkpoint from its bytes (what :meth:`to_bytes` or :meth:`save` wrote),
+        with the same checks as :meth:`load`. With ``with_optimizer=True`` return
+        ``(model, optimizer_or_None)``. ``data``: bytes, bytearray or memoryview."""
+        h, o = ctypes.c_void_p(), ctypes.c_void_p()
+        buf, n = _in_bytes(data)
+        _check(_C.tlearn_model_load_buffer(ctypes.byref(h), ctypes.byref(o) if with_optimizer
+                                           else None, buf, n))
         m = cls._adopt(h)
         if with_optimizer:
             return m, (Optimizer._adopt(o) if o else None)
@@ -1505,6 +1546,23 @@ class Model(_Handle):
         _check(_C.tlearn_model_save(self.handle, optimizer.handle if optimizer else None,
                                     _path(path), flags))
 
+    def to_bytes(self, optim=None, flags=SAVE_FULL):
+        """The checkpoint :meth:`save` would write, as bytes (with ``optim``'s
+        hyperparameters when given). ``flags``: SAVE_FULL or SAVE_INFERENCE, or'ed with
+        a zlib level 1..9 shifted left by 8 (``SAVE_FULL | 6 << 8``)."""
+        return _out_bytes(lambda p, n: _C.tlearn_model_save_buffer(
+            self.handle, optim.handle if optim else None, int(flags), p, n))
+
+    def load_weights_bytes(self, data, strict=True):
+        """:meth:`load_weights` from checkpoint bytes; returns (matched, skipped)."""
+        matched, skipped = ctypes.c_size_t(), ctypes.c_size_t()
+        buf, n = _in_bytes(data)
+        _check(_C.tlearn_model_load_weights_buffer(self.handle, buf, n,
+                                                   LOAD_STRICT if strict else LOAD_PARTIAL,
+                                                   ctypes.byref(matched),
+                                                   ctypes.byref(skipped)))
+        return matched.value, skipped.value
+
     def load_weights(self, path, strict=True):
         """Load weights by tensor name from a checkpoint; returns (matched, skipped)."""
         matched, skipped = ctypes.c_size_t(), ctypes.c_size_t()
@@ -1526,6 +1584,19 @@ class Model(_Handle):
         """Load PyTorch weights from a safetensors file; returns the number loaded.
         @p name_map maps file names to model names: a dict, or a callable returning the
         model name or None to skip the tensor."""
+        return self._import_safetensors(name_map, strict, lambda cb, flags, matched:
+                                        _C.tlearn_model_import_safetensors(
+                                            self.handle, _path(path), cb, None, flags,
+                                            matched))
+
+    def import_safetensors_bytes(self, data, name_map=None, strict=True):
+        """:meth:`import_safetensors` from the bytes of a safetensors file."""
+        buf, n = _in_bytes(data)
+        return self._import_safetensors(name_map, strict, lambda cb, flags, matched:
+                                        _C.tlearn_model_import_safetensors_buffer(
+                                            self.handle, buf, n, cb, None, flags, matched))
+
+    def _import_safetensors(self, name_map, strict, call):
         state = None
         cb = L.NAME_MAP_FN()
         if name_map is not None:
@@ -1547,9 +1618,7 @@ class Model(_Handle):
                     return 0
             cb = L.NAME_MAP_FN(trampoline)
         matched = ctypes.c_size_t()
-        rc = _C.tlearn_model_import_safetensors(self.handle, _path(path), cb, None,
-                                                LOAD_STRICT if strict else LOAD_PARTIAL,
-                                                ctypes.byref(matched))
+        rc = call(cb, LOAD_STRICT if strict else LOAD_PARTIAL, ctypes.byref(matched))
         if state is not None:
             state.reraise()
         _check(rc)
@@ -1559,6 +1628,12 @@ class Model(_Handle):
         """Write parameters and buffers to a safetensors file torch can read."""
         _check(_C.tlearn_model_export_safetensors(self.handle, _path(path)))
 
+    def export_safetensors_bytes(self):
+        """:meth:`export_safetensors` as bytes (``safetensors.torch.load(data)`` reads
+        them)."""
+        return _out_bytes(lambda p, n: _C.tlearn_model_export_safetensors_buffer(
+            self.handle, p, n))
+
     def export_onnx(self, path, opset=17):
         """Write the model's evaluation graph as an ONNX file (opset 13 to 17) for other
         runtimes: weights as initializers named as the model's tensors, inputs named as the
@@ -1567,15 +1642,9 @@ class Model(_Handle):
         _check(_C.tlearn_model_export_onnx(self.handle, _path(path), int(opset)))
 
     def export_onnx_bytes(self, opset=17):
-        """The ONNX file export_onnx() would write, as bytes (one copy of the model's size
-        from the library's buffer into a Python bytes object)."""
-        data, size = ctypes.c_void_p(), ctypes.c_size_t()
-        _check(_C.tlearn_model_export_onnx_buffer(self.handle, int(opset), ctypes.byref(data),
-                                                  ctypes.byref(size)))
-        try:
-            return ctypes.string_at(data, size.value)
-        finally:
-            _C.tlearn_free(data)
+        """:meth:`export_onnx` as bytes (``onnx.load_from_string(data)`` reads them)."""
+        return _out_bytes(lambda p, n: _C.tlearn_model_export_onnx_buffer(
+            self.handle, int(opset), p, n))
 
 
     # -- few-shot without training, transferability (1.1) --

@@ -548,6 +548,23 @@ extern "C" {
                                            flags: c_uint, matched: *mut usize) -> c_int;
     pub fn tlearn_model_export_safetensors(m: *const tlearn_model, path: *const c_char)
         -> c_int;
+    // The same in memory (1.1); buffers the library allocates are released by tlearn_free.
+    pub fn tlearn_model_save_buffer(m: *const tlearn_model, o: *const tlearn_optim,
+                                    flags: c_uint, data: *mut *mut c_void, size: *mut usize)
+        -> c_int;
+    pub fn tlearn_free(p: *mut c_void);
+    pub fn tlearn_model_load_buffer(out: *mut *mut tlearn_model, optim: *mut *mut tlearn_optim,
+                                    data: *const c_void, len: usize) -> c_int;
+    pub fn tlearn_model_load_weights_buffer(m: *mut tlearn_model, data: *const c_void,
+                                            len: usize, flags: c_uint, matched: *mut usize,
+                                            skipped: *mut usize) -> c_int;
+    pub fn tlearn_model_export_safetensors_buffer(m: *const tlearn_model,
+                                                  data: *mut *mut c_void, size: *mut usize)
+        -> c_int;
+    pub fn tlearn_model_import_safetensors_buffer(m: *mut tlearn_model, data: *const c_void,
+                                                  len: usize, map: tlearn_name_map_fn,
+                                                  user: *mut c_void, flags: c_uint,
+                                                  matched: *mut usize) -> c_int;
     pub fn tlearn_model_import_onnx(out: *mut *mut tlearn_model, path: *const c_char)
         -> c_int;
     pub fn tlearn_model_import_onnx_buffer(out: *mut *mut tlearn_model, data: *const c_void,

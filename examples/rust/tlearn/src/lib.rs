@@ -756,6 +756,57 @@ where
     }
 }
 
+/// The name-map type of imports without a map.
+type NoMap = fn(&str) -> Option<String>;
+
+/// Runs one safetensors import through @p call (the C function with its source bound),
+/// with @p map behind the name-map trampoline; a panic in @p map is resumed here.
+fn import_st<F, C>(strict: bool, map: Option<&mut F>, call: C) -> Result<usize>
+where
+    F: FnMut(&str) -> Option<String>,
+    C: FnOnce(sys::tlearn_name_map_fn, *mut c_void, std::os::raw::c_uint, *mut usize) -> c_int,
+{
+    let flags = if strict { sys::TLEARN_LOAD_STRICT } else { sys::TLEARN_LOAD_PARTIAL };
+    let mut matched = 0;
+    let f = match map {
+        Some(f) => f,
+        None => {
+            check(call(None, ptr::null_mut(), flags, &mut matched))?;
+            return Ok(matched);
+        }
+    };
+    let mut state = CallbackState { f, panic: None };
+    let rc = call(Some(name_map_trampoline::<F>),
+                  &mut state as *mut CallbackState<F> as *mut c_void, flags, &mut matched);
+    if let Some(payload) = state.panic.take() {
+        panic::resume_unwind(payload);
+    }
+    check(rc)?;
+    Ok(matched)
+}
+
+/// The buffer a *_buffer call allocates (call(data_out, size_out)), copied into a Vec and
+/// released with tlearn_free.
+fn take_buffer<C>(call: C) -> Result<Vec<u8>>
+where
+    C: FnOnce(*mut *mut c_void, *mut usize) -> c_int,
+{
+    let (mut data, mut size) = (ptr::null_mut(), 0usize);
+    check(call(&mut data, &mut size))?;
+    // SAFETY: on success the library hands over `size` readable bytes at `data`.
+    let out = unsafe { std::slice::from_raw_parts(data as *const u8, size) }.to_vec();
+    unsafe { sys::tlearn_free(data) };
+    Ok(out)
+}
+
+fn save_flags(options: SaveOptions) -> Result<std::os::raw::c_uint> {
+    if options.compress > 9 {
+        return Err(Error::invalid(format!("compress is {}, expected 0..9", options.compress)));
+    }
+    Ok(if options.inference_only { sys::TLEARN_SAVE_INFERENCE } else { sys::TLEARN_SAVE_FULL }
+        | sys::tlearn_save_compress(options.compress as u32))
+}
+
 unsafe extern "C" fn name_map_trampoline<F>(file_name: *const c_char, out: *mut c_char,
                                             out_len: usize, user: *mut c_void) -> c_int
 where
@@ -870,6 +921,27 @@ impl Model {
         let c = cpath(path.as_ref())?;
         let (mut p, mut o) = (ptr::null_mut(), ptr::null_mut());
         check(unsafe { sys::tlearn_model_load(&mut p, &mut o, c.as_ptr()) })?;
+        Ok((Model::from_raw(p), NonNull::new(o).map(|ptr| Optimizer { ptr })))
+    }
+
+    /// Load a checkpoint from its bytes ([`Model::to_bytes`], or a file's contents), with
+    /// the checks of [`Model::load`].
+    pub fn from_bytes(data: &[u8]) -> Result<Model> {
+        let mut p = ptr::null_mut();
+        check(unsafe {
+            sys::tlearn_model_load_buffer(&mut p, ptr::null_mut(), data.as_ptr() as *const c_void,
+                                          data.len())
+        })?;
+        Ok(Model::from_raw(p))
+    }
+
+    /// [`Model::from_bytes`] with the optimizer (None when the bytes hold no optimizer).
+    pub fn from_bytes_with_optimizer(data: &[u8]) -> Result<(Model, Option<Optimizer>)> {
+        let (mut p, mut o) = (ptr::null_mut(), ptr::null_mut());
+        check(unsafe {
+            sys::tlearn_model_load_buffer(&mut p, &mut o, data.as_ptr() as *const c_void,
+                                          data.len())
+        })?;
         Ok((Model::from_raw(p), NonNull::new(o).map(|ptr| Optimizer { ptr })))
     }
 
@@ -1931,14 +2003,33 @@ impl Model {
     }
     pub fn save_with(&self, path: impl AsRef<Path>, opt: Option<&Optimizer>,
                      options: SaveOptions) -> Result<()> {
-        if options.compress > 9 {
-            return Err(Error::invalid(format!("compress is {}, expected 0..9", options.compress)));
-        }
+        let flags = save_flags(options)?;
         let c = cpath(path.as_ref())?;
-        let flags = if options.inference_only { sys::TLEARN_SAVE_INFERENCE } else { sys::TLEARN_SAVE_FULL }
-            | sys::tlearn_save_compress(options.compress as u32);
         let o = opt.map_or(ptr::null(), |o| o.as_ptr() as *const _);
         check(unsafe { sys::tlearn_model_save(self.raw(), o, c.as_ptr(), flags) })
+    }
+    /// The bytes [`Model::save`] would write: a full checkpoint (with `opt`'s
+    /// hyperparameters when given).
+    pub fn to_bytes(&self, opt: Option<&Optimizer>) -> Result<Vec<u8>> {
+        self.to_bytes_with(opt, SaveOptions::default())
+    }
+    /// The bytes [`Model::save_with`] would write.
+    pub fn to_bytes_with(&self, opt: Option<&Optimizer>, options: SaveOptions) -> Result<Vec<u8>> {
+        let flags = save_flags(options)?;
+        let o = opt.map_or(ptr::null(), |o| o.as_ptr() as *const _);
+        take_buffer(|data, size| unsafe {
+            sys::tlearn_model_save_buffer(self.raw(), o, flags, data, size)
+        })
+    }
+    /// [`Model::load_weights`] from checkpoint bytes; returns (matched, skipped).
+    pub fn load_weights_bytes(&mut self, data: &[u8], strict: bool) -> Result<(usize, usize)> {
+        let flags = if strict { sys::TLEARN_LOAD_STRICT } else { sys::TLEARN_LOAD_PARTIAL };
+        let (mut m, mut s) = (0, 0);
+        check(unsafe {
+            sys::tlearn_model_load_weights_buffer(self.raw(), data.as_ptr() as *const c_void,
+                                                  data.len(), flags, &mut m, &mut s)
+        })?;
+        Ok((m, s))
     }
     /// Load weights by name from a checkpoint; returns (matched, skipped).
     pub fn load_weights(&mut self, path: impl AsRef<Path>, strict: bool) -> Result<(usize, usize)> {
@@ -1962,13 +2053,10 @@ impl Model {
     /// tensors were loaded.
     pub fn import_safetensors(&mut self, path: impl AsRef<Path>, strict: bool) -> Result<usize> {
         let c = cpath(path.as_ref())?;
-        let flags = if strict { sys::TLEARN_LOAD_STRICT } else { sys::TLEARN_LOAD_PARTIAL };
-        let mut matched = 0;
-        check(unsafe {
-            sys::tlearn_model_import_safetensors(self.raw(), c.as_ptr(), None, ptr::null_mut(),
-                                                 flags, &mut matched)
-        })?;
-        Ok(matched)
+        let m = self.raw();
+        import_st::<NoMap, _>(strict, None, |map, user, flags, matched| unsafe {
+            sys::tlearn_model_import_safetensors(m, c.as_ptr(), map, user, flags, matched)
+        })
     }
     /// As [`Model::import_safetensors`], mapping each file name to a model name (None skips).
     pub fn import_safetensors_mapped<F>(&mut self, path: impl AsRef<Path>, strict: bool,
@@ -1977,20 +2065,36 @@ impl Model {
         F: FnMut(&str) -> Option<String>,
     {
         let c = cpath(path.as_ref())?;
-        let flags = if strict { sys::TLEARN_LOAD_STRICT } else { sys::TLEARN_LOAD_PARTIAL };
-        let mut matched = 0;
-        let mut state = CallbackState { f: &mut map, panic: None };
-        let rc = unsafe {
-            sys::tlearn_model_import_safetensors(self.raw(), c.as_ptr(),
-                                                 Some(name_map_trampoline::<F>),
-                                                 &mut state as *mut CallbackState<F> as *mut c_void,
-                                                 flags, &mut matched)
-        };
-        if let Some(payload) = state.panic.take() {
-            panic::resume_unwind(payload);
-        }
-        check(rc)?;
-        Ok(matched)
+        let m = self.raw();
+        import_st(strict, Some(&mut map), |map, user, flags, matched| unsafe {
+            sys::tlearn_model_import_safetensors(m, c.as_ptr(), map, user, flags, matched)
+        })
+    }
+    /// [`Model::import_safetensors`] from the bytes of a safetensors file.
+    pub fn import_safetensors_bytes(&mut self, data: &[u8], strict: bool) -> Result<usize> {
+        let m = self.raw();
+        import_st::<NoMap, _>(strict, None, |map, user, flags, matched| unsafe {
+            sys::tlearn_model_import_safetensors_buffer(m, data.as_ptr() as *const c_void,
+                                                        data.len(), map, user, flags, matched)
+        })
+    }
+    /// [`Model::import_safetensors_mapped`] from the bytes of a safetensors file.
+    pub fn import_safetensors_bytes_mapped<F>(&mut self, data: &[u8], strict: bool,
+                                              mut map: F) -> Result<usize>
+    where
+        F: FnMut(&str) -> Option<String>,
+    {
+        let m = self.raw();
+        import_st(strict, Some(&mut map), |map, user, flags, matched| unsafe {
+            sys::tlearn_model_import_safetensors_buffer(m, data.as_ptr() as *const c_void,
+                                                        data.len(), map, user, flags, matched)
+        })
+    }
+    /// The bytes [`Model::export_safetensors`] would write.
+    pub fn export_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        take_buffer(|data, size| unsafe {
+            sys::tlearn_model_export_safetensors_buffer(self.raw(), data, size)
+        })
     }
     /// Write parameters and buffers to a safetensors file.
     pub fn export_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {

@@ -334,6 +334,65 @@ fn safetensors_roundtrip_with_name_map() {
 }
 
 #[test]
+fn bytes_are_the_files_and_load_back() {
+    let dir = tmpdir("bytes");
+    let (x, y) = blobs(48);
+    let mut m = mlp(13);
+    let mut o = Optimizer::new(OptimKind::Adam).unwrap();
+    o.set_lr(0.003).unwrap();
+    m.fit(&mut o, &x, &y, 16, 1).unwrap();
+    let want = m.predict(&x).unwrap();
+    for options in [SaveOptions::default(), SaveOptions { inference_only: true, compress: 6 }] {
+        let path = dir.join("m.tlc");
+        m.save_with(&path, Some(&o), options).unwrap();
+        assert_eq!(m.to_bytes_with(Some(&o), options).unwrap(), std::fs::read(&path).unwrap());
+    }
+    let data = m.to_bytes(Some(&o)).unwrap();
+    let (mut m2, o2) = Model::from_bytes_with_optimizer(&data).unwrap();
+    assert_eq!(m2.predict(&x).unwrap(), want);
+    let o2 = o2.expect("the bytes hold the optimizer");
+    assert!((o2.get(OptimParam::Lr).unwrap() - 0.003).abs() < 1e-9);
+    assert_eq!(m2.to_bytes(Some(&o2)).unwrap(), data);
+    assert_eq!(Model::from_bytes(&data).unwrap().predict(&x).unwrap(), want);
+    let mut m3 = mlp(14);
+    assert_eq!(m3.load_weights_bytes(&data, true).unwrap(), (4, 0));
+    assert_eq!(m3.predict(&x).unwrap(), want);
+
+    m.export_safetensors(dir.join("w.safetensors")).unwrap();
+    let st = m.export_safetensors_bytes().unwrap();
+    assert_eq!(st, std::fs::read(dir.join("w.safetensors")).unwrap());
+    let mut m4 = mlp(15);
+    assert_eq!(m4.import_safetensors_bytes(&st, true).unwrap(), 4);
+    assert_eq!(m4.predict(&x).unwrap(), want);
+    let mut m5 = mlp(16);
+    let n = m5.import_safetensors_bytes_mapped(&st, false, |name| {
+        name.starts_with("fc2.").then(|| name.to_string())
+    }).unwrap();
+    assert_eq!(n, 2);
+
+    // Damaged bytes: refused with the file's code, nothing handed back or changed.
+    let before = m5.get_tensor("fc1.weight").unwrap();
+    for cut in [0, 10, 64, data.len() / 2, data.len() - 1] {
+        std::fs::write(dir.join("bad.tlc"), &data[..cut]).unwrap();
+        let from_file = Model::load(dir.join("bad.tlc")).err().unwrap();
+        let from_bytes = Model::from_bytes(&data[..cut]).err().unwrap();
+        assert_eq!(from_bytes.code(), status::EFORMAT);
+        assert_eq!(from_bytes.code(), from_file.code());
+        assert_eq!(from_bytes.message().split_once(": ").unwrap().1,
+                   from_file.message().split_once(": ").unwrap().1);
+        assert_eq!(m5.load_weights_bytes(&data[..cut], false).unwrap_err().code(),
+                   status::EFORMAT);
+        assert_eq!(m5.import_safetensors_bytes(&st[..cut.min(st.len() - 1)], false)
+                       .unwrap_err().code(),
+                   status::EFORMAT);
+    }
+    assert_eq!(m5.get_tensor("fc1.weight").unwrap(), before);
+    assert_eq!(m.to_bytes_with(None, SaveOptions { inference_only: false, compress: 10 })
+                   .unwrap_err().code(), status::EINVAL);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn onnx_garbage_is_an_error_not_a_crash() {
     let e = Model::import_onnx_bytes(b"\x00\x01garbage").err().unwrap();
     assert!(e.code() == status::EFORMAT || e.code() == status::EUNSUPPORTED, "{e}");
