@@ -110,6 +110,9 @@ def case_cnn(opset):
     m.add_conv2d_ex("c2", 8, (3, 3), pad=(2, 2), dilation=(2, 2), groups=4, bias=False)
     m.add_batchnorm("bn2").add_activation("relu6", "relu6")
     m.add_maxpool2d_ex("p2", 3, stride=2, pads=(1, 0, 1, 1), dilation=1, ceil_mode=True)
+    # 5x4: ceil_mode's last row of windows would start in the padding, so PyTorch (and the
+    # layer) drop it; written as the floor form, which every opset's shape formula agrees on
+    m.add_maxpool2d_ex("p2b", 2, stride=2, pads=1, ceil_mode=True)
     m.add_activation("tanh", "tanh").add_activation("sig", "sigmoid")
     m.add_activation("gelu", "gelu").add_activation("leaky", "leaky_relu", 0.2)
     m.add_activation_ex("hsig", "hardsigmoid", (0.3, 0.4))

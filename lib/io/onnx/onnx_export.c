@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "onnx_internal.h"
+#include "onnx_optable.h"
 #include "../io.h"
 
 #define OX_EXPORT_MIN 13 /* Softmax on one axis, ReduceSum's axes input */
@@ -34,6 +35,8 @@ typedef struct ex_ctx {
     void **inits; /* Tlonnx__TensorProto * */
     size_t ninits, capinits;
     const tl_layer *L; /* layer being exported, for auxiliary names */
+    int ia[TL_MAX_IARGS], ni, nf; /* its arguments (ops->arguments) */
+    float fa[TL_MAX_FARGS];
 } ex_ctx;
 
 /* ---- arena ---- */
@@ -332,11 +335,6 @@ static int64_t ex_axis(int axis, int rank)
 
 typedef int (*ex_fn)(ex_ctx *c, const char *const *in, const char *out);
 
-static void layer_args(const tl_layer *L, int *ia, int *ni, float *fa, int *nf)
-{
-    L->ops->arguments(L, ia, ni, fa, nf);
-}
-
 static int ex_identity(ex_ctx *c, const char *const *in, const char *out)
 {
     ex_op1(c, "Identity", in[0], out);
@@ -345,10 +343,7 @@ static int ex_identity(ex_ctx *c, const char *const *in, const char *out)
 
 static int ex_dense(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
-    int last_axis = ni > 1 && ia[1], bias = ni > 2 ? ia[2] : 1;
+    int last_axis = c->ni > 1 && c->ia[1], bias = c->ni > 2 ? c->ia[2] : 1;
     const char *w = ex_param(c, 0), *b = bias ? ex_param(c, 1) : NULL;
     if (!last_axis || c->L->in[0].rank == 1) {
         const char *x = ex_flat(c, in[0], 0), *gin[3] = {x, w, b};
@@ -413,12 +408,9 @@ static void ex_gelu_tanh(ex_ctx *c, const char *x, const char *out)
 
 static int ex_activation(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     const char *x = in[0];
     Tlonnx__NodeProto *n = NULL;
-    switch (ia[0]) {
+    switch (c->ia[0]) {
     case TLEARN_ACT_RELU:
         ex_op1(c, "Relu", x, out);
         break;
@@ -436,8 +428,8 @@ static int ex_activation(ex_ctx *c, const char *const *in, const char *out)
         break;
     case TLEARN_ACT_RELU6:
     case TLEARN_ACT_CLIP: {
-        float lo = ia[0] == TLEARN_ACT_CLIP ? fa[0] : 0.0f;
-        float hi = ia[0] == TLEARN_ACT_CLIP ? fa[1] : 6.0f;
+        float lo = c->ia[0] == TLEARN_ACT_CLIP ? c->fa[0] : 0.0f;
+        float hi = c->ia[0] == TLEARN_ACT_CLIP ? c->fa[1] : 6.0f;
         /* an infinite bound is an absent input */
         const char *cin[3] = {x, isinf(lo) ? NULL : ex_scalar(c, "min", lo),
                               isinf(hi) ? NULL : ex_scalar(c, "max", hi)};
@@ -445,12 +437,12 @@ static int ex_activation(ex_ctx *c, const char *const *in, const char *out)
         break;
     }
     case TLEARN_ACT_LEAKY_RELU:
-        ex_attr_float(c, ex_op1(c, "LeakyRelu", x, out), "alpha", fa[0]);
+        ex_attr_float(c, ex_op1(c, "LeakyRelu", x, out), "alpha", c->fa[0]);
         break;
     case TLEARN_ACT_HARDSIGMOID:
         n = ex_op1(c, "HardSigmoid", x, out);
-        ex_attr_float(c, n, "alpha", fa[0]);
-        ex_attr_float(c, n, "beta", fa[1]);
+        ex_attr_float(c, n, "alpha", c->fa[0]);
+        ex_attr_float(c, n, "beta", c->fa[1]);
         break;
     case TLEARN_ACT_HARDSWISH:
         if (c->opset >= 14) {
@@ -472,20 +464,29 @@ static int ex_activation(ex_ctx *c, const char *const *in, const char *out)
 
 static int ex_conv2d(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     /* filters kh kw sh sw ph pw dh dw groups bias */
-    const char *cin[3] = {ex_image(c, in[0], 0), ex_param(c, 0), ia[10] ? ex_param(c, 1) : NULL};
-    Tlonnx__NodeProto *n = ex_node(c, "Conv", cin, ia[10] ? 3 : 2, out);
-    int64_t k[2] = {ia[1], ia[2]}, s[2] = {ia[3], ia[4]}, d[2] = {ia[7], ia[8]};
-    int64_t p[4] = {ia[5], ia[6], ia[5], ia[6]};
+    const char *cin[3] = {ex_image(c, in[0], 0), ex_param(c, 0), c->ia[10] ? ex_param(c, 1) : NULL};
+    Tlonnx__NodeProto *n = ex_node(c, "Conv", cin, c->ia[10] ? 3 : 2, out);
+    int64_t k[2] = {c->ia[1], c->ia[2]}, s[2] = {c->ia[3], c->ia[4]}, d[2] = {c->ia[7], c->ia[8]};
+    int64_t p[4] = {c->ia[5], c->ia[6], c->ia[5], c->ia[6]};
     ex_attr_ints(c, n, "kernel_shape", k, 2);
     ex_attr_ints(c, n, "strides", s, 2);
     ex_attr_ints(c, n, "pads", p, 4);
     ex_attr_ints(c, n, "dilations", d, 2);
-    ex_attr_int(c, n, "group", ia[9]);
+    ex_attr_int(c, n, "group", c->ia[9]);
     return TLEARN_OK;
+}
+
+/* ceil_mode adds a last window on an axis of @p len (the layer's rule: a window that would
+ * start in the end padding is dropped, which ONNX's shape formula before opset 19 does
+ * not do). Where it adds none the floor form is the same pooling, and any runtime agrees. */
+static int ceil_adds(int len, int kernel, int dil, int stride, int p0, int p1)
+{
+    long span = (long)len + p0 + p1 - ((long)dil * (kernel - 1) + 1);
+    long fl = span / stride + 1, ce = (span + stride - 1) / stride + 1;
+    if ((ce - 1) * stride >= (long)len + p0)
+        ce--;
+    return ce != fl;
 }
 
 static void ex_pool_attrs(ex_ctx *c, Tlonnx__NodeProto *n, const tl_pool_geom *g)
@@ -494,23 +495,22 @@ static void ex_pool_attrs(ex_ctx *c, Tlonnx__NodeProto *n, const tl_pool_geom *g
     ex_attr_ints(c, n, "kernel_shape", k, 2);
     ex_attr_ints(c, n, "strides", s, 2);
     ex_attr_ints(c, n, "pads", p, 4);
-    if (g->ceil_mode)
+    tl_shape in = c->L->in[0];
+    if (g->ceil_mode && (ceil_adds(in.h, g->kh, g->dh, g->sh, g->pt, g->pb) ||
+                         ceil_adds(in.w, g->kw, g->dw, g->sw, g->pl, g->pr)))
         ex_attr_int(c, n, "ceil_mode", 1);
 }
 
 static int ex_maxpool(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     /* kh kw sh sw pt pl [pb pr dh dw ceil_mode] */
-    tl_pool_geom g = {ia[0], ia[1], ia[2], ia[3], ia[4], ia[5], ia[4], ia[5], 1, 1, 0};
-    if (ni == 11) {
-        g.pb = ia[6];
-        g.pr = ia[7];
-        g.dh = ia[8];
-        g.dw = ia[9];
-        g.ceil_mode = ia[10];
+    tl_pool_geom g = {c->ia[0], c->ia[1], c->ia[2], c->ia[3], c->ia[4], c->ia[5], c->ia[4], c->ia[5], 1, 1, 0};
+    if (c->ni == 11) {
+        g.pb = c->ia[6];
+        g.pr = c->ia[7];
+        g.dh = c->ia[8];
+        g.dw = c->ia[9];
+        g.ceil_mode = c->ia[10];
     }
     Tlonnx__NodeProto *n = ex_op1(c, "MaxPool", ex_image(c, in[0], 0), out);
     ex_pool_attrs(c, n, &g);
@@ -523,19 +523,16 @@ static int ex_maxpool(ex_ctx *c, const char *const *in, const char *out)
 
 static int ex_avgpool(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     /* kh kw sh sw pt pl count_include_pad [pb pr ceil_mode] */
-    tl_pool_geom g = {ia[0], ia[1], ia[2], ia[3], ia[4], ia[5], ia[4], ia[5], 1, 1, 0};
-    if (ni == 10) {
-        g.pb = ia[7];
-        g.pr = ia[8];
-        g.ceil_mode = ia[9];
+    tl_pool_geom g = {c->ia[0], c->ia[1], c->ia[2], c->ia[3], c->ia[4], c->ia[5], c->ia[4], c->ia[5], 1, 1, 0};
+    if (c->ni == 10) {
+        g.pb = c->ia[7];
+        g.pr = c->ia[8];
+        g.ceil_mode = c->ia[9];
     }
     Tlonnx__NodeProto *n = ex_op1(c, "AveragePool", ex_image(c, in[0], 0), out);
     ex_pool_attrs(c, n, &g);
-    if (ia[6])
+    if (c->ia[6])
         ex_attr_int(c, n, "count_include_pad", 1);
     return TLEARN_OK;
 }
@@ -548,14 +545,11 @@ static int ex_global_avgpool(ex_ctx *c, const char *const *in, const char *out)
 
 static int ex_batchnorm(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     const char *bin[5] = {in[0], ex_param(c, 0), ex_param(c, 1), ex_param(c, 2),
                           ex_param(c, 3)};
     Tlonnx__NodeProto *n = ex_node(c, "BatchNormalization", bin, 5, out);
-    ex_attr_float(c, n, "epsilon", fa[0]);
-    ex_attr_float(c, n, "momentum", 1.0f - fa[1]); /* ONNX weighs the running value */
+    ex_attr_float(c, n, "epsilon", c->fa[0]);
+    ex_attr_float(c, n, "momentum", 1.0f - c->fa[1]); /* ONNX weighs the running value */
     return TLEARN_OK;
 }
 
@@ -581,11 +575,8 @@ static const char *ex_to_rank(ex_ctx *c, const char *x, int k, int rank)
 static int ex_binary(ex_ctx *c, const char *const *in, const char *out)
 {
     static const char *const ops[] = {NULL, "Add", "Sub", "Mul", "Div"};
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     int r = c->L->out.rank;
-    ex_op2(c, ops[ia[0]], ex_to_rank(c, in[0], 0, r), ex_to_rank(c, in[1], 1, r), out);
+    ex_op2(c, ops[c->ia[0]], ex_to_rank(c, in[0], 0, r), ex_to_rank(c, in[1], 1, r), out);
     return TLEARN_OK;
 }
 
@@ -602,30 +593,21 @@ static int ex_scale(ex_ctx *c, const char *const *in, const char *out)
 
 static int ex_softmax(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
-    ex_attr_int(c, ex_op1(c, "Softmax", in[0], out), "axis", ex_axis(ia[0], c->L->in[0].rank));
+    ex_attr_int(c, ex_op1(c, "Softmax", in[0], out), "axis", ex_axis(c->ia[0], c->L->in[0].rank));
     return TLEARN_OK;
 }
 
 static int ex_concat(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     Tlonnx__NodeProto *n = ex_node(c, "Concat", in, c->L->ninputs, out);
-    ex_attr_int(c, n, "axis", ex_axis(ia[0], c->L->in[0].rank));
+    ex_attr_int(c, n, "axis", ex_axis(c->ia[0], c->L->in[0].rank));
     return TLEARN_OK;
 }
 
 static int ex_slice(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     /* axis start end step: ONNX's clamping rules are the layer's */
-    int64_t st = ia[1], en = ia[2], ax = ex_axis(ia[0], c->L->in[0].rank), step = ia[3];
+    int64_t st = c->ia[1], en = c->ia[2], ax = ex_axis(c->ia[0], c->L->in[0].rank), step = c->ia[3];
     const char *sin[5] = {in[0], ex_const_i(c, "starts", &st, 1), ex_const_i(c, "ends", &en, 1),
                           ex_const_i(c, "axes", &ax, 1), ex_const_i(c, "steps", &step, 1)};
     ex_node(c, "Slice", sin, 5, out);
@@ -644,13 +626,10 @@ static int ex_reshape_kind(ex_ctx *c, const char *const *in, const char *out)
 
 static int ex_transpose(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     int64_t perm[1 + TL_MAX_RANK] = {0};
-    for (int i = 0; i < ia[0]; i++)
-        perm[1 + i] = ia[1 + i] + 1;
-    ex_attr_ints(c, ex_op1(c, "Transpose", in[0], out), "perm", perm, 1 + ia[0]);
+    for (int i = 0; i < c->ia[0]; i++)
+        perm[1 + i] = c->ia[1 + i] + 1;
+    ex_attr_ints(c, ex_op1(c, "Transpose", in[0], out), "perm", perm, 1 + c->ia[0]);
     return TLEARN_OK;
 }
 
@@ -689,10 +668,7 @@ static void ex_ln(ex_ctx *c, const char *x, int onnx_rank, int naxes, float eps,
 
 static int ex_layernorm(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
-    int naxes = ia[0], affine = ia[1], r = 1 + c->L->in[0].rank;
+    int naxes = c->ia[0], affine = c->ia[1], r = 1 + c->L->in[0].rank;
     const char *w = NULL, *b = NULL;
     if (affine) {
         w = ex_param(c, 0);
@@ -712,7 +688,7 @@ static int ex_layernorm(ex_ctx *c, const char *const *in, const char *out)
         w = ex_const_f(c, "ones", nd, dims, ones, n);
     }
     if (naxes) {
-        ex_ln(c, in[0], r, naxes, fa[0], w, b, out);
+        ex_ln(c, in[0], r, naxes, c->fa[0], w, b, out);
         return TLEARN_OK;
     }
     /* the channel axis at every position (ConvNeXt's LayerNorm2d): moved last and back */
@@ -726,7 +702,7 @@ static int ex_layernorm(ex_ctx *c, const char *const *in, const char *out)
         back[i] = i - 1;
     const char *t = ex_aux(c, "channels_last"), *l = ex_aux(c, "normalized_last");
     ex_attr_ints(c, ex_op1(c, "Transpose", in[0], t), "perm", to_last, r);
-    ex_ln(c, t, r, 1, fa[0], w, b, l);
+    ex_ln(c, t, r, 1, c->fa[0], w, b, l);
     ex_attr_ints(c, ex_op1(c, "Transpose", l, out), "perm", back, r);
     return TLEARN_OK;
 }
@@ -740,11 +716,8 @@ static void adaptive_bin(int i, int out, int len, int *a, int *b)
 
 static int ex_adaptive_avgpool(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     tl_shape s = c->L->in[0];
-    int oh = ia[0], ow = ia[1], h = s.h, w = s.w;
+    int oh = c->ia[0], ow = c->ia[1], h = s.h, w = s.w;
     const char *x = ex_image(c, in[0], 0);
     if (oh == 1 && ow == 1) {
         ex_op1(c, "GlobalAveragePool", x, out);
@@ -782,18 +755,15 @@ static int ex_adaptive_avgpool(ex_ctx *c, const char *const *in, const char *out
 static int ex_pad(ex_ctx *c, const char *const *in, const char *out)
 {
     static const char *const modes[] = {NULL, "constant", "reflect", "edge"};
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     int r = 1 + c->L->in[0].rank;
     int64_t pads[2 * (1 + TL_MAX_RANK)] = {0};
-    pads[r - 2] = ia[0];
-    pads[r - 1] = ia[1];
-    pads[2 * r - 2] = ia[2];
-    pads[2 * r - 1] = ia[3];
+    pads[r - 2] = c->ia[0];
+    pads[r - 1] = c->ia[1];
+    pads[2 * r - 2] = c->ia[2];
+    pads[2 * r - 1] = c->ia[3];
     const char *pin[3] = {in[0], ex_const_i(c, "pads", pads, 2 * r),
-                          ia[4] == 1 ? ex_scalar(c, "value", fa[0]) : NULL};
-    ex_attr_str(c, ex_node(c, "Pad", pin, pin[2] ? 3 : 2, out), "mode", modes[ia[4]]);
+                          c->ia[4] == 1 ? ex_scalar(c, "value", c->fa[0]) : NULL};
+    ex_attr_str(c, ex_node(c, "Pad", pin, pin[2] ? 3 : 2, out), "mode", modes[c->ia[4]]);
     return TLEARN_OK;
 }
 
@@ -812,10 +782,7 @@ static const char *ex_swap_last(ex_ctx *c, const char *x, int r, const char *wha
 
 static int ex_matmul(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
-    const char *b = ia[0] ? ex_swap_last(c, in[1], 1 + c->L->in[1].rank, "b_t") : in[1];
+    const char *b = c->ia[0] ? ex_swap_last(c, in[1], 1 + c->L->in[1].rank, "b_t") : in[1];
     ex_op2(c, "MatMul", in[0], b, out);
     return TLEARN_OK;
 }
@@ -857,10 +824,7 @@ static const char *ex_mask_bool(ex_ctx *c, const char *mask)
  * that sees no key gets zero weights, as the layer gives (softmax alone would give NaN). */
 static int ex_attention(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
-    int heads = ia[0], causal = ia[1], t = c->L->in[0].d[0], d = c->L->in[0].d[1];
+    int heads = c->ia[0], causal = c->ia[1], t = c->L->in[0].d[0], d = c->L->in[0].d[1];
     int hd = d / heads;
     int64_t perm2[2] = {1, 0};
     const char *wi = ex_param(c, 0), *bi = ex_param(c, 1), *wo = ex_param(c, 2),
@@ -951,11 +915,8 @@ static int ex_attention(ex_ctx *c, const char *const *in, const char *out)
 
 static int ex_token_pool(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
     int64_t axis1 = 1;
-    if (ia[0] == 0) { /* the first token */
+    if (c->ia[0] == 0) { /* the first token */
         const char *idx = ex_aux(c, "first");
         unsigned char *b = ex_alloc(c, 8);
         if (!b)
@@ -993,10 +954,7 @@ static int ex_token_pool(ex_ctx *c, const char *const *in, const char *out)
 
 static int ex_patch_embed(ex_ctx *c, const char *const *in, const char *out)
 {
-    int ia[TL_MAX_IARGS], ni, nf;
-    float fa[TL_MAX_FARGS];
-    layer_args(c->L, ia, &ni, fa, &nf);
-    int dim = ia[0], p = ia[1], cls = ia[2], pos = ia[3];
+    int dim = c->ia[0], p = c->ia[1], cls = c->ia[2], pos = c->ia[3];
     const char *cin[3] = {in[0], ex_param(c, 0), ex_param(c, 1)};
     const char *conv = ex_aux(c, "conv"), *rows = ex_aux(c, "rows"), *tok = ex_aux(c, "tokens");
     Tlonnx__NodeProto *n = ex_node(c, "Conv", cin, 3, conv);
@@ -1055,7 +1013,7 @@ static float lora_factor(const tl_layer *L)
 {
     int ia[TL_MAX_IARGS], ni, nf;
     float fa[TL_MAX_FARGS];
-    layer_args(L, ia, &ni, fa, &nf);
+    L->ops->arguments(L, ia, &ni, fa, &nf);
     if (ia[2]) /* merged */
         return 0.0f;
     double s = ia[1] ? (double)fa[0] / sqrt((double)ia[0]) : (double)fa[0] / ia[0];
@@ -1073,44 +1031,81 @@ static int ex_lora_sum(ex_ctx *c, const char *const *in, const char *out)
     return TLEARN_OK;
 }
 
-/* One line per kind: what the layer becomes (doc/onnx.md's export table). */
+/* One line per kind: its handler and what it becomes (doc/onnx.md's export table, which
+ * test onnx-optable compares with these lines). */
 typedef struct ex_kind {
     int kind;
     ex_fn fn;
+    const char *doc;
 } ex_kind;
 
 static const ex_kind ex_kinds[] = {
-    {TLEARN_LAYER_DENSE, ex_dense},
-    {TLEARN_LAYER_FLATTEN, ex_flatten},
-    {TLEARN_LAYER_ACTIVATION, ex_activation},
-    {TLEARN_LAYER_CONV2D, ex_conv2d},
-    {TLEARN_LAYER_MAXPOOL2D, ex_maxpool},
-    {TLEARN_LAYER_AVGPOOL2D, ex_avgpool},
-    {TLEARN_LAYER_GLOBAL_AVGPOOL, ex_global_avgpool},
-    {TLEARN_LAYER_BATCHNORM, ex_batchnorm},
-    {TLEARN_LAYER_DROPOUT, ex_identity},
-    {TLEARN_LAYER_ADD, ex_add},
-    {TLEARN_LAYER_BINARY, ex_binary},
-    {TLEARN_LAYER_SCALE, ex_scale},
-    {TLEARN_LAYER_SOFTMAX, ex_softmax},
-    {TLEARN_LAYER_CONCAT, ex_concat},
-    {TLEARN_LAYER_SLICE, ex_slice},
-    {TLEARN_LAYER_RESHAPE, ex_reshape_kind},
-    {TLEARN_LAYER_TRANSPOSE, ex_transpose},
-    {TLEARN_LAYER_LAYERNORM, ex_layernorm},
-    {TLEARN_LAYER_ADAPTIVE_AVGPOOL, ex_adaptive_avgpool},
-    {TLEARN_LAYER_PAD, ex_pad},
-    {TLEARN_LAYER_MATMUL, ex_matmul},
-    {TLEARN_LAYER_DROP_PATH, ex_identity},
-    {TLEARN_LAYER_GRAD_REVERSE, ex_identity},
-    {TLEARN_LAYER_EMBEDDING, ex_embedding},
-    {TLEARN_LAYER_POSITION_EMBEDDING, ex_position_embedding},
-    {TLEARN_LAYER_ATTENTION, ex_attention},
-    {TLEARN_LAYER_TOKEN_POOL, ex_token_pool},
-    {TLEARN_LAYER_PATCH_EMBED, ex_patch_embed},
-    {TLEARN_LAYER_PROTOTYPE, ex_prototype},
-    {TLEARN_LAYER_LORA_SUM, ex_lora_sum},
+    {TLEARN_LAYER_DENSE, ex_dense,
+     "Gemm (transB=1), after Flatten when the input is not (N, K); over the last axis "
+     "(linear): MatMul by Transpose(weight), Add bias"},
+    {TLEARN_LAYER_FLATTEN, ex_flatten, "Flatten (axis 1)"},
+    {TLEARN_LAYER_ACTIVATION, ex_activation,
+     "Relu, Tanh, Sigmoid, LeakyRelu, HardSigmoid, Clip (ReLU6 and clip; an infinite bound "
+     "is left out); HardSwish (opset 14 on, before: x * HardSigmoid(x)); SiLU: x * "
+     "Sigmoid(x); GELU: Div, Erf, Add, Mul, Mul; GELU-tanh: Mul, Mul, Mul, Add, Mul, Tanh, "
+     "Add, Mul, Mul (the forms PyTorch writes)"},
+    {TLEARN_LAYER_CONV2D, ex_conv2d, "Conv (pads, strides, dilations, group)"},
+    {TLEARN_LAYER_MAXPOOL2D, ex_maxpool, "MaxPool (asymmetric pads, dilations, ceil_mode)"},
+    {TLEARN_LAYER_AVGPOOL2D, ex_avgpool,
+     "AveragePool (asymmetric pads, ceil_mode, count_include_pad)"},
+    {TLEARN_LAYER_GLOBAL_AVGPOOL, ex_global_avgpool, "GlobalAveragePool"},
+    {TLEARN_LAYER_BATCHNORM, ex_batchnorm,
+     "BatchNormalization with the running statistics (inference form)"},
+    {TLEARN_LAYER_DROPOUT, ex_identity, "Identity"},
+    {TLEARN_LAYER_ADD, ex_add, "Add"},
+    {TLEARN_LAYER_BINARY, ex_binary,
+     "Add, Sub, Mul, Div; an operand of lower rank is reshaped to (N, 1, .., dims) first"},
+    {TLEARN_LAYER_SCALE, ex_scale, "Mul by weight, Add bias"},
+    {TLEARN_LAYER_SOFTMAX, ex_softmax, "Softmax (axis + 1)"},
+    {TLEARN_LAYER_CONCAT, ex_concat, "Concat (axis + 1)"},
+    {TLEARN_LAYER_SLICE, ex_slice, "Slice (constant starts, ends, axes, steps)"},
+    {TLEARN_LAYER_RESHAPE, ex_reshape_kind, "Reshape to (0, output dims)"},
+    {TLEARN_LAYER_TRANSPOSE, ex_transpose, "Transpose (perm with the batch first)"},
+    {TLEARN_LAYER_LAYERNORM, ex_layernorm,
+     "LayerNormalization (opset 17; before: ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, "
+     "Div, Mul, Add); over the channels: Transpose to channels-last and back around it"},
+    {TLEARN_LAYER_ADAPTIVE_AVGPOOL, ex_adaptive_avgpool,
+     "GlobalAveragePool (1x1), AveragePool (bins of equal size), else Reshape, MatMul by a "
+     "constant bin matrix, Reshape"},
+    {TLEARN_LAYER_PAD, ex_pad, "Pad (constant, reflect, edge) on the last two axes"},
+    {TLEARN_LAYER_MATMUL, ex_matmul, "MatMul (b transposed by Transpose)"},
+    {TLEARN_LAYER_DROP_PATH, ex_identity, "Identity"},
+    {TLEARN_LAYER_GRAD_REVERSE, ex_identity, "Identity"},
+    {TLEARN_LAYER_EMBEDDING, ex_embedding, "Gather (weight, ids)"},
+    {TLEARN_LAYER_POSITION_EMBEDDING, ex_position_embedding,
+     "Add of the table (its first T rows by Slice)"},
+    {TLEARN_LAYER_ATTENTION, ex_attention,
+     "MatMul, Add (QKV), Reshape, Transpose, Gather (heads), MatMul, Mul (scores), Where "
+     "(causal and padding masks: Cast, Reshape, And), Softmax, MatMul, Transpose, Reshape, "
+     "MatMul, Add; with a padding mask a query that sees no key gets zeros (ReduceMax, "
+     "Where), as the layer"},
+    {TLEARN_LAYER_TOKEN_POOL, ex_token_pool,
+     "first: Gather; mean: ReduceMean, or with a mask Where, ReduceSum, Reciprocal, Where, "
+     "Mul (zeros when nothing is kept)"},
+    {TLEARN_LAYER_PATCH_EMBED, ex_patch_embed,
+     "Conv (kernel = stride = patch), Reshape, Transpose; the class token by Shape, Slice, "
+     "Concat, Expand, Concat; Add positions"},
+    {TLEARN_LAYER_PROTOTYPE, ex_prototype,
+     "ReduceL2, Max (eps), Div on the input and the prototypes, Gemm, Mul by temperature"},
+    {TLEARN_LAYER_LORA_SUM, ex_lora_sum,
+     "Mul by the scale, Add; Identity when merged or disabled (the branch is left out)"},
 };
+
+/* Line @p i of the table for doc/onnx.md's test: kind name and what it becomes. */
+int ox_export_info(size_t i, const char **kind_name, const char **ops)
+{
+    if (i >= sizeof ex_kinds / sizeof *ex_kinds)
+        return 0;
+    const tl_layer_ops *o = tl_layer_ops_by_kind(ex_kinds[i].kind);
+    *kind_name = o ? o->kind_name : "?";
+    *ops = ex_kinds[i].doc;
+    return 1;
+}
 
 static ex_fn ex_find(int kind)
 {
@@ -1214,6 +1209,7 @@ static int ex_build(ex_ctx *c, Tlonnx__ModelProto *mp, Tlonnx__GraphProto *g,
             in[k] = p >= 0 ? m->layers[p]->name : m->inputs[-1 - p].name;
         }
         c->L = L;
+        L->ops->arguments(L, c->ia, &c->ni, c->fa, &c->nf);
         int rc = ex_find(L->ops->kind)(c, in, L->name);
         if (c->oom)
             return tl_fail(TLEARN_ENOMEM, "%s: out of memory", c->fn);
