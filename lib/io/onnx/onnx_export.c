@@ -1050,9 +1050,11 @@ static const ex_kind ex_kinds[] = {
      "Sigmoid(x); GELU: Div, Erf, Add, Mul, Mul; GELU-tanh: Mul, Mul, Mul, Add, Mul, Tanh, "
      "Add, Mul, Mul (the forms PyTorch writes)"},
     {TLEARN_LAYER_CONV2D, ex_conv2d, "Conv (pads, strides, dilations, group)"},
-    {TLEARN_LAYER_MAXPOOL2D, ex_maxpool, "MaxPool (asymmetric pads, dilations, ceil_mode)"},
+    {TLEARN_LAYER_MAXPOOL2D, ex_maxpool,
+     "MaxPool (asymmetric pads, dilations; ceil_mode only where it adds a window, so that "
+     "ONNX's shape formula, which keeps a window starting in the padding, agrees)"},
     {TLEARN_LAYER_AVGPOOL2D, ex_avgpool,
-     "AveragePool (asymmetric pads, ceil_mode, count_include_pad)"},
+     "AveragePool (asymmetric pads, count_include_pad; ceil_mode as MaxPool)"},
     {TLEARN_LAYER_GLOBAL_AVGPOOL, ex_global_avgpool, "GlobalAveragePool"},
     {TLEARN_LAYER_BATCHNORM, ex_batchnorm,
      "BatchNormalization with the running statistics (inference form)"},
