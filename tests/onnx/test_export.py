@@ -311,6 +311,10 @@ CASES = {
     "mobilenet_v3_small": lambda o: case_zoo("mobilenet_v3_small", 64, o),
     "convnext_tiny": lambda o: case_zoo("convnext_tiny", 32, o),
     "finetune": lambda o: case_zoo("resnet18", 64, o, steps=3),
+    # the opsets between: the cases whose mapping depends on the opset (HardSwish from 14,
+    # LayerNormalization from 17)
+    "between": lambda o: [f(v) for v in (14, 15, 16) for f in (case_cnn, case_vision_reimport,
+                                                               case_graph, case_vit)],
 }
 
 if __name__ == "__main__":
