@@ -176,7 +176,12 @@ def case_graph(opset):
     m.add_matmul("mm2", "mm", "tr")
     m.add_linear("lin", 3).add_linear("lin_nb", 4, bias=False)
     m.add_flatten("fl").add_dense("fc", 3)
-    m.set_outputs(["fc", "sl2", "ada"])
+    # operands of different ranks broadcast per example: (6, 10, 10) * (10)
+    m.set_next_input("sc_all")
+    m.add_slice("v1", 0, 0, 1).add_slice("v2", 1, 3, 4).add_reshape("vec", (10,))
+    m.add_binary("bcast", "mul", "sc_all", "vec")
+    m.add_binary("bcast2", "sub", "vec", "bcast")
+    m.set_outputs(["fc", "sl2", "ada", "bcast2"])
     randomize(m)
     check("graph", m, [images(2, 6, 10, 10)], opset, reimport=False)
 
