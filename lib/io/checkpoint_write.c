@@ -481,7 +481,8 @@ int tl_checkpoint_save_buffer(const char *fn, const tlearn_model *m, const tlear
     sink s = {fn, out, NULL, 0};
     if (!rc) {
         /* The size when every array is stored raw bounds the result (an array is kept
-         * compressed only when smaller): one exact allocation, never a doubling's slack. */
+         * compressed only when smaller): reserved once, so appends never move the bytes
+         * and the caller gets no doubling's slack. */
         uint64_t bound = CK_HEADER + (uint64_t)S_KINDS * (CK_ENTRY + 64);
         for (int k = 0; k < S_KINDS; k++)
             bound += w.sec[k].len;
@@ -496,16 +497,10 @@ int tl_checkpoint_save_buffer(const char *fn, const tlearn_model *m, const tlear
         tl_wb_free(out);
         return rc;
     }
+    /* A compressed result leaves the reservation's tail unwritten: those pages are never
+     * made resident, so it is not copied into a tighter buffer (which would double the
+     * peak). */
     out->len = (size_t)total;
-    if (out->cap - out->len > out->len / 8 + 4096) { /* compressed well: give back the rest */
-        unsigned char *p = tl_alloc(out->len);
-        if (p) {
-            memcpy(p, out->p, out->len);
-            tl_free(out->p);
-            out->p = p;
-            out->cap = out->len;
-        }
-    }
     return TLEARN_OK;
 }
 

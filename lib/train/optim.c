@@ -48,6 +48,13 @@ int tlearn_optim_kind(const tlearn_optim *o, int *kind)
     return TLEARN_OK;
 }
 
+/* Messages name a hyperparameter as the header does, never by its number. */
+static const char *const PARAM_NAME[] = {
+    NULL, "TLEARN_OPT_LR", "TLEARN_OPT_MOMENTUM", "TLEARN_OPT_DAMPENING", "TLEARN_OPT_NESTEROV",
+    "TLEARN_OPT_WEIGHT_DECAY", "TLEARN_OPT_BETA1", "TLEARN_OPT_BETA2", "TLEARN_OPT_EPS",
+    "TLEARN_OPT_CLIP_NORM"};
+static const char *const KIND_NAME[] = {NULL, "SGD", "Adam", "AdamW"};
+
 static double *field(tlearn_optim *o, int param)
 {
     switch (param) {
@@ -68,8 +75,12 @@ int tlearn_optim_set(tlearn_optim *o, int param, double v)
     static const char fn[] = "tlearn_optim_set";
     if (!o)
         return tl_fail(TLEARN_EINVAL, "%s: optimizer is NULL", fn);
+    if (param < TLEARN_OPT_LR || param > TLEARN_OPT_CLIP_NORM)
+        return tl_fail(TLEARN_EINVAL, "%s: unknown parameter %d (expected a "
+                       "TLEARN_OPT_* value, 1..%d)", fn, param, TLEARN_OPT_CLIP_NORM);
+    const char *name = PARAM_NAME[param];
     if (!isfinite(v))
-        return tl_fail(TLEARN_EINVAL, "%s: value for parameter %d is not finite", fn, param);
+        return tl_fail(TLEARN_EINVAL, "%s: %s is %g, must be finite", fn, name, v);
     int sgd = o->kind == TLEARN_SGD;
     switch (param) {
     case TLEARN_OPT_LR:
@@ -81,7 +92,8 @@ int tlearn_optim_set(tlearn_optim *o, int param, double v)
     case TLEARN_OPT_DAMPENING:
     case TLEARN_OPT_NESTEROV:
         if (!sgd)
-            return tl_fail(TLEARN_EINVAL, "%s: parameter %d applies to SGD only", fn, param);
+            return tl_fail(TLEARN_EINVAL, "%s: %s applies to SGD only, this optimizer is %s",
+                           fn, name, KIND_NAME[o->kind]);
         if (param == TLEARN_OPT_NESTEROV) {
             if (v != 0 && v != 1)
                 return tl_fail(TLEARN_EINVAL, "%s: nesterov must be 0 or 1, not %g", fn, v);
@@ -112,15 +124,13 @@ int tlearn_optim_set(tlearn_optim *o, int param, double v)
     case TLEARN_OPT_BETA2:
     case TLEARN_OPT_EPS:
         if (sgd)
-            return tl_fail(TLEARN_EINVAL, "%s: parameter %d applies to Adam/AdamW only", fn,
-                           param);
+            return tl_fail(TLEARN_EINVAL, "%s: %s applies to Adam/AdamW only, this optimizer "
+                           "is SGD", fn, name);
         if (param == TLEARN_OPT_EPS ? !(v > 0) : (v < 0 || v >= 1))
             return tl_fail(TLEARN_EINVAL, "%s: %s %g is out of range (%s)", fn,
                            param == TLEARN_OPT_EPS ? "eps" : "beta", v,
                            param == TLEARN_OPT_EPS ? "> 0" : "[0, 1)");
         break;
-    default:
-        return tl_fail(TLEARN_EINVAL, "%s: unknown parameter %d", fn, param);
     }
     *field(o, param) = v;
     return TLEARN_OK;
@@ -137,7 +147,8 @@ int tlearn_optim_get(const tlearn_optim *o, int param, double *value)
     }
     double *f = field((tlearn_optim *)o, param);
     if (!f)
-        return tl_fail(TLEARN_EINVAL, "%s: unknown parameter %d", fn, param);
+        return tl_fail(TLEARN_EINVAL, "%s: unknown parameter %d (expected a "
+                       "TLEARN_OPT_* value, 1..%d)", fn, param, TLEARN_OPT_CLIP_NORM);
     *value = *f;
     return TLEARN_OK;
 }

@@ -502,6 +502,31 @@ static void test_ranges(void **st)
     }
 }
 
+/* Messages name the hyperparameter as the header spells it (issue 18: "parameter 2"). */
+static void expect_message(int kind, int param, double v, const char *want)
+{
+    tlearn_optim *o;
+    OK(tlearn_optim_create(&o, kind));
+    assert_int_equal(tlearn_optim_set(o, param, v), TLEARN_EINVAL);
+    const char *msg = tlearn_errmsg();
+    if (!strstr(msg, want) || strstr(msg, "parameter 2") || strstr(msg, "parameter 6"))
+        fail_msg("message '%s' does not name '%s'", msg, want);
+    tlearn_optim_destroy(&o);
+}
+
+static void test_messages_name_parameters(void **state)
+{
+    (void)state;
+    expect_message(TLEARN_ADAM, TLEARN_OPT_MOMENTUM, 0.9,
+                   "TLEARN_OPT_MOMENTUM applies to SGD only, this optimizer is Adam");
+    expect_message(TLEARN_ADAMW, TLEARN_OPT_DAMPENING, 0.1, "TLEARN_OPT_DAMPENING applies");
+    expect_message(TLEARN_SGD, TLEARN_OPT_BETA1, 0.5,
+                   "TLEARN_OPT_BETA1 applies to Adam/AdamW only, this optimizer is SGD");
+    expect_message(TLEARN_SGD, TLEARN_OPT_LR, NAN, "TLEARN_OPT_LR is nan, must be finite");
+    expect_message(TLEARN_SGD, 42, 1.0, "unknown parameter 42");
+    expect_message(TLEARN_SGD, 0, NAN, "unknown parameter 0");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -514,6 +539,7 @@ int main(void)
         cmocka_unit_test(test_fresh_state),     cmocka_unit_test(test_regulariser_term),
         cmocka_unit_test(test_clip_active),     cmocka_unit_test(test_clip_inactive),
         cmocka_unit_test(test_ranges),          cmocka_unit_test(test_update_threads),
+        cmocka_unit_test(test_messages_name_parameters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
 //! [`Model`], [`FreezePolicy`] and [`Optimizer`] own their C handles and free them on drop.
 //! Data goes in and out as `f32` slices (NCHW, row-major) and `i32` label slices; a slice of
 //! the wrong length is an [`Error`] before the C library sees it. Every failing C call
-//! becomes an [`Error`] carrying the status code and `tlearn_errmsg()`.
+//! becomes an [`Error`] carrying its [`ErrorKind`], the status code and `tlearn_errmsg()`;
+//! a training callback that stops on purpose is not an error. Rust 1.63 or newer.
 //!
 //! Fine-tune a pretrained model and save it:
 //!
@@ -63,14 +64,75 @@ pub mod status {
     };
 }
 
-/// A failed call: the C status code and the library's message for it.
+/// What kind of failure an [`Error`] is: one kind per TLEARN_E* status of the C API.
+/// Match on it (`Error::kind()`); new kinds may be added with new library versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// TLEARN_EINVAL: an argument is invalid (NULL, out of range, wrong length, NUL byte).
+    InvalidArgument,
+    /// TLEARN_ENOMEM: memory could not be allocated.
+    NoMemory,
+    /// TLEARN_ESHAPE: shapes of layers or buffers do not fit together.
+    Shape,
+    /// TLEARN_ENOTFOUND: a named layer, tensor or pattern matched nothing.
+    NotFound,
+    /// TLEARN_EIO: the operating system refused a file operation.
+    Io,
+    /// TLEARN_EFORMAT: a file or buffer is corrupt, truncated or of another format.
+    Format,
+    /// TLEARN_EUNSUPPORTED: a valid request this build or version cannot do.
+    Unsupported,
+    /// TLEARN_ENONFINITE: the loss or a gradient became NaN/Inf; weights unchanged.
+    NonFinite,
+    /// TLEARN_ESTATE: the object is not in a state that allows the call.
+    State,
+    /// TLEARN_EVERSION: a file was written by an incompatible format version.
+    Version,
+    /// TLEARN_ECANCELED: a callback asked to stop (fit calls return Ok for that instead).
+    Cancelled,
+    /// A status this crate does not know (a newer library); [`Error::code`] has it.
+    Unknown,
+}
+
+impl ErrorKind {
+    /// The kind of a TLEARN_E* status code.
+    pub fn from_code(code: i32) -> ErrorKind {
+        match code {
+            status::EINVAL => ErrorKind::InvalidArgument,
+            status::ENOMEM => ErrorKind::NoMemory,
+            status::ESHAPE => ErrorKind::Shape,
+            status::ENOTFOUND => ErrorKind::NotFound,
+            status::EIO => ErrorKind::Io,
+            status::EFORMAT => ErrorKind::Format,
+            status::EUNSUPPORTED => ErrorKind::Unsupported,
+            status::ENONFINITE => ErrorKind::NonFinite,
+            status::ESTATE => ErrorKind::State,
+            status::EVERSION => ErrorKind::Version,
+            status::ECANCELED => ErrorKind::Cancelled,
+            _ => ErrorKind::Unknown,
+        }
+    }
+}
+
+/// A failed call: its [`ErrorKind`], the C status code and the library's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
+    kind: ErrorKind,
     code: i32,
     message: String,
 }
 
 impl Error {
+    /// An error of status @p code (a TLEARN_E* value) with @p message, as the library
+    /// would report it; for hosts that wrap their own failures in this type.
+    pub fn new(code: i32, message: impl Into<String>) -> Error {
+        Error { kind: ErrorKind::from_code(code), code, message: message.into() }
+    }
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
     /// The negative TLEARN_E* status ([`status`]).
     pub fn code(&self) -> i32 {
         self.code
@@ -84,7 +146,7 @@ impl Error {
         strerror(self.code)
     }
     fn invalid(message: String) -> Error {
-        Error { code: status::EINVAL, message }
+        Error::new(status::EINVAL, message)
     }
 }
 
@@ -112,7 +174,7 @@ fn check(rc: c_int) -> Result<()> {
         Ok(())
     } else {
         // SAFETY: tlearn_errmsg never returns NULL; copied before any other call.
-        Err(Error { code: rc, message: cstr_to_string(unsafe { sys::tlearn_errmsg() }) })
+        Err(Error::new(rc, cstr_to_string(unsafe { sys::tlearn_errmsg() })))
     }
 }
 
@@ -371,6 +433,18 @@ pub struct Progress {
     pub loss: f32,
 }
 
+/// How [`Model::fit_with_progress`] ended: after all its epochs, or stopped on purpose by
+/// the callback (`ControlFlow::Break`), which is not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FitEnd {
+    /// Epochs that ran to their end.
+    pub epochs_completed: usize,
+    /// Updates (training steps) made in all.
+    pub steps: usize,
+    /// The callback stopped training.
+    pub stopped: bool,
+}
+
 /// How to save: everything (weights, optimizer state, freeze, EWC) or inference only, and
 /// the zlib level (0 = raw).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -610,6 +684,7 @@ struct EpochState<'a, F> {
     f: &'a mut F,
     records: Vec<EpochRecord>,
     panic: Option<Box<dyn Any + Send>>,
+    stopped: bool, // the closure returned Break
 }
 
 unsafe extern "C" fn epoch_trampoline<F>(e: *const sys::tlearn_epoch, user: *mut c_void) -> c_int
@@ -630,7 +705,10 @@ where
     state.records.push(rec);
     match r {
         Ok(ControlFlow::Continue(())) => 0,
-        Ok(ControlFlow::Break(())) => 1,
+        Ok(ControlFlow::Break(())) => {
+            state.stopped = true;
+            1
+        }
         Err(payload) => {
             state.panic = Some(payload);
             1
@@ -731,13 +809,20 @@ struct CallbackState<'a, F: ?Sized> {
     panic: Option<Box<dyn Any + Send>>,
 }
 
+struct ProgressState<'a, F> {
+    f: &'a mut F,
+    panic: Option<Box<dyn Any + Send>>,
+    stopped: bool,              // the closure returned Break
+    last: Option<(usize, usize, usize)>, // epoch, step, steps per epoch of the last call
+}
+
 unsafe extern "C" fn progress_trampoline<F>(epoch: c_int, epochs: c_int, step: usize,
                                             steps: usize, loss: f32, user: *mut c_void)
                                             -> c_int
 where
     F: FnMut(&Progress) -> ControlFlow<()>,
 {
-    let state = &mut *(user as *mut CallbackState<F>);
+    let state = &mut *(user as *mut ProgressState<F>);
     let p = Progress {
         epoch: epoch as usize,
         epochs: epochs as usize,
@@ -745,10 +830,14 @@ where
         steps_per_epoch: steps,
         loss,
     };
+    state.last = Some((p.epoch, step, steps));
     // A panic must not unwind through C: catch it, stop, and resume it after the call.
     match panic::catch_unwind(AssertUnwindSafe(|| (state.f)(&p))) {
         Ok(ControlFlow::Continue(())) => 0,
-        Ok(ControlFlow::Break(())) => 1,
+        Ok(ControlFlow::Break(())) => {
+            state.stopped = true;
+            1
+        }
         Err(payload) => {
             state.panic = Some(payload);
             1
@@ -1429,7 +1518,7 @@ impl Model {
     /// Shape of the last layer's output (ESHAPE for an empty model).
     pub fn output_shape(&self) -> Result<Shape> {
         match self.layer_count()? {
-            0 => Err(Error { code: status::ESHAPE, message: "the model has no layers".into() }),
+            0 => Err(Error::new(status::ESHAPE, "the model has no layers")),
             n => self.layer_shape(n - 1),
         }
     }
@@ -1468,8 +1557,7 @@ impl Model {
             .into_iter()
             .find(|(n, _)| n == name)
             .map(|(_, dims)| dims.iter().product())
-            .ok_or_else(|| Error { code: status::ENOTFOUND,
-                                   message: format!("no tensor named '{name}'") })
+            .ok_or_else(|| Error::new(status::ENOTFOUND, format!("no tensor named '{name}'")))
     }
     /// Copy of tensor @p name ("fc1.weight").
     pub fn get_tensor(&self, name: &str) -> Result<Vec<f32>> {
@@ -1559,8 +1647,8 @@ impl Model {
             let size: usize = self.shape_nd_at(-1 - k as c_int)?.iter().product();
             let len = match i { Input::F32(x) => x.len(), Input::I32(x) => x.len() };
             if len != n * size {
-                return Err(Error { code: status::EINVAL,
-                                   message: format!("input {} holds {} values, expected {}", k, len, n * size) });
+                return Err(Error::invalid(format!("input {} holds {} values, expected {}", k, len,
+                                                  n * size)));
             }
         }
         Ok(inputs.iter().map(|i| match i {
@@ -1787,34 +1875,46 @@ impl Model {
     pub fn fit(&mut self, opt: &mut Optimizer, x: &[f32], labels: &[i32], batch: usize,
                epochs: i32) -> Result<()> {
         self.fit_with_progress(opt, x, labels, batch, epochs, true, |_| ControlFlow::Continue(()))
+            .map(|_| ())
     }
-    /// As [`Model::fit`], calling @p progress after every step; `ControlFlow::Break` stops
-    /// training (Err with ECANCELED). A panic in @p progress stops training and is resumed.
+    /// As [`Model::fit`], calling @p progress after every step. `ControlFlow::Break` stops
+    /// training on purpose: the result is then Ok, with [`FitEnd::stopped`] set and the
+    /// epochs and steps that ran (the weights are those of the last step). A panic in
+    /// @p progress stops training and is resumed.
     #[allow(clippy::too_many_arguments)]
     pub fn fit_with_progress<F>(&mut self, opt: &mut Optimizer, x: &[f32], labels: &[i32],
                                 batch: usize, epochs: i32, shuffle: bool, mut progress: F)
-                                -> Result<()>
+                                -> Result<FitEnd>
     where
         F: FnMut(&Progress) -> ControlFlow<()>,
     {
         let n = batch_len(x.len(), self.input_shape()?.size(), "x")?;
         labels_len(labels, n)?;
-        let mut state = CallbackState { f: &mut progress, panic: None };
+        let mut state = ProgressState { f: &mut progress, panic: None, stopped: false, last: None };
         let rc = unsafe {
             sys::tlearn_model_fit(self.raw(), opt.as_ptr(), x.as_ptr(), labels.as_ptr(), n,
                                   batch, epochs, shuffle as c_int,
                                   Some(progress_trampoline::<F>),
-                                  &mut state as *mut CallbackState<F> as *mut c_void)
+                                  &mut state as *mut ProgressState<F> as *mut c_void)
         };
         if let Some(payload) = state.panic.take() {
             panic::resume_unwind(payload);
         }
-        check(rc)
+        if !(state.stopped && rc == status::ECANCELED) {
+            check(rc)?;
+        }
+        let (epochs_completed, steps) = match state.last {
+            Some((e, s, per)) => (if s + 1 == per { e + 1 } else { e }, e * per + s + 1),
+            None => (0, 0),
+        };
+        Ok(FitEnd { epochs_completed, steps, stopped: state.stopped })
     }
 
     /// Train with validation, early stopping and the rest of @p options (tlearn_model_fit_run);
-    /// @p on_epoch sees each epoch's record (`ControlFlow::Break` stops: Err ECANCELED).
-    /// Returns every epoch's record. A panic in @p on_epoch stops training and is resumed.
+    /// @p on_epoch sees each epoch's record. Returns the record of every epoch that ran:
+    /// `ControlFlow::Break` stops training on purpose and is Ok too (the records then end
+    /// with the epoch that stopped it; the best weights are restored when the options ask).
+    /// A panic in @p on_epoch stops training and is resumed.
     pub fn fit_run<F>(&mut self, opt: &mut Optimizer, options: &mut FitOptions, x: &[f32],
                       y: Targets<'_>, validation: Option<(&[f32], Targets<'_>)>,
                       mut on_epoch: F) -> Result<Vec<EpochRecord>>
@@ -1832,7 +1932,8 @@ impl Model {
             None => (ptr::null(), 0, ptr::null(), 0, 0),
         };
         check(unsafe { sys::tlearn_fit_set_validation(fo, vx, vxl, vy, vyl, vn) })?;
-        let mut state = EpochState { f: &mut on_epoch, records: Vec::new(), panic: None };
+        let mut state = EpochState { f: &mut on_epoch, records: Vec::new(), panic: None,
+                                     stopped: false };
         let rc = unsafe {
             sys::tlearn_fit_set_callbacks(fo, None, Some(epoch_trampoline::<F>),
                                           &mut state as *mut EpochState<F> as *mut c_void);
@@ -1845,7 +1946,9 @@ impl Model {
         if let Some(payload) = state.panic.take() {
             panic::resume_unwind(payload);
         }
-        check(rc)?;
+        if !(state.stopped && rc == status::ECANCELED) {
+            check(rc)?;
+        }
         Ok(state.records)
     }
     /// Class weights of the cross-entropy (None clears them).

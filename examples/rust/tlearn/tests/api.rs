@@ -2,8 +2,8 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use tlearn::{status, Activation, BinaryOp, Fisher, FreezePolicy, LayerKind, Loss, Model, OptimKind,
-             OptimParam, Optimizer, SaveOptions, Shape};
+use tlearn::{status, Activation, BinaryOp, Error, ErrorKind, FitEnd, Fisher, FreezePolicy, LayerKind,
+             Loss, Model, OptimKind, OptimParam, Optimizer, SaveOptions, Shape};
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tlearn-rs-{}-{name}", std::process::id()));
@@ -33,6 +33,34 @@ fn blobs(n: usize) -> (Vec<f32>, Vec<i32>) {
         }
     }
     (x, y)
+}
+
+#[test]
+fn errors_have_kinds_codes_and_messages() {
+    let mut m = mlp(1);
+    let e = m.add_dense("fc1", 4).unwrap_err();
+    assert_eq!((e.kind(), e.code()), (ErrorKind::InvalidArgument, status::EINVAL));
+    assert!(matches!(m.layer_index("nope").unwrap_err().kind(), ErrorKind::NotFound));
+    assert_eq!(m.set_tensor("fc1.bias", &[1.0]).unwrap_err().kind(), ErrorKind::Shape);
+    assert_eq!(Model::load("/nonexistent/m.tlc").err().unwrap().kind(), ErrorKind::Io);
+    let e = Model::from_bytes(b"not a checkpoint").err().unwrap();
+    assert_eq!((e.kind(), e.code()), (ErrorKind::Format, status::EFORMAT));
+    assert!(e.message().starts_with("tlearn_model_load_buffer: "), "{}", e.message());
+    // every status maps to its kind, and unknown codes keep theirs
+    let table = [(status::EINVAL, ErrorKind::InvalidArgument), (status::ENOMEM, ErrorKind::NoMemory),
+                 (status::ESHAPE, ErrorKind::Shape), (status::ENOTFOUND, ErrorKind::NotFound),
+                 (status::EIO, ErrorKind::Io), (status::EFORMAT, ErrorKind::Format),
+                 (status::EUNSUPPORTED, ErrorKind::Unsupported),
+                 (status::ENONFINITE, ErrorKind::NonFinite), (status::ESTATE, ErrorKind::State),
+                 (status::EVERSION, ErrorKind::Version), (status::ECANCELED, ErrorKind::Cancelled)];
+    assert_eq!(table.len(), 11); // TLEARN_EINVAL (-1) .. TLEARN_ECANCELED (-11)
+    for (code, kind) in table {
+        let e = Error::new(code, "m");
+        assert_eq!((e.kind(), e.code(), e.message()), (kind, code, "m"));
+    }
+    let e = Error::new(-99, "from the future");
+    assert_eq!((e.kind(), e.code()), (ErrorKind::Unknown, -99));
+    assert!(e.to_string().contains("(-99): from the future"), "{e}");
 }
 
 #[test]
@@ -150,10 +178,11 @@ fn fit_learns_with_progress_closure() {
     opt.set_lr(0.01).unwrap();
     let (loss0, _) = m.evaluate(&x, &y).unwrap();
     let mut seen = Vec::new();
-    m.fit_with_progress(&mut opt, &x, &y, 32, 4, true, |p| {
+    let end = m.fit_with_progress(&mut opt, &x, &y, 32, 4, true, |p| {
         seen.push((p.epoch, p.step, p.steps_per_epoch, p.epochs));
         ControlFlow::Continue(())
     }).unwrap();
+    assert_eq!(end, FitEnd { epochs_completed: 4, steps: 12, stopped: false });
     assert_eq!(seen.len(), 12);
     assert_eq!(seen[0], (0, 0, 3, 4));
     assert_eq!(seen[11], (3, 2, 3, 4));
@@ -166,13 +195,24 @@ fn fit_can_be_cancelled_and_panics_propagate() {
     let (x, y) = blobs(64);
     let mut m = mlp(3);
     let mut opt = Optimizer::new(OptimKind::Sgd).unwrap();
+    // Stopping on purpose is not an error: Ok, with what ran. 64 examples in batches of 16
+    // are 4 steps an epoch; stopping after the 6th step leaves one whole epoch.
     let mut calls = 0;
-    let e = m.fit_with_progress(&mut opt, &x, &y, 16, 3, true, |_| {
+    let end = m.fit_with_progress(&mut opt, &x, &y, 16, 3, true, |_| {
         calls += 1;
-        if calls == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-    }).unwrap_err();
-    assert_eq!(e.code(), status::ECANCELED);
-    assert_eq!(calls, 2);
+        if calls == 6 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }).unwrap();
+    assert_eq!(end, FitEnd { epochs_completed: 1, steps: 6, stopped: true });
+    assert_eq!(calls, 6);
+    // at the end of an epoch, that epoch counts
+    let end = m.fit_with_progress(&mut opt, &x, &y, 16, 3, true, |p| {
+        if p.step + 1 == p.steps_per_epoch { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }).unwrap();
+    assert_eq!(end, FitEnd { epochs_completed: 1, steps: 4, stopped: true });
+    // a real failure is still an Err, of its kind
+    let e = m.fit_with_progress(&mut opt, &x, &[7; 64], 16, 1, true, |_| ControlFlow::Continue(()))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _ = m.fit_with_progress(&mut opt, &x, &y, 16, 1, true, |_| panic!("from closure"));
     }));
@@ -552,6 +592,15 @@ fn fit_run_with_schedule_validation_and_early_stopping() {
     let mut f = FitOptions::new().unwrap();
     f.set(sys::TLEARN_FIT_BATCH, 16.0).unwrap().set(sys::TLEARN_FIT_EPOCHS, 3.0).unwrap();
     f.set(sys::TLEARN_FIT_MONITOR, sys::TLEARN_METRIC_VAL_ACCURACY as f64).unwrap();
+    // stopped on purpose after the first epoch: Ok, with that epoch's record
+    let mut once = Model::new(d as i32, 1, 1).unwrap();
+    once.add_dense("fc", 2).unwrap();
+    let mut once_opt = Optimizer::new(OptimKind::Sgd).unwrap();
+    let w0 = once.get_tensor("fc.weight").unwrap();
+    let recs = once.fit_run(&mut once_opt, &mut f, &x, Targets::Labels(&y),
+                            Some((&x, Targets::Labels(&y))), |_| ControlFlow::Break(())).unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_ne!(once.get_tensor("fc.weight").unwrap(), w0); // that epoch trained
     let mut seen = 0;
     let recs = m.fit_run(&mut opt, &mut f, &x, Targets::Labels(&y), Some((&x, Targets::Labels(&y))),
                          |_| { seen += 1; ControlFlow::Continue(()) }).unwrap();
