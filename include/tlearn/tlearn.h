@@ -976,6 +976,44 @@ TLEARN_API int tlearn_model_import_onnx_buffer(tlearn_model **out, const void *d
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */
+/** @name ONNX export (1.1): a model for other runtimes */
+/** @{ */
+
+/**
+ * Write the model's evaluation graph as an ONNX file, so that a model built or fine-tuned
+ * here runs in other runtimes: dropout, drop path and gradient reversal are identities,
+ * BatchNorm uses its running statistics, a LoRA branch is its ops (Mul, Add) or nothing
+ * once merged. Weights are initializers named as the model's tensors ("layer.param");
+ * graph inputs take the model inputs' names and element types (FLOAT, or INT32 token ids)
+ * with a symbolic batch dimension "N"; graph outputs are the model's outputs
+ * (tlearn_model_set_outputs()), named as their layers. Layers the outputs do not depend
+ * on are left out. doc/onnx.md ("Export") lists the operators each layer kind becomes.
+ * The file is written as tlearn_model_save() writes: to a temporary file renamed over
+ * @p path. The training state (optimizer, freeze flags) is not written.
+ * @param m      the model (not changed).
+ * @param path   destination file.
+ * @param opset  default-domain opset: 13 to 17, or 0 for 17.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL or empty argument, opset out of range),
+ *         TLEARN_ESTATE (no layers), TLEARN_ENONFINITE (a tensor holds NaN/Inf; nothing is
+ *         written), TLEARN_EUNSUPPORTED (layers of a kind with no ONNX mapping, all named in
+ *         the message; a build without ONNX support; a model over protobuf's 2 GiB),
+ *         TLEARN_EIO, TLEARN_ENOMEM.
+ * @note Reads the model: do not change it from another thread meanwhile. @since 1.1
+ */
+TLEARN_API int tlearn_model_export_onnx(const tlearn_model *m, const char *path, int opset);
+
+/**
+ * As tlearn_model_export_onnx(), into memory: on success *@p data holds *@p size bytes
+ * allocated by the library (free them with tlearn_free()); on failure *@p data is NULL and
+ * *@p size 0.
+ * @return as tlearn_model_export_onnx(), TLEARN_EINVAL also for NULL @p data or @p size.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_export_onnx_buffer(const tlearn_model *m, int opset, void **data,
+                                               size_t *size);
+/** @} */
+
+/* ------------------------------------------------------------------------------------ */
 /** @name General graphs (1.1): inputs of any rank, layers with several inputs */
 /** @{ */
 

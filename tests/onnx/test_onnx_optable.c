@@ -1,13 +1,15 @@
 /* doc/onnx.md's operator table is the importer's: every line of the dispatch table
  * (lib/io/onnx, ox_op_info) appears in the doc as "| Op | min-max | limits |" and the doc
  * lists no other operator. The conformance suite (conformance.py) reads the same doc table
- * to decide which ONNX tests the importer claims. On a mismatch the test prints the rows
- * the doc should hold. */
+ * to decide which ONNX tests the importer claims. Its export table is the exporter's
+ * (ox_export_info: "| kind | operators |"), and the exporter maps every registered layer
+ * kind. On a mismatch the test prints the rows the doc should hold. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../lib/io/onnx/onnx_optable.h"
+#include "../../lib/layers/layer.h"
 
 static char *slurp(const char *path)
 {
@@ -62,8 +64,24 @@ int main(int argc, char **argv)
         fprintf(stderr, "doc has %d operator rows, the importer's table %d\n", doc_rows, rows);
         bad = 1;
     }
+    /* The export table: one row per layer kind, and every kind of the registry in it. */
+    const char *kind, *ops;
+    int kinds = 0, registered = 0;
+    for (size_t i = 0; ox_export_info(i, &kind, &ops); i++, kinds++) {
+        snprintf(want, sizeof want, "\n| %s | %s |", kind, ops);
+        if (!strstr(doc, want)) {
+            fprintf(stderr, "doc lacks the export row:%s\n", want);
+            bad = 1;
+        }
+    }
+    for (int k = 0; k < 1024; k++)
+        registered += tl_layer_ops_by_kind(k) != NULL;
+    if (registered != kinds) {
+        fprintf(stderr, "the exporter maps %d kinds, the registry has %d\n", kinds, registered);
+        bad = 1;
+    }
     free(doc);
     if (!bad)
-        printf("%d operator rows agree\n", rows);
+        printf("%d operator rows and %d export rows agree\n", rows, kinds);
     return bad;
 }

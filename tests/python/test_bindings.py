@@ -497,6 +497,28 @@ def test_import_onnx_from_torch(tmp_path):
     assert info.value.code in (tlearn.EFORMAT, tlearn.EUNSUPPORTED)
 
 
+def test_export_onnx_round_trip(tmp_path):
+    """export_onnx / export_onnx_bytes: the same bytes, read back by the importer with the
+    same predictions; a bad opset is a TlearnError with EINVAL."""
+    m = tlearn.Model(1, 8, 8).set_seed(5)
+    m.add_conv2d("conv", 4, 3, pad=1).add_relu("relu").add_maxpool2d("pool", 2)
+    m.add_flatten("flat").add_dense("fc", 5)
+    x = np.random.default_rng(1).normal(size=(3, 1, 8, 8)).astype(np.float32)
+    want = m.predict(x)
+    path = str(tmp_path / "m.onnx")
+    m.export_onnx(path, opset=13)
+    data = m.export_onnx_bytes(opset=13)
+    with open(path, "rb") as f:
+        assert f.read() == data
+    assert m.export_onnx_bytes() != data  # opset 17 by default
+    with tlearn.Model.import_onnx(data) as back:
+        assert np.array_equal(back.predict(x), want)
+    for opset in (12, 18):
+        with pytest.raises(tlearn.TlearnError) as info:
+            m.export_onnx_bytes(opset)
+        assert info.value.code == tlearn.EINVAL
+
+
 # -- completeness --------------------------------------------------------------------------------
 
 def header_functions():

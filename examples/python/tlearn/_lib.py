@@ -300,6 +300,8 @@ _SIGNATURES = {
                                                        c_void_p, c_uint, P(c_size_t)]),
     "tlearn_model_import_onnx": (c_int, [_PM, c_char_p]),
     "tlearn_model_import_onnx_buffer": (c_int, [_PM, c_void_p, c_size_t]),
+    "tlearn_model_export_onnx": (c_int, [_M, c_char_p, c_int]),
+    "tlearn_model_export_onnx_buffer": (c_int, [_M, c_int, P(c_void_p), P(c_size_t)]),
     # training recipes (1.1): schedules, losses, metrics, fit with validation
     "tlearn_sched_create": (c_int, [_PM, c_int]),
     "tlearn_sched_destroy": (None, [_PM]),

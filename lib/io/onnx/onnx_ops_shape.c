@@ -157,11 +157,57 @@ static int op_reshape(ox_ctx *c, int arg)
 }
 
 /* Transpose keeping the batch first: a transpose layer (perm without the batch). */
+/* Transpose of a constant (a weight transposed in the graph, as libtlearn's exporter writes
+ * torch.nn.Linear over the last axis): folded into a new constant. */
+static int transpose_const(ox_ctx *c)
+{
+    ox_const *t, *k;
+    int rc = ox_in_const(c, 0, &t, NULL);
+    if (rc)
+        return rc;
+    int r = t->ndim;
+    int64_t rev[OX_MAX_RANK], perm[OX_MAX_RANK], dims[OX_MAX_RANK], stride[OX_MAX_RANK];
+    for (int i = 0; i < r; i++)
+        rev[i] = r - 1 - i;
+    if (r && (rc = ox_attr_ints(c, "perm", (size_t)r, rev, 0, r - 1, perm)))
+        return rc;
+    int seen[OX_MAX_RANK] = {0};
+    for (int i = 0; i < r; i++)
+        if (seen[perm[i]]++)
+            return ox_fail(c, TLEARN_EFORMAT, "perm repeats axis %lld", (long long)perm[i]);
+    int64_t s = 1;
+    for (int i = r - 1; i >= 0; i--) {
+        stride[i] = s;
+        s *= t->dims[i];
+    }
+    for (int i = 0; i < r; i++)
+        dims[i] = t->dims[perm[i]];
+    if ((rc = ox_const_new(c, t->is_int, r, dims, &k)))
+        return rc;
+    /* walk the output in order, the input by the permuted strides */
+    int64_t idx[OX_MAX_RANK] = {0};
+    for (size_t o = 0; o < k->numel; o++) {
+        size_t src = 0;
+        for (int i = 0; i < r; i++)
+            src += (size_t)(idx[i] * stride[perm[i]]);
+        if (t->is_int)
+            k->i[o] = t->i[src];
+        else
+            k->f[o] = t->f[src];
+        for (int i = r - 1; i >= 0 && ++idx[i] == dims[i]; i--)
+            idx[i] = 0;
+    }
+    ox_def_const(c, k);
+    return TLEARN_OK;
+}
+
 static int op_transpose(ox_ctx *c, int arg)
 {
     (void)arg;
     int rc = ox_need_inputs(c, 1, 1);
     ox_value *x;
+    if (!rc && ox_in_is_const(c, 0))
+        return transpose_const(c);
     if (rc || (rc = exact_act(c, 0, &x)))
         return rc;
     int r = 1 + x->shape.rank, ident = 1;
@@ -779,7 +825,8 @@ const ox_op ox_ops_shape[] = {
     {"Flatten", op_flatten, 0, 0, 0, NULL, "axis 1 (keeps the batch)"},
     {"Reshape", op_reshape, 0, 0, 0, NULL,
      "constant (or folded) shape that keeps the batch first, at most 4 dims after it"},
-    {"Transpose", op_transpose, 0, 0, 0, NULL, "perm keeps the batch first; rank 2 to 5"},
+    {"Transpose", op_transpose, 0, 0, 0, NULL,
+     "perm keeps the batch first; rank 2 to 5; or folded: a constant"},
     {"Split", op_split, 0, 0, 0, NULL,
      "activations, not along the batch; sizes constant (input from opset 13, attribute "
      "before) or equal parts"},

@@ -569,6 +569,10 @@ extern "C" {
         -> c_int;
     pub fn tlearn_model_import_onnx_buffer(out: *mut *mut tlearn_model, data: *const c_void,
                                            len: usize) -> c_int;
+    pub fn tlearn_model_export_onnx(m: *const tlearn_model, path: *const c_char, opset: c_int)
+        -> c_int;
+    pub fn tlearn_model_export_onnx_buffer(m: *const tlearn_model, opset: c_int,
+                                           data: *mut *mut c_void, size: *mut usize) -> c_int;
 
     // Training recipes (1.1).
     pub fn tlearn_sched_create(out: *mut *mut tlearn_sched, kind: c_int) -> c_int;

@@ -2204,6 +2204,20 @@ impl Model {
         let c = cpath(path.as_ref())?;
         check(unsafe { sys::tlearn_model_export_safetensors(self.raw(), c.as_ptr()) })
     }
+    /// Write the model's evaluation graph as an ONNX file (opset 13 to 17, 0 for 17) for
+    /// other runtimes: weights as initializers named as the model's tensors, inputs named as
+    /// the model's with a symbolic batch "N", outputs the model's outputs. A layer of a kind
+    /// with no ONNX mapping gives `TLEARN_EUNSUPPORTED` (the message names every one).
+    pub fn export_onnx(&self, path: impl AsRef<Path>, opset: i32) -> Result<()> {
+        let c = cpath(path.as_ref())?;
+        check(unsafe { sys::tlearn_model_export_onnx(self.raw(), c.as_ptr(), opset) })
+    }
+    /// [`Model::export_onnx`] into memory.
+    pub fn export_onnx_bytes(&self, opset: i32) -> Result<Vec<u8>> {
+        take_buffer(|data, size| unsafe {
+            sys::tlearn_model_export_onnx_buffer(self.raw(), opset, data, size)
+        })
+    }
 
     // -- few-shot without training, transferability (1.1) --
 

@@ -626,3 +626,22 @@ fn fit_run_with_schedule_validation_and_early_stopping() {
     f.set_checkpoint(None).unwrap();
     assert_eq!(f.get(sys::TLEARN_FIT_EPOCHS).unwrap(), 3.0);
 }
+
+#[test]
+fn onnx_export_round_trip() {
+    let dir = tmpdir("onnx-export");
+    let (x, _) = blobs(8);
+    let mut m = mlp(17);
+    let want = m.predict(&x).unwrap();
+    m.export_onnx(dir.join("m.onnx"), 17).unwrap();
+    let data = m.export_onnx_bytes(17).unwrap();
+    assert_eq!(data, std::fs::read(dir.join("m.onnx")).unwrap());
+    assert_eq!(m.export_onnx_bytes(0).unwrap(), data); // 0 is opset 17
+    let mut back = Model::import_onnx_bytes(&data).unwrap();
+    assert_eq!(back.predict(&x).unwrap(), want);
+    let mut back = Model::import_onnx(dir.join("m.onnx")).unwrap();
+    assert_eq!(back.predict(&x).unwrap(), want);
+    assert_eq!(m.export_onnx_bytes(12).err().unwrap().code(), status::EINVAL);
+    assert_eq!(m.export_onnx(dir.join("m13.onnx"), 18).err().unwrap().code(), status::EINVAL);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
