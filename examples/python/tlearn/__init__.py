@@ -2020,14 +2020,14 @@ class Model(_Handle):
         return _out_bytes(lambda p, n: _C.tlearn_model_export_safetensors_buffer(
             self.handle, p, n))
 
-    def export_onnx(self, path, opset=17):
+    def export_onnx(self, path: Union[str, os.PathLike], opset: int = 17) -> None:
         """Write the model's evaluation graph as an ONNX file (opset 13 to 17) for other
         runtimes: weights as initializers named as the model's tensors, inputs named as the
         model's with a symbolic batch "N", outputs = the model's outputs. Raises TlearnError
         (EUNSUPPORTED names every layer of a kind with no ONNX mapping)."""
         _check(_C.tlearn_model_export_onnx(self.handle, _path(path), int(opset)))
 
-    def export_onnx_bytes(self, opset=17):
+    def export_onnx_bytes(self, opset: int = 17) -> bytes:
         """:meth:`export_onnx` as bytes (``onnx.load_from_string(data)`` reads them)."""
         return _out_bytes(lambda p, n: _C.tlearn_model_export_onnx_buffer(
             self.handle, int(opset), p, n))
