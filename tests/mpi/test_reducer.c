@@ -227,6 +227,40 @@ static void test_evaluate_counts(void **state)
     tlearn_model_destroy(&a);
 }
 
+/* evaluate_classes and evaluate_regression with TLEARN_REDUCE_EVALUATE: the sums (loss,
+ * normaliser, absolute error, hits, top-k hits, count: 6 floats) and the confusion matrix
+ * go through the reducer; the other worker's "c" per entry shows in every ratio. */
+static void test_metrics_counts(void **state)
+{
+    (void)state;
+    tlearn_model *a = make_model();
+    float T[N * 4], top0, top1, mse0, mae0, mse1, mae1;
+    int64_t cm0[16], cm1[16];
+    test_rng r = {7};
+    for (int i = 0; i < N * 4; i++)
+        T[i] = (float)test_uniform(&r, -1.0, 1.0);
+    OK(tlearn_model_evaluate_classes(a, X, Y, N, 2, &top0, cm0, NULL, NULL, NULL, 4));
+    OK(tlearn_model_evaluate_regression(a, X, T, N, &mse0, &mae0));
+    fake f = {0};
+    f.add = 2.0f;
+    OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 2, 0, TLEARN_REDUCE_EVALUATE));
+    OK(tlearn_model_evaluate_classes(a, X, Y, N, 2, &top1, cm1, NULL, NULL, NULL, 4));
+    assert_int_equal(f.ncalls, 2);
+    assert_int_equal(f.count[0], 6);
+    assert_int_equal(f.count[1], 16);
+    assert_true(fabs(top1 - ((double)top0 * N + 2.0) / (N + 2.0)) < 1e-6);
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(cm1[i], cm0[i] + 2);
+    f.ncalls = 0;
+    OK(tlearn_model_evaluate_regression(a, X, T, N, &mse1, &mae1));
+    assert_int_equal(f.ncalls, 1);
+    assert_int_equal(f.count[0], 6);
+    const double den = N * 4;
+    assert_true(fabs(mse1 - ((double)mse0 * den + 2.0) / (den + 2.0)) < 1e-5);
+    assert_true(fabs(mae1 - ((double)mae0 * den + 2.0) / (den + 2.0)) < 1e-5);
+    tlearn_model_destroy(&a);
+}
+
 /* (2, 5, 5) -> conv c1 (3) -> bn1 -> relu -> flatten (27) -> fc1 (5) -> bn2 -> fc2 (4) */
 static tlearn_model *make_bn_model(void)
 {
@@ -377,6 +411,7 @@ int main(void)
         cmocka_unit_test(test_average_over_workers),
         cmocka_unit_test(test_failure_changes_nothing),
         cmocka_unit_test(test_evaluate_counts),
+        cmocka_unit_test(test_metrics_counts),
         cmocka_unit_test(test_sync_batchnorm),
         cmocka_unit_test(test_sync_batchnorm_failure),
         cmocka_unit_test(test_arguments),
