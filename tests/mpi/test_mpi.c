@@ -5,7 +5,8 @@
  *             rank 0's checkpoint resumes on both ranks; dropout masks differ per rank.
  *   syncbn    a CNN with BatchNorm: with TLEARN_REDUCE_BATCHNORM 2 ranks with batch b end
  *             with the weights and running statistics of one process with batch 2b; without
- *             it they do not (the comparison can fail).
+ *             it they do not (the comparison can fail). Metrics (evaluate_classes,
+ *             evaluate_regression) and the EWC Fisher over the shares equal the whole's.
  *   mismatch  ranks holding different weights, or different shapes, are refused at attach
  *   fault     rank 1 leaves after two steps: rank 0's next step returns TLEARN_EIO within
  *             the timeout, its weights unchanged, its last checkpoint loadable.
@@ -238,7 +239,8 @@ static void run_syncbn(void)
 {
     tlearn_model *d = make_bn_model(), *p = make_bn_model(), *r = make_bn_model();
     tlearn_mpi *a, *ap;
-    OK(tlearn_mpi_attach(d, MPI_COMM_WORLD, 30.0, 64, TLEARN_REDUCE_BATCHNORM, 7, &a));
+    OK(tlearn_mpi_attach(d, MPI_COMM_WORLD, 30.0, 64, TLEARN_REDUCE_BATCHNORM |
+                         TLEARN_REDUCE_EVALUATE | TLEARN_REDUCE_FISHER, 7, &a));
     OK(tlearn_mpi_attach(p, MPI_COMM_WORLD, 30.0, 64, 0, 7, &ap));
     tlearn_optim *od = optim(TLEARN_SGD), *op = optim(TLEARN_SGD), *orf = optim(TLEARN_SGD);
     float x[2 * B * IN];
@@ -259,6 +261,41 @@ static void run_syncbn(void)
     CHECK(up > 100.0, "without synchronised BatchNorm the difference is only %.3g tolerances",
           up);
     OK(tlearn_mpi_check(a)); /* the ranks agree bit for bit, running statistics included */
+
+    /* Metrics and the EWC Fisher over both shares equal those over the whole set. */
+    batch(50, x, y);
+    float topd, topr, msed, maed, mser, maer;
+    int64_t cmd[CLASSES * CLASSES], cmr[CLASSES * CLASSES];
+    OK(tlearn_model_evaluate_classes(d, x + rank * B * IN, y + rank * B, B, 2, &topd, cmd,
+                                     NULL, NULL, NULL, CLASSES));
+    OK(tlearn_model_evaluate_classes(r, x, y, 2 * B, 2, &topr, cmr, NULL, NULL, NULL, CLASSES));
+    CHECK(topd == topr && !memcmp(cmd, cmr, sizeof cmd), "top-2 %g vs %g, or the confusion "
+          "matrices differ", topd, topr);
+    float t[2 * B * CLASSES];
+    for (int i = 0; i < 2 * B * CLASSES; i++)
+        t[i] = x[i];
+    OK(tlearn_model_evaluate_regression(d, x + rank * B * IN, t + rank * B * CLASSES, B, &msed,
+                                        &maed));
+    OK(tlearn_model_evaluate_regression(r, x, t, 2 * B, &mser, &maer));
+    CHECK(fabsf(msed - mser) <= 1e-5f * mser && fabsf(maed - maer) <= 1e-5f * maer,
+          "regression %g %g vs %g %g", msed, maed, mser, maer);
+    OK(tlearn_ewc_consolidate(d, x + rank * B * IN, y + rank * B, B, TLEARN_FISHER_EMPIRICAL,
+                              1.0f));
+    OK(tlearn_ewc_consolidate(r, x, y, 2 * B, TLEARN_FISHER_EMPIRICAL, 1.0f));
+    static const struct {
+        const char *name;
+        size_t n;
+    } fisher_of[] = {{"c1.weight", 4 * 2 * 9}, {"bn1.weight", 4}, {"fc1.weight", 16 * 144},
+                     {"fc2.bias", CLASSES}};
+    for (int k = 0; k < 4; k++) {
+        static float fd[16 * 144], fr[16 * 144];
+        size_t n = fisher_of[k].n;
+        OK(tlearn_ewc_get_fisher(d, 0, fisher_of[k].name, fd, n));
+        OK(tlearn_ewc_get_fisher(r, 0, fisher_of[k].name, fr, n));
+        for (size_t i = 0; i < n; i++)
+            CHECK(fabsf(fd[i] - fr[i]) <= 1e-9f + 1e-4f * fr[i], "Fisher of %s[%zu]: %g vs %g",
+                  fisher_of[k].name, i, fd[i], fr[i]);
+    }
     tlearn_mpi_detach(&a);
     tlearn_mpi_detach(&ap);
     tlearn_optim_destroy(&od);
