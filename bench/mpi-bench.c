@@ -2,16 +2,21 @@
  * processes"; bench/mpi-scaling.py runs it beside PyTorch DDP):
  *
  *   mpirun -np P mpi-bench WORKLOAD [--rounds R] [--round-seconds S] [--bucket FLOATS]
+ *                          [--no-reduce]
  *
  * WORKLOAD is a training workload of tlearn-bench (mlp_adam_b64, cnn_full_b64, ...): its
  * global batch (64) is split evenly over the P ranks, each at 1 thread. With P = 1 no
- * reducer is attached: the one-process path, the baseline. Rank 0 prints
+ * reducer is attached: the one-process path, the baseline. --no-reduce trains every rank on
+ * its share alone (no exchange: what the scaling would be with free communication).
+ * Rank 0 prints
  *
  *   mpi workload=cnn_full_b64 ranks=2 value=... unit=steps/s rounds=R spread=... bucket=...
  *
  * value is the median over rounds of global steps per second of wall time. A round is the
  * same number of steps on every rank (fixed after a warm-up on rank 0, as collectives need)
- * between two barriers. */
+ * between two barriers. cpu_value is the same over the CPU time of the rank that used the
+ * most: on a machine shared with other jobs it estimates what an idle one would show (a
+ * rank's waits count when it spins, not when it sleeps). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +29,13 @@ static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* Sorts @p v. */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof v[0], cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static int rank, size;
@@ -53,9 +65,15 @@ int main(int argc, char **argv)
     int rounds = 5;
     double round_s = 1.0;
     size_t bucket = 0;
+    int reduce = 1;
     const char *name = argc > 1 ? argv[1] : "";
-    for (int i = 2; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--rounds"))
+    for (int i = 2; i < argc; i += 2) {
+        if (!strcmp(argv[i], "--no-reduce")) {
+            reduce = 0;
+            i--;
+        } else if (i + 1 == argc)
+            break;
+        else if (!strcmp(argv[i], "--rounds"))
             rounds = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--round-seconds"))
             round_s = atof(argv[i + 1]);
@@ -80,7 +98,7 @@ int main(int argc, char **argv)
         die("the global batch does not split evenly over the ranks", TLEARN_EINVAL);
     size_t share = c.batch / (size_t)size;
     tlearn_mpi *a = NULL;
-    if (size > 1 && (rc = tlearn_mpi_attach(c.m, MPI_COMM_WORLD, 120.0, bucket, 0, 1, &a)))
+    if (size > 1 && reduce && (rc = tlearn_mpi_attach(c.m, MPI_COMM_WORLD, 120.0, bucket, 0, 1, &a)))
         die("attach", rc);
 
     /* Warm-up (plans, gradients, the staging buffer), then the steps per round. */
@@ -92,22 +110,23 @@ int main(int argc, char **argv)
     per_round = per_round < 3 ? 3 : per_round;
     MPI_Bcast(&per_round, 1, MPI_LONG, 0, MPI_COMM_WORLD);
 
-    double rate[100];
+    double rate[100], cpu_rate[100];
     for (int r = 0; r < rounds; r++) {
         MPI_Barrier(MPI_COMM_WORLD);
-        double start = bench_now();
+        double start = bench_now(), cpu0 = bench_cpu_now();
         for (long s = 0; s < per_round; s++)
             if ((rc = step(&c, share)))
                 die("step", rc);
-        MPI_Barrier(MPI_COMM_WORLD);
+        double cpu = bench_cpu_now() - cpu0, most;
+        MPI_Allreduce(&cpu, &most, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
         rate[r] = (double)per_round / (bench_now() - start);
+        cpu_rate[r] = (double)per_round / most;
     }
-    qsort(rate, (size_t)rounds, sizeof rate[0], cmp_double);
-    double med = rounds % 2 ? rate[rounds / 2] : 0.5 * (rate[rounds / 2 - 1] + rate[rounds / 2]);
+    double med = median(rate, rounds), cpu_med = median(cpu_rate, rounds);
     if (rank == 0)
-        printf("mpi workload=%s ranks=%d value=%.4g unit=steps/s rounds=%d spread=%.3g "
-               "bucket=%zu share=%zu\n", name, size, med, rounds,
-               (rate[rounds - 1] - rate[0]) / med, bucket, share);
+        printf("mpi workload=%s ranks=%d value=%.4g cpu_value=%.4g unit=steps/s rounds=%d "
+               "spread=%.3g bucket=%zu share=%zu reduce=%d\n", name, size, med, cpu_med,
+               rounds, (rate[rounds - 1] - rate[0]) / med, bucket, share, reduce);
     tlearn_mpi_detach(&a);
     bench_teardown(&c);
     MPI_Finalize();
