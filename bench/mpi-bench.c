@@ -2,12 +2,14 @@
  * processes"; bench/mpi-scaling.py runs it beside PyTorch DDP):
  *
  *   mpirun -np P mpi-bench WORKLOAD [--rounds R] [--round-seconds S] [--bucket FLOATS]
- *                          [--no-reduce]
+ *                          [--no-reduce | --exchange-only]
  *
  * WORKLOAD is a training workload of tlearn-bench (mlp_adam_b64, cnn_full_b64, ...): its
  * global batch (64) is split evenly over the P ranks, each at 1 thread. With P = 1 no
  * reducer is attached: the one-process path, the baseline. --no-reduce trains every rank on
- * its share alone (no exchange: what the scaling would be with free communication).
+ * its share alone (no exchange: what the scaling would be with free communication);
+ * --exchange-only times MPI alone: one MPI_Iallreduce of as many floats as the model
+ * trains, finished by MPI_Test polling (value: exchanges per second).
  * Rank 0 prints
  *
  *   mpi workload=cnn_full_b64 ranks=2 value=... unit=steps/s rounds=R spread=... bucket=...
@@ -65,11 +67,12 @@ int main(int argc, char **argv)
     int rounds = 5;
     double round_s = 1.0;
     size_t bucket = 0;
-    int reduce = 1;
+    int reduce = 1, exchange_only = 0;
     const char *name = argc > 1 ? argv[1] : "";
     for (int i = 2; i < argc; i += 2) {
-        if (!strcmp(argv[i], "--no-reduce")) {
-            reduce = 0;
+        if (!strcmp(argv[i], "--no-reduce") || !strcmp(argv[i], "--exchange-only")) {
+            reduce = argv[i][2] != 'n';
+            exchange_only = argv[i][2] == 'e';
             i--;
         } else if (i + 1 == argc)
             break;
@@ -101,6 +104,43 @@ int main(int argc, char **argv)
     if (size > 1 && reduce && (rc = tlearn_mpi_attach(c.m, MPI_COMM_WORLD, 120.0, bucket, 0, 1, &a)))
         die("attach", rc);
 
+    if (exchange_only) {
+        int nt = 0;
+        size_t floats = 0;
+        tlearn_model_tensor_count(c.m, &nt);
+        for (int t = 0; t < nt; t++) {
+            size_t numel = 0;
+            tlearn_model_tensor_info(c.m, t, NULL, &numel, NULL, NULL);
+            floats += numel; /* these workloads have no buffers and nothing frozen */
+        }
+        float *g = calloc(floats, sizeof *g);
+        double rate[100], cpu_rate[100];
+        for (int r = 0; r < rounds && g; r++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            double start = bench_now(), cpu0 = bench_cpu_now();
+            long k = 0;
+            for (int go = 1; go; k++) {
+                MPI_Request q;
+                int done = 0;
+                MPI_Iallreduce(MPI_IN_PLACE, g, (int)floats, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                               &q);
+                while (!done)
+                    MPI_Test(&q, &done, MPI_STATUS_IGNORE);
+                go = k < 2 || bench_now() - start < round_s;
+                MPI_Bcast(&go, 1, MPI_INT, 0, MPI_COMM_WORLD); /* rank 0 decides */
+            }
+            rate[r] = (double)k / (bench_now() - start);
+            cpu_rate[r] = (double)k / (bench_cpu_now() - cpu0);
+        }
+        if (rank == 0 && g)
+            printf("mpi workload=%s ranks=%d exchange_floats=%zu value=%.4g cpu_value=%.4g "
+                   "unit=exchanges/s rounds=%d\n", name, size, floats, median(rate, rounds),
+                   median(cpu_rate, rounds), rounds);
+        free(g);
+        bench_teardown(&c);
+        MPI_Finalize();
+        return 0;
+    }
     /* Warm-up (plans, gradients, the staging buffer), then the steps per round. */
     double t0 = bench_now();
     for (int s = 0; s < 3; s++)

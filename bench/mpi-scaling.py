@@ -27,8 +27,10 @@ per second of wall time: what counts, on an idle machine) and time=cpu (steps pe
 of the CPU time of the busiest rank or process: on a machine with other jobs running, 2
 ranks compete with them for the 2 cores and wait for each other's time slices, and the
 CPU-time rates estimate what an idle machine would show; waits count when they spin, not
-when they sleep, so they flatter both sides' 2-process figures somewhat). Take the
-figures on an idle machine.
+when they sleep, so they flatter both sides' 2-process figures somewhat). A third line,
+exchange, times one MPI_Iallreduce of the gradient's size alone (mpi-bench
+--exchange-only): the floor MPI sets on this machine. Take the figures on an idle
+machine.
 """
 import argparse
 import importlib.util
@@ -139,12 +141,12 @@ def parse_fields(line):
     return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
 
 
-def run_tlearn(mpirun, exe, name, ranks, rounds, round_s, bucket):
+def run_tlearn(mpirun, exe, name, ranks, rounds, round_s, bucket, extra=()):
     root = ["--allow-run-as-root"] if os.getuid() == 0 else []
     cmd = [mpirun, *root, "--oversubscribe", "-np", str(ranks), "--bind-to", "none",
            "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "none",
            "-x", "OMP_NUM_THREADS=1", exe, name, "--rounds", str(rounds),
-           "--round-seconds", str(round_s), "--bucket", str(bucket)]
+           "--round-seconds", str(round_s), "--bucket", str(bucket), *extra]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900).stdout
     line = [ln for ln in out.splitlines() if ln.startswith("mpi ")][-1]
     f = parse_fields(line)
@@ -219,6 +221,11 @@ def main():
                   f"torch_speedup={ps:.3f} ratio_2x1={m['tlearn_2x1'] / m['torch_ddp_2x1']:.3f} "
                   f"unit=steps/s repeats={args.repeats}", flush=True)
             rows.append((w, what, m, ts, ps))
+        # The floor MPI sets: one MPI_Iallreduce of the gradient, nothing else.
+        ex, ex_cpu = run_tlearn(mpirun, exe, w, 2, args.rounds, args.round_seconds, 0,
+                                ["--exchange-only"])
+        print(f"exchange workload={w} ranks=2 wall_ms={1e3 / ex:.3g} cpu_ms={1e3 / ex_cpu:.3g} "
+              f"(one MPI_Iallreduce of the trainable parameters' size)", flush=True)
     print("\n| workload | time | libtlearn 1x1 | libtlearn 2x1 | speedup | torch 1x1 | DDP 2x1 | "
           "speedup | libtlearn/DDP at 2x1 |")
     print("|---|---|---|---|---|---|---|---|---|")
