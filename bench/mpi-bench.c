@@ -101,7 +101,8 @@ int main(int argc, char **argv)
         die("the global batch does not split evenly over the ranks", TLEARN_EINVAL);
     size_t share = c.batch / (size_t)size;
     tlearn_mpi *a = NULL;
-    if (size > 1 && reduce && (rc = tlearn_mpi_attach(c.m, MPI_COMM_WORLD, 120.0, bucket, 0, 1, &a)))
+    if (size > 1 && reduce &&
+        (rc = tlearn_mpi_attach(c.m, MPI_COMM_WORLD, 120.0, bucket, 0, 1, &a)))
         die("attach", rc);
 
     if (exchange_only) {

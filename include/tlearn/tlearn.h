@@ -2284,11 +2284,12 @@ enum tlearn_reduce_flag {
  * with it each such layer adds two small sums in forward (the per-channel sums and
  * count, then the squared deviations about the common mean) and one in backward, each
  * finished before the layer goes on, and the running statistics fold the global batch's
- * mean and variance (unbiased over every worker's count). Dropout and tlearn_model_fit()'s shuffling draw from each
- * model's seed: seed each worker differently (tlearn_model_set_seed() after building)
- * for different masks. A worker whose call fails before backward (invalid labels) makes
- * no reduce calls, so the others see their wait time out; a non-finite loss on one worker
- * still takes part and every worker then returns TLEARN_ENONFINITE.
+ * mean and variance (unbiased over every worker's count). Dropout and
+ * tlearn_model_fit()'s shuffling draw from each model's seed: seed each worker
+ * differently (tlearn_model_set_seed() after building) for different masks. A worker
+ * whose call fails before backward (invalid labels) makes no reduce calls, so the others
+ * see their wait time out; a non-finite loss on one worker still takes part and every
+ * worker then returns TLEARN_ENONFINITE.
  *
  * @param reduce         NULL removes the reducer (one process again); the others are
  *                       then ignored.

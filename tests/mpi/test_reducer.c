@@ -13,6 +13,7 @@ typedef struct fake {
     size_t count[MAXCALLS];
     float add;      /* what the other worker contributes to every element */
     int twin;       /* the other worker holds this one's values (a duplicated batch) */
+    size_t only[2]; /* when set: add only to calls of these counts */
     int wait_rc;    /* what wait returns */
 } fake;
 
@@ -24,6 +25,8 @@ static int fake_reduce(void *user, int bucket, float *data, size_t count)
         f->count[f->ncalls] = count;
     }
     f->ncalls++;
+    if (f->only[0] && count != f->only[0] && count != f->only[1])
+        return TLEARN_OK;
     for (size_t i = 0; i < count; i++)
         data[i] += f->twin ? data[i] : f->add; /* this worker's value plus the other's */
     return TLEARN_OK;
@@ -261,6 +264,62 @@ static void test_metrics_counts(void **state)
     tlearn_model_destroy(&a);
 }
 
+static int on_epoch(const tlearn_epoch *e, void *user)
+{
+    double *out = user;
+    OK(tlearn_epoch_get(e, TLEARN_METRIC_VAL_ACCURACY, &out[0]));
+    OK(tlearn_epoch_get(e, TLEARN_METRIC_VAL_MACRO_F1, &out[1]));
+    return 0;
+}
+
+/* fit_run's validation with TLEARN_REDUCE_EVALUATE: the other worker adds 2 to the sums
+ * and counts (6 floats) and to every confusion cell (16), nothing to the gradients. The
+ * accuracy is (hits + 2) / (n + 2) and the macro F1 that of the confusion matrix + 2,
+ * computed here in double from a twin's confusion matrix (same weights: one worker). */
+static void test_fit_run_validation(void **state)
+{
+    (void)state;
+    tlearn_model *a = make_model(), *b = make_model();
+    fake f = {0};
+    f.add = 2.0f;
+    f.only[0] = 6;
+    f.only[1] = 16;
+    OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 1, 0, TLEARN_REDUCE_EVALUATE));
+    tlearn_fit *fit;
+    OK(tlearn_fit_create(&fit));
+    OK(tlearn_fit_set(fit, TLEARN_FIT_BATCH, N));
+    OK(tlearn_fit_set(fit, TLEARN_FIT_SHUFFLE, 0));
+    OK(tlearn_fit_set_validation(fit, X, N * 50, Y, N, N));
+    double ra[2], rb[2];
+    tlearn_optim *oa = sgd(0.1), *ob = sgd(0.1);
+    OK(tlearn_fit_set_callbacks(fit, NULL, on_epoch, ra));
+    OK(tlearn_model_fit_run(a, oa, fit, X, Y, N));
+    OK(tlearn_fit_set_callbacks(fit, NULL, on_epoch, rb));
+    OK(tlearn_model_fit_run(b, ob, fit, X, Y, N));
+    int64_t cm[16];
+    float acc;
+    OK(tlearn_model_evaluate(b, X, Y, N, NULL, &acc));
+    OK(tlearn_model_evaluate_classes(b, X, Y, N, 1, NULL, cm, NULL, NULL, NULL, 4));
+    assert_true(fabs(rb[0] - acc) < 1e-6);
+    assert_true(fabs(ra[0] - ((double)acc * N + 2.0) / (N + 2.0)) < 1e-6);
+    double f1 = 0;
+    for (int c = 0; c < 4; c++) {
+        double tp = (double)cm[c * 4 + c] + 2, pred = 0, actual = 0;
+        for (int j = 0; j < 4; j++) {
+            pred += (double)cm[j * 4 + c] + 2;
+            actual += (double)cm[c * 4 + j] + 2;
+        }
+        double p = tp / pred, r = tp / actual;
+        f1 += 2 * p * r / (p + r) / 4;
+    }
+    assert_true(fabs(ra[1] - f1) < 1e-6);
+    tlearn_fit_destroy(&fit);
+    tlearn_optim_destroy(&oa);
+    tlearn_optim_destroy(&ob);
+    tlearn_model_destroy(&a);
+    tlearn_model_destroy(&b);
+}
+
 /* (2, 5, 5) -> conv c1 (3) -> bn1 -> relu -> flatten (27) -> fc1 (5) -> bn2 -> fc2 (4) */
 static tlearn_model *make_bn_model(void)
 {
@@ -412,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_failure_changes_nothing),
         cmocka_unit_test(test_evaluate_counts),
         cmocka_unit_test(test_metrics_counts),
+        cmocka_unit_test(test_fit_run_validation),
         cmocka_unit_test(test_sync_batchnorm),
         cmocka_unit_test(test_sync_batchnorm_failure),
         cmocka_unit_test(test_arguments),
