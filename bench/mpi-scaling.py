@@ -110,8 +110,9 @@ def torch_worker(name, rank, world, port, rounds, round_s):
         print(f"torch workload={name} processes={world} value={statistics.median(rates):.4g} "
               f"cpu_value={statistics.median(cpu_rates):.4g} unit=steps/s rounds={rounds}",
               flush=True)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    # Leave at once: gloo's teardown can wait on a peer that has already gone.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def free_port():
