@@ -2252,8 +2252,8 @@ typedef int (*tlearn_reduce_wait_fn)(void *user);
 /** What tlearn_model_set_reducer() sums besides gradients and the loss. @since 1.1 */
 enum tlearn_reduce_flag {
     TLEARN_REDUCE_EVALUATE = 1, /**< tlearn_model_evaluate() and the metrics calls (and
-                                     fit_run's validation): loss, accuracy, counts over the
-                                     examples of every worker */
+                                     fit_run's validation and train accuracy): loss,
+                                     accuracy, counts over the examples of every worker */
     TLEARN_REDUCE_FISHER = 2,   /**< tlearn_ewc_consolidate(): the Fisher over the examples
                                      of every worker */
     TLEARN_REDUCE_BATCHNORM = 4 /**< synchronised BatchNorm: in a training step's forward,

@@ -497,8 +497,13 @@ int tlearn_model_fit_run(tlearn_model *m, tlearn_optim *o, const tlearn_fit *f, 
             break;
         tl_sched_advance(o, TLEARN_SCHED_PER_EPOCH);
         put(&rec, TLEARN_METRIC_LOSS, loss_sum / (double)n);
-        if (r.ce)
-            put(&rec, TLEARN_METRIC_ACCURACY, (double)hits / (double)n);
+        if (r.ce) { /* over every worker's examples when asked, as validation is */
+            float v[2] = {(float)hits, (float)n};
+            if (tl_reduce_wants(m, TLEARN_REDUCE_EVALUATE) &&
+                (rc = tl_reduce_floats(fn, m, v, 2, "the training accuracy")))
+                break;
+            put(&rec, TLEARN_METRIC_ACCURACY, (double)v[0] / (double)v[1]);
+        }
         double lr, mom, b1;
         tl_optim_current(o, &lr, &mom, &b1);
         put(&rec, TLEARN_METRIC_LR, lr);

@@ -13,7 +13,7 @@ typedef struct fake {
     size_t count[MAXCALLS];
     float add;      /* what the other worker contributes to every element */
     int twin;       /* the other worker holds this one's values (a duplicated batch) */
-    size_t only[2]; /* when set: add only to calls of these counts */
+    size_t only[3]; /* when set: add only to calls of these counts */
     int wait_rc;    /* what wait returns */
 } fake;
 
@@ -25,7 +25,7 @@ static int fake_reduce(void *user, int bucket, float *data, size_t count)
         f->count[f->ncalls] = count;
     }
     f->ncalls++;
-    if (f->only[0] && count != f->only[0] && count != f->only[1])
+    if (f->only[0] && count != f->only[0] && count != f->only[1] && count != f->only[2])
         return TLEARN_OK;
     for (size_t i = 0; i < count; i++)
         data[i] += f->twin ? data[i] : f->add; /* this worker's value plus the other's */
@@ -269,13 +269,15 @@ static int on_epoch(const tlearn_epoch *e, void *user)
     double *out = user;
     OK(tlearn_epoch_get(e, TLEARN_METRIC_VAL_ACCURACY, &out[0]));
     OK(tlearn_epoch_get(e, TLEARN_METRIC_VAL_MACRO_F1, &out[1]));
+    OK(tlearn_epoch_get(e, TLEARN_METRIC_ACCURACY, &out[2]));
     return 0;
 }
 
-/* fit_run's validation with TLEARN_REDUCE_EVALUATE: the other worker adds 2 to the sums
- * and counts (6 floats) and to every confusion cell (16), nothing to the gradients. The
- * accuracy is (hits + 2) / (n + 2) and the macro F1 that of the confusion matrix + 2,
- * computed here in double from a twin's confusion matrix (same weights: one worker). */
+/* fit_run's metrics with TLEARN_REDUCE_EVALUATE: the other worker adds 2 to validation's
+ * sums and counts (6 floats), to every confusion cell (16) and to the training hits and
+ * count (2), nothing to the gradients. Accuracies are (hits + 2) / (n + 2) and the macro
+ * F1 that of the confusion matrix + 2, computed here in double from a twin's figures (same
+ * weights: one worker). */
 static void test_fit_run_validation(void **state)
 {
     (void)state;
@@ -284,13 +286,14 @@ static void test_fit_run_validation(void **state)
     f.add = 2.0f;
     f.only[0] = 6;
     f.only[1] = 16;
+    f.only[2] = 2;
     OK(tlearn_model_set_reducer(a, fake_reduce, fake_wait, &f, 1, 0, TLEARN_REDUCE_EVALUATE));
     tlearn_fit *fit;
     OK(tlearn_fit_create(&fit));
     OK(tlearn_fit_set(fit, TLEARN_FIT_BATCH, N));
     OK(tlearn_fit_set(fit, TLEARN_FIT_SHUFFLE, 0));
     OK(tlearn_fit_set_validation(fit, X, N * 50, Y, N, N));
-    double ra[2], rb[2];
+    double ra[3], rb[3];
     tlearn_optim *oa = sgd(0.1), *ob = sgd(0.1);
     OK(tlearn_fit_set_callbacks(fit, NULL, on_epoch, ra));
     OK(tlearn_model_fit_run(a, oa, fit, X, Y, N));
@@ -313,6 +316,8 @@ static void test_fit_run_validation(void **state)
         f1 += 2 * p * r / (p + r) / 4;
     }
     assert_true(fabs(ra[1] - f1) < 1e-6);
+    assert_true(fabs(ra[2] - (rb[2] * N + 2.0) / (N + 2.0)) < 1e-9);
+    assert_true(fabs(rb[2] * N - round(rb[2] * N)) < 1e-9); /* hits of the twin's step */
     tlearn_fit_destroy(&fit);
     tlearn_optim_destroy(&oa);
     tlearn_optim_destroy(&ob);
