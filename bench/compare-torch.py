@@ -64,6 +64,20 @@ BATCH = {w: b for w, _, b in WORKLOADS}
 # --------------------------------------------------------------------------------------
 # PyTorch side
 
+def torch_net(name):
+    """The workload's network in PyTorch and the shape of one input (also used by
+    mpi-scaling.py)."""
+    from torch import nn
+
+    if name.startswith("mlp"):
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(),
+                             nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)), (784,)
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)), (1, 28, 28)
+
+
 def torch_setup(name, threads):
     """Build the workload in PyTorch; returns a callable doing one unit of work."""
     import torch
@@ -73,16 +87,8 @@ def torch_setup(name, threads):
     torch.manual_seed(0)
     batch = BATCH[name]
     nbatches = 64 if name == "cnn_partial_b1" else 4
-    if name.startswith("mlp"):
-        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(),
-                              nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
-        xs = torch.rand(nbatches, batch, 784)
-    else:
-        model = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-        xs = torch.rand(nbatches, batch, 1, 28, 28)
+    model, shape = torch_net(name)
+    xs = torch.rand(nbatches, batch, *shape)
     ys = torch.randint(0, 10, (nbatches, batch))
     state = {"i": 0}
 

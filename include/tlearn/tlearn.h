@@ -2372,10 +2372,16 @@ typedef int (*tlearn_reduce_wait_fn)(void *user);
 
 /** What tlearn_model_set_reducer() sums besides gradients and the loss. @since 1.1 */
 enum tlearn_reduce_flag {
-    TLEARN_REDUCE_EVALUATE = 1, /**< tlearn_model_evaluate(): loss and accuracy over the
-                                     examples of every worker */
-    TLEARN_REDUCE_FISHER = 2    /**< tlearn_ewc_consolidate(): the Fisher over the examples
+    TLEARN_REDUCE_EVALUATE = 1, /**< tlearn_model_evaluate() and the metrics calls (and
+                                     fit_run's validation and train accuracy): loss,
+                                     accuracy, counts over the examples of every worker */
+    TLEARN_REDUCE_FISHER = 2,   /**< tlearn_ewc_consolidate(): the Fisher over the examples
                                      of every worker */
+    TLEARN_REDUCE_BATCHNORM = 4 /**< synchronised BatchNorm: in a training step's forward,
+                                     every batchnorm in training mode normalises by the
+                                     mean and variance over every worker's share (and its
+                                     backward sums its per-channel sums likewise), so the
+                                     running statistics agree too. @since 1.1 */
 };
 
 /**
@@ -2393,12 +2399,18 @@ enum tlearn_reduce_flag {
  * the mean over the global batch: N workers with batch b give the weights of one process
  * with batch N*b (to float rounding of the sums), and the reported loss is the mean over
  * the global batch (plus the EWC/L2-SP penalty, the same on every worker). Batch
- * statistics are not synchronised: batchnorm in training mode normalises each worker's
- * share by its own statistics. Dropout and tlearn_model_fit()'s shuffling draw from each
- * model's seed: seed each worker differently (tlearn_model_set_seed() after building)
- * for different masks. A worker whose call fails before backward (invalid labels) makes
- * no reduce calls, so the others see their wait time out; a non-finite loss on one worker
- * still takes part and every worker then returns TLEARN_ENONFINITE.
+ * statistics are synchronised only with TLEARN_REDUCE_BATCHNORM: without it batchnorm in
+ * training mode normalises each worker's share by its own statistics (cheaper: no
+ * exchange inside forward, but the result is that of N batches of b, not one of N*b);
+ * with it each such layer adds two small sums in forward (the per-channel sums and
+ * count, then the squared deviations about the common mean) and one in backward, each
+ * finished before the layer goes on, and the running statistics fold the global batch's
+ * mean and variance (unbiased over every worker's count). Dropout and
+ * tlearn_model_fit()'s shuffling draw from each model's seed: seed each worker
+ * differently (tlearn_model_set_seed() after building) for different masks. A worker
+ * whose call fails before backward (invalid labels) makes no reduce calls, so the others
+ * see their wait time out; a non-finite loss on one worker still takes part and every
+ * worker then returns TLEARN_ENONFINITE.
  *
  * @param reduce         NULL removes the reducer (one process again); the others are
  *                       then ignored.

@@ -49,7 +49,8 @@ typedef struct tlearn_mpi tlearn_mpi;
  * @param comm             communicator of the ranks that train together; not freed.
  * @param timeout_seconds  bound on each wait, > 0 (e.g. 60).
  * @param bucket_floats    floats per bucket, 0 for libtlearn's default (4 MB).
- * @param flags            TLEARN_REDUCE_* values or-ed (evaluate, Fisher), or 0.
+ * @param flags            TLEARN_REDUCE_* values or-ed (evaluate, Fisher, synchronised
+ *                         BatchNorm), or 0.
  * @param seed             base of the per-rank seeds.
  * @param out              receives the attachment; free with tlearn_mpi_detach().
  * @return TLEARN_OK, TLEARN_EINVAL, TLEARN_ENOMEM, TLEARN_ESTATE (the ranks' models

@@ -148,6 +148,11 @@ typedef struct tl_exec {
     float *scratch;   /* temporary floats, at least scratch_floats() of every layer */
     int epilogue;     /* TL_EPILOGUE_* folded into this forward */
     int prepared;     /* prepare() ran for this run of forwards: L->prepared is current */
+    /* Synchronised batch statistics (TLEARN_REDUCE_BATCHNORM): sums @p count floats in
+     * place across the workers and returns when done, or a status (the step then fails
+     * as a whole, so a layer may go on with the values it has). NULL: one process. */
+    int (*sum)(void *ctx, float *data, size_t count);
+    void *sum_ctx;
 } tl_exec;
 
 typedef struct tl_layer tl_layer;

@@ -160,6 +160,9 @@ struct tlearn_model {
      * it after each trainable layer's backward so the gradients travel while backward
      * goes on. NULL otherwise (EWC's per-example backward, inference). */
     void (*grads_ready)(tlearn_model *m, int layer);
+    /* Set by train/reduce.c for a training step's forward and backward with synchronised
+     * BatchNorm: tl_exec.sum, with the model as its context. NULL otherwise. */
+    int (*batch_sum)(void *m, float *data, size_t count);
     char *tensor_names;   /* "layer.param" names for tensor_info, TL_TENSOR_NAME_MAX bytes
                            * each; built on demand, dropped when the layers change */
 };

@@ -67,7 +67,7 @@ int tl_model_epilogue(const tlearn_model *m, int first_bwd, int i, int to, int *
 static void forward_on(tlearn_model *m, tl_plan *p, const tl_blas *blas, const tl_feed *x,
                        size_t n, int training, int from, int to, int prepared)
 {
-    tl_exec ex = {blas, &m->rng, training, 0, p->scratch, 0, prepared};
+    tl_exec ex = {blas, &m->rng, training, 0, p->scratch, 0, prepared, m->batch_sum, m};
     p->fwd_training = training;
     for (int i = from; i <= to; i++) {
         tl_layer *L = m->layers[i];
@@ -106,7 +106,7 @@ void tl_model_backward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, 
     int last = -1;
     for (int k = 0; k < nseeded; k++)
         last = seeded[k] > last ? seeded[k] : last;
-    tl_exec ex = {m->blas, &m->rng, p->fwd_training, 1, p->scratch, 0, 0};
+    tl_exec ex = {m->blas, &m->rng, p->fwd_training, 1, p->scratch, 0, 0, m->batch_sum, m};
     int stop = p->first_bwd > from ? p->first_bwd : from;
     /* written[-1]: the first model input's gradient; other inputs get none (grad_buffer) */
     int *written = p->dout_written + 1;
@@ -250,7 +250,7 @@ int tl_model_infer(tlearn_model *m, const tl_feed *x, size_t n, int from, int to
     size_t cap = n < chunk ? n : chunk, nchunks = (n + cap - 1) / cap;
     size_t most = m->threads < TL_MAX_WORKERS ? (size_t)m->threads : TL_MAX_WORKERS;
     int nw = (int)(nchunks < most ? nchunks : most);
-    tl_exec ex = {m->blas, &m->rng, training, 0, NULL, 0, 0};
+    tl_exec ex = {m->blas, &m->rng, training, 0, NULL, 0, 0, NULL, NULL};
     for (int i = from; i <= to; i++) {
         tl_layer *L = m->layers[i];
         int rc = L->ops->prepare ? L->ops->prepare(L, &ex) : TLEARN_OK;

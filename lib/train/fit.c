@@ -404,12 +404,10 @@ static int validate(run *r, tlearn_epoch *e, int32_t *pred, int64_t *cm)
         put(e, TLEARN_METRIC_VAL_MAE, v.abs);
         return TLEARN_OK;
     }
-    put(e, TLEARN_METRIC_VAL_ACCURACY, (double)v.hits / (double)f->vn);
-    put(e, TLEARN_METRIC_VAL_TOP_K, (double)v.topk / (double)f->vn);
-    memset(cm, 0, r->osz * r->osz * sizeof *cm);
-    const int32_t *lab = f->vy;
-    for (size_t i = 0; i < f->vn; i++)
-        cm[(size_t)lab[i] * r->osz + (size_t)pred[i]]++;
+    put(e, TLEARN_METRIC_VAL_ACCURACY, v.hits / v.count);
+    put(e, TLEARN_METRIC_VAL_TOP_K, v.topk / v.count);
+    if ((rc = tl_eval_confusion(r->fn, r->m, f->vy, pred, f->vn, r->osz, cm)))
+        return rc;
     double f1sum = 0;
     for (size_t c = 0; c < r->osz; c++) {
         double p, rec, f1;
@@ -499,8 +497,13 @@ int tlearn_model_fit_run(tlearn_model *m, tlearn_optim *o, const tlearn_fit *f, 
             break;
         tl_sched_advance(o, TLEARN_SCHED_PER_EPOCH);
         put(&rec, TLEARN_METRIC_LOSS, loss_sum / (double)n);
-        if (r.ce)
-            put(&rec, TLEARN_METRIC_ACCURACY, (double)hits / (double)n);
+        if (r.ce) { /* over every worker's examples when asked, as validation is */
+            float v[2] = {(float)hits, (float)n};
+            if (tl_reduce_wants(m, TLEARN_REDUCE_EVALUATE) &&
+                (rc = tl_reduce_floats(fn, m, v, 2, "the training accuracy")))
+                break;
+            put(&rec, TLEARN_METRIC_ACCURACY, (double)v[0] / (double)v[1]);
+        }
         double lr, mom, b1;
         tl_optim_current(o, &lr, &mom, &b1);
         put(&rec, TLEARN_METRIC_LR, lr);

@@ -21,6 +21,7 @@ static void cls_chunk(void *ctx, int worker, size_t start, size_t n, float *cons
     const float *z = outs[c->output];
     tl_eval *s = &c->sums[worker];
     double den;
+    s->count += (double)n;
     s->loss += tl_loss_ce_sum(c->m, z, c->labels + start, n, c->classes, NULL, &den);
     s->den += den;
     for (size_t i = 0; i < n; i++, z += c->classes) {
@@ -48,6 +49,7 @@ static void reg_chunk(void *ctx, int worker, size_t start, size_t n, float *cons
         s->abs += fabs(d);
     }
     s->den += (double)(n * (size_t)c->classes);
+    s->count += (double)n;
 }
 
 int tl_eval_run(const char *fn, tlearn_model *m, const float *x, const int32_t *labels,
@@ -68,12 +70,40 @@ int tl_eval_run(const char *fn, tlearn_model *m, const float *x, const int32_t *
         out->abs += sums[w].abs;
         out->hits += sums[w].hits;
         out->topk += sums[w].topk;
+        out->count += sums[w].count;
+    }
+    if (tl_reduce_wants(m, TLEARN_REDUCE_EVALUATE)) { /* over every worker's examples */
+        float v[6] = {(float)out->loss, (float)out->den, (float)out->abs, (float)out->hits,
+                      (float)out->topk, (float)out->count};
+        if ((rc = tl_reduce_floats(fn, m, v, 6, "the evaluation sums")))
+            return rc;
+        *out = (tl_eval){v[0], v[1], v[2], v[3], v[4], v[5]};
     }
     out->abs /= out->den;
     out->loss /= out->den;
     if (!isfinite(out->loss))
         return tl_fail(TLEARN_ENONFINITE, "%s: the loss is not finite", fn);
     return TLEARN_OK;
+}
+
+int tl_eval_confusion(const char *fn, tlearn_model *m, const int32_t *labels,
+                      const int32_t *pred, size_t n, size_t classes, int64_t *cm)
+{
+    memset(cm, 0, classes * classes * sizeof *cm);
+    for (size_t i = 0; i < n; i++)
+        cm[(size_t)labels[i] * classes + (size_t)pred[i]]++;
+    if (!tl_reduce_wants(m, TLEARN_REDUCE_EVALUATE))
+        return TLEARN_OK;
+    float *v = tl_alloc_array(classes * classes, sizeof *v);
+    if (!v)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
+    for (size_t i = 0; i < classes * classes; i++)
+        v[i] = (float)cm[i];
+    int rc = tl_reduce_floats(fn, m, v, classes * classes, "the confusion matrix");
+    for (size_t i = 0; i < classes * classes && !rc; i++)
+        cm[i] = (int64_t)v[i];
+    tl_free(v);
+    return rc;
 }
 
 void tl_class_scores(const int64_t *cm, int classes, int c, double *p, double *r, double *f1)
@@ -113,12 +143,11 @@ int tlearn_model_evaluate_classes(tlearn_model *m, const float *x, const int32_t
         rc = tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
     if (!rc)
         rc = tl_eval_run(fn, m, x, labels, NULL, n, k, pred, &e);
+    if (!rc)
+        rc = tl_eval_confusion(fn, m, labels, pred, n, osz, cm);
     if (!rc) {
-        memset(cm, 0, osz * osz * sizeof *cm);
-        for (size_t i = 0; i < n; i++)
-            cm[(size_t)labels[i] * osz + (size_t)pred[i]]++;
         if (topk)
-            *topk = (float)((double)e.topk / (double)n);
+            *topk = (float)(e.topk / e.count);
         if (confusion)
             memcpy(confusion, cm, osz * osz * sizeof *cm);
         for (size_t c = 0; c < osz; c++) {

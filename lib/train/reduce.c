@@ -1,7 +1,8 @@
 /* Data parallelism through a host-registered reducer (tlearn_model_set_reducer): each
  * worker's step hands its trainable gradients, in buckets as backward produces them, then
- * the loss, to the reducer; after its wait the sums are divided by the worker count. The
- * reducer knows nothing of the model and libtlearn nothing of MPI. */
+ * the loss, to the reducer; after its wait the sums are divided by the worker count. With
+ * synchronised BatchNorm the layers' batch sums go through it too, during forward and
+ * backward. The reducer knows nothing of the model and libtlearn nothing of MPI. */
 #include <string.h>
 
 #include "train.h"
@@ -31,7 +32,7 @@ int tlearn_model_set_reducer(tlearn_model *m, tlearn_reduce_fn reduce, tlearn_re
         return tl_fail(TLEARN_EINVAL, "%s: wait is NULL", fn);
     if (workers < 1 || workers > 65536)
         return tl_fail(TLEARN_EINVAL, "%s: workers is %d, must be in 1..65536", fn, workers);
-    if (flags & ~(TLEARN_REDUCE_EVALUATE | TLEARN_REDUCE_FISHER))
+    if (flags & ~(TLEARN_REDUCE_EVALUATE | TLEARN_REDUCE_FISHER | TLEARN_REDUCE_BATCHNORM))
         return tl_fail(TLEARN_EINVAL, "%s: unknown flags 0x%x", fn, (unsigned)flags);
     if (!m->reducer && !(m->reducer = tl_alloc_zero(sizeof *m->reducer)))
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
@@ -86,6 +87,20 @@ static void grads_ready(tlearn_model *m, int i)
     }
 }
 
+/* Synchronised BatchNorm: a layer's sum, finished before the layer goes on (so it also
+ * waits for the gradient buckets started before it). After a failure it sends nothing
+ * more; tl_reduce_end reports the failure. */
+static int batch_sum(void *ctx, float *data, size_t count)
+{
+    tl_reducer *r = ((tlearn_model *)ctx)->reducer;
+    send(r, data, count);
+    if (!r->rc) {
+        int rc = r->wait(r->user);
+        r->rc = rc > 0 ? TLEARN_EIO : rc;
+    }
+    return r->rc;
+}
+
 int tl_reduce_begin(const char *fn, tlearn_model *m)
 {
     tl_reducer *r = m->reducer;
@@ -115,6 +130,7 @@ int tl_reduce_begin(const char *fn, tlearn_model *m)
     r->used = r->start = 0;
     r->norder = r->bucket = r->rc = 0;
     m->grads_ready = grads_ready;
+    m->batch_sum = r->flags & TLEARN_REDUCE_BATCHNORM ? batch_sum : NULL;
     return TLEARN_OK;
 }
 
@@ -135,6 +151,7 @@ int tl_reduce_end(const char *fn, tlearn_model *m, double *loss)
     if (!r)
         return TLEARN_OK;
     m->grads_ready = NULL;
+    m->batch_sum = NULL;
     send(r, r->buf + r->start, r->used - r->start);
     r->extra[0] = (float)*loss;
     send(r, r->extra, 1);
@@ -163,6 +180,7 @@ int tl_reduce_end(const char *fn, tlearn_model *m, double *loss)
 void tl_reduce_abandon(tlearn_model *m)
 {
     m->grads_ready = NULL;
+    m->batch_sum = NULL;
 }
 
 int tl_reduce_floats(const char *fn, tlearn_model *m, float *data, size_t count,

@@ -137,6 +137,11 @@ static int forward_backward(const char *fn, tlearn_model *m, const tl_feed *in,
     if (start < 0)
         return tl_fail_prefix(TLEARN_ENOMEM, "%s: ", fn);
     tl_feed mid = start > from ? tl_feed_one(p->out[start - 1], 0) : *in;
+    /* With a reducer (reduce.c) forward may sum batch statistics across workers and
+     * backward hands each layer's gradients on as it goes; a worker whose loss is not
+     * finite still takes part, so that all refuse together. */
+    if ((rc = tl_reduce_begin(fn, m)))
+        return rc;
     tl_model_forward(m, p, &mid, n, m->training, start, last);
     float *logits = p->out[last];
     float *dlogits = p->dout[last];
@@ -152,11 +157,7 @@ static int forward_backward(const char *fn, tlearn_model *m, const tl_feed *in,
     } else {
         l = tl_loss_mse(logits, t->values, n, osz, dlogits);
     }
-    /* With a reducer (reduce.c) backward hands each layer's gradients on as it goes, and
-     * a worker whose loss is not finite still takes part, so that all refuse together. */
     if (isfinite((float)l) || m->reducer) {
-        if ((rc = tl_reduce_begin(fn, m)))
-            return rc;
         if (dlogits)
             tl_model_backward(m, p, in, n, from, &last, 1, dx);
         if ((rc = tl_reduce_end(fn, m, &l)))

@@ -67,8 +67,8 @@ int tl_train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const float 
 int tl_train_backward(const char *fn, tlearn_model *m, const float *x, const int32_t *labels,
                       const float *targets, size_t n, double *loss);
 int tl_train_apply(const char *fn, tlearn_model *m, tlearn_optim *o);
-/* Data parallelism (reduce.c). A step calls tl_reduce_begin before backward (arming the
- * per-layer hook) and tl_reduce_end after it, which sums the gradients and *loss across
+/* Data parallelism (reduce.c). A step calls tl_reduce_begin before forward (arming the
+ * per-layer hook, and synchronised BatchNorm's sums) and tl_reduce_end after backward, which sums the gradients and *loss across
  * workers and leaves their averages; both do nothing without a reducer. After a failure
  * between the two, tl_reduce_abandon disarms the hook. */
 int tl_reduce_begin(const char *fn, tlearn_model *m);

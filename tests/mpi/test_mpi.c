@@ -3,6 +3,10 @@
  *             (computed on every rank beside the distributed run) after SGD-with-momentum
  *             and Adam steps; evaluate over both shares equals evaluate over the whole;
  *             rank 0's checkpoint resumes on both ranks; dropout masks differ per rank.
+ *   syncbn    a CNN with BatchNorm: with TLEARN_REDUCE_BATCHNORM 2 ranks with batch b end
+ *             with the weights and running statistics of one process with batch 2b; without
+ *             it they do not (the comparison can fail). Metrics (evaluate_classes,
+ *             evaluate_regression) and the EWC Fisher over the shares equal the whole's.
  *   mismatch  ranks holding different weights, or different shapes, are refused at attach
  *   fault     rank 1 leaves after two steps: rank 0's next step returns TLEARN_EIO within
  *             the timeout, its weights unchanged, its last checkpoint loadable.
@@ -189,6 +193,119 @@ static void run_equiv(const char *dir)
         unlink(path);
 }
 
+/* (2, 6, 6) -> conv c1 (4, 3x3, pad 1) -> bn1 -> relu -> flatten -> fc1 (16) -> bn2 -> relu
+ * -> fc2 (3) */
+static tlearn_model *make_bn_model(void)
+{
+    tlearn_model *m;
+    OK(tlearn_model_create(&m, 2, 6, 6));
+    OK(tlearn_model_set_seed(m, 21));
+    OK(tlearn_model_add_conv2d(m, "c1", 4, 3, 1, 1, 1));
+    OK(tlearn_model_add_batchnorm(m, "bn1", 1e-5f, 0.1f));
+    OK(tlearn_model_add_activation(m, "r1", TLEARN_ACT_RELU, 0.0f));
+    OK(tlearn_model_add_flatten(m, "flat"));
+    OK(tlearn_model_add_dense(m, "fc1", 16));
+    OK(tlearn_model_add_batchnorm(m, "bn2", 1e-5f, 0.1f));
+    OK(tlearn_model_add_activation(m, "r2", TLEARN_ACT_RELU, 0.0f));
+    OK(tlearn_model_add_dense(m, "fc2", CLASSES));
+    return m;
+}
+
+/* The largest difference of any tensor of a from b's, in units of the tolerance
+ * 2e-6 + 2e-5 |b| (same_weights' bound): <= 1 means equal to fp32 tolerance. */
+static double tolerance_units(tlearn_model *a, tlearn_model *b)
+{
+    int nt;
+    OK(tlearn_model_tensor_count(a, &nt));
+    double worst = 0;
+    for (int t = 0; t < nt; t++) {
+        const char *name;
+        size_t n;
+        OK(tlearn_model_tensor_info(a, t, &name, &n, NULL, NULL));
+        float *wa = malloc(n * sizeof *wa), *wb = malloc(n * sizeof *wb);
+        OK(tlearn_model_get_tensor(a, name, wa, n));
+        OK(tlearn_model_get_tensor(b, name, wb, n));
+        for (size_t i = 0; i < n; i++) {
+            double d = fabs((double)wa[i] - wb[i]) / (2e-6 + 2e-5 * fabs(wb[i]));
+            worst = d > worst ? d : worst;
+        }
+        free(wa);
+        free(wb);
+    }
+    return worst;
+}
+
+static void run_syncbn(void)
+{
+    tlearn_model *d = make_bn_model(), *p = make_bn_model(), *r = make_bn_model();
+    tlearn_mpi *a, *ap;
+    OK(tlearn_mpi_attach(d, MPI_COMM_WORLD, 30.0, 64, TLEARN_REDUCE_BATCHNORM |
+                         TLEARN_REDUCE_EVALUATE | TLEARN_REDUCE_FISHER, 7, &a));
+    OK(tlearn_mpi_attach(p, MPI_COMM_WORLD, 30.0, 64, 0, 7, &ap));
+    tlearn_optim *od = optim(TLEARN_SGD), *op = optim(TLEARN_SGD), *orf = optim(TLEARN_SGD);
+    float x[2 * B * IN];
+    int32_t y[2 * B];
+    for (int s = 0; s < 6; s++) {
+        batch(s, x, y);
+        float ld, lr;
+        OK(tlearn_model_train_step(d, od, x + rank * B * IN, y + rank * B, B, &ld));
+        OK(tlearn_model_train_step(p, op, x + rank * B * IN, y + rank * B, B, NULL));
+        OK(tlearn_model_train_step(r, orf, x, y, 2 * B, &lr));
+        CHECK(fabsf(ld - lr) <= 1e-5f * (1 + fabsf(lr)), "step %d: loss %.9g vs %.9g", s, ld, lr);
+    }
+    double ud = tolerance_units(d, r), up = tolerance_units(p, r);
+    if (rank == 0)
+        printf("rank 0: syncbn: largest difference from one process, in tolerance units: "
+               "%.3g with synchronised BatchNorm, %.3g without\n", ud, up);
+    CHECK(ud <= 1.0, "synchronised BatchNorm differs from one process: %.3g tolerances", ud);
+    CHECK(up > 100.0, "without synchronised BatchNorm the difference is only %.3g tolerances",
+          up);
+    OK(tlearn_mpi_check(a)); /* the ranks agree bit for bit, running statistics included */
+
+    /* Metrics and the EWC Fisher over both shares equal those over the whole set. */
+    batch(50, x, y);
+    float topd, topr, msed, maed, mser, maer;
+    int64_t cmd[CLASSES * CLASSES], cmr[CLASSES * CLASSES];
+    OK(tlearn_model_evaluate_classes(d, x + rank * B * IN, y + rank * B, B, 2, &topd, cmd,
+                                     NULL, NULL, NULL, CLASSES));
+    OK(tlearn_model_evaluate_classes(r, x, y, 2 * B, 2, &topr, cmr, NULL, NULL, NULL, CLASSES));
+    CHECK(topd == topr && !memcmp(cmd, cmr, sizeof cmd), "top-2 %g vs %g, or the confusion "
+          "matrices differ", topd, topr);
+    float t[2 * B * CLASSES];
+    for (int i = 0; i < 2 * B * CLASSES; i++)
+        t[i] = x[i];
+    OK(tlearn_model_evaluate_regression(d, x + rank * B * IN, t + rank * B * CLASSES, B, &msed,
+                                        &maed));
+    OK(tlearn_model_evaluate_regression(r, x, t, 2 * B, &mser, &maer));
+    CHECK(fabsf(msed - mser) <= 1e-5f * mser && fabsf(maed - maer) <= 1e-5f * maer,
+          "regression %g %g vs %g %g", msed, maed, mser, maer);
+    OK(tlearn_ewc_consolidate(d, x + rank * B * IN, y + rank * B, B, TLEARN_FISHER_EMPIRICAL,
+                              1.0f));
+    OK(tlearn_ewc_consolidate(r, x, y, 2 * B, TLEARN_FISHER_EMPIRICAL, 1.0f));
+    static const struct {
+        const char *name;
+        size_t n;
+    } fisher_of[] = {{"c1.weight", 4 * 2 * 9}, {"bn1.weight", 4}, {"fc1.weight", 16 * 144},
+                     {"fc2.bias", CLASSES}};
+    for (int k = 0; k < 4; k++) {
+        static float fd[16 * 144], fr[16 * 144];
+        size_t n = fisher_of[k].n;
+        OK(tlearn_ewc_get_fisher(d, 0, fisher_of[k].name, fd, n));
+        OK(tlearn_ewc_get_fisher(r, 0, fisher_of[k].name, fr, n));
+        for (size_t i = 0; i < n; i++)
+            CHECK(fabsf(fd[i] - fr[i]) <= 1e-9f + 1e-4f * fr[i], "Fisher of %s[%zu]: %g vs %g",
+                  fisher_of[k].name, i, fd[i], fr[i]);
+    }
+    tlearn_mpi_detach(&a);
+    tlearn_mpi_detach(&ap);
+    tlearn_optim_destroy(&od);
+    tlearn_optim_destroy(&op);
+    tlearn_optim_destroy(&orf);
+    tlearn_model_destroy(&d);
+    tlearn_model_destroy(&p);
+    tlearn_model_destroy(&r);
+}
+
 static void run_mismatch(void)
 {
     tlearn_mpi *a = NULL;
@@ -273,7 +390,7 @@ static void run_fault(const char *dir)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s equiv|mismatch|fault TMPDIR\n", argv[0]);
+        fprintf(stderr, "usage: %s equiv|syncbn|mismatch|fault TMPDIR\n", argv[0]);
         return 2;
     }
     MPI_Init(&argc, &argv);
@@ -283,6 +400,8 @@ int main(int argc, char **argv)
     CHECK(size == 2, "run on 2 ranks, not %d", size);
     if (!strcmp(argv[1], "equiv"))
         run_equiv(argv[2]);
+    else if (!strcmp(argv[1], "syncbn"))
+        run_syncbn();
     else if (!strcmp(argv[1], "mismatch"))
         run_mismatch();
     else if (!strcmp(argv[1], "fault"))

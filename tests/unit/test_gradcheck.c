@@ -86,7 +86,7 @@ static void check_layer(tlearn_model *m, size_t n, double lo, double hi, const d
         pg[p] = calloc(L->param[p].t.numel, sizeof(float));
         pg2[p] = calloc(L->param[p].t.numel, sizeof(float));
     }
-    tl_exec ex = {m->blas, &m->rng, 1, 1, NULL, 0, 0};
+    tl_exec ex = {m->blas, &m->rng, 1, 1, NULL, 0, 0, NULL, NULL};
     const float *in[1] = {x};
     float *dins[1] = {din};
 
@@ -156,7 +156,7 @@ static void test_dense(void **state)
     test_rng rng = {11};
     float x[3 * 6], y[3 * 4];
     test_fill(&rng, x, 18, -2, 2);
-    tl_exec ex = {m->blas, &m->rng, 0, 0, NULL, 0, 0};
+    tl_exec ex = {m->blas, &m->rng, 0, 0, NULL, 0, 0, NULL, NULL};
     const float *in[1] = {x};
     L->ops->forward(L, &ex, in, y, 3, NULL);
     const float *W = L->param[0].t.data, *b = L->param[1].t.data;
@@ -197,7 +197,7 @@ static void check_activation(int act, float param, double lo, double hi, const d
     test_rng rng = {(uint64_t)act * 77};
     float x[2 * 12], y[2 * 12];
     test_fill(&rng, x, 24, lo, hi);
-    tl_exec ex = {m->blas, &m->rng, 0, 0, NULL, 0, 0};
+    tl_exec ex = {m->blas, &m->rng, 0, 0, NULL, 0, 0, NULL, NULL};
     const float *in[1] = {x};
     L->ops->forward(L, &ex, in, y, 2, NULL);
     for (int i = 0; i < 24; i++)
@@ -237,7 +237,7 @@ static void test_relu_special_values(void **state)
     const float x[7] = {NAN, -0.0f, 0.0f, -1.0f, 2.0f, INFINITY, -INFINITY};
     const float want[7] = {NAN, -0.0f, 0.0f, 0.0f, 2.0f, INFINITY, 0.0f};
     float y[7];
-    tl_exec ex = {m->blas, &m->rng, 0, 0, NULL, 0, 0};
+    tl_exec ex = {m->blas, &m->rng, 0, 0, NULL, 0, 0, NULL, NULL};
     const float *in[1] = {x};
     L->ops->forward(L, &ex, in, y, 1, NULL);
     assert_true(isnan(y[0]));

@@ -132,7 +132,7 @@ static void lh_free(lh *h)
 
 static tl_exec lh_exec(lh *h, int backward)
 {
-    tl_exec ex = {h->blas, &h->rng, h->training, backward, h->scratch, 0, 0};
+    tl_exec ex = {h->blas, &h->rng, h->training, backward, h->scratch, 0, 0, NULL, NULL};
     return ex;
 }
 

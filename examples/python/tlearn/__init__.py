@@ -94,6 +94,7 @@ PAD_MODES = {"constant": 1, "reflect": 2, "edge": 3}
 OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
 REDUCE_EVALUATE = 1  # tlearn_reduce_flag: evaluate sums over every worker
 REDUCE_FISHER = 2  # tlearn_ewc_consolidate sums the Fisher over every worker
+REDUCE_BATCHNORM = 4  # synchronised BatchNorm: batch statistics over every worker
 OPTIM_PARAMS = {"lr": 1, "momentum": 2, "dampening": 3, "nesterov": 4, "weight_decay": 5,
                 "beta1": 6, "beta2": 7, "eps": 8, "clip_norm": 9}
 FISHER = {"empirical": 1, "exact": 2, "sampled": 3}
@@ -1630,7 +1631,7 @@ class Model(_Handle):
         starts summing the float32 array ``data`` in place across ``workers`` workers (it
         stays valid until ``wait()`` returns); ``wait()`` finishes every sum. An exception
         in either fails the training call with TLEARN_EIO. ``flags``: REDUCE_EVALUATE,
-        REDUCE_FISHER or-ed. ``reduce=None`` removes the reducer."""
+        REDUCE_FISHER, REDUCE_BATCHNORM or-ed. ``reduce=None`` removes the reducer."""
         if reduce is None:
             _check(_C.tlearn_model_set_reducer(self.handle, L.REDUCE_FN(), L.REDUCE_WAIT_FN(),
                                                None, 1, 0, 0))

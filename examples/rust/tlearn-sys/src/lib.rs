@@ -94,6 +94,7 @@ pub const TLEARN_ADAMW: c_int = 3;
 // enum tlearn_reduce_flag
 pub const TLEARN_REDUCE_EVALUATE: c_int = 1;
 pub const TLEARN_REDUCE_FISHER: c_int = 2;
+pub const TLEARN_REDUCE_BATCHNORM: c_int = 4;
 
 // enum tlearn_optim_param
 pub const TLEARN_OPT_LR: c_int = 1;
