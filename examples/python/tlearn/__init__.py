@@ -420,12 +420,13 @@ def _serialised(cls: Any) -> Any:
             with self._lock:
                 others = [a for a in itertools.chain(args, kwargs.values())
                           if isinstance(a, _Handle) and a is not self] if (args or kwargs) else ()
-                if not others and self._reducer is None:
+                reducer = getattr(self, "_reducer", None)  # Model only
+                if not others and reducer is None:
                     return fn(self, *args, **kwargs)
                 with contextlib.ExitStack() as stack:
                     for o in sorted(others, key=lambda o: _RANK.get(type(o), 99)):
                         stack.enter_context(o._lock)
-                    if self._reducer is not None:
+                    if reducer is not None:
                         stack.enter_context(_DeferSigint())
                     return fn(self, *args, **kwargs)
         return call
