@@ -15,8 +15,10 @@
  *   source-only  labelled source batches only
  *   adabn        source-only, then every BatchNorm's statistics re-estimated on target
  *                training images (tlearn_model_adapt_bn)
- *   tent         source-only, then one pass of TENT over the unlabelled target training
- *                stream (tlearn_model_tent_step, Adam 1e-3, BatchNorm affine only)
+ *   tent         source-only, then TENT over the unlabelled target training stream, as
+ *                many images as one pass (tlearn_model_tent_step, Adam 1e-3, batches of
+ *                2 x batch, BatchNorm affine only; BatchNorm's running statistics follow
+ *                the target batches)
  *   coral, mmd   source + target batches, Deep CORAL / multi-kernel MMD at "feat"
  *   dann         source + target batches, a domain head behind gradient reversal with the
  *                paper's lambda_p = 2 / (1 + exp(-10 p)) - 1
@@ -81,6 +83,7 @@ static options parse(int argc, char **argv)
             o.batch = 32;
             o.test_limit = 2000;
             o.adabn_images = 2000;
+            o.tent_steps = 100;
         } else if (!v) {
             usage();
         } else if (!strcmp(a, "--steps")) {
@@ -312,7 +315,8 @@ static void tent(tlearn_model *m, const options *o, const domain_set *tgt, uint6
     tlearn_optim *opt;
     CHECK(tlearn_optim_create(&opt, TLEARN_ADAM));
     CHECK(tlearn_optim_set(opt, TLEARN_OPT_LR, 1e-3));
-    int steps = (int)(tgt->n / B), every = steps / 5 > 0 ? steps / 5 : 1;
+    int steps = o->tent_steps ? o->tent_steps : (int)(tgt->n / B);
+    int every = steps / 5 > 0 ? steps / 5 : 1;
     double first = 0.0;
     for (int s = 0; s < steps; s++) {
         for (size_t i = 0; i < B; i++)

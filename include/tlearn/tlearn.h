@@ -1743,7 +1743,9 @@ TLEARN_API int tlearn_adapter_add_bottleneck(tlearn_model *m, const char *adapte
 /* ------------------------------------------------------------------------------------ */
 /** @name Domain adaptation (1.1): several losses, gradient reversal, CORAL/MMD, AdaBN, TENT
  *  When the input distribution moves (another camera, synthetic to real) and the target data
- *  is mostly unlabelled. Settings below are kept by the model (not saved in checkpoints). */
+ *  is mostly unlabelled. Settings below are kept by the model, and full checkpoints keep
+ *  them too (losses, discrepancy terms, bandwidths, TENT's snapshot; gradient reversal's
+ *  lambda is a layer argument), so training or adaptation resumes exactly. */
 /** @{ */
 
 /** Discrepancies between source and target rows (tlearn_model_set_discrepancy(),
