@@ -74,7 +74,7 @@ static void usage(void)
 
 static options parse(int argc, char **argv)
 {
-    options o = {0, 2000, 64, 2, 0, {1, 1, 1, 1, 1, 1}, 0, 10000, 1, NULL, PHOTO_DIR};
+    options o = {0, 1000, 64, 2, 0, {1, 1, 1, 1, 1, 1}, 0, 10000, 1, NULL, PHOTO_DIR};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--quick")) {

@@ -752,7 +752,8 @@ TLEARN_API int tlearn_ewc_get_fisher(const tlearn_model *m, int task, const char
 /** @{ */
 
 /** Flags for tlearn_model_save(). */
-#define TLEARN_SAVE_FULL 0u           /**< weights, buffers, optimizer state, freeze, EWC */
+#define TLEARN_SAVE_FULL 0u           /**< weights, buffers, optimizer state, freeze, EWC,
+                                           domain-adaptation settings */
 #define TLEARN_SAVE_INFERENCE 1u      /**< architecture, weights and buffers only */
 /** zlib level 1..9 for each tensor (0: stored raw, 64-byte aligned). */
 #define TLEARN_SAVE_COMPRESS(level) (((unsigned)(level) & 15u) << 8)
