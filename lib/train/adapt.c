@@ -882,7 +882,8 @@ int tl_da_export(const tlearn_model *m, tl_da_state *s)
         return 0;
     /* What the step could not use is not kept (the loader would refuse it): losses of
      * output positions no longer declared, cross-entropy on an output redeclared to one
-     * value, terms at layers removed since. */
+     * value, terms at layers removed since, a TENT snapshot of a model that has gained or
+     * lost layers since (tlearn_model_tent_reset refuses it too). */
     int nout = tl_model_output_count(m);
     for (int k = 0; k < nout; k++) {
         int ce_ok = tl_shape_size(m->layers[tl_model_output(m, k)]->out) >= 2;
@@ -901,7 +902,7 @@ int tl_da_export(const tlearn_model *m, tl_da_state *s)
     }
     s->nmult = da->nmult;
     memcpy(s->mult, da->mult, sizeof s->mult);
-    if (da->tent) {
+    if (da->tent && da->tent_layers == m->nlayers) {
         s->tent = 1;
         s->tent_layers = da->tent_layers;
         s->tent_frozen = da->tent_frozen;

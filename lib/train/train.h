@@ -82,7 +82,7 @@ int tl_reduce_floats(const char *fn, tlearn_model *m, float *data, size_t count,
                      const char *what);
 
 /* Domain adaptation's settings as checkpoints keep them (adapt.c owns them; io/ writes and
- * reads the DOMAIN section through these two calls only). */
+ * reads the DOMAIN section through the calls below only). */
 #define TL_DA_MAX_TERMS 4
 #define TL_DA_MAX_KERNELS 8
 typedef struct tl_da_state {
@@ -103,8 +103,8 @@ typedef struct tl_da_state {
 } tl_da_state;
 /* 1 and @p s filled when @p m has settings to keep, else 0. */
 int tl_da_export(const tlearn_model *m, tl_da_state *s);
-/* Apply @p s to a freshly loaded model through the setters' checks; TENT's snapshot is
- * copied. On failure m's settings are those it had. */
+/* Apply @p s to a freshly loaded model through the setters' checks (TLEARN_EFORMAT with
+ * their message); TENT's snapshot is copied. On failure the loader destroys the model. */
 int tl_da_import(const char *fn, tlearn_model *m, const tl_da_state *s);
 /* Floats in every BatchNorm tensor of @p m (the size of TENT's snapshot). */
 size_t tl_da_bn_floats(const tlearn_model *m);
