@@ -4,7 +4,7 @@
 # (two exports with one seed are identical, another seed differs); the --quick run prints
 # a result line with accuracies in [0, 1] for every method, the source-only model has
 # learnt the source task (>= 0.6 on the source test images after 300 steps; chance 0.1),
-# CORAL, MMD and DANN beat source-only on the target test images, and the table.
+# CORAL, MMD and DANN beat source-only on the target test images by 0.10, and the table.
 # Usage: domain-adapt.sh PYTHON PROGRAM
 set -u
 py=$1
@@ -65,16 +65,17 @@ done
 src=$(sed -n 's/^result protocol=domain method=source-only source_acc=\([0-9.]*\) .*/\1/p' "$work/out")
 awk -v a="$src" 'BEGIN { exit !(a >= 0.6) }' ||
     { echo "FAIL: source-only reached $src on the source test images (< 0.6)"; exit 1; }
-# The shift is large (source-only about 0.30 on the target at this scale); CORAL, MMD and
-# DANN gained 0.13 to 0.28 over it in --quick runs, so 0.05 is a margin a working method
-# clears and a broken one (no term, no reversal) does not. AdaBN and TENT gained about
-# 0.02: too little to assert at this scale.
+# The shift is large (source-only 0.2975 on the target at this scale). In --quick runs
+# CORAL, MMD and DANN reached +0.16, +0.28 and +0.13 over it; with CORAL's term removed or
+# DANN's lambda held at 0 (mixed batches alone, which already move BatchNorm's statistics)
+# +0.08 and +0.06. A margin of 0.10 tells the two apart. AdaBN and TENT gained about 0.02:
+# too little to assert at this scale.
 tgt() { sed -n "s/^result protocol=domain method=$1 .* target_acc=\([0-9.]*\) .*/\1/p" "$work/out"; }
 base=$(tgt source-only)
 for method in coral mmd dann; do
     v=$(tgt $method)
-    awk -v a="$v" -v b="$base" 'BEGIN { exit !(a >= b + 0.05) }' ||
-        { echo "FAIL: $method reached $v on the target, source-only $base (+0.05 expected)"; exit 1; }
+    awk -v a="$v" -v b="$base" 'BEGIN { exit !(a >= b + 0.10) }' ||
+        { echo "FAIL: $method reached $v on the target, source-only $base (+0.10 expected)"; exit 1; }
 done
 grep -Eq '^method +source +target +seconds$' "$work/out" || { echo "FAIL: no table header"; exit 1; }
 [ "$(grep -Ec '^(source-only|adabn|tent|coral|mmd|dann) +[01]\.[0-9]{4} +[01]\.[0-9]{4} +[0-9.]+$' "$work/out")" -eq 6 ] ||
