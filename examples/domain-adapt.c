@@ -361,6 +361,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s\n", err);
             return 1;
         }
+        if (photos[i].width < 28 || photos[i].height < 28) {
+            fprintf(stderr, "%s: %dx%d, smaller than a 28x28 crop\n", path, photos[i].width,
+                    photos[i].height);
+            return 1;
+        }
         unsigned long long sum = 0;
         size_t n = (size_t)photos[i].width * (size_t)photos[i].height * (size_t)photos[i].channels;
         for (size_t k = 0; k < n; k++)
