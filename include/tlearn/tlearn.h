@@ -752,7 +752,8 @@ TLEARN_API int tlearn_ewc_get_fisher(const tlearn_model *m, int task, const char
 /** @{ */
 
 /** Flags for tlearn_model_save(). */
-#define TLEARN_SAVE_FULL 0u           /**< weights, buffers, optimizer state, freeze, EWC */
+#define TLEARN_SAVE_FULL 0u           /**< weights, buffers, optimizer state, freeze, EWC,
+                                           domain-adaptation settings */
 #define TLEARN_SAVE_INFERENCE 1u      /**< architecture, weights and buffers only */
 /** zlib level 1..9 for each tensor (0: stored raw, 64-byte aligned). */
 #define TLEARN_SAVE_COMPRESS(level) (((unsigned)(level) & 15u) << 8)
@@ -1864,7 +1865,9 @@ TLEARN_API int tlearn_adapter_add_bottleneck(tlearn_model *m, const char *adapte
 /* ------------------------------------------------------------------------------------ */
 /** @name Domain adaptation (1.1): several losses, gradient reversal, CORAL/MMD, AdaBN, TENT
  *  When the input distribution moves (another camera, synthetic to real) and the target data
- *  is mostly unlabelled. Settings below are kept by the model (not saved in checkpoints). */
+ *  is mostly unlabelled. Settings below are kept by the model, and full checkpoints keep
+ *  them too (losses, discrepancy terms, bandwidths, TENT's snapshot; gradient reversal's
+ *  lambda is a layer argument), so training or adaptation resumes exactly. */
 /** @{ */
 
 /** Discrepancies between source and target rows (tlearn_model_set_discrepancy(),

@@ -22,7 +22,7 @@ void tl_checkpoint_fuzz_skip_crc(int skip)
 
 static const char *const SEC_NAME[S_KINDS] = {"?", "MODEL", "LAYERS", "TENSORS", "DATA",
                                              "OPTIMIZER", "OPTSTATE", "FREEZE", "EWC",
-                                             "METADATA", "GRAPH", "SCHEDULE"};
+                                             "METADATA", "GRAPH", "SCHEDULE", "DOMAIN"};
 
 /* ------------------------------------------------------------------------------------ */
 /* Reading: a cursor over one section that fails with the section and field named. */
@@ -293,6 +293,9 @@ typedef struct ck_file {
     ck_array *ewc;
     uint64_t nmeta;
     ck_str *meta; /* key, value pairs */
+    tl_da_state da;  /* DOMAIN; TENT's arrays: */
+    int *da_frozen;  /* [da.tent_layers] */
+    ck_blob da_saved;
 } ck_file;
 
 static void ck_free(ck_file *f)
@@ -304,6 +307,7 @@ static void ck_free(ck_file *f)
     tl_free(f->freeze);
     tl_free(f->ewc);
     tl_free(f->meta);
+    tl_free(f->da_frozen);
 }
 
 static rd section(const ck_file *f, int kind)
@@ -922,6 +926,71 @@ static int parse_ewc(ck_file *f)
     return rd_end(&r);
 }
 
+/* DOMAIN: layers, losses and values are checked by the setters when the model is made
+ * (load_domain). */
+static int parse_domain(ck_file *f)
+{
+    rd r = section(f, S_DOMAIN);
+    tl_da_state *d = &f->da;
+    uint32_t v;
+    char field[96];
+    int rc = rd_range(&r, "field 'noutputs'", 0, TL_MAX_MODEL_OUTPUTS, &v);
+    d->noutputs = (int)v;
+    for (int k = 0; !rc && k < d->noutputs; k++) {
+        snprintf(field, sizeof field, "output %d, field 'loss'", k);
+        rc = rd_range(&r, field, 0, TLEARN_LOSS_MSE, &v);
+        d->loss[k] = (int)v;
+        snprintf(field, sizeof field, "output %d, field 'weight'", k);
+        if (!rc)
+            rc = rd_f32(&r, field, &d->weight[k]);
+    }
+    if (!rc)
+        rc = rd_range(&r, "field 'nterms'", 0, TL_DA_MAX_TERMS, &v);
+    d->nterms = (int)v;
+    for (int t = 0; !rc && t < d->nterms; t++) {
+        ck_str name;
+        snprintf(field, sizeof field, "term %d, field 'layer'", t);
+        if ((rc = rd_str(&r, field, 1, TL_NAME_MAX - 1, &name)))
+            break;
+        str_copy(d->term_layer[t], TL_NAME_MAX, name);
+        snprintf(field, sizeof field, "term %d, field 'kind'", t);
+        rc = rd_range(&r, field, TLEARN_DISCREPANCY_CORAL, TLEARN_DISCREPANCY_MMD, &v);
+        d->term_kind[t] = (int)v;
+        snprintf(field, sizeof field, "term %d, field 'weight'", t);
+        if (!rc)
+            rc = rd_f32(&r, field, &d->term_weight[t]);
+    }
+    if (!rc)
+        rc = rd_range(&r, "field 'nmult'", 0, TL_DA_MAX_KERNELS, &v);
+    d->nmult = (int)v;
+    for (int i = 0; !rc && i < d->nmult; i++)
+        rc = rd_f32(&r, "field 'mult'", &d->mult[i]);
+    if (!rc)
+        rc = rd_range(&r, "field 'tent'", 0, 1, &v);
+    d->tent = (int)v;
+    if (rc || !d->tent)
+        return rc ? rc : rd_end(&r);
+    uint64_t n;
+    if ((rc = rd_count(&r, "field 'count'", 4, &n)))
+        return rc;
+    if (n != f->nlayers)
+        return rd_fail(&r, "field 'count'", "expected %llu (the number of layers), found %llu",
+                       (unsigned long long)f->nlayers, (unsigned long long)n);
+    f->da_frozen = tl_alloc_array(n ? (size_t)n : 1, sizeof *f->da_frozen);
+    if (!f->da_frozen)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+    for (uint64_t i = 0; i < n; i++) {
+        snprintf(field, sizeof field, "layer %llu, field 'frozen'", (unsigned long long)i);
+        if ((rc = rd_range(&r, field, 0, 1, &v)))
+            return rc;
+        f->da_frozen[i] = (int)v;
+    }
+    d->tent_layers = (int)n;
+    if ((rc = rd_blob(&r, "TENT snapshot", f->data_size, &f->da_saved)))
+        return rc;
+    return rd_end(&r);
+}
+
 static int parse_meta(ck_file *f)
 {
     rd r = section(f, S_METADATA);
@@ -983,7 +1052,8 @@ static int ck_parse_all(ck_file *f, const char *fn, const void *data, size_t len
             return tl_fail(TLEARN_EFORMAT, "%s: section %s: missing (required in a full "
                            "checkpoint: header flag bit 0 is clear)", fn, SEC_NAME[resume[i]]);
     if (f->flags & CK_FLAG_INFERENCE) {
-        static const int training[] = {S_OPTIMIZER, S_OPTSTATE, S_FREEZE, S_EWC, S_SCHEDULE};
+        static const int training[] = {S_OPTIMIZER, S_OPTSTATE, S_FREEZE, S_EWC, S_SCHEDULE,
+                                       S_DOMAIN};
         for (size_t i = 0; i < sizeof training / sizeof training[0]; i++)
             if (f->sec[training[i]].present)
                 return tl_fail(TLEARN_EFORMAT, "%s: section %s: present in an inference-only "
@@ -1003,6 +1073,8 @@ static int ck_parse_all(ck_file *f, const char *fn, const void *data, size_t len
     if (f->sec[S_FREEZE].present && (rc = parse_freeze(f)))
         return rc;
     if (f->sec[S_EWC].present && (rc = parse_ewc(f)))
+        return rc;
+    if (f->sec[S_DOMAIN].present && (rc = parse_domain(f)))
         return rc;
     return TLEARN_OK;
 }
@@ -1197,6 +1269,34 @@ static int load_ewc(ck_file *f, tlearn_model *m)
     return rc;
 }
 
+/* DOMAIN through the setters (tl_da_import), once layers, outputs and freeze state exist. */
+static int load_domain(ck_file *f, tlearn_model *m)
+{
+    tl_da_state *d = &f->da;
+    float *saved = NULL;
+    int rc = TLEARN_OK;
+    if (d->tent) {
+        size_t want = tl_da_bn_floats(m);
+        if (f->da_saved.numel != want)
+            return tl_fail(TLEARN_EFORMAT, "%s: section DOMAIN, TENT snapshot, field 'numel': "
+                           "expected %zu (the model's BatchNorm tensors), found %llu", f->fn,
+                           want, (unsigned long long)f->da_saved.numel);
+        saved = tl_alloc_array(want ? want : 1, sizeof(float));
+        if (!saved)
+            return tl_fail(TLEARN_ENOMEM, "%s: out of memory", f->fn);
+        rc = blob_decode(f, "DOMAIN", "TENT snapshot", &f->da_saved, saved);
+        d->tent_saved = saved;
+        d->tent_frozen = f->da_frozen;
+        d->tent_floats = want;
+    }
+    char fn[64];
+    snprintf(fn, sizeof fn, "%s: section DOMAIN", f->fn);
+    if (!rc)
+        rc = tl_da_import(fn, m, d);
+    tl_free(saved);
+    return rc;
+}
+
 static int load_meta(ck_file *f, tlearn_model *m)
 {
     for (uint64_t i = 0; i < f->nmeta; i++) {
@@ -1333,6 +1433,8 @@ static int load_from(const char *fn, const void *data, size_t len, int fd, const
         rc = load_optstate(&f, m);
     if (!rc && f.sec[S_EWC].present)
         rc = load_ewc(&f, m);
+    if (!rc && f.sec[S_DOMAIN].present)
+        rc = load_domain(&f, m);
     if (!rc)
         rc = load_meta(&f, m);
     if (!rc && optim && f.sec[S_OPTIMIZER].present)

@@ -19,7 +19,7 @@ static const unsigned char TL_CK_MAGIC[8] = {0x89, 'T', 'L', 'C', 'K', 'P', '\r'
 #define CK_MAX_META 4096
 
 enum { S_MODEL = 1, S_LAYERS, S_TENSORS, S_DATA, S_OPTIMIZER, S_OPTSTATE, S_FREEZE, S_EWC,
-       S_METADATA, S_GRAPH, S_SCHEDULE, S_KINDS };
+       S_METADATA, S_GRAPH, S_SCHEDULE, S_DOMAIN, S_KINDS };
 
 /* MODEL's next_input field: -2 is "the previous layer" (round 1's value), -1 the first
  * model input, >= 0 a layer; the other model inputs k >= 1 are -2-k. */

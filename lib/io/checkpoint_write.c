@@ -229,6 +229,32 @@ static int build(writer *w, const tlearn_model *m, const tlearn_optim *o, unsign
         tl_wb_u32(b, (uint32_t)m->lstate[i].from_pretrained);
         tl_wb_u32(b, (uint32_t)m->layers[i]->use_running_stats);
     }
+    /* DOMAIN (1.1): per-output losses, discrepancy terms, MMD bandwidths, TENT's snapshot */
+    tl_da_state d;
+    if (tl_da_export(m, &d)) {
+        b = &w->sec[S_DOMAIN];
+        tl_wb_u32(b, (uint32_t)d.noutputs);
+        for (int k = 0; k < d.noutputs; k++) {
+            tl_wb_u32(b, (uint32_t)d.loss[k]);
+            tl_wb_f32(b, d.weight[k]);
+        }
+        tl_wb_u32(b, (uint32_t)d.nterms);
+        for (int t = 0; t < d.nterms; t++) {
+            tl_wb_str(b, d.term_layer[t]);
+            tl_wb_u32(b, (uint32_t)d.term_kind[t]);
+            tl_wb_f32(b, d.term_weight[t]);
+        }
+        tl_wb_u32(b, (uint32_t)d.nmult);
+        for (int i = 0; i < d.nmult; i++)
+            tl_wb_f32(b, d.mult[i]);
+        tl_wb_u32(b, (uint32_t)d.tent);
+        if (d.tent) {
+            tl_wb_u64(b, (uint64_t)d.tent_layers);
+            for (int i = 0; i < d.tent_layers; i++)
+                tl_wb_u32(b, (uint32_t)d.tent_frozen[i]);
+            put_blob(w, b, d.tent_saved, d.tent_floats);
+        }
+    }
     if (m->ewc && tl_ewc_active(m))
         return write_ewc(w, m);
     return TLEARN_OK;
@@ -249,7 +275,8 @@ int tl_io_check_model_values(const char *fn, const tlearn_model *m)
 }
 
 static const int WRITE_ORDER[] = {S_MODEL, S_GRAPH, S_LAYERS, S_TENSORS, S_OPTIMIZER,
-                                  S_SCHEDULE, S_OPTSTATE, S_FREEZE, S_EWC, S_METADATA, S_DATA};
+                                  S_SCHEDULE, S_OPTSTATE, S_FREEZE, S_EWC, S_DOMAIN, S_METADATA,
+                                  S_DATA};
 
 /* Where the bytes go: a growing buffer, or the temporary file of a save. */
 typedef struct sink {

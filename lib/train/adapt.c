@@ -10,9 +10,6 @@
 
 #include "train.h"
 
-#define TL_DA_MAX_TERMS 4
-#define TL_DA_MAX_KERNELS 8
-
 typedef struct tl_da_term {
     char layer[TL_NAME_MAX];
     int kind;     /* enum tlearn_discrepancy */
@@ -736,19 +733,36 @@ static void set_frozen(tlearn_model *m, const int *frozen)
     bn_fresh_slots(m);
 }
 
-static int tent_begin(const char *fn, tlearn_model *m, struct tl_da *da)
+size_t tl_da_bn_floats(const tlearn_model *m)
 {
-    size_t channels;
-    bn_count(m, &channels);
-    da->tent_saved = tl_alloc_array(4 * channels, sizeof(float));
+    size_t n = 0;
+    for (int i = 0; i < m->nlayers; i++)
+        if (m->layers[i]->ops->kind == TLEARN_LAYER_BATCHNORM)
+            for (int p = 0; p < m->layers[i]->nparam; p++)
+                n += m->layers[i]->param[p].t.numel;
+    return n;
+}
+
+/* Room for TENT's snapshot (both arrays or neither). */
+static int tent_alloc(const char *fn, const tlearn_model *m, struct tl_da *da)
+{
+    da->tent_saved = tl_alloc_array(tl_da_bn_floats(m), sizeof(float));
     da->tent_frozen = tl_alloc_array((size_t)m->nlayers, sizeof(int));
     if (!da->tent_saved || !da->tent_frozen) {
         tl_free(da->tent_saved);
         tl_free(da->tent_frozen);
         da->tent_saved = NULL;
         da->tent_frozen = NULL;
-        return tl_fail(TLEARN_ENOMEM, "%s: out of memory for the snapshot", fn);
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory for TENT's snapshot", fn);
     }
+    return TLEARN_OK;
+}
+
+static int tent_begin(const char *fn, tlearn_model *m, struct tl_da *da)
+{
+    int rc = tent_alloc(fn, m, da);
+    if (rc)
+        return rc;
     bn_tensors(m, da->tent_saved, 1);
     for (int i = 0; i < m->nlayers; i++)
         da->tent_frozen[i] = m->lstate[i].frozen;
@@ -760,8 +774,6 @@ static int tent_begin(const char *fn, tlearn_model *m, struct tl_da *da)
 
 static int tent_restore(const char *fn, tlearn_model *m, struct tl_da *da)
 {
-    size_t channels;
-    bn_count(m, &channels);
     if (m->nlayers != da->tent_layers)
         return tl_fail(TLEARN_ESTATE, "%s: the model changed since adaptation began (%d layers, "
                        "was %d); cannot restore", fn, m->nlayers, da->tent_layers);
@@ -858,4 +870,86 @@ int tlearn_model_tent_reset(tlearn_model *m)
     if (!m->da || !m->da->tent)
         return TLEARN_OK;
     return tent_restore(fn, m, m->da);
+}
+
+/* ---- checkpoints (io/ writes and reads these settings as the DOMAIN section) ---- */
+
+int tl_da_export(const tlearn_model *m, tl_da_state *s)
+{
+    const struct tl_da *da = m->da;
+    memset(s, 0, sizeof *s);
+    if (!da)
+        return 0;
+    /* What the step could not use is not kept (the loader would refuse it): losses of
+     * output positions no longer declared, cross-entropy on an output redeclared to one
+     * value, terms at layers removed since, a TENT snapshot of a model that has gained or
+     * lost layers since (tlearn_model_tent_reset refuses it too). */
+    int nout = tl_model_output_count(m);
+    for (int k = 0; k < nout; k++) {
+        int ce_ok = tl_shape_size(m->layers[tl_model_output(m, k)]->out) >= 2;
+        if (da->loss[k] && (da->loss[k] != TLEARN_LOSS_SOFTMAX_CE || ce_ok)) {
+            s->loss[k] = da->loss[k];
+            s->weight[k] = da->weight[k];
+            s->noutputs = k + 1;
+        }
+    }
+    for (int t = 0; t < da->nterms; t++) {
+        if (tl_model_find(m, da->term[t].layer) < 0)
+            continue;
+        memcpy(s->term_layer[s->nterms], da->term[t].layer, TL_NAME_MAX);
+        s->term_kind[s->nterms] = da->term[t].kind;
+        s->term_weight[s->nterms++] = da->term[t].weight;
+    }
+    s->nmult = da->nmult;
+    memcpy(s->mult, da->mult, sizeof s->mult);
+    if (da->tent && da->tent_layers == m->nlayers) {
+        s->tent = 1;
+        s->tent_layers = da->tent_layers;
+        s->tent_frozen = da->tent_frozen;
+        s->tent_saved = da->tent_saved;
+        s->tent_floats = tl_da_bn_floats(m);
+    }
+    return s->noutputs || s->nterms || s->nmult || s->tent;
+}
+
+int tl_da_import(const char *fn, tlearn_model *m, const tl_da_state *s)
+{
+    int rc = TLEARN_OK;
+    for (int k = 0; !rc && k < s->noutputs; k++)
+        if (s->loss[k])
+            rc = tlearn_model_set_output_loss(m, k, s->loss[k], s->weight[k]);
+    for (int t = 0; !rc && t < s->nterms; t++) {
+        if (!(s->term_weight[t] > 0.0f))
+            return tl_fail(TLEARN_EFORMAT, "%s: discrepancy %d: weight %g, expected > 0", fn,
+                           t, (double)s->term_weight[t]);
+        rc = tlearn_model_set_discrepancy(m, s->term_layer[t], s->term_kind[t],
+                                          s->term_weight[t]);
+        if (!rc && m->da->nterms != t + 1)
+            return tl_fail(TLEARN_EFORMAT, "%s: discrepancy %d ('%s', kind %d) appears twice",
+                           fn, t, s->term_layer[t], s->term_kind[t]);
+    }
+    if (!rc && s->nmult)
+        rc = tlearn_model_set_mmd_bandwidths(m, s->mult, s->nmult);
+    if (rc)
+        return tl_fail_prefix(rc == TLEARN_ENOMEM ? rc : TLEARN_EFORMAT, "%s: ", fn);
+    if (!s->tent)
+        return TLEARN_OK;
+    size_t floats = tl_da_bn_floats(m);
+    if (s->tent_layers != m->nlayers || s->tent_floats != floats || floats == 0)
+        return tl_fail(TLEARN_EFORMAT, "%s: TENT's snapshot holds %d layers and %zu floats, the "
+                       "model has %d layers and %zu BatchNorm floats", fn, s->tent_layers,
+                       s->tent_floats, m->nlayers, floats);
+    int rcv = tl_check_values(TLEARN_EFORMAT, fn, "TENT's snapshot", s->tent_saved, floats, 0);
+    if (rcv)
+        return rcv;
+    struct tl_da *da = da_get(fn, m);
+    if (!da)
+        return TLEARN_ENOMEM;
+    if ((rcv = tent_alloc(fn, m, da)))
+        return rcv;
+    memcpy(da->tent_saved, s->tent_saved, floats * sizeof(float));
+    memcpy(da->tent_frozen, s->tent_frozen, (size_t)m->nlayers * sizeof(int));
+    da->tent_layers = m->nlayers;
+    da->tent = 1;
+    return TLEARN_OK;
 }

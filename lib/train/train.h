@@ -81,6 +81,34 @@ int tl_reduce_wants(const tlearn_model *m, int flag);
 int tl_reduce_floats(const char *fn, tlearn_model *m, float *data, size_t count,
                      const char *what);
 
+/* Domain adaptation's settings as checkpoints keep them (adapt.c owns them; io/ writes and
+ * reads the DOMAIN section through the calls below only). */
+#define TL_DA_MAX_TERMS 4
+#define TL_DA_MAX_KERNELS 8
+typedef struct tl_da_state {
+    int noutputs; /* loss settings for output positions 0..noutputs-1 */
+    int loss[TL_MAX_MODEL_OUTPUTS];
+    float weight[TL_MAX_MODEL_OUTPUTS];
+    int nterms;
+    char term_layer[TL_DA_MAX_TERMS][TL_NAME_MAX];
+    int term_kind[TL_DA_MAX_TERMS];
+    float term_weight[TL_DA_MAX_TERMS];
+    int nmult; /* 0: the default multipliers */
+    float mult[TL_DA_MAX_KERNELS];
+    int tent;             /* TENT adapting: its snapshot follows */
+    int tent_layers;      /* == the model's layer count */
+    int *tent_frozen;     /* [tent_layers] (borrowed) */
+    float *tent_saved;    /* every BatchNorm tensor, layer then parameter order (borrowed) */
+    size_t tent_floats;   /* tl_da_bn_floats() */
+} tl_da_state;
+/* 1 and @p s filled when @p m has settings to keep, else 0. */
+int tl_da_export(const tlearn_model *m, tl_da_state *s);
+/* Apply @p s to a freshly loaded model through the setters' checks (TLEARN_EFORMAT with
+ * their message); TENT's snapshot is copied. On failure the loader destroys the model. */
+int tl_da_import(const char *fn, tlearn_model *m, const tl_da_state *s);
+/* Floats in every BatchNorm tensor of @p m (the size of TENT's snapshot). */
+size_t tl_da_bn_floats(const tlearn_model *m);
+
 #include "ewc.h"
 
 #endif

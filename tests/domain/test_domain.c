@@ -5,6 +5,9 @@
  * argument checks. Torch parity of the formulas and steps: parity_domain.py. */
 #include "harness.h"
 #include "common.h"
+#include "io/io.h"
+
+#include <zlib.h>
 
 /* ---- gradient reversal ---- */
 
@@ -347,6 +350,206 @@ static void test_tent(void **state)
     tlearn_model_destroy(&m);
 }
 
+
+/* ---- checkpoints keep the settings (DOMAIN section) ---- */
+
+/* Every parameter and buffer of a and b, bit for bit. */
+static void assert_same_tensors(tlearn_model *a, tlearn_model *b)
+{
+    int count, cb;
+    OK(tlearn_model_tensor_count(a, &count));
+    OK(tlearn_model_tensor_count(b, &cb));
+    assert_int_equal(count, cb);
+    for (int i = 0; i < count; i++) {
+        const char *name;
+        size_t n;
+        OK(tlearn_model_tensor_info(a, i, &name, &n, NULL, NULL));
+        float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+        OK(tlearn_model_get_tensor(a, name, x, n));
+        OK(tlearn_model_get_tensor(b, name, y, n));
+        if (memcmp(x, y, n * sizeof *x))
+            fail_msg("tensor %s differs", name);
+        free(x);
+        free(y);
+    }
+}
+
+/* Save to memory with the optimizer, load back. */
+static void reload(tlearn_model **m, tlearn_optim **o, unsigned flags)
+{
+    tl_wbuf b = {0};
+    OK(tl_checkpoint_save_buffer("test", *m, *o, flags, &b));
+    tlearn_model_destroy(m);
+    tlearn_optim_destroy(o);
+    OK(tl_checkpoint_load_buffer("test", b.p, b.len, m,
+                                 (flags & TLEARN_SAVE_INFERENCE) ? NULL : o));
+    tl_wb_free(&b);
+}
+
+/* DANN + MMD with non-default weights and bandwidths: K steps straight through equal k
+ * steps, save, load, K - k steps, bit for bit; nothing is set again after the load. */
+static void da_steps(tlearn_model *m, tlearn_optim *o, int from, int to)
+{
+    enum { N = 8 };
+    for (int s = from; s < to; s++) {
+        float x[N * 6];
+        test_rng r = {100 + (uint64_t)s};
+        test_fill(&r, x, N * 6, -1, 1);
+        int32_t y[N] = {0, 1, 2, 1, -1, -1, -1, -1}, d[N] = {0, 0, 0, 0, 1, 1, 1, 1};
+        OK(tlearn_model_train_step_multi(m, o, (const void *[]){x}, 1, N,
+                                         (const void *[]){y, d}, 2, NULL, NULL));
+    }
+}
+
+static tlearn_model *da_model(tlearn_optim **o)
+{
+    tlearn_model *m = two_heads(0.0f);
+    OK(tlearn_model_set_output_loss(m, 0, TLEARN_LOSS_SOFTMAX_CE, 0.7f));
+    OK(tlearn_model_set_output_loss(m, 1, TLEARN_LOSS_SOFTMAX_CE, 0.3f));
+    OK(tlearn_model_set_discrepancy(m, "r", TLEARN_DISCREPANCY_MMD, 0.5f));
+    OK(tlearn_model_set_discrepancy(m, "feat", TLEARN_DISCREPANCY_CORAL, 2.0f));
+    OK(tlearn_model_set_mmd_bandwidths(m, (float[]){0.5f, 1.0f, 3.0f}, 3));
+    OK(tlearn_model_set_grad_reverse_lambda(m, NULL, tlearn_dann_lambda(0.4f)));
+    OK(tlearn_optim_create(o, TLEARN_SGD));
+    OK(tlearn_optim_set(*o, TLEARN_OPT_LR, 0.1));
+    OK(tlearn_optim_set(*o, TLEARN_OPT_MOMENTUM, 0.9));
+    return m;
+}
+
+static void test_domain_checkpoint_resume(void **state)
+{
+    (void)state;
+    tlearn_optim *oa, *ob;
+    tlearn_model *a = da_model(&oa), *b = da_model(&ob);
+    da_steps(a, oa, 0, 6);
+    da_steps(b, ob, 0, 3);
+    reload(&b, &ob, 0);
+    da_steps(b, ob, 3, 6);
+    assert_same_tensors(a, b);
+    /* without the DOMAIN section (losses, terms, bandwidths lost) it would not be: the
+     * same resume from a file whose settings are dropped by hand differs */
+    tlearn_model *c = da_model(&ob);
+    tlearn_optim_destroy(&ob);
+    OK(tlearn_optim_create(&ob, TLEARN_SGD));
+    OK(tlearn_optim_set(ob, TLEARN_OPT_LR, 0.1));
+    OK(tlearn_optim_set(ob, TLEARN_OPT_MOMENTUM, 0.9));
+    da_steps(c, ob, 0, 3);
+    reload(&c, &ob, 0);
+    OK(tlearn_model_set_mmd_bandwidths(c, NULL, 0)); /* the default again */
+    da_steps(c, ob, 3, 6);
+    float wa[30], wc[30];
+    OK(tlearn_model_get_tensor(a, "feat.weight", wa, 30));
+    OK(tlearn_model_get_tensor(c, "feat.weight", wc, 30));
+    assert_memory_not_equal(wa, wc, sizeof wa);
+    /* an inference file keeps none of it (and loads) */
+    reload(&c, &ob, TLEARN_SAVE_INFERENCE);
+    float v;
+    assert_int_equal(tlearn_model_train_step_multi(c, oa, (const void *[]){wa}, 1, 1,
+                                                   (const void *[]){NULL, NULL}, 2, NULL, &v),
+                     TLEARN_ESTATE);
+    tlearn_model_destroy(&c);
+    tlearn_optim_destroy(&oa);
+    tlearn_optim_destroy(&ob);
+    tlearn_model_destroy(&a);
+    tlearn_model_destroy(&b);
+}
+
+/* TENT mid-adaptation: resumed steps equal uninterrupted ones (Adam's BatchNorm state and
+ * the snapshot travel), and the reset after the load restores the weights and freeze state
+ * from before the first step. */
+static void tent_steps(tlearn_model *m, tlearn_optim *o, int from, int to)
+{
+    enum { N = 16 };
+    for (int s = from; s < to; s++) {
+        float x[N * 2];
+        test_rng r = {200 + (uint64_t)s};
+        test_fill(&r, x, N * 2, -3, 3);
+        OK(tlearn_model_tent_step(m, o, (const void *[]){x}, 1, N, NULL));
+    }
+}
+
+static void test_tent_checkpoint_resume(void **state)
+{
+    (void)state;
+    tlearn_model *a = bn_model(), *b = bn_model(), *orig = bn_model();
+    tlearn_freeze *f;
+    OK(tlearn_freeze_create(&f));
+    OK(tlearn_freeze_match(f, "fc", 1));
+    OK(tlearn_model_apply_freeze(a, f));
+    OK(tlearn_model_apply_freeze(b, f));
+    tlearn_optim *oa, *ob;
+    OK(tlearn_optim_create(&oa, TLEARN_ADAM));
+    OK(tlearn_optim_create(&ob, TLEARN_ADAM));
+    tent_steps(a, oa, 0, 8);
+    tent_steps(b, ob, 0, 4);
+    reload(&b, &ob, TLEARN_SAVE_COMPRESS(6));
+    tent_steps(b, ob, 4, 8);
+    assert_same_tensors(a, b);
+    OK(tlearn_model_tent_reset(b));
+    assert_same_tensors(orig, b);
+    int frozen;
+    OK(tlearn_model_layer_frozen(b, "fc", &frozen));
+    assert_int_equal(frozen, 1);
+    OK(tlearn_model_layer_frozen(b, "bn", &frozen));
+    assert_int_equal(frozen, 0);
+    tlearn_freeze_destroy(&f);
+    tlearn_optim_destroy(&oa);
+    tlearn_optim_destroy(&ob);
+    tlearn_model_destroy(&a);
+    tlearn_model_destroy(&b);
+    tlearn_model_destroy(&orig);
+}
+
+/* Every single-byte change of a file with a DOMAIN section (TENT snapshot included) is
+ * refused; a file naming a layer that is not in the model is refused naming DOMAIN. */
+static void test_domain_checkpoint_damage(void **state)
+{
+    (void)state;
+    tlearn_model *m = bn_model();
+    OK(tlearn_model_set_output_loss(m, 0, TLEARN_LOSS_SOFTMAX_CE, 2.0f));
+    OK(tlearn_model_set_discrepancy(m, "bn", TLEARN_DISCREPANCY_MMD, 1.5f));
+    OK(tlearn_model_set_mmd_bandwidths(m, (float[]){2.0f}, 1));
+    tlearn_optim *o;
+    OK(tlearn_optim_create(&o, TLEARN_SGD));
+    tent_steps(m, o, 0, 1);
+    tl_wbuf b = {0};
+    OK(tl_checkpoint_save_buffer("test", m, o, 0, &b));
+    tlearn_model *l;
+    OK(tl_checkpoint_load_buffer("test", b.p, b.len, &l, NULL));
+    tlearn_model_destroy(&l);
+    for (size_t i = 0; i < b.len; i++) {
+        b.p[i] ^= 0xFF;
+        l = NULL;
+        int rc = tl_checkpoint_load_buffer("test", b.p, b.len, &l, NULL);
+        if (rc == TLEARN_OK)
+            fail_msg("byte %zu xor 0xff was accepted", i);
+        assert_null(l);
+        b.p[i] ^= 0xFF;
+    }
+    /* the layer name in DOMAIN changed to one the model lacks, CRC recomputed */
+    static const unsigned char pat[14] = {2, 0, 0, 0, 0, 0, 0, 0, 'b', 'n', 2, 0, 0, 0};
+    unsigned char *at = NULL;
+    for (size_t i = 0; !at && i + sizeof pat <= b.len; i++)
+        if (!memcmp(b.p + i, pat, sizeof pat))
+            at = b.p + i;
+    assert_non_null(at);
+    at[8] = 'x';
+    unsigned char *ent = b.p + 64;
+    while (tl_get_u32(ent) != 12)
+        ent += 32;
+    uint64_t off = tl_get_u64(ent + 8), size = tl_get_u64(ent + 16);
+    tl_put_u32(ent + 24, (uint32_t)crc32(0L, b.p + off, (uInt)size));
+    uint64_t nsec = tl_get_u64(b.p + 24);
+    tl_put_u32(b.p + 40, (uint32_t)crc32(0L, b.p + 64, (uInt)(nsec * 32)));
+    tl_put_u32(b.p + 60, (uint32_t)crc32(0L, b.p, 60));
+    assert_int_equal(tl_checkpoint_load_buffer("test", b.p, b.len, &l, NULL), TLEARN_EFORMAT);
+    assert_non_null(strstr(tlearn_errmsg(), "section DOMAIN"));
+    assert_non_null(strstr(tlearn_errmsg(), "'xn'"));
+    tl_wb_free(&b);
+    tlearn_optim_destroy(&o);
+    tlearn_model_destroy(&m);
+}
+
 int main(void)
 {
     (void)lh_gradcheck; /* the harness's, unused here: the reversed gradient is not d(forward) */
@@ -355,6 +558,9 @@ int main(void)
         cmocka_unit_test(test_grl_checkpoint),  cmocka_unit_test(test_multi_loss),
         cmocka_unit_test(test_discrepancy_args), cmocka_unit_test(test_adabn),
         cmocka_unit_test(test_tent),
+        cmocka_unit_test(test_domain_checkpoint_resume),
+        cmocka_unit_test(test_tent_checkpoint_resume),
+        cmocka_unit_test(test_domain_checkpoint_damage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -101,6 +101,19 @@ int main(int argc, char **argv)
     OK(tlearn_model_add_dense(c, "head", 2));
     path(p, sizeof p, dir, "checkpoint", "all-kinds.ckpt");
     OK(tlearn_model_save(c, NULL, p, TLEARN_SAVE_INFERENCE | TLEARN_SAVE_COMPRESS(1)));
+    /* domain adaptation: a loss, an MMD term, bandwidths, TENT's snapshot (DOMAIN, 1.1) */
+    OK(tlearn_model_set_output_loss(c, 0, TLEARN_LOSS_SOFTMAX_CE, 0.5f));
+    OK(tlearn_model_set_discrepancy(c, "gap", TLEARN_DISCREPANCY_MMD, 2.0f));
+    OK(tlearn_model_set_mmd_bandwidths(c, (const float[]){1.0f, 4.0f}, 2));
+    float cx[4 * 32];
+    for (int i = 0; i < 4 * 32; i++)
+        cx[i] = (float)((i * 5) % 13) / 6.0f - 1.0f;
+    tlearn_optim *to;
+    OK(tlearn_optim_create(&to, TLEARN_SGD));
+    OK(tlearn_model_tent_step(c, to, (const void *[]){cx}, 1, 4, NULL));
+    path(p, sizeof p, dir, "checkpoint", "domain-tent.ckpt");
+    OK(tlearn_model_save(c, to, p, TLEARN_SAVE_FULL));
+    tlearn_optim_destroy(&to);
     tlearn_model_destroy(&c);
     /* safetensors: our export, and hand-written F16/BF16/I64 and torch names */
     path(p, sizeof p, dir, "safetensors", "export.safetensors");
