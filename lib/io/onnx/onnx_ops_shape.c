@@ -362,14 +362,51 @@ static int op_shape(ox_ctx *c, int arg)
 }
 
 /* Gather along axis 0 of a 1-D integer constant (a shape). */
+/* Gather of one position of an activation (ViT's x[:, 0]): a slice layer, seen without
+ * the axis when the index is a scalar. */
+static int gather_act(ox_ctx *c, const ox_const *idx, int64_t axis)
+{
+    ox_value *x;
+    int a, rc = exact_act(c, 0, &x);
+    if (rc || (rc = layer_axis(c, x, axis, &a)))
+        return rc;
+    if (idx->numel != 1 || idx->ndim > 1)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "gathering %zu positions of an activation (one "
+                       "is supported)", idx->numel);
+    tl_shape s = x->shape;
+    int64_t i = idx->i[0] < 0 ? idx->i[0] + s.d[a] : idx->i[0];
+    if (i < 0 || i >= s.d[a])
+        return ox_fail(c, TLEARN_EFORMAT, "index %lld is out of range for an axis of %d",
+                       (long long)idx->i[0], s.d[a]);
+    int layer = x->layer;
+    if (s.d[a] > 1 && (rc = add_slice(c, &layer, &s, a, i, i + 1, 1)))
+        return rc;
+    if (idx->ndim == 1) {
+        ox_def_view(c, layer, s);
+        return TLEARN_OK;
+    }
+    if (s.rank == 1)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "gathering one value per example (the output "
+                       "would have no dimension after the batch)");
+    for (int k = a; k + 1 < TL_MAX_RANK; k++)
+        s.d[k] = s.d[k + 1];
+    s.d[TL_MAX_RANK - 1] = 1;
+    s.rank--;
+    ox_def_view(c, layer, s);
+    return TLEARN_OK;
+}
+
 static int op_gather(ox_ctx *c, int arg)
 {
     (void)arg;
     int rc = ox_need_inputs(c, 2, 2);
     ox_const *data, *idx, *k;
     int64_t axis;
-    if (rc || (rc = ox_int_const(c, 0, &data)) || (rc = ox_int_const(c, 1, &idx)) ||
-        (rc = ox_attr_int(c, "axis", 0, &axis)))
+    if (rc || (rc = ox_int_const(c, 1, &idx)) || (rc = ox_attr_int(c, "axis", 0, &axis)))
+        return rc;
+    if (!ox_in_is_const(c, 0))
+        return gather_act(c, idx, axis);
+    if ((rc = ox_int_const(c, 0, &data)))
         return rc;
     if (data->ndim != 1 || (axis != 0 && axis != -1) || idx->ndim > 1)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "only gathering from a 1-D shape is supported");
@@ -787,7 +824,9 @@ const ox_op ox_ops_shape[] = {
     {"Dropout", op_dropout, 0, 0, 0, check_dropout, "inference: the identity"},
     {"Constant", op_constant, 0, 0, 0, NULL, "value, value_float(s), value_int(s)"},
     {"Shape", op_shape, 0, 0, 0, NULL, "folded (the batch stays symbolic)"},
-    {"Gather", op_gather, 0, 0, 0, NULL, "folded: from a 1-D integer constant (a shape)"},
+    {"Gather", op_gather, 0, 0, 0, NULL,
+     "an activation, one constant index along any axis but the batch (a slice layer); or "
+     "folded: from a 1-D integer constant (a shape)"},
     {"Unsqueeze", op_unsqueeze, 0, 0, 0, NULL, "folded: integer constants"},
     {"Squeeze", op_unsqueeze, 1, 0, 0, NULL, "folded: integer constants"},
     {"Concat", op_concat, 0, 0, 0, NULL,
