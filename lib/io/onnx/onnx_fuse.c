@@ -32,7 +32,7 @@
 #define BLOCK_WINDOW 160 /* an attention block's nodes, from its first */
 
 enum { FP_SILU = 1, FP_HARDSWISH, FP_GELU, FP_GELU_TANH, FP_LAYERNORM, FP_LAYERNORM2D, FP_MHA,
-       FP_PATCH };
+       FP_PATCH, FP_POSITIONS };
 
 typedef struct ox_match {
     int pattern;
@@ -50,6 +50,8 @@ typedef struct ox_match {
      * the convolution, wo the class token, bo the positions, hd the patch size. */
     const char *wo, *bo, *mask;
     int tb, hd;
+    int mask_keep;            /* the mask is 1 where kept (BERT's attention_mask) */
+    const char *sw[3], *sb[3]; /* separate q, k, v projections (D, D) and biases, or NULL */
 } ox_match;
 
 /* ---- the graph as the matchers see it ---- */
@@ -752,6 +754,190 @@ static int match_patch(ox_ctx *c, size_t i, ox_match *m)
     return close_match(c, m);
 }
 
+/* HF BERT's additive mask, computed once and read by every layer:
+ * Mul(Sub(1, Cast(Unsqueeze(Unsqueeze(M, 1), 2))), k) with k <= -1e4, or the same with one
+ * Unsqueeze of axes (1, 2); M a graph input (N, T), 1 where a key is kept. Its nodes are not
+ * part of the match: once every reader is fused they are dropped (ox_fuse_scan). */
+static const char *additive_mask(ox_ctx *c, const char *ext)
+{
+    ox_value *v = ox_find(c, ext);
+    const Tlonnx__NodeProto *nd = v && v->def_node ? node_at(c, v->def_node - 1) : NULL;
+    float f;
+    if (!nd || !is_op(nd, "Mul") || !scalar(c, in_at(nd, 1), &f) || !(f <= -1e4f))
+        return NULL;
+    v = ox_find(c, in_at(nd, 0));
+    nd = v && v->def_node ? node_at(c, v->def_node - 1) : NULL;
+    if (!nd || !is_op(nd, "Sub") || !is_scalar(c, in_at(nd, 0), 1.0f, 0.0f))
+        return NULL;
+    v = ox_find(c, in_at(nd, 1));
+    nd = v && v->def_node ? node_at(c, v->def_node - 1) : NULL;
+    if (!nd || !is_op(nd, "Cast") || attr_int(nd, "to", 0) != 1)
+        return NULL;
+    int64_t want = 0; /* the axes inserted so far, as bits */
+    const char *t = in_at(nd, 0);
+    for (int hop = 0; hop < 2; hop++) {
+        v = ox_find(c, t);
+        nd = v && v->def_node ? node_at(c, v->def_node - 1) : NULL;
+        if (!nd || !is_op(nd, "Unsqueeze"))
+            break;
+        int64_t ax[2];
+        int na = 0;
+        const Tlonnx__AttributeProto *a = attr_of(nd, "axes");
+        if (a && a->n_ints <= 2) {
+            na = (int)a->n_ints;
+            for (int k = 0; k < na; k++)
+                ax[k] = a->ints[k];
+        } else if (!int_values(c, in_at(nd, 1), ax, 2, &na)) {
+            return NULL;
+        }
+        for (int k = 0; k < na; k++)
+            want |= ax[k] == 1 || ax[k] == 2 ? (int64_t)1 << ax[k] : 64;
+        t = in_at(nd, 0);
+    }
+    v = t ? ox_find(c, t) : NULL;
+    return want == 6 && v && v->kind == OX_ACT && !v->def_node ? t : NULL;
+}
+
+/* One projection of separate query/key/value Linears: MatMul(x, W (D, D)) -> Add b ->
+ * Reshape (.., T, H, hd) -> Transpose; the Transpose node in *tr. */
+static const char *projection(ox_ctx *c, ox_match *m, size_t j, const char *x, const char **w,
+                              const char **b, int64_t *hd, const Tlonnx__NodeProto **tr)
+{
+    const Tlonnx__NodeProto *mm = node_at(c, j), *ad, *rs;
+    int64_t wd[OX_MAX_RANK], rd[OX_MAX_RANK];
+    int n;
+    *w = in_at(mm, 1);
+    if (!same(in_at(mm, 0), x) || !float_dims(c, *w, wd, &n) || n != 2 || wd[0] != wd[1] ||
+        !private(c, out0(mm), 1))
+        return NULL;
+    add_node(m, j);
+    const char *y = branch(c, m, out0(mm), "Add", &ad);
+    *b = y ? other(ad, out0(mm)) : NULL;
+    if (!*b || !float_dims(c, *b, rd, &n) || n != 1 || rd[0] != wd[0] || !private(c, y, 1))
+        return NULL;
+    const char *r = branch(c, m, y, "Reshape", &rs);
+    if (!r || !private(c, r, 1) || !int_values(c, in_at(rs, 1), rd, 4, &n) || n != 4 ||
+        rd[3] < 1 || rd[2] * rd[3] != wd[0])
+        return NULL;
+    *hd = rd[3];
+    const char *o = branch(c, m, r, "Transpose", tr);
+    return o && private(c, o, 1) ? o : NULL;
+}
+
+/* HF BERT's self-attention (separate query, key, value Linears, batch first) with the
+ * output Linear after it:
+ *   q, k, v: MatMul W -> Add b -> Reshape (N, T, H, hd) -> Transpose (0,2,1,3), k's
+ *   (0,2,3,1) -> MatMul(q, k) -> Div sqrt(hd) [-> Add additive mask] -> Softmax(-1) ->
+ *   MatMul(., v) -> Transpose (0,2,1,3) -> Reshape (N, T, D) -> MatMul Wo -> Add bo
+ * One attention layer; q, k, v packed into in_proj (their order in in_proj_weight). */
+static int match_qkv(ox_ctx *c, size_t i, ox_match *m)
+{
+    static const int64_t heads[4] = {0, 2, 1, 3}, keys[4] = {0, 2, 3, 1};
+    const Tlonnx__NodeProto *nd = node_at(c, i), *tr[3], *s1, *dv, *am, *sm, *s2, *t4, *r3,
+                            *mo, *ao;
+    const char *x = in_at(nd, 0), *w[3], *b[3], *o[3];
+    int64_t hd[3];
+    if (!x || const_tensor(c, x))
+        return 0;
+    /* the three MatMuls reading x, from this one on, in node order */
+    size_t j = i;
+    for (int k = 0; k < 3; k++) {
+        if (k && (long)(j = (size_t)reader_in(c, j, x, "MatMul", BLOCK_WINDOW)) < 0)
+            return 0;
+        if (!(o[k] = projection(c, m, j, x, &w[k], &b[k], &hd[k], &tr[k])) || hd[k] != hd[0])
+            return 0;
+    }
+    /* roles: the scores read q and k, the context v */
+    const char *sc = branch(c, m, o[0], "MatMul", &s1);
+    if (!sc)
+        return 0;
+    int q = -1, kk = -1, v = -1;
+    for (int k = 0; k < 3; k++) {
+        if (same(in_at(s1, 0), o[k]) && perm_n(tr[k], heads, 4))
+            q = k;
+        else if (same(in_at(s1, 1), o[k]) && perm_n(tr[k], keys, 4))
+            kk = k;
+        else if (perm_n(tr[k], heads, 4))
+            v = k;
+    }
+    if (q < 0 || kk < 0 || v < 0 || !private(c, sc, 1))
+        return 0;
+    float f, want = sqrtf((float)hd[0]);
+    int is_div = reader_in(c, m->node[0], sc, "Div", BLOCK_WINDOW) >= 0;
+    const char *ss = branch(c, m, sc, is_div ? "Div" : "Mul", &dv);
+    if (!is_div)
+        want = 1.0f / want;
+    if (!ss || !same(in_at(dv, 0), sc) || !scalar(c, in_at(dv, 1), &f) ||
+        fabsf(f - want) > 1e-5f * want || !private(c, ss, 1))
+        return 0;
+    if (reader_in(c, m->node[0], ss, "Softmax", BLOCK_WINDOW) < 0) {
+        const char *sum = branch(c, m, ss, "Add", &am);
+        if (!sum || !private(c, sum, 1) || !(m->mask = additive_mask(c, other(am, ss))))
+            return 0;
+        ss = sum;
+    }
+    const char *p = branch(c, m, ss, "Softmax", &sm);
+    if (!p || !private(c, p, 1) ||
+        (attr_int(sm, "axis", -1) != -1 && attr_int(sm, "axis", -1) != 3))
+        return 0;
+    const char *ctx = branch(c, m, p, "MatMul", &s2);
+    if (!ctx || !same(in_at(s2, 0), p) || !same(in_at(s2, 1), o[v]) || !private(c, ctx, 1))
+        return 0;
+    const char *ct = branch(c, m, ctx, "Transpose", &t4);
+    const char *flat = ct && perm_n(t4, heads, 4) && private(c, ct, 1)
+                           ? branch(c, m, ct, "Reshape", &r3) : NULL;
+    int64_t rd[OX_MAX_RANK], od[OX_MAX_RANK];
+    int nr, on;
+    if (!flat || !private(c, flat, 1) || !int_values(c, in_at(r3, 1), rd, 3, &nr) || nr != 3)
+        return 0;
+    int64_t d = rd[2];
+    const char *y = branch(c, m, flat, "MatMul", &mo);
+    m->wo = y ? in_at(mo, 1) : NULL;
+    if (!y || !private(c, y, 1) || !same(in_at(mo, 0), flat) ||
+        !float_dims(c, m->wo, od, &on) || on != 2 || od[0] != d || od[1] != d)
+        return 0;
+    const char *z = branch(c, m, y, "Add", &ao);
+    m->bo = z ? other(ao, y) : NULL;
+    if (!m->bo || !float_dims(c, m->bo, od, &on) || on != 1 || od[0] != d)
+        return 0;
+    m->tb = 0;
+    m->hd = (int)hd[0];
+    m->x = x;
+    m->pattern = FP_MHA;
+    m->mask_keep = 1;
+    int role[3] = {q, kk, v};
+    for (int k = 0; k < 3; k++) {
+        m->sw[k] = w[role[k]];
+        m->sb[k] = b[role[k]];
+    }
+    return close_match(c, m);
+}
+
+/* Learned positions as BERT adds them: Gather(table (L, D), constant ids 0..T-1) ->
+ * Add(x, .): one position_embedding layer holding the whole table. */
+static int match_positions(ox_ctx *c, size_t i, ox_match *m)
+{
+    const Tlonnx__NodeProto *nd = node_at(c, i), *ad;
+    const char *p = out0(nd);
+    int64_t wd[OX_MAX_RANK], ids[1024];
+    int wn, n;
+    m->w = in_at(nd, 0);
+    if (attr_int(nd, "axis", 0) != 0 || !float_dims(c, m->w, wd, &wn) || wn != 2 ||
+        !int_values(c, in_at(nd, 1), ids, 1024, &n) || !n || n > wd[0] || !private(c, p, 1))
+        return 0;
+    for (int k = 0; k < n; k++)
+        if (ids[k] != k)
+            return 0;
+    add_node(m, i);
+    const char *y = step(c, m, p, "Add", 0, &ad);
+    m->x = y ? other(ad, p) : NULL;
+    if (!m->x || const_tensor(c, m->x))
+        return 0;
+    m->hd = n;
+    m->pattern = FP_POSITIONS;
+    return 1;
+}
+
 /* The patterns by the type of their first node. LayerNormalization alone has a handler. */
 static const struct {
     const char *first;
@@ -766,9 +952,55 @@ static const struct {
     {"Transpose", match_ln2d},
     {"Transpose", match_mha},
     {"Conv", match_patch},
+    {"MatMul", match_qkv},
+    {"Gather", match_positions},
 };
 
 /* ---- scanning and importing ---- */
+
+/* A value the match reads as such (its input, mask or weights), not an intermediate. */
+static int match_input(const ox_match *m, const char *v)
+{
+    const char *const ins[] = {m->x, m->mask, m->w, m->b, m->wo, m->bo, m->sw[0], m->sw[1],
+                               m->sw[2], m->sb[0], m->sb[1], m->sb[2]};
+    for (size_t k = 0; k < sizeof ins / sizeof *ins; k++)
+        if (same(ins[k], v))
+            return 1;
+    return 0;
+}
+
+/* Nodes whose every output only fused nodes read as an intermediate (BERT's additive mask,
+ * computed once for all layers) are dropped (OX_DROPPED). Readers come after their
+ * producers, so one pass from the last node sees every reader first. */
+static int drop_unread(ox_ctx *c)
+{
+    int *fused_reads = tl_alloc_array(c->nvals ? c->nvals : 1, sizeof *fused_reads);
+    if (!fused_reads)
+        return tl_fail(TLEARN_ENOMEM, "%s: out of memory", c->fn);
+    memset(fused_reads, 0, (c->nvals ? c->nvals : 1) * sizeof *fused_reads);
+    for (size_t j = c->g->n_node; j-- > 0;) {
+        const Tlonnx__NodeProto *nd = node_at(c, j);
+        if (!c->fuse_of[j]) {
+            int dead = nd->n_output > 0;
+            for (size_t o = 0; dead && o < nd->n_output; o++) {
+                const char *name = nd->output[o] && *nd->output[o] ? nd->output[o] : NULL;
+                ox_value *v = name ? ox_find(c, name) : NULL;
+                dead = v && v->uses > 0 && fused_reads[v - c->vals] == v->uses;
+            }
+            if (!dead)
+                continue;
+            c->fuse_of[j] = OX_DROPPED;
+        }
+        const ox_match *m = c->fuse_of[j] == OX_DROPPED ? NULL : &c->fuse[c->fuse_of[j] - 1];
+        for (size_t k = 0; k < nd->n_input; k++) {
+            const char *v = in_at(nd, k);
+            if (v && (!m || !match_input(m, v)))
+                fused_reads[ox_find(c, v) - c->vals]++;
+        }
+    }
+    tl_free(fused_reads);
+    return TLEARN_OK;
+}
 
 int ox_fuse_scan(ox_ctx *c)
 {
@@ -807,8 +1039,9 @@ int ox_fuse_scan(ox_ctx *c)
     if (!c->nfuse) {
         tl_free(c->fuse_of);
         c->fuse_of = NULL;
+        return TLEARN_OK;
     }
-    return TLEARN_OK;
+    return drop_unread(c);
 }
 
 void ox_fuse_nodes(ox_ctx *c, size_t i, const size_t **nodes, int *n)
@@ -904,12 +1137,31 @@ static int emit_mha(ox_ctx *c, const ox_match *m, ox_value *x)
                            "graph input (N, %zu)", m->mask, t);
         in[ni++] = mv->layer;
     }
-    int ia[3] = {(int)(d / (size_t)m->hd), 0, 1};
+    int ia[3] = {(int)(d / (size_t)m->hd), 0, !m->mask_keep};
     if ((rc = ox_add_layer(c, ops, ends_with(m->b, ".in_proj_bias") ? m->b : NULL, in, ni, ia,
-                           m->mask ? 3 : 2, NULL, 0, &layer)) ||
-        (rc = param_from(c, layer, "in_proj_weight", m->w, d, 3 * d, 1)) ||
-        (rc = param_from(c, layer, "in_proj_bias", m->b, 1, 3 * d, 0)) ||
-        (rc = param_from(c, layer, "out_proj.weight", m->wo, d, d, !m->tb)) ||
+                           m->mask && !m->mask_keep ? 3 : 2, NULL, 0, &layer)))
+        return rc;
+    if (m->sw[0]) { /* q, k, v: (D, D) each, stacked as the rows of in_proj */
+        float *wi = ox_param_data(c, layer, "in_proj_weight");
+        float *bi = ox_param_data(c, layer, "in_proj_bias");
+        for (int k = 0; k < 3; k++) {
+            const ox_const *w, *b;
+            if ((rc = fconst(c, m->sw[k], d * d, "weight", &w)) ||
+                (rc = fconst(c, m->sb[k], d, "bias", &b)))
+                return rc;
+            for (size_t r = 0; r < d; r++)
+                for (size_t j = 0; j < d; j++)
+                    wi[(k * d + j) * d + r] = w->f[r * d + j];
+            memcpy(bi + k * d, b->f, d * sizeof *bi);
+        }
+        if ((rc = ox_set_param(c, layer, "in_proj_weight", wi, 3 * d * d)) ||
+            (rc = ox_set_param(c, layer, "in_proj_bias", bi, 3 * d)))
+            return rc;
+    } else if ((rc = param_from(c, layer, "in_proj_weight", m->w, d, 3 * d, 1)) ||
+               (rc = param_from(c, layer, "in_proj_bias", m->b, 1, 3 * d, 0))) {
+        return rc;
+    }
+    if ((rc = param_from(c, layer, "out_proj.weight", m->wo, d, d, !m->tb)) ||
         (rc = param_from(c, layer, "out_proj.bias", m->bo, 1, d, 0)))
         return rc;
     ox_def_act(c, layer);
@@ -948,6 +1200,28 @@ static int emit_patch(ox_ctx *c, const ox_match *m, ox_value *x)
     return TLEARN_OK;
 }
 
+static int emit_positions(ox_ctx *c, const ox_match *m, ox_value *x)
+{
+    char s[TL_SHAPE_STR];
+    const ox_const *w;
+    int rc, producer, layer;
+    if ((rc = fconst(c, m->w, 0, "position table", &w)))
+        return rc;
+    if (x->shape.rank != 2 || x->shape.d[0] != m->hd || w->dims[1] != x->shape.d[1] ||
+        w->dims[0] > INT32_MAX)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "positions (%d of %lld) added to %s: a sequence "
+                       "(N, T, D) is expected", m->hd, (long long)w->dims[1],
+                       tl_shape_str(x->shape, s));
+    int ia[2] = {(int)w->dims[0], 0};
+    if ((rc = ox_act_materialize(c, x, &producer)) ||
+        (rc = ox_add_layer(c, &tl_position_embedding_ops, m->w, &producer, 1, ia, 2, NULL, 0,
+                           &layer)) ||
+        (rc = ox_set_param(c, layer, "weight", w->f, w->numel)))
+        return rc;
+    ox_def_act(c, layer);
+    return TLEARN_OK;
+}
+
 int ox_fuse_emit(ox_ctx *c, size_t i)
 {
     static const char *const names[] = {"", "SiLU", "HardSwish", "GELU", "GELU", "LayerNorm",
@@ -957,10 +1231,12 @@ int ox_fuse_emit(ox_ctx *c, size_t i)
     const Tlonnx__NodeProto *last = c->node;
     ox_value *x = NULL;
     int rc = TLEARN_OK;
-    c->node = node_at(c, m->node[0]);
-    for (size_t k = 0; k < c->node->n_input && !x; k++)
-        if (same(in_at(c->node, k), m->x) && (rc = ox_in_act(c, k, 0, &x)))
-            break;
+    for (int j = 0; j < m->n && !x && !rc; j++) {
+        c->node = node_at(c, m->node[j]);
+        for (size_t k = 0; k < c->node->n_input && !x; k++)
+            if (same(in_at(c->node, k), m->x) && (rc = ox_in_act(c, k, 0, &x)))
+                break;
+    }
     c->node = last;
     if (rc)
         return rc;
@@ -971,6 +1247,8 @@ int ox_fuse_emit(ox_ctx *c, size_t i)
         return emit_mha(c, m, x);
     if (m->pattern == FP_PATCH)
         return emit_patch(c, m, x);
+    if (m->pattern == FP_POSITIONS)
+        return emit_positions(c, m, x);
     int R = 1 + x->shape.rank, naxes;
     if (m->pattern == FP_LAYERNORM2D) {
         if (x->shape.rank != 3)

@@ -396,13 +396,43 @@ static int gather_act(ox_ctx *c, const ox_const *idx, int64_t axis)
     return TLEARN_OK;
 }
 
+/* Gather of rows of a constant (V, D) table by int32 token ids (N, T): nn.Embedding, an
+ * embedding layer holding the table (the ids are checked against V before every run). */
+static int gather_embedding(ox_ctx *c, int64_t axis)
+{
+    const char *ids = ox_in_name(c, 1);
+    ox_value *x = ox_find(c, ids), *wv;
+    ox_const *w;
+    int rc, layer;
+    if (!x || x->kind != OX_ACT || x->dtype != TLEARN_DTYPE_INT32 || x->layer >= 0 ||
+        x->shape.rank != 1)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "gathering rows of a table by '%.100s': the "
+                       "indices must be a graph input of token ids (N, T)", ids);
+    if ((rc = ox_float_const(c, 0, &w, &wv)))
+        return rc;
+    if (axis != 0 || w->ndim != 2 || w->dims[0] > INT32_MAX || w->dims[1] > INT32_MAX)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "only rows of a 2-D table (an embedding) can be "
+                       "gathered by token ids");
+    int ia[3] = {(int)w->dims[0], (int)w->dims[1], -1};
+    if ((rc = ox_add_layer(c, &tl_embedding_ops, wv->name, &x->layer, 1, ia, 3, NULL, 0,
+                           &layer)) ||
+        (rc = ox_set_param(c, layer, "weight", w->f, w->numel)))
+        return rc;
+    ox_def_act(c, layer);
+    return TLEARN_OK;
+}
+
 static int op_gather(ox_ctx *c, int arg)
 {
     (void)arg;
     int rc = ox_need_inputs(c, 2, 2);
     ox_const *data, *idx, *k;
     int64_t axis;
-    if (rc || (rc = ox_int_const(c, 1, &idx)) || (rc = ox_attr_int(c, "axis", 0, &axis)))
+    if (rc || (rc = ox_attr_int(c, "axis", 0, &axis)))
+        return rc;
+    if (ox_in_is_const(c, 0) && !ox_in_is_const(c, 1))
+        return gather_embedding(c, axis);
+    if ((rc = ox_int_const(c, 1, &idx)))
         return rc;
     if (!ox_in_is_const(c, 0))
         return gather_act(c, idx, axis);
@@ -825,8 +855,9 @@ const ox_op ox_ops_shape[] = {
     {"Constant", op_constant, 0, 0, 0, NULL, "value, value_float(s), value_int(s)"},
     {"Shape", op_shape, 0, 0, 0, NULL, "folded (the batch stays symbolic)"},
     {"Gather", op_gather, 0, 0, 0, NULL,
-     "an activation, one constant index along any axis but the batch (a slice layer); or "
-     "folded: from a 1-D integer constant (a shape)"},
+     "an activation, one constant index along any axis but the batch (a slice layer); a "
+     "constant (V, D) table by token ids, a graph input (an embedding layer); or folded: "
+     "from a 1-D integer constant (a shape)"},
     {"Unsqueeze", op_unsqueeze, 0, 0, 0, NULL, "folded: integer constants"},
     {"Squeeze", op_unsqueeze, 1, 0, 0, NULL, "folded: integer constants"},
     {"Concat", op_concat, 0, 0, 0, NULL,
