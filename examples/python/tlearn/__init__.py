@@ -1268,7 +1268,8 @@ class Model(_Handle):
 
     def _feed(self, inputs):
         """(n, C array of pointers, arrays kept alive) for one array per model input. int64
-        token ids are converted to int32 when every value fits, else ValueError."""
+        token ids are converted to int32 when every value fits, else ValueError; bool masks
+        (torch's key_padding_mask as an imported ONNX model reads it) to int32 0/1."""
         info = self.inputs
         if len(inputs) != len(info):
             raise ValueError("the model has %d inputs, %d arrays given" % (len(info), len(inputs)))
@@ -1277,6 +1278,8 @@ class Model(_Handle):
             if isinstance(x, np.ndarray) and x.dtype == np.int64 and dtype == "int32":
                 if x.size and (x.min() < -2**31 or x.max() >= 2**31):
                     raise ValueError("input %d ('%s'): int64 values do not fit int32" % (j, name))
+                x = np.ascontiguousarray(x, dtype=np.int32)
+            if isinstance(x, np.ndarray) and x.dtype == np.bool_ and dtype == "int32":
                 x = np.ascontiguousarray(x, dtype=np.int32)
             if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.int32):
                 raise TypeError("input %d ('%s') must be a float32 or int32 numpy array"
