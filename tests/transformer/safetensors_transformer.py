@@ -13,9 +13,7 @@ torch's at eval (rtol 1e-4, atol 1e-5).
             into in_proj_weight/in_proj_bias (torch.cat, in that order) before saving, the
             output Linear mapped onto the attention's out_proj, position_ids skipped
 Fails, never skips, without torch."""
-import json
 import os
-import struct
 import sys
 import tempfile
 
@@ -28,22 +26,14 @@ except ImportError as e:
     sys.exit("safetensors_transformer: %s: install python3-torch and python3-torchvision" % e)
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 import tlearn  # noqa: E402  (examples/python on PYTHONPATH)
 from onnx_transformer import Bert, encoder, randomize  # noqa: E402
+from test_bindings import write_safetensors  # noqa: E402  (the minimal writer)
 
 
 def save_safetensors(tensors, path):
-    """The safetensors layout: 8-byte little-endian header size, JSON header, F32 data."""
-    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, t in tensors.items():
-        b = np.ascontiguousarray(t.detach().numpy(), np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    write_safetensors(path, {k: v.detach().numpy() for k, v in tensors.items()})
 
 
 def close(got, want, what):
