@@ -102,6 +102,12 @@ static int64_t attr_int(const Tlonnx__NodeProto *nd, const char *name, int64_t d
     return a && a->has_i ? a->i : def;
 }
 
+/* The value called @p name; NULL for none or an absent input. */
+static ox_value *find(ox_ctx *c, const char *name)
+{
+    return name ? ox_find(c, name) : NULL;
+}
+
 /* Readers of a value: nodes plus the graph output. */
 static int uses(ox_ctx *c, const char *name)
 {
@@ -760,23 +766,23 @@ static int match_patch(ox_ctx *c, size_t i, ox_match *m)
  * part of the match: once every reader is fused they are dropped (ox_fuse_scan). */
 static const char *additive_mask(ox_ctx *c, const char *ext)
 {
-    ox_value *v = ox_find(c, ext);
+    ox_value *v = find(c, ext);
     const Tlonnx__NodeProto *nd = v && v->def_node ? node_at(c, v->def_node - 1) : NULL;
     float f;
     if (!nd || !is_op(nd, "Mul") || !scalar(c, in_at(nd, 1), &f) || !(f <= -1e4f))
         return NULL;
-    v = ox_find(c, in_at(nd, 0));
+    v = find(c, in_at(nd, 0));
     nd = v && v->def_node ? node_at(c, v->def_node - 1) : NULL;
     if (!nd || !is_op(nd, "Sub") || !is_scalar(c, in_at(nd, 0), 1.0f, 0.0f))
         return NULL;
-    v = ox_find(c, in_at(nd, 1));
+    v = find(c, in_at(nd, 1));
     nd = v && v->def_node ? node_at(c, v->def_node - 1) : NULL;
     if (!nd || !is_op(nd, "Cast") || attr_int(nd, "to", 0) != 1)
         return NULL;
     int64_t want = 0; /* the axes inserted so far, as bits */
     const char *t = in_at(nd, 0);
     for (int hop = 0; hop < 2; hop++) {
-        v = ox_find(c, t);
+        v = find(c, t);
         nd = v && v->def_node ? node_at(c, v->def_node - 1) : NULL;
         if (!nd || !is_op(nd, "Unsqueeze"))
             break;
@@ -794,7 +800,7 @@ static const char *additive_mask(ox_ctx *c, const char *ext)
             want |= ax[k] == 1 || ax[k] == 2 ? (int64_t)1 << ax[k] : 64;
         t = in_at(nd, 0);
     }
-    v = t ? ox_find(c, t) : NULL;
+    v = t ? find(c, t) : NULL;
     return want == 6 && v && v->kind == OX_ACT && !v->def_node ? t : NULL;
 }
 
