@@ -48,6 +48,8 @@ lib.tlearn_model_run.argtypes = [vp, vp, ctypes.c_int, ctypes.c_size_t, vp, vp, 
 lib.tlearn_model_train_step_inputs.argtypes = [vp, vp, vp, ctypes.c_int, tl.i32p,
                                                ctypes.c_size_t, ctypes.POINTER(ctypes.c_float)]
 lib.tlearn_model_input_count.argtypes = [vp, tl.c_int_p]
+lib.tlearn_model_save.argtypes = [vp, vp, ctypes.c_char_p, ctypes.c_uint]
+lib.tlearn_model_load.argtypes = [ctypes.POINTER(vp), vp, ctypes.c_char_p]
 
 
 # ---- the models ----
@@ -296,6 +298,18 @@ def main():
         xs = [as_input(a) for a in args]
         got = run(m, xs, want.size // args[0].shape[0])
         compare(model, args, got, want)
+        # a checkpoint keeps the graph, the inputs and the attention's mask convention
+        ck = os.path.join(tempfile.mkdtemp(), "model.tlc")
+        tl.check(lib.tlearn_model_save(m.h, None, ck.encode(), 0), "save")
+        h2 = tl.P()
+        tl.check(lib.tlearn_model_load(ctypes.byref(h2), None, ck.encode()), "load")
+        m2 = tl.Model(h2)
+        try:
+            again = run(m2, xs, want.size // args[0].shape[0])
+            assert np.array_equal(again, got), "the checkpoint computes something else"
+        finally:
+            m2.close()
+            os.remove(ck)
         if case == "bert":  # ids outside the vocabulary: refused, naming the input
             bad = xs[0].copy()
             bad[0, 3] = 50

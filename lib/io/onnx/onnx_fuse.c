@@ -1187,7 +1187,7 @@ static int emit_patch(ox_ctx *c, const ox_match *m, ox_value *x)
                        "is expected", tl_shape_str(x->shape, s));
     if ((rc = fconst(c, m->w, 0, "weight", &w)))
         return rc;
-    if (w->ndim != 4 || w->dims[1] != x->shape.c || w->dims[0] > INT32_MAX)
+    if (w->ndim != 4 || w->dims[1] != x->shape.c || w->dims[0] < 1 || w->dims[0] > INT32_MAX)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "the patch embedding's weight does not fit the "
                        "image %s", tl_shape_str(x->shape, s));
     size_t d = (size_t)w->dims[0], k = (size_t)w->numel / d;
