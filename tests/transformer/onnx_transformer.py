@@ -5,8 +5,9 @@ imported, its outputs compared with torch's (rtol 1e-4, atol 1e-5; where float32
 alone exceeds that, tlearn must be as close to torch's float64 answer as torch's float32
 is, at worst twice that plus the tolerance: the zoo's rule), the attention checked to be
 fused into TLEARN_LAYER_ATTENTION layers (or, for the unfusable variant, to run through
-general layers), then fine-tuned: a new 5-class head, everything up to the last attention
-block frozen, three SGD steps with finite losses and the frozen tensors bit for bit.
+general layers), saved and loaded as a checkpoint that computes the same, then fine-tuned: a
+new 5-class head, everything up to the last attention block frozen, three SGD steps with
+finite losses and the frozen tensors bit for bit.
 
 Usage: onnx_transformer.py CASE OPSET
   CASE: encoder-{post,pre}-{relu,gelu}  nn.TransformerEncoder (2 layers, batch_first)

@@ -11,6 +11,12 @@
  *   -> Sqrt -> Div(sub, .) [-> Mul weight [-> Add bias]]              -> layernorm (trailing)
  * - LayerNorm2d (torchvision's ConvNeXt): Transpose (0, 2, 3, 1) -> a LayerNorm over the
  *   last axis (either form) -> Transpose (0, 3, 1, 2)                 -> layernorm (channels)
+ * - nn.MultiheadAttention(batch_first) as torch 1.13 exports it (match_mha), BERT-style
+ *   separate q/k/v projections with the output Linear (match_qkv)      -> attention
+ * - torchvision ViT's patch convolution, class token and positions     -> patch_embed
+ * - Gather(table, 0..T-1) -> Add (learned positions)                   -> position_embedding
+ * Transformer blocks also take in the helper nodes only they read (close_match), and nodes
+ * that only fused patterns read are dropped (drop_unread).
  *
  * A pattern is matched by one function looking ahead from its first node over the node
  * list: each next node is the first later one (within FUSE_WINDOW nodes) of the expected
