@@ -21,6 +21,11 @@ Usage: onnx_transformer.py CASE OPSET
                                         not fused, runs through matmul/softmax layers
         refused                         the same with BERT's mask: refused, every node
                                         that cannot map named in one message
+        mutations                       small exports of the above with random graph edits
+                                        (inputs rewired, perms and constants changed, nodes
+                                        dropped): each is refused or imports and runs; the
+                                        process must not crash (OPSET: the number of
+                                        edited graphs)
 Runs through meson (TLEARN_LIBRARY names the built library); a missing torch or
 torchvision fails with the package name, never skips."""
 import copy
@@ -256,7 +261,79 @@ def export(model, args, opset, case):
     return path, tmp
 
 
+def mutations(rounds):
+    """Random edits of small transformer exports through the importer's matchers."""
+    import onnx
+    from onnx import numpy_helper
+    lib.tlearn_model_import_onnx_buffer.argtypes = [ctypes.POINTER(vp), ctypes.c_char_p,
+                                                    ctypes.c_size_t]
+    seeds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        small = [(MaskedEncoder(nn.TransformerEncoder(nn.TransformerEncoderLayer(
+                     8, 2, 16, batch_first=True), 1)),
+                  (torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.bool))),
+                 (Bert(vocab=10, d=8, heads=2, ff=8, layers=1, max_len=4),
+                  (torch.randint(0, 10, (2, 4)), torch.ones(2, 4, dtype=torch.long))),
+                 (torchvision.models.VisionTransformer(8, 4, 1, 2, 8, 8, num_classes=3),
+                  (torch.randn(1, 3, 8, 8),))]
+        for k, (model, args) in enumerate(small):
+            path = os.path.join(tmp, "%d.onnx" % k)
+            torch.onnx.export(model.eval(), args, path, opset_version=13 + 4 * (k % 2))
+            seeds.append(onnx.load(path))
+    rng = np.random.default_rng(0)
+    outcomes = {"refused": 0, "imported": 0, "ran": 0}
+    for r in range(rounds):
+        g = copy.deepcopy(seeds[r % len(seeds)])
+        nodes = g.graph.node
+        for _ in range(1 + r % 2):
+            nd = nodes[int(rng.integers(len(nodes)))]
+            what = int(rng.integers(4))
+            if what == 0 and nd.input:  # rewire an input to another value of the graph
+                names = [o for n in nodes for o in n.output] + [i.name for i in g.graph.input]
+                nd.input[int(rng.integers(len(nd.input)))] = names[int(rng.integers(len(names)))]
+            elif what == 1:
+                for a in nd.attribute:
+                    if a.ints:
+                        a.ints[int(rng.integers(len(a.ints)))] = int(rng.integers(-2, 4))
+                    elif a.type == onnx.AttributeProto.INT:
+                        a.i = int(rng.integers(-2, 4))
+                    elif a.type == onnx.AttributeProto.TENSOR:
+                        t = numpy_helper.to_array(a.t).copy()
+                        if t.size:
+                            t.flat[int(rng.integers(t.size))] = rng.integers(-3, 20)
+                            a.t.CopyFrom(numpy_helper.from_array(t))
+            elif what == 2:
+                nodes.remove(nd)
+            else:
+                nd.op_type = ["Add", "Mul", "Transpose", "Reshape", "Softmax"][int(rng.integers(5))]
+        data = g.SerializeToString()
+        h = vp()
+        rc = lib.tlearn_model_import_onnx_buffer(ctypes.byref(h), data, len(data))
+        if rc:
+            outcomes["refused"] += 1
+            continue
+        outcomes["imported"] += 1
+        m = tl.Model(h)
+        try:
+            ins = [np.zeros((2,) + tuple(d.dim_value for d in i.type.tensor_type.shape.dim[1:]),
+                            np.float32 if i.type.tensor_type.elem_type == 1 else np.int32)
+                   for i in g.graph.input if i.name not in {t.name for t in g.graph.initializer}]
+            out = np.empty(2 * m.output_size(), np.float32)
+            ptrs = (vp * len(ins))(*[a.ctypes.data for a in ins])
+            if lib.tlearn_model_run(m.h, ptrs, len(ins), 2, (vp * 1)(out.ctypes.data),
+                                    (ctypes.c_size_t * 1)(out.size), 1) == 0:
+                outcomes["ran"] += 1
+        finally:
+            m.close()
+    print("mutations: %s" % outcomes)
+    assert outcomes["ran"] > rounds // 20, "too few edits import and run to test anything"
+
+
 def main():
+    if sys.argv[1] == "mutations":
+        mutations(int(sys.argv[2]))
+        return
     case, opset = sys.argv[1], int(sys.argv[2])
     model, args, blocks, fused = build(case)
     randomize(model).eval()
