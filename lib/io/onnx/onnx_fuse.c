@@ -557,6 +557,20 @@ static int close_match(ox_ctx *c, ox_match *m)
     return 1;
 }
 
+/* A float constant of zeros only. */
+static int all_zero(ox_ctx *c, const char *name)
+{
+    const Tlonnx__TensorProto *t = const_tensor(c, name);
+    ox_const *k;
+    if (!t || ox_tensor_convert(c, t, &k))
+        return 0;
+    int zero = !k->is_int;
+    for (size_t i = 0; zero && i < k->numel; i++)
+        zero = k->f[i] == 0.0f;
+    ox_const_release(c, k);
+    return zero;
+}
+
 /* The key-padding mask term of torch's export, from the Add that adds it to the scores:
  * [Mul(., 1)] <- Where(Cast(Reshape(Expand(Reshape(mask, .), .), .)), -inf, 0). The mask
  * must be a graph input (bool, true where padded). */
@@ -574,7 +588,7 @@ static int mask_term(ox_ctx *c, ox_match *m, const char *t)
         if (is_op(nd, "Mul") && scalar(c, in_at(nd, 1), &f) && f == 1.0f) {
             t = in_at(nd, 0);
         } else if (is_op(nd, "Where") && nd->n_input == 3 && scalar(c, in_at(nd, 1), &f) &&
-                   f == -INFINITY && const_tensor(c, in_at(nd, 2))) {
+                   f == -INFINITY && all_zero(c, in_at(nd, 2))) {
             t = in_at(nd, 0);
         } else if (is_op(nd, "Cast") || is_op(nd, "Reshape") || is_op(nd, "Expand")) {
             t = in_at(nd, 0);
@@ -634,7 +648,8 @@ static int match_mha(ox_ctx *c, size_t i, ox_match *m)
             (ax[0] != -1 && ax[0] != 2) || !private(c, out0(sl[k]), 1))
             return 0;
     }
-    /* the Slices' bounds are thirds of the last axis in q, k, v order: check the first */
+    /* the Slices' bounds come from Shape arithmetic, unknown before the import: torch's
+     * exporter cuts thirds of the last axis in q, k, v order; the first must start at 0 */
     int64_t st[1], rd[OX_MAX_RANK], hd = 0;
     int ns;
     if (!int_values(c, in_at(sl[0], 1), st, 1, &ns) || st[0] != 0)
