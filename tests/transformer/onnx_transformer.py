@@ -12,6 +12,7 @@ finite losses and the frozen tensors bit for bit.
 Usage: onnx_transformer.py CASE OPSET
   CASE: encoder-{post,pre}-{relu,gelu}  nn.TransformerEncoder (2 layers, batch_first)
         encoder-mask                    the same with src_key_padding_mask as a 2nd input
+        mha                             nn.MultiheadAttention called directly
         bert                            a BERT-style encoder (int64 input_ids and
                                         attention_mask inputs, separate q/k/v Linears)
         vit-small                       torchvision VisionTransformer(32, 4, 4 layers, 128)
@@ -136,6 +137,20 @@ class Unfused(nn.Module):
         return x
 
 
+class SelfAttentionOnly(nn.Module):
+    """nn.MultiheadAttention called directly (need_weights at its default True: the
+    exporter drops the unused weights), after a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(32, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+
+    def forward(self, x):
+        x = self.proj(x)
+        return self.attn(x, x, x)[0]
+
+
 class MaskedEncoder(nn.Module):
     def __init__(self, enc):
         super().__init__()
@@ -191,6 +206,8 @@ def build(case):
         mask = torch.ones(2, 12, dtype=torch.long)
         mask[1, 9:] = 0
         return model, [ids, mask], 2, case == "bert"
+    if case == "mha":
+        return SelfAttentionOnly(), [torch.randn(2, 7, 32)], 1, True
     if case == "unfused":
         return Unfused(), [torch.randn(2, 12, 32)], 2, False
     if case == "vit-small":
@@ -412,8 +429,8 @@ def finetune(m, case, args):
     cut = names[-2] if case in ("bert", "vit-small", "vit_b_16") else names[-1]
     tl.check(lib.tlearn_model_replace_head(m.h, cut.encode(), 5), "replace_head")
     last_attn = max(i for i, k in enumerate(kinds) if k in ("attention", "matmul"))
-    start = max(i for i, k in enumerate(kinds[:last_attn]) if k in ("layernorm", "patch_embed",
-                                                                     "position_embedding"))
+    start = max((i for i, k in enumerate(kinds[:last_attn])
+                 if k in ("layernorm", "patch_embed", "position_embedding")), default=0)
     freeze_to = names[start]
     f = tl.P()
     tl.check(lib.tlearn_freeze_create(ctypes.byref(f)), "freeze_create")
