@@ -383,6 +383,14 @@ def main():
             assert kinds.count("attention") == blocks, kinds
         else:
             assert "attention" not in kinds and kinds.count("matmul") == 2 * blocks, kinds
+        # attention layers named after torch's modules, tensors with its packed names
+        first = {"bert": "layers.0.attention", "encoder-mask": "enc.layers.0.self_attn",
+                 "mha": "attn", "vit-small": "encoder.layers.encoder_layer_0.self_attention",
+                 "vit_b_16": "encoder.layers.encoder_layer_0.self_attention"}.get(
+                     case, "layers.0.self_attn" if case.startswith("encoder") else None)
+        attn = [n for n, k in m.layers() if k == "attention"]
+        assert not fused or attn[0] == first, (attn, first)
+        assert not fused or first + ".in_proj_weight" in m.tensors()
         if case.startswith("vit"):
             assert kinds[0] == "patch_embed", kinds
         if case == "bert":

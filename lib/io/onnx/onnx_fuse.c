@@ -1165,8 +1165,18 @@ static int emit_mha(ox_ctx *c, const ox_match *m, ox_value *x)
         in[ni++] = mv->layer;
     }
     int ia[3] = {(int)(d / (size_t)m->hd), 0, !m->mask_keep};
-    if ((rc = ox_add_layer(c, ops, ends_with(m->b, ".in_proj_bias") ? m->b : NULL, in, ni, ia,
-                           m->mask && !m->mask_keep ? 3 : 2, NULL, 0, &layer)))
+    /* named after the module: `a.in_proj_bias` -> `a`; q/k/v `a.query.bias` -> `a` */
+    char from[2 * TL_NAME_MAX] = "";
+    const char *w = ends_with(m->b, ".in_proj_bias") ? m->b : NULL;
+    if (m->sw[0] && m->sb[0] && strlen(m->sb[0]) < sizeof from) {
+        strcpy(from, m->sb[0]);
+        char *dot = strrchr(from, '.');
+        if (dot)
+            *dot = '\0';
+        w = dot ? from : NULL;
+    }
+    if ((rc = ox_add_layer(c, ops, w, in, ni, ia, m->mask && !m->mask_keep ? 3 : 2, NULL, 0,
+                           &layer)))
         return rc;
     if (m->sw[0]) { /* q, k, v: (D, D) each, stacked as the rows of in_proj */
         float *wi = ox_param_data(c, layer, "in_proj_weight");
