@@ -8,7 +8,8 @@
  *   out = ctx out_proj.weight^T + out_proj.bias          one GEMM, all rows
  *
  * Masks: an optional second input, a key-padding mask (T) per example (1 keep, 0 pad; int32
- * model input or floats 1/0, see tl_mask_keep), and a causal flag (query t sees keys <= t).
+ * model input or floats 1/0, see tl_mask_keep; with pad_true, as torch's key_padding_mask, 1
+ * pad and 0 keep), and a causal flag (query t sees keys <= t).
  * A query that sees no key at all gets zero attention weights (its ctx is 0; PyTorch gives
  * NaN there). Attention weights are not dropped out (torch's MHA dropout is not modelled).
  *
@@ -25,6 +26,7 @@
 typedef struct attention_cfg {
     int heads;
     int causal;
+    int pad_true; /* the mask is true where padded (torch's key_padding_mask, ONNX import) */
 } attention_cfg;
 
 enum { W_IN, B_IN, W_OUT, B_OUT };
@@ -32,9 +34,9 @@ enum { W_IN, B_IN, W_OUT, B_OUT };
 static int attention_configure(tl_layer *L, const int *ia, int ni, const float *fa, int nf)
 {
     (void)fa;
-    /* heads causal */
-    if (ni != 2 || nf != 0)
-        return tl_fail(TLEARN_EINVAL, "attention '%s': expected 2 arguments", L->name);
+    /* heads causal [pad_true] */
+    if (ni < 2 || ni > 3 || nf != 0)
+        return tl_fail(TLEARN_EINVAL, "attention '%s': expected 2 or 3 arguments", L->name);
     if (ia[0] < 1)
         return tl_fail(TLEARN_EINVAL, "attention '%s': heads is %d, must be >= 1", L->name,
                        ia[0]);
@@ -44,7 +46,10 @@ static int attention_configure(tl_layer *L, const int *ia, int ni, const float *
     if (L->ninputs != 1 && L->ninputs != 2)
         return tl_fail(TLEARN_EINVAL, "attention '%s': takes a sequence and optionally a "
                        "mask, not %d inputs", L->name, L->ninputs);
-    attention_cfg cfg = {ia[0], ia[1]};
+    if (ni == 3 && ia[2] != 0 && ia[2] != 1)
+        return tl_fail(TLEARN_EINVAL, "attention '%s': pad_true is %d, must be 0 or 1", L->name,
+                       ia[2]);
+    attention_cfg cfg = {ia[0], ia[1], ni == 3 ? ia[2] : 0};
     return tl_layer_config(L, &cfg, sizeof cfg);
 }
 
@@ -54,7 +59,8 @@ static void attention_arguments(const tl_layer *L, int *ia, int *ni, float *fa, 
     const attention_cfg *cfg = L->cfg;
     ia[0] = cfg->heads;
     ia[1] = cfg->causal;
-    *ni = 2;
+    ia[2] = cfg->pad_true;
+    *ni = cfg->pad_true ? 3 : 2; /* round 1.1's two when the mask keeps where true */
     *nf = 0;
 }
 
@@ -138,7 +144,7 @@ static void head_probs(const tl_layer *L, const tl_exec *ex, const float *q, con
         int seen = cfg->causal ? i + 1 : t;
         float mx = -INFINITY;
         for (int j = 0; j < t; j++) {
-            if (j >= seen || (mask && !tl_mask_keep(mask, (size_t)j)))
+            if (j >= seen || (mask && tl_mask_keep(mask, (size_t)j) == cfg->pad_true))
                 r[j] = -INFINITY;
             mx = r[j] > mx ? r[j] : mx;
         }

@@ -329,7 +329,7 @@ extern const tl_layer_ops tl_matmul_ops;
 extern const tl_layer_ops tl_drop_path_ops;  /* fa: p */
 extern const tl_layer_ops tl_embedding_ops;  /* ia: vocab dim padding_idx (-1 none) */
 extern const tl_layer_ops tl_position_embedding_ops; /* ia: max_len sinusoidal */
-extern const tl_layer_ops tl_attention_ops;  /* ia: heads causal; inputs: x (T, D) [, mask] */
+extern const tl_layer_ops tl_attention_ops;  /* ia: heads causal [pad_true]; x (T, D) [, mask] */
 extern const tl_layer_ops tl_token_pool_ops; /* ia: mode (0 first, 1 mean); x [, mask] */
 extern const tl_layer_ops tl_patch_embed_ops; /* ia: dim patch class_token positions */
 extern const tl_layer_ops tl_prototype_ops;  /* ia: classes learn_temperature; fa: temperature */

@@ -63,7 +63,8 @@ RULES = {
     "const-data": "an operator applied to constants only, or a layer operator whose weight "
                   "is not constant",
     "shape-on-act": "shape-arithmetic operators (Shape, Gather, Squeeze, Unsqueeze, "
-                    "Constant) on activations: only folding constants is claimed",
+                    "Constant) on activations: only folding constants is claimed (and a "
+                    "Gather of one position along an axis but the batch)",
     "concat": "Concat of an activation with a constant, or along the batch axis",
     "slice": "Slice on an activation along the batch, with a step < 1, bounds that are not "
              "constant, or an empty result",
@@ -207,6 +208,11 @@ def rule_for(node, G):
     act = x is not None and x != "" and not G.is_const(x)
     if op in ("Softmax", "LogSoftmax"):
         return softmax_rule(node, G)
+    if op == "Gather" and act and len(ins) == 2 and G.is_const(ins[1]):
+        # one position of an activation along an axis but the batch (a slice layer)
+        r, ax = G.rank(x), attr(node, "axis", 0)
+        one = G.consts[ins[1]].size == 1 and G.consts[ins[1]].ndim <= 1
+        return None if one and r is not None and ax % r != 0 else "shape-on-act"
     if op in SHAPE_OPS or (op in ("Concat", "Slice") and all(G.is_const(i) for i in ins if i)):
         if op == "Constant":
             return None

@@ -57,7 +57,9 @@ KINDS = {1: "dense", 2: "flatten", 3: "activation", 4: "conv2d", 5: "maxpool2d",
          6: "avgpool2d", 7: "global_avgpool", 8: "batchnorm", 9: "dropout", 10: "add",
          11: "binary", 12: "scale", 13: "softmax", 14: "concat", 15: "slice", 16: "reshape",
          17: "transpose", 18: "layernorm", 19: "adaptive_avgpool", 20: "pad", 21: "matmul",
-         22: "drop_path"}
+         22: "drop_path", 30: "embedding", 31: "position_embedding", 32: "attention",
+         33: "token_pool", 34: "patch_embed", 40: "lora_sum", 50: "grad_reverse",
+         60: "prototype"}
 
 
 class TlearnError(RuntimeError):

@@ -519,6 +519,34 @@ def test_export_onnx_round_trip(tmp_path):
         assert info.value.code == tlearn.EINVAL
 
 
+def test_import_onnx_encoder_with_bool_mask(tmp_path):
+    """torch's src_key_padding_mask (bool, true where padded) is a second graph input: the
+    binding passes numpy bools as int32 0/1 and the fused attention reads them as torch."""
+    torch = pytest.importorskip("torch")  # conftest turns a skip into a failure
+
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+            self.enc = torch.nn.TransformerEncoder(layer, 1)
+
+        def forward(self, x, key_padding_mask):
+            return self.enc(x, src_key_padding_mask=key_padding_mask)
+
+    torch.manual_seed(0)
+    net = Masked().eval()
+    x = torch.randn(2, 5, 16)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[1, 3:] = True
+    path = str(tmp_path / "enc.onnx")
+    torch.onnx.export(net, (x, mask), path, opset_version=13)
+    want = net(x, mask).detach().numpy()  # with gradients: torch's ordinary path
+    with tlearn.Model.import_onnx(path) as m:
+        assert [dtype for _, dtype, _ in m.inputs] == ["float32", "int32"]
+        (got,) = m.run(x.numpy(), mask.numpy())
+        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-5)
+
+
 # -- completeness --------------------------------------------------------------------------------
 
 def header_functions():

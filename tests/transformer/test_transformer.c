@@ -180,14 +180,22 @@ static void attention_ref(const tl_layer *L, const float *x, const float *mask, 
     free(s);
 }
 
-static void check_attention(int t, int d, int heads, int causal, int masked, int training)
+/* pad_true: the layer reads the mask as torch's key_padding_mask (1 pad), given here as the
+ * complement of the keep mask the reference reads. */
+static void check_attention(int t, int d, int heads, int causal, int masked, int training,
+                            int pad_true)
 {
     lh h;
     tl_shape ins[2] = {tl_shape_of(2, (const int[]){t, d}), tl_shape1(t)};
-    int ia[2] = {heads, causal};
+    int ia[3] = {heads, causal, pad_true};
     size_t n = 3;
-    assert_int_equal(lh_make_shapes(&h, &tl_attention_ops, 1 + masked, ins, ia, 2, NULL, 0, n,
-                                    training), 0);
+    assert_int_equal(lh_make_shapes(&h, &tl_attention_ops, 1 + masked, ins, ia, 2 + pad_true,
+                                    NULL, 0, n, training), 0);
+    int ra[TL_MAX_IARGS], rn, rf;
+    float rfa[TL_MAX_FARGS];
+    h.L->ops->arguments(h.L, ra, &rn, rfa, &rf); /* round 1.1's two without pad_true */
+    assert_int_equal(rn, 2 + pad_true);
+    assert_int_equal(ra[rn - 1], pad_true ? 1 : causal);
     /* non-zero biases, and masks: example 0 keeps all, 1 pads the last two, 2 keeps only
      * position 1 */
     uint64_t s = 7;
@@ -208,8 +216,13 @@ static void check_attention(int t, int d, int heads, int causal, int masked, int
     lh_loss(&h);
     double *ref = calloc(h.out_len, sizeof(double));
     float fmask[64];
-    for (int i = 0; masked && i < 3 * t; i++)
+    for (int i = 0; masked && i < 3 * t; i++) {
         fmask[i] = tl_mask_keep(h.x[1], (size_t)i) ? 1.0f : 0.0f;
+        if (pad_true)
+            h.x[1][i] = 1.0f - fmask[i];
+    }
+    if (masked && pad_true)
+        lh_loss(&h);
     attention_ref(h.L, h.x[0], masked ? fmask : NULL, causal, (int)n, ref);
     for (size_t i = 0; i < h.out_len; i++)
         if (fabs(h.out[i] - ref[i]) > 1e-5 + 1e-5 * fabs(ref[i]))
@@ -222,11 +235,13 @@ static void check_attention(int t, int d, int heads, int causal, int masked, int
 static void test_attention(void **state)
 {
     (void)state;
-    check_attention(3, 4, 2, 0, 0, 1);
-    check_attention(5, 6, 3, 1, 0, 1);
-    check_attention(4, 4, 1, 0, 1, 1);
-    check_attention(6, 8, 2, 1, 1, 1);
-    check_attention(4, 6, 2, 0, 1, 0); /* evaluation-mode forward: backward recomputes */
+    check_attention(3, 4, 2, 0, 0, 1, 0);
+    check_attention(5, 6, 3, 1, 0, 1, 0);
+    check_attention(4, 4, 1, 0, 1, 1, 0);
+    check_attention(6, 8, 2, 1, 1, 1, 0);
+    check_attention(4, 6, 2, 0, 1, 0, 0); /* evaluation-mode forward: backward recomputes */
+    check_attention(6, 8, 2, 0, 1, 1, 1); /* torch's key_padding_mask (ONNX import) */
+    check_attention(4, 6, 2, 1, 1, 0, 1);
 }
 
 static void test_attention_masks_and_memory(void **state)

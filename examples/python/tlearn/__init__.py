@@ -1671,7 +1671,8 @@ class Model(_Handle):
 
     def _feed(self, inputs):
         """(n, C array of pointers, arrays kept alive) for one array per model input. int64
-        token ids are converted to int32 when every value fits, else ValueError."""
+        token ids are converted to int32 when every value fits, else ValueError; bool masks
+        (torch's key_padding_mask as an imported ONNX model reads it) to int32 0/1."""
         info = self.inputs
         if len(inputs) != len(info):
             raise ValueError("the model has %d inputs, %d arrays given" % (len(info), len(inputs)))

@@ -135,39 +135,23 @@ static void input_name(const char *src, char *out)
         strcpy(out, "input");
 }
 
-/* The single graph input that is not an initializer gives the model's input: ONNX rank 2
- * to 1 + TL_MAX_RANK of FLOAT ((N, F), (N, T, D), (N, C, H, W), ...), or INT64/INT32 token
- * ids (an int32 model input). Dim 0 is the batch and may be symbolic; the others must be
- * fixed. */
-static int read_input(ox_ctx *c)
+/* Every graph input that is not an initializer is a model input (at most 8, in the graph's
+ * order): ONNX rank 2 to 1 + TL_MAX_RANK of FLOAT ((N, F), (N, T, D), (N, C, H, W), ...), or
+ * INT64/INT32 token ids and BOOL masks (int32 model inputs). Dim 0 is the batch and may be
+ * symbolic; the others must be fixed. */
+static int read_input_at(ox_ctx *c, const Tlonnx__ValueInfoProto *in, int k)
 {
-    const Tlonnx__GraphProto *g = c->g;
-    const Tlonnx__ValueInfoProto *in = NULL;
-    for (size_t i = 0; i < g->n_input; i++) {
-        const char *name = g->input[i]->name;
-        if (!name || !*name)
-            return tl_fail(TLEARN_EFORMAT, "%s: graph input %zu has no name", c->fn, i);
-        ox_value *v = ox_find(c, name);
-        if (v && v->kind == OX_CONST)
-            continue; /* an initializer listed as an input (older exporters) */
-        if (in)
-            return tl_fail(TLEARN_EUNSUPPORTED,
-                           "%s: the graph has several inputs ('%.100s', '%.100s'); one is "
-                           "supported", c->fn, in->name, name);
-        in = g->input[i];
-    }
-    if (!in)
-        return tl_fail(TLEARN_EFORMAT, "%s: the graph has no input", c->fn);
     const Tlonnx__TypeProto__Tensor *tt = in->type ? in->type->tensor_type : NULL;
     if (!tt || !tt->shape)
         return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' is not a tensor of known "
                        "rank", c->fn, in->name);
     int32_t et = tt->has_elem_type ? tt->elem_type : 1;
-    int dtype = et == 1 ? TLEARN_DTYPE_FLOAT32 : et == 6 || et == 7 ? TLEARN_DTYPE_INT32 : 0;
+    int dtype = et == 1 ? TLEARN_DTYPE_FLOAT32
+                : et == 6 || et == 7 || et == 9 ? TLEARN_DTYPE_INT32 : 0;
     if (!dtype)
         return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has element type %s; "
-                       "FLOAT, and INT64 or INT32 token ids, are supported", c->fn, in->name,
-                       ox_type_name(et));
+                       "FLOAT, INT64 or INT32 token ids and BOOL masks are supported", c->fn,
+                       in->name, ox_type_name(et));
     size_t rank = tt->shape->n_dim;
     if (rank < 2 || rank > 1 + TL_MAX_RANK)
         return tl_fail(TLEARN_EUNSUPPORTED, "%s: graph input '%.100s' has rank %zu; ranks 2 "
@@ -178,7 +162,8 @@ static int read_input(ox_ctx *c)
         const Tlonnx__TensorShapeProto__Dimension *dim = tt->shape->dim[i];
         int fixed = dim->has_dim_value && dim->dim_value > 0;
         if (i == 0) {
-            c->fixed_batch = fixed ? dim->dim_value : 0;
+            if (!k)
+                c->fixed_batch = fixed ? dim->dim_value : 0;
             continue;
         }
         if (!fixed || dim->dim_value > INT32_MAX)
@@ -190,15 +175,39 @@ static int read_input(ox_ctx *c)
     }
     char name[TL_NAME_MAX];
     input_name(in->name, name);
-    int rc = tlearn_model_create_input(&c->m, name, dtype, (int)rank - 1, d);
+    int rc = k ? tlearn_model_add_input(c->m, name, dtype, (int)rank - 1, d)
+               : tlearn_model_create_input(&c->m, name, dtype, (int)rank - 1, d);
     if (rc)
-        return tl_fail(rc == TLEARN_EINVAL ? TLEARN_EUNSUPPORTED : rc,
+        return tl_fail(rc == TLEARN_EINVAL || rc == TLEARN_ESTATE ? TLEARN_EUNSUPPORTED : rc,
                        "%s: graph input '%.100s': %s", c->fn, in->name, tlearn_errmsg());
     ox_value *v = intern(c, in->name);
     v->kind = OX_ACT;
-    v->layer = tl_input_producer(0);
+    v->layer = tl_input_producer(k);
     v->dtype = dtype;
-    v->shape = c->m->inputs[0].shape;
+    v->shape = c->m->inputs[k].shape;
+    return TLEARN_OK;
+}
+
+static int read_inputs(ox_ctx *c)
+{
+    const Tlonnx__GraphProto *g = c->g;
+    int k = 0;
+    for (size_t i = 0; i < g->n_input; i++) {
+        const char *name = g->input[i]->name;
+        if (!name || !*name)
+            return tl_fail(TLEARN_EFORMAT, "%s: graph input %zu has no name", c->fn, i);
+        ox_value *v = ox_find(c, name);
+        if (v && v->kind == OX_CONST)
+            continue; /* an initializer listed as an input (older exporters) */
+        if (v && v->kind == OX_ACT)
+            return tl_fail(TLEARN_EFORMAT, "%s: graph input '%.100s' is listed twice", c->fn,
+                           name);
+        int rc = read_input_at(c, g->input[i], k++);
+        if (rc)
+            return rc;
+    }
+    if (!k)
+        return tl_fail(TLEARN_EFORMAT, "%s: the graph has no input", c->fn);
     return TLEARN_OK;
 }
 
@@ -269,7 +278,7 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
         v->kind = OX_CONST;
         v->tp = t;
     }
-    rc = read_input(c);
+    rc = read_inputs(c);
     if (rc)
         return rc;
     if (g->n_output != 1)
@@ -312,6 +321,8 @@ static int walk(ox_ctx *c, const Tlonnx__ModelProto *mp)
         if (!is_default_domain(nd->domain))
             return ox_fail(c, TLEARN_EUNSUPPORTED, "operators of domain '%.60s' are not "
                            "supported", nd->domain);
+        if (c->fuse_of && c->fuse_of[i] == OX_DROPPED)
+            continue;
         if (c->fuse_of && c->fuse_of[i]) {
             /* A fused pattern is imported at its last node, all its inputs defined. */
             const size_t *members;

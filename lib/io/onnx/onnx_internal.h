@@ -33,6 +33,8 @@
 #define OX_OPSET_MAX 17
 /* Attribute values beyond this are refused before they reach int arithmetic. */
 #define OX_MAX_ATTR (1 << 24)
+/* fuse_of[] of a node whose outputs only fused patterns read: not imported. */
+#define OX_DROPPED UINT32_MAX
 
 /* A constant tensor converted from the file: float or int64 data. */
 typedef struct ox_const {
@@ -97,7 +99,8 @@ typedef struct ox_ctx {
     const uint8_t *map;
     size_t map_len;
     /* Fused patterns (onnx_fuse.c): fuse_of[i] is 1 + the index in fuse of the match that
-     * covers node i, 0 for a node imported alone. NULL when nothing matched. */
+     * covers node i, 0 for a node imported alone, OX_DROPPED for a node only fused nodes
+     * read (skipped). NULL when nothing matched. */
     uint32_t *fuse_of;
     struct ox_match *fuse;
     size_t nfuse;

@@ -580,10 +580,10 @@ int ox_node(ox_ctx *c, const Tlonnx__NodeProto *nd)
 /* ---- the pre-pass: every node that cannot map, in one message ---- */
 
 /* Why node @p nd cannot map, from its op type and attributes alone; NULL when it may.
- * @p folds: its inputs are all constants (initializers, Constant and Shape outputs and
- * what is computed from them alone) and its operator folds (ox_is_fold_op). */
-static const char *node_problem(ox_ctx *c, const Tlonnx__NodeProto *nd, int folds, char *buf,
-                                size_t n)
+ * @p konst: its inputs are all constants (initializers, Constant and Shape outputs and
+ * what is computed from them alone); @p folds: and its operator folds (ox_is_fold_op). */
+static const char *node_problem(ox_ctx *c, const Tlonnx__NodeProto *nd, int konst, int folds,
+                                char *buf, size_t n)
 {
     if (!nd->op_type || !*nd->op_type)
         return "no operator type";
@@ -597,6 +597,9 @@ static const char *node_problem(ox_ctx *c, const Tlonnx__NodeProto *nd, int fold
     const ox_op *o = ox_op_find(nd->op_type, c->opset, &other);
     if (!o)
         return other ? "not supported at this opset" : "operator not supported";
+    /* operators that only fold: on an activation they have no layer */
+    if (!konst && (strcmp(nd->op_type, "Unsqueeze") == 0 || strcmp(nd->op_type, "Squeeze") == 0))
+        return "on an activation: only folded on constants";
     return o->check ? o->check(c) : NULL;
 }
 
@@ -654,8 +657,9 @@ int ox_check_graph(ox_ctx *c)
         /* a node of a fused pattern was checked by its matcher */
         why[i] = c->fuse_of && c->fuse_of[i]
                      ? NULL
-                     : node_problem(c, nd, konst && nd->op_type && ox_is_fold_op(nd->op_type),
-                                    bufs[i], sizeof bufs[i]);
+                     : node_problem(c, nd, konst,
+                                    konst && nd->op_type && ox_is_fold_op(nd->op_type), bufs[i],
+                                    sizeof bufs[i]);
         bad += why[i] != NULL;
         if (konst || (nd->op_type && (strcmp(nd->op_type, "Constant") == 0 ||
                                       strcmp(nd->op_type, "Shape") == 0)))

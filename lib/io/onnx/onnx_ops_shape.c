@@ -408,14 +408,81 @@ static int op_shape(ox_ctx *c, int arg)
 }
 
 /* Gather along axis 0 of a 1-D integer constant (a shape). */
+/* Gather of one position of an activation (ViT's x[:, 0]): a slice layer, seen without
+ * the axis when the index is a scalar. */
+static int gather_act(ox_ctx *c, const ox_const *idx, int64_t axis)
+{
+    ox_value *x;
+    int a, rc = exact_act(c, 0, &x);
+    if (rc || (rc = layer_axis(c, x, axis, &a)))
+        return rc;
+    if (idx->numel != 1 || idx->ndim > 1)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "gathering %zu positions of an activation (one "
+                       "is supported)", idx->numel);
+    tl_shape s = x->shape;
+    int64_t i = idx->i[0] < 0 ? idx->i[0] + s.d[a] : idx->i[0];
+    if (i < 0 || i >= s.d[a])
+        return ox_fail(c, TLEARN_EFORMAT, "index %lld is out of range for an axis of %d",
+                       (long long)idx->i[0], s.d[a]);
+    int layer = x->layer;
+    if (s.d[a] > 1 && (rc = add_slice(c, &layer, &s, a, i, i + 1, 1)))
+        return rc;
+    if (idx->ndim == 1) {
+        ox_def_view(c, layer, s);
+        return TLEARN_OK;
+    }
+    if (s.rank == 1)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "gathering one value per example (the output "
+                       "would have no dimension after the batch)");
+    for (int k = a; k + 1 < TL_MAX_RANK; k++)
+        s.d[k] = s.d[k + 1];
+    s.d[TL_MAX_RANK - 1] = 1;
+    s.rank--;
+    ox_def_view(c, layer, s);
+    return TLEARN_OK;
+}
+
+/* Gather of rows of a constant (V, D) table by int32 token ids (N, T): nn.Embedding, an
+ * embedding layer holding the table (the ids are checked against V before every run). */
+static int gather_embedding(ox_ctx *c, int64_t axis)
+{
+    const char *ids = ox_in_name(c, 1);
+    ox_value *x = ox_find(c, ids), *wv;
+    ox_const *w;
+    int rc, layer;
+    if (!x || x->kind != OX_ACT || x->dtype != TLEARN_DTYPE_INT32 || x->layer >= 0 ||
+        x->shape.rank != 1)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "gathering rows of a table by '%.100s': the "
+                       "indices must be a graph input of token ids (N, T)", ids);
+    if ((rc = ox_float_const(c, 0, &w, &wv)))
+        return rc;
+    if (axis != 0 || w->ndim != 2 || w->dims[0] > INT32_MAX || w->dims[1] > INT32_MAX)
+        return ox_fail(c, TLEARN_EUNSUPPORTED, "only rows of a 2-D table (an embedding) can be "
+                       "gathered by token ids");
+    int ia[3] = {(int)w->dims[0], (int)w->dims[1], -1};
+    if ((rc = ox_add_layer(c, &tl_embedding_ops, wv->name, &x->layer, 1, ia, 3, NULL, 0,
+                           &layer)) ||
+        (rc = ox_set_param(c, layer, "weight", w->f, w->numel)))
+        return rc;
+    ox_def_act(c, layer);
+    return TLEARN_OK;
+}
+
 static int op_gather(ox_ctx *c, int arg)
 {
     (void)arg;
     int rc = ox_need_inputs(c, 2, 2);
     ox_const *data, *idx, *k;
     int64_t axis;
-    if (rc || (rc = ox_int_const(c, 0, &data)) || (rc = ox_int_const(c, 1, &idx)) ||
-        (rc = ox_attr_int(c, "axis", 0, &axis)))
+    if (rc || (rc = ox_attr_int(c, "axis", 0, &axis)))
+        return rc;
+    if (ox_in_is_const(c, 0) && !ox_in_is_const(c, 1))
+        return gather_embedding(c, axis);
+    if ((rc = ox_int_const(c, 1, &idx)))
+        return rc;
+    if (!ox_in_is_const(c, 0))
+        return gather_act(c, idx, axis);
+    if ((rc = ox_int_const(c, 0, &data)))
         return rc;
     if (data->ndim != 1 || (axis != 0 && axis != -1) || idx->ndim > 1)
         return ox_fail(c, TLEARN_EUNSUPPORTED, "only gathering from a 1-D shape is supported");
@@ -834,7 +901,10 @@ const ox_op ox_ops_shape[] = {
     {"Dropout", op_dropout, 0, 0, 0, check_dropout, "inference: the identity"},
     {"Constant", op_constant, 0, 0, 0, NULL, "value, value_float(s), value_int(s)"},
     {"Shape", op_shape, 0, 0, 0, NULL, "folded (the batch stays symbolic)"},
-    {"Gather", op_gather, 0, 0, 0, NULL, "folded: from a 1-D integer constant (a shape)"},
+    {"Gather", op_gather, 0, 0, 0, NULL,
+     "an activation, one constant index along any axis but the batch (a slice layer); a "
+     "constant (V, D) table by token ids, a graph input (an embedding layer); or folded: "
+     "from a 1-D integer constant (a shape)"},
     {"Unsqueeze", op_unsqueeze, 0, 0, 0, NULL, "folded: integer constants"},
     {"Squeeze", op_unsqueeze, 1, 0, 0, NULL, "folded: integer constants"},
     {"Concat", op_concat, 0, 0, 0, NULL,
