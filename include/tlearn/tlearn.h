@@ -1738,6 +1738,36 @@ TLEARN_API int tlearn_lora_load(tlearn_model *m, const char *adapter, const char
  */
 TLEARN_API int tlearn_adapter_add_bottleneck(tlearn_model *m, const char *adapter,
                                              const char *glob, int hidden, int activation);
+
+/**
+ * Freeze (frozen = 1) or unfreeze (0) single tensors: every trainable tensor whose full
+ * name "layer.param" (as tlearn_model_tensor_info(): "fc.weight", "enc.self_attn.in_proj_bias")
+ * matches the shell pattern @p glob. A freeze policy's rules replay in order tensor by tensor:
+ * tlearn_freeze_match() / _until() / _range() set every tensor of their layers, this rule
+ * the matching ones, later rules win. A layer whose every tensor ends frozen is a frozen
+ * layer; in a layer that still trains, a frozen tensor costs nothing: no gradient is
+ * computed for it, it has no optimizer state and steps leave it bit-identical. Checkpoints
+ * keep the outcome (older libraries refuse a file with a partly frozen layer; older files
+ * load unchanged). BitFit (Ben Zaken et al. 2022), biases only:
+ * `tlearn_freeze_match(f, "*", 1); tlearn_freeze_tensors(f, "*bias", 0);`
+ * (`*bias` also matches attention's in_proj_bias and out_proj.bias).
+ * Thread-safety: a policy is used by one thread at a time.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, empty pattern, frozen not 0/1), TLEARN_ENOMEM. A
+ *         pattern that matches no trainable tensor is reported by tlearn_model_apply_freeze()
+ *         as TLEARN_ENOTFOUND.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_freeze_tensors(tlearn_freeze *f, const char *glob, int frozen);
+
+/**
+ * Whether tensor @p tensor ("layer.param") gets no update: 1 when its layer or the tensor
+ * itself is frozen, and for buffers (running statistics), which never train.
+ * Thread-safety: as any call on the model handle.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL), TLEARN_ENOTFOUND (no such tensor).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_tensor_frozen(const tlearn_model *m, const char *tensor,
+                                          int *frozen);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

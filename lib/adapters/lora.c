@@ -262,7 +262,7 @@ static void freeze_targets(tlearn_model *m, const char *ad)
     site s[MAX_SITES];
     int n = find_sites(m, ad, s, MAX_SITES);
     for (int k = 0; k < n; k++)
-        m->lstate[s[k].t].frozen = 1;
+        tl_frozen_unpack(&m->lstate[s[k].t], 1u);
     tl_plan_free(&m->plan_train);
     /* frees the frozen slots' gradients and state; allocates nothing */
     (void)tl_model_sync_slots(m, 0);

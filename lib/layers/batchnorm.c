@@ -162,10 +162,10 @@ static void bn_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
                 sdyx += g[k] * ((p[k] - mean) * invstd);
             }
         }
-        if (pgrad) {
+        if (pgrad && pgrad[0])
             pgrad[0][c] = (float)sdyx;
+        if (pgrad && pgrad[1])
             pgrad[1][c] = (float)sdy;
-        }
         if (!dx)
             continue;
         /* batch: dx = gamma*invstd * (dy - mean(dy) - xhat * mean(dy*xhat));

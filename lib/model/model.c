@@ -729,10 +729,10 @@ int tlearn_model_param_count(const tlearn_model *m, size_t *total, size_t *train
     TL_CHECK_MODEL("tlearn_model_param_count", m);
     size_t all = 0, train = 0;
     for (int i = 0; i < m->nlayers; i++) {
-        size_t k = layer_params(m->layers[i]);
-        all += k;
-        if (!m->lstate[i].frozen)
-            train += k;
+        all += layer_params(m->layers[i]);
+        for (int p = 0; p < m->layers[i]->nparam; p++)
+            if (tl_param_trains(m, i, p))
+                train += m->layers[i]->param[p].t.numel;
     }
     if (total)
         *total = all;
@@ -884,7 +884,7 @@ int tlearn_model_get_grad(const tlearn_model *m, const char *name, float *out, s
     if (m->layers[l]->param[p].is_buffer || !g || !m->has_grads)
         return tl_fail(TLEARN_ESTATE, "%s: '%s' has no gradient (%s)", fn, name,
                        m->layers[l]->param[p].is_buffer ? "a buffer"
-                       : m->lstate[l].frozen           ? "frozen"
+                       : !tl_param_trains(m, l, p)     ? "frozen"
                                                        : "nothing computed yet");
     memcpy(out, g, sizeof(float) * out_len);
     return TLEARN_OK;

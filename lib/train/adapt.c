@@ -728,9 +728,9 @@ static void bn_fresh_slots(tlearn_model *m)
 
 static void set_frozen(tlearn_model *m, const int *frozen)
 {
-    for (int i = 0; i < m->nlayers; i++)
-        m->lstate[i].frozen = frozen ? frozen[i]
-                                     : m->layers[i]->ops->kind != TLEARN_LAYER_BATCHNORM;
+    for (int i = 0; i < m->nlayers; i++) /* packed: the layer's and its tensors' flags */
+        tl_frozen_unpack(&m->lstate[i], frozen ? (unsigned)frozen[i]
+                                               : m->layers[i]->ops->kind != TLEARN_LAYER_BATCHNORM);
     tl_plan_free(&m->plan_train);
     m->has_grads = 0;
     bn_fresh_slots(m);
@@ -751,7 +751,7 @@ static int tent_begin(const char *fn, tlearn_model *m, struct tl_da *da)
     }
     bn_tensors(m, da->tent_saved, 1);
     for (int i = 0; i < m->nlayers; i++)
-        da->tent_frozen[i] = m->lstate[i].frozen;
+        da->tent_frozen[i] = (int)tl_frozen_pack(&m->lstate[i]);
     da->tent_layers = m->nlayers;
     da->tent = 1;
     set_frozen(m, NULL);

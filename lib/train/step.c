@@ -14,7 +14,7 @@ int tl_model_sync_slots(tlearn_model *m, int alloc_grads)
             tl_slot *s = &st->slot[p];
             if (L->param[p].is_buffer)
                 continue;
-            if (st->frozen) { /* frozen costs nothing: no gradient, no optimizer state */
+            if (!tl_param_trains(m, i, p)) { /* frozen costs nothing: no gradient, no state */
                 tl_free(s->grad);
                 tl_free(s->m1);
                 tl_free(s->m2);
@@ -229,7 +229,7 @@ static int apply_update(const char *fn, tlearn_model *m, tlearn_optim *o)
     for (int i = 0; i < m->nlayers; i++)
         for (int p = 0; p < m->layers[i]->nparam; p++) {
             const float *g = m->lstate[i].slot[p].grad;
-            if (!g || m->lstate[i].frozen || m->layers[i]->param[p].is_buffer)
+            if (!g || !tl_param_trains(m, i, p))
                 continue;
             size_t numel = m->layers[i]->param[p].t.numel;
             if (o->clip_norm > 0)

@@ -374,6 +374,13 @@ class FreezePolicy(_Handle):
         _check(_C.tlearn_freeze_match(self.handle, _enc(pattern, "pattern"), int(bool(frozen))))
         return self
 
+    def tensors(self, pattern, frozen=True):
+        """Freeze (or unfreeze) single tensors whose "layer.param" names match a shell-style
+        pattern; rules replay in order tensor by tensor. BitFit (biases only):
+        ``Freeze().match("*").tensors("*bias", False)``."""
+        _check(_C.tlearn_freeze_tensors(self.handle, _enc(pattern, "pattern"), int(bool(frozen))))
+        return self
+
     def range(self, first, last, frozen=True):
         """Freeze (or unfreeze) the layers with index in [first, last]."""
         _check(_C.tlearn_freeze_range(self.handle, int(first), int(last), int(bool(frozen))))
@@ -1176,6 +1183,14 @@ class Model(_Handle):
     def layer_frozen(self, layer):
         f = ctypes.c_int()
         _check(_C.tlearn_model_layer_frozen(self.handle, _enc(layer, "layer"), ctypes.byref(f)))
+        return bool(f.value)
+
+    def tensor_frozen(self, tensor):
+        """Whether tensor "layer.param" gets no update (its layer or itself frozen, or a
+        buffer)."""
+        f = ctypes.c_int()
+        _check(_C.tlearn_model_tensor_frozen(self.handle, _enc(tensor, "tensor"),
+                                             ctypes.byref(f)))
         return bool(f.value)
 
     def layer_lr_scale(self, layer):

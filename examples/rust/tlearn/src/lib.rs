@@ -671,6 +671,14 @@ impl FreezePolicy {
         Ok(self)
     }
 
+    /// Freeze (or unfreeze) single tensors whose "layer.param" names match a shell-style
+    /// pattern (BitFit: `matching("*", true)` then `tensors("*bias", false)`).
+    pub fn tensors(&mut self, glob: &str, frozen: bool) -> Result<&mut Self> {
+        let c = cstring(glob, "pattern")?;
+        check(unsafe { sys::tlearn_freeze_tensors(self.ptr.as_ptr(), c.as_ptr(), frozen as c_int) })?;
+        Ok(self)
+    }
+
     /// Freeze (or unfreeze) layers first..=last by index.
     pub fn range(&mut self, first: i32, last: i32, frozen: bool) -> Result<&mut Self> {
         check(unsafe { sys::tlearn_freeze_range(self.ptr.as_ptr(), first, last, frozen as c_int) })?;
@@ -1824,6 +1832,13 @@ impl Model {
         let c = cstring(layer, "layer")?;
         let mut f = 0;
         check(unsafe { sys::tlearn_model_layer_frozen(self.raw(), c.as_ptr(), &mut f) })?;
+        Ok(f != 0)
+    }
+    /// Whether tensor "layer.param" gets no update (its layer or itself frozen, or a buffer).
+    pub fn tensor_frozen(&self, tensor: &str) -> Result<bool> {
+        let c = cstring(tensor, "tensor")?;
+        let mut f = 0;
+        check(unsafe { sys::tlearn_model_tensor_frozen(self.raw(), c.as_ptr(), &mut f) })?;
         Ok(f != 0)
     }
     pub fn layer_lr_scale(&self, layer: &str) -> Result<f32> {
