@@ -182,6 +182,106 @@ static void remove_adapter(tlearn_model *m, const char *ad)
     }
 }
 
+/* ---- attention projections ----
+ * The fused attention layer A packs its projections (in_proj_weight [3D, D]). LoRA on one of
+ * them first splits A, once, into ordinary layers in its place:
+ *   A.q_proj, A.k_proj, A.v_proj   linear D -> D with bias, reading A's input (the rows of
+ *                                  in_proj_weight / in_proj_bias)
+ *   A                              attention in its split form: Q, K, V [, mask] -> ctx
+ *   A.out_proj                     linear D -> D with bias (out_proj.weight / .bias)
+ * so "A.out_proj.weight" keeps its name and LoRA targets the projections like any linear
+ * layer (names as HF's BART/OPT/LLaMA modules: q_proj, k_proj, v_proj, out_proj). Outputs
+ * equal the fused layer's to float rounding; freeze flags follow the tensors; the split
+ * stays when the adapters are removed. */
+static const char *const PROJ[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+
+static int fused_attention(const tl_layer *L)
+{
+    int ia[TL_MAX_IARGS], ni, nf;
+    float fa[TL_MAX_FARGS];
+    if (L->ops != &tl_attention_ops)
+        return 0;
+    L->ops->arguments(L, ia, &ni, fa, &nf);
+    return ni < 3 || !ia[2];
+}
+
+static int split_attention(const char *fn, tlearn_model *m, int i)
+{
+    const tl_layer *A = m->layers[i];
+    char names[5][TL_NAME_MAX + 16];
+    for (int k = 0; k < 4; k++)
+        snprintf(names[k], sizeof names[k], "%s.%s", A->name, PROJ[k]);
+    snprintf(names[4], sizeof names[4], "%s.attend", A->name);
+    if (strlen(names[4]) >= TL_NAME_MAX)
+        return tl_fail(TLEARN_EINVAL, "%s: attention '%s': the projection layer names would "
+                       "exceed %d bytes", fn, A->name, TL_NAME_MAX - 1);
+    int ia[TL_MAX_IARGS], ni, nf;
+    float fa[TL_MAX_FARGS];
+    A->ops->arguments(A, ia, &ni, fa, &nf);
+    int d = A->in[0].d[1], x = A->input[0];
+    int lin[3] = {d, 1, 1}, core[3] = {ia[0], ia[1], 1};
+    tl_insert_spec sp[5];
+    for (int k = 0; k < 3; k++)
+        sp[k] = (tl_insert_spec){&tl_dense_ops, names[k], 1, {x}, lin, 3, NULL, 0};
+    sp[3] = (tl_insert_spec){&tl_attention_ops, names[4], A->ninputs + 2,
+                             {i + 1, i + 2, i + 3, A->ninputs > 1 ? A->input[1] : 0}, core, 3,
+                             NULL, 0};
+    sp[4] = (tl_insert_spec){&tl_dense_ops, names[3], 1, {i + 4}, lin, 3, NULL, 0};
+    tl_layer *made[5];
+    tl_rng rng = m->rng;
+    int rc = tl_model_insert(m, fn, i, sp, 5, i, i + 5, made);
+    m->rng = rng; /* the weights are copied, not drawn */
+    if (rc)
+        return rc;
+    /* weights and freeze flags: in_proj rows k*D.. to projection k, out_proj to out */
+    const tl_layer_state *st = &m->lstate[i];
+    size_t dd = (size_t)d * d;
+    for (int k = 0; k < 4; k++) {
+        tl_layer *P = made[k < 3 ? k : 4];
+        int w = k < 3 ? 0 : 2; /* A's weight tensor: in_proj_weight or out_proj.weight */
+        memcpy(P->param[0].t.data, A->param[w].t.data + (k < 3 ? k * dd : 0), sizeof(float) * dd);
+        memcpy(P->param[1].t.data, A->param[w + 1].t.data + (k < 3 ? (size_t)k * d : 0),
+               sizeof(float) * (size_t)d);
+        tl_layer_state *ps = &m->lstate[tl_model_find(m, P->name)];
+        unsigned bits = st->frozen ? 3u : st->frozen_params >> w & 3u;
+        tl_frozen_unpack(ps, bits == 3u ? 1u : bits << TL_FROZEN_PARAMS_SHIFT);
+        ps->lr_scale = st->lr_scale;
+    }
+    char name[TL_NAME_MAX];
+    snprintf(name, sizeof name, "%s", A->name);
+    tl_model_remove(m, i, 1, TL_NO_REROUTE, 0);
+    tl_model_rename(m, i + 3, name);
+    (void)tl_model_sync_slots(m, 0); /* frees nothing new; allocates nothing */
+    return TLEARN_OK;
+}
+
+/* Split every fused attention layer one of whose projection names ("A.q_proj", ...)
+ * satisfies @p match (last first: a split shifts the later layers). */
+static int split_matching(const char *fn, tlearn_model *m,
+                          int (*match)(const void *ctx, const char *name), const void *ctx)
+{
+    for (int i = m->nlayers - 1; i >= 0; i--) {
+        const tl_layer *L = m->layers[i];
+        if (!fused_attention(L))
+            continue;
+        int hit = 0;
+        for (int k = 0; k < 4 && !hit; k++) {
+            char nm[TL_NAME_MAX + 16];
+            snprintf(nm, sizeof nm, "%s.%s", L->name, PROJ[k]);
+            hit = match(ctx, nm);
+        }
+        int rc = hit ? split_attention(fn, m, i) : TLEARN_OK;
+        if (rc)
+            return rc;
+    }
+    return TLEARN_OK;
+}
+
+static int glob_match(const void *glob, const char *name)
+{
+    return tl_glob_match(glob, name);
+}
+
 static int targetable(const tl_layer *L)
 {
     return (L->ops == &tl_dense_ops || L->ops == &tl_conv2d_ops) && !tl_adapter_part(L);
@@ -307,6 +407,8 @@ int tlearn_lora_add(tlearn_model *m, const char *adapter, const char *glob, int 
         return rc;
     if (adapter_exists(m, adapter))
         return tl_fail(TLEARN_EINVAL, "%s: the model has an adapter '%s' already", fn, adapter);
+    if ((rc = split_matching(fn, m, glob_match, glob)))
+        return rc;
     char(*names)[TL_NAME_MAX] = tl_alloc_array((size_t)m->nlayers + 1, TL_NAME_MAX);
     if (!names)
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
@@ -594,6 +696,11 @@ static int peft_target(const tl_json *tm, const char *layer)
     return 0;
 }
 
+static int peft_match(const void *targets, const char *layer)
+{
+    return peft_target(targets, layer);
+}
+
 typedef struct map_ctx {
     const char *ad;
 } map_ctx;
@@ -693,6 +800,8 @@ int tlearn_lora_load(tlearn_model *m, const char *adapter, const char *dir)
         rc = join(fn, path, sizeof path, dir, "adapter_model.safetensors");
     if (!rc)
         rc = tl_file_read(fn, path, &st, &slen);
+    if (!rc)
+        rc = split_matching(fn, m, peft_match, targets);
     char(*names)[TL_NAME_MAX] = NULL;
     int n = 0;
     if (!rc && !(names = tl_alloc_array((size_t)m->nlayers + 1, TL_NAME_MAX)))

@@ -523,6 +523,14 @@ void tl_model_remove(tlearn_model *m, int first, int count, int reroute, int to)
     remap_graph(m, first, first + count - 1, -count, reroute, to);
 }
 
+void tl_model_rename(tlearn_model *m, int i, const char *name)
+{
+    snprintf(m->layers[i]->name, sizeof m->layers[i]->name, "%s", name);
+    index_rebuild(m);
+    tl_free(m->tensor_names); /* "layer.param" names are built from layer names */
+    m->tensor_names = NULL;
+}
+
 /* The public tlearn_model_add_* wrappers live in build.c. */
 
 /* ---- introspection ---- */

@@ -296,7 +296,7 @@ typedef struct tl_insert_spec {
     const tl_layer_ops *ops;
     const char *name;
     int ninputs;
-    int inputs[2];
+    int inputs[4];
     const int *ia;
     int ni;
     const float *fa;
@@ -316,6 +316,9 @@ int tl_model_insert(tlearn_model *m, const char *fn, int after, const tl_insert_
  * of layer @p reroute (inside the range) read @p to (< first) instead. The caller makes
  * sure nothing else outside the range reads a removed layer. Cannot fail. */
 void tl_model_remove(tlearn_model *m, int first, int count, int reroute, int to);
+/* Give layer @p i the name @p name, which no other layer has (the caller checked it and
+ * its length). Cannot fail. */
+void tl_model_rename(tlearn_model *m, int i, const char *name);
 
 
 #endif
