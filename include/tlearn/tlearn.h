@@ -1639,6 +1639,20 @@ TLEARN_API int tlearn_transferability(tlearn_model *m, const char *layer, const 
  * @p glob (shell pattern over the full layer name; other kinds are skipped). Targets are
  * frozen (only they: use a freeze policy to freeze the rest as PEFT does); a target that
  * already has adapters gets the new one after them. The new adapter has weight 1.
+ *
+ * Attention projections: a fused attention layer A (tlearn_model_add_attention()) offers
+ * `A.q_proj`, `A.k_proj`, `A.v_proj` and `A.out_proj` as targets (HF BART/OPT/LLaMA's
+ * module names, so PEFT's target_modules ["q_proj", "v_proj"] work as they are; HF BERT's
+ * `query`/`value` and `output.dense` need their file keys renamed). The first call (or
+ * tlearn_lora_load()) that names one splits A, once, into linear layers of those names
+ * around A's core (still named A, kind TLEARN_LAYER_ATTENTION, no tensors): rows k*D..
+ * of in_proj_weight / in_proj_bias become `A.{q,k,v}_proj.weight` / `.bias`,
+ * `A.out_proj.weight` / `.bias` keep their names, freeze flags follow the tensors, the
+ * outputs stay the same to float rounding, and the split stays (removing the adapter
+ * leaves it; checkpoints keep it, which 1.1 libraries without it cannot read). A call that
+ * fails after the split leaves the split. PEFT's LoRA on a packed
+ * torch.nn.MultiheadAttention (one A/B pair over in_proj_weight) is not this layout and is
+ * refused by tlearn_lora_load(): build the torch module with separate projections.
  * @param adapter  name (layer-name rules, no '.'), not used by another LoRA adapter.
  * @param r        rank, 1..65536.  @param alpha  finite.
  * @param dropout  dropout on the LoRA input in [0, 1) (0: no dropout layer).
