@@ -1782,6 +1782,42 @@ TLEARN_API int tlearn_freeze_tensors(tlearn_freeze *f, const char *glob, int fro
  */
 TLEARN_API int tlearn_model_tensor_frozen(const tlearn_model *m, const char *tensor,
                                           int *frozen);
+
+/**
+ * One base, many handles: create a model with @p base's graph (layers, inputs, outputs,
+ * freeze flags and LR scales, loss settings, threads, seed and random stream) whose
+ * parameter tensors share @p base's data instead of copying it: reference-counted and
+ * read-only, so N adapted handles cost one base plus what each adds (LoRA adapters, a
+ * head) or trains. Buffers (BatchNorm running statistics, prototypes) are copied, since
+ * training-mode forwards update them. Not carried over: optimizer state, gradients,
+ * EWC / L2-SP, domain-adaptation settings, the reducer, metadata.
+ *
+ * Copy on write: a handle that writes a shared tensor first gets its own copy of that
+ * tensor, the others keep theirs unchanged: training it (the first step after it is made
+ * trainable), tlearn_model_set_tensor(), tlearn_lora_merge() / _unmerge() into it, weights
+ * loaded from a file, TENT's restore. A tensor that stays frozen stays shared. Any handle
+ * (the base included) may be destroyed first: shared data lives while any holder does.
+ *
+ * Thread-safety: the call reads @p base and takes references on its tensors, so @p base is
+ * not used by another thread during the call. Afterwards distinct handles that share
+ * tensors may be used from different threads at the same time (shared data is never
+ * written; the counts are atomic); each handle is still used by one thread at a time.
+ * @param out   receives the new model; free with tlearn_model_destroy().
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL), TLEARN_ESTATE (a layer that does not rebuild
+ *         from its arguments), TLEARN_ENOMEM. On failure *out is NULL and @p base is
+ *         unchanged (its tensors' data are never touched).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_create_shared(tlearn_model **out, const tlearn_model *base);
+
+/**
+ * Whether tensor @p tensor ("layer.param") holds data that another handle holds too
+ * (tlearn_model_create_shared()). Thread-safety: as any call on the model handle.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL), TLEARN_ENOTFOUND (no such tensor).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_tensor_shared(const tlearn_model *m, const char *tensor,
+                                          int *shared);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

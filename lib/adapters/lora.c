@@ -539,6 +539,8 @@ static int merge(const char *fn, tlearn_model *m, const char *ad, int to)
                          to ? "merged already" : "not merged");
         e[k] = sum_factor(m->layers[s[k].sum]);
         mg[k] = to;
+        if (!rc) /* the target's weight may be shared with other handles: copy on write */
+            rc = tl_model_own_param(m, s[k].t, 0);
     }
     if (!rc)
         rc = set_sums(fn, m, s, n, w, mg);

@@ -1520,6 +1520,10 @@ static int load_weights_from(const char *fn, tlearn_model *m, const void *data, 
                          (int)f.tensors[i].name.n, f.tensors[i].name.s);
     if (!rc)
         rc = data_crc_check(&f);
+    for (int i = 0, k = 0; !rc && staged && i < m->nlayers; i++) /* copy on write */
+        for (int p = 0; !rc && p < m->layers[i]->nparam; p++, k++)
+            if (staged[k])
+                rc = tl_model_own_param(m, i, p);
     for (int i = 0, k = 0; staged && i < m->nlayers; i++)
         for (int p = 0; p < m->layers[i]->nparam; p++, k++) {
             if (!rc && staged[k])

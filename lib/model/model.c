@@ -875,8 +875,10 @@ int tlearn_model_set_tensor(tlearn_model *m, const char *name, const float *data
         return rc;
     rc = tl_check_values(TLEARN_EINVAL, fn, name, data, len,
                          tl_param_nonneg(m->layers[l]->param[p].name));
+    if (!rc)
+        rc = tl_model_own_param(m, l, p); /* copy on write of a shared tensor */
     if (rc)
-        return rc;
+        return tl_fail_prefix(rc, "%s: ", fn);
     memcpy(m->layers[l]->param[p].t.data, data, sizeof(float) * len);
     return TLEARN_OK;
 }

@@ -288,6 +288,9 @@ void tl_model_commit(tlearn_model *m, tl_plan *p, size_t n, int from);
  * training use (a step, an input gradient, EWC consolidation), never at load or freeze:
  * a model only used for inference holds its parameters alone. */
 int tl_model_sync_slots(tlearn_model *m, int alloc_grads);
+/* Before writing tensor @p param of layer @p layer: its own copy if its data is shared with
+ * other handles (share.c). ENOMEM with a message; nothing changes then. */
+int tl_model_own_param(tlearn_model *m, int layer, int param);
 
 /* ---- editing the graph (adapters/) ----
  * One layer to insert: producers >= 0 count in the numbering AFTER the insertion, so they

@@ -765,6 +765,13 @@ static int tent_restore(const char *fn, tlearn_model *m, struct tl_da *da)
     if (m->nlayers != da->tent_layers)
         return tl_fail(TLEARN_ESTATE, "%s: the model changed since adaptation began (%d layers, "
                        "was %d); cannot restore", fn, m->nlayers, da->tent_layers);
+    for (int i = 0; i < m->nlayers; i++) /* copy on write of shared BatchNorm tensors */
+        for (int p = 0; m->layers[i]->ops->kind == TLEARN_LAYER_BATCHNORM &&
+                        p < m->layers[i]->nparam; p++) {
+            int rc = tl_model_own_param(m, i, p);
+            if (rc)
+                return tl_fail_prefix(rc, "%s: ", fn);
+        }
     bn_tensors(m, da->tent_saved, 0);
     set_frozen(m, da->tent_frozen);
     tl_free(da->tent_saved);

@@ -21,9 +21,13 @@ int tl_model_sync_slots(tlearn_model *m, int alloc_grads)
                 s->grad = s->m1 = s->m2 = NULL;
                 s->step = 0;
                 s->opt_kind = 0;
-            } else if (alloc_grads && !s->grad) {
-                s->grad = tl_alloc_array(L->param[p].t.numel, sizeof(float));
-                if (!s->grad)
+            } else if (alloc_grads) {
+                /* training writes it: a tensor shared with other handles is copied first
+                 * (a frozen one stays shared) */
+                int rc = tl_model_own_param(m, i, p);
+                if (rc)
+                    return rc;
+                if (!s->grad && !(s->grad = tl_alloc_array(L->param[p].t.numel, sizeof(float))))
                     return tl_fail(TLEARN_ENOMEM, "out of memory for gradients of '%s.%s'",
                                    L->name, L->param[p].name);
             }

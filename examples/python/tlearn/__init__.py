@@ -478,6 +478,21 @@ class Model(_Handle):
             return m, (Optimizer._adopt(o) if o else None)
         return m
 
+    def create_shared(self):
+        """A model with this one's graph whose parameter tensors share this one's data
+        (reference-counted, copied on write): one base, many adapted handles. Handles that
+        share data may run on different threads at once."""
+        h = ctypes.c_void_p()
+        _check(_C.tlearn_model_create_shared(ctypes.byref(h), self.handle))
+        return type(self)._adopt(h)
+
+    def tensor_shared(self, tensor):
+        """Whether tensor "layer.param" holds data another handle holds too."""
+        s = ctypes.c_int()
+        _check(_C.tlearn_model_tensor_shared(self.handle, _enc(tensor, "tensor"),
+                                             ctypes.byref(s)))
+        return bool(s.value)
+
     @classmethod
     def import_onnx(cls, source):
         """Build a model from an ONNX file (a path) or from its bytes."""

@@ -236,6 +236,8 @@ _SIGNATURES = {
     "tlearn_model_layer_frozen": (c_int, [_M, c_char_p, P(c_int)]),
     "tlearn_freeze_tensors": (c_int, [c_void_p, c_char_p, c_int]),
     "tlearn_model_tensor_frozen": (c_int, [_M, c_char_p, P(c_int)]),
+    "tlearn_model_create_shared": (c_int, [P(c_void_p), _M]),
+    "tlearn_model_tensor_shared": (c_int, [_M, c_char_p, P(c_int)]),
     "tlearn_model_layer_lr_scale": (c_int, [_M, c_char_p, P(c_float)]),
     "tlearn_model_features": (c_int, [_M, c_char_p, f32p, c_size_t, f32p, c_size_t]),
     "tlearn_model_train_step_from": (c_int, [_M, c_void_p, c_char_p, f32p, i32p, c_size_t,

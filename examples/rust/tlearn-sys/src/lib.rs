@@ -509,6 +509,10 @@ extern "C" {
         -> c_int;
     pub fn tlearn_model_tensor_frozen(m: *const tlearn_model, tensor: *const c_char,
                                       frozen: *mut c_int) -> c_int;
+    pub fn tlearn_model_create_shared(out: *mut *mut tlearn_model, base: *const tlearn_model)
+        -> c_int;
+    pub fn tlearn_model_tensor_shared(m: *const tlearn_model, tensor: *const c_char,
+                                      shared: *mut c_int) -> c_int;
     pub fn tlearn_model_layer_lr_scale(m: *const tlearn_model, layer: *const c_char,
                                        scale: *mut f32) -> c_int;
     pub fn tlearn_model_features(m: *mut tlearn_model, layer: *const c_char, x: *const f32,

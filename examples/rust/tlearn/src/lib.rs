@@ -873,6 +873,22 @@ impl Model {
         Ok(Model::from_raw(p))
     }
 
+    /// A model with this one's graph whose parameter tensors share this one's data
+    /// (reference-counted, copied on write): one base, many adapted handles.
+    pub fn create_shared(&self) -> Result<Model> {
+        let mut p = ptr::null_mut();
+        check(unsafe { sys::tlearn_model_create_shared(&mut p, self.raw()) })?;
+        Ok(Model::from_raw(p))
+    }
+
+    /// Whether tensor "layer.param" holds data another handle holds too.
+    pub fn tensor_shared(&self, tensor: &str) -> Result<bool> {
+        let c = cstring(tensor, "tensor")?;
+        let mut s = 0;
+        check(unsafe { sys::tlearn_model_tensor_shared(self.raw(), c.as_ptr(), &mut s) })?;
+        Ok(s != 0)
+    }
+
     /// Load a checkpoint with its optimizer (None when the file holds no optimizer).
     pub fn load_with_optimizer(path: impl AsRef<Path>) -> Result<(Model, Option<Optimizer>)> {
         let c = cpath(path.as_ref())?;
