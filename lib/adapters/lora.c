@@ -207,7 +207,7 @@ static int fused_attention(const tl_layer *L)
 
 static int split_attention(const char *fn, tlearn_model *m, int i)
 {
-    const tl_layer *A = m->layers[i];
+    tl_layer *A = m->layers[i];
     char names[5][TL_NAME_MAX + 16];
     for (int k = 0; k < 4; k++)
         snprintf(names[k], sizeof names[k], "%s.%s", A->name, PROJ[k]);
@@ -233,15 +233,33 @@ static int split_attention(const char *fn, tlearn_model *m, int i)
     m->rng = rng; /* the weights are copied, not drawn */
     if (rc)
         return rc;
-    /* weights and freeze flags: in_proj rows k*D.. to projection k, out_proj to out */
+    /* Weights: views of A's (in_proj rows k*D.. for projection k; out_proj whole), counted
+     * (tensor.c), so a split of a handle that shares A's tensors copies nothing; they are
+     * copied on write like any shared tensor. Then the freeze flags. */
     const tl_layer_state *st = &m->lstate[i];
     size_t dd = (size_t)d * d;
+    tl_tensor views[8];
+    for (int k = 0; k < 4 && !rc; k++)
+        for (int b = 0; b < 2 && !rc; b++) {
+            int w = (k < 3 ? 0 : 2) + b; /* in_proj_weight/bias or out_proj.weight/bias */
+            size_t off = k < 3 ? (size_t)k * (b ? (size_t)d : dd) : 0;
+            const int dims[2] = {d, d};
+            rc = tl_tensor_share_view(&views[2 * k + b], &A->param[w].t, off, 2 - b, dims);
+            if (rc)
+                for (int j = 0; j < 2 * k + b; j++)
+                    tl_tensor_free(&views[j]);
+        }
+    if (rc) {
+        tl_model_remove(m, i + 1, 5, i + 5, i);
+        return tl_fail_prefix(rc, "%s: ", fn);
+    }
     for (int k = 0; k < 4; k++) {
         tl_layer *P = made[k < 3 ? k : 4];
-        int w = k < 3 ? 0 : 2; /* A's weight tensor: in_proj_weight or out_proj.weight */
-        memcpy(P->param[0].t.data, A->param[w].t.data + (k < 3 ? k * dd : 0), sizeof(float) * dd);
-        memcpy(P->param[1].t.data, A->param[w + 1].t.data + (k < 3 ? (size_t)k * d : 0),
-               sizeof(float) * (size_t)d);
+        int w = k < 3 ? 0 : 2;
+        for (int b = 0; b < 2; b++) {
+            tl_tensor_free(&P->param[b].t);
+            P->param[b].t = views[2 * k + b];
+        }
         tl_layer_state *ps = &m->lstate[tl_model_find(m, P->name)];
         unsigned bits = st->frozen ? 3u : st->frozen_params >> w & 3u;
         tl_frozen_unpack(ps, bits == 3u ? 1u : bits << TL_FROZEN_PARAMS_SHIFT);

@@ -50,6 +50,22 @@ void tl_tensor_free(tl_tensor *t)
     memset(t, 0, sizeof *t);
 }
 
+int tl_tensor_share_view(tl_tensor *dst, tl_tensor *src, size_t offset, int ndim,
+                         const int *dims)
+{
+    int rc = tl_tensor_share(dst, src);
+    if (rc)
+        return rc;
+    dst->data = src->data + offset;
+    dst->ndim = ndim;
+    dst->numel = 1;
+    for (int i = 0; i < 4; i++) {
+        dst->dims[i] = i < ndim ? dims[i] : 0;
+        dst->numel *= i < ndim ? (size_t)dims[i] : 1;
+    }
+    return TLEARN_OK;
+}
+
 int tl_tensor_share(tl_tensor *dst, tl_tensor *src)
 {
     if (!src->share) {
@@ -76,8 +92,8 @@ int tl_tensor_own(tl_tensor *t)
     if (!s)
         return TLEARN_OK;
     /* One holder left: no other handle can take a new reference (that needs a handle that
-     * holds one), so the data is ours. */
-    if (atomic_load_explicit(&s->refs, memory_order_acquire) == 1) {
+     * holds one), so the data is ours, unless this is a view into part of it. */
+    if (atomic_load_explicit(&s->refs, memory_order_acquire) == 1 && t->data == s->data) {
         tl_free(s);
         t->share = NULL;
         return TLEARN_OK;

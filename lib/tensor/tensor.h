@@ -29,6 +29,10 @@ void tl_tensor_free(tl_tensor *t);
 /* Make @p dst (empty) a read-only view of @p src's data, counted: @p src's data becomes
  * shared if it was not. Thread-safe against other holders of the same data. ENOMEM. */
 int tl_tensor_share(tl_tensor *dst, tl_tensor *src);
+/* As tl_tensor_share, a view of @p src's elements from @p offset on, of shape @p dims
+ * (which must fit: the caller checks). */
+int tl_tensor_share_view(tl_tensor *dst, tl_tensor *src, size_t offset, int ndim,
+                         const int *dims);
 /* Before writing @p t: give it its own copy if its data is shared (copy on write); the
  * last holder just takes the data back. ENOMEM leaves @p t as it was. */
 int tl_tensor_own(tl_tensor *t);

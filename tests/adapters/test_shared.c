@@ -181,6 +181,44 @@ static void test_shared_chain(void **state)
     tlearn_model_destroy(&b);
 }
 
+/* LoRA on attention projections in a sharer: the split's projections are views of the
+ * base's in_proj / out_proj data, nothing copied. */
+static void test_shared_attention(void **state)
+{
+    (void)state;
+    enum { T = 4, D = 8 };
+    tlearn_model *base, *s;
+    OK(tlearn_model_create_input(&base, "x", TLEARN_DTYPE_FLOAT32, 2, (const int[]){T, D}));
+    OK(tlearn_model_add_attention(base, "attn", 2, 0, NULL));
+    OK(tlearn_model_add_token_pool(base, "pool", 1, NULL));
+    OK(tlearn_model_add_dense(base, "fc", CLS));
+    float x[NB * T * D], pb[NB * CLS], ps[NB * CLS];
+    test_rng r = {3};
+    test_fill(&r, x, NB * T * D, -1, 1);
+    OK(tlearn_model_predict(base, x, NB, pb, NB * CLS));
+    OK(tlearn_model_create_shared(&s, base));
+    OK(tlearn_lora_add(s, "u", "attn.[qv]_proj", 2, 4.0f, 0.0f, 0));
+    const float *win = tensor_data(base, "attn.in_proj_weight");
+    assert_ptr_equal(tensor_data(s, "attn.q_proj.weight"), win);
+    assert_ptr_equal(tensor_data(s, "attn.k_proj.weight"), win + D * D);
+    assert_ptr_equal(tensor_data(s, "attn.v_proj.weight"), win + 2 * D * D);
+    assert_ptr_equal(tensor_data(s, "attn.v_proj.bias"),
+                     tensor_data(base, "attn.in_proj_bias") + 2 * D);
+    assert_ptr_equal(tensor_data(s, "attn.out_proj.weight"),
+                     tensor_data(base, "attn.out_proj.weight"));
+    OK(tlearn_model_predict(s, x, NB, ps, NB * CLS));
+    for (int i = 0; i < NB * CLS; i++)
+        assert_true(fabsf(ps[i] - pb[i]) <= 1e-5f);
+    /* a write to one view copies that view alone */
+    float v[D * D] = {0};
+    OK(tlearn_model_set_tensor(s, "attn.k_proj.weight", v, D * D));
+    assert_ptr_not_equal(tensor_data(s, "attn.k_proj.weight"), win + D * D);
+    assert_ptr_equal(tensor_data(s, "attn.q_proj.weight"), win);
+    tlearn_model_destroy(&base); /* the views keep the data */
+    OK(tlearn_model_predict(s, x, NB, ps, NB * CLS));
+    tlearn_model_destroy(&s);
+}
+
 /* ---- threads ---- */
 
 typedef struct job {
@@ -259,6 +297,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shared_basics),
         cmocka_unit_test(test_shared_chain),
+        cmocka_unit_test(test_shared_attention),
         cmocka_unit_test(test_shared_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
