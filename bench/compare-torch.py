@@ -95,7 +95,9 @@ def lora_modules():
             n, t, d = x.shape
             q, k, v = (p(x).view(n, t, self.h, d // self.h).transpose(1, 2)
                        for p in (self.q, self.k, self.v))
-            a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            # torch 1.13 (Debian) has no F.scaled_dot_product_attention: MHA's own math
+            p = torch.softmax(q @ k.transpose(-1, -2) / (d // self.h) ** 0.5, dim=-1)
+            a = p @ v
             x = self.n1(x + self.o(a.transpose(1, 2).reshape(n, t, d)))
             return self.n2(x + self.l2(torch.relu(self.l1(x))))
 
