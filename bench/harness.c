@@ -223,7 +223,8 @@ static int lora_only(tlearn_model *m, const char *glob, const char *train)
 }
 
 /* Multiply-accumulates of layer i's forward pass per example: weight elements times output
- * pixels (dense: one pixel). 0 for layers without a weight. */
+ * pixels (dense: one pixel; over a sequence (T, D): T rows). 0 for layers without a
+ * weight. */
 static double layer_macs(const tlearn_model *m, int i)
 {
     int kind = 0, c = 0, h = 0, w = 0;
@@ -239,9 +240,12 @@ static double layer_macs(const tlearn_model *m, int i)
     for (int t = 0; t < nt; t++) {
         const char *name = NULL;
         size_t numel = 0;
-        tlearn_model_tensor_info(m, t, &name, &numel, NULL, NULL);
+        int ndim = 0, dims[4] = {0};
+        tlearn_model_tensor_info(m, t, &name, &numel, &ndim, dims);
         if (name && strcmp(name, tname) == 0) {
             tlearn_model_layer_shape(m, i, &c, &h, &w);
+            if (kind == TLEARN_LAYER_DENSE) /* output elements / units = rows */
+                return (double)numel * ((double)c * h * w / (double)dims[0]);
             return (double)numel * (double)h * (double)w;
         }
     }
