@@ -1649,8 +1649,9 @@ TLEARN_API int tlearn_transferability(tlearn_model *m, const char *layer, const 
  * of in_proj_weight / in_proj_bias become `A.{q,k,v}_proj.weight` / `.bias`,
  * `A.out_proj.weight` / `.bias` keep their names, freeze flags follow the tensors, the
  * outputs stay the same to float rounding, and the split stays (removing the adapter
- * leaves it; checkpoints keep it, which 1.1 libraries without it cannot read). A call that
- * fails after the split leaves the split. PEFT's LoRA on a packed
+ * leaves it; checkpoints keep it, which 1.1 libraries without it cannot read). Refusals
+ * (names, EWC) come before the split; only a call that runs out of memory after it leaves
+ * the split behind (outputs unchanged). PEFT's LoRA on a packed
  * torch.nn.MultiheadAttention (one A/B pair over in_proj_weight) is not this layout and is
  * refused by tlearn_lora_load(): build the torch module with separate projections.
  * @param adapter  name (layer-name rules, no '.'), not used by another LoRA adapter.

@@ -274,24 +274,40 @@ static int split_attention(const char *fn, tlearn_model *m, int i)
 }
 
 /* Split every fused attention layer one of whose projection names ("A.q_proj", ...)
- * satisfies @p match (last first: a split shifts the later layers). */
+ * satisfies @p match (last first: a split shifts the later layers). What the adapter
+ * @p ad then refuses (names too long, EWC) is refused before the first split, so only
+ * ENOMEM can leave a split behind a failed call. */
 static int split_matching(const char *fn, tlearn_model *m,
-                          int (*match)(const void *ctx, const char *name), const void *ctx)
+                          int (*match)(const void *ctx, const char *name), const void *ctx,
+                          const char *ad)
 {
-    for (int i = m->nlayers - 1; i >= 0; i--) {
-        const tl_layer *L = m->layers[i];
-        if (!fused_attention(L))
-            continue;
-        int hit = 0;
-        for (int k = 0; k < 4 && !hit; k++) {
-            char nm[TL_NAME_MAX + 16];
-            snprintf(nm, sizeof nm, "%s.%s", L->name, PROJ[k]);
-            hit = match(ctx, nm);
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = m->nlayers - 1; i >= 0; i--) {
+            const tl_layer *L = m->layers[i];
+            if (!fused_attention(L))
+                continue;
+            int hit = 0;
+            for (int k = 0; k < 4 && !hit; k++) {
+                char nm[TL_NAME_MAX + 16];
+                snprintf(nm, sizeof nm, "%s.%s", L->name, PROJ[k]);
+                hit = match(ctx, nm);
+            }
+            if (!hit)
+                continue;
+            if (pass == 1) {
+                int rc = split_attention(fn, m, i);
+                if (rc)
+                    return rc;
+            } else if (m->ewc) {
+                return tl_fail(TLEARN_ESTATE, "%s: EWC or L2-SP is enabled; its per-layer "
+                               "tables do not follow inserted layers", fn);
+            } else if (strlen(L->name) + strlen(".out_proj.lora_dropout.") + strlen(ad) >=
+                       TL_NAME_MAX) {
+                return tl_fail(TLEARN_EINVAL, "%s: attention '%s': the LoRA layer names of "
+                               "its projections would exceed %d bytes", fn, L->name,
+                               TL_NAME_MAX - 1);
+            }
         }
-        int rc = hit ? split_attention(fn, m, i) : TLEARN_OK;
-        if (rc)
-            return rc;
-    }
     return TLEARN_OK;
 }
 
@@ -425,7 +441,7 @@ int tlearn_lora_add(tlearn_model *m, const char *adapter, const char *glob, int 
         return rc;
     if (adapter_exists(m, adapter))
         return tl_fail(TLEARN_EINVAL, "%s: the model has an adapter '%s' already", fn, adapter);
-    if ((rc = split_matching(fn, m, glob_match, glob)))
+    if ((rc = split_matching(fn, m, glob_match, glob, adapter)))
         return rc;
     char(*names)[TL_NAME_MAX] = tl_alloc_array((size_t)m->nlayers + 1, TL_NAME_MAX);
     if (!names)
@@ -821,7 +837,7 @@ int tlearn_lora_load(tlearn_model *m, const char *adapter, const char *dir)
     if (!rc)
         rc = tl_file_read(fn, path, &st, &slen);
     if (!rc)
-        rc = split_matching(fn, m, peft_match, targets);
+        rc = split_matching(fn, m, peft_match, targets, adapter);
     char(*names)[TL_NAME_MAX] = NULL;
     int n = 0;
     if (!rc && !(names = tl_alloc_array((size_t)m->nlayers + 1, TL_NAME_MAX)))

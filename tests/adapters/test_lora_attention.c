@@ -119,6 +119,15 @@ static void test_split_graph(void **state)
     get(m, "enc.self_attn.in_proj_weight", win, 3 * D * D);
     get(m, "enc.self_attn.in_proj_bias", bin, 3 * D);
     get(m, "enc.self_attn.out_proj.weight", wout, D * D);
+    /* refusals come before the split: the model is unchanged */
+    int n0, n1;
+    OK(tlearn_model_layer_count(m, &n0));
+    assert_int_equal(tlearn_lora_add(m, "an_adapter_name_long_enough_to_overflow", "*.v_proj", 2,
+                                     4.0f, 0.0f, 0), TLEARN_EINVAL);
+    OK(tlearn_model_layer_count(m, &n1));
+    assert_int_equal(n1, n0);
+    float chk[3 * D * D];
+    get(m, "enc.self_attn.in_proj_weight", chk, 3 * D * D);
     /* BitFit-style flags on the fused layer follow the tensors into the split */
     tlearn_freeze *f;
     OK(tlearn_freeze_create(&f));
@@ -161,7 +170,6 @@ static void test_split_graph(void **state)
     for (int i = 0; i < NB * CLS; i++)
         assert_true(test_close(after[i], before[i], 1e-5, 1e-6));
     /* a second adapter on another projection does not split again */
-    int n0, n1;
     OK(tlearn_model_layer_count(m, &n0));
     OK(tlearn_lora_add(m, "ad2", "*.q_proj", 2, 4.0f, 0.0f, 0));
     OK(tlearn_model_layer_count(m, &n1));
