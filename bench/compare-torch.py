@@ -43,6 +43,9 @@ WORKLOADS = [
     ("cnn_ewc_b64", "steps/s", 64),
     ("cnn_features_b256", "images/s", 256),
     ("cnn_partial_b1", "us/step", 1),
+    ("cnn_lora_b64", "steps/s", 64),
+    ("transformer_lora_b32", "steps/s", 32),
+    ("transformer_full_b32", "steps/s", 32),
 ]
 # torchvision networks through ONNX (random weights, batchnorm statistics calibrated):
 # name, architecture, mode (zoo-bench.c), batch, image size, first trained layer prefix
@@ -57,6 +60,9 @@ ZOO = [
 ZOO_SPEC = {z[0]: z[1:] for z in ZOO}
 WORKLOADS += [(name, "images/s" if mode == "extract" else "steps/s", batch)
               for name, _, mode, batch, _, _ in ZOO]
+# Run in a child process each (both sides), so that peak RSS is the workload's own.
+MEMORY = ("cnn_partial_b1", "cnn_full_b64", "cnn_lora_b64", "transformer_lora_b32",
+          "transformer_full_b32")
 UNITS = {w: u for w, u, _ in WORKLOADS}
 BATCH = {w: b for w, _, b in WORKLOADS}
 
@@ -78,6 +84,57 @@ def torch_net(name):
         nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)), (1, 28, 28)
 
 
+def lora_modules():
+    """PEFT's LoRA built by hand (peft is not in Debian): a frozen base plus B(A(x)) * alpha/r,
+    A with the base's geometry (conv: its kernel, stride, padding), B 1x1 / linear, zero."""
+    import torch
+    from torch import nn
+
+    class LoRA(nn.Module):
+        def __init__(self, base, r=8, alpha=16.0):
+            super().__init__()
+            self.base = base.requires_grad_(False)
+            if isinstance(base, nn.Conv2d):
+                self.A = nn.Conv2d(base.in_channels, r, base.kernel_size, base.stride,
+                                   base.padding, bias=False)
+                self.B = nn.Conv2d(r, base.out_channels, 1, bias=False)
+            else:
+                self.A = nn.Linear(base.in_features, r, bias=False)
+                self.B = nn.Linear(r, base.out_features, bias=False)
+            nn.init.zeros_(self.B.weight)
+            self.scale = alpha / r
+
+        def forward(self, x):
+            return self.base(x) + self.B(self.A(x)) * self.scale
+
+    class Encoder(nn.Module):
+        """torch.nn.TransformerEncoderLayer (post-norm, ReLU, no dropout) with separate q, k,
+        v, out projections, so that LoRA can wrap q and v (as PEFT on HF models)."""
+
+        def __init__(self, d=256, heads=4, ff=1024):
+            super().__init__()
+            self.h = heads
+            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+            self.l1, self.l2 = nn.Linear(d, ff), nn.Linear(ff, d)
+            self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+
+        def forward(self, x):
+            n, t, d = x.shape
+            q, k, v = (p(x).view(n, t, self.h, d // self.h).transpose(1, 2)
+                       for p in (self.q, self.k, self.v))
+            # torch 1.13 (Debian) has no F.scaled_dot_product_attention: MHA's own math
+            p = torch.softmax(q @ k.transpose(-1, -2) / (d // self.h) ** 0.5, dim=-1)
+            a = p @ v
+            x = self.n1(x + self.o(a.transpose(1, 2).reshape(n, t, d)))
+            return self.n2(x + self.l2(torch.relu(self.l1(x))))
+
+    class Pool(nn.Module):
+        def forward(self, x):
+            return x.mean(dim=1)
+
+    return LoRA, Encoder, Pool
+
+
 def torch_setup(name, threads):
     """Build the workload in PyTorch; returns a callable doing one unit of work."""
     import torch
@@ -87,8 +144,13 @@ def torch_setup(name, threads):
     torch.manual_seed(0)
     batch = BATCH[name]
     nbatches = 64 if name == "cnn_partial_b1" else 4
-    model, shape = torch_net(name)
-    xs = torch.rand(nbatches, batch, *shape)
+    LoRA, Encoder, Pool = lora_modules()
+    if name.startswith("transformer"):
+        model = nn.Sequential(*(Encoder() for _ in range(4)), Pool(), nn.Linear(256, 10))
+        xs = torch.rand(nbatches, batch, 128, 256)
+    else:
+        model, shape = torch_net(name)
+        xs = torch.rand(nbatches, batch, *shape)
     ys = torch.randint(0, 10, (nbatches, batch))
     state = {"i": 0}
 
@@ -110,9 +172,20 @@ def torch_setup(name, threads):
         for layer in (model[0], model[3]):
             for p in layer.parameters():
                 p.requires_grad_(False)
+    if name == "cnn_lora_b64":  # LoRA on every conv and linear, nothing else trains
+        for i in (0, 3, 7, 9):
+            model[i] = LoRA(model[i])
+    if name == "transformer_lora_b32":  # LoRA on q and v, the head trains
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for enc in model[:4]:
+            enc.q, enc.v = LoRA(enc.q), LoRA(enc.v)
+        model[5].requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     if name.startswith("mlp"):
         opt = torch.optim.Adam(params, lr=1e-3)
+    elif name.startswith("transformer"):
+        opt = torch.optim.AdamW(params, lr=1e-4)
     else:
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
@@ -449,7 +522,7 @@ def main():
                         tl_cpu.append(float(f["cpu_value"]))
                         tl_rss.append(int(f["peak_rss_kib"]))
                         fracs.append(float(f["ceiling_frac"]))
-                    elif w == "cnn_partial_b1" or w in ZOO_SPEC:
+                    elif w in MEMORY or w in ZOO_SPEC:
                         v, cv, rss = torch_in_child(w, t, args.rounds, args.round_seconds,
                                                     zoo_dir if w in ZOO_SPEC else None)
                         th_vals.append(v)

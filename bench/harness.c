@@ -129,6 +129,8 @@ static const bench_spec specs[BW_COUNT] = {
     {"mlp_adam_b64", "steps/s", 64},       {"cnn_full_b64", "steps/s", 64},
     {"cnn_partial_b64", "steps/s", 64},    {"cnn_ewc_b64", "steps/s", 64},
     {"cnn_features_b256", "images/s", 256}, {"cnn_partial_b1", "us/step", 1},
+    {"cnn_lora_b64", "steps/s", 64},       {"transformer_lora_b32", "steps/s", 32},
+    {"transformer_full_b32", "steps/s", 32},
 };
 
 const bench_spec *bench_workload_spec(int w)
@@ -174,8 +176,48 @@ static int build_cnn(tlearn_model **out)
     return TLEARN_OK;
 }
 
+#define TFM_T 128
+#define TFM_D 256
+
+/* x (128, 256) -> 4 post-norm encoder layers (4 heads, FF 1024, ReLU, no dropout) -> mean
+ * pool -> fc 10: torch.nn.TransformerEncoder's layers over given embeddings. */
+static int build_transformer(tlearn_model **out)
+{
+    TRY(tlearn_model_create_input(out, "x", TLEARN_DTYPE_FLOAT32, 2,
+                                  (const int[]){TFM_T, TFM_D}));
+    tlearn_model *m = *out;
+    for (int l = 0; l < 4; l++) {
+        char name[32];
+        snprintf(name, sizeof name, "layers.%d", l);
+        TRY(tlearn_model_add_transformer_block(m, name, 4, 4 * TFM_D, TLEARN_ACT_RELU, 0, 0.0f,
+                                               NULL));
+    }
+    TRY(tlearn_model_add_token_pool(m, "pool", 1, NULL));
+    TRY(tlearn_model_add_dense(m, "fc", 10));
+    return TLEARN_OK;
+}
+
+/* LoRA adapter "bench" (r 8, alpha 16) on @p glob; everything but adapters and @p train
+ * frozen, as PEFT trains. */
+static int lora_only(tlearn_model *m, const char *glob, const char *train)
+{
+    TRY(tlearn_lora_add(m, "bench", glob, 8, 16.0f, 0.0f, 0));
+    tlearn_freeze *f = NULL;
+    TRY(tlearn_freeze_create(&f));
+    int rc = tlearn_freeze_match(f, "*", 1);
+    if (!rc)
+        rc = tlearn_freeze_match(f, "*.lora_*", 0);
+    if (!rc && train)
+        rc = tlearn_freeze_match(f, train, 0);
+    if (!rc)
+        rc = tlearn_model_apply_freeze(m, f);
+    tlearn_freeze_destroy(&f);
+    return rc;
+}
+
 /* Multiply-accumulates of layer i's forward pass per example: weight elements times output
- * pixels (dense: one pixel). 0 for layers without a weight. */
+ * pixels (dense: one pixel; over a sequence (T, D): T rows). 0 for layers without a
+ * weight. */
 static double layer_macs(const tlearn_model *m, int i)
 {
     int kind = 0, c = 0, h = 0, w = 0;
@@ -191,9 +233,12 @@ static double layer_macs(const tlearn_model *m, int i)
     for (int t = 0; t < nt; t++) {
         const char *name = NULL;
         size_t numel = 0;
-        tlearn_model_tensor_info(m, t, &name, &numel, NULL, NULL);
+        int ndim = 0, dims[4] = {0};
+        tlearn_model_tensor_info(m, t, &name, &numel, &ndim, dims);
         if (name && strcmp(name, tname) == 0) {
             tlearn_model_layer_shape(m, i, &c, &h, &w);
+            if (kind == TLEARN_LAYER_DENSE) /* output elements / units = rows */
+                return (double)numel * ((double)c * h * w / (double)dims[0]);
             return (double)numel * (double)h * (double)w;
         }
     }
@@ -253,11 +298,13 @@ int bench_setup(bench_ctx *c, int w, int threads)
     c->w = w;
     c->batch = specs[w].batch;
     c->nbatches = w == BW_CNN_PARTIAL_B1 ? 64 : 4;
-    int rc = w == BW_MLP_ADAM_B64 ? build_mlp(&c->m) : build_cnn(&c->m);
+    int tfm = w == BW_TFM_LORA_B32 || w == BW_TFM_FULL_B32;
+    int rc = w == BW_MLP_ADAM_B64 ? build_mlp(&c->m) : tfm ? build_transformer(&c->m)
+                                                           : build_cnn(&c->m);
     if (rc)
         return rc;
     TRY(tlearn_model_set_threads(c->m, threads));
-    c->in_size = w == BW_MLP_ADAM_B64 ? 784 : 28 * 28;
+    c->in_size = w == BW_MLP_ADAM_B64 ? 784 : tfm ? TFM_T * TFM_D : 28 * 28;
     size_t total = c->nbatches * c->batch;
     c->x = malloc(total * c->in_size * sizeof *c->x);
     c->y = malloc(total * sizeof *c->y);
@@ -268,6 +315,9 @@ int bench_setup(bench_ctx *c, int w, int threads)
     if (w == BW_MLP_ADAM_B64) {
         TRY(tlearn_optim_create(&c->o, TLEARN_ADAM));
         TRY(tlearn_optim_set(c->o, TLEARN_OPT_LR, 1e-3));
+    } else if (tfm) {
+        TRY(tlearn_optim_create(&c->o, TLEARN_ADAMW));
+        TRY(tlearn_optim_set(c->o, TLEARN_OPT_LR, 1e-4));
     } else if (w != BW_CNN_FEATURES_B256) {
         TRY(tlearn_optim_create(&c->o, TLEARN_SGD));
         TRY(tlearn_optim_set(c->o, TLEARN_OPT_LR, 0.01));
@@ -283,6 +333,10 @@ int bench_setup(bench_ctx *c, int w, int threads)
         if (rc)
             return rc;
     }
+    if (w == BW_CNN_LORA_B64)
+        TRY(lora_only(c->m, "[cf][oc]*", NULL)); /* conv1, conv2, fc1, fc2 */
+    if (w == BW_TFM_LORA_B32)
+        TRY(lora_only(c->m, "*.self_attn.[qv]_proj", "fc"));
     if (w == BW_CNN_EWC_B64) /* Fisher on one batch; the penalty then covers every parameter */
         TRY(tlearn_ewc_consolidate(c->m, c->x, c->y, c->batch, TLEARN_FISHER_EMPIRICAL, 100.0f));
     if (w == BW_CNN_FEATURES_B256) {

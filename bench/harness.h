@@ -50,6 +50,12 @@ enum bench_workload {
     BW_CNN_EWC_B64,      /* 4) workload 2 plus an EWC penalty on all parameters */
     BW_CNN_FEATURES_B256,/* 5) features at the second pool, batch 256 */
     BW_CNN_PARTIAL_B1,   /* 6) workload 3 at batch 1: latency and peak RSS */
+    BW_CNN_LORA_B64,     /* 7) the CNN with LoRA r=8 on every conv and dense layer, the
+                          *    rest frozen, SGD momentum 0.9, batch 64 */
+    BW_TFM_LORA_B32,     /* 8) transformer encoder (4 layers, D 256, 4 heads, FF 1024) over
+                          *    (128, 256) inputs, mean pool, 10-way head; LoRA r=8 on
+                          *    q_proj and v_proj, only adapters and head train, AdamW, batch 32 */
+    BW_TFM_FULL_B32,     /* 9) workload 8's network fully fine-tuned, AdamW: the comparison */
     BW_COUNT
 };
 

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The host-thread tests again under ThreadSanitizer (suite 'threads': tests/unit/test_threads.c).
+# The host-thread tests again under ThreadSanitizer (suite 'threads': tests/unit/test_threads.c,
+# tests/adapters/test_shared.c: handles sharing one base used from several threads).
 #
 # Configures a separate build BUILD_DIR (default build-tsan) with clang and
 # -Db_sanitize=thread. clang's -fopenmp links LLVM's OpenMP runtime (libomp, package
@@ -23,7 +24,8 @@ if [ ! -f "$dir/build.ninja" ]; then
         -Dbench=false >"$log" 2>&1 || { cat "$log"; rm -f "$log"; exit 1; }
     rm -f "$log"
 fi
-ninja -C "$dir" tests/unit/unit-threads >/dev/null || { ninja -C "$dir" tests/unit/unit-threads; exit 1; }
+targets="tests/unit/unit-threads tests/adapters/adapters-shared"
+ninja -C "$dir" $targets >/dev/null || { ninja -C "$dir" $targets; exit 1; }
 
 archer=
 for f in /usr/lib/llvm-14/lib/libarcher.so /usr/lib/llvm-*/lib/libarcher.so; do

@@ -1761,6 +1761,21 @@ TLEARN_API int tlearn_transferability(tlearn_model *m, const char *layer, const 
  * @p glob (shell pattern over the full layer name; other kinds are skipped). Targets are
  * frozen (only they: use a freeze policy to freeze the rest as PEFT does); a target that
  * already has adapters gets the new one after them. The new adapter has weight 1.
+ *
+ * Attention projections: a fused attention layer A (tlearn_model_add_attention()) offers
+ * `A.q_proj`, `A.k_proj`, `A.v_proj` and `A.out_proj` as targets (HF BART/OPT/LLaMA's
+ * module names, so PEFT's target_modules ["q_proj", "v_proj"] work as they are; HF BERT's
+ * `query`/`value` and `output.dense` need their file keys renamed). The first call (or
+ * tlearn_lora_load()) that names one splits A, once, into linear layers of those names
+ * around A's core (still named A, kind TLEARN_LAYER_ATTENTION, no tensors): rows k*D..
+ * of in_proj_weight / in_proj_bias become `A.{q,k,v}_proj.weight` / `.bias`,
+ * `A.out_proj.weight` / `.bias` keep their names, freeze flags follow the tensors, the
+ * outputs stay the same to float rounding, and the split stays (removing the adapter
+ * leaves it; checkpoints keep it, which 1.1 libraries without it cannot read). Refusals
+ * (names, EWC) come before the split; only a call that runs out of memory after it leaves
+ * the split behind (outputs unchanged). PEFT's LoRA on a packed
+ * torch.nn.MultiheadAttention (one A/B pair over in_proj_weight) is not this layout and is
+ * refused by tlearn_lora_load(): build the torch module with separate projections.
  * @param adapter  name (layer-name rules, no '.'), not used by another LoRA adapter.
  * @param r        rank, 1..65536.  @param alpha  finite.
  * @param dropout  dropout on the LoRA input in [0, 1) (0: no dropout layer).
@@ -1860,6 +1875,72 @@ TLEARN_API int tlearn_lora_load(tlearn_model *m, const char *adapter, const char
  */
 TLEARN_API int tlearn_adapter_add_bottleneck(tlearn_model *m, const char *adapter,
                                              const char *glob, int hidden, int activation);
+
+/**
+ * Freeze (frozen = 1) or unfreeze (0) single tensors: every trainable tensor whose full
+ * name "layer.param" (as tlearn_model_tensor_info(): "fc.weight", "enc.self_attn.in_proj_bias")
+ * matches the shell pattern @p glob. A freeze policy's rules replay in order tensor by tensor:
+ * tlearn_freeze_match() / _until() / _range() set every tensor of their layers, this rule
+ * the matching ones, later rules win. A layer whose every tensor ends frozen is a frozen
+ * layer; in a layer that still trains, a frozen tensor costs nothing: no gradient is
+ * computed for it, it has no optimizer state and steps leave it bit-identical. Checkpoints
+ * keep the outcome (older libraries refuse a file with a partly frozen layer; older files
+ * load unchanged). BitFit (Ben Zaken et al. 2022), biases only:
+ * `tlearn_freeze_match(f, "*", 1); tlearn_freeze_tensors(f, "*bias", 0);`
+ * (`*bias` also matches attention's in_proj_bias and out_proj.bias).
+ * Thread-safety: a policy is used by one thread at a time.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL, empty pattern, frozen not 0/1), TLEARN_ENOMEM. A
+ *         pattern that matches no trainable tensor is reported by tlearn_model_apply_freeze()
+ *         as TLEARN_ENOTFOUND.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_freeze_tensors(tlearn_freeze *f, const char *glob, int frozen);
+
+/**
+ * Whether tensor @p tensor ("layer.param") gets no update: 1 when its layer or the tensor
+ * itself is frozen, and for buffers (running statistics), which never train.
+ * Thread-safety: as any call on the model handle.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL), TLEARN_ENOTFOUND (no such tensor).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_tensor_frozen(const tlearn_model *m, const char *tensor,
+                                          int *frozen);
+
+/**
+ * One base, many handles: create a model with @p base's graph (layers, inputs, outputs,
+ * freeze flags and LR scales, loss settings, threads, seed and random stream) whose
+ * parameter tensors share @p base's data instead of copying it: reference-counted and
+ * read-only, so N adapted handles cost one base plus what each adds (LoRA adapters, a
+ * head) or trains. Buffers (BatchNorm running statistics, prototypes) are copied, since
+ * training-mode forwards update them. Not carried over: optimizer state, gradients,
+ * EWC / L2-SP, domain-adaptation settings, the reducer, metadata.
+ *
+ * Copy on write: a handle that writes a shared tensor first gets its own copy of that
+ * tensor, the others keep theirs unchanged: training it (the first step after it is made
+ * trainable), tlearn_model_set_tensor(), tlearn_lora_merge() / _unmerge() into it, weights
+ * loaded from a file, TENT's restore. A tensor that stays frozen stays shared. Any handle
+ * (the base included) may be destroyed first: shared data lives while any holder does.
+ *
+ * Thread-safety: the call reads @p base and takes references on its tensors, so @p base is
+ * not used by another thread during the call. Afterwards distinct handles that share
+ * tensors may be used from different threads at the same time (shared data is never
+ * written; the counts are atomic); each handle is still used by one thread at a time.
+ * @param out   receives the new model; free with tlearn_model_destroy().
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL), TLEARN_ESTATE (a layer that does not rebuild
+ *         from its arguments), TLEARN_ENOMEM. On failure *out is NULL and @p base is
+ *         unchanged (its tensors' data are never touched).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_create_shared(tlearn_model **out, const tlearn_model *base);
+
+/**
+ * Whether tensor @p tensor ("layer.param") holds data that another handle holds too
+ * (tlearn_model_create_shared()). Thread-safety: as any call on the model handle.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL), TLEARN_ENOTFOUND (no such tensor).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_tensor_shared(const tlearn_model *m, const char *tensor,
+                                          int *shared);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

@@ -182,6 +182,140 @@ static void remove_adapter(tlearn_model *m, const char *ad)
     }
 }
 
+/* ---- attention projections ----
+ * The fused attention layer A packs its projections (in_proj_weight [3D, D]). LoRA on one of
+ * them first splits A, once, into ordinary layers in its place:
+ *   A.q_proj, A.k_proj, A.v_proj   linear D -> D with bias, reading A's input (the rows of
+ *                                  in_proj_weight / in_proj_bias)
+ *   A                              attention in its split form: Q, K, V [, mask] -> ctx
+ *   A.out_proj                     linear D -> D with bias (out_proj.weight / .bias)
+ * so "A.out_proj.weight" keeps its name and LoRA targets the projections like any linear
+ * layer (names as HF's BART/OPT/LLaMA modules: q_proj, k_proj, v_proj, out_proj). Outputs
+ * equal the fused layer's to float rounding; freeze flags follow the tensors; the split
+ * stays when the adapters are removed. */
+static const char *const PROJ[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+
+static int fused_attention(const tl_layer *L)
+{
+    int ia[TL_MAX_IARGS], ni, nf;
+    float fa[TL_MAX_FARGS];
+    if (L->ops != &tl_attention_ops)
+        return 0;
+    L->ops->arguments(L, ia, &ni, fa, &nf);
+    return ni < 4 || !ia[3]; /* heads causal [pad_true [split]] */
+}
+
+static int split_attention(const char *fn, tlearn_model *m, int i)
+{
+    tl_layer *A = m->layers[i];
+    char names[5][TL_NAME_MAX + 16];
+    for (int k = 0; k < 4; k++)
+        snprintf(names[k], sizeof names[k], "%s.%s", A->name, PROJ[k]);
+    snprintf(names[4], sizeof names[4], "%s.attend", A->name);
+    if (strlen(names[4]) >= TL_NAME_MAX)
+        return tl_fail(TLEARN_EINVAL, "%s: attention '%s': the projection layer names would "
+                       "exceed %d bytes", fn, A->name, TL_NAME_MAX - 1);
+    int ia[TL_MAX_IARGS], ni, nf;
+    float fa[TL_MAX_FARGS];
+    A->ops->arguments(A, ia, &ni, fa, &nf);
+    int d = A->in[0].d[1], x = A->input[0];
+    int lin[3] = {d, 1, 1}, core[4] = {ia[0], ia[1], ni > 2 ? ia[2] : 0, 1};
+    tl_insert_spec sp[5];
+    for (int k = 0; k < 3; k++)
+        sp[k] = (tl_insert_spec){&tl_dense_ops, names[k], 1, {x}, lin, 3, NULL, 0};
+    sp[3] = (tl_insert_spec){&tl_attention_ops, names[4], A->ninputs + 2,
+                             {i + 1, i + 2, i + 3, A->ninputs > 1 ? A->input[1] : 0}, core, 4,
+                             NULL, 0};
+    sp[4] = (tl_insert_spec){&tl_dense_ops, names[3], 1, {i + 4}, lin, 3, NULL, 0};
+    tl_layer *made[5];
+    tl_rng rng = m->rng;
+    int rc = tl_model_insert(m, fn, i, sp, 5, i, i + 5, made);
+    m->rng = rng; /* the weights are copied, not drawn */
+    if (rc)
+        return rc;
+    /* Weights: views of A's (in_proj rows k*D.. for projection k; out_proj whole), counted
+     * (tensor.c), so a split of a handle that shares A's tensors copies nothing; they are
+     * copied on write like any shared tensor. Then the freeze flags. */
+    const tl_layer_state *st = &m->lstate[i];
+    size_t dd = (size_t)d * d;
+    tl_tensor views[8];
+    for (int k = 0; k < 4 && !rc; k++)
+        for (int b = 0; b < 2 && !rc; b++) {
+            int w = (k < 3 ? 0 : 2) + b; /* in_proj_weight/bias or out_proj.weight/bias */
+            size_t off = k < 3 ? (size_t)k * (b ? (size_t)d : dd) : 0;
+            const int dims[2] = {d, d};
+            rc = tl_tensor_share_view(&views[2 * k + b], &A->param[w].t, off, 2 - b, dims);
+            if (rc)
+                for (int j = 0; j < 2 * k + b; j++)
+                    tl_tensor_free(&views[j]);
+        }
+    if (rc) {
+        tl_model_remove(m, i + 1, 5, i + 5, i);
+        return tl_fail_prefix(rc, "%s: ", fn);
+    }
+    for (int k = 0; k < 4; k++) {
+        tl_layer *P = made[k < 3 ? k : 4];
+        int w = k < 3 ? 0 : 2;
+        for (int b = 0; b < 2; b++) {
+            tl_tensor_free(&P->param[b].t);
+            P->param[b].t = views[2 * k + b];
+        }
+        tl_layer_state *ps = &m->lstate[tl_model_find(m, P->name)];
+        unsigned bits = st->frozen ? 3u : st->frozen_params >> w & 3u;
+        tl_frozen_unpack(ps, bits == 3u ? 1u : bits << TL_FROZEN_PARAMS_SHIFT);
+        ps->lr_scale = st->lr_scale;
+    }
+    char name[TL_NAME_MAX];
+    snprintf(name, sizeof name, "%s", A->name);
+    tl_model_remove(m, i, 1, TL_NO_REROUTE, 0);
+    tl_model_rename(m, i + 3, name);
+    (void)tl_model_sync_slots(m, 0); /* frees nothing new; allocates nothing */
+    return TLEARN_OK;
+}
+
+/* Split every fused attention layer one of whose projection names ("A.q_proj", ...)
+ * satisfies @p match (last first: a split shifts the later layers). What the adapter
+ * @p ad then refuses (names too long, EWC) is refused before the first split, so only
+ * ENOMEM can leave a split behind a failed call. */
+static int split_matching(const char *fn, tlearn_model *m,
+                          int (*match)(const void *ctx, const char *name), const void *ctx,
+                          const char *ad)
+{
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = m->nlayers - 1; i >= 0; i--) {
+            const tl_layer *L = m->layers[i];
+            if (!fused_attention(L))
+                continue;
+            int hit = 0;
+            for (int k = 0; k < 4 && !hit; k++) {
+                char nm[TL_NAME_MAX + 16];
+                snprintf(nm, sizeof nm, "%s.%s", L->name, PROJ[k]);
+                hit = match(ctx, nm);
+            }
+            if (!hit)
+                continue;
+            if (pass == 1) {
+                int rc = split_attention(fn, m, i);
+                if (rc)
+                    return rc;
+            } else if (m->ewc) {
+                return tl_fail(TLEARN_ESTATE, "%s: EWC or L2-SP is enabled; its per-layer "
+                               "tables do not follow inserted layers", fn);
+            } else if (strlen(L->name) + strlen(".out_proj.lora_dropout.") + strlen(ad) >=
+                       TL_NAME_MAX) {
+                return tl_fail(TLEARN_EINVAL, "%s: attention '%s': the LoRA layer names of "
+                               "its projections would exceed %d bytes", fn, L->name,
+                               TL_NAME_MAX - 1);
+            }
+        }
+    return TLEARN_OK;
+}
+
+static int glob_match(const void *glob, const char *name)
+{
+    return tl_glob_match(glob, name);
+}
+
 static int targetable(const tl_layer *L)
 {
     return (L->ops == &tl_dense_ops || L->ops == &tl_conv2d_ops) && !tl_adapter_part(L);
@@ -262,7 +396,7 @@ static void freeze_targets(tlearn_model *m, const char *ad)
     site s[MAX_SITES];
     int n = find_sites(m, ad, s, MAX_SITES);
     for (int k = 0; k < n; k++)
-        m->lstate[s[k].t].frozen = 1;
+        tl_frozen_unpack(&m->lstate[s[k].t], 1u);
     tl_plan_free(&m->plan_train);
     /* frees the frozen slots' gradients and state; allocates nothing */
     (void)tl_model_sync_slots(m, 0);
@@ -307,6 +441,8 @@ int tlearn_lora_add(tlearn_model *m, const char *adapter, const char *glob, int 
         return rc;
     if (adapter_exists(m, adapter))
         return tl_fail(TLEARN_EINVAL, "%s: the model has an adapter '%s' already", fn, adapter);
+    if ((rc = split_matching(fn, m, glob_match, glob, adapter)))
+        return rc;
     char(*names)[TL_NAME_MAX] = tl_alloc_array((size_t)m->nlayers + 1, TL_NAME_MAX);
     if (!names)
         return tl_fail(TLEARN_ENOMEM, "%s: out of memory", fn);
@@ -437,6 +573,8 @@ static int merge(const char *fn, tlearn_model *m, const char *ad, int to)
                          to ? "merged already" : "not merged");
         e[k] = sum_factor(m->layers[s[k].sum]);
         mg[k] = to;
+        if (!rc) /* the target's weight may be shared with other handles: copy on write */
+            rc = tl_model_own_param(m, s[k].t, 0);
     }
     if (!rc)
         rc = set_sums(fn, m, s, n, w, mg);
@@ -594,6 +732,11 @@ static int peft_target(const tl_json *tm, const char *layer)
     return 0;
 }
 
+static int peft_match(const void *targets, const char *layer)
+{
+    return peft_target(targets, layer);
+}
+
 typedef struct map_ctx {
     const char *ad;
 } map_ctx;
@@ -693,6 +836,8 @@ int tlearn_lora_load(tlearn_model *m, const char *adapter, const char *dir)
         rc = join(fn, path, sizeof path, dir, "adapter_model.safetensors");
     if (!rc)
         rc = tl_file_read(fn, path, &st, &slen);
+    if (!rc)
+        rc = split_matching(fn, m, peft_match, targets, adapter);
     char(*names)[TL_NAME_MAX] = NULL;
     int n = 0;
     if (!rc && !(names = tl_alloc_array((size_t)m->nlayers + 1, TL_NAME_MAX)))

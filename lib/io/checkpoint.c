@@ -885,8 +885,13 @@ static int parse_freeze(ck_file *f)
         ck_freeze *z = &f->freeze[i];
         char field[96];
         snprintf(field, sizeof field, "layer %llu, field 'frozen'", (unsigned long long)i);
-        if ((rc = rd_range(&r, field, 0, 1, &z->frozen)))
+        /* bit 0 the layer; 1.1: bits 8.. tensors frozen while the layer trains */
+        uint32_t tensors = ((1u << TL_MAX_PARAMS) - 1u) << TL_FROZEN_PARAMS_SHIFT;
+        if ((rc = rd_range(&r, field, 0, 1u | tensors, &z->frozen)))
             return rc;
+        if ((z->frozen & ~(1u | tensors)) || ((z->frozen & 1u) && (z->frozen & tensors)))
+            return rd_fail(&r, field, "expected 0, 1 or tensor bits 8..%d alone, found 0x%x",
+                           TL_FROZEN_PARAMS_SHIFT + TL_MAX_PARAMS - 1, z->frozen);
         snprintf(field, sizeof field, "layer %llu, field 'lr_scale'", (unsigned long long)i);
         if ((rc = rd_f32(&r, field, &z->lr_scale)))
             return rc;
@@ -1193,7 +1198,7 @@ static int load_settings(ck_file *f, tlearn_model *m)
         return TLEARN_OK;
     m->bn_stats_frozen = (int)f->bn_stats_frozen;
     for (int i = 0; i < m->nlayers; i++) {
-        m->lstate[i].frozen = (int)f->freeze[i].frozen;
+        tl_frozen_unpack(&m->lstate[i], f->freeze[i].frozen);
         m->lstate[i].lr_scale = f->freeze[i].lr_scale;
         m->lstate[i].from_pretrained = (int)f->freeze[i].from_pretrained;
         m->layers[i]->use_running_stats = (int)f->freeze[i].use_running_stats;
@@ -1213,7 +1218,7 @@ static int load_optstate(ck_file *f, tlearn_model *m)
                            "in the model", f->fn, name);
         tl_layer *L = m->layers[l];
         tl_slot *s = &m->lstate[l].slot[p];
-        if (L->param[p].is_buffer || m->lstate[l].frozen)
+        if (!tl_param_trains(m, l, p))
             return tl_fail(TLEARN_EFORMAT, "%s: section OPTSTATE, tensor '%s': expected a "
                            "trainable parameter, found a %s", f->fn, name,
                            L->param[p].is_buffer ? "buffer" : "frozen parameter");
@@ -1636,6 +1641,10 @@ static int load_weights_from(const char *fn, tlearn_model *m, const void *data, 
                          (int)f.tensors[i].name.n, f.tensors[i].name.s);
     if (!rc)
         rc = data_crc_check(&f);
+    for (int i = 0, k = 0; !rc && staged && i < m->nlayers; i++) /* copy on write */
+        for (int p = 0; !rc && p < m->layers[i]->nparam; p++, k++)
+            if (staged[k])
+                rc = tl_model_own_param(m, i, p);
     for (int i = 0, k = 0; staged && i < m->nlayers; i++)
         for (int p = 0; p < m->layers[i]->nparam; p++, k++) {
             if (!rc && staged[k])

@@ -198,11 +198,9 @@ static int build(writer *w, const tlearn_model *m, const tlearn_optim *o, unsign
     tl_wb_u64(b, 0);
     for (int i = 0; i < m->nlayers; i++) {
         const tl_layer *L = m->layers[i];
-        if (m->lstate[i].frozen)
-            continue;
         for (int p = 0; p < L->nparam; p++) {
             const tl_slot *s = &m->lstate[i].slot[p];
-            if (L->param[p].is_buffer || s->opt_kind == 0)
+            if (!tl_param_trains(m, i, p) || s->opt_kind == 0)
                 continue;
             char name[2 * TL_NAME_MAX];
             tl_ck_tensor_name(name, sizeof name, L, p);
@@ -224,7 +222,7 @@ static int build(writer *w, const tlearn_model *m, const tlearn_optim *o, unsign
     tl_wb_u32(b, (uint32_t)m->bn_stats_frozen);
     tl_wb_u64(b, (uint64_t)m->nlayers);
     for (int i = 0; i < m->nlayers; i++) {
-        tl_wb_u32(b, (uint32_t)m->lstate[i].frozen);
+        tl_wb_u32(b, (uint32_t)tl_frozen_pack(&m->lstate[i]));
         tl_wb_f32(b, m->lstate[i].lr_scale);
         tl_wb_u32(b, (uint32_t)m->lstate[i].from_pretrained);
         tl_wb_u32(b, (uint32_t)m->layers[i]->use_running_stats);

@@ -325,6 +325,10 @@ int tl_safetensors_import_buffer(const char *fn, tlearn_model *m, const void *bu
             if (!staged[k])
                 rc = tl_fail(TLEARN_ENOTFOUND, "%s: model tensor '%s.%s' is not in the file",
                              fn, m->layers[i]->name, m->layers[i]->param[p].name);
+    for (int i = 0, k = 0; !rc && staged && i < m->nlayers; i++) /* copy on write */
+        for (int p = 0; !rc && p < m->layers[i]->nparam; p++, k++)
+            if (staged[k])
+                rc = tl_model_own_param(m, i, p);
     for (int i = 0, k = 0; staged && i < m->nlayers; i++)
         for (int p = 0; p < m->layers[i]->nparam; p++, k++) {
             if (!rc && staged[k])

@@ -209,10 +209,12 @@ static void bn_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
                         sdyx += g[k] * ((p[k] - mean) * invstd);
                     }
                 }
-                if (pgrad) { /* this worker's share; the reducer averages it */
+                /* this worker's share (the reducer averages it); a tensor frozen on its
+                 * own (BitFit) has no gradient */
+                if (pgrad && pgrad[0])
                     pgrad[0][c] = (float)sdyx;
+                if (pgrad && pgrad[1])
                     pgrad[1][c] = (float)sdy;
-                }
                 if (pass == 0) {
                     sums[c] = (float)sdy;
                     sums[C + c] = (float)sdyx;

@@ -433,7 +433,7 @@ static void conv_backward(tl_layer *L, const tl_exec *ex, const float *const *in
     float *tile = col + ((size_t)kg * T * P + 15) / 16 * 16;
     const float *w = L->param[0].t.data;
     int threads = tl_blas_threads(ex->blas);
-    if (pgrad && c->bias) {
+    if (pgrad && c->bias && pgrad[1]) {
         /* db[f] = sum of dY over images and pixels, in double; filters are independent
          * (split across threads), the pixel sums vectorise (simd reduction). */
         float *db = pgrad[1];

@@ -103,18 +103,17 @@ static void dense_backward(tl_layer *L, const tl_exec *ex, const float *const *i
     const dense_cfg *cfg = L->cfg;
     int units = cfg->units, k;
     size_t rows = dense_rows(L, n, &k);
-    if (pgrad) {
-        /* dW = dout^T x ; db = column sums of dout */
+    /* each tensor's gradient only when it trains (pgrad[i] NULL: frozen, as in BitFit) */
+    if (pgrad && pgrad[0]) /* dW = dout^T x */
         tl_sgemm(ex->blas, 1, 0, units, k, (int)rows, 1.0f, dout, units, in[0], k, 0.0f,
                  pgrad[0], k);
-        if (cfg->bias) {
-            float *db = pgrad[1];
-            memset(db, 0, sizeof(float) * (size_t)units);
-            for (size_t i = 0; i < rows; i++) {
-                const float *d = dout + i * units;
-                for (int j = 0; j < units; j++)
-                    db[j] += d[j];
-            }
+    if (pgrad && cfg->bias && pgrad[1]) { /* db = column sums of dout */
+        float *db = pgrad[1];
+        memset(db, 0, sizeof(float) * (size_t)units);
+        for (size_t i = 0; i < rows; i++) {
+            const float *d = dout + i * units;
+            for (int j = 0; j < units; j++)
+                db[j] += d[j];
         }
     }
     if (din[0])

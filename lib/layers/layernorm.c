@@ -246,10 +246,13 @@ static void rows_backward(const layernorm_cfg *c, const float *w, const float *x
         }
         if (dw) {
 #pragma omp simd
-            for (int i = 0; i < d; i++) {
+            for (int i = 0; i < d; i++)
                 dw[i] += gr[i] * ((xr[i] - m) * s);
+        }
+        if (db) {
+#pragma omp simd
+            for (int i = 0; i < d; i++)
                 db[i] += gr[i];
-            }
         }
         if (!dx)
             continue;
@@ -297,10 +300,10 @@ static void tile_backward(const layernorm_cfg *c, const float *w, const float *x
             sw += gc[j] * xh;
             sb += gc[j];
         }
-        if (dw) {
+        if (dw)
             dw[ch] += sw;
+        if (db)
             db[ch] += sb;
-        }
     }
     if (!dx)
         return;
@@ -330,13 +333,13 @@ static void layernorm_backward(tl_layer *L, const tl_exec *ex, const float *cons
     int d;
     size_t groups = ln_groups(L, &d), total = n * groups;
     const float *w = c->affine ? L->param[0].t.data : NULL;
-    float *dw = c->affine && pgrad ? pgrad[0] : NULL, *db = dw ? pgrad[1] : NULL;
-    if (!dw && !din[0])
+    float *dw = c->affine && pgrad ? pgrad[0] : NULL, *db = c->affine && pgrad ? pgrad[1] : NULL;
+    if (!dw && !db && !din[0])
         return;
-    if (dw) {
+    if (dw)
         memset(dw, 0, sizeof(float) * L->param[0].t.numel);
+    if (db)
         memset(db, 0, sizeof(float) * L->param[1].t.numel);
-    }
     const float *mean = saved, *rstd = saved ? saved + total : NULL;
     if (c->naxes) {
         rows_backward(c, w, in[0], dout, din[0], accum, d, total, mean, rstd, dw, db);

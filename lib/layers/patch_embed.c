@@ -150,19 +150,21 @@ static void patch_backward(tl_layer *L, const tl_exec *ex, const float *const *i
     size_t isz = tl_shape_size(L->in[0]), osz = (size_t)t * d;
     if (pgrad) {
         for (int q = P_B; q < L->nparam; q++)
-            memset(pgrad[q], 0, sizeof(float) * L->param[q].t.numel);
+            if (pgrad[q])
+                memset(pgrad[q], 0, sizeof(float) * L->param[q].t.numel);
         for (size_t e = 0; e < n; e++) {
             const float *g = dout + e * osz, *rows = g + (size_t)cfg->class_token * d;
             patches(L, (float *)in[0] + e * isz, ex->scratch, 0, 0);
-            tl_sgemm(ex->blas, 1, 0, d, k, np, 1.0f, rows, d, ex->scratch, k, e ? 1.0f : 0.0f,
-                     pgrad[P_W], k);
-            for (int r = 0; r < np; r++)
+            if (pgrad[P_W]) /* NULL: frozen (BitFit) */
+                tl_sgemm(ex->blas, 1, 0, d, k, np, 1.0f, rows, d, ex->scratch, k,
+                         e ? 1.0f : 0.0f, pgrad[P_W], k);
+            for (int r = 0; pgrad[P_B] && r < np; r++)
                 for (int j = 0; j < d; j++)
                     pgrad[P_B][j] += rows[(size_t)r * d + j];
-            if (cfg->class_token)
+            if (cfg->class_token && pgrad[2])
                 for (int j = 0; j < d; j++)
                     pgrad[2][j] += g[j];
-            if (cfg->positions)
+            if (cfg->positions && pgrad[L->nparam - 1])
                 for (size_t i = 0; i < osz; i++)
                     pgrad[L->nparam - 1][i] += g[i];
         }

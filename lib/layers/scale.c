@@ -100,9 +100,10 @@ static void scale_backward(tl_layer *L, const tl_exec *ex, const float *const *i
         tl_bcast_backward(&p, TLEARN_BINARY_MUL, 0, dout, in[0], w, NULL, din[0], accum,
                           threads);
     if (pgrad) {
-        tl_bcast_backward(&p, TLEARN_BINARY_MUL, 1, dout, in[0], w, NULL, pgrad[0], 0,
-                          threads);
-        if (L->nparam > 1)
+        if (pgrad[0])
+            tl_bcast_backward(&p, TLEARN_BINARY_MUL, 1, dout, in[0], w, NULL, pgrad[0], 0,
+                              threads);
+        if (L->nparam > 1 && pgrad[1])
             tl_bcast_backward(&p, TLEARN_BINARY_ADD, 1, dout, in[0], L->param[1].t.data,
                               NULL, pgrad[1], 0, threads);
     }

@@ -523,6 +523,14 @@ void tl_model_remove(tlearn_model *m, int first, int count, int reroute, int to)
     remap_graph(m, first, first + count - 1, -count, reroute, to);
 }
 
+void tl_model_rename(tlearn_model *m, int i, const char *name)
+{
+    snprintf(m->layers[i]->name, sizeof m->layers[i]->name, "%s", name);
+    index_rebuild(m);
+    tl_free(m->tensor_names); /* "layer.param" names are built from layer names */
+    m->tensor_names = NULL;
+}
+
 /* The public tlearn_model_add_* wrappers live in build.c. */
 
 /* ---- introspection ---- */
@@ -729,10 +737,10 @@ int tlearn_model_param_count(const tlearn_model *m, size_t *total, size_t *train
     TL_CHECK_MODEL("tlearn_model_param_count", m);
     size_t all = 0, train = 0;
     for (int i = 0; i < m->nlayers; i++) {
-        size_t k = layer_params(m->layers[i]);
-        all += k;
-        if (!m->lstate[i].frozen)
-            train += k;
+        all += layer_params(m->layers[i]);
+        for (int p = 0; p < m->layers[i]->nparam; p++)
+            if (tl_param_trains(m, i, p))
+                train += m->layers[i]->param[p].t.numel;
     }
     if (total)
         *total = all;
@@ -867,8 +875,10 @@ int tlearn_model_set_tensor(tlearn_model *m, const char *name, const float *data
         return rc;
     rc = tl_check_values(TLEARN_EINVAL, fn, name, data, len,
                          tl_param_nonneg(m->layers[l]->param[p].name));
+    if (!rc)
+        rc = tl_model_own_param(m, l, p); /* copy on write of a shared tensor */
     if (rc)
-        return rc;
+        return tl_fail_prefix(rc, "%s: ", fn);
     memcpy(m->layers[l]->param[p].t.data, data, sizeof(float) * len);
     return TLEARN_OK;
 }
@@ -884,7 +894,7 @@ int tlearn_model_get_grad(const tlearn_model *m, const char *name, float *out, s
     if (m->layers[l]->param[p].is_buffer || !g || !m->has_grads)
         return tl_fail(TLEARN_ESTATE, "%s: '%s' has no gradient (%s)", fn, name,
                        m->layers[l]->param[p].is_buffer ? "a buffer"
-                       : m->lstate[l].frozen           ? "frozen"
+                       : !tl_param_trains(m, l, p)     ? "frozen"
                                                        : "nothing computed yet");
     memcpy(out, g, sizeof(float) * out_len);
     return TLEARN_OK;

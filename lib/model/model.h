@@ -28,10 +28,26 @@ typedef struct tl_slot {
 /* What the model knows about each layer beyond the layer itself. */
 typedef struct tl_layer_state {
     int frozen;          /* parameters get no gradient and no update */
+    unsigned frozen_params; /* bit p: tensor p is frozen while the others train (BitFit);
+                             * 0 whenever `frozen` is set */
     float lr_scale;      /* multiplies the optimizer's learning rate */
     int from_pretrained; /* existed when L2-SP was enabled; new layers get beta instead */
     tl_slot slot[TL_MAX_PARAMS];
 } tl_layer_state;
+
+/* Both freeze flags in one word (checkpoints' FREEZE, TENT's snapshot): bit 0 the layer,
+ * bits 8.. its tensors. */
+#define TL_FROZEN_PARAMS_SHIFT 8
+static inline unsigned tl_frozen_pack(const tl_layer_state *st)
+{
+    return (unsigned)(st->frozen != 0) | st->frozen_params << TL_FROZEN_PARAMS_SHIFT;
+}
+
+static inline void tl_frozen_unpack(tl_layer_state *st, unsigned v)
+{
+    st->frozen = (int)(v & 1u);
+    st->frozen_params = st->frozen ? 0u : v >> TL_FROZEN_PARAMS_SHIFT;
+}
 
 /* Buffers for one batch capacity, carved from one aligned block. */
 typedef struct tl_plan {
@@ -175,6 +191,23 @@ struct tlearn_model {
             return tl_fail(TLEARN_EINVAL, "%s: model is NULL", fn);                           \
     } while (0)
 
+/* Tensor p of layer i trains: the layer and the tensor are not frozen and it is not a
+ * buffer. Frozen tensors own no gradient and no optimizer state (tl_model_sync_slots). */
+static inline int tl_param_trains(const tlearn_model *m, int i, int p)
+{
+    const tl_layer_state *st = &m->lstate[i];
+    return !st->frozen && !(st->frozen_params >> p & 1u) && !m->layers[i]->param[p].is_buffer;
+}
+
+/* Some tensor of layer i trains. */
+static inline int tl_layer_trains(const tlearn_model *m, int i)
+{
+    for (int p = 0; p < m->layers[i]->nparam; p++)
+        if (tl_param_trains(m, i, p))
+            return 1;
+    return 0;
+}
+
 /* Build: the one door through which public calls, checkpoints and ONNX add layers.
  * @p inputs NULL takes the model's next input (previous layer, or set_next_input). */
 int tl_model_add(tlearn_model *m, const char *fn, const tl_layer_ops *ops, const char *name,
@@ -266,6 +299,9 @@ void tl_model_commit(tlearn_model *m, tl_plan *p, size_t n, int from);
  * training use (a step, an input gradient, EWC consolidation), never at load or freeze:
  * a model only used for inference holds its parameters alone. */
 int tl_model_sync_slots(tlearn_model *m, int alloc_grads);
+/* Before writing tensor @p param of layer @p layer: its own copy if its data is shared with
+ * other handles (share.c). ENOMEM with a message; nothing changes then. */
+int tl_model_own_param(tlearn_model *m, int layer, int param);
 
 /* ---- editing the graph (adapters/) ----
  * One layer to insert: producers >= 0 count in the numbering AFTER the insertion, so they
@@ -274,7 +310,7 @@ typedef struct tl_insert_spec {
     const tl_layer_ops *ops;
     const char *name;
     int ninputs;
-    int inputs[2];
+    int inputs[4];
     const int *ia;
     int ni;
     const float *fa;
@@ -294,6 +330,9 @@ int tl_model_insert(tlearn_model *m, const char *fn, int after, const tl_insert_
  * of layer @p reroute (inside the range) read @p to (< first) instead. The caller makes
  * sure nothing else outside the range reads a removed layer. Cannot fail. */
 void tl_model_remove(tlearn_model *m, int first, int count, int reroute, int to);
+/* Give layer @p i the name @p name, which no other layer has (the caller checked it and
+ * its length). Cannot fail. */
+void tl_model_rename(tlearn_model *m, int i, const char *name);
 
 
 #endif

@@ -21,12 +21,8 @@ static size_t round_up(size_t floats)
 int tl_model_first_trainable(const tlearn_model *m)
 {
     for (int i = 0; i < m->nlayers; i++)
-        if (!m->lstate[i].frozen && m->layers[i]->nparam > 0) {
-            const tl_layer *L = m->layers[i];
-            for (int p = 0; p < L->nparam; p++)
-                if (!L->param[p].is_buffer)
-                    return i;
-        }
+        if (tl_layer_trains(m, i))
+            return i;
     return m->nlayers;
 }
 

@@ -139,9 +139,10 @@ void tl_model_backward(tlearn_model *m, tl_plan *p, const tl_feed *x, size_t n, 
                     written[L->input[k]] = 1;
                 }
         float *pg[TL_MAX_PARAMS];
-        int trains = !m->lstate[i].frozen && L->nparam > 0;
+        /* a frozen tensor of a training layer (BitFit) gets NULL: no gradient computed */
+        int trains = tl_layer_trains(m, i);
         for (int k = 0; k < L->nparam; k++)
-            pg[k] = m->lstate[i].slot[k].grad;
+            pg[k] = tl_param_trains(m, i, k) ? m->lstate[i].slot[k].grad : NULL;
         /* saved holds this step's data only after a training-mode forward */
         L->ops->backward(L, &ex, in, p->out[i], p->dout[i], din, accum, n,
                          p->fwd_training ? p->saved[i] : NULL, trains ? pg : NULL);

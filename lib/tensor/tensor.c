@@ -1,4 +1,5 @@
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -28,10 +29,85 @@ int tl_tensor_alloc(tl_tensor *t, int ndim, const int *dims)
     return TLEARN_OK;
 }
 
+struct tl_share {
+    atomic_int refs;
+    float *data;
+};
+
+static void share_release(tl_share *s)
+{
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        tl_free(s->data);
+        tl_free(s);
+    }
+}
+
 void tl_tensor_free(tl_tensor *t)
 {
-    tl_free(t->data);
+    if (t->share)
+        share_release(t->share);
+    else
+        tl_free(t->data);
     memset(t, 0, sizeof *t);
+}
+
+int tl_tensor_share_view(tl_tensor *dst, tl_tensor *src, size_t offset, int ndim,
+                         const int *dims)
+{
+    int rc = tl_tensor_share(dst, src);
+    if (rc)
+        return rc;
+    dst->data = src->data + offset;
+    dst->ndim = ndim;
+    dst->numel = 1;
+    for (int i = 0; i < 4; i++) {
+        dst->dims[i] = i < ndim ? dims[i] : 0;
+        dst->numel *= i < ndim ? (size_t)dims[i] : 1;
+    }
+    return TLEARN_OK;
+}
+
+int tl_tensor_share(tl_tensor *dst, tl_tensor *src)
+{
+    if (!src->share) {
+        tl_share *s = tl_alloc(sizeof *s);
+        if (!s)
+            return tl_fail(TLEARN_ENOMEM, "out of memory");
+        atomic_init(&s->refs, 1);
+        s->data = src->data;
+        src->share = s;
+    }
+    atomic_fetch_add_explicit(&src->share->refs, 1, memory_order_relaxed);
+    *dst = *src;
+    return TLEARN_OK;
+}
+
+int tl_tensor_is_shared(const tl_tensor *t)
+{
+    return t->share && atomic_load_explicit(&t->share->refs, memory_order_acquire) > 1;
+}
+
+int tl_tensor_own(tl_tensor *t)
+{
+    tl_share *s = t->share;
+    if (!s)
+        return TLEARN_OK;
+    /* One holder left: no other handle can take a new reference (that needs a handle that
+     * holds one), so the data is ours, unless this is a view into part of it. */
+    if (atomic_load_explicit(&s->refs, memory_order_acquire) == 1 && t->data == s->data) {
+        tl_free(s);
+        t->share = NULL;
+        return TLEARN_OK;
+    }
+    float *copy = tl_alloc(sizeof(float) * t->numel);
+    if (!copy)
+        return tl_fail(TLEARN_ENOMEM, "out of memory for a private copy of %zu floats",
+                       t->numel);
+    memcpy(copy, t->data, sizeof(float) * t->numel);
+    t->data = copy;
+    t->share = NULL;
+    share_release(s);
+    return TLEARN_OK;
 }
 
 /* Vectorised with an OpenMP simd reduction (reassociation is what makes it vectorise; the

@@ -8,17 +8,36 @@
 
 #include "../core/core.h"
 
-/* A named-shape view of fp32 data. Parameters own their data; workspace views do not. */
+/* Data held by several models (tlearn_model_create_shared): reference-counted, never
+ * written while shared. */
+typedef struct tl_share tl_share;
+
+/* A named-shape view of fp32 data. Parameters own their data (or, with `share` set, one
+ * reference to shared data); workspace views do not. */
 typedef struct tl_tensor {
     float *data;
     size_t numel;
     int ndim;
     int dims[4];
+    tl_share *share; /* NULL: data is this tensor's own */
 } tl_tensor;
 
 /* Allocate a zeroed, 64-byte aligned tensor of the given shape. Returns status. */
 int tl_tensor_alloc(tl_tensor *t, int ndim, const int *dims);
+/* Frees the data, or drops this tensor's reference to shared data (the last frees it). */
 void tl_tensor_free(tl_tensor *t);
+/* Make @p dst (empty) a read-only view of @p src's data, counted: @p src's data becomes
+ * shared if it was not. Thread-safe against other holders of the same data. ENOMEM. */
+int tl_tensor_share(tl_tensor *dst, tl_tensor *src);
+/* As tl_tensor_share, a view of @p src's elements from @p offset on, of shape @p dims
+ * (which must fit: the caller checks). */
+int tl_tensor_share_view(tl_tensor *dst, tl_tensor *src, size_t offset, int ndim,
+                         const int *dims);
+/* Before writing @p t: give it its own copy if its data is shared (copy on write); the
+ * last holder just takes the data back. ENOMEM leaves @p t as it was. */
+int tl_tensor_own(tl_tensor *t);
+/* 1 when another tensor (of another model) holds @p t's data too. */
+int tl_tensor_is_shared(const tl_tensor *t);
 
 /* ---- memory-bound loops ---- */
 /* Threads worth waking for a memory-bound loop over @p n floats: below about 32K floats

@@ -725,9 +725,9 @@ static void bn_fresh_slots(tlearn_model *m)
 
 static void set_frozen(tlearn_model *m, const int *frozen)
 {
-    for (int i = 0; i < m->nlayers; i++)
-        m->lstate[i].frozen = frozen ? frozen[i]
-                                     : m->layers[i]->ops->kind != TLEARN_LAYER_BATCHNORM;
+    for (int i = 0; i < m->nlayers; i++) /* packed: the layer's and its tensors' flags */
+        tl_frozen_unpack(&m->lstate[i], frozen ? (unsigned)frozen[i]
+                                               : m->layers[i]->ops->kind != TLEARN_LAYER_BATCHNORM);
     tl_plan_free(&m->plan_train);
     m->has_grads = 0;
     bn_fresh_slots(m);
@@ -765,7 +765,7 @@ static int tent_begin(const char *fn, tlearn_model *m, struct tl_da *da)
         return rc;
     bn_tensors(m, da->tent_saved, 1);
     for (int i = 0; i < m->nlayers; i++)
-        da->tent_frozen[i] = m->lstate[i].frozen;
+        da->tent_frozen[i] = (int)tl_frozen_pack(&m->lstate[i]);
     da->tent_layers = m->nlayers;
     da->tent = 1;
     set_frozen(m, NULL);
@@ -777,6 +777,13 @@ static int tent_restore(const char *fn, tlearn_model *m, struct tl_da *da)
     if (m->nlayers != da->tent_layers)
         return tl_fail(TLEARN_ESTATE, "%s: the model changed since adaptation began (%d layers, "
                        "was %d); cannot restore", fn, m->nlayers, da->tent_layers);
+    for (int i = 0; i < m->nlayers; i++) /* copy on write of shared BatchNorm tensors */
+        for (int p = 0; m->layers[i]->ops->kind == TLEARN_LAYER_BATCHNORM &&
+                        p < m->layers[i]->nparam; p++) {
+            int rc = tl_model_own_param(m, i, p);
+            if (rc)
+                return tl_fail_prefix(rc, "%s: ", fn);
+        }
     bn_tensors(m, da->tent_saved, 0);
     set_frozen(m, da->tent_frozen);
     tl_free(da->tent_saved);

@@ -532,7 +532,7 @@ int tlearn_ewc_consolidate(tlearn_model *m, const float *x, const int32_t *label
     rc = !acc || set_init(&T.fisher, nl) || set_init(&T.anchor, nl) ? TLEARN_ENOMEM : TLEARN_OK;
     for (int i = first; i < nl && !rc; i++)
         for (int p = 0; p < TL_MAX_PARAMS && !rc; p++)
-            if (!m->lstate[i].frozen && is_param(m->layers[i], p) &&
+            if (p < m->layers[i]->nparam && tl_param_trains(m, i, p) &&
                 !(acc[i][p] = tl_alloc_array(m->layers[i]->param[p].t.numel, sizeof(double))))
                 rc = TLEARN_ENOMEM;
     if (rc)

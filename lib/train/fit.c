@@ -240,6 +240,7 @@ static size_t snapshot(tlearn_model *m, float *buf, int restore)
 static void unfreeze(tlearn_model *m, int layer)
 {
     m->lstate[layer].frozen = 0;
+    m->lstate[layer].frozen_params = 0;
     tl_plan_free(&m->plan_train); /* backward now reaches further */
     m->has_grads = 0;
 }
@@ -322,7 +323,7 @@ static int update(run *r, size_t s0, size_t s1, double *loss, size_t *count, siz
             for (int p = 0; p < m->layers[i]->nparam; p++) {
                 const float *g = m->lstate[i].slot[p].grad;
                 size_t numel = m->layers[i]->param[p].t.numel;
-                if (!g || m->lstate[i].frozen || m->layers[i]->param[p].is_buffer)
+                if (!g || !tl_param_trains(m, i, p))
                     continue;
                 float *a = r->acc + off;
                 if (s == s0)
@@ -339,7 +340,7 @@ static int update(run *r, size_t s0, size_t s1, double *loss, size_t *count, siz
         for (int p = 0; p < m->layers[i]->nparam; p++) {
             float *g = m->lstate[i].slot[p].grad;
             size_t numel = m->layers[i]->param[p].t.numel;
-            if (!g || m->lstate[i].frozen || m->layers[i]->param[p].is_buffer)
+            if (!g || !tl_param_trains(m, i, p))
                 continue;
             memcpy(g, r->acc + off, numel * sizeof *g);
             off += numel;

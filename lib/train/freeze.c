@@ -5,15 +5,16 @@
  * trainable ones get a zeroed gradient and start their optimizer state fresh. */
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "train.h"
 
-enum rule_kind { RULE_UNTIL, RULE_MATCH, RULE_RANGE, RULE_LR, RULE_ULMFIT, RULE_BN };
+enum rule_kind { RULE_UNTIL, RULE_MATCH, RULE_RANGE, RULE_LR, RULE_ULMFIT, RULE_BN, RULE_TENSOR };
 
 typedef struct rule {
     int kind;
-    char *pattern; /* layer name (UNTIL) or glob (MATCH, LR); owned */
+    char *pattern; /* layer name (UNTIL) or glob (MATCH, LR; TENSOR: over "layer.param") */
     int first, last;
     int flag;      /* frozen (MATCH, RANGE), bn statistics frozen (BN) */
     float value;   /* scale (LR), factor (ULMFIT) */
@@ -100,6 +101,17 @@ int tlearn_freeze_match(tlearn_freeze *f, const char *glob, int frozen)
     return add_rule(fn, f, (rule){.kind = RULE_MATCH, .flag = frozen}, glob);
 }
 
+int tlearn_freeze_tensors(tlearn_freeze *f, const char *glob, int frozen)
+{
+    static const char fn[] = "tlearn_freeze_tensors";
+    int rc = check_pattern(fn, f, "glob", glob);
+    if (rc)
+        return rc;
+    if (frozen != 0 && frozen != 1)
+        return tl_fail(TLEARN_EINVAL, "%s: frozen is %d, must be 0 or 1", fn, frozen);
+    return add_rule(fn, f, (rule){.kind = RULE_TENSOR, .flag = frozen}, glob);
+}
+
 int tlearn_freeze_range(tlearn_freeze *f, int first, int last, int frozen)
 {
     static const char fn[] = "tlearn_freeze_range";
@@ -156,9 +168,21 @@ static int has_params(const tl_layer *L)
     return 0;
 }
 
-/* Replay the rules into frozen[] / scale[] / *bn without touching the model. */
-static int replay(const char *fn, const tlearn_model *m, const tlearn_freeze *f, int *frozen,
-                  float *scale, int *bn)
+#define ALL_TENSORS ((1u << TL_MAX_PARAMS) - 1u)
+
+/* "layer.param" matches @p glob. */
+static int tensor_match(const char *glob, const tl_layer *L, int p)
+{
+    char name[TL_TENSOR_NAME_MAX];
+    snprintf(name, sizeof name, "%s.%s", L->name, L->param[p].name);
+    return tl_glob_match(glob, name);
+}
+
+/* Replay the rules into frozen[] (per layer, bit p: tensor p frozen; a layer rule sets or
+ * clears them all, a tensor rule its tensors, so later rules override earlier ones tensor
+ * by tensor) / scale[] / *bn without touching the model. */
+static int replay(const char *fn, const tlearn_model *m, const tlearn_freeze *f,
+                  unsigned *frozen, float *scale, int *bn)
 {
     int nl = m->nlayers;
     for (int i = 0; i < nl; i++) {
@@ -176,7 +200,7 @@ static int replay(const char *fn, const tlearn_model *m, const tlearn_freeze *f,
                 return tl_fail(TLEARN_ENOTFOUND, "%s: rule %d (until '%s'): no layer named '%s'",
                                fn, r, R->pattern, R->pattern);
             for (int i = 0; i <= last; i++)
-                frozen[i] = 1;
+                frozen[i] = ALL_TENSORS;
             hits = 1;
             break;
         }
@@ -185,7 +209,7 @@ static int replay(const char *fn, const tlearn_model *m, const tlearn_freeze *f,
             for (int i = 0; i < nl; i++)
                 if (tl_glob_match(R->pattern, m->layers[i]->name)) {
                     if (R->kind == RULE_MATCH)
-                        frozen[i] = R->flag;
+                        frozen[i] = R->flag ? ALL_TENSORS : 0u;
                     else
                         scale[i] = R->value;
                     hits++;
@@ -200,7 +224,19 @@ static int replay(const char *fn, const tlearn_model *m, const tlearn_freeze *f,
                 return tl_fail(TLEARN_ENOTFOUND, "%s: rule %d (range [%d, %d]): the model has "
                                "only %d layers", fn, r, R->first, R->last, nl);
             for (int i = R->first; i <= R->last; i++)
-                frozen[i] = R->flag;
+                frozen[i] = R->flag ? ALL_TENSORS : 0u;
+            break;
+        case RULE_TENSOR:
+            for (int i = 0; i < nl; i++)
+                for (int p = 0; p < m->layers[i]->nparam; p++)
+                    if (!m->layers[i]->param[p].is_buffer &&
+                        tensor_match(R->pattern, m->layers[i], p)) {
+                        frozen[i] = R->flag ? frozen[i] | 1u << p : frozen[i] & ~(1u << p);
+                        hits++;
+                    }
+            if (!hits)
+                return tl_fail(TLEARN_ENOTFOUND, "%s: rule %d (tensors): pattern '%s' matches "
+                               "no trainable tensor", fn, r, R->pattern);
             break;
         case RULE_ULMFIT: {
             /* From the head back: 1, 1/factor, 1/factor^2, ... over layers with parameters,
@@ -227,7 +263,7 @@ int tlearn_model_apply_freeze(tlearn_model *m, const tlearn_freeze *f)
     static const char fn[] = "tlearn_model_apply_freeze";
     TL_CHECK_MODEL(fn, m);
     int nl = m->nlayers;
-    int *frozen = tl_alloc_array((size_t)nl + 1, sizeof(int));
+    unsigned *frozen = tl_alloc_array((size_t)nl + 1, sizeof(unsigned));
     float *scale = tl_alloc_array((size_t)nl + 1, sizeof(float));
     if (!frozen || !scale) {
         tl_free(frozen);
@@ -243,8 +279,17 @@ int tlearn_model_apply_freeze(tlearn_model *m, const tlearn_freeze *f)
     }
     int changed = bn != m->bn_stats_frozen;
     for (int i = 0; i < nl; i++) {
-        changed |= m->lstate[i].frozen != frozen[i];
-        m->lstate[i].frozen = frozen[i];
+        /* a layer whose every tensor is frozen is a frozen layer (a layer without
+         * tensors keeps what its layer rules said) */
+        const tl_layer *L = m->layers[i];
+        unsigned own = 0;
+        for (int p = 0; p < L->nparam; p++)
+            own |= L->param[p].is_buffer ? 0u : 1u << p;
+        unsigned packed = own ? ((frozen[i] & own) == own ? 1u
+                                 : (frozen[i] & own) << TL_FROZEN_PARAMS_SHIFT)
+                              : (frozen[i] != 0);
+        changed |= tl_frozen_pack(&m->lstate[i]) != packed;
+        tl_frozen_unpack(&m->lstate[i], packed);
         m->lstate[i].lr_scale = scale[i];
         if (m->layers[i]->ops->kind == TLEARN_LAYER_BATCHNORM)
             m->layers[i]->use_running_stats = bn;
@@ -277,6 +322,19 @@ int tlearn_model_layer_frozen(const tlearn_model *m, const char *layer, int *fro
     if (!rc)
         *frozen = m->lstate[i].frozen;
     return rc;
+}
+
+int tlearn_model_tensor_frozen(const tlearn_model *m, const char *tensor, int *frozen)
+{
+    static const char fn[] = "tlearn_model_tensor_frozen";
+    TL_CHECK_MODEL(fn, m);
+    if (!tensor || !frozen)
+        return tl_fail(TLEARN_EINVAL, "%s: %s is NULL", fn, !tensor ? "tensor" : "frozen");
+    int l, p;
+    if (tl_model_find_tensor(m, tensor, &l, &p))
+        return tl_fail(TLEARN_ENOTFOUND, "%s: no tensor named '%s'", fn, tensor);
+    *frozen = !tl_param_trains(m, l, p);
+    return TLEARN_OK;
 }
 
 int tlearn_model_layer_lr_scale(const tlearn_model *m, const char *layer, float *scale)

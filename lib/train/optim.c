@@ -529,8 +529,7 @@ static tl_slot *next_trainable(tlearn_model *m, int *it, int *layer, int *param)
     for (; *it < m->nlayers * TL_MAX_PARAMS; (*it)++) {
         int i = *it / TL_MAX_PARAMS, p = *it % TL_MAX_PARAMS;
         tl_slot *s = &m->lstate[i].slot[p];
-        if (p < m->layers[i]->nparam && !m->lstate[i].frozen &&
-            !m->layers[i]->param[p].is_buffer && s->grad) {
+        if (p < m->layers[i]->nparam && tl_param_trains(m, i, p) && s->grad) {
             (*it)++;
             *layer = i;
             *param = p;

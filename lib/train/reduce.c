@@ -53,7 +53,7 @@ int tl_reduce_wants(const tlearn_model *m, int flag)
 
 static int trainable(const tlearn_model *m, int i, int p)
 {
-    return !m->lstate[i].frozen && !m->layers[i]->param[p].is_buffer;
+    return tl_param_trains(m, i, p);
 }
 
 static void send(tl_reducer *r, float *data, size_t count)

@@ -14,16 +14,20 @@ int tl_model_sync_slots(tlearn_model *m, int alloc_grads)
             tl_slot *s = &st->slot[p];
             if (L->param[p].is_buffer)
                 continue;
-            if (st->frozen) { /* frozen costs nothing: no gradient, no optimizer state */
+            if (!tl_param_trains(m, i, p)) { /* frozen costs nothing: no gradient, no state */
                 tl_free(s->grad);
                 tl_free(s->m1);
                 tl_free(s->m2);
                 s->grad = s->m1 = s->m2 = NULL;
                 s->step = 0;
                 s->opt_kind = 0;
-            } else if (alloc_grads && !s->grad) {
-                s->grad = tl_alloc_array(L->param[p].t.numel, sizeof(float));
-                if (!s->grad)
+            } else if (alloc_grads) {
+                /* training writes it: a tensor shared with other handles is copied first
+                 * (a frozen one stays shared) */
+                int rc = tl_model_own_param(m, i, p);
+                if (rc)
+                    return rc;
+                if (!s->grad && !(s->grad = tl_alloc_array(L->param[p].t.numel, sizeof(float))))
                     return tl_fail(TLEARN_ENOMEM, "out of memory for gradients of '%s.%s'",
                                    L->name, L->param[p].name);
             }
@@ -230,7 +234,7 @@ static int apply_update(const char *fn, tlearn_model *m, tlearn_optim *o)
     for (int i = 0; i < m->nlayers; i++)
         for (int p = 0; p < m->layers[i]->nparam; p++) {
             tl_slot *s = &m->lstate[i].slot[p];
-            if (!s->grad || m->lstate[i].frozen || m->layers[i]->param[p].is_buffer)
+            if (!s->grad || !tl_param_trains(m, i, p))
                 continue;
             size_t numel = m->layers[i]->param[p].t.numel;
             /* The largest |gradient| also lets the optimizer prove its update finite. */

@@ -2,48 +2,16 @@
 hand in torch (nn.Linear base + A/B, scale alpha/r), forward, input and LoRA gradients, 20
 AdamW steps on the adapters only, and adapter files both ways in PEFT's layout (the
 safetensors format written and read by hand here). Fails (never skips) without torch."""
-import ctypes, json, os, struct, sys, tempfile
+import ctypes, json, os, sys, tempfile
 
 import numpy as np
 import torch
 
-lib = ctypes.CDLL(os.environ["TLEARN_LIBRARY"])
-lib.tlearn_errmsg.restype = ctypes.c_char_p
-F = ctypes.POINTER(ctypes.c_float)
-lib.tlearn_lora_add.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
-                                ctypes.c_float, ctypes.c_float, ctypes.c_uint]
-lib.tlearn_model_predict.argtypes = [ctypes.c_void_p, F, ctypes.c_size_t, F, ctypes.c_size_t]
-lib.tlearn_model_get_tensor.argtypes = [ctypes.c_void_p, ctypes.c_char_p, F, ctypes.c_size_t]
-lib.tlearn_model_set_tensor.argtypes = lib.tlearn_model_get_tensor.argtypes
-lib.tlearn_model_get_grad.argtypes = lib.tlearn_model_get_tensor.argtypes
-lib.tlearn_model_compute_gradients.argtypes = [ctypes.c_void_p, F, ctypes.POINTER(ctypes.c_int32),
-                                               ctypes.c_size_t, F, F, ctypes.c_size_t]
-lib.tlearn_model_train_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, F,
-                                        ctypes.POINTER(ctypes.c_int32), ctypes.c_size_t, F]
-lib.tlearn_optim_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_double]
-for fn in ("tlearn_lora_save", "tlearn_lora_load"):
-    getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from adapters_common import (lib, ok, fp, close, get, set_, grad, read_safetensors,  # noqa: E402
+                             write_safetensors, finish, failures)
 
 IN, HID, OUT, N, R, ALPHA = 6, 5, 3, 4, 2, 3.0
-failures = []
-
-
-def ok(rc, what):
-    if rc != 0:
-        raise SystemExit("%s failed: %d %s" % (what, rc, lib.tlearn_errmsg().decode()))
-
-
-def fp(a):
-    return a.ctypes.data_as(F)
-
-
-def close(tag, got, want, rtol=1e-5, atol=1e-6):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if got.shape != want.shape or not np.allclose(got, want, rtol=rtol, atol=atol):
-        failures.append(tag)
-        print("FAIL %s: max diff %g" % (tag, np.max(np.abs(got - want)) if got.shape == want.shape else -1))
-    else:
-        print("ok   %s" % tag)
 
 
 def base_model():
@@ -56,21 +24,10 @@ def base_model():
     return m
 
 
-def get(m, name, shape):
-    a = np.zeros(shape, np.float32)
-    ok(lib.tlearn_model_get_tensor(m, name.encode(), fp(a), a.size), "get " + name)
-    return a
 
 
-def set_(m, name, a):
-    a = np.ascontiguousarray(a, np.float32)
-    ok(lib.tlearn_model_set_tensor(m, name.encode(), fp(a), a.size), "set " + name)
 
 
-def grad(m, name, shape):
-    a = np.zeros(shape, np.float32)
-    ok(lib.tlearn_model_get_grad(m, name.encode(), fp(a), a.size), "grad " + name)
-    return a
 
 
 class LoRALinear(torch.nn.Module):
@@ -185,35 +142,7 @@ def main():
         out2 = np.zeros((N, OUT), np.float32)
         ok(lib.tlearn_model_predict(m2, fp(x), N, fp(out2), out2.size), "predict loaded")
         close("forward of a torch-written adapter", out2, net(torch.from_numpy(x)).detach().numpy())
-    if failures:
-        print("FAILED:", failures)
-        sys.exit(1)
-
-
-def read_safetensors(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    head = json.loads(b[8:8 + n])
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__":
-            continue
-        assert v["dtype"] == "F32"
-        s, e = v["data_offsets"]
-        out[k] = np.frombuffer(b[8 + n + s:8 + n + e], "<f4").reshape(v["shape"])
-    return out
-
-
-def write_safetensors(path, tensors):
-    head, off, blobs = {}, 0, []
-    for k, a in tensors.items():
-        a = np.ascontiguousarray(a, "<f4")
-        head[k] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
-        off += a.nbytes
-        blobs.append(a.tobytes())
-    h = json.dumps(head).encode()
-    h += b" " * (-len(h) % 8)
-    open(path, "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    finish()
 
 
 main()

@@ -634,6 +634,13 @@ class FreezePolicy(_Handle):
         _check(_C.tlearn_freeze_match(self.handle, _enc(pattern, "pattern"), int(bool(frozen))))
         return self
 
+    def tensors(self, pattern: str, frozen: bool = True) -> "FreezePolicy":
+        """Freeze (or unfreeze) single tensors whose "layer.param" names match a shell-style
+        pattern; rules replay in order tensor by tensor. BitFit (biases only):
+        ``Freeze().match("*").tensors("*bias", False)``."""
+        _check(_C.tlearn_freeze_tensors(self.handle, _enc(pattern, "pattern"), int(bool(frozen))))
+        return self
+
     def range(self, first: int, last: int, frozen: bool = True) -> FreezePolicy:
         """Freeze (or unfreeze) the layers with index in [first, last]."""
         _check(_C.tlearn_freeze_range(self.handle, int(first), int(last), int(bool(frozen))))
@@ -751,6 +758,21 @@ class Model(_Handle):
         if with_optimizer:
             return m, (Optimizer._adopt(o) if o else None)
         return m
+
+    def create_shared(self) -> "Model":
+        """A model with this one's graph whose parameter tensors share this one's data
+        (reference-counted, copied on write): one base, many adapted handles. Handles that
+        share data may run on different threads at once."""
+        h = ctypes.c_void_p()
+        _check(_C.tlearn_model_create_shared(ctypes.byref(h), self.handle))
+        return type(self)._adopt(h)
+
+    def tensor_shared(self, tensor: str) -> bool:
+        """Whether tensor "layer.param" holds data another handle holds too."""
+        s = ctypes.c_int()
+        _check(_C.tlearn_model_tensor_shared(self.handle, _enc(tensor, "tensor"),
+                                             ctypes.byref(s)))
+        return bool(s.value)
 
     @classmethod
     def from_bytes(cls, data: Union[bytes, bytearray, memoryview],
@@ -1576,6 +1598,14 @@ class Model(_Handle):
         """Whether @p layer is frozen (its parameters get no updates)."""
         f = ctypes.c_int()
         _check(_C.tlearn_model_layer_frozen(self.handle, _enc(layer, "layer"), ctypes.byref(f)))
+        return bool(f.value)
+
+    def tensor_frozen(self, tensor: str) -> bool:
+        """Whether tensor "layer.param" gets no update (its layer or itself frozen, or a
+        buffer)."""
+        f = ctypes.c_int()
+        _check(_C.tlearn_model_tensor_frozen(self.handle, _enc(tensor, "tensor"),
+                                             ctypes.byref(f)))
         return bool(f.value)
 
     def layer_lr_scale(self, layer: str) -> float:

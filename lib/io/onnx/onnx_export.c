@@ -819,12 +819,27 @@ static const char *ex_mask_bool(ex_ctx *c, const char *mask)
     return b;
 }
 
+/* The attention mask as "key visible": negated when the layer reads it as torch's
+ * key_padding_mask (true where padded; argument pad_true). */
+static const char *ex_attention_keep(ex_ctx *c, const char *mask)
+{
+    const char *b = ex_mask_bool(c, mask);
+    if (c->ni < 3 || !c->ia[2])
+        return b;
+    const char *keep = ex_aux(c, "keep_not_pad");
+    ex_op1(c, "Not", b, keep);
+    return keep;
+}
+
 /* Attention as PyTorch's MultiheadAttention computes it, in ONNX primitives:
  * qkv = x W_in^T + b_in, per head softmax(q k^T / sqrt(hd) + masks) v, then out_proj. A query
  * that sees no key gets zero weights, as the layer gives (softmax alone would give NaN). */
 static int ex_attention(ex_ctx *c, const char *const *in, const char *out)
 {
     int heads = c->ia[0], causal = c->ia[1], t = c->L->in[0].d[0], d = c->L->in[0].d[1];
+    if (c->ni > 3 && c->ia[3])
+        return tl_fail(TLEARN_EUNSUPPORTED, "attention '%s' is in its split form (LoRA on a "
+                       "projection), which export does not map yet", c->L->name);
     int hd = d / heads;
     int64_t perm2[2] = {1, 0};
     const char *wi = ex_param(c, 0), *bi = ex_param(c, 1), *wo = ex_param(c, 2),
@@ -869,7 +884,7 @@ static int ex_attention(ex_ctx *c, const char *const *in, const char *out)
     int masked = c->L->ninputs > 1;
     if (masked) {
         int64_t ks[4] = {0, 1, 1, t};
-        const char *keep = ex_mask_bool(c, in[1]), *k4 = ex_aux(c, "keep4");
+        const char *keep = ex_attention_keep(c, in[1]), *k4 = ex_aux(c, "keep4");
         ex_op2(c, "Reshape", keep, ex_const_i(c, "keep_shape", ks, 4), k4);
         if (allowed) {
             const char *both = ex_aux(c, "allowed");

@@ -506,6 +506,14 @@ extern "C" {
     pub fn tlearn_model_apply_freeze(m: *mut tlearn_model, f: *const tlearn_freeze) -> c_int;
     pub fn tlearn_model_layer_frozen(m: *const tlearn_model, layer: *const c_char,
                                      frozen: *mut c_int) -> c_int;
+    pub fn tlearn_freeze_tensors(f: *mut tlearn_freeze, glob: *const c_char, frozen: c_int)
+        -> c_int;
+    pub fn tlearn_model_tensor_frozen(m: *const tlearn_model, tensor: *const c_char,
+                                      frozen: *mut c_int) -> c_int;
+    pub fn tlearn_model_create_shared(out: *mut *mut tlearn_model, base: *const tlearn_model)
+        -> c_int;
+    pub fn tlearn_model_tensor_shared(m: *const tlearn_model, tensor: *const c_char,
+                                      shared: *mut c_int) -> c_int;
     pub fn tlearn_model_layer_lr_scale(m: *const tlearn_model, layer: *const c_char,
                                        scale: *mut f32) -> c_int;
     pub fn tlearn_model_features(m: *mut tlearn_model, layer: *const c_char, x: *const f32,

@@ -749,6 +749,14 @@ impl FreezePolicy {
         Ok(self)
     }
 
+    /// Freeze (or unfreeze) single tensors whose "layer.param" names match a shell-style
+    /// pattern (BitFit: `matching("*", true)` then `tensors("*bias", false)`).
+    pub fn tensors(&mut self, glob: &str, frozen: bool) -> Result<&mut Self> {
+        let c = cstring(glob, "pattern")?;
+        check(unsafe { sys::tlearn_freeze_tensors(self.ptr.as_ptr(), c.as_ptr(), frozen as c_int) })?;
+        Ok(self)
+    }
+
     /// Freeze (or unfreeze) layers first..=last by index.
     pub fn range(&mut self, first: i32, last: i32, frozen: bool) -> Result<&mut Self> {
         check(unsafe { sys::tlearn_freeze_range(self.ptr.as_ptr(), first, last, frozen as c_int) })?;
@@ -1003,6 +1011,22 @@ impl Model {
         let mut p = ptr::null_mut();
         check(unsafe { sys::tlearn_model_load(&mut p, ptr::null_mut(), c.as_ptr()) })?;
         Ok(Model::from_raw(p))
+    }
+
+    /// A model with this one's graph whose parameter tensors share this one's data
+    /// (reference-counted, copied on write): one base, many adapted handles.
+    pub fn create_shared(&self) -> Result<Model> {
+        let mut p = ptr::null_mut();
+        check(unsafe { sys::tlearn_model_create_shared(&mut p, self.raw()) })?;
+        Ok(Model::from_raw(p))
+    }
+
+    /// Whether tensor "layer.param" holds data another handle holds too.
+    pub fn tensor_shared(&self, tensor: &str) -> Result<bool> {
+        let c = cstring(tensor, "tensor")?;
+        let mut s = 0;
+        check(unsafe { sys::tlearn_model_tensor_shared(self.raw(), c.as_ptr(), &mut s) })?;
+        Ok(s != 0)
     }
 
     /// Load a checkpoint with its optimizer (None when the file holds no optimizer).
@@ -1999,6 +2023,13 @@ impl Model {
         let c = cstring(layer, "layer")?;
         let mut f = 0;
         check(unsafe { sys::tlearn_model_layer_frozen(self.raw(), c.as_ptr(), &mut f) })?;
+        Ok(f != 0)
+    }
+    /// Whether tensor "layer.param" gets no update (its layer or itself frozen, or a buffer).
+    pub fn tensor_frozen(&self, tensor: &str) -> Result<bool> {
+        let c = cstring(tensor, "tensor")?;
+        let mut f = 0;
+        check(unsafe { sys::tlearn_model_tensor_frozen(self.raw(), c.as_ptr(), &mut f) })?;
         Ok(f != 0)
     }
     pub fn layer_lr_scale(&self, layer: &str) -> Result<f32> {
