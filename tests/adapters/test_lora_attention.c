@@ -62,8 +62,8 @@ static void test_split_kind(void **state)
     tl_shape ins[3] = {s, s, s};
     for (int causal = 0; causal < 2; causal++) {
         lh h;
-        int ia[3] = {H, causal, 1};
-        assert_int_equal(lh_make_shapes(&h, &tl_attention_ops, 3, ins, ia, 3, NULL, 0, 2, 1),
+        int ia[4] = {H, causal, 0, 1}; /* heads causal pad_true split */
+        assert_int_equal(lh_make_shapes(&h, &tl_attention_ops, 3, ins, ia, 4, NULL, 0, 2, 1),
                          TLEARN_OK);
         assert_int_equal(h.L->nparam, 0);
         (void)lh_loss(&h);
@@ -98,8 +98,8 @@ static void test_split_kind(void **state)
     /* Q, K, V of different shapes are refused */
     lh h;
     tl_shape bad[3] = {s, s, tl_shape_of(2, (const int[]){T, D + 2})};
-    int ia[3] = {H, 0, 1};
-    assert_int_equal(lh_make_shapes(&h, &tl_attention_ops, 3, bad, ia, 3, NULL, 0, 2, 1),
+    int ia[4] = {H, 0, 0, 1};
+    assert_int_equal(lh_make_shapes(&h, &tl_attention_ops, 3, bad, ia, 4, NULL, 0, 2, 1),
                      TLEARN_ESHAPE);
     lh_free(&h);
 }
