@@ -136,6 +136,9 @@ struct tlearn_model {
     float label_smoothing; /* cross-entropy options (train/loss.c) */
     float *class_weight;   /* owned; NULL: every class weighs 1 */
     size_t nclass_weight;
+    float contrastive_tau; /* temperature of the contrastive losses */
+    float *pair_work;      /* their scratch (train/loss.c), grown once; owned */
+    size_t pair_cap;       /* floats in pair_work */
     int bn_stats_frozen;  /* from the freeze policy */
     tl_plan plan_train, plan_infer;
     tl_worker *workers; /* inference chunks side by side (run.c); NULL until used */
