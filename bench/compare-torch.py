@@ -43,13 +43,71 @@ WORKLOADS = [
     ("cnn_ewc_b64", "steps/s", 64),
     ("cnn_features_b256", "images/s", 256),
     ("cnn_partial_b1", "us/step", 1),
+    ("transformer_b32", "steps/s", 32),
+    ("transformer_features_b32", "sequences/s", 32),
 ]
+# Run PyTorch in a child process of its own, so that its peak RSS is its own.
+IN_CHILD = ("cnn_partial_b1", "transformer_b32")
+# The text encoder of the transformer workloads (as bench/harness.c builds it).
+TF_T, TF_D, TF_HEADS, TF_FF, TF_LAYERS, TF_VOCAB, TF_CLASSES = 128, 256, 4, 1024, 4, 8000, 10
 UNITS = {w: u for w, u, _ in WORKLOADS}
 BATCH = {w: b for w, _, b in WORKLOADS}
 
 
 # --------------------------------------------------------------------------------------
 # PyTorch side
+
+def torch_transformer(name):
+    """Workloads 7 and 8: nn.Embedding + learned positions + nn.TransformerEncoder
+    (batch_first, post-norm, ReLU, dropout 0.1) + mean pooling + nn.Linear; AdamW."""
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(TF_VOCAB, TF_D)
+            self.pos = nn.Parameter(torch.randn(TF_T, TF_D) * 0.02)
+            layer = nn.TransformerEncoderLayer(TF_D, TF_HEADS, TF_FF, dropout=0.1,
+                                               batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, TF_LAYERS, enable_nested_tensor=False)
+            self.head = nn.Linear(TF_D, TF_CLASSES)
+
+        def features(self, ids):
+            return self.enc(self.tok(ids) + self.pos).mean(1)
+
+        def forward(self, ids):
+            return self.head(self.features(ids))
+
+    batch, nbatches = BATCH[name], 4
+    model = Encoder()
+    xs = torch.randint(0, TF_VOCAB, (nbatches, batch, TF_T))
+    ys = torch.randint(0, TF_CLASSES, (nbatches, batch))
+    state = {"i": 0}
+
+    def next_batch():
+        i = state["i"]
+        state["i"] = (i + 1) % nbatches
+        return xs[i], ys[i]
+
+    if name == "transformer_features_b32":
+        model.eval()
+
+        def features():
+            x, _ = next_batch()
+            with torch.inference_mode():
+                model.features(x)
+        return features
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        x, y = next_batch()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return step
+
 
 def torch_setup(name, threads):
     """Build the workload in PyTorch; returns a callable doing one unit of work."""
@@ -58,6 +116,8 @@ def torch_setup(name, threads):
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if name.startswith("transformer"):
+        return torch_transformer(name)
     batch = BATCH[name]
     nbatches = 64 if name == "cnn_partial_b1" else 4
     if name.startswith("mlp"):
@@ -146,7 +206,7 @@ def measure(run, rounds, round_s):
 
 
 def as_unit(name, runs):
-    if name == "cnn_features_b256":
+    if name in ("cnn_features_b256", "transformer_features_b32"):
         return runs * BATCH[name]
     if name == "cnn_partial_b1":
         return 1e6 / runs
@@ -320,7 +380,7 @@ def main():
                         tl_cpu.append(float(f["cpu_value"]))
                         tl_rss.append(int(f["peak_rss_kib"]))
                         fracs.append(float(f["ceiling_frac"]))
-                    elif w == "cnn_partial_b1":
+                    elif w in IN_CHILD:
                         v, cv, rss = torch_in_child(w, t, args.rounds, args.round_seconds)
                         th_vals.append(v)
                         th_cpu.append(cv)

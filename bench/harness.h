@@ -1,4 +1,4 @@
-/* Shared pieces of the benchmark programs: clocks, the BLIS ceiling, peak RSS, and the six
+/* Shared pieces of the benchmark programs: clocks, the BLIS ceiling, peak RSS, and the
  * reference workloads built through the public API. Bench code only: nothing here is part
  * of the library. */
 #ifndef TLEARN_BENCH_HARNESS_H
@@ -42,6 +42,9 @@ enum bench_workload {
     BW_CNN_EWC_B64,      /* 4) workload 2 plus an EWC penalty on all parameters */
     BW_CNN_FEATURES_B256,/* 5) features at the second pool, batch 256 */
     BW_CNN_PARTIAL_B1,   /* 6) workload 3 at batch 1: latency and peak RSS */
+    BW_TRANSFORMER_B32,  /* 7) text encoder (4 layers, dim 256, 4 heads, sequence 128): AdamW
+                          *    training step at batch 32, and its peak RSS */
+    BW_TRANSFORMER_FEATURES_B32, /* 8) its mean-pooled features, batch 32 */
     BW_COUNT
 };
 
@@ -59,7 +62,7 @@ typedef struct bench_ctx {
     int w;
     tlearn_model *m;
     tlearn_optim *o;
-    float *x;         /* nbatches * batch inputs */
+    float *x;         /* nbatches * batch inputs (int32 token ids for the transformer) */
     int32_t *y;       /* nbatches * batch labels */
     float *feat;      /* features output (workload 5) */
     size_t nbatches, batch, in_size, feat_size;
@@ -70,7 +73,8 @@ typedef struct bench_ctx {
 /* Build workload @p w at @p threads. Returns a TLEARN status; on failure prints nothing
  * (the caller prints tlearn_errmsg()). */
 int bench_setup(bench_ctx *c, int w, int threads);
-/* One unit of work: a train step, or one features call over a batch of 256. */
+/* One unit of work: a train step, or one features call over a batch (256 images, 32
+ * sequences). */
 int bench_run_once(bench_ctx *c);
 void bench_teardown(bench_ctx *c);
 

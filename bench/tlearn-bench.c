@@ -36,8 +36,8 @@ static double median(double *v, int n)
 /* Runs per second in the workload's unit. */
 static double as_unit(const bench_ctx *c, double runs)
 {
-    if (c->w == BW_CNN_FEATURES_B256)
-        return runs * (double)c->batch; /* images/s */
+    if (c->w == BW_CNN_FEATURES_B256 || c->w == BW_TRANSFORMER_FEATURES_B32)
+        return runs * (double)c->batch; /* images/s, sequences/s */
     return c->w == BW_CNN_PARTIAL_B1 ? 1e6 / runs : runs; /* us/step or steps/s */
 }
 
@@ -132,7 +132,8 @@ static int run_workload(int w, int threads, int rounds, double round_s, double c
     double runs = median(rates, rounds), cpu_runs = median(cpu_rates, rounds);
     double spread = (rates[rounds - 1] - rates[0]) / runs;
     double value = as_unit(&c, runs), cpu_value = as_unit(&c, cpu_runs);
-    double gflops = runs * c.flops * 1e-9 * (w == BW_CNN_FEATURES_B256 ? (double)c.batch : 1.0);
+    int per_item = w == BW_CNN_FEATURES_B256 || w == BW_TRANSFORMER_FEATURES_B32;
+    double gflops = runs * c.flops * 1e-9 * (per_item ? (double)c.batch : 1.0);
     printf("tlearn workload=%s threads=%d value=%.6g unit=%s gflops=%.4g ceiling_gflops=%.4g "
            "ceiling_frac=%.4f peak_rss_kib=%ld rounds=%d spread=%.3f cpu_value=%.6g\n",
            sp->name, threads, value, sp->unit, gflops, ceiling,

@@ -258,6 +258,7 @@ static void attention_backward(tl_layer *L, const tl_exec *ex, const float *cons
 const tl_layer_ops tl_attention_ops = {
     .kind = TLEARN_LAYER_ATTENTION,
     .kind_name = "attention",
+    .bwd_ignores_output = 1,
     .int_inputs = 2, /* the mask */
     .validate = attention_validate,
     .configure = attention_configure,
