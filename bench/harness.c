@@ -292,6 +292,18 @@ static void fill_data(float *x, int32_t *y, size_t n, size_t in_size, uint64_t s
     }
 }
 
+/* c->nbatches batches of synthetic inputs and labels; nonzero when out of memory. */
+static int alloc_data(bench_ctx *c)
+{
+    size_t total = c->nbatches * c->batch;
+    c->x = malloc(total * c->in_size * sizeof *c->x);
+    c->y = malloc(total * sizeof *c->y);
+    if (!c->x || !c->y)
+        return 1;
+    fill_data(c->x, c->y, total, c->in_size, 42);
+    return 0;
+}
+
 /* Workloads 7 and 8: random token ids (uniform over the vocabulary), labels 0..9. */
 static int setup_transformer(bench_ctx *c, int threads)
 {
@@ -299,11 +311,8 @@ static int setup_transformer(bench_ctx *c, int threads)
     TRY(tlearn_model_set_threads(c->m, threads));
     c->in_size = TF_T;
     size_t total = c->nbatches * c->batch;
-    c->x = malloc(total * c->in_size * sizeof *c->x);
-    c->y = malloc(total * sizeof *c->y);
-    if (!c->x || !c->y)
+    if (alloc_data(c))
         return TLEARN_ENOMEM;
-    fill_data(c->x, c->y, total, c->in_size, 42);
     int32_t *ids = (int32_t *)(void *)c->x; /* int32 ids travel through the float array */
     for (size_t i = 0; i < total * c->in_size; i++)
         ids[i] = (int32_t)(c->x[i] * (float)TF_VOCAB) % TF_VOCAB;
@@ -335,12 +344,8 @@ int bench_setup(bench_ctx *c, int w, int threads)
         return rc;
     TRY(tlearn_model_set_threads(c->m, threads));
     c->in_size = w == BW_MLP_ADAM_B64 ? 784 : 28 * 28;
-    size_t total = c->nbatches * c->batch;
-    c->x = malloc(total * c->in_size * sizeof *c->x);
-    c->y = malloc(total * sizeof *c->y);
-    if (!c->x || !c->y)
+    if (alloc_data(c))
         return TLEARN_ENOMEM;
-    fill_data(c->x, c->y, total, c->in_size, 42);
 
     if (w == BW_MLP_ADAM_B64) {
         TRY(tlearn_optim_create(&c->o, TLEARN_ADAM));

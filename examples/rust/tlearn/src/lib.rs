@@ -1566,6 +1566,14 @@ impl Model {
         })?;
         Ok(loss)
     }
+    /// Room for dL/d(first input) of @p n examples when @p want.
+    fn input_grad_buffer(&self, n: usize, want: bool) -> Result<Option<Vec<f32>>> {
+        Ok(if want {
+            Some(vec![0.0f32; n * self.shape_nd_at(-1)?.iter().product::<usize>()])
+        } else {
+            None
+        })
+    }
     /// Gradients without an update on a model of several inputs; returns the loss, and
     /// dL/d(first input) when @p input_grad (the first input must be float32).
     pub fn compute_gradients_inputs(&mut self, inputs: &[Input], labels: &[i32],
@@ -1573,11 +1581,7 @@ impl Model {
         let n = labels.len();
         let ptrs = self.feed(inputs, n)?;
         let mut loss = 0.0f32;
-        let mut dx = if input_grad {
-            Some(vec![0.0f32; n * self.shape_nd_at(-1)?.iter().product::<usize>()])
-        } else {
-            None
-        };
+        let mut dx = self.input_grad_buffer(n, input_grad)?;
         let (p, len) = dx.as_mut().map_or((ptr::null_mut(), 0), |d| (d.as_mut_ptr(), d.len()));
         check(unsafe {
             sys::tlearn_model_compute_gradients_inputs(self.raw(), ptrs.as_ptr(),
@@ -1610,11 +1614,7 @@ impl Model {
                                    -> Result<(f32, Option<Vec<f32>>)> {
         let ptrs = self.feed(inputs, n)?;
         let mut loss = 0.0f32;
-        let mut dx = if input_grad {
-            Some(vec![0.0f32; n * self.shape_nd_at(-1)?.iter().product::<usize>()])
-        } else {
-            None
-        };
+        let mut dx = self.input_grad_buffer(n, input_grad)?;
         let (p, len) = dx.as_mut().map_or((ptr::null_mut(), 0), |d| (d.as_mut_ptr(), d.len()));
         check(unsafe {
             sys::tlearn_model_compute_gradients_pairs(self.raw(), ptrs.as_ptr(),
