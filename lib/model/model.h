@@ -30,6 +30,8 @@ typedef struct tl_plan {
     size_t cap;        /* batch capacity; 0 = not planned */
     int first_bwd;     /* first layer backward runs through; nlayers for inference */
     int want_dx;       /* gradient w.r.t. the model input is wanted */
+    int for_da;        /* planned with domain adaptation set up: every output and gradient
+                        * of backward's layers kept apart (its terms seed any layer) */
     float **out;       /* per layer: output activations */
     float **dout;      /* per layer: gradient of the loss w.r.t. the output, or NULL */
     float **saved;     /* per layer: what forward keeps for backward/commit, or NULL */

@@ -38,7 +38,8 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
     int training = p == &m->plan_train;
     if (want_dx)
         first_bwd = 0;
-    if (p->block && p->cap >= n && p->first_bwd == first_bwd && p->want_dx == want_dx)
+    if (p->block && p->cap >= n && p->first_bwd == first_bwd && p->want_dx == want_dx &&
+        p->for_da == (m->da != NULL))
         return TLEARN_OK;
     tl_plan_free(p);
 
@@ -243,6 +244,7 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
     p->cap = n;
     p->first_bwd = first_bwd;
     p->want_dx = want_dx;
+    p->for_da = m->da != NULL;
     p->bytes = head + bytes;
     tl_free(last_use);
     tl_free(rsize);
