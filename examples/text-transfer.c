@@ -972,9 +972,9 @@ static void pretrain(const options *o, tlearn_model *m, const dataset *d)
  * words) with its own dropout and 10% of its tokens replaced by [MASK]; the symmetric
  * in-batch loss pulls the two mean-pooled views of a description together and pushes the
  * other descriptions away. (Whole descriptions with masking alone made the task too easy:
- * the loss fell to 0.2 in 40 steps and the frozen probe did not improve.) Masked-token
- * training alone leaves mean-pooled features dominated by a few directions (frequent
- * tokens); this spreads them out, which is what a linear head on few examples needs. */
+ * the loss fell to 0.2 in 40 steps.) The aim: train the mean-pooled embedding that the
+ * frozen probe reads. Measured (examples/text-transfer.md), neither form helped the probe:
+ * crops of one description do not carry its section. */
 static void contrastive(const options *o, tlearn_model *m, const dataset *d)
 {
     const size_t B = 32, T = (size_t)o->seq;
