@@ -46,6 +46,8 @@ WORKLOADS = [
     ("cnn_lora_b64", "steps/s", 64),
     ("transformer_lora_b32", "steps/s", 32),
     ("transformer_full_b32", "steps/s", 32),
+    ("transformer_b32", "steps/s", 32),
+    ("transformer_features_b32", "sequences/s", 32),
 ]
 # torchvision networks through ONNX (random weights, batchnorm statistics calibrated):
 # name, architecture, mode (zoo-bench.c), batch, image size, first trained layer prefix
@@ -62,7 +64,9 @@ WORKLOADS += [(name, "images/s" if mode == "extract" else "steps/s", batch)
               for name, _, mode, batch, _, _ in ZOO]
 # Run in a child process each (both sides), so that peak RSS is the workload's own.
 MEMORY = ("cnn_partial_b1", "cnn_full_b64", "cnn_lora_b64", "transformer_lora_b32",
-          "transformer_full_b32")
+          "transformer_full_b32", "transformer_b32")
+# The text encoder of the transformer workloads (as bench/harness.c builds it).
+TF_T, TF_D, TF_HEADS, TF_FF, TF_LAYERS, TF_VOCAB, TF_CLASSES = 128, 256, 4, 1024, 4, 8000, 10
 UNITS = {w: u for w, u, _ in WORKLOADS}
 BATCH = {w: b for w, _, b in WORKLOADS}
 
@@ -135,6 +139,58 @@ def lora_modules():
     return LoRA, Encoder, Pool
 
 
+def torch_transformer(name):
+    """Workloads 7 and 8: nn.Embedding + learned positions + nn.TransformerEncoder
+    (batch_first, post-norm, ReLU, dropout 0.1) + mean pooling + nn.Linear; AdamW."""
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(TF_VOCAB, TF_D)
+            self.pos = nn.Parameter(torch.randn(TF_T, TF_D) * 0.02)
+            layer = nn.TransformerEncoderLayer(TF_D, TF_HEADS, TF_FF, dropout=0.1,
+                                               batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, TF_LAYERS, enable_nested_tensor=False)
+            self.head = nn.Linear(TF_D, TF_CLASSES)
+
+        def features(self, ids):
+            return self.enc(self.tok(ids) + self.pos).mean(1)
+
+        def forward(self, ids):
+            return self.head(self.features(ids))
+
+    batch, nbatches = BATCH[name], 4
+    model = Encoder()
+    xs = torch.randint(0, TF_VOCAB, (nbatches, batch, TF_T))
+    ys = torch.randint(0, TF_CLASSES, (nbatches, batch))
+    state = {"i": 0}
+
+    def next_batch():
+        i = state["i"]
+        state["i"] = (i + 1) % nbatches
+        return xs[i], ys[i]
+
+    if name == "transformer_features_b32":
+        model.eval()
+
+        def features():
+            x, _ = next_batch()
+            with torch.inference_mode():
+                model.features(x)
+        return features
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        x, y = next_batch()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return step
+
+
 def torch_setup(name, threads):
     """Build the workload in PyTorch; returns a callable doing one unit of work."""
     import torch
@@ -142,6 +198,8 @@ def torch_setup(name, threads):
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if name in ("transformer_b32", "transformer_features_b32"):
+        return torch_transformer(name)
     batch = BATCH[name]
     nbatches = 64 if name == "cnn_partial_b1" else 4
     LoRA, Encoder, Pool = lora_modules()
@@ -326,7 +384,7 @@ def measure(run, rounds, round_s):
 
 
 def as_unit(name, runs):
-    if name == "cnn_features_b256" or UNITS[name] == "images/s":
+    if name in ("cnn_features_b256", "transformer_features_b32") or UNITS[name] == "images/s":
         return runs * BATCH[name]
     if name == "cnn_partial_b1":
         return 1e6 / runs

@@ -131,7 +131,13 @@ static const bench_spec specs[BW_COUNT] = {
     {"cnn_features_b256", "images/s", 256}, {"cnn_partial_b1", "us/step", 1},
     {"cnn_lora_b64", "steps/s", 64},       {"transformer_lora_b32", "steps/s", 32},
     {"transformer_full_b32", "steps/s", 32},
+    {"transformer_b32", "steps/s", 32},    {"transformer_features_b32", "sequences/s", 32},
 };
+
+/* The text encoder of workloads 7 and 8 (torch.nn.TransformerEncoder's defaults but the
+ * feed-forward width: post-norm, ReLU, dropout 0.1). */
+enum { TF_T = 128, TF_D = 256, TF_HEADS = 4, TF_FF = 1024, TF_LAYERS = 4, TF_VOCAB = 8000,
+       TF_CLASSES = 10 };
 
 const bench_spec *bench_workload_spec(int w)
 {
@@ -215,6 +221,37 @@ static int lora_only(tlearn_model *m, const char *glob, const char *train)
     return rc;
 }
 
+/* token embedding + learned positions + 4 encoder layers + mean pooling + linear head */
+static int build_text_encoder(tlearn_model **out)
+{
+    TRY(tlearn_model_create_input(out, "ids", TLEARN_DTYPE_INT32, 1, (const int[]){TF_T}));
+    tlearn_model *m = *out;
+    TRY(tlearn_model_add_embedding(m, "tok", TF_VOCAB, TF_D, -1));
+    TRY(tlearn_model_add_position_embedding(m, "pos", TF_T, 0));
+    for (int l = 0; l < TF_LAYERS; l++) {
+        char name[32];
+        snprintf(name, sizeof name, "layers.%d", l);
+        TRY(tlearn_model_add_transformer_block(m, name, TF_HEADS, TF_FF, TLEARN_ACT_RELU, 0,
+                                               0.1f, NULL));
+    }
+    TRY(tlearn_model_add_token_pool(m, "pool", 1, NULL));
+    TRY(tlearn_model_add_linear(m, "head", TF_CLASSES, 1));
+    return TLEARN_OK;
+}
+
+/* GEMM FLOPs of the encoder per sequence, forward: per token and layer the QKV and output
+ * projections (4 D^2), the feed-forward (2 D FF) and the scores and context (2 T D)
+ * multiply-accumulates, and the head. A training step does three times that (forward,
+ * weight gradients, input gradients: the embedding is the first trainable layer and has
+ * no GEMM, so every GEMM layer has an input gradient; the attention's score and context
+ * products have two backward products each, as a weight layer). */
+static double transformer_flops(int training)
+{
+    double per_token = 4.0 * TF_D * TF_D + 2.0 * TF_D * TF_FF + 2.0 * TF_T * TF_D;
+    double macs = (double)TF_T * TF_LAYERS * per_token + (training ? (double)TF_D * TF_CLASSES : 0);
+    return 2.0 * macs * (training ? 3.0 : 1.0);
+}
+
 /* Multiply-accumulates of layer i's forward pass per example: weight elements times output
  * pixels (dense: one pixel; over a sequence (T, D): T rows). 0 for layers without a
  * weight. */
@@ -292,12 +329,53 @@ void bench_fill_data(float *x, int32_t *y, size_t n, size_t in_size, uint64_t se
     }
 }
 
+/* c->nbatches batches of synthetic inputs and labels; nonzero when out of memory. */
+static int alloc_data(bench_ctx *c)
+{
+    size_t total = c->nbatches * c->batch;
+    c->x = malloc(total * c->in_size * sizeof *c->x);
+    c->y = malloc(total * sizeof *c->y);
+    if (!c->x || !c->y)
+        return 1;
+    bench_fill_data(c->x, c->y, total, c->in_size, 42);
+    return 0;
+}
+
+/* Workloads 10 and 11: random token ids (uniform over the vocabulary), labels 0..9. */
+static int setup_transformer(bench_ctx *c, int threads)
+{
+    TRY(build_text_encoder(&c->m));
+    TRY(tlearn_model_set_threads(c->m, threads));
+    c->in_size = TF_T;
+    size_t total = c->nbatches * c->batch;
+    if (alloc_data(c))
+        return TLEARN_ENOMEM;
+    int32_t *ids = (int32_t *)(void *)c->x; /* int32 ids travel through the float array */
+    for (size_t i = 0; i < total * c->in_size; i++)
+        ids[i] = (int32_t)(c->x[i] * (float)TF_VOCAB) % TF_VOCAB;
+    if (c->w == BW_TRANSFORMER_FEATURES_B32) {
+        TRY(tlearn_model_set_outputs(c->m, (const char *[]){"pool"}, 1));
+        c->feat_size = TF_D;
+        c->feat = malloc(c->batch * c->feat_size * sizeof *c->feat);
+        if (!c->feat)
+            return TLEARN_ENOMEM;
+        c->flops = transformer_flops(0); /* per sequence */
+        return TLEARN_OK;
+    }
+    TRY(tlearn_optim_create(&c->o, TLEARN_ADAMW));
+    TRY(tlearn_optim_set(c->o, TLEARN_OPT_LR, 1e-4));
+    c->flops = transformer_flops(1) * (double)c->batch; /* per step */
+    return TLEARN_OK;
+}
+
 int bench_setup(bench_ctx *c, int w, int threads)
 {
     memset(c, 0, sizeof *c);
     c->w = w;
     c->batch = specs[w].batch;
     c->nbatches = w == BW_CNN_PARTIAL_B1 ? 64 : 4;
+    if (w == BW_TRANSFORMER_B32 || w == BW_TRANSFORMER_FEATURES_B32)
+        return setup_transformer(c, threads);
     int tfm = w == BW_TFM_LORA_B32 || w == BW_TFM_FULL_B32;
     int rc = w == BW_MLP_ADAM_B64 ? build_mlp(&c->m) : tfm ? build_transformer(&c->m)
                                                            : build_cnn(&c->m);
@@ -305,12 +383,8 @@ int bench_setup(bench_ctx *c, int w, int threads)
         return rc;
     TRY(tlearn_model_set_threads(c->m, threads));
     c->in_size = w == BW_MLP_ADAM_B64 ? 784 : tfm ? TFM_T * TFM_D : 28 * 28;
-    size_t total = c->nbatches * c->batch;
-    c->x = malloc(total * c->in_size * sizeof *c->x);
-    c->y = malloc(total * sizeof *c->y);
-    if (!c->x || !c->y)
+    if (alloc_data(c))
         return TLEARN_ENOMEM;
-    bench_fill_data(c->x, c->y, total, c->in_size, 42);
 
     if (w == BW_MLP_ADAM_B64) {
         TRY(tlearn_optim_create(&c->o, TLEARN_ADAM));
@@ -362,7 +436,17 @@ int bench_run_once(bench_ctx *c)
     if (c->w == BW_CNN_FEATURES_B256)
         return tlearn_model_features(c->m, "pool2", x, c->batch, c->feat,
                                      c->batch * c->feat_size);
+    if (c->w == BW_TRANSFORMER_FEATURES_B32) {
+        const void *in[1] = {x};
+        size_t len = c->batch * c->feat_size;
+        return tlearn_model_run(c->m, in, 1, c->batch, &c->feat, &len, 1);
+    }
     float loss;
+    if (c->w == BW_TRANSFORMER_B32) {
+        const void *in[1] = {x};
+        return tlearn_model_train_step_inputs(c->m, c->o, in, 1, c->y + b * c->batch, c->batch,
+                                              &loss);
+    }
     return tlearn_model_train_step(c->m, c->o, x, c->y + b * c->batch, c->batch, &loss);
 }
 

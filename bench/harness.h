@@ -1,4 +1,4 @@
-/* Shared pieces of the benchmark programs: clocks, the BLIS ceiling, peak RSS, and the six
+/* Shared pieces of the benchmark programs: clocks, the BLIS ceiling, peak RSS, and the
  * reference workloads built through the public API. Bench code only: nothing here is part
  * of the library. */
 #ifndef TLEARN_BENCH_HARNESS_H
@@ -56,6 +56,9 @@ enum bench_workload {
                           *    (128, 256) inputs, mean pool, 10-way head; LoRA r=8 on
                           *    q_proj and v_proj, only adapters and head train, AdamW, batch 32 */
     BW_TFM_FULL_B32,     /* 9) workload 8's network fully fine-tuned, AdamW: the comparison */
+    BW_TRANSFORMER_B32,  /* 10) text encoder (4 layers, dim 256, 4 heads, sequence 128): AdamW
+                          *    training step at batch 32, and its peak RSS */
+    BW_TRANSFORMER_FEATURES_B32, /* 11) its mean-pooled features, batch 32 */
     BW_COUNT
 };
 
@@ -73,7 +76,7 @@ typedef struct bench_ctx {
     int w;
     tlearn_model *m;
     tlearn_optim *o;
-    float *x;         /* nbatches * batch inputs */
+    float *x;         /* nbatches * batch inputs (int32 token ids for the transformer) */
     int32_t *y;       /* nbatches * batch labels */
     float *feat;      /* features output (workload 5) */
     size_t nbatches, batch, in_size, feat_size;
@@ -84,7 +87,8 @@ typedef struct bench_ctx {
 /* Build workload @p w at @p threads. Returns a TLEARN status; on failure prints nothing
  * (the caller prints tlearn_errmsg()). */
 int bench_setup(bench_ctx *c, int w, int threads);
-/* One unit of work: a train step, or one features call over a batch of 256. */
+/* One unit of work: a train step, or one features call over a batch (256 images, 32
+ * sequences). */
 int bench_run_once(bench_ctx *c);
 void bench_teardown(bench_ctx *c);
 

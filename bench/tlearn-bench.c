@@ -23,8 +23,8 @@
 /* Runs per second in the workload's unit. */
 static double as_unit(const bench_ctx *c, double runs)
 {
-    if (c->w == BW_CNN_FEATURES_B256)
-        return runs * (double)c->batch; /* images/s */
+    if (c->w == BW_CNN_FEATURES_B256 || c->w == BW_TRANSFORMER_FEATURES_B32)
+        return runs * (double)c->batch; /* images/s, sequences/s */
     return c->w == BW_CNN_PARTIAL_B1 ? 1e6 / runs : runs; /* us/step or steps/s */
 }
 
@@ -104,7 +104,8 @@ static int run_workload(int w, int threads, int rounds, double round_s, double c
     }
     double runs = r.rate, cpu_runs = r.cpu_rate, spread = r.spread;
     double value = as_unit(&c, runs), cpu_value = as_unit(&c, cpu_runs);
-    double gflops = runs * c.flops * 1e-9 * (w == BW_CNN_FEATURES_B256 ? (double)c.batch : 1.0);
+    int per_item = w == BW_CNN_FEATURES_B256 || w == BW_TRANSFORMER_FEATURES_B32;
+    double gflops = runs * c.flops * 1e-9 * (per_item ? (double)c.batch : 1.0);
     bench_print_result(sp->name, threads, value, sp->unit, gflops, ceiling, rounds, spread,
                        cpu_value);
     bench_teardown(&c);

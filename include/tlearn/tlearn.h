@@ -154,7 +154,16 @@ enum tlearn_activation {
 /** Loss functions for tlearn_model_set_loss(). Values are fixed. */
 enum tlearn_loss {
     TLEARN_LOSS_SOFTMAX_CE = 1, /**< softmax + cross-entropy over int32 labels, batch mean */
-    TLEARN_LOSS_MSE = 2         /**< mean squared error over float targets, mean of all elements */
+    TLEARN_LOSS_MSE = 2,        /**< mean squared error over float targets, mean of all elements */
+    /** In-batch contrastive loss (InfoNCE) over the cosine similarity of (anchor, positive)
+     *  rows of output 0, for tlearn_model_train_step_pairs(): the mean over anchors of the
+     *  cross-entropy of cos(a_i, p_j) / temperature with target j = i, as SimCSE and
+     *  sentence-transformers' MultipleNegativesRankingLoss. @since 1.1 */
+    TLEARN_LOSS_CONTRASTIVE = 3,
+    /** The same averaged with its transpose (positives retrieving anchors), as
+     *  MultipleNegativesSymmetricRankingLoss and CLIP: (loss(a->p) + loss(p->a)) / 2.
+     *  @since 1.1 */
+    TLEARN_LOSS_CONTRASTIVE_SYMMETRIC = 4
 };
 
 /* ------------------------------------------------------------------------------------ */
@@ -1453,6 +1462,57 @@ TLEARN_API int tlearn_model_compute_gradients_tokens(tlearn_model *m, const void
                                                      int ninputs, const int32_t *labels,
                                                      int32_t ignore_index, size_t n,
                                                      float *loss);
+
+/**
+ * Temperature of the contrastive losses (TLEARN_LOSS_CONTRASTIVE, _SYMMETRIC): the cosine
+ * similarities are divided by it before the softmax. Default 0.05 (SimCSE's, and
+ * sentence-transformers' scale 20). Not saved in checkpoints.
+ * @param temperature  > 0 and finite.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL model, temperature <= 0, NaN or infinite).
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_set_contrastive_temperature(tlearn_model *m, float temperature);
+
+/**
+ * One training step of a sentence (or image) encoder on (anchor, positive) pairs with the
+ * in-batch contrastive loss chosen by tlearn_model_set_loss() (TLEARN_LOSS_CONTRASTIVE or
+ * TLEARN_LOSS_CONTRASTIVE_SYMMETRIC): the batch holds 2P rows, row i (i < P) the anchor and
+ * row P + i its positive; every other positive of the batch is a negative of anchor i.
+ * Graph output 0, flattened per row, is the embedding; the loss is the cross-entropy of
+ * S[i][j] = cos(a_i, p_j) / temperature with target i, averaged over anchors (rows of S;
+ * symmetric: also over positives, columns of S, and the two halves averaged). Both halves
+ * run through one forward and one backward of the same model, so dropout draws differ per
+ * row: feeding the same sentences twice is SimCSE's unsupervised objective.
+ * @param inputs, ninputs  one array per model input, each of @p n rows (anchors first, then
+ *                         their positives in the same order), as
+ *                         tlearn_model_train_step_inputs().
+ * @param n       rows: 2 x pairs, even and >= 4 (at least one negative per anchor).
+ * @param loss    receives the loss (+ any EWC/L2-SP penalty); may be NULL.
+ * @return TLEARN_OK, TLEARN_EINVAL (NULL argument, n odd or < 4, as train_step_inputs),
+ *         TLEARN_ESTATE (the model's loss is not contrastive), TLEARN_ENONFINITE (the loss or
+ *         a gradient is NaN/Inf), TLEARN_ENOMEM. A failed step changes nothing.
+ * @note Not thread-safe on one model, as every training call.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_train_step_pairs(tlearn_model *m, tlearn_optim *o,
+                                             const void *const *inputs, int ninputs, size_t n,
+                                             float *loss);
+
+/**
+ * The gradients of tlearn_model_train_step_pairs()'s loss without an update (read them with
+ * tlearn_model_get_grad()), and optionally the gradient w.r.t. the first model input.
+ * @param inputs, ninputs, n  as tlearn_model_train_step_pairs().
+ * @param loss    receives the loss; may be NULL.
+ * @param dx      receives the gradient w.r.t. the first model input (n x its size floats),
+ *                which must then be float32; NULL when not wanted.
+ * @param dx_len  capacity of @p dx in floats.
+ * @return as tlearn_model_train_step_pairs(); TLEARN_EINVAL also for dx with an int32 first
+ *         input or a dx_len that differs.
+ * @since 1.1
+ */
+TLEARN_API int tlearn_model_compute_gradients_pairs(tlearn_model *m, const void *const *inputs,
+                                                    int ninputs, size_t n, float *loss,
+                                                    float *dx, size_t dx_len);
 /** @} */
 
 /* ------------------------------------------------------------------------------------ */

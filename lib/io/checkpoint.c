@@ -574,7 +574,8 @@ static int parse_model(ck_file *f)
         if ((rc = rd_u64(&r, "field 'rng'", &f->rng[i])))
             return rc;
     if ((rc = rd_range(&r, "field 'training'", 0, 1, &f->training)) ||
-        (rc = rd_range(&r, "field 'loss'", TLEARN_LOSS_SOFTMAX_CE, TLEARN_LOSS_MSE, &f->loss)) ||
+        (rc = rd_range(&r, "field 'loss'", TLEARN_LOSS_SOFTMAX_CE,
+                       TLEARN_LOSS_CONTRASTIVE_SYMMETRIC, &f->loss)) ||
         (rc = rd_u32(&r, "field 'next_input'", &nin)))
         return rc;
     f->next_input = (int32_t)nin;

@@ -115,7 +115,8 @@ static void forward_range(const activation_cfg *cfg, const float *restrict x,
 {
     const float p0 = cfg->p0, p1 = cfg->p1;
     switch (cfg->act) {
-    case TLEARN_ACT_RELU:
+    case TLEARN_ACT_RELU: /* simd: a select, not a branch half the elements mispredict */
+#pragma omp simd
         for (size_t i = lo; i < hi; i++)
             out[i] = tl_relu(x[i]);
         break;

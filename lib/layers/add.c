@@ -69,6 +69,8 @@ static void add_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
 const tl_layer_ops tl_add_ops = {
     .kind = TLEARN_LAYER_ADD,
     .kind_name = "add",
+    .bwd_ignores_inputs = 1,
+    .bwd_ignores_output = 1,
     .configure = add_configure,
     .arguments = add_arguments,
     .setup = add_setup,

@@ -370,6 +370,7 @@ static void attention_backward(tl_layer *L, const tl_exec *ex, const float *cons
 const tl_layer_ops tl_attention_ops = {
     .kind = TLEARN_LAYER_ATTENTION,
     .kind_name = "attention",
+    .bwd_ignores_output = 1, /* backward reads what forward saved, not out */
     .int_inputs = 2 | 8, /* the mask: input 1, or 3 in the split form */
     .validate = attention_validate,
     .configure = attention_configure,

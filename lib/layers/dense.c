@@ -124,6 +124,7 @@ static void dense_backward(tl_layer *L, const tl_exec *ex, const float *const *i
 const tl_layer_ops tl_dense_ops = {
     .kind = TLEARN_LAYER_DENSE,
     .kind_name = "dense",
+    .bwd_ignores_output = 1,
     .configure = dense_configure,
     .arguments = dense_arguments,
     .setup = dense_setup,

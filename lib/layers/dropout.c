@@ -3,7 +3,9 @@
  * - dropout (torch.nn.Dropout): each element is kept with probability 1-p;
  * - drop_path (torchvision.ops.StochasticDepth(p, mode="row")): each example as a whole.
  * Draws come from the model's RNG (ex->rng), one per element or per example, in order;
- * when a backward pass will run, the multiplier of each (0 or 1/(1-p)) is saved for it. */
+ * when a backward pass will run, whether each was kept is saved for it, one byte per draw
+ * (a quarter of a float mask: in a transformer the masks are a large share of training
+ * memory). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -52,8 +54,8 @@ static size_t unit(const tl_layer *L)
 static size_t dropout_saved_floats(const tl_layer *L, size_t n, int backward)
 {
     const dropout_cfg *c = L->cfg;
-    /* p == 0 is the identity: nothing to remember */
-    return backward && c->p > 0.0f ? n * tl_shape_size(L->out) / unit(L) : 0;
+    /* p == 0 is the identity: nothing to remember; else a byte per draw, in floats */
+    return backward && c->p > 0.0f ? (n * tl_shape_size(L->out) / unit(L) + 3) / 4 : 0;
 }
 
 static void dropout_forward(tl_layer *L, const tl_exec *ex, const float *const *in, float *out,
@@ -68,12 +70,13 @@ static void dropout_forward(tl_layer *L, const tl_exec *ex, const float *const *
         return;
     }
     const float scale = 1.0f / (1.0f - c->p);
-    float *mask = ex->backward ? saved : NULL;
+    uint8_t *mask = ex->backward ? (uint8_t *)saved : NULL;
     for (size_t d = 0; d < total / u; d++) {
         /* keep with probability 1 - p: uniform in [0, 1) at or above p */
-        float k = tl_rng_uniform(ex->rng) >= c->p ? scale : 0.0f;
+        int keep = tl_rng_uniform(ex->rng) >= c->p;
+        float k = keep ? scale : 0.0f;
         if (mask)
-            mask[d] = k;
+            mask[d] = (uint8_t)keep;
         for (size_t i = d * u; i < (d + 1) * u; i++)
             out[i] = x[i] * k;
     }
@@ -89,14 +92,18 @@ static void dropout_backward(tl_layer *L, const tl_exec *ex, const float *const 
         return;
     size_t total = n * tl_shape_size(L->out), u = unit(L);
     /* no mask: the forward was the identity (evaluation mode, or p == 0) */
-    const float *mask = ex->training ? saved : NULL;
+    const uint8_t *mask = ex->training ? (const uint8_t *)saved : NULL;
+    const dropout_cfg *c = L->cfg;
+    const float scale = 1.0f / (1.0f - c->p);
     if (mask && u == 1) { /* dropout: one flat loop that vectorises */
-        for (size_t i = 0; i < total; i++)
-            dx[i] = accum ? dx[i] + dout[i] * mask[i] : dout[i] * mask[i];
+        for (size_t i = 0; i < total; i++) {
+            float g = dout[i] * (mask[i] ? scale : 0.0f);
+            dx[i] = accum ? dx[i] + g : g;
+        }
         return;
     }
     for (size_t d = 0; d < total / u; d++) {
-        float k = mask ? mask[d] : 1.0f;
+        float k = mask ? (mask[d] ? scale : 0.0f) : 1.0f;
         for (size_t i = d * u; i < (d + 1) * u; i++) {
             float g = dout[i] * k;
             dx[i] = accum ? dx[i] + g : g;
@@ -107,6 +114,8 @@ static void dropout_backward(tl_layer *L, const tl_exec *ex, const float *const 
 const tl_layer_ops tl_dropout_ops = {
     .kind = TLEARN_LAYER_DROPOUT,
     .kind_name = "dropout",
+    .bwd_ignores_inputs = 1,
+    .bwd_ignores_output = 1,
     .configure = dropout_configure,
     .arguments = dropout_arguments,
     .setup = dropout_setup,
@@ -118,6 +127,8 @@ const tl_layer_ops tl_dropout_ops = {
 const tl_layer_ops tl_drop_path_ops = {
     .kind = TLEARN_LAYER_DROP_PATH,
     .kind_name = "drop_path",
+    .bwd_ignores_inputs = 1,
+    .bwd_ignores_output = 1,
     .configure = dropout_configure,
     .arguments = dropout_arguments,
     .setup = dropout_setup,

@@ -358,6 +358,7 @@ static void layernorm_backward(tl_layer *L, const tl_exec *ex, const float *cons
 const tl_layer_ops tl_layernorm_ops = {
     .kind = TLEARN_LAYER_LAYERNORM,
     .kind_name = "layernorm",
+    .bwd_ignores_output = 1,
     .configure = layernorm_configure,
     .arguments = layernorm_arguments,
     .setup = layernorm_setup,

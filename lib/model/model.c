@@ -28,6 +28,7 @@ int tlearn_model_create(tlearn_model **out, int channels, int height, int width)
     m->threads = 1;
     m->training = 1;
     m->loss_kind = TLEARN_LOSS_SOFTMAX_CE;
+    m->contrastive_tau = 0.05f;
     tl_rng_seed(&m->rng, 0);
     m->blas = tl_blas_create(1);
     if (!m->blas) {
@@ -87,6 +88,7 @@ void tlearn_model_destroy(tlearn_model **mp)
     }
     tl_free(m->tensor_names);
     tl_free(m->class_weight);
+    tl_free(m->pair_work);
     for (int i = 0; i < m->nmeta; i++) {
         tl_free(m->meta_keys[i]);
         tl_free(m->meta_values[i]);
@@ -134,7 +136,7 @@ int tlearn_model_set_training(tlearn_model *m, int training)
 int tlearn_model_set_loss(tlearn_model *m, int loss)
 {
     TL_CHECK_MODEL("tlearn_model_set_loss", m);
-    if (loss != TLEARN_LOSS_SOFTMAX_CE && loss != TLEARN_LOSS_MSE)
+    if (loss < TLEARN_LOSS_SOFTMAX_CE || loss > TLEARN_LOSS_CONTRASTIVE_SYMMETRIC)
         return tl_fail(TLEARN_EINVAL, "tlearn_model_set_loss: unknown loss %d", loss);
     m->loss_kind = loss;
     return TLEARN_OK;

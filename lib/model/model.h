@@ -54,6 +54,8 @@ typedef struct tl_plan {
     size_t cap;        /* batch capacity; 0 = not planned */
     int first_bwd;     /* first layer backward runs through; nlayers for inference */
     int want_dx;       /* gradient w.r.t. the model input is wanted */
+    int for_da;        /* planned with domain adaptation set up: every output and gradient
+                        * of backward's layers kept apart (its terms seed any layer) */
     float **out;       /* per layer: output activations */
     float **dout;      /* per layer: gradient of the loss w.r.t. the output, or NULL */
     float **saved;     /* per layer: what forward keeps for backward/commit, or NULL */
@@ -160,6 +162,9 @@ struct tlearn_model {
     float label_smoothing; /* cross-entropy options (train/loss.c) */
     float *class_weight;   /* owned; NULL: every class weighs 1 */
     size_t nclass_weight;
+    float contrastive_tau; /* temperature of the contrastive losses */
+    float *pair_work;      /* their scratch (train/loss.c), grown once; owned */
+    size_t pair_cap;       /* floats in pair_work */
     int bn_stats_frozen;  /* from the freeze policy */
     tl_plan plan_train, plan_infer;
     tl_worker *workers; /* inference chunks side by side (run.c); NULL until used */

@@ -34,12 +34,14 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
     int training = p == &m->plan_train;
     if (want_dx)
         first_bwd = 0;
-    if (p->block && p->cap >= n && p->first_bwd == first_bwd && p->want_dx == want_dx)
+    if (p->block && p->cap >= n && p->first_bwd == first_bwd && p->want_dx == want_dx &&
+        p->for_da == (m->da != NULL))
         return TLEARN_OK;
     tl_plan_free(p);
 
     /* last_use[i]: index of the last layer reading layer i's output. An output is kept for
-     * the whole step if backward runs through one of its readers, or it is the last. */
+     * the whole step if the backward of one of its readers or its own reads it, or it is
+     * a graph output. */
     int *last_use = tl_alloc_array((size_t)L, sizeof(int) * 3);
     if (!last_use)
         return tl_fail(TLEARN_ENOMEM, "planning the workspace: out of memory");
@@ -51,14 +53,16 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
             int src = m->layers[i]->input[k];
             if (src >= 0) {
                 last_use[src] = i;
-                if (i >= first_bwd)
+                if (i >= first_bwd && (!m->layers[i]->ops->bwd_ignores_inputs || m->da))
                     keep[src] = 1;
             }
         }
     for (int k = 0; k < tl_model_output_count(m); k++)
         keep[tl_model_output(m, k)] = 1;
+    /* Domain adaptation reads the outputs of any layer between forward and backward. */
     for (int i = first_bwd; i < L; i++)
-        keep[i] = 1;
+        if (!m->layers[i]->ops->bwd_ignores_output || m->da)
+            keep[i] = 1;
     /* A layer that folds the next ones in (epilogues) writes their output while it reads
      * its inputs: the inputs live until the last folded layer. */
     for (int i = 0; i < L; i++) {
@@ -110,15 +114,62 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
             rfree[region[i]] = 1; /* read by nobody */
     }
 
+    /* Gradients share regions by liveness too. Backward runs from the last layer down:
+     * layer i's gradient is first written by the backward of its last reader (seeded
+     * gradients, graph outputs' and those domain adaptation writes into any layer, before
+     * backward starts) and last read by its own. */
+    size_t *gsize = tl_alloc_array((size_t)L + 1, sizeof(size_t));
+    int *gregion = tl_alloc_array((size_t)L + 1, sizeof(int) * 2);
+    if (!gsize || !gregion) {
+        tl_free(last_use);
+        tl_free(rsize);
+        tl_free(rfree);
+        tl_free(gsize);
+        tl_free(gregion);
+        return tl_fail(TLEARN_ENOMEM, "planning the workspace: out of memory");
+    }
+    int *gfree = gregion + L + 1, ngregions = 0;
+    for (int i = first_bwd; i < L; i++) {
+        keep[i] = last_use[i]; /* reused: the backward that first writes i's gradient */
+        if (last_use[i] == i || m->da)
+            keep[i] = L;
+    }
+    for (int k = 0; k < tl_model_output_count(m); k++)
+        if (tl_model_output(m, k) >= first_bwd)
+            keep[tl_model_output(m, k)] = L;
+    for (int t = L; t >= first_bwd; t--) {
+        for (int i = first_bwd; i < L && i <= t; i++) {
+            if (keep[i] != t)
+                continue;
+            size_t need = n * tl_shape_size(m->layers[i]->out);
+            int best = -1;
+            for (int r = 0; r < ngregions; r++) {
+                if (!gfree[r])
+                    continue;
+                int fits = gsize[r] >= need, best_fits = best >= 0 && gsize[best] >= need;
+                if (best < 0 || (fits != best_fits ? fits
+                                 : fits ? gsize[r] < gsize[best] : gsize[r] > gsize[best]))
+                    best = r;
+            }
+            if (best < 0)
+                best = ngregions++;
+            gfree[best] = 0;
+            if (gsize[best] < need)
+                gsize[best] = need;
+            gregion[i] = best;
+        }
+        if (t < L)
+            gfree[gregion[t]] = 1; /* layer t's backward was its last reader */
+    }
+
     /* Sizes of everything else. */
-    size_t total = 0, scratch = 0;
+    size_t total = 0, scratch = 0, grads = 0, saved = 0;
     for (int r = 0; r < nregions; r++)
         total += round_up(rsize[r]);
-    size_t grads = 0, saved = 0;
+    for (int r = 0; r < ngregions; r++)
+        grads += round_up(gsize[r]);
     for (int i = 0; i < L; i++) {
         const tl_layer *Ly = m->layers[i];
-        if (i >= first_bwd)
-            grads += round_up(n * tl_shape_size(Ly->out));
         if (training && Ly->ops->saved_floats)
             saved += round_up(Ly->ops->saved_floats(Ly, n, i >= first_bwd));
         if (Ly->ops->scratch_floats) {
@@ -135,6 +186,8 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
         tl_free(last_use);
         tl_free(rsize);
         tl_free(rfree);
+        tl_free(gsize);
+        tl_free(gregion);
         return tl_fail(TLEARN_ENOMEM, "workspace for batch %zu is too large", n);
     }
     char *block = tl_alloc(head + bytes);
@@ -142,6 +195,8 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
         tl_free(last_use);
         tl_free(rsize);
         tl_free(rfree);
+        tl_free(gsize);
+        tl_free(gregion);
         return tl_fail(TLEARN_ENOMEM, "out of memory for a %zu-byte workspace (batch %zu)",
                        head + bytes, n);
     }
@@ -162,12 +217,17 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
     for (int i = 0; i < L; i++)
         p->out[i] = f + roff[region[i]];
     f += off;
+    size_t goff = 0;
+    for (int r = 0; r < ngregions; r++) { /* gsize becomes the offsets */
+        size_t sz = round_up(gsize[r]);
+        gsize[r] = goff;
+        goff += sz;
+    }
+    for (int i = first_bwd; i < L; i++)
+        p->dout[i] = f + gsize[gregion[i]];
+    f += grads;
     for (int i = 0; i < L; i++) {
         const tl_layer *Ly = m->layers[i];
-        if (i >= first_bwd) {
-            p->dout[i] = f;
-            f += round_up(n * tl_shape_size(Ly->out));
-        }
         if (training && Ly->ops->saved_floats) {
             size_t s = Ly->ops->saved_floats(Ly, n, i >= first_bwd);
             if (s) {
@@ -180,9 +240,12 @@ int tl_model_plan(tlearn_model *m, tl_plan *p, size_t n, int first_bwd, int want
     p->cap = n;
     p->first_bwd = first_bwd;
     p->want_dx = want_dx;
+    p->for_da = m->da != NULL;
     p->bytes = head + bytes;
     tl_free(last_use);
     tl_free(rsize);
     tl_free(rfree);
+    tl_free(gsize);
+    tl_free(gregion);
     return TLEARN_OK;
 }

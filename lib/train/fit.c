@@ -169,6 +169,9 @@ static void put(tlearn_epoch *e, int metric, double v)
 static int check_y(const char *fn, const char *what, tlearn_model *m, const void *y, size_t n)
 {
     size_t osz = tl_model_output_size(m);
+    if (m->loss_kind != TLEARN_LOSS_SOFTMAX_CE && m->loss_kind != TLEARN_LOSS_MSE)
+        return tl_fail(TLEARN_ESTATE, "%s: the model's loss is contrastive, which has no "
+                       "labels: train it with tlearn_model_train_step_pairs", fn);
     if (m->loss_kind == TLEARN_LOSS_SOFTMAX_CE) {
         if (osz < 2)
             return tl_fail(TLEARN_ESHAPE, "%s: cross-entropy needs >= 2 outputs, model has %zu",

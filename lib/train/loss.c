@@ -184,3 +184,104 @@ double tl_loss_ce_sum(const tlearn_model *m, const float *logits, const int32_t 
     *den = d;
     return total;
 }
+
+/* ------------------------------------------------------------------------------------ */
+/* In-batch contrastive loss (InfoNCE) over cosine similarity. Rows 0..P-1 of z are the
+ * anchors, P..2P-1 their positives. u = z / max(|z|, 1e-12) (F.normalize), S = U_a U_p^T /
+ * tau; the loss is the mean over anchors of lse(S[i,:]) - S[i,i] (symmetric: averaged with
+ * the same over the columns). Work: 2P*dim + P*P floats and 6P doubles' room, see
+ * tl_loss_contrastive_work. */
+
+size_t tl_loss_contrastive_work(size_t pairs, size_t dim)
+{
+    return 2 * pairs * dim + pairs * pairs + 1 + 2 * (4 * pairs);
+}
+
+int tlearn_model_set_contrastive_temperature(tlearn_model *m, float temperature)
+{
+    static const char fn[] = "tlearn_model_set_contrastive_temperature";
+    TL_CHECK_MODEL(fn, m);
+    if (!(temperature > 0.0f && temperature <= FLT_MAX))
+        return tl_fail(TLEARN_EINVAL, "%s: temperature is %g, must be > 0 and finite", fn,
+                       (double)temperature);
+    m->contrastive_tau = temperature;
+    return TLEARN_OK;
+}
+
+double tl_loss_contrastive(const tl_blas *b, const float *z, size_t pairs, size_t dim,
+                           float tau, int symmetric, float *work, float *dz)
+{
+    size_t P = pairs, rows = 2 * P;
+    float *u = work, *s = u + rows * dim;
+    /* 1/max(|z|, eps) per row; the doubles start at an even float offset */
+    double *inv = (double *)(void *)(work + ((rows * dim + P * P + 1) & ~(size_t)1));
+    double *lse_r = inv + rows, *lse_c = lse_r + P;
+    for (size_t r = 0; r < rows; r++) {
+        const float *zr = z + r * dim;
+        double sq = 0.0;
+        for (size_t k = 0; k < dim; k++)
+            sq += (double)zr[k] * zr[k];
+        double nrm = sqrt(sq);
+        inv[r] = 1.0 / (nrm > 1e-12 ? nrm : 1e-12);
+        for (size_t k = 0; k < dim; k++)
+            u[r * dim + k] = (float)(zr[k] * inv[r]);
+    }
+    const float *ua = u, *up = u + P * dim;
+    tl_sgemm(b, 0, 1, (int)P, (int)P, (int)dim, 1.0f / tau, ua, (int)dim, up, (int)dim, 0.0f, s,
+             (int)P);
+    /* log-sum-exp of every row and (symmetric) every column, in double */
+    double total = 0.0;
+    for (size_t i = 0; i < P; i++) {
+        const float *si = s + i * P;
+        double mx = si[0], sum = 0.0;
+        for (size_t j = 1; j < P; j++)
+            mx = si[j] > mx ? si[j] : mx;
+        for (size_t j = 0; j < P; j++)
+            sum += exp(si[j] - mx);
+        lse_r[i] = log(sum) + mx;
+        total += lse_r[i] - si[i];
+    }
+    double wr = symmetric ? 0.5 : 1.0;
+    total *= wr;
+    if (symmetric) {
+        for (size_t j = 0; j < P; j++) {
+            double mx = s[j], sum = 0.0;
+            for (size_t i = 1; i < P; i++)
+                mx = s[i * P + j] > mx ? s[i * P + j] : mx;
+            for (size_t i = 0; i < P; i++)
+                sum += exp(s[i * P + j] - mx);
+            lse_c[j] = log(sum) + mx;
+            total += 0.5 * (lse_c[j] - s[j * P + j]);
+        }
+    }
+    double loss = total / (double)P;
+    if (!dz || !isfinite(loss))
+        return loss;
+    /* dL/dS in place: (softmax - onehot) / P per row (and per column), weighted */
+    for (size_t i = 0; i < P; i++)
+        for (size_t j = 0; j < P; j++) {
+            double v = s[i * P + j], g = wr * exp(v - lse_r[i]);
+            if (symmetric)
+                g += 0.5 * exp(v - lse_c[j]);
+            if (i == j)
+                g -= 1.0;
+            s[i * P + j] = (float)(g / (double)P);
+        }
+    /* dL/dU_a = G U_p / tau, dL/dU_p = G^T U_a / tau, into dz; then through the norm:
+     * dz = (du - u (u . du)) / |z| (F.normalize's gradient; below eps only du / eps). */
+    tl_sgemm(b, 0, 0, (int)P, (int)dim, (int)P, 1.0f / tau, s, (int)P, up, (int)dim, 0.0f, dz,
+             (int)dim);
+    tl_sgemm(b, 1, 0, (int)P, (int)dim, (int)P, 1.0f / tau, s, (int)P, ua, (int)dim, 0.0f,
+             dz + P * dim, (int)dim);
+    for (size_t r = 0; r < rows; r++) {
+        float *g = dz + r * dim;
+        const float *ur = u + r * dim;
+        double dot = 0.0;
+        if (inv[r] < 1e12)
+            for (size_t k = 0; k < dim; k++)
+                dot += (double)ur[k] * g[k];
+        for (size_t k = 0; k < dim; k++)
+            g[k] = (float)((g[k] - ur[k] * dot) * inv[r]);
+    }
+    return loss;
+}

@@ -111,6 +111,7 @@ typedef struct tl_target {
     const float *values;   /* MSE targets */
     int tokens;            /* cross-entropy at every position over output 0's last axis */
     int32_t ignore;        /* tokens: positions of this label count for nothing */
+    int pairs;             /* contrastive: rows i and n/2 + i are a pair, no labels */
 } tl_target;
 
 /* Rows (positions) and classes of output 0 for per-position cross-entropy. */
@@ -155,6 +156,10 @@ static int forward_backward(const char *fn, tlearn_model *m, const tl_feed *in,
     size_t rows = token_rows(m, &classes);
     if (t->tokens) {
         l = tl_loss_token_ce(logits, t->labels, n * rows, classes, t->ignore, dlogits);
+    } else if (t->pairs) {
+        l = tl_loss_contrastive(m->blas, logits, n / 2, osz, m->contrastive_tau,
+                                m->loss_kind == TLEARN_LOSS_CONTRASTIVE_SYMMETRIC, m->pair_work,
+                                dlogits);
     } else if (m->loss_kind == TLEARN_LOSS_SOFTMAX_CE) {
         double den; /* class weights, label smoothing */
         l = tl_loss_ce_sum(m, logits, t->labels, n, (int)osz, dlogits, &den) / den;
@@ -173,12 +178,19 @@ static int forward_backward(const char *fn, tlearn_model *m, const tl_feed *in,
     return TLEARN_OK;
 }
 
+static const char *loss_name(int kind)
+{
+    return kind == TLEARN_LOSS_MSE ? "MSE" : kind == TLEARN_LOSS_SOFTMAX_CE ? "cross-entropy"
+                                                                           : "contrastive";
+}
+
 /* Per-position labels: each a class of output 0's last axis or the ignore index, and not
  * all ignored (the mean would be over nothing). */
 static int validate_tokens(const char *fn, tlearn_model *m, const tl_target *t, size_t n)
 {
     if (m->loss_kind != TLEARN_LOSS_SOFTMAX_CE)
-        return tl_fail(TLEARN_ESTATE, "%s: the model's loss is MSE, not cross-entropy", fn);
+        return tl_fail(TLEARN_ESTATE, "%s: the model's loss is %s, not cross-entropy", fn,
+                       loss_name(m->loss_kind));
     int classes;
     size_t rows = n * token_rows(m, &classes), counted = 0;
     if (classes < 2)
@@ -199,16 +211,45 @@ static int validate_tokens(const char *fn, tlearn_model *m, const tl_target *t, 
     return TLEARN_OK;
 }
 
+/* (anchor, positive) rows: a contrastive loss, an even batch with a negative per anchor,
+ * and the loss's scratch grown here, before anything changes. */
+static int validate_pairs(const char *fn, tlearn_model *m, size_t n)
+{
+    if (m->loss_kind != TLEARN_LOSS_CONTRASTIVE &&
+        m->loss_kind != TLEARN_LOSS_CONTRASTIVE_SYMMETRIC)
+        return tl_fail(TLEARN_ESTATE, "%s: the model's loss is %d, not TLEARN_LOSS_CONTRASTIVE "
+                       "(3) or TLEARN_LOSS_CONTRASTIVE_SYMMETRIC (4): tlearn_model_set_loss", fn,
+                       m->loss_kind);
+    if (n % 2 || n < 4)
+        return tl_fail(TLEARN_EINVAL, "%s: n is %zu; it must be even (anchors, then their "
+                       "positives) and >= 4 (a negative per anchor)", fn, n);
+    size_t need = tl_loss_contrastive_work(n / 2, tl_model_output_size(m));
+    if (need > m->pair_cap) {
+        float *w = tl_alloc_array(need, sizeof *w);
+        if (!w)
+            return tl_fail(TLEARN_ENOMEM, "%s: out of memory for the loss's %zu floats", fn,
+                           need);
+        tl_free(m->pair_work);
+        m->pair_work = w;
+        m->pair_cap = need;
+    }
+    return TLEARN_OK;
+}
+
 static int validate_targets(const char *fn, tlearn_model *m, const tl_target *t, size_t n)
 {
     if (t->tokens)
         return validate_tokens(fn, m, t, n);
+    if (t->pairs)
+        return validate_pairs(fn, m, n);
     const int32_t *labels = t->labels;
     const float *targets = t->values;
     size_t osz = tl_model_output_size(m);
     if (labels) {
         if (m->loss_kind != TLEARN_LOSS_SOFTMAX_CE)
-            return tl_fail(TLEARN_ESTATE, "%s: the model's loss is MSE; use the _mse call", fn);
+            return tl_fail(TLEARN_ESTATE, "%s: the model's loss is %s; %s", fn,
+                           loss_name(m->loss_kind), m->loss_kind == TLEARN_LOSS_MSE ?
+                           "use the _mse call" : "train it with tlearn_model_train_step_pairs");
         if (osz < 2)
             return tl_fail(TLEARN_ESHAPE, "%s: cross-entropy needs >= 2 outputs, model has %zu",
                            fn, osz);
@@ -216,7 +257,8 @@ static int validate_targets(const char *fn, tlearn_model *m, const tl_target *t,
         return rc ? rc : tl_check_labels(fn, labels, n, (int)osz);
     }
     if (m->loss_kind != TLEARN_LOSS_MSE)
-        return tl_fail(TLEARN_ESTATE, "%s: the model's loss is not MSE", fn);
+        return tl_fail(TLEARN_ESTATE, "%s: the model's loss is %s, not MSE", fn,
+                       loss_name(m->loss_kind));
     for (size_t i = 0; i < n * osz; i++)
         if (!isfinite(targets[i]))
             return tl_fail(TLEARN_EINVAL, "%s: targets[%zu] is not finite", fn, i);
@@ -325,7 +367,7 @@ int tlearn_model_train_step(tlearn_model *m, tlearn_optim *o, const float *x,
     static const char fn[] = "tlearn_model_train_step";
     int rc = check_batch(fn, m, x, labels, n);
     tl_feed f = rc ? (tl_feed){0} : tl_model_feed(m, x);
-    tl_target t = {labels, NULL, 0, 0};
+    tl_target t = {labels, NULL, 0, 0, 0};
     return rc ? rc : train_step(fn, m, o, &f, &t, n, 0, loss);
 }
 
@@ -335,7 +377,7 @@ int tlearn_model_train_step_mse(tlearn_model *m, tlearn_optim *o, const float *x
     static const char fn[] = "tlearn_model_train_step_mse";
     int rc = check_batch(fn, m, x, targets, n);
     tl_feed f = rc ? (tl_feed){0} : tl_model_feed(m, x);
-    tl_target t = {NULL, targets, 0, 0};
+    tl_target t = {NULL, targets, 0, 0, 0};
     return rc ? rc : train_step(fn, m, o, &f, &t, n, 0, loss);
 }
 
@@ -357,7 +399,7 @@ int tlearn_model_train_step_from(tlearn_model *m, tlearn_optim *o, const char *l
             return tl_fail(TLEARN_ESTATE, "%s: layer '%s' is not frozen; cached features of "
                            "'%s' need everything up to it frozen", fn, m->layers[j]->name, layer);
     tl_feed f = tl_feed_one(features, tl_shape_size(m->layers[i]->out));
-    tl_target t = {labels, NULL, 0, 0};
+    tl_target t = {labels, NULL, 0, 0, 0};
     return train_step(fn, m, o, &f, &t, n, i + 1, loss);
 }
 
@@ -388,7 +430,7 @@ int tlearn_model_compute_gradients(tlearn_model *m, const float *x, const int32_
         return tl_fail(TLEARN_EINVAL, "%s: dx_len is %zu, expected %zu", fn, dx_len,
                        n * tl_shape_size(m->inputs[0].shape));
     tl_feed f = tl_model_feed(m, x);
-    tl_target t = {labels, NULL, 0, 0};
+    tl_target t = {labels, NULL, 0, 0, 0};
     return compute_gradients(fn, m, &f, &t, n, loss, dx);
 }
 
@@ -424,7 +466,7 @@ int tlearn_model_evaluate(tlearn_model *m, const float *x, const int32_t *labels
     static const char fn[] = "tlearn_model_evaluate";
     int rc = check_batch(fn, m, x, labels, n);
     if (!rc)
-        rc = validate_targets(fn, m, &(tl_target){labels, NULL, 0, 0}, n);
+        rc = validate_targets(fn, m, &(tl_target){labels, NULL, 0, 0, 0}, n);
     if (rc)
         return rc;
     /* Per worker sums, added in worker order: the result does not depend on timing. */
@@ -471,7 +513,7 @@ int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int
         return tl_fail(TLEARN_EINVAL, "%s: epochs is %d, must be >= 1", fn, epochs);
     if (shuffle != 0 && shuffle != 1)
         return tl_fail(TLEARN_EINVAL, "%s: shuffle is %d, must be 0 or 1", fn, shuffle);
-    rc = validate_targets(fn, m, &(tl_target){labels, NULL, 0, 0}, n);
+    rc = validate_targets(fn, m, &(tl_target){labels, NULL, 0, 0, 0}, n);
     if (rc)
         return rc;
     if (batch > n)
@@ -505,7 +547,7 @@ int tlearn_model_fit(tlearn_model *m, tlearn_optim *o, const float *x, const int
             }
             float loss;
             tl_feed f = tl_model_feed(m, bx);
-            tl_target t = {by, NULL, 0, 0};
+            tl_target t = {by, NULL, 0, 0, 0};
             rc = train_step(fn, m, o, &f, &t, k, 0, &loss);
             if (!rc && progress && progress(e, epochs, s, steps, loss, user))
                 rc = tl_fail(TLEARN_ECANCELED, "%s: stopped by the progress callback at epoch "
@@ -536,8 +578,22 @@ int tlearn_model_train_step_inputs(tlearn_model *m, tlearn_optim *o, const void 
     static const char fn[] = "tlearn_model_train_step_inputs";
     tl_feed f;
     int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
-    tl_target t = {labels, NULL, 0, 0};
+    tl_target t = {labels, NULL, 0, 0, 0};
     return rc ? rc : train_step(fn, m, o, &f, &t, n, 0, loss);
+}
+
+/* dx of the multi-input gradient calls: the first input's gradient, so a float input. */
+static int check_dx(const char *fn, const tlearn_model *m, const tl_feed *f, size_t n,
+                    const float *dx, size_t dx_len)
+{
+    if (dx && m->inputs[0].dtype != TLEARN_DTYPE_FLOAT32)
+        return tl_fail(TLEARN_EINVAL, "%s: dx is the gradient of the first model input, but "
+                       "'%s' holds int32 (token ids have no gradient): pass NULL", fn,
+                       m->inputs[0].name);
+    if (dx && dx_len != n * f->size[0])
+        return tl_fail(TLEARN_EINVAL, "%s: dx_len is %zu, expected %zu", fn, dx_len,
+                       n * f->size[0]);
+    return TLEARN_OK;
 }
 
 int tlearn_model_compute_gradients_inputs(tlearn_model *m, const void *const *inputs,
@@ -549,14 +605,9 @@ int tlearn_model_compute_gradients_inputs(tlearn_model *m, const void *const *in
     int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
     if (rc)
         return rc;
-    if (dx && m->inputs[0].dtype != TLEARN_DTYPE_FLOAT32)
-        return tl_fail(TLEARN_EINVAL, "%s: dx is the gradient of the first model input, but "
-                       "'%s' holds int32 (token ids have no gradient): pass NULL", fn,
-                       m->inputs[0].name);
-    if (dx && dx_len != n * f.size[0])
-        return tl_fail(TLEARN_EINVAL, "%s: dx_len is %zu, expected %zu", fn, dx_len,
-                       n * f.size[0]);
-    tl_target t = {labels, NULL, 0, 0};
+    if ((rc = check_dx(fn, m, &f, n, dx, dx_len)))
+        return rc;
+    tl_target t = {labels, NULL, 0, 0, 0};
     return compute_gradients(fn, m, &f, &t, n, loss, dx);
 }
 
@@ -567,7 +618,7 @@ int tlearn_model_train_step_tokens(tlearn_model *m, tlearn_optim *o, const void 
     static const char fn[] = "tlearn_model_train_step_tokens";
     tl_feed f;
     int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
-    tl_target t = {labels, NULL, 1, ignore_index};
+    tl_target t = {labels, NULL, 1, ignore_index, 0};
     return rc ? rc : train_step(fn, m, o, &f, &t, n, 0, loss);
 }
 
@@ -578,8 +629,31 @@ int tlearn_model_compute_gradients_tokens(tlearn_model *m, const void *const *in
     static const char fn[] = "tlearn_model_compute_gradients_tokens";
     tl_feed f;
     int rc = check_inputs(fn, m, inputs, ninputs, labels, n, &f);
-    tl_target t = {labels, NULL, 1, ignore_index};
+    tl_target t = {labels, NULL, 1, ignore_index, 0};
     return rc ? rc : compute_gradients(fn, m, &f, &t, n, loss, NULL);
+}
+
+int tlearn_model_train_step_pairs(tlearn_model *m, tlearn_optim *o, const void *const *inputs,
+                                  int ninputs, size_t n, float *loss)
+{
+    static const char fn[] = "tlearn_model_train_step_pairs";
+    tl_feed f;
+    int rc = tl_model_check_feed(fn, m, inputs, ninputs, n, &f);
+    tl_target t = {NULL, NULL, 0, 0, 1};
+    return rc ? rc : train_step(fn, m, o, &f, &t, n, 0, loss);
+}
+
+int tlearn_model_compute_gradients_pairs(tlearn_model *m, const void *const *inputs,
+                                         int ninputs, size_t n, float *loss, float *dx,
+                                         size_t dx_len)
+{
+    static const char fn[] = "tlearn_model_compute_gradients_pairs";
+    tl_feed f;
+    int rc = tl_model_check_feed(fn, m, inputs, ninputs, n, &f);
+    if (!rc)
+        rc = check_dx(fn, m, &f, n, dx, dx_len);
+    tl_target t = {NULL, NULL, 0, 0, 1};
+    return rc ? rc : compute_gradients(fn, m, &f, &t, n, loss, dx);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -595,7 +669,7 @@ int tl_train_step(const char *fn, tlearn_model *m, tlearn_optim *o, const float 
                   const int32_t *labels, const float *targets, size_t n, float *loss)
 {
     tl_feed f = tl_model_feed(m, x);
-    tl_target t = {labels, targets, 0, 0};
+    tl_target t = {labels, targets, 0, 0, 0};
     return train_step(fn, m, o, &f, &t, n, 0, loss);
 }
 
@@ -603,7 +677,7 @@ int tl_train_backward(const char *fn, tlearn_model *m, const float *x, const int
                       const float *targets, size_t n, double *loss)
 {
     tl_feed f = tl_model_feed(m, x);
-    tl_target t = {labels, targets, 0, 0};
+    tl_target t = {labels, targets, 0, 0, 0};
     int rc = validate_targets(fn, m, &t, n);
     if (!rc)
         rc = forward_backward(fn, m, &f, &t, n, 0, NULL, loss);

@@ -33,6 +33,14 @@ double tl_loss_ce_sum(const tlearn_model *m, const float *logits, const int32_t 
                       size_t n, int classes, float *dlogits, double *den);
 /* The class weights fit the output size? */
 int tl_loss_check(const char *fn, const tlearn_model *m, size_t classes);
+/* In-batch contrastive loss (InfoNCE) of 2 x @p pairs rows of @p dim floats (anchors, then
+ * their positives) over cosine similarity / @p tau, one direction or @p symmetric, as
+ * sentence-transformers' MultipleNegatives(Symmetric)RankingLoss; the gradient of the mean
+ * into @p dz (may be NULL). @p work holds tl_loss_contrastive_work() floats (8-byte
+ * aligned). */
+size_t tl_loss_contrastive_work(size_t pairs, size_t dim);
+double tl_loss_contrastive(const tl_blas *b, const float *z, size_t pairs, size_t dim,
+                           float tau, int symmetric, float *work, float *dz);
 /* Mean squared error over all n*size elements; gradient into @p dout (may be NULL). */
 double tl_loss_mse(const float *out, const float *targets, size_t n, size_t size, float *dout);
 /* Labels in [0, classes)? Returns status naming the first bad one. */

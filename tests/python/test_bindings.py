@@ -747,6 +747,31 @@ def test_text_encoder_with_mask_trains_and_refuses_bad_ids():
             m.compute_gradients_inputs([ids, mask], y, input_grad=True)  # int32 first input
 
 
+def test_contrastive_pairs():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(8, 6)).astype(np.float32)  # 4 anchors, then their 4 positives
+    with tlearn.Model.with_input("x", (6,)) as m, tlearn.Optimizer("sgd", lr=0.5) as o:
+        m.add_linear("proj", 4)
+        with pytest.raises(tlearn.TlearnError, match="CONTRASTIVE"):
+            m.train_step_pairs(o, [x])
+        m.set_loss("contrastive_symmetric").set_contrastive_temperature(0.1)
+        z = m.run(x)[0].astype(np.float64)  # the loss from its definition, in numpy
+        z /= np.linalg.norm(z, axis=1, keepdims=True)
+        s = z[:4] @ z[4:].T / 0.1
+        lse_r, lse_c = np.log(np.exp(s).sum(1)), np.log(np.exp(s).sum(0))
+        want = ((lse_r - np.diag(s)).mean() + (lse_c - np.diag(s)).mean()) / 2
+        loss, dx = m.compute_gradients_pairs([x], input_grad=True)
+        assert loss == pytest.approx(want, rel=1e-5)
+        assert dx.shape == x.shape
+        for _ in range(30):
+            last = m.train_step_pairs(o, [x])
+        assert last < 0.5 * loss
+        with pytest.raises(tlearn.TlearnError, match="even"):
+            m.train_step_pairs(o, [x[:7]])
+        with pytest.raises(tlearn.TlearnError, match="temperature"):
+            m.set_contrastive_temperature(0.0)
+
+
 def test_vit_patch_embedding_input_gradient():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)

@@ -40,6 +40,9 @@ lib.tlearn_model_add_add.argtypes = [vp, cp, cp]
 lib.tlearn_model_compute_gradients_tokens.argtypes = [vp, vp, ci, vp, ctypes.c_int32, sz, vp]
 lib.tlearn_model_add_transformer_block.argtypes = [vp, cp, ci, ci, ci, ci, ctypes.c_float, cp]
 lib.tlearn_model_set_training.argtypes = [vp, ci]
+lib.tlearn_model_set_loss.argtypes = [vp, ci]
+lib.tlearn_model_set_contrastive_temperature.argtypes = [vp, ctypes.c_float]
+lib.tlearn_model_compute_gradients_pairs.argtypes = [vp, vp, ci, sz, vp, vp, sz]
 lib.tlearn_model_destroy.argtypes = [vp]
 
 failures = []
@@ -385,12 +388,61 @@ def test_bert_toy(rng):
     check('bert toy', tm, net, [ids, m], params, float_x=False, tol=(1e-5, 1e-6))
 
 
+def test_contrastive(rng):
+    """The in-batch contrastive loss on a sentence encoder (encoder layer, mean pooling over
+    the mask, linear projection): rows 0..P-1 anchors, P..2P-1 positives; torch computes it
+    as sentence-transformers' MultipleNegativesRankingLoss (cos_sim * scale, cross_entropy
+    with target i) and its symmetric form."""
+    pairs, t, d, heads, ff, e = 5, 6, 8, 2, 16, 7
+    n = 2 * pairs
+    layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, activation='gelu',
+                                       batch_first=True, norm_first=True)
+    proj = nn.Linear(d, e)
+    x = rng.standard_normal((n, t, d)).astype(np.float32)
+    m = masks(n, t, rng)
+    for kind, tau in ((3, 0.05), (4, 0.05), (3, 0.7), (4, 0.3)):
+        tm = TModel([('x', FLOAT32, [t, d]), ('mask', INT32, [t])])
+        tm.add('set_next_input', 'x')
+        tm.add('add_transformer_block', 'enc', heads, ff, ACT_GELU, 1, 0.0, 'mask')
+        tm.add('add_token_pool', 'pool', 1, 'mask')
+        tm.add('add_linear', 'proj', e, 1)
+        params = {'enc.' + k: v for k, v in layer.named_parameters()}
+        params.update({'proj.weight': proj.weight, 'proj.bias': proj.bias})
+        for k, v in params.items():
+            tm.set(k, v)
+            v.grad = None
+        ok(lib.tlearn_model_set_loss(tm.h, kind), 'set_loss')
+        ok(lib.tlearn_model_set_contrastive_temperature(tm.h, tau), 'set_temperature')
+        tx = torch.tensor(x, requires_grad=True)
+        mk = torch.tensor(m)
+        h = layer(tx, src_key_padding_mask=(mk == 0))
+        f = mk.float().unsqueeze(-1)
+        z = proj((h * f).sum(1) / f.sum(1))
+        zn = F.normalize(z, p=2, dim=1)
+        scores = zn[:pairs] @ zn[pairs:].T / tau
+        target = torch.arange(pairs)
+        loss = F.cross_entropy(scores, target)
+        if kind == 4:
+            loss = (loss + F.cross_entropy(scores.T, target)) / 2
+        loss.backward()
+        got = ctypes.c_float()
+        dx = np.empty(x.size, np.float32)
+        ok(lib.tlearn_model_compute_gradients_pairs(tm.h, tm._inputs([x, m]), 2, n,
+                                                    ctypes.byref(got), ptr(dx), dx.size),
+           'compute_gradients_pairs')
+        case = 'contrastive %s tau=%g' % (('', '', '', 'a->p', 'symmetric')[kind], tau)
+        close(case + ' loss', [got.value], [loss.item()], 1e-5, 1e-6)
+        close(case + ' dx', dx, tx.grad.numpy(), 1e-4, 1e-6)
+        for name, p in params.items():
+            close(case + ' d' + name, tm.grad(name, p.numel()), p.grad.numpy(), 1e-4, 1e-6)
+
+
 def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     for f in (test_embedding, test_positions, test_attention, test_token_pool,
               test_patch_embed, test_toy_encoder, test_masked_token_loss, test_encoder_layer,
-              test_bert_toy):
+              test_bert_toy, test_contrastive):
         f(rng)
     if failures:
         print('%d mismatches' % len(failures))

@@ -274,6 +274,8 @@ static void test_attention_masks_and_memory(void **state)
     size_t n = 8, all = n * 4 * (size_t)t * t;
     size_t used = tl_attention_ops.saved_floats(h.L, n, 1) + tl_attention_ops.scratch_floats(h.L, n);
     assert_true(used < all);
+    /* saved: Q, K, V, ctx; scratch: their gradients, one head's blocks */
+    assert_int_equal(tl_attention_ops.saved_floats(h.L, n, 1), n * (size_t)t * 4 * d);
     assert_true(tl_attention_ops.scratch_floats(h.L, n) - n * (size_t)t * 4 * d <=
                 2 * (size_t)t * t + 3 * (size_t)t * (d / 4));
     lh_free(&h);
@@ -608,6 +610,133 @@ static void test_token_loss(void **state)
     tlearn_model_destroy(&m);
 }
 
+/* The contrastive loss of 2P rows x (dim DD) through a linear layer W (EE x DD) + b, in
+ * double and written here from its definition: cos(a_i, p_j) / tau, cross-entropy with
+ * target i over rows (and, symmetric, over columns). */
+enum { CP = 3, CD = 5, CE = 4 };
+static double contrastive_ref(const float *w, const float *b, const double *x, double tau,
+                              int symmetric)
+{
+    double z[2 * CP][CE], s[CP][CP];
+    for (int r = 0; r < 2 * CP; r++)
+        for (int e = 0; e < CE; e++) {
+            z[r][e] = b[e];
+            for (int k = 0; k < CD; k++)
+                z[r][e] += (double)w[e * CD + k] * x[r * CD + k];
+        }
+    for (int i = 0; i < CP; i++)
+        for (int j = 0; j < CP; j++) {
+            double ab = 0, aa = 0, bb = 0;
+            for (int e = 0; e < CE; e++) {
+                ab += z[i][e] * z[CP + j][e];
+                aa += z[i][e] * z[i][e];
+                bb += z[CP + j][e] * z[CP + j][e];
+            }
+            s[i][j] = ab / sqrt(aa * bb) / tau;
+        }
+    double rows = 0, cols = 0;
+    for (int i = 0; i < CP; i++) {
+        double sr = 0, sc = 0;
+        for (int j = 0; j < CP; j++) {
+            sr += exp(s[i][j]);
+            sc += exp(s[j][i]);
+        }
+        rows += (log(sr) - s[i][i]) / CP;
+        cols += (log(sc) - s[i][i]) / CP;
+    }
+    return symmetric ? (rows + cols) / 2 : rows;
+}
+
+static void test_contrastive_loss(void **state)
+{
+    (void)state;
+    tlearn_model *m;
+    OK(tlearn_model_create_input(&m, "x", TLEARN_DTYPE_FLOAT32, 1, (const int[]){CD}));
+    OK(tlearn_model_add_linear(m, "proj", CE, 1));
+    float w[CE * CD], b[CE], x[2 * CP * CD];
+    OK(tlearn_model_get_tensor(m, "proj.weight", w, CE * CD));
+    OK(tlearn_model_get_tensor(m, "proj.bias", b, CE));
+    uint64_t seed = 7;
+    for (int i = 0; i < 2 * CP * CD; i++)
+        x[i] = lh_rand(&seed);
+    const void *in[1] = {x};
+    float loss, dx[2 * CP * CD];
+    /* refused before the loss is chosen; bad temperatures */
+    assert_int_equal(tlearn_model_compute_gradients_pairs(m, in, 1, 2 * CP, &loss, NULL, 0),
+                     TLEARN_ESTATE);
+    assert_non_null(strstr(tlearn_errmsg(), "TLEARN_LOSS_CONTRASTIVE"));
+    assert_int_equal(tlearn_model_set_loss(m, 5), TLEARN_EINVAL);
+    for (int i = 0; i < 4; i++) {
+        const float bad[4] = {0.0f, -0.1f, NAN, INFINITY};
+        assert_int_equal(tlearn_model_set_contrastive_temperature(m, bad[i]), TLEARN_EINVAL);
+        assert_non_null(strstr(tlearn_errmsg(), "temperature"));
+    }
+    for (int symmetric = 0; symmetric <= 1; symmetric++) {
+        double tau = symmetric ? 0.2 : 0.05;
+        OK(tlearn_model_set_loss(m, symmetric ? TLEARN_LOSS_CONTRASTIVE_SYMMETRIC
+                                              : TLEARN_LOSS_CONTRASTIVE));
+        OK(tlearn_model_set_contrastive_temperature(m, (float)tau));
+        OK(tlearn_model_compute_gradients_pairs(m, in, 1, 2 * CP, &loss, dx, 2 * CP * CD));
+        double xd[2 * CP * CD];
+        for (int i = 0; i < 2 * CP * CD; i++)
+            xd[i] = x[i];
+        double want = contrastive_ref(w, b, xd, tau, symmetric);
+        assert_true(fabs(loss - want) < 1e-5 * (1 + fabs(want)));
+        /* dx against central differences of the reference */
+        for (int i = 0; i < 2 * CP * CD; i++) {
+            double h = 1e-5, keep = xd[i];
+            xd[i] = keep + h;
+            double up = contrastive_ref(w, b, xd, tau, symmetric);
+            xd[i] = keep - h;
+            double down = contrastive_ref(w, b, xd, tau, symmetric);
+            xd[i] = keep;
+            double fd = (up - down) / (2 * h);
+            if (fabs(dx[i] - fd) > 1e-4 + 1e-3 * fabs(fd))
+                fail_msg("symmetric=%d dx[%d] = %g, finite differences %g", symmetric, i,
+                         (double)dx[i], fd);
+        }
+    }
+    /* bad batches and arguments: refused, nothing changes */
+    tlearn_optim *o;
+    OK(tlearn_optim_create(&o, TLEARN_SGD));
+    OK(tlearn_optim_set(o, TLEARN_OPT_LR, 0.5));
+    assert_int_equal(tlearn_model_train_step_pairs(m, o, in, 1, 2 * CP - 1, &loss), TLEARN_EINVAL);
+    assert_non_null(strstr(tlearn_errmsg(), "even"));
+    assert_int_equal(tlearn_model_train_step_pairs(m, o, in, 1, 2, &loss), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_train_step_pairs(m, NULL, in, 1, 2 * CP, &loss), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_train_step_pairs(m, o, NULL, 1, 2 * CP, &loss), TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_compute_gradients_pairs(m, in, 1, 2 * CP, &loss, dx, 3),
+                     TLEARN_EINVAL);
+    assert_int_equal(tlearn_model_train_step_inputs(m, o, in, 1, (const int32_t[2 * CP]){0},
+                                                    2 * CP, &loss), TLEARN_ESTATE);
+    assert_non_null(strstr(tlearn_errmsg(), "contrastive"));
+    float xbad[2 * CP * CD];
+    memcpy(xbad, x, sizeof x);
+    xbad[7] = NAN;
+    const void *inbad[1] = {xbad};
+    assert_int_equal(tlearn_model_train_step_pairs(m, o, inbad, 1, 2 * CP, &loss),
+                     TLEARN_ENONFINITE);
+    float w2[CE * CD];
+    OK(tlearn_model_get_tensor(m, "proj.weight", w2, CE * CD));
+    assert_memory_equal(w, w2, sizeof w);
+    /* an SGD step moves the weights by -lr * the gradient compute_gradients gave */
+    float g[CE * CD];
+    OK(tlearn_model_compute_gradients_pairs(m, in, 1, 2 * CP, &loss, NULL, 0));
+    OK(tlearn_model_get_grad(m, "proj.weight", g, CE * CD));
+    float before = loss;
+    OK(tlearn_model_train_step_pairs(m, o, in, 1, 2 * CP, &loss));
+    assert_true(loss == before);
+    OK(tlearn_model_get_tensor(m, "proj.weight", w2, CE * CD));
+    for (int i = 0; i < CE * CD; i++)
+        assert_true(fabs(w2[i] - (w[i] - 0.5f * g[i])) < 1e-6);
+    /* and training lowers the loss: the pairs become each other's nearest */
+    for (int s = 0; s < 50; s++)
+        OK(tlearn_model_train_step_pairs(m, o, in, 1, 2 * CP, &loss));
+    assert_true(loss < 0.5f * before);
+    tlearn_optim_destroy(&o);
+    tlearn_model_destroy(&m);
+}
+
 static void expect_layers(tlearn_model *m, int from, const char *const *names, const int *kinds,
                           int count)
 {
@@ -724,6 +853,7 @@ int main(void)
         cmocka_unit_test(test_model_calls),
         cmocka_unit_test(test_checkpoints),
         cmocka_unit_test(test_token_loss),
+        cmocka_unit_test(test_contrastive_loss),
         cmocka_unit_test(test_transformer_block),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

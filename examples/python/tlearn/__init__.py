@@ -88,7 +88,7 @@ PROTO_FEATURES, PROTO_LEARN_TEMPERATURE = 1, 2
 ACTIVATIONS = {"relu": 1, "tanh": 2, "sigmoid": 3, "gelu": 4, "relu6": 5, "leaky_relu": 6,
                "hardsigmoid": 7, "hardswish": 8, "silu": 9, "clip": 10, "gelu_tanh": 11}
 BINARY_OPS = {"add": 1, "sub": 2, "mul": 3, "div": 4}
-LOSSES = {"softmax_ce": 1, "mse": 2}
+LOSSES = {"softmax_ce": 1, "mse": 2, "contrastive": 3, "contrastive_symmetric": 4}
 DISCREPANCIES = {"coral": 1, "mmd": 2}
 PAD_MODES = {"constant": 1, "reflect": 2, "edge": 3}
 OPTIMIZERS = {"sgd": 1, "adam": 2, "adamw": 3}
@@ -820,7 +820,8 @@ class Model(_Handle):
         return self
 
     def set_loss(self, loss: Union[str, int]) -> Model:
-        """"softmax_ce" (default) or "mse"."""
+        """"softmax_ce" (default), "mse", or for train_step_pairs() "contrastive" (in-batch
+        InfoNCE over cosine similarity) or "contrastive_symmetric"."""
         _check(_C.tlearn_model_set_loss(self.handle, _enum(LOSSES, loss, "loss")))
         return self
 
@@ -1790,6 +1791,34 @@ class Model(_Handle):
         dx = np.empty(keep[0].shape, np.float32) if input_grad else None
         _check(_C.tlearn_model_compute_gradients_inputs(
             self.handle, ins, len(keep), _iptr(labels), n, ctypes.byref(loss),
+            _fptr(dx) if input_grad else None, dx.size if input_grad else 0))
+        return (loss.value, dx) if input_grad else loss.value
+
+    def set_contrastive_temperature(self, temperature: float) -> "Model":
+        """Temperature of the contrastive losses (default 0.05): similarities are cosines
+        divided by it. Not saved in checkpoints."""
+        _check(_C.tlearn_model_set_contrastive_temperature(self.handle, float(temperature)))
+        return self
+
+    def train_step_pairs(self, optimizer: "Optimizer", inputs: Sequence[Any]) -> float:
+        """One step of the contrastive loss (set_loss("contrastive") or
+        "contrastive_symmetric") on 2P rows per input: rows 0..P-1 the anchors, P..2P-1 their
+        positives in the same order; the other positives of the batch are the negatives.
+        Output 0, flattened, is the embedding. Returns the loss."""
+        n, ins, keep = self._feed(list(inputs))
+        loss = ctypes.c_float()
+        _check(_C.tlearn_model_train_step_pairs(self.handle, optimizer.handle, ins, len(keep),
+                                                n, ctypes.byref(loss)))
+        return loss.value
+
+    def compute_gradients_pairs(self, inputs: Sequence[Any], input_grad: bool = False) -> Any:
+        """The gradients of train_step_pairs()'s loss without an update. Returns the loss, or
+        (loss, dL/d first input) with ``input_grad=True`` (the first input must be float32)."""
+        n, ins, keep = self._feed(list(inputs))
+        loss = ctypes.c_float()
+        dx = np.empty(keep[0].shape, np.float32) if input_grad else None
+        _check(_C.tlearn_model_compute_gradients_pairs(
+            self.handle, ins, len(keep), n, ctypes.byref(loss),
             _fptr(dx) if input_grad else None, dx.size if input_grad else 0))
         return (loss.value, dx) if input_grad else loss.value
 

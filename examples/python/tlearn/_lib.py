@@ -183,6 +183,11 @@ _SIGNATURES = {
                                                ctypes.c_int32, c_size_t, P(c_float)]),
     "tlearn_model_compute_gradients_tokens": (c_int, [_M, P(c_void_p), c_int, i32p,
                                                       ctypes.c_int32, c_size_t, P(c_float)]),
+    "tlearn_model_set_contrastive_temperature": (c_int, [_M, c_float]),
+    "tlearn_model_train_step_pairs": (c_int, [_M, c_void_p, P(c_void_p), c_int, c_size_t,
+                                              P(c_float)]),
+    "tlearn_model_compute_gradients_pairs": (c_int, [_M, P(c_void_p), c_int, c_size_t,
+                                                     P(c_float), f32p, c_size_t]),
     # few-shot without training, transferability (1.1)
     "tlearn_model_add_prototype": (c_int, [_M, c_char_p, c_int, c_float, c_int]),
     "tlearn_prototype_head": (c_int, [_M, c_char_p, c_char_p, f32p, i32p, c_size_t, c_int,

@@ -85,6 +85,8 @@ pub const TLEARN_BINARY_DIV: c_int = 4;
 // enum tlearn_loss
 pub const TLEARN_LOSS_SOFTMAX_CE: c_int = 1;
 pub const TLEARN_LOSS_MSE: c_int = 2;
+pub const TLEARN_LOSS_CONTRASTIVE: c_int = 3;
+pub const TLEARN_LOSS_CONTRASTIVE_SYMMETRIC: c_int = 4;
 
 // enum tlearn_optim_kind
 pub const TLEARN_SGD: c_int = 1;
@@ -326,6 +328,15 @@ extern "C" {
                                                  inputs: *const *const c_void, ninputs: c_int,
                                                  labels: *const i32, ignore_index: i32, n: usize,
                                                  loss: *mut f32) -> c_int;
+    pub fn tlearn_model_set_contrastive_temperature(m: *mut tlearn_model, temperature: f32)
+                                                    -> c_int;
+    pub fn tlearn_model_train_step_pairs(m: *mut tlearn_model, o: *mut tlearn_optim,
+                                         inputs: *const *const c_void, ninputs: c_int, n: usize,
+                                         loss: *mut f32) -> c_int;
+    pub fn tlearn_model_compute_gradients_pairs(m: *mut tlearn_model,
+                                                inputs: *const *const c_void, ninputs: c_int,
+                                                n: usize, loss: *mut f32, dx: *mut f32,
+                                                dx_len: usize) -> c_int;
     pub fn tlearn_lora_add(m: *mut tlearn_model, adapter: *const c_char, glob: *const c_char,
                            r: c_int, alpha: f32, dropout: f32, flags: c_uint) -> c_int;
     pub fn tlearn_lora_set_weight(m: *mut tlearn_model, adapter: *const c_char, weight: f32)

@@ -261,6 +261,10 @@ pub enum BinaryOp {
 pub enum Loss {
     SoftmaxCrossEntropy = 1,
     Mse = 2,
+    /// In-batch contrastive loss over cosine similarity, for [`Model::train_step_pairs`].
+    Contrastive = 3,
+    /// Its symmetric form (anchors -> positives and back, averaged).
+    ContrastiveSymmetric = 4,
 }
 
 /// Layer kinds reported by [`Model::layer_kind`].
@@ -1746,6 +1750,14 @@ impl Model {
         })?;
         Ok(loss)
     }
+    /// Room for dL/d(first input) of @p n examples when @p want.
+    fn input_grad_buffer(&self, n: usize, want: bool) -> Result<Option<Vec<f32>>> {
+        Ok(if want {
+            Some(vec![0.0f32; n * self.shape_nd_at(-1)?.iter().product::<usize>()])
+        } else {
+            None
+        })
+    }
     /// Gradients without an update on a model of several inputs; returns the loss, and
     /// dL/d(first input) when @p input_grad (the first input must be float32).
     pub fn compute_gradients_inputs(&mut self, inputs: &[Input], labels: &[i32],
@@ -1753,16 +1765,44 @@ impl Model {
         let n = labels.len();
         let ptrs = self.feed(inputs, n)?;
         let mut loss = 0.0f32;
-        let mut dx = if input_grad {
-            Some(vec![0.0f32; n * self.shape_nd_at(-1)?.iter().product::<usize>()])
-        } else {
-            None
-        };
+        let mut dx = self.input_grad_buffer(n, input_grad)?;
         let (p, len) = dx.as_mut().map_or((ptr::null_mut(), 0), |d| (d.as_mut_ptr(), d.len()));
         check(unsafe {
             sys::tlearn_model_compute_gradients_inputs(self.raw(), ptrs.as_ptr(),
                                                        ptrs.len() as c_int, labels.as_ptr(), n,
                                                        &mut loss, p, len)
+        })?;
+        Ok((loss, dx))
+    }
+    /// Temperature of the contrastive losses (default 0.05); not saved in checkpoints.
+    pub fn set_contrastive_temperature(&mut self, temperature: f32) -> Result<&mut Self> {
+        check(unsafe { sys::tlearn_model_set_contrastive_temperature(self.raw(), temperature) })?;
+        Ok(self)
+    }
+    /// One step of the contrastive loss ([`Loss::Contrastive`] or
+    /// [`Loss::ContrastiveSymmetric`]) on @p n = 2P rows per input: rows 0..P the anchors,
+    /// P..2P their positives in the same order. Returns the loss.
+    pub fn train_step_pairs(&mut self, opt: &mut Optimizer, inputs: &[Input], n: usize)
+                            -> Result<f32> {
+        let ptrs = self.feed(inputs, n)?;
+        let mut loss = 0.0f32;
+        check(unsafe {
+            sys::tlearn_model_train_step_pairs(self.raw(), opt.as_ptr(), ptrs.as_ptr(),
+                                               ptrs.len() as c_int, n, &mut loss)
+        })?;
+        Ok(loss)
+    }
+    /// The gradients of [`Model::train_step_pairs`]'s loss without an update; the loss, and
+    /// dL/d(first input) when @p input_grad (the first input must be float32).
+    pub fn compute_gradients_pairs(&mut self, inputs: &[Input], n: usize, input_grad: bool)
+                                   -> Result<(f32, Option<Vec<f32>>)> {
+        let ptrs = self.feed(inputs, n)?;
+        let mut loss = 0.0f32;
+        let mut dx = self.input_grad_buffer(n, input_grad)?;
+        let (p, len) = dx.as_mut().map_or((ptr::null_mut(), 0), |d| (d.as_mut_ptr(), d.len()));
+        check(unsafe {
+            sys::tlearn_model_compute_gradients_pairs(self.raw(), ptrs.as_ptr(),
+                                                      ptrs.len() as c_int, n, &mut loss, p, len)
         })?;
         Ok((loss, dx))
     }

@@ -534,6 +534,29 @@ fn prototype_head_similarity_and_transferability() {
 }
 
 #[test]
+fn contrastive_pairs() {
+    use tlearn::Input;
+    let mut m = Model::with_input("x", &[6], false).unwrap();
+    m.add_linear("proj", 4, true).unwrap();
+    let x: Vec<f32> = (0..48).map(|i| (i as f32 * 0.71).sin()).collect(); // 4 pairs
+    let mut o = Optimizer::new(OptimKind::Sgd).unwrap();
+    o.set_lr(0.5).unwrap();
+    assert_eq!(m.train_step_pairs(&mut o, &[Input::F32(&x)], 8).err().unwrap().code(),
+               status::ESTATE); // the loss is still cross-entropy
+    m.set_loss(Loss::Contrastive).unwrap().set_contrastive_temperature(0.1).unwrap();
+    let (first, dx) = m.compute_gradients_pairs(&[Input::F32(&x)], 8, true).unwrap();
+    assert_eq!(dx.unwrap().len(), 48);
+    let mut last = first;
+    for _ in 0..30 {
+        last = m.train_step_pairs(&mut o, &[Input::F32(&x)], 8).unwrap();
+    }
+    assert!(last < first);
+    assert_eq!(m.train_step_pairs(&mut o, &[Input::F32(&x[..42])], 7).err().unwrap().code(),
+               status::EINVAL); // odd
+    assert_eq!(m.set_contrastive_temperature(-1.0).err().unwrap().code(), status::EINVAL);
+}
+
+#[test]
 fn domain_adaptation() {
     use tlearn::{Discrepancy, Input, Target};
     let mut m = Model::with_input("x", &[4], false).unwrap();
