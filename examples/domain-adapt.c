@@ -347,6 +347,81 @@ static void tent(tlearn_model *m, const options *o, const domain_set *tgt, uint6
     free(bx8);
 }
 
+/* Trains and evaluates each chosen method in turn; prints a result line per method and a
+ * table. AdaBN and TENT start from the source-only model, saved to a temporary file. */
+static int compare_methods(const options *o, const domain_set *src, const domain_set *tgt,
+                           const domain_set *src_test, const domain_set *tgt_test,
+                           double start)
+{
+    print_blas_info();
+    printf("%d steps of %d source%s images, %d thread(s), seed %llu\n", o->steps, o->batch,
+           " (+ as many target, for coral/mmd/dann)", o->threads,
+           (unsigned long long)o->seed);
+    float *buf = malloc(sizeof(float) * 500 * IMG);
+    if (!buf)
+        return 1;
+    float acc[NMETHODS][2];
+    double secs[NMETHODS];
+    int done[NMETHODS] = {0};
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/tlearn-domain-%ld.tlm", (long)getpid());
+    int have_source = 0;
+    for (int method = 0; method < NMETHODS; method++) {
+        int from_source = method == ADABN || method == TENT;
+        if (!o->run[method] && !(method == SOURCE_ONLY && (o->run[ADABN] || o->run[TENT])))
+            continue;
+        printf("\n%s\n", method_names[method]);
+        double t0 = progress_now();
+        uint64_t brng = o->seed * 1000003ull + (uint64_t)method;
+        tlearn_model *m;
+        if (from_source) {
+            if (!have_source)
+                continue;
+            CHECK(tlearn_model_load(&m, NULL, path));
+            CHECK(tlearn_model_set_threads(m, o->threads));
+            if (method == ADABN) {
+                size_t n = o->adabn_images < tgt->n ? o->adabn_images : tgt->n;
+                float *x = malloc(sizeof(float) * n * IMG);
+                if (!x)
+                    return 1;
+                to_float(tgt->x, n, x);
+                CHECK(tlearn_model_adapt_bn(m, (const void *[]){x}, 1, n, 250));
+                printf("  BatchNorm statistics re-estimated on %zu target images\n", n);
+                free(x);
+            } else {
+                tent(m, o, tgt, &brng);
+            }
+        } else {
+            m = build(method == DANN, o);
+            train_method(m, method, o, src, tgt, &brng);
+        }
+        acc[method][0] = accuracy(m, src_test, buf);
+        acc[method][1] = accuracy(m, tgt_test, buf);
+        secs[method] = progress_now() - t0;
+        if (method == SOURCE_ONLY) {
+            CHECK(tlearn_model_save(m, NULL, path, TLEARN_SAVE_INFERENCE));
+            have_source = 1;
+        }
+        if (o->run[method]) {
+            done[method] = 1;
+            printf("result protocol=domain method=%s source_acc=%.4f target_acc=%.4f "
+                   "seconds=%.1f\n", method_names[method], (double)acc[method][0],
+                   (double)acc[method][1], secs[method]);
+        }
+        tlearn_model_destroy(&m);
+    }
+    if (have_source)
+        remove(path);
+    printf("\n%-12s %10s %10s %9s\n", "method", "source", "target", "seconds");
+    for (int k = 0; k < NMETHODS; k++)
+        if (done[k])
+            printf("%-12s %10.4f %10.4f %9.1f\n", method_names[k], (double)acc[k][0],
+                   (double)acc[k][1], secs[k]);
+    printf("done in %.1f s\n", progress_now() - start);
+    free(buf);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     options opt = parse(argc, argv);
@@ -389,81 +464,16 @@ int main(int argc, char **argv)
     printf("source: %zu labelled Fashion-MNIST images; target (Fashion-MNIST-M): %zu "
            "unlabelled training images; %zu test images each (%.1f s)\n", src.n, tgt.n,
            test.n, progress_now() - start);
+    int rc = 0;
     if (opt.export_dir) {
-        int rc = write_file(opt.export_dir, "target-train.u8", tgt.x, tgt.n * IMG) ||
+        rc = write_file(opt.export_dir, "target-train.u8", tgt.x, tgt.n * IMG) ||
                  write_file(opt.export_dir, "target-test.u8", tgt_test.x, tgt_test.n * IMG) ||
                  write_file(opt.export_dir, "target-test-labels.i32", tgt_test.y,
                             tgt_test.n * sizeof(int32_t));
         printf("exported to %s: target-train.u8 (%zu x 3 x 28 x 28), target-test.u8, "
                "target-test-labels.i32 (%zu)\n", opt.export_dir, tgt.n, tgt_test.n);
-        return rc ? 1 : 0;
     }
-    print_blas_info();
-    printf("%d steps of %d source%s images, %d thread(s), seed %llu\n", opt.steps, opt.batch,
-           " (+ as many target, for coral/mmd/dann)", opt.threads,
-           (unsigned long long)opt.seed);
-    float *buf = malloc(sizeof(float) * 500 * IMG);
-    if (!buf)
-        return 1;
-    float acc[NMETHODS][2];
-    double secs[NMETHODS];
-    int done[NMETHODS] = {0};
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/tlearn-domain-%ld.tlm", (long)getpid());
-    int have_source = 0;
-    for (int method = 0; method < NMETHODS; method++) {
-        int from_source = method == ADABN || method == TENT;
-        if (!opt.run[method] && !(method == SOURCE_ONLY && (opt.run[ADABN] || opt.run[TENT])))
-            continue;
-        printf("\n%s\n", method_names[method]);
-        double t0 = progress_now();
-        uint64_t brng = opt.seed * 1000003ull + (uint64_t)method;
-        tlearn_model *m;
-        if (from_source) {
-            if (!have_source)
-                continue;
-            CHECK(tlearn_model_load(&m, NULL, path));
-            CHECK(tlearn_model_set_threads(m, opt.threads));
-            if (method == ADABN) {
-                size_t n = opt.adabn_images < tgt.n ? opt.adabn_images : tgt.n;
-                float *x = malloc(sizeof(float) * n * IMG);
-                if (!x)
-                    return 1;
-                to_float(tgt.x, n, x);
-                CHECK(tlearn_model_adapt_bn(m, (const void *[]){x}, 1, n, 250));
-                printf("  BatchNorm statistics re-estimated on %zu target images\n", n);
-                free(x);
-            } else {
-                tent(m, &opt, &tgt, &brng);
-            }
-        } else {
-            m = build(method == DANN, &opt);
-            train_method(m, method, &opt, &src, &tgt, &brng);
-        }
-        acc[method][0] = accuracy(m, &src_test, buf);
-        acc[method][1] = accuracy(m, &tgt_test, buf);
-        secs[method] = progress_now() - t0;
-        if (method == SOURCE_ONLY) {
-            CHECK(tlearn_model_save(m, NULL, path, TLEARN_SAVE_INFERENCE));
-            have_source = 1;
-        }
-        if (opt.run[method]) {
-            done[method] = 1;
-            printf("result protocol=domain method=%s source_acc=%.4f target_acc=%.4f "
-                   "seconds=%.1f\n", method_names[method], (double)acc[method][0],
-                   (double)acc[method][1], secs[method]);
-        }
-        tlearn_model_destroy(&m);
-    }
-    if (have_source)
-        remove(path);
-    printf("\n%-12s %10s %10s %9s\n", "method", "source", "target", "seconds");
-    for (int k = 0; k < NMETHODS; k++)
-        if (done[k])
-            printf("%-12s %10.4f %10.4f %9.1f\n", method_names[k], (double)acc[k][0],
-                   (double)acc[k][1], secs[k]);
-    printf("done in %.1f s\n", progress_now() - start);
-    free(buf);
+    int status = rc ? 1 : opt.export_dir ? 0 : compare_methods(&opt, &src, &tgt, &src_test, &tgt_test, start);
     set_free(&src);
     set_free(&tgt);
     set_free(&src_test);
@@ -472,5 +482,5 @@ int main(int argc, char **argv)
         free(photos[i].pixels);
     fmnist_free(&train);
     fmnist_free(&test);
-    return 0;
+    return status;
 }

@@ -428,11 +428,8 @@ static void test_domain_checkpoint_resume(void **state)
     assert_same_tensors(a, b);
     /* without the DOMAIN section (losses, terms, bandwidths lost) it would not be: the
      * same resume from a file whose settings are dropped by hand differs */
-    tlearn_model *c = da_model(&ob);
     tlearn_optim_destroy(&ob);
-    OK(tlearn_optim_create(&ob, TLEARN_SGD));
-    OK(tlearn_optim_set(ob, TLEARN_OPT_LR, 0.1));
-    OK(tlearn_optim_set(ob, TLEARN_OPT_MOMENTUM, 0.9));
+    tlearn_model *c = da_model(&ob);
     da_steps(c, ob, 0, 3);
     reload(&c, &ob, 0);
     OK(tlearn_model_set_mmd_bandwidths(c, NULL, 0)); /* the default again */

@@ -1,5 +1,6 @@
 /* The general graph core: inputs of any rank and type, several model inputs, layers with
  * many inputs, linear over the last axis, and checkpoints that keep all of it. */
+#include <math.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -500,7 +501,13 @@ static void test_many_layers_linear(void **state)
     assert_true(fd >= 0);
     close(fd);
     chain_seconds(2000, path); /* warm up */
-    double small = chain_seconds(10000, path), big = chain_seconds(40000, path);
+    /* the fastest of three runs: another test running beside this one (the sanitizer build
+     * runs two at once) only ever adds time */
+    double small = 1e9, big = 1e9;
+    for (int r = 0; r < 3; r++) {
+        small = fmin(small, chain_seconds(10000, path));
+        big = fmin(big, chain_seconds(40000, path));
+    }
     unlink(path);
     print_message("10000 layers: %.3f s, 40000 layers: %.3f s (ratio %.1f)\n", small, big,
                   big / small);
