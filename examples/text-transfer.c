@@ -23,9 +23,10 @@
  *    on the pretraining descriptions: 15% of the tokens are predicted, of which 80% are
  *    replaced by [MASK], 10% by a random token and 10% kept (BERT).
  * 4. Contrastive phase (tlearn_model_train_step_pairs): the pretrained encoder with mean
- *    pooling learns sentence embeddings without labels (each description twice: two
- *    random crops of half its tokens as Contriever, different dropout and 10% masked
- *    tokens per view; symmetric in-batch loss at temperature 0.05), see contrastive().
+ *    pooling learns sentence embeddings without labels from each pretraining package's two
+ *    views of itself, its synopsis (the description's first line) and its long text, as
+ *    title/body pairs train sentence embedders (dropout and 10% masked tokens per view;
+ *    symmetric in-batch loss at temperature 0.05), see contrastive().
  * 5. Predict the Section (the 10 largest) of held-out packages from K labelled descriptions
  *    per section, averaged over --draws disjoint draws of the K (for K <= 32; draw d takes
  *    the d-th K of each section in name-hash order; one draw for larger K):
@@ -47,7 +48,11 @@
  *
  * Usage: text-transfer [--quick] [--corpus FILE] [--k 16,128] [--threads 2]
  *                      [--pretrain-steps N] [--contrastive-steps N] [--draws N]
- *                      [--test-per-class N] [--save PATH]
+ *                      [--test-per-class N] [--contrastive-lr X] [--save PATH]
+ *                      [--pretrained PATH]
+ *   --save PATH        writes the masked-token model after pretraining;
+ *   --pretrained PATH  loads such a model instead of pretraining (same corpus and options,
+ *                      hence the same vocabulary; a model that does not fit is refused).
  *   --quick  a reduced run for tests: 3,000 pretraining descriptions, 60 steps, 10
  *            contrastive steps, a 2,048-piece vocabulary, K = 16, one draw, a quarter of
  *            the epochs, 40 test descriptions per section.
@@ -83,7 +88,8 @@ typedef struct options {
     int quick, threads, nk, k[MAX_K], pretrain_steps, seq, vocab, dim, layers, heads, ff;
     int test_per_class, contrastive_steps, draws, min_steps;
     size_t pretrain_limit;
-    const char *corpus, *save;
+    double contrastive_lr;
+    const char *corpus, *save, *pretrained;
 } options;
 
 static void usage(int status)
@@ -91,7 +97,8 @@ static void usage(int status)
     fprintf(stderr,
             "usage: text-transfer [--quick] [--corpus FILE] [--k 16,128] [--threads N]\n"
             "                     [--pretrain-steps N] [--contrastive-steps N] [--draws N]\n"
-            "                     [--test-per-class N] [--save PATH]\n"
+            "                     [--test-per-class N] [--contrastive-lr X] [--save PATH]\n"
+            "                     [--pretrained PATH]\n"
             "Without --corpus the program runs:\n  %s\n"
             "(long descriptions need: apt-get update -o Acquire::Languages=en)\n",
             APT_CORPUS_CMD);
@@ -116,7 +123,8 @@ static options parse(int argc, char **argv)
     o.k[0] = 16;
     o.k[1] = 128;
     o.pretrain_steps = 1000;
-    o.contrastive_steps = 200;
+    o.contrastive_steps = 1000;
+    o.contrastive_lr = 5e-4;
     o.draws = 3;
     o.min_steps = 160;
     o.seq = 64;
@@ -145,6 +153,13 @@ static options parse(int argc, char **argv)
             o.corpus = argv[++i];
         } else if (!strcmp(a, "--save")) {
             o.save = argv[++i];
+        } else if (!strcmp(a, "--pretrained")) {
+            o.pretrained = argv[++i];
+        } else if (!strcmp(a, "--contrastive-lr")) {
+            char *end;
+            o.contrastive_lr = strtod(argv[++i], &end);
+            if (*end || !(o.contrastive_lr > 0 && o.contrastive_lr < 1))
+                usage(2);
         } else if (!strcmp(a, "--k")) {
             o.nk = 0;
             for (char *s = argv[++i]; *s && o.nk < MAX_K;) {
@@ -284,6 +299,7 @@ typedef struct package {
     char *name, *section, *text, *md5; /* md5: until the join */
     uint64_t hash;
     int label; /* index among the SECTIONS largest, or -1 */
+    size_t synopsis; /* bytes of text that are the first line, when a long text follows */
 } package;
 
 typedef struct corpus {
@@ -366,7 +382,7 @@ static void read_records(FILE *f, corpus *c, smap *longs, char ***texts, size_t 
                     c->p = xrealloc(c->p, c->cap * sizeof *c->p);
                 }
                 package *p = &c->p[c->n++];
-                *p = (package){r.pkg, r.section, r.text, r.md5, 0, -1};
+                *p = (package){r.pkg, r.section, r.text, r.md5, 0, -1, 0};
                 r.pkg = r.section = r.text = r.md5 = NULL;
                 c->records++;
             }
@@ -470,6 +486,8 @@ static int load_corpus(const options *o, corpus *c)
             continue;
         }
         if (lt && strlen(texts[*lt]) > strlen(p->text)) {
+            size_t syn = strlen(p->text);
+            p->synopsis = !strncmp(texts[*lt], p->text, syn) && texts[*lt][syn] == ' ' ? syn : 0;
             free(p->text);
             p->text = xstrndup(texts[*lt], strlen(texts[*lt]));
             p->label = -2; /* marks a long description until the sections are known */
@@ -966,52 +984,45 @@ static void pretrain(const options *o, tlearn_model *m, const dataset *d)
     free(ids), free(mask), free(labels), free(order);
 }
 
-/* Contrastive phase (unsupervised, as SimCSE and Contriever): each batch holds B
- * descriptions twice, rows i and B + i, every view an independent random crop of half the
- * description's tokens (Contriever's cropping: the two views share a topic, not their
- * words) with its own dropout and 10% of its tokens replaced by [MASK]; the symmetric
- * in-batch loss pulls the two mean-pooled views of a description together and pushes the
- * other descriptions away. (Whole descriptions with masking alone made the task too easy:
- * the loss fell to 0.2 in 40 steps.) The aim: train the mean-pooled embedding that the
- * frozen probe reads. Measured (examples/text-transfer.md), neither form helped the probe:
- * crops of one description do not carry its section. */
-static void contrastive(const options *o, tlearn_model *m, const dataset *d)
+/* Contrastive phase (unsupervised: no section is read): each batch holds B packages twice,
+ * row i the first line of the description (the synopsis) and row B + i the long text after
+ * it, each with its own dropout and 10% of its tokens replaced by [MASK]; the symmetric
+ * in-batch loss pulls a package's two mean-pooled views together and pushes the other
+ * packages' away, as title/body pairs train sentence embedders. It trains the mean-pooled
+ * embedding the frozen probe reads. Measured (examples/text-transfer.md): two random crops
+ * of one description as the views did not help the probe; these pairs do. */
+static void contrastive(const options *o, tlearn_model *m, const dataset *syn,
+                        const dataset *body)
 {
     const size_t B = 32, T = (size_t)o->seq;
     int32_t *ids = xmalloc(2 * B * T * sizeof *ids), *mask = xmalloc(2 * B * T * sizeof *mask);
     uint64_t shuf = 5, rng = 6;
-    size_t *order = shuffled(d->n, &shuf);
-    tlearn_optim *opt = adamw(2e-4, 0.01);
+    size_t *order = shuffled(syn->n, &shuf);
+    tlearn_optim *opt = adamw(o->contrastive_lr, 0.01);
     CHECK(tlearn_model_set_loss(m, TLEARN_LOSS_CONTRASTIVE_SYMMETRIC));
     CHECK(tlearn_model_set_contrastive_temperature(m, 0.05f));
     CHECK(tlearn_model_set_training(m, 1));
-    size_t at = 0, b = d->n < B ? d->n : B;
+    size_t at = 0, b = syn->n < B ? syn->n : B;
     double t0 = progress_now();
     float avg = 0;
     for (int step = 0; step < o->contrastive_steps; step++) {
-        if (at + b > d->n) {
-            shuffle(order, d->n, &shuf);
+        if (at + b > syn->n) {
+            shuffle(order, syn->n, &shuf);
             at = 0;
         }
         for (size_t v = 0; v < 2; v++)
             for (size_t i = 0; i < b; i++) {
-                size_t r = order[at + i], row = v * b + i, len = 0;
-                while (len < T && d->mask[r * T + len])
-                    len++;
-                /* an independent random crop of half the tokens (at least 8) per view */
-                size_t span = len / 2 > 8 ? len / 2 : (len < 8 ? len : 8);
-                size_t start = len > span ? (size_t)(rng_next(&rng) % (len - span + 1)) : 0;
-                memset(ids + row * T, 0, T * sizeof *ids); /* TOK_PAD */
-                memset(mask + row * T, 0, T * sizeof *mask);
-                memcpy(ids + row * T, d->ids + r * T + start, span * sizeof *ids);
-                for (size_t t = 0; t < span; t++) {
-                    mask[row * T + t] = 1;
-                    if (rng_next(&rng) % 10 == 0)
+                const dataset *d = v ? body : syn;
+                size_t r = order[at + i], row = v * b + i;
+                memcpy(ids + row * T, d->ids + r * T, T * sizeof *ids);
+                memcpy(mask + row * T, d->mask + r * T, T * sizeof *mask);
+                for (size_t t = 0; t < T; t++)
+                    if (mask[row * T + t] && rng_next(&rng) % 10 == 0)
                         ids[row * T + t] = TOK_MASK;
-                }
             }
         at += b;
-        CHECK(tlearn_optim_set(opt, TLEARN_OPT_LR, schedule(2e-4, step, o->contrastive_steps)));
+        CHECK(tlearn_optim_set(opt, TLEARN_OPT_LR,
+                               schedule(o->contrastive_lr, step, o->contrastive_steps)));
         const void *in[2] = {ids, mask};
         float loss;
         CHECK(tlearn_model_train_step_pairs(m, opt, in, 2, 2 * b, &loss));
@@ -1188,12 +1199,16 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < c.n; i++)
         by_hash[i] = &c.p[i];
     qsort(by_hash, c.n, sizeof *by_hash, cmp_by_hash);
-    size_t npre = 0;
+    size_t npre = 0, npairs = 0;
     char **pre_texts = xmalloc(c.n * sizeof *pre_texts);
+    package **pairs = xmalloc(c.n * sizeof *pairs); /* pretraining packages with a long text */
     for (size_t i = 0; i < c.n; i++) {
         package *p = by_hash[i];
-        if ((p->hash >> 7) % 10 < 6 && (!opt.pretrain_limit || npre < opt.pretrain_limit))
+        if ((p->hash >> 7) % 10 < 6 && (!opt.pretrain_limit || npre < opt.pretrain_limit)) {
             pre_texts[npre++] = p->text;
+            if (p->synopsis)
+                pairs[npairs++] = p;
+        }
     }
     int K_max = 0;
     for (int i = 0; i < opt.nk; i++)
@@ -1221,6 +1236,18 @@ int main(int argc, char **argv)
         }
     }
     pre.n = npre;
+    /* the contrastive phase's pairs: synopsis, and the long text after it */
+    dataset syn, body;
+    dataset_alloc(&syn, npairs, T);
+    dataset_alloc(&body, npairs, T);
+    for (size_t i = 0; i < npairs; i++) {
+        char *first = xstrndup(pairs[i]->text, pairs[i]->synopsis);
+        encode(&voc, first, T, syn.ids + i * (size_t)T, syn.mask + i * (size_t)T);
+        encode(&voc, pairs[i]->text + pairs[i]->synopsis + 1, T, body.ids + i * (size_t)T,
+               body.mask + i * (size_t)T);
+        free(first);
+    }
+    syn.n = body.n = npairs;
     int have_pool[SECTIONS] = {0}, have_test[SECTIONS] = {0};
     for (size_t i = 0; i < c.n; i++) {
         package *p = by_hash[i];
@@ -1260,13 +1287,21 @@ int main(int argc, char **argv)
     size_t nprobe = test.n < 256 ? test.n : 256;
     float before = masked_accuracy(&opt, mlm, &test, nprobe);
     t0 = progress_now();
-    pretrain(&opt, mlm, &pre);
+    if (opt.pretrained) {
+        tlearn_model *loaded;
+        CHECK(tlearn_model_load(&loaded, NULL, opt.pretrained));
+        copy_encoder(mlm, loaded); /* every tensor by name, sizes checked */
+        tlearn_model_destroy(&loaded);
+        printf("loaded the pretrained model %s\n", opt.pretrained);
+    } else {
+        pretrain(&opt, mlm, &pre);
+    }
     double t_pre = progress_now() - t0;
     float after = masked_accuracy(&opt, mlm, &test, nprobe);
     printf("pretrained in %.1f s: masked-token accuracy on %zu held-out descriptions %.4f "
            "(%.4f before)\n", t_pre, nprobe, (double)after, (double)before);
     printf("result protocol=text-pretrain steps=%d masked_accuracy=%.4f seconds=%.1f\n",
-           opt.pretrain_steps, (double)after, t_pre);
+           opt.pretrained ? 0 : opt.pretrain_steps, (double)after, t_pre);
     if (opt.save) {
         if (tlearn_model_save(mlm, NULL, opt.save, TLEARN_SAVE_INFERENCE) == TLEARN_OK)
             printf("saved the pretrained model to %s\n", opt.save);
@@ -1277,11 +1312,12 @@ int main(int argc, char **argv)
     /* ---- 2. contrastive phase on the pretrained encoder ---- */
     tlearn_model *emb = build_model(&opt, EMBEDDER, 0, 3);
     copy_encoder(emb, mlm);
-    if (opt.contrastive_steps > 0) {
-        printf("contrastive phase: %d steps of 32 description pairs (two noisy views each), "
-               "symmetric in-batch loss, temperature 0.05\n", opt.contrastive_steps);
+    if (opt.contrastive_steps > 0 && npairs >= 2) {
+        printf("contrastive phase: %d steps of 32 (synopsis, long text) pairs of %zu "
+               "pretraining packages, symmetric in-batch loss, temperature 0.05\n",
+               opt.contrastive_steps, npairs);
         t0 = progress_now();
-        contrastive(&opt, emb, &pre);
+        contrastive(&opt, emb, &syn, &body);
         printf("contrastive phase in %.1f s\n", progress_now() - t0);
     }
 
@@ -1433,6 +1469,8 @@ int main(int argc, char **argv)
     tlearn_model_destroy(&emb);
     tlearn_model_destroy(&mlm);
     dataset_free(&pre), dataset_free(&pool), dataset_free(&test);
+    dataset_free(&syn), dataset_free(&body);
+    free(pairs);
     smap_free(&voc.ids);
     smap_free(&sec);
     free(sc), free(by_hash), free(pre_texts);
