@@ -13,10 +13,12 @@
  * A query that sees no key at all gets zero attention weights (its ctx is 0; PyTorch gives
  * NaN there). Attention weights are not dropped out (torch's MHA dropout is not modelled).
  *
- * Forward keeps Q, K, V and ctx (4 x T x D per example) for backward; backward recomputes
- * each head's P from Q and K, so no more than one head's T x T block exists at a time (plus
- * its gradient). In backward the gradient of Q, K, V replaces them head by head in scratch:
- * a head's Q/K/V columns are read only by that head.
+ * Forward keeps Q, K and V (3 x T x D per example) for backward; backward recomputes each
+ * head's P from Q and K, so no more than one head's T x T block exists at a time (plus its
+ * gradient), and with it that head's ctx = P V (for out_proj's weight gradient: one GEMM
+ * of T x T x hd instead of keeping T x D floats per example and layer). In backward the
+ * gradient of Q, K, V replaces them head by head in scratch: a head's Q/K/V columns are
+ * read only by that head.
  *
  * Split form (argument split = 1, made by LoRA on a projection, lib/adapters/): the layer
  * is the core alone, inputs Q, K, V (each (T, D), from separate linear layers) [, mask],
@@ -135,15 +137,16 @@ static size_t attention_saved(const tl_layer *L, size_t n, int backward)
 {
     if (((const attention_cfg *)L->cfg)->split)
         return 0;
-    return backward ? n * tl_shape_size(L->in[0]) * 4 : 0; /* Q, K, V, ctx */
+    return backward ? n * tl_shape_size(L->in[0]) * 3 : 0; /* Q, K, V */
 }
 
 static size_t attention_scratch(const tl_layer *L, size_t n)
 {
     size_t t = (size_t)L->in[0].d[0], d = (size_t)L->in[0].d[1];
     size_t hd = d / (size_t)((const attention_cfg *)L->cfg)->heads;
-    /* Q, K, V and ctx (their gradients in backward), P and dP, one head's dQ, dK, dV */
-    size_t fused = ((const attention_cfg *)L->cfg)->split ? 0 : n * t * 4 * d;
+    /* Q, K, V (their gradients in backward), ctx and its gradient, P and dP, one head's
+     * dQ, dK, dV */
+    size_t fused = ((const attention_cfg *)L->cfg)->split ? 0 : n * t * 5 * d;
     return fused + 2 * t * t + 3 * t * hd;
 }
 
@@ -294,8 +297,8 @@ static void attention_forward(tl_layer *L, const tl_exec *ex, const float *const
         return;
     }
     size_t rows = n * (size_t)L->in[0].d[0], d = (size_t)L->in[0].d[1];
-    float *qkv = saved ? saved : ex->scratch, *ctx = qkv + rows * 3 * d;
-    float *p = saved ? ex->scratch : ctx + rows * d;
+    float *qkv = saved ? saved : ex->scratch;
+    float *ctx = saved ? ex->scratch : qkv + rows * 3 * d, *p = ctx + rows * d;
     attend(L, ex, in[0], L->ninputs > 1 ? in[1] : NULL, n, qkv, ctx, p);
     rows_bias(out, L->param[B_OUT].t.data, rows, d);
     tl_sgemm(ex->blas, 0, 1, (int)rows, (int)d, (int)d, 1.0f, ctx, (int)d,
@@ -320,20 +323,15 @@ static void attention_backward(tl_layer *L, const tl_exec *ex, const float *cons
     int t = L->in[0].d[0], d = L->in[0].d[1], hd = d / cfg->heads, ld = 3 * d;
     size_t rows = n * (size_t)t, tt = (size_t)t * t;
     const float *mask = L->ninputs > 1 ? in[1] : NULL;
-    float *qkv = ex->scratch, *ctx = qkv + rows * 3 * d, *p = ctx + rows * d, *dp = p + tt;
+    float *qkv = ex->scratch, *ctx = qkv + rows * 3 * d, *dctx = ctx + rows * d;
+    float *p = dctx + rows * d, *dp = p + tt;
     float *tq = dp + tt, *tk = tq + (size_t)t * hd, *tv = tk + (size_t)t * hd;
-    if (saved) {
+    if (saved) /* copied: backward turns them into their gradients */
         memcpy(qkv, saved, sizeof(float) * rows * 3 * d);
-        memcpy(ctx, saved + rows * 3 * d, sizeof(float) * rows * d);
-    } else { /* the forward ran in evaluation mode, which keeps nothing: recompute */
+    else /* the forward ran in evaluation mode, which keeps nothing: recompute */
         attend(L, ex, in[0], mask, n, qkv, ctx, p);
-    }
     /* pgrad[i] NULL: that tensor is frozen (BitFit) */
-    if (pgrad && pgrad[W_OUT])
-        tl_sgemm(ex->blas, 1, 0, d, d, (int)rows, 1.0f, dout, d, ctx, d, 0.0f, pgrad[W_OUT], d);
-    if (pgrad && pgrad[B_OUT])
-        col_sums(pgrad[B_OUT], dout, rows, (size_t)d);
-    float *dctx = ctx; /* ctx is no longer needed */
+    int wout = pgrad && pgrad[W_OUT];
     tl_sgemm(ex->blas, 0, 0, (int)rows, d, d, 1.0f, dout, d, L->param[W_OUT].t.data, d, 0.0f,
              dctx, d);
     float scale = 1.0f / sqrtf((float)hd);
@@ -344,6 +342,9 @@ static void attention_backward(tl_layer *L, const tl_exec *ex, const float *cons
             float *q = qe + h * hd, *k = q + d, *v = q + 2 * d;
             const float *dc = dce + h * hd;
             head_probs(L, ex, q, k, ld, mask ? mask + e * (size_t)t : NULL, p);
+            if (wout) /* this head's ctx, while V is still V */
+                tl_sgemm(ex->blas, 0, 0, t, hd, t, 1.0f, p, t, v, ld, 0.0f,
+                         ctx + e * (size_t)t * d + h * hd, d);
             tl_sgemm(ex->blas, 1, 0, t, hd, t, 1.0f, p, t, dc, d, 0.0f, tv, hd);  /* dV */
             tl_sgemm(ex->blas, 0, 1, t, t, hd, 1.0f, dc, d, v, ld, 0.0f, dp, t);  /* dP */
             softmax_backward(p, dp, t);
@@ -356,6 +357,10 @@ static void attention_backward(tl_layer *L, const tl_exec *ex, const float *cons
             }
         }
     }
+    if (wout)
+        tl_sgemm(ex->blas, 1, 0, d, d, (int)rows, 1.0f, dout, d, ctx, d, 0.0f, pgrad[W_OUT], d);
+    if (pgrad && pgrad[B_OUT])
+        col_sums(pgrad[B_OUT], dout, rows, (size_t)d);
     const float *dqkv = qkv;
     if (pgrad && pgrad[W_IN])
         tl_sgemm(ex->blas, 1, 0, ld, d, (int)rows, 1.0f, dqkv, ld, in[0], d, 0.0f, pgrad[W_IN],
