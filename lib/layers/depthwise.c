@@ -5,14 +5,7 @@
 #include "layer.h"
 
 /* The per-plane loops are compute-bound in L1 (a plane row is reused by every tap), so they
- * are compiled for AVX-512 and AVX2 too and the CPU's best runs (GCC function clones; the
- * rest of the library is built for the baseline ISA). Clones may contract a*b+c into FMAs:
- * results can differ in the last bit between CPUs, never between runs on one. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DW_CLONES
-#endif
+ * are function clones (TL_CLONES, layer.h). */
 
 void tl_conv_valid_range(int count, int s, int pad, int off, int size, int *lo, int *hi)
 {
@@ -50,7 +43,7 @@ static void taps_of(const tl_dw *d, tap *t)
  * contiguous span from its first valid output to its last (vectors stay full on short rows);
  * the span's wrapped-around positions (columns a tap cannot reach, at the row ends) are
  * recomputed afterwards, tap by tap in the same order. */
-DW_CLONES
+TL_CLONES
 static void forward_plane(const tl_dw *d, const tap *taps, const float *xp, const float *wc,
                           float b, int relu, float *yp)
 {
@@ -112,7 +105,7 @@ static void forward_plane(const tl_dw *d, const tap *taps, const float *xp, cons
 
 /* dx plane (=, or += with accum) from a dy plane: each tap adds dy, scaled, back where it
  * read from. */
-DW_CLONES
+TL_CLONES
 static void input_grad_plane(const tl_dw *d, const tap *taps, const float *dp, const float *wc,
                              int accum, float *xp)
 {
@@ -140,7 +133,7 @@ static void input_grad_plane(const tl_dw *d, const tap *taps, const float *dp, c
 
 /* sum over the outputs of one plane of dy * the input a tap reads, per row in float, rows
  * added in double */
-DW_CLONES
+TL_CLONES
 static double weight_grad_plane(const tl_dw *d, const tap *t, const float *xp, const float *dp)
 {
     ptrdiff_t rs = (ptrdiff_t)d->sh * d->win, sw = d->sw;

@@ -114,6 +114,16 @@ static inline float tl_relu(float v)
     return v < 0.0f ? 0.0f : v;
 }
 
+/* Hot per-plane loops are compiled for AVX-512 and AVX2 too and the CPU's best runs (GCC
+ * function clones; the library is otherwise built for the baseline ISA, SSE2). Clones may
+ * contract a*b+c into FMAs: results can differ in the last bit between CPUs, never between
+ * runs on one. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define TL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TL_CLONES
+#endif
+
 /* Max-pooling's choice between an earlier and a later window element, as PyTorch: the
  * later one when it is larger or is the first NaN (x != x; the library is never built
  * with -ffinite-math-only). Three selects of one comparison each: loops over it vectorise. */

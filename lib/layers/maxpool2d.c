@@ -110,6 +110,7 @@ static int is_pool2(const maxpool_cfg *c)
            tl_pool_plain(c);
 }
 
+TL_CLONES
 static void pool2x2_planes(tl_shape is, tl_shape os, const float *in, float *out, int32_t *arg,
                            size_t q0, size_t q1)
 {
@@ -134,12 +135,59 @@ static void pool2x2_planes(tl_shape is, tl_shape os, const float *in, float *out
                 /* the winner is the first element with its bits: an earlier one with the
                  * same bits would have won the tournament */
                 uint32_t u = bits(v);
-                int32_t i = base + 2 * ow;
+                /* as selects, last candidate first: branches here mispredicted on random
+                 * data and made this loop a sixth of a LoRA CNN step */
+                int32_t off = is.w + 1;
+                off = bits(c) == u ? is.w : off;
+                off = bits(b) == u ? 1 : off;
+                off = bits(a) == u ? 0 : off;
                 y[ow] = v;
-                at[ow] = bits(a) == u ? i : bits(b) == u ? i + 1 : bits(c) == u ? i + is.w
-                                                                                 : i + is.w + 1;
+                at[ow] = base + 2 * ow + off;
             }
         }
+}
+
+/* Backward of the 2x2 pool over planes [q0, q1): 2x2 windows tile the input (up to a last
+ * odd row/column that no window reads), so every covered element is written once and no
+ * clearing pass is needed. */
+TL_CLONES
+static void pool2x2_backward_planes(tl_shape is, tl_shape os, const float *dout,
+                                    const int32_t *arg, float *dx, int accum, size_t q0,
+                                    size_t q1)
+{
+    size_t ip = (size_t)is.h * is.w, op = (size_t)os.h * os.w;
+    for (size_t q = q0; q < q1; q++) {
+        float *d = dx + q * ip;
+        const float *g = dout + q * op;
+        const int32_t *a = arg + q * op;
+        if (!accum && (is.h % 2 || is.w % 2))
+            memset(d, 0, sizeof(float) * ip);
+        for (int oh = 0; oh < os.h; oh++) {
+            /* the two input rows of this output row, written left to right */
+            float *restrict r0 = d + (size_t)(2 * oh) * is.w, *restrict r1 = r0 + is.w;
+            const float *restrict gr = g + (size_t)oh * os.w;
+            const int32_t *restrict ar = a + (size_t)oh * os.w;
+            int32_t base = 2 * oh * is.w;
+            /* by input column j (contiguous stores; window ow = j / 2), the winner's
+             * offset in its window being 0, 1, W or W+1 */
+            if (!accum)
+#pragma omp simd
+                for (int j = 0; j < 2 * os.w; j++) {
+                    int32_t at = ar[j >> 1] - base - (j & ~1), p = j & 1;
+                    float v = gr[j >> 1];
+                    r0[j] = at == p ? v : 0.0f;
+                    r1[j] = at == is.w + p ? v : 0.0f;
+                }
+            else
+#pragma omp simd
+                for (int j = 0; j < 2 * os.w; j++) {
+                    int32_t at = ar[j >> 1] - base - (j & ~1), p = j & 1;
+                    float v = gr[j >> 1];
+                    r0[j] += at == p ? v : 0.0f;
+                    r1[j] += at == is.w + p ? v : 0.0f;
+                }
+        }
+    }
 }
 
 static void general_planes(const maxpool_cfg *c, tl_shape is, tl_shape os, const float *in,
@@ -198,41 +246,16 @@ static void maxpool_backward(tl_layer *L, const tl_exec *ex, const float *const 
     const int32_t *arg = ex->training ? (const int32_t *)saved : NULL;
     size_t planes = n * (size_t)is.c, ip = (size_t)is.h * is.w, op = (size_t)os.h * os.w;
     if (arg && is_pool2(c)) {
-        /* 2x2 windows tile the input (up to a last odd row/column that no window reads):
-         * every covered element is written once, no clearing pass. */
         int nt = tl_par_threads(tl_blas_threads(ex->blas), planes * ip);
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-        for (size_t q = 0; q < planes; q++) {
-            float *d = dx + q * ip;
-            const float *g = dout + q * op;
-            const int32_t *a = arg + q * op;
-            if (!accum && (is.h % 2 || is.w % 2))
-                memset(d, 0, sizeof(float) * ip);
-            for (int oh = 0; oh < os.h; oh++) {
-                /* the two input rows of this output row, written left to right */
-                float *restrict r0 = d + (size_t)(2 * oh) * is.w, *restrict r1 = r0 + is.w;
-                const float *restrict gr = g + (size_t)oh * os.w;
-                const int32_t *restrict ar = a + (size_t)oh * os.w;
-                int32_t base = 2 * oh * is.w;
-                if (!accum)
-                    for (int ow = 0; ow < os.w; ow++) {
-                        int32_t at = ar[ow] - base - 2 * ow; /* 0, 1, W or W+1 */
-                        float v = gr[ow];
-                        r0[2 * ow] = at == 0 ? v : 0.0f;
-                        r0[2 * ow + 1] = at == 1 ? v : 0.0f;
-                        r1[2 * ow] = at == is.w ? v : 0.0f;
-                        r1[2 * ow + 1] = at == is.w + 1 ? v : 0.0f;
-                    }
-                else
-                    for (int ow = 0; ow < os.w; ow++) {
-                        int32_t at = ar[ow] - base - 2 * ow;
-                        float v = gr[ow];
-                        r0[2 * ow] += at == 0 ? v : 0.0f;
-                        r0[2 * ow + 1] += at == 1 ? v : 0.0f;
-                        r1[2 * ow] += at == is.w ? v : 0.0f;
-                        r1[2 * ow + 1] += at == is.w + 1 ? v : 0.0f;
-                    }
-            }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            size_t q0 = 0, q1 = planes;
+#ifdef _OPENMP
+            int t = omp_get_thread_num(), T = omp_get_num_threads();
+            q0 = planes * (size_t)t / (size_t)T;
+            q1 = planes * (size_t)(t + 1) / (size_t)T;
+#endif
+            pool2x2_backward_planes(is, os, dout, arg, dx, accum, q0, q1);
         }
         return;
     }
