@@ -8,7 +8,8 @@ those (their Depends/Pre-Depends, recursively; .ci/run installs without Recommen
 
 What the tests need:
   - Python modules imported by tests/, examples/python/ and bench/ (run by /usr/bin/python3;
-    the standard library and the project's own modules aside), located by importing them;
+    the standard library and the project's own modules aside), and by Python embedded in
+    tests/ shell scripts, located by importing them;
   - programs and files: every meson test's command (meson-info/intro-tests.json of BUILD_DIR), every
     find_program() and exe_wrapper of the meson.build files, the commands, CC= values and
     absolute /usr paths of the shell scripts under tests/ and .ci/run, and literal commands
@@ -143,6 +144,13 @@ def python_modules(src):
                     and node.args[0].elts and isinstance(node.args[0].elts[0], ast.Constant)
                     and isinstance(node.args[0].elts[0].value, str)):
                 progs.setdefault(node.args[0].elts[0].value, os.path.relpath(f, src))
+    # Python embedded in shell scripts (python3 - <<EOF ... EOF): its import lines
+    for f in glob.glob(os.path.join(src, "tests/**/*.sh"), recursive=True):
+        for m in re.finditer(r"^\s*(?:from\s+([A-Za-z_]\w*)[\w.]*\s+import\b|import\s+([A-Za-z_]\w*))",
+                             open(f).read(), re.M):
+            top = m.group(1) or m.group(2)
+            if top not in local:
+                mods.setdefault(top, os.path.relpath(f, src))
     return mods, progs
 
 
