@@ -204,6 +204,18 @@ static int depthwise(const conv_cfg *c, tl_dw *d)
     return 1;
 }
 
+/* A 1x1 convolution with stride 1, no padding and one group is a GEMM per image over the
+ * NCHW planes as they lie: Y_i (F x P) = W (F x C) * X_i (C x P), dX_i = W^T dY_i, with no
+ * column copy or col2im scatter. Planes narrower than this take the tiles instead, so that
+ * a GEMM has enough columns (squeeze-excitation convolutions have P = 1). */
+#define CONV_POINTWISE_MIN_P 64
+
+static int pointwise(const conv_cfg *c)
+{
+    return c->kh == 1 && c->kw == 1 && c->sh == 1 && c->sw == 1 && c->ph == 0 && c->pw == 0 &&
+           c->groups == 1 && c->hout * c->wout >= CONV_POINTWISE_MIN_P;
+}
+
 /* Chunked inference transforms the Winograd filters once for all its chunks. */
 static int conv_prepare(tl_layer *L, const tl_exec *ex)
 {
@@ -342,6 +354,17 @@ static void bias_relu(const float *restrict src, float bias, int relu, float *re
             dst[p] = src[p] + bias;
 }
 
+/* In place: y += bias, then ReLU when asked. */
+static void bias_relu_inplace(float *y, float bias, int relu, int P)
+{
+    if (relu)
+        for (int p = 0; p < P; p++)
+            y[p] = tl_relu(y[p] + bias);
+    else
+        for (int p = 0; p < P; p++)
+            y[p] += bias;
+}
+
 /* One filter plane of bias, ReLU and the 2x2/stride-2 max-pool, into hout/2 x wout/2:
  * the same operations in the same order as the three layers (NaN rows: see tl_pool4). */
 static void bias_relu_pool(const conv_cfg *c, const float *src, float bias, float *restrict dst)
@@ -386,6 +409,19 @@ static void conv_forward(tl_layer *L, const tl_exec *ex, const float *const *in,
     tl_dw dw;
     if (depthwise(c, &dw) && !(ex->epilogue & TL_EPILOGUE_POOL2)) {
         tl_dw_forward(&dw, in[0], w, b, ex->epilogue & TL_EPILOGUE_RELU, out, n, threads);
+        return;
+    }
+    if (pointwise(c) && !(ex->epilogue & TL_EPILOGUE_POOL2)) {
+        tl_sgemm_batch(ex->blas, (int)n, 0, 0, c->filters, P, c->cin, w, 0, in[0], in_img, 0.0f,
+                       out, out_img);
+        if (b || (ex->epilogue & TL_EPILOGUE_RELU)) {
+            size_t planes = n * (size_t)c->filters;
+            int par = tl_par_threads(threads, planes * (size_t)P);
+#pragma omp parallel for num_threads(par) if (par > 1) schedule(static)
+            for (size_t j = 0; j < planes; j++)
+                bias_relu_inplace(out + j * P, b ? b[j % c->filters] : 0.0f,
+                                  ex->epilogue & TL_EPILOGUE_RELU, P);
+        }
         return;
     }
     size_t pooled = (size_t)(c->hout / 2) * (size_t)(c->wout / 2);
@@ -462,6 +498,11 @@ static void conv_backward(tl_layer *L, const tl_exec *ex, const float *const *in
     tl_wino wd;
     if (dx_all && winograd_dx(c, n, accum, &wd)) {
         tl_wino_forward(&wd, ex, dout, w, NULL, NULL, dx_all, n);
+        dx_all = NULL;
+    }
+    if (dx_all && pointwise(c)) {
+        tl_sgemm_batch(ex->blas, (int)n, 1, 0, c->cin, P, c->filters, w, 0, dout, out_img,
+                       accum ? 1.0f : 0.0f, dx_all, in_img);
         dx_all = NULL;
     }
     if (dw_all && winograd(c, n, &wd)) {

@@ -121,18 +121,20 @@ static void test_conv_tiles(void **state)
     conv_case(tl_shape3(4, 6, 6), 3, 8, 1, 1, 2, 2, 0, 0, 1, 1, 1, 0, 3, 3);
 }
 
-/* Forward of a 3x3, stride-1 conv with 16 input channels against a direct convolution in
- * double: by Winograd F(2x2, 3x3) when the batch has >= 256 output tiles, by im2col for
- * one image; odd output sizes (half tiles), paddings 0 to 2, with and without bias, and
- * the folded ReLU and ReLU + 2x2 pool. Backward's input gradient by Winograd is checked by
- * central differences. */
-static void wino_case(tl_shape in, size_t n, int pad, int bias)
+/* Forward of a k x k (3 or 1), stride-1 conv against a direct convolution in double. 3x3
+ * over 16 input channels: by Winograd F(2x2, 3x3) when the batch has >= 256 output tiles,
+ * by im2col for one image; odd output sizes (half tiles), paddings 0 to 2. 1x1 with at
+ * least 64 pixels: by one GEMM per image on the planes as they lie (no column copy), the
+ * folded pool by the tiles. With and without bias, and the folded ReLU and ReLU + 2x2
+ * pool. Backward is checked by central differences (conv_case). */
+static void direct_case(tl_shape in, size_t n, int k, int pad, int bias)
 {
     lh h;
-    int f = 5, ia[11] = {f, 3, 3, 1, 1, pad, pad, 1, 1, 1, bias};
+    int f = 5, ia[11] = {f, k, k, 1, 1, pad, pad, 1, 1, 1, bias};
     assert_int_equal(lh_make(&h, &tl_conv2d_ops, 1, in, ia, 11, NULL, 0, n, 0), TLEARN_OK);
-    int ho = in.h + 2 * pad - 2, wo = in.w + 2 * pad - 2;
-    assert_true((size_t)((ho + 1) / 2) * (size_t)((wo + 1) / 2) * n >= 256);
+    int ho = in.h + 2 * pad - (k - 1), wo = in.w + 2 * pad - (k - 1);
+    if (k == 3)
+        assert_true((size_t)((ho + 1) / 2) * (size_t)((wo + 1) / 2) * n >= 256);
     size_t plane = (size_t)ho * wo, len = n * f * plane;
     const float *w = h.L->param[0].t.data, *b = bias ? h.L->param[1].t.data : NULL;
     double *ref = malloc(len * sizeof *ref);
@@ -143,11 +145,11 @@ static void wino_case(tl_shape in, size_t n, int pad, int bias)
                 for (int x = 0; x < wo; x++) {
                     double acc = b ? b[o] : 0.0;
                     for (int c = 0; c < in.c; c++)
-                        for (int ky = 0; ky < 3; ky++)
-                            for (int kx = 0; kx < 3; kx++) {
+                        for (int ky = 0; ky < k; ky++)
+                            for (int kx = 0; kx < k; kx++) {
                                 int iy = y - pad + ky, ix = x - pad + kx;
                                 if (iy >= 0 && iy < in.h && ix >= 0 && ix < in.w)
-                                    acc += (double)w[((o * in.c + c) * 3 + ky) * 3 + kx] *
+                                    acc += (double)w[((o * in.c + c) * k + ky) * k + kx] *
                                            h.x[0][((i * in.c + c) * in.h + iy) * in.w + ix];
                             }
                     ref[((i * f + o) * ho + y) * wo + x] = acc;
@@ -187,9 +189,9 @@ static void wino_case(tl_shape in, size_t n, int pad, int bias)
 static void test_conv_winograd(void **state)
 {
     (void)state;
-    wino_case(tl_shape3(16, 9, 11), 10, 1, 1); /* 9x11 out: half tiles at the edges */
-    wino_case(tl_shape3(16, 9, 11), 13, 0, 0); /* 7x9 */
-    wino_case(tl_shape3(16, 8, 8), 11, 2, 1);  /* 10x10 */
+    direct_case(tl_shape3(16, 9, 11), 10, 3, 1, 1); /* 9x11 out: half tiles at the edges */
+    direct_case(tl_shape3(16, 9, 11), 13, 3, 0, 0); /* 7x9 */
+    direct_case(tl_shape3(16, 8, 8), 11, 3, 2, 1);  /* 10x10 */
     /* backward against central differences of the Winograd forward; with 16 filters the
      * input gradient is by Winograd too (flipped filters, padding 2 - pad) */
     conv_case(tl_shape3(16, 6, 7), 22, 2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 6, 7);
@@ -230,6 +232,18 @@ static void test_conv_accum_and_no_dx(void **state)
     accum_case(tl_shape3(2, 5, 5), 3, (const int[11]){3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1});
     /* the input gradient by Winograd (16 filters, 3x3, stride 1, >= 256 tiles) */
     accum_case(tl_shape3(3, 8, 8), 20, (const int[11]){16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1});
+}
+
+/* 1x1, stride 1, no padding, >= 64 pixels: one GEMM per image (conv2d.c, pointwise). */
+static void test_conv_pointwise(void **state)
+{
+    (void)state;
+    direct_case(tl_shape3(3, 8, 8), 4, 1, 0, 1);  /* 64 pixels, the smallest taken */
+    direct_case(tl_shape3(7, 9, 13), 3, 1, 0, 0); /* odd sizes, no bias */
+    direct_case(tl_shape3(3, 7, 9), 2, 1, 0, 1);  /* 63 pixels: by the tiles */
+    conv_case(tl_shape3(3, 8, 9), 3, 4, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 8, 9);
+    conv_case(tl_shape3(5, 10, 7), 2, 6, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 10, 7);
+    accum_case(tl_shape3(3, 8, 8), 3, (const int[11]){4, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1});
 }
 
 /* PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = Cin/groups*kh*kw. */
@@ -679,6 +693,7 @@ int main(void)
         cmocka_unit_test(test_conv_tiles),
         cmocka_unit_test(test_conv_winograd),
         cmocka_unit_test(test_conv_accum_and_no_dx),
+        cmocka_unit_test(test_conv_pointwise),
         cmocka_unit_test(test_conv_init),
         cmocka_unit_test(test_conv_bad_geometry),
         cmocka_unit_test(test_maxpool),
