@@ -163,12 +163,18 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    /* ARCH_MODE_bBATCH_SIZE: the mode is the word before "_b<digits>_". */
+    /* ARCH_MODE_bBATCH_SIZE: the mode is the word before the last "_b<digits>_" (the
+     * architecture may hold one too: efficientnet_b0). */
     char mode[32] = "";
     size_t batch = 0;
-    const char *b = strstr(workload, "_b");
-    while (b && !(b[2] >= '0' && b[2] <= '9'))
-        b = strstr(b + 1, "_b");
+    const char *b = NULL;
+    for (const char *q = strstr(workload, "_b"); q; q = strstr(q + 1, "_b")) {
+        const char *d = q + 2;
+        while (*d >= '0' && *d <= '9')
+            d++;
+        if (d > q + 2 && *d == '_')
+            b = q;
+    }
     if (!onnx || !b) {
         usage();
         return 2;
