@@ -60,6 +60,9 @@ ZOO = [
     ("resnet50_full_b8_224", "resnet50", "full", 8, 224, None),
 ]
 ZOO_SPEC = {z[0]: z[1:] for z in ZOO}
+# SGD learning rates (zoo-bench.c): a whole network without batchnorm (folded at export)
+# diverges at 0.01 within three steps.
+ZOO_LR = {"head": 0.01, "lastblock": 0.01, "full": 0.001}
 WORKLOADS += [(name, "images/s" if mode == "extract" else "steps/s", batch)
               for name, _, mode, batch, _, _ in ZOO]
 # Run in a child process each (both sides), so that peak RSS is the workload's own.
@@ -245,7 +248,7 @@ def torch_setup(name, threads):
     elif name.startswith("transformer"):
         opt = torch.optim.AdamW(params, lr=1e-4)
     else:
-        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        opt = torch.optim.SGD(params, lr=ZOO_LR[mode], momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
     penalty = None
@@ -315,7 +318,10 @@ def zoo_torch_setup(name, threads, zoo_dir):
     from torch import nn
     torch.set_num_threads(threads)
     arch, mode, batch, size, prefix = ZOO_SPEC[name]
-    model = zoo_model(arch, zoo_dir)
+    # The ONNX export (eval mode) folds each batchnorm into its convolution, so libtlearn
+    # trains the folded network: torch trains the same one (torch.fx's conv-bn fusion).
+    import torch.fx.experimental.optimization as fx_opt
+    model = fx_opt.fuse(zoo_model(arch, zoo_dir))
     # the classifier: the last Linear module
     head_name = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)][-1]
     parent = model.get_submodule(head_name.rpartition(".")[0]) if "." in head_name else model
