@@ -1,6 +1,7 @@
 /* The performance paths added for the benchmarks compute what the plain paths compute:
- *  - the 2x2 / stride-2 max-pool fast path (forward and gradient routing) against a
- *    reference written here from PyTorch's rules (first NaN wins, else the first maximum);
+ *  - max pooling's fast paths (2x2 / stride 2; vectorised interior windows of any
+ *    geometry), forward and gradient routing, against a reference written here from
+ *    PyTorch's rules (first NaN wins, else the first maximum; padding never wins);
  *  - a model at 2 threads (OpenMP loops, threaded GEMMs) against the same model at 1;
  *  - the cache-sized chunks of a frozen prefix in a train step against the feature-cache
  *    path (features + train_step_from), which never chunks;
@@ -38,19 +39,50 @@ static void assert_close(const float *a, const float *b, size_t n, float rtol, f
     }
 }
 
-/* PyTorch's max-pool window rule, in row-major window order. */
-static int ref_argmax(const float *plane, int w, int oh, int ow)
+/* Pool geometries: the 2x2 fast path and the general one (interior windows vectorised,
+ * the border by the plain loop): ResNet's 3x3/2 stem pool, dilation, asymmetric padding
+ * with ceil mode, a rectangular kernel. */
+typedef struct pool_geo {
+    int kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, ceil;
+} pool_geo;
+static const pool_geo POOLS[] = {
+    {2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 0}, {3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0},
+    {3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0}, {2, 3, 1, 2, 0, 1, 1, 0, 1, 1, 1},
+};
+#define NPOOLS (sizeof POOLS / sizeof POOLS[0])
+
+static int pool_out(int len, int k, int s, int p0, int p1, int d, int ceil)
+{
+    int span = (k - 1) * d + 1, num = len + p0 + p1 - span;
+    int o = (ceil ? (num + s - 1) / s : num / s) + 1;
+    if (ceil && (o - 1) * s >= len + p0) /* a last window starting in the padding */
+        o--;
+    return o;
+}
+
+/* PyTorch's max-pool window rule, in row-major window order: the first NaN, else the
+ * first maximum; padding never wins. */
+static int ref_argmax(const pool_geo *g, const float *plane, int h, int w, int oh, int ow)
 {
     int best = -1;
-    for (int dy = 0; dy < 2; dy++)
-        for (int dx = 0; dx < 2; dx++) {
-            int i = (2 * oh + dy) * w + 2 * ow + dx;
+    for (int dy = 0; dy < g->kh; dy++)
+        for (int dx = 0; dx < g->kw; dx++) {
+            int r = oh * g->sh - g->pt + dy * g->dh, c = ow * g->sw - g->pl + dx * g->dw;
+            if (r < 0 || r >= h || c < 0 || c >= w)
+                continue;
+            int i = r * w + c;
             if (isnan(plane[i]))
                 return i;
             if (best < 0 || plane[i] > plane[best])
                 best = i;
         }
     return best;
+}
+
+static void add_pool(tlearn_model *m, const pool_geo *g)
+{
+    OK(tlearn_model_add_maxpool2d_ex(m, "pool", g->kh, g->kw, g->sh, g->sw, g->pt, g->pl,
+                                     g->pb, g->pr, g->dh, g->dw, g->ceil));
 }
 
 /* Odd height and width (a last row and column no window reads), ties, infinities, NaN. */
@@ -78,81 +110,92 @@ static void make_pool_input(float *x, size_t n, int with_nan)
             x[i] = x[i - PW]; /* ties with the element above */
 }
 
-static void test_maxpool_2x2_forward_matches_reference(void **state)
+static void test_maxpool_forward_matches_reference(void **state)
 {
     (void)state;
     const size_t n = 4;
-    int oh = PH / 2, ow = PW / 2;
-    float x[4 * PC * PH * PW], y[4 * PC * (PH / 2) * (PW / 2)];
+    float x[4 * PC * PH * PW], y[4 * PC * PH * PW];
     make_pool_input(x, n, 1);
-    tlearn_model *m = NULL;
-    OK(tlearn_model_create(&m, PC, PH, PW));
-    OK(tlearn_model_add_maxpool2d(m, "pool", 2, 2, 0));
-    OK(tlearn_model_predict(m, x, n, y, sizeof y / sizeof y[0]));
-    for (size_t q = 0; q < n * PC; q++)
-        for (int i = 0; i < oh; i++)
-            for (int j = 0; j < ow; j++) {
-                const float *plane = x + q * PH * PW;
-                float want = plane[ref_argmax(plane, PW, i, j)];
-                float got = y[q * oh * ow + (size_t)i * ow + j];
-                if (isnan(want))
-                    assert_true(isnan(got));
-                else
-                    assert_true(got == want);
-            }
-    tlearn_model_destroy(&m);
+    for (size_t k = 0; k < NPOOLS; k++) {
+        const pool_geo *g = &POOLS[k];
+        int oh = pool_out(PH, g->kh, g->sh, g->pt, g->pb, g->dh, g->ceil);
+        int ow = pool_out(PW, g->kw, g->sw, g->pl, g->pr, g->dw, g->ceil);
+        tlearn_model *m = NULL;
+        OK(tlearn_model_create(&m, PC, PH, PW));
+        add_pool(m, g);
+        int c, h, w;
+        OK(tlearn_model_layer_shape(m, 0, &c, &h, &w));
+        assert_int_equal(h, oh);
+        assert_int_equal(w, ow);
+        OK(tlearn_model_predict(m, x, n, y, n * PC * (size_t)oh * ow));
+        for (size_t q = 0; q < n * PC; q++)
+            for (int i = 0; i < oh; i++)
+                for (int j = 0; j < ow; j++) {
+                    const float *plane = x + q * PH * PW;
+                    float want = plane[ref_argmax(g, plane, PH, PW, i, j)];
+                    float got = y[q * oh * ow + (size_t)i * ow + j];
+                    if (isnan(want) ? !isnan(got) : got != want)
+                        fail_msg("pool %zu, plane %zu (%d,%d): %.9g, reference %.9g", k, q, i,
+                                 j, (double)got, (double)want);
+                }
+        tlearn_model_destroy(&m);
+    }
 }
 
-/* Gradient routing: the input gradient is dY at each window's reference argmax and 0
- * everywhere else (pool -> dense head; dY is computed here from the head's weights). */
-static void test_maxpool_2x2_gradient_routes_to_reference_argmax(void **state)
+/* Gradient routing: the input gradient is the sum of dY over the windows whose reference
+ * argmax an element is, and 0 elsewhere (pool -> dense head; dY is computed here from the
+ * head's weights). */
+static void test_maxpool_gradient_routes_to_reference_argmax(void **state)
 {
     (void)state;
     const size_t n = 2;
-    enum { OH = PH / 2, OW = PW / 2, F = PC * OH * OW, U = 3 };
-    float x[2 * PC * PH * PW], dx[2 * PC * PH * PW], logits[2 * U], w[U * F];
+    enum { U = 3 };
+    float x[2 * PC * PH * PW], dx[2 * PC * PH * PW], logits[2 * U], w[U * PC * PH * PW];
     int32_t labels[2] = {1, 2};
     make_pool_input(x, n, 0);
     for (size_t i = 0; i < n * PC * PH * PW; i++)
         if (isinf(x[i]))
             x[i] = x[i] > 0 ? 3.0f : -3.0f; /* finite loss */
-    tlearn_model *m = NULL;
-    OK(tlearn_model_create(&m, PC, PH, PW));
-    OK(tlearn_model_add_maxpool2d(m, "pool", 2, 2, 0));
-    OK(tlearn_model_add_dense(m, "fc", U));
-    OK(tlearn_model_set_training(m, 1));
-    float loss;
-    OK(tlearn_model_compute_gradients(m, x, labels, n, &loss, dx, sizeof dx / sizeof dx[0]));
-    OK(tlearn_model_predict(m, x, n, logits, sizeof logits / sizeof logits[0]));
-    OK(tlearn_model_get_tensor(m, "fc.weight", w, sizeof w / sizeof w[0]));
-    for (size_t b = 0; b < n; b++) {
-        /* dlogits = (softmax - onehot) / n;  dY = dlogits W */
-        double mx = logits[b * U], sum = 0, g[U];
-        for (int u = 1; u < U; u++)
-            mx = logits[b * U + u] > mx ? logits[b * U + u] : mx;
-        for (int u = 0; u < U; u++)
-            sum += exp(logits[b * U + u] - mx);
-        for (int u = 0; u < U; u++)
-            g[u] = (exp(logits[b * U + u] - mx) / sum - (u == labels[b])) / (double)n;
-        for (int c = 0; c < PC; c++) {
-            const float *plane = x + (b * PC + c) * PH * PW;
-            const float *dplane = dx + (b * PC + c) * PH * PW;
-            int routed[PH * PW] = {0};
-            for (int i = 0; i < OH; i++)
-                for (int j = 0; j < OW; j++) {
-                    int at = ref_argmax(plane, PW, i, j), f = (c * OH + i) * OW + j;
-                    double dy = 0;
-                    for (int u = 0; u < U; u++)
-                        dy += g[u] * w[u * F + f];
-                    assert_true(fabs(dplane[at] - dy) <= 1e-5 * fabs(dy) + 1e-7);
-                    routed[at] = 1;
-                }
-            for (int i = 0; i < PH * PW; i++)
-                if (!routed[i])
-                    assert_true(dplane[i] == 0.0f);
+    for (size_t k = 0; k < NPOOLS; k++) {
+        const pool_geo *g = &POOLS[k];
+        int OH = pool_out(PH, g->kh, g->sh, g->pt, g->pb, g->dh, g->ceil);
+        int OW = pool_out(PW, g->kw, g->sw, g->pl, g->pr, g->dw, g->ceil), F = PC * OH * OW;
+        tlearn_model *m = NULL;
+        OK(tlearn_model_create(&m, PC, PH, PW));
+        add_pool(m, g);
+        OK(tlearn_model_add_dense(m, "fc", U));
+        OK(tlearn_model_set_training(m, 1));
+        float loss;
+        OK(tlearn_model_compute_gradients(m, x, labels, n, &loss, dx, sizeof dx / sizeof dx[0]));
+        OK(tlearn_model_predict(m, x, n, logits, sizeof logits / sizeof logits[0]));
+        OK(tlearn_model_get_tensor(m, "fc.weight", w, (size_t)U * F));
+        for (size_t b = 0; b < n; b++) {
+            /* dlogits = (softmax - onehot) / n;  dY = dlogits W */
+            double mx = logits[b * U], sum = 0, gl[U];
+            for (int u = 1; u < U; u++)
+                mx = logits[b * U + u] > mx ? logits[b * U + u] : mx;
+            for (int u = 0; u < U; u++)
+                sum += exp(logits[b * U + u] - mx);
+            for (int u = 0; u < U; u++)
+                gl[u] = (exp(logits[b * U + u] - mx) / sum - (u == labels[b])) / (double)n;
+            for (int c = 0; c < PC; c++) {
+                const float *plane = x + (b * PC + c) * PH * PW;
+                const float *dplane = dx + (b * PC + c) * PH * PW;
+                double want[PH * PW] = {0};
+                for (int i = 0; i < OH; i++)
+                    for (int j = 0; j < OW; j++) {
+                        int f = (c * OH + i) * OW + j;
+                        for (int u = 0; u < U; u++)
+                            want[ref_argmax(g, plane, PH, PW, i, j)] += gl[u] * w[u * F + f];
+                    }
+                for (int i = 0; i < PH * PW; i++)
+                    if (!(fabs(dplane[i] - want[i]) <= 1e-5 * fabs(want[i]) + 1e-7))
+                        fail_msg("pool %zu, image %zu channel %d element %d: %.9g, reference "
+                                 "%.9g", k, b, c, i, (double)dplane[i], want[i]);
+            }
         }
+        tlearn_model_destroy(&m);
     }
-    tlearn_model_destroy(&m);
 }
 
 /* A few steps of workload w at @p threads; the weights of @p layer afterwards. */
@@ -229,8 +272,8 @@ static void test_chunked_features_match_one_at_a_time(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_maxpool_2x2_forward_matches_reference),
-        cmocka_unit_test(test_maxpool_2x2_gradient_routes_to_reference_argmax),
+        cmocka_unit_test(test_maxpool_forward_matches_reference),
+        cmocka_unit_test(test_maxpool_gradient_routes_to_reference_argmax),
         cmocka_unit_test(test_two_threads_match_one),
         cmocka_unit_test(test_chunked_frozen_prefix_matches_feature_cache),
         cmocka_unit_test(test_chunked_features_match_one_at_a_time),

@@ -1,6 +1,7 @@
-/* Residual sum of two inputs of the same shape: out = a + b. Backward hands the output
- * gradient to both inputs; when both inputs are the same tensor (x + x) the second
- * contribution is added to the first. */
+/* Residual sum of two inputs of the same shape: out = a + b, or relu(a + b) when the
+ * ReLU after a residual block is folded in (layer.h epilogues; its backward reads only its
+ * output). Backward hands the output gradient to both inputs; when both inputs are the same
+ * tensor (x + x) the second contribution is added to the first. */
 #include <stdio.h>
 #include <string.h>
 
@@ -38,11 +39,15 @@ static int add_setup(tl_layer *L, tl_rng *rng)
 static void add_forward(tl_layer *L, const tl_exec *ex, const float *const *in, float *out,
                         size_t n, float *saved)
 {
-    (void)ex; (void)saved;
+    (void)saved;
     size_t total = n * tl_shape_size(L->out);
     const float *a = in[0], *b = in[1];
-    for (size_t i = 0; i < total; i++)
-        out[i] = a[i] + b[i];
+    if (ex->epilogue & TL_EPILOGUE_RELU)
+        for (size_t i = 0; i < total; i++)
+            out[i] = tl_relu(a[i] + b[i]);
+    else
+        for (size_t i = 0; i < total; i++)
+            out[i] = a[i] + b[i];
 }
 
 static void pass(float *dx, const float *dout, size_t total, int accum)
@@ -69,6 +74,7 @@ static void add_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
 const tl_layer_ops tl_add_ops = {
     .kind = TLEARN_LAYER_ADD,
     .kind_name = "add",
+    .epilogues = TL_EPILOGUE_RELU,
     .bwd_ignores_inputs = 1,
     .bwd_ignores_output = 1,
     .configure = add_configure,

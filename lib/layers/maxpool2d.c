@@ -5,6 +5,7 @@
  * backward pass the flat index of each maximum within its input plane is saved (as int32
  * in the saved floats) and backward routes the gradient there. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -190,20 +191,71 @@ static void pool2x2_backward_planes(tl_shape is, tl_shape os, const float *dout,
     }
 }
 
+/* The outputs [*o0, *o1) along one axis whose windows lie wholly inside [0, len). */
+static void interior(int out, int stride, int pad, int span, int len, int *o0, int *o1)
+{
+    *o0 = pad <= 0 ? 0 : (pad + stride - 1) / stride;
+    int last = len + pad - span; /* the last start that fits: o * stride <= last */
+    *o1 = last < 0 ? 0 : last / stride + 1;
+    *o1 = *o1 < out ? *o1 : out;
+    *o0 = *o0 < *o1 ? *o0 : *o1;
+}
+
+/* Any kernel, stride, padding and dilation. Windows wholly inside the plane (all but a
+ * border ring; ResNet's 3x3/2 stem pool) fold tl_pool_pick over the taps in row-major
+ * order, which is window_max's answer, vectorised across the row; the index is then the
+ * first tap with the winner's bits (an earlier one with them would have won). The border
+ * goes through window_max. */
+TL_CLONES
 static void general_planes(const maxpool_cfg *c, tl_shape is, tl_shape os, const float *in,
                            float *out, int32_t *arg, size_t q0, size_t q1)
 {
     size_t ip = (size_t)is.h * is.w, op = (size_t)os.h * os.w;
+    int oh0, oh1, ow0, ow1;
+    interior(os.h, c->sh, c->pt, (c->kh - 1) * c->dh + 1, is.h, &oh0, &oh1);
+    interior(os.w, c->sw, c->pl, (c->kw - 1) * c->dw + 1, is.w, &ow0, &ow1);
     for (size_t q = q0; q < q1; q++) {
         const float *x = in + q * ip;
         float *y = out + q * op;
-        for (int oh = 0; oh < os.h; oh++)
+        for (int oh = 0; oh < os.h; oh++) {
+            int mid = oh >= oh0 && oh < oh1;
             for (int ow = 0; ow < os.w; ow++) {
+                if (mid && ow == ow0 && ow1 > ow0) {
+                    const float *r = x + (ptrdiff_t)(oh * c->sh - c->pt) * is.w - c->pl;
+                    float *restrict yr = y + (size_t)oh * os.w;
+#pragma omp simd
+                    for (int o = ow0; o < ow1; o++) {
+                        const float *w = r + (ptrdiff_t)o * c->sw;
+                        float best = w[0];
+                        for (int i = 0; i < c->kh; i++)
+                            for (int j = 0; j < c->kw; j++)
+                                best = tl_pool_pick(best, w[i * c->dh * is.w + j * c->dw]);
+                        yr[o] = best;
+                    }
+                    if (arg) {
+                        int32_t *restrict ar = arg + q * op + (size_t)oh * os.w;
+                        for (int o = ow0; o < ow1; o++) {
+                            const float *w = r + (ptrdiff_t)o * c->sw;
+                            uint32_t u = bits(yr[o]);
+                            int k = -1;
+                            for (int i = 0; i < c->kh && k < 0; i++)
+                                for (int j = 0; j < c->kw; j++)
+                                    if (bits(w[i * c->dh * is.w + j * c->dw]) == u) {
+                                        k = i * c->dh * is.w + j * c->dw;
+                                        break;
+                                    }
+                            ar[o] = (int32_t)(w - x) + k;
+                        }
+                    }
+                    ow = ow1 - 1;
+                    continue;
+                }
                 int at;
                 y[oh * os.w + ow] = window_max(c, is, x, oh, ow, &at);
                 if (arg)
                     arg[q * op + (size_t)oh * os.w + ow] = at;
             }
+        }
     }
 }
 

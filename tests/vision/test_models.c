@@ -214,6 +214,55 @@ static void test_folded_epilogues(void **state)
     tlearn_model_destroy(&m);
 }
 
+/* The ReLU after a residual sum folds into the add: the same bits as the unfolded ReLU
+ * (NaN, infinities, -0), and in training the gradients of a twin whose ReLU never folds
+ * (leaky, slope 0). x -> conv "s" -> conv "a" -> add(a, s) -> relu -> fc. */
+static tlearn_model *residual_net(int leaky)
+{
+    tlearn_model *m;
+    OK(tlearn_model_create(&m, 3, 6, 7));
+    OK(tlearn_model_set_seed(m, 9));
+    OK(tlearn_model_add_conv2d(m, "s", 3, 3, 1, 1, 1));
+    OK(tlearn_model_add_conv2d(m, "a", 3, 3, 1, 1, 1));
+    OK(tlearn_model_add_add(m, "sum", "s"));
+    OK(tlearn_model_add_activation(m, "relu", leaky ? TLEARN_ACT_LEAKY_RELU : TLEARN_ACT_RELU,
+                                   0));
+    OK(tlearn_model_add_dense(m, "fc", 3));
+    return m;
+}
+
+static void test_folded_residual_relu(void **state)
+{
+    (void)state;
+    enum { N = 6, IN = 3 * 6 * 7 };
+    tlearn_model *m = residual_net(0), *twin = residual_net(1);
+    float *x = frand((size_t)N * IN, 13), sum[N * IN], relu[N * IN];
+    x[3] = NAN, x[50] = INFINITY, x[51] = -INFINITY, x[200] = -0.0f;
+    OK(tlearn_model_features(m, "sum", x, N, sum, N * IN));  /* nothing folded */
+    OK(tlearn_model_features(m, "relu", x, N, relu, N * IN)); /* ReLU folded into the add */
+    size_t nans = 0;
+    for (size_t i = 0; i < (size_t)N * IN; i++) {
+        float r = ref_relu(sum[i]);
+        assert_memory_equal(&relu[i], &r, sizeof r);
+        nans += isnan(sum[i]);
+    }
+    assert_true(nans > 0);
+    free(x);
+    x = frand((size_t)N * IN, 14);
+    int32_t y[N] = {0, 1, 2, 0, 1, 2};
+    float loss, twin_loss, g[3 * 3 * 9], gt[3 * 3 * 9];
+    OK(tlearn_model_compute_gradients(m, x, y, N, &loss, NULL, 0));
+    OK(tlearn_model_compute_gradients(twin, x, y, N, &twin_loss, NULL, 0));
+    assert_true(loss == twin_loss);
+    OK(tlearn_model_get_grad(m, "a.weight", g, 81));
+    OK(tlearn_model_get_grad(twin, "a.weight", gt, 81));
+    for (int i = 0; i < 81; i++)
+        assert_float_equal(g[i], gt[i], 1e-6 * (1.0 + fabs(gt[i])));
+    free(x);
+    tlearn_model_destroy(&m);
+    tlearn_model_destroy(&twin);
+}
+
 /* Chunked inference transforms a Winograd convolution's filters once per call
  * (ops->prepare): after the weights change, the next call must see the new ones. */
 static void test_prepared_filters_follow_the_weights(void **state)
@@ -658,6 +707,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fanout_gradients),
         cmocka_unit_test(test_folded_epilogues),
+        cmocka_unit_test(test_folded_residual_relu),
         cmocka_unit_test(test_prepared_filters_follow_the_weights),
         cmocka_unit_test(test_residual_bn_gradients),
         cmocka_unit_test(test_public_refusals),
