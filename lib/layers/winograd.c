@@ -96,52 +96,60 @@ void tl_wino_transform_filters(const tl_wino *w, const float *weight, float *U, 
     }
 }
 
+/* Job j = (channel c, image i) of transform_inputs. The transforms only add and subtract:
+ * every instruction set gives the same bits (TL_CLONES, layer.h). */
+TL_CLONES
+static void input_job(const tl_wino *w, const geom *g, const float *x, int nt, float *P,
+                      float *V, int j)
+{
+    size_t T = (size_t)nt * g->tiles, img = (size_t)w->cin * w->hin * w->win;
+    int c = j / nt, i = j % nt;
+    float *pl = P + (size_t)j * g->plane;
+    const float *src = x + (size_t)i * img + (size_t)c * w->hin * w->win;
+    memset(pl, 0, sizeof(float) * g->plane);
+    for (int r = 0; r < w->hin; r++)
+        memcpy(pl + (size_t)(r + w->ph) * g->pcol + w->pw, src + (size_t)r * w->win,
+               sizeof(float) * (size_t)w->win);
+    float *v = V + (size_t)c * T + (size_t)i * g->tiles;
+    size_t xs = (size_t)w->cin * T; /* from one xi to the next */
+    for (int ty = 0; ty < g->th; ty++) {
+        const float *r0 = pl + (size_t)(2 * ty) * g->pcol, *r1 = r0 + g->pcol;
+        const float *r2 = r1 + g->pcol, *r3 = r2 + g->pcol;
+        float *vt = v + (size_t)ty * g->tw;
+#pragma omp simd
+        for (int tx = 0; tx < g->tw; tx++) {
+            const int o = 2 * tx;
+            /* the rows of B^T d ... */
+            float a0 = r0[o] - r2[o], a1 = r0[o + 1] - r2[o + 1];
+            float a2 = r0[o + 2] - r2[o + 2], a3 = r0[o + 3] - r2[o + 3];
+            float b0 = r1[o] + r2[o], b1 = r1[o + 1] + r2[o + 1];
+            float b2 = r1[o + 2] + r2[o + 2], b3 = r1[o + 3] + r2[o + 3];
+            float c0 = r2[o] - r1[o], c1 = r2[o + 1] - r1[o + 1];
+            float c2 = r2[o + 2] - r1[o + 2], c3 = r2[o + 3] - r1[o + 3];
+            float d0 = r1[o] - r3[o], d1 = r1[o + 1] - r3[o + 1];
+            float d2 = r1[o + 2] - r3[o + 2], d3 = r1[o + 3] - r3[o + 3];
+            /* ... times B */
+            vt[0 * xs + tx] = a0 - a2, vt[1 * xs + tx] = a1 + a2;
+            vt[2 * xs + tx] = a2 - a1, vt[3 * xs + tx] = a1 - a3;
+            vt[4 * xs + tx] = b0 - b2, vt[5 * xs + tx] = b1 + b2;
+            vt[6 * xs + tx] = b2 - b1, vt[7 * xs + tx] = b1 - b3;
+            vt[8 * xs + tx] = c0 - c2, vt[9 * xs + tx] = c1 + c2;
+            vt[10 * xs + tx] = c2 - c1, vt[11 * xs + tx] = c1 - c3;
+            vt[12 * xs + tx] = d0 - d2, vt[13 * xs + tx] = d1 + d2;
+            vt[14 * xs + tx] = d2 - d1, vt[15 * xs + tx] = d1 - d3;
+        }
+    }
+}
+
 /* Images x[0..nt) into zero-padded planes P[c][i], then V[xi][c][tile] = (B^T d B)[xi]. */
 static void transform_inputs(const tl_wino *w, const geom *g, const float *x, int nt, float *P,
                              float *V, int threads)
 {
-    size_t T = (size_t)nt * g->tiles, img = (size_t)w->cin * w->hin * w->win;
     int jobs = w->cin * nt;
     int par = tl_par_threads(threads, (size_t)jobs * g->plane * 4);
 #pragma omp parallel for num_threads(par) if (par > 1) schedule(static)
-    for (int j = 0; j < jobs; j++) {
-        int c = j / nt, i = j % nt;
-        float *pl = P + (size_t)j * g->plane;
-        const float *src = x + (size_t)i * img + (size_t)c * w->hin * w->win;
-        memset(pl, 0, sizeof(float) * g->plane);
-        for (int r = 0; r < w->hin; r++)
-            memcpy(pl + (size_t)(r + w->ph) * g->pcol + w->pw, src + (size_t)r * w->win,
-                   sizeof(float) * (size_t)w->win);
-        float *v = V + (size_t)c * T + (size_t)i * g->tiles;
-        size_t xs = (size_t)w->cin * T; /* from one xi to the next */
-        for (int ty = 0; ty < g->th; ty++) {
-            const float *r0 = pl + (size_t)(2 * ty) * g->pcol, *r1 = r0 + g->pcol;
-            const float *r2 = r1 + g->pcol, *r3 = r2 + g->pcol;
-            float *vt = v + (size_t)ty * g->tw;
-#pragma omp simd
-            for (int tx = 0; tx < g->tw; tx++) {
-                const int o = 2 * tx;
-                /* the rows of B^T d ... */
-                float a0 = r0[o] - r2[o], a1 = r0[o + 1] - r2[o + 1];
-                float a2 = r0[o + 2] - r2[o + 2], a3 = r0[o + 3] - r2[o + 3];
-                float b0 = r1[o] + r2[o], b1 = r1[o + 1] + r2[o + 1];
-                float b2 = r1[o + 2] + r2[o + 2], b3 = r1[o + 3] + r2[o + 3];
-                float c0 = r2[o] - r1[o], c1 = r2[o + 1] - r1[o + 1];
-                float c2 = r2[o + 2] - r1[o + 2], c3 = r2[o + 3] - r1[o + 3];
-                float d0 = r1[o] - r3[o], d1 = r1[o + 1] - r3[o + 1];
-                float d2 = r1[o + 2] - r3[o + 2], d3 = r1[o + 3] - r3[o + 3];
-                /* ... times B */
-                vt[0 * xs + tx] = a0 - a2, vt[1 * xs + tx] = a1 + a2;
-                vt[2 * xs + tx] = a2 - a1, vt[3 * xs + tx] = a1 - a3;
-                vt[4 * xs + tx] = b0 - b2, vt[5 * xs + tx] = b1 + b2;
-                vt[6 * xs + tx] = b2 - b1, vt[7 * xs + tx] = b1 - b3;
-                vt[8 * xs + tx] = c0 - c2, vt[9 * xs + tx] = c1 + c2;
-                vt[10 * xs + tx] = c2 - c1, vt[11 * xs + tx] = c1 - c3;
-                vt[12 * xs + tx] = d0 - d2, vt[13 * xs + tx] = d1 + d2;
-                vt[14 * xs + tx] = d2 - d1, vt[15 * xs + tx] = d1 - d3;
-            }
-        }
-    }
+    for (int j = 0; j < jobs; j++)
+        input_job(w, g, x, nt, P, V, j);
 }
 
 /* y = A^T m A + bias for tile tx of a row of tiles (m: xi-th value at m[xi*xs + tx]). A
@@ -163,82 +171,90 @@ static void transform_inputs(const tl_wino *w, const geom *g, const float *x, in
         y11 = t1 - t2 - t3 + (b);                                                           \
     } while (0)
 
+/* Job j = (image i, filter f) of transform_outputs (additions only, as input_job). */
+TL_CLONES
+static void output_job(const tl_wino *w, const geom *g, const float *M, int nt,
+                       const float *bias, int epilogue, float *out, int j)
+{
+    size_t T = (size_t)nt * g->tiles, xs = (size_t)w->filters * T;
+    size_t hw = (size_t)w->hout * w->wout, pooled = (size_t)(w->hout / 2) * (w->wout / 2);
+    int fold_relu = epilogue & TL_EPILOGUE_RELU, add = w->accumulate;
+#define PUT(dst, v) ((dst) = add ? (dst) + (v) : (v))
+    int i = j / w->filters, f = j % w->filters;
+    const float *m = M + (size_t)f * T + (size_t)i * g->tiles;
+    float b = bias ? bias[f] : 0.0f;
+    int full = w->wout / 2; /* tiles whose two columns are both inside */
+    for (int ty = 0; ty < g->th; ty++) {
+        const float *mt = m + (size_t)ty * g->tw;
+        if (epilogue & TL_EPILOGUE_POOL2) {
+            if (ty >= w->hout / 2)
+                break;
+            float *op = out + (size_t)j * pooled + (size_t)ty * full;
+            uint32_t redo = 0;
+#pragma omp simd reduction(| : redo)
+            for (int tx = 0; tx < full; tx++) {
+                float y00, y01, y10, y11;
+                TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
+                float a = tl_relu(y00), c = tl_relu(y01);
+                float d = tl_relu(y10), e = tl_relu(y11);
+                op[tx] = tl_pool4_no_nan(a, c, d, e);
+                redo |= tl_not_finite(a + c + d + e);
+            }
+            for (int tx = 0; redo && tx < full; tx++) { /* see tl_pool4 */
+                float y00, y01, y10, y11;
+                TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
+                op[tx] = tl_pool4(tl_relu(y00), tl_relu(y01), tl_relu(y10), tl_relu(y11));
+            }
+            continue;
+        }
+        float *o0 = out + (size_t)j * hw + (size_t)(2 * ty) * w->wout, *o1 = o0 + w->wout;
+        int two_rows = 2 * ty + 1 < w->hout; /* else the image's last, odd row */
+        if (two_rows) {
+#pragma omp simd
+            for (int tx = 0; tx < full; tx++) {
+                float y00, y01, y10, y11;
+                TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
+                if (fold_relu) {
+                    y00 = tl_relu(y00), y01 = tl_relu(y01);
+                    y10 = tl_relu(y10), y11 = tl_relu(y11);
+                }
+                PUT(o0[2 * tx], y00);
+                PUT(o0[2 * tx + 1], y01);
+                PUT(o1[2 * tx], y10);
+                PUT(o1[2 * tx + 1], y11);
+            }
+        } else {
+            for (int tx = 0; tx < full; tx++) {
+                float y00, y01, y10, y11;
+                TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
+                (void)y10, (void)y11;
+                PUT(o0[2 * tx], fold_relu ? tl_relu(y00) : y00);
+                PUT(o0[2 * tx + 1], fold_relu ? tl_relu(y01) : y01);
+            }
+        }
+        if (full < g->tw) { /* odd width: the last tile's first column only */
+            float y00, y01, y10, y11;
+            TILE_OUTPUT(mt, xs, full, b, y00, y01, y10, y11);
+            (void)y01, (void)y11;
+            PUT(o0[2 * full], fold_relu ? tl_relu(y00) : y00);
+            if (two_rows)
+                PUT(o1[2 * full], fold_relu ? tl_relu(y10) : y10);
+        }
+    }
+}
+#undef PUT
+
 /* y = A^T m A for the tiles of M, plus the bias, then the epilogues, into out (images
  * i0 .. i0+nt of the batch). Same arithmetic order as conv2d's output pass. */
 static void transform_outputs(const tl_wino *w, const geom *g, const float *M, int nt,
                               const float *bias, int epilogue, float *out, int threads)
 {
-    size_t T = (size_t)nt * g->tiles, xs = (size_t)w->filters * T;
-    size_t hw = (size_t)w->hout * w->wout, pooled = (size_t)(w->hout / 2) * (w->wout / 2);
-    int jobs = nt * w->filters, fold_relu = epilogue & TL_EPILOGUE_RELU, add = w->accumulate;
-#define PUT(dst, v) ((dst) = add ? (dst) + (v) : (v))
+    int jobs = nt * w->filters;
     int par = tl_par_threads(threads, (size_t)jobs * g->tiles * 16);
 #pragma omp parallel for num_threads(par) if (par > 1) schedule(static)
-    for (int j = 0; j < jobs; j++) {
-        int i = j / w->filters, f = j % w->filters;
-        const float *m = M + (size_t)f * T + (size_t)i * g->tiles;
-        float b = bias ? bias[f] : 0.0f;
-        int full = w->wout / 2; /* tiles whose two columns are both inside */
-        for (int ty = 0; ty < g->th; ty++) {
-            const float *mt = m + (size_t)ty * g->tw;
-            if (epilogue & TL_EPILOGUE_POOL2) {
-                if (ty >= w->hout / 2)
-                    break;
-                float *op = out + (size_t)j * pooled + (size_t)ty * full;
-                uint32_t redo = 0;
-#pragma omp simd reduction(| : redo)
-                for (int tx = 0; tx < full; tx++) {
-                    float y00, y01, y10, y11;
-                    TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
-                    float a = tl_relu(y00), c = tl_relu(y01);
-                    float d = tl_relu(y10), e = tl_relu(y11);
-                    op[tx] = tl_pool4_no_nan(a, c, d, e);
-                    redo |= tl_not_finite(a + c + d + e);
-                }
-                for (int tx = 0; redo && tx < full; tx++) { /* see tl_pool4 */
-                    float y00, y01, y10, y11;
-                    TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
-                    op[tx] = tl_pool4(tl_relu(y00), tl_relu(y01), tl_relu(y10), tl_relu(y11));
-                }
-                continue;
-            }
-            float *o0 = out + (size_t)j * hw + (size_t)(2 * ty) * w->wout, *o1 = o0 + w->wout;
-            int two_rows = 2 * ty + 1 < w->hout; /* else the image's last, odd row */
-            if (two_rows) {
-#pragma omp simd
-                for (int tx = 0; tx < full; tx++) {
-                    float y00, y01, y10, y11;
-                    TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
-                    if (fold_relu) {
-                        y00 = tl_relu(y00), y01 = tl_relu(y01);
-                        y10 = tl_relu(y10), y11 = tl_relu(y11);
-                    }
-                    PUT(o0[2 * tx], y00);
-                    PUT(o0[2 * tx + 1], y01);
-                    PUT(o1[2 * tx], y10);
-                    PUT(o1[2 * tx + 1], y11);
-                }
-            } else {
-                for (int tx = 0; tx < full; tx++) {
-                    float y00, y01, y10, y11;
-                    TILE_OUTPUT(mt, xs, tx, b, y00, y01, y10, y11);
-                    (void)y10, (void)y11;
-                    PUT(o0[2 * tx], fold_relu ? tl_relu(y00) : y00);
-                    PUT(o0[2 * tx + 1], fold_relu ? tl_relu(y01) : y01);
-                }
-            }
-            if (full < g->tw) { /* odd width: the last tile's first column only */
-                float y00, y01, y10, y11;
-                TILE_OUTPUT(mt, xs, full, b, y00, y01, y10, y11);
-                (void)y01, (void)y11;
-                PUT(o0[2 * full], fold_relu ? tl_relu(y00) : y00);
-                if (two_rows)
-                    PUT(o1[2 * full], fold_relu ? tl_relu(y10) : y10);
-            }
-        }
-    }
+    for (int j = 0; j < jobs; j++)
+        output_job(w, g, M, nt, bias, epilogue, out, j);
 }
-#undef PUT
 
 void tl_wino_forward(const tl_wino *w, const tl_exec *ex, const float *x, const float *weight,
                      const float *U, const float *bias, float *out, size_t n)
