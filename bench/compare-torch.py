@@ -248,7 +248,7 @@ def torch_setup(name, threads):
     elif name.startswith("transformer"):
         opt = torch.optim.AdamW(params, lr=1e-4)
     else:
-        opt = torch.optim.SGD(params, lr=ZOO_LR[mode], momentum=0.9)
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
     penalty = None
@@ -356,7 +356,7 @@ def zoo_torch_setup(name, threads, zoo_dir):
             for prm in mod.parameters(recurse=False):
                 prm.requires_grad_(False)
     params = [prm for prm in model.parameters() if prm.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(params, lr=ZOO_LR[mode], momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
     def run():
