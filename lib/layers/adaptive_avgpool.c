@@ -118,6 +118,7 @@ static void adaptive_backward(tl_layer *L, const tl_exec *ex, const float *const
 const tl_layer_ops tl_adaptive_avgpool_ops = {
     .kind = TLEARN_LAYER_ADAPTIVE_AVGPOOL,
     .kind_name = "adaptive_avgpool",
+    .bwd_ignores_output = 1,
     .configure = adaptive_configure,
     .arguments = adaptive_arguments,
     .setup = adaptive_setup,

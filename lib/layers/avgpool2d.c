@@ -133,6 +133,7 @@ static void avgpool_backward(tl_layer *L, const tl_exec *ex, const float *const 
 const tl_layer_ops tl_avgpool2d_ops = {
     .kind = TLEARN_LAYER_AVGPOOL2D,
     .kind_name = "avgpool2d",
+    .bwd_ignores_output = 1,
     .configure = avgpool_configure,
     .arguments = avgpool_arguments,
     .setup = avgpool_setup,

@@ -285,6 +285,7 @@ static int bn_commit_finite(const tl_layer *L, const float *saved, size_t n)
 const tl_layer_ops tl_batchnorm_ops = {
     .kind = TLEARN_LAYER_BATCHNORM,
     .kind_name = "batchnorm",
+    .bwd_ignores_output = 1,
     .configure = bn_configure,
     .arguments = bn_arguments,
     .setup = bn_setup,

@@ -105,6 +105,7 @@ static void concat_backward(tl_layer *L, const tl_exec *ex, const float *const *
 const tl_layer_ops tl_concat_ops = {
     .kind = TLEARN_LAYER_CONCAT,
     .kind_name = "concat",
+    .bwd_ignores_output = 1,
     .configure = concat_configure,
     .arguments = concat_arguments,
     .setup = concat_setup,

@@ -547,6 +547,7 @@ static void conv_backward(tl_layer *L, const tl_exec *ex, const float *const *in
 const tl_layer_ops tl_conv2d_ops = {
     .kind = TLEARN_LAYER_CONV2D,
     .kind_name = "conv2d",
+    .bwd_ignores_output = 1,
     .epilogues = TL_EPILOGUE_RELU | TL_EPILOGUE_POOL2,
     .configure = conv_configure,
     .arguments = conv_arguments,

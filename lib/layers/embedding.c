@@ -115,6 +115,7 @@ static void embedding_backward(tl_layer *L, const tl_exec *ex, const float *cons
 const tl_layer_ops tl_embedding_ops = {
     .kind = TLEARN_LAYER_EMBEDDING,
     .kind_name = "embedding",
+    .bwd_ignores_output = 1,
     .int_inputs = 1,
     .validate = embedding_validate,
     .configure = embedding_configure,

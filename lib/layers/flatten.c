@@ -51,6 +51,7 @@ static void flatten_backward(tl_layer *L, const tl_exec *ex, const float *const 
 const tl_layer_ops tl_flatten_ops = {
     .kind = TLEARN_LAYER_FLATTEN,
     .kind_name = "flatten",
+    .bwd_ignores_output = 1,
     .configure = flatten_configure,
     .arguments = flatten_arguments,
     .setup = flatten_setup,

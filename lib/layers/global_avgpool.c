@@ -65,6 +65,7 @@ static void gap_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
 const tl_layer_ops tl_global_avgpool_ops = {
     .kind = TLEARN_LAYER_GLOBAL_AVGPOOL,
     .kind_name = "global_avgpool",
+    .bwd_ignores_output = 1,
     .configure = gap_configure,
     .arguments = gap_arguments,
     .setup = gap_setup,

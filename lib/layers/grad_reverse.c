@@ -80,6 +80,7 @@ static void grl_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
 const tl_layer_ops tl_grad_reverse_ops = {
     .kind = TLEARN_LAYER_GRAD_REVERSE,
     .kind_name = "grad_reverse",
+    .bwd_ignores_output = 1,
     .configure = grl_configure,
     .arguments = grl_arguments,
     .setup = grl_setup,

@@ -173,8 +173,10 @@ typedef struct tl_layer_ops {
     int epilogues;         /* TL_EPILOGUE_* that forward can fold in */
     int int_inputs;        /* bit k set: input k may be an int32 model input (token ids,
                             * masks), read through its float pointer */
-    /* backward never reads in[] / out (add, dropout; out: dense, attention, layernorm), so
-     * the training plan need not keep them for it. 0 (the default) is always safe. */
+    /* backward never reads in[] / out (inputs: add, dropout; the output: every kind but
+     * activation, binary and softmax), so the training plan need not keep them for it: a
+     * convolution's output read only by a residual add is freed after the add. 0 (the
+     * default) is always safe. */
     int bwd_ignores_inputs, bwd_ignores_output;
     /* Check the n examples of model input @p x that input @p k reads directly (token ids in
      * range), before any forward: entry points call it and return its status (EINVAL

@@ -104,6 +104,7 @@ static void lora_sum_backward(tl_layer *L, const tl_exec *ex, const float *const
 const tl_layer_ops tl_lora_sum_ops = {
     .kind = TLEARN_LAYER_LORA_SUM,
     .kind_name = "lora_sum",
+    .bwd_ignores_output = 1,
     .configure = lora_sum_configure,
     .arguments = lora_sum_arguments,
     .setup = lora_sum_setup,

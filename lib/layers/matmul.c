@@ -111,6 +111,7 @@ static void matmul_backward(tl_layer *L, const tl_exec *ex, const float *const *
 const tl_layer_ops tl_matmul_ops = {
     .kind = TLEARN_LAYER_MATMUL,
     .kind_name = "matmul",
+    .bwd_ignores_output = 1,
     .configure = matmul_configure,
     .arguments = matmul_arguments,
     .setup = matmul_setup,

@@ -334,6 +334,7 @@ static void maxpool_backward(tl_layer *L, const tl_exec *ex, const float *const 
 const tl_layer_ops tl_maxpool2d_ops = {
     .kind = TLEARN_LAYER_MAXPOOL2D,
     .kind_name = "maxpool2d",
+    .bwd_ignores_output = 1,
     .configure = maxpool_configure,
     .arguments = maxpool_arguments,
     .setup = maxpool_setup,

@@ -163,6 +163,7 @@ static void pad_backward(tl_layer *L, const tl_exec *ex, const float *const *in,
 const tl_layer_ops tl_pad_ops = {
     .kind = TLEARN_LAYER_PAD,
     .kind_name = "pad",
+    .bwd_ignores_output = 1,
     .configure = pad_configure,
     .arguments = pad_arguments,
     .setup = pad_setup,

@@ -182,6 +182,7 @@ static void patch_backward(tl_layer *L, const tl_exec *ex, const float *const *i
 const tl_layer_ops tl_patch_embed_ops = {
     .kind = TLEARN_LAYER_PATCH_EMBED,
     .kind_name = "patch_embed",
+    .bwd_ignores_output = 1,
     .configure = patch_configure,
     .arguments = patch_arguments,
     .setup = patch_setup,

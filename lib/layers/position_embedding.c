@@ -115,6 +115,7 @@ static void posemb_backward(tl_layer *L, const tl_exec *ex, const float *const *
 const tl_layer_ops tl_position_embedding_ops = {
     .kind = TLEARN_LAYER_POSITION_EMBEDDING,
     .kind_name = "position_embedding",
+    .bwd_ignores_output = 1,
     .configure = posemb_configure,
     .arguments = posemb_arguments,
     .setup = posemb_setup,

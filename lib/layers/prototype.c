@@ -206,6 +206,7 @@ void tl_prototype_accumulate(tl_layer *L, const double *sums, const double *coun
 const tl_layer_ops tl_prototype_ops = {
     .kind = TLEARN_LAYER_PROTOTYPE,
     .kind_name = "prototype",
+    .bwd_ignores_output = 1,
     .configure = proto_configure,
     .arguments = proto_arguments,
     .setup = proto_setup,

@@ -109,6 +109,7 @@ static void reshape_backward(tl_layer *L, const tl_exec *ex, const float *const 
 const tl_layer_ops tl_reshape_ops = {
     .kind = TLEARN_LAYER_RESHAPE,
     .kind_name = "reshape",
+    .bwd_ignores_output = 1,
     .configure = reshape_configure,
     .arguments = reshape_arguments,
     .setup = reshape_setup,

@@ -112,6 +112,7 @@ static void scale_backward(tl_layer *L, const tl_exec *ex, const float *const *i
 const tl_layer_ops tl_scale_ops = {
     .kind = TLEARN_LAYER_SCALE,
     .kind_name = "scale",
+    .bwd_ignores_output = 1,
     .configure = scale_configure,
     .arguments = scale_arguments,
     .setup = scale_setup,

@@ -111,6 +111,7 @@ static void slice_backward(tl_layer *L, const tl_exec *ex, const float *const *i
 const tl_layer_ops tl_slice_ops = {
     .kind = TLEARN_LAYER_SLICE,
     .kind_name = "slice",
+    .bwd_ignores_output = 1,
     .configure = slice_configure,
     .arguments = slice_arguments,
     .setup = slice_setup,

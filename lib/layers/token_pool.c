@@ -126,6 +126,7 @@ static void token_pool_backward(tl_layer *L, const tl_exec *ex, const float *con
 const tl_layer_ops tl_token_pool_ops = {
     .kind = TLEARN_LAYER_TOKEN_POOL,
     .kind_name = "token_pool",
+    .bwd_ignores_output = 1,
     .int_inputs = 2, /* the mask */
     .validate = token_pool_validate,
     .configure = token_pool_configure,

@@ -196,6 +196,7 @@ static void transpose_backward(tl_layer *L, const tl_exec *ex, const float *cons
 const tl_layer_ops tl_transpose_ops = {
     .kind = TLEARN_LAYER_TRANSPOSE,
     .kind_name = "transpose",
+    .bwd_ignores_output = 1,
     .configure = transpose_configure,
     .arguments = transpose_arguments,
     .setup = transpose_setup,
