@@ -11,8 +11,8 @@
  *   full       new head, everything trained, steps/s
  * Training uses SGD (lr 0.01, full 0.001, momentum 0.9) with cross-entropy on random labels.
  * The export folds every batchnorm into its convolution, so the network has none (PyTorch
- * trains the same folded network); without batchnorm a whole ResNet-50 diverges at 0.01. Inputs are uniform in [0, 1), four batches in turn. Prints one
- * line as tlearn-bench does:
+ * trains the same folded network); without batchnorm a whole ResNet-50 diverges at 0.01.
+ * Inputs are uniform in [0, 1), four batches in turn. Prints one line as tlearn-bench does:
  *   tlearn workload=... threads=... value=... unit=... gflops=... ceiling_frac=...
  *          peak_rss_kib=... cpu_value=... */
 #include <stdio.h>

@@ -201,6 +201,18 @@ static void interior(int out, int stride, int pad, int span, int len, int *o0, i
     *o0 = *o0 < *o1 ? *o0 : *o1;
 }
 
+/* Outputs [o0, o1) of row oh of one plane by window_max (the border). */
+static void plain_run(const maxpool_cfg *c, tl_shape is, const float *x, float *y,
+                      int32_t *arg, int oh, int o0, int o1)
+{
+    for (int ow = o0; ow < o1; ow++) {
+        int at;
+        y[ow] = window_max(c, is, x, oh, ow, &at);
+        if (arg)
+            arg[ow] = at;
+    }
+}
+
 /* Any kernel, stride, padding and dilation. Windows wholly inside the plane (all but a
  * border ring; ResNet's 3x3/2 stem pool) fold tl_pool_pick over the taps in row-major
  * order, which is window_max's answer, vectorised across the row; the index is then the
@@ -216,45 +228,35 @@ static void general_planes(const maxpool_cfg *c, tl_shape is, tl_shape os, const
     interior(os.w, c->sw, c->pl, (c->kw - 1) * c->dw + 1, is.w, &ow0, &ow1);
     for (size_t q = q0; q < q1; q++) {
         const float *x = in + q * ip;
-        float *y = out + q * op;
         for (int oh = 0; oh < os.h; oh++) {
-            int mid = oh >= oh0 && oh < oh1;
-            for (int ow = 0; ow < os.w; ow++) {
-                if (mid && ow == ow0 && ow1 > ow0) {
-                    const float *r = x + (ptrdiff_t)(oh * c->sh - c->pt) * is.w - c->pl;
-                    float *restrict yr = y + (size_t)oh * os.w;
-#pragma omp simd
-                    for (int o = ow0; o < ow1; o++) {
-                        const float *w = r + (ptrdiff_t)o * c->sw;
-                        float best = w[0];
-                        for (int i = 0; i < c->kh; i++)
-                            for (int j = 0; j < c->kw; j++)
-                                best = tl_pool_pick(best, w[i * c->dh * is.w + j * c->dw]);
-                        yr[o] = best;
-                    }
-                    if (arg) {
-                        int32_t *restrict ar = arg + q * op + (size_t)oh * os.w;
-                        for (int o = ow0; o < ow1; o++) {
-                            const float *w = r + (ptrdiff_t)o * c->sw;
-                            uint32_t u = bits(yr[o]);
-                            int k = -1;
-                            for (int i = 0; i < c->kh && k < 0; i++)
-                                for (int j = 0; j < c->kw; j++)
-                                    if (bits(w[i * c->dh * is.w + j * c->dw]) == u) {
-                                        k = i * c->dh * is.w + j * c->dw;
-                                        break;
-                                    }
-                            ar[o] = (int32_t)(w - x) + k;
-                        }
-                    }
-                    ow = ow1 - 1;
-                    continue;
-                }
-                int at;
-                y[oh * os.w + ow] = window_max(c, is, x, oh, ow, &at);
-                if (arg)
-                    arg[q * op + (size_t)oh * os.w + ow] = at;
+            float *restrict y = out + q * op + (size_t)oh * os.w;
+            int32_t *restrict ar = arg ? arg + q * op + (size_t)oh * os.w : NULL;
+            if (oh < oh0 || oh >= oh1 || ow1 == ow0) {
+                plain_run(c, is, x, y, ar, oh, 0, os.w);
+                continue;
             }
+            plain_run(c, is, x, y, ar, oh, 0, ow0);
+            const float *r = x + (ptrdiff_t)(oh * c->sh - c->pt) * is.w - c->pl;
+#pragma omp simd
+            for (int o = ow0; o < ow1; o++) {
+                const float *w = r + (ptrdiff_t)o * c->sw;
+                float best = w[0];
+                for (int i = 0; i < c->kh; i++)
+                    for (int j = 0; j < c->kw; j++)
+                        best = tl_pool_pick(best, w[i * c->dh * is.w + j * c->dw]);
+                y[o] = best;
+            }
+            for (int o = ow0; ar && o < ow1; o++) {
+                const float *w = r + (ptrdiff_t)o * c->sw;
+                uint32_t u = bits(y[o]);
+                int k = -1;
+                for (int t = 0; k < 0 && t < c->kh * c->kw; t++) {
+                    int off = t / c->kw * c->dh * is.w + t % c->kw * c->dw;
+                    k = bits(w[off]) == u ? off : -1;
+                }
+                ar[o] = (int32_t)(w - x) + k;
+            }
+            plain_run(c, is, x, y, ar, oh, ow1, os.w);
         }
     }
 }
